@@ -1,0 +1,1 @@
+"""alignloop's core: settings, the store foundation, the local stack and the CLI that composes the packages."""

@@ -1,0 +1,113 @@
+"""The store foundation: SQLAlchemy engines, sessions opened at the edge, and Alembic migrations.
+
+Each package keeps its own tables and its own Alembic branch in `<package>/migrations/`; the core
+branch holds the base revision they all hang from, so `upgrade heads` brings every table.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+from alignloop.errors import StoreError
+
+PACKAGES_WITH_TABLES = ("ingest", "curation", "retrain", "deploy")
+_CORE_MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def make_engine(url: str, *, schema: str | None = None) -> Engine:
+    """An engine for `url`; SQLite gets WAL and foreign keys, PostgreSQL an optional search_path."""
+    kwargs: dict = {"future": True, "pool_pre_ping": True}
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
+    elif schema:
+        kwargs["connect_args"] = {"options": f"-csearch_path={schema}"}
+    engine = create_engine(url, **kwargs)
+    if url.startswith("sqlite"):
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn, _record):  # noqa: ANN001 - DBAPI objects
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+    return engine
+
+
+def make_session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False, future=True)
+
+
+@contextmanager
+def session_scope(engine: Engine) -> Iterator[Session]:
+    """One transaction owned by the caller's edge: commit on success, roll back on error."""
+    session = make_session_factory(engine)()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def _version_locations() -> list[str]:
+    locations = [str(_CORE_MIGRATIONS / "versions")]
+    for pkg in PACKAGES_WITH_TABLES:
+        spec = importlib.util.find_spec(pkg)
+        if spec and spec.submodule_search_locations:
+            d = Path(next(iter(spec.submodule_search_locations))) / "migrations"
+            if d.is_dir():
+                locations.append(str(d))
+    return locations
+
+
+def alembic_config(engine: Engine):
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(_CORE_MIGRATIONS))
+    cfg.set_main_option("version_locations", " ".join(_version_locations()))
+    cfg.set_main_option("path_separator", "space")
+    cfg.attributes["engine"] = engine
+    return cfg
+
+
+def upgrade(engine: Engine, revision: str = "heads") -> None:
+    """Bring the store to `revision` (default: every package's newest)."""
+    from alembic import command
+
+    try:
+        command.upgrade(alembic_config(engine), revision)
+    except Exception as exc:  # alembic raises many kinds; the CLI needs one line
+        raise StoreError(f"migration to {revision!r} failed on {engine.url.render_as_string()}: {exc}") from exc
+
+
+def downgrade(engine: Engine, revision: str = "base") -> None:
+    from alembic import command
+
+    command.downgrade(alembic_config(engine), revision)
+
+
+def current_heads(engine: Engine) -> set[str]:
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as conn:
+        return set(MigrationContext.configure(conn).get_current_heads())
+
+
+def open_store(url: str, *, schema: str | None = None, migrate: bool = True) -> Engine:
+    """The engine for the configured store, migrated to the newest schema."""
+    engine = make_engine(url, schema=schema)
+    if migrate:
+        upgrade(engine)
+    return engine

@@ -1,0 +1,1 @@
+"""Deploy: the adapter registry, serving with hot swap, canary routing and rollback."""

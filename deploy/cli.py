@@ -1,0 +1,5 @@
+"""The `alignloop deploy` command group; heavy imports stay inside the commands."""
+
+import typer
+
+app = typer.Typer(help=__import__("deploy").__doc__, no_args_is_help=True)

@@ -1,0 +1,1 @@
+"""Flows: Prefect flows that compose the packages into the continuous loop, and the demo."""

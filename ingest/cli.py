@@ -1,0 +1,5 @@
+"""The `alignloop ingest` command group; heavy imports stay inside the commands."""
+
+import typer
+
+app = typer.Typer(help=__import__("ingest").__doc__, no_args_is_help=True)

@@ -1,0 +1,1 @@
+"""Retrain: the embedded tiny model, dataset snapshots, LoRA DPO/KTO training, evaluation and gates."""
