@@ -1,0 +1,89 @@
+"""The core: CLI faces, settings from env, store helpers on SQLite (no services)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from sqlalchemy import inspect, text
+
+GROUPS = ["stack", "ingest", "curation", "retrain", "deploy", "flows"]
+
+
+def _run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    code = ("import sys, runpy; sys.argv = ['alignloop', *sys.argv[1:]]\n"
+            "from alignloop import cli\n"
+            "try:\n    cli.main()\nexcept SystemExit as e:\n    code = e.code\nelse:\n    code = 0\n"
+            "print('TORCH_LOADED=' + str('torch' in sys.modules), file=sys.stderr)\n"
+            "sys.exit(code)")
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=120)
+
+
+@pytest.mark.parametrize("group", [None, *GROUPS])
+def test_help_explains_and_does_not_import_torch(group):
+    done = _run_cli(*([group] if group else []), "--help")
+    assert done.returncode == 0, done.stderr
+    assert "Usage" in done.stdout
+    assert "TORCH_LOADED=False" in done.stderr
+    if group is None:
+        for g in GROUPS:
+            assert g in done.stdout
+
+
+def test_settings_come_from_env_prefix(monkeypatch, tmp_path):
+    from alignloop.settings import CoreSettings
+
+    monkeypatch.setenv("ALIGNLOOP_HOME", str(tmp_path))
+    monkeypatch.setenv("ALIGNLOOP_KAFKA_BOOTSTRAP", "127.0.0.1:19999")
+    s = CoreSettings()
+    assert s.home == tmp_path
+    assert s.kafka_port == 19999
+    assert s.resolved_store_url == f"sqlite:///{tmp_path / 'alignloop.db'}"
+
+
+def test_migrations_up_and_down_on_sqlite(sqlite_engine):
+    from alembic.script import ScriptDirectory
+
+    from alignloop.db import alembic_config, current_heads, downgrade, upgrade
+
+    upgrade(sqlite_engine)
+    assert "alignloop_meta" in inspect(sqlite_engine).get_table_names()
+    script_heads = set(ScriptDirectory.from_config(alembic_config(sqlite_engine)).get_heads())
+    assert current_heads(sqlite_engine) == script_heads
+    downgrade(sqlite_engine, "base")
+    assert inspect(sqlite_engine).get_table_names() == ["alembic_version"]
+    upgrade(sqlite_engine)
+    assert "alignloop_meta" in inspect(sqlite_engine).get_table_names()
+
+
+def test_session_scope_rolls_back_on_error(sqlite_engine):
+    from alignloop.db import session_scope, upgrade
+
+    upgrade(sqlite_engine)
+    with pytest.raises(RuntimeError):
+        with session_scope(sqlite_engine) as s:
+            s.execute(text("INSERT INTO alignloop_meta (key, value) VALUES ('a', 'b')"))
+            raise RuntimeError("boom")
+    with session_scope(sqlite_engine) as s:
+        assert s.execute(text("SELECT count(*) FROM alignloop_meta")).scalar() == 0
+
+
+def test_bad_store_url_is_one_line_error(tmp_path):
+    from alignloop.db import open_store
+    from alignloop.errors import StoreError
+
+    with pytest.raises(StoreError, match="migration"):
+        open_store("postgresql+psycopg://nobody@127.0.0.1:1/none")
+
+
+def test_stack_status_json_is_machine_readable(tmp_path):
+    env = {"ALIGNLOOP_HOME": str(tmp_path), "ALIGNLOOP_KAFKA_BOOTSTRAP": "127.0.0.1:1",
+           "ALIGNLOOP_REDIS_URL": "redis://127.0.0.1:2/0",
+           "ALIGNLOOP_POSTGRES_URL": "postgresql+psycopg://x@127.0.0.1:3/x", "PATH": "/usr/bin:/bin"}
+    done = _run_cli("stack", "status", "--json", env=env)
+    assert done.returncode == 1  # nothing answers on those ports
+    rows = json.loads(done.stdout)
+    assert [r["name"] for r in rows] == ["kafka", "redis", "postgres"]
+    assert not any(r["healthy"] for r in rows)
