@@ -1,5 +1,187 @@
 """The `alignloop deploy` command group; heavy imports stay inside the commands."""
 
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
 import typer
 
 app = typer.Typer(help=__import__("deploy").__doc__, no_args_is_help=True)
+
+_JSON = typer.Option(False, "--json", help="print machine-readable JSON")
+_REASON = typer.Option(..., "--reason", "-r", help="why (goes to the audit log)")
+_ACTOR = typer.Option(None, "--actor", help="who; default: the login name")
+_BASE = typer.Option(None, "--base-model", help="base model whose routing to change; default: the only one routed")
+
+
+def _actor(actor: str | None) -> str:
+    import getpass
+
+    return actor or getpass.getuser()
+
+
+def _engine():
+    from alignloop.db import open_store
+    from deploy.settings import get_settings
+
+    return open_store(get_settings().resolved_store_url())
+
+
+def _echo_json(obj) -> None:
+    typer.echo(json.dumps(obj, default=str, indent=None))
+
+
+def _publish(routing) -> None:
+    """Nudge the replicas; the registry change is committed either way, so a Redis outage only warns."""
+    from rich.console import Console
+
+    from deploy.control import publish_routing_change
+    from deploy.settings import get_settings
+
+    s = get_settings()
+    try:
+        n = publish_routing_change(s.resolved_redis_url(), routing.base_model, channel=s.control_channel,
+                                   generation=routing.generation)
+    except Exception as exc:
+        Console(stderr=True).print(f"warning: control message not sent ({exc}); replicas follow within "
+                                   f"{s.reconcile_interval_s}s", markup=False)
+        return
+    Console(stderr=True).print(f"{n} replica(s) notified", markup=False)
+
+
+def _move(fn, as_json: bool) -> None:
+    from alignloop.db import session_scope
+
+    engine = _engine()
+    try:
+        with session_scope(engine) as session:
+            routing = fn(session)
+    finally:
+        engine.dispose()
+    _publish(routing)
+    if as_json:
+        _echo_json(routing.model_dump(mode="json"))
+    else:
+        canary = f", canary {routing.canary} at {routing.canary_share:.0%}" if routing.canary else ""
+        typer.echo(f"{routing.base_model}: active {routing.active or '(base model)'}{canary} "
+                   f"[generation {routing.generation}]")
+
+
+@app.command("list")
+def list_cmd(base_model: str | None = _BASE, as_json: bool = _JSON) -> None:
+    """Registered adapter versions with their status, and where each base model's traffic goes."""
+    from alignloop.db import session_scope
+    from deploy import registry
+
+    engine = _engine()
+    with session_scope(engine) as session:
+        versions = registry.list_versions(session, base_model)
+        routings = registry.list_routings(session)
+    engine.dispose()
+    if as_json:
+        _echo_json({"versions": [v.summary() for v in versions], "routing": [r.model_dump(mode="json") for r in routings]})
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("version", "status", "parent", "dataset", "registered", "by")
+    for v in versions:
+        table.add_row(v.version, str(v.status), v.parent_version or "-", v.dataset_hash[:12],
+                      v.registered_at.strftime("%Y-%m-%d %H:%M:%S"), v.registered_by)
+    console = Console()
+    console.print(table)
+    for r in routings:
+        canary = f", canary {r.canary} at {r.canary_share:.0%}" if r.canary else ""
+        console.print(f"{r.base_model}: active {r.active or '(base model)'}{canary} [generation {r.generation}]",
+                      markup=False)
+
+
+@app.command("show")
+def show_cmd(version: str, as_json: bool = _JSON) -> None:
+    """One version's manifest, lineage and status."""
+    from alignloop.db import session_scope
+    from deploy import registry
+
+    engine = _engine()
+    with session_scope(engine) as session:
+        v = registry.get_version(session, version)
+    engine.dispose()
+    _echo_json(v.model_dump(mode="json")) if as_json else typer.echo(json.dumps(v.model_dump(mode="json"), indent=2))
+
+
+@app.command("register")
+def register_cmd(artifact_dir: Path = typer.Argument(..., help="adapter directory written by retrain"),
+                 reason: str = _REASON, actor: str | None = _ACTOR, as_json: bool = _JSON) -> None:
+    """Verify an adapter directory (sha256 of every file, safetensors only) and copy it in as a candidate."""
+    from alignloop.db import session_scope
+    from deploy import registry
+
+    engine = _engine()
+    with session_scope(engine) as session:
+        v = registry.register_adapter(session, artifact_dir, actor=_actor(actor), reason=reason)
+    engine.dispose()
+    _echo_json(v.summary()) if as_json else typer.echo(f"registered {v.version} ({v.status}) for {v.base_model}")
+
+
+@app.command("canary")
+def canary_cmd(version: str, share: float = typer.Option(..., "--share", help="fraction of users, in (0, 1]"),
+               reason: str = _REASON, actor: str | None = _ACTOR, as_json: bool = _JSON) -> None:
+    """Send a sticky share of users (by user id) to a candidate version."""
+    from deploy import registry
+
+    _move(lambda s: registry.start_canary(s, version, share, actor=_actor(actor), reason=reason), as_json)
+
+
+@app.command("promote")
+def promote_cmd(version: str | None = typer.Argument(None, help="version to make active; default: the canary"),
+                reason: str = _REASON, actor: str | None = _ACTOR, base_model: str | None = _BASE,
+                as_json: bool = _JSON) -> None:
+    """Make a version (default: the running canary) the active adapter; every replica follows within a second."""
+    from deploy import registry
+
+    _move(lambda s: registry.promote(s, version, actor=_actor(actor), reason=reason, base_model=base_model), as_json)
+
+
+@app.command("rollback")
+def rollback_cmd(to: str | None = typer.Option(None, "--to", help="a previously active version to restore"),
+                 reason: str = _REASON, actor: str | None = _ACTOR, base_model: str | None = _BASE,
+                 as_json: bool = _JSON) -> None:
+    """Stop the canary if one runs; else go back to the previous active version (or the one given by --to)."""
+    from deploy import registry
+
+    _move(lambda s: registry.rollback(s, to=to, actor=_actor(actor), reason=reason, base_model=base_model), as_json)
+
+
+@app.command("audit")
+def audit_cmd(limit: int = typer.Option(50, "--limit", help="newest N entries"), as_json: bool = _JSON) -> None:
+    """The append-only audit log: who moved what, when and why."""
+    from alignloop.db import session_scope
+    from deploy import registry
+
+    engine = _engine()
+    with session_scope(engine) as session:
+        entries = registry.audit_log(session, limit)
+    engine.dispose()
+    if as_json:
+        _echo_json([e.model_dump(mode="json") for e in entries])
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("at", "actor", "action", "version", "from", "reason")
+    for e in entries:
+        table.add_row(e.at.strftime("%Y-%m-%d %H:%M:%S"), e.actor, e.action, e.version or "(base)",
+                      e.from_version or "-", e.reason)
+    Console().print(table)
+
+
+@app.command("serve")
+def serve_cmd(base_model: str | None = typer.Option(None, "--base-model", help="HF model dir; or ALIGNLOOP_DEPLOY_BASE_MODEL"),
+              host: str | None = typer.Option(None, "--host"), port: int | None = typer.Option(None, "--port")) -> None:
+    """Run one serving replica: OpenAI-shaped /v1/chat/completions, /healthz, /metrics, /admin (token)."""
+    from deploy.serving import serve
+    from deploy.settings import get_settings
+
+    overrides = {k: v for k, v in {"base_model": base_model, "host": host, "port": port}.items() if v is not None}
+    serve(get_settings().model_copy(update=overrides))

@@ -1,0 +1,1 @@
+"""Curation benchmarks: a seeded attacked-stream generator, its scorer and the throughput/latency run."""

@@ -1,0 +1,230 @@
+"""Deploy benchmark: adapter swap vs full model reload, load time with 1 vs 50 adapters resident, tokens/s.
+
+    python bench/deploy/run.py            # writes bench/results/deploy.json
+    python bench/deploy/run.py --quick    # fewer repeats, for a smoke run
+
+Every number is a median over repeats in this one process; the ratios (against a full reload, against the
+base model) are what to compare across machines, since absolute times drift with load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parents[1] / "results" / "deploy.json"
+
+
+def timed(fn, repeats: int) -> list[float]:
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def med_ms(xs: list[float]) -> float:
+    return round(statistics.median(xs) * 1000, 3)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--base-model", help="a HF model dir; default: a ~2M-param random tiny Llama built here")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 keeps numbers comparable)")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args()
+
+    import peft
+    import torch
+    import transformers
+    from peft import PeftModel
+    from peft.utils.hotswap import hotswap_adapter
+    from transformers import AutoModelForCausalLM
+
+    from deploy.artifacts import load_artifact_dir
+    from deploy.runtime import ModelHost, prepare_adapter
+    from deploy.testing import PROMPT, AdapterFactory, build_tiny_base_model
+
+    torch.set_num_threads(args.threads)
+    reps = 5 if args.quick else 15
+    n_many = 50
+    work = Path(tempfile.mkdtemp(prefix="alignloop-bench-deploy-"))
+    base_dir = Path(args.base_model) if args.base_model else build_tiny_base_model(work / "base", hidden=256, layers=3)
+    factory = AdapterFactory(base_dir)
+    sources = [factory.build(work / "adapters" / f"b{i}", f"b{i}", seed=i + 1) for i in range(n_many + 2)]
+    n_params = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(base_dir).parameters())
+
+    # -------- swap: alignloop's path (read + sha256 verify + decode + install + drop old) vs PEFT's options
+    host = ModelHost(str(base_dir), torch_threads=args.threads)
+    host.install(prepare_adapter(load_artifact_dir(sources[0])))
+    state = {"i": 1, "current": "b0"}
+
+    def alignloop_swap():
+        src = sources[state["i"] % len(sources)]
+        art = load_artifact_dir(src)
+        host.install(prepare_adapter(art))
+        host.remove(state["current"])
+        state["current"], state["i"] = art.manifest.version, state["i"] + 1
+
+    alignloop_swap()  # warm-up
+    swap = timed(alignloop_swap, reps)
+
+    peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), str(sources[0]),
+                                           adapter_name="a0").eval()
+    cnt = {"i": 1}
+
+    def peft_load_set_delete():
+        name, old = f"a{cnt['i']}", f"a{cnt['i'] - 1}"
+        peft_model.load_adapter(str(sources[cnt["i"] % len(sources)]), adapter_name=name)
+        peft_model.set_adapter(name)
+        peft_model.delete_adapter(old)
+        cnt["i"] += 1
+
+    peft_load_set_delete()
+    load_set_delete = timed(peft_load_set_delete, reps)
+    hs = {"i": 0}
+
+    def peft_hotswap():
+        hotswap_adapter(peft_model, str(sources[hs["i"] % len(sources)]), adapter_name=f"a{cnt['i'] - 1}",
+                        torch_device="cpu")
+        hs["i"] += 1
+
+    peft_hotswap()
+    hotswap = timed(peft_hotswap, reps)
+
+    def full_reload():
+        m = AutoModelForCausalLM.from_pretrained(base_dir)
+        PeftModel.from_pretrained(m, str(sources[1])).eval()
+
+    full_reload()
+    reload_ = timed(full_reload, max(3, reps // 3))
+
+    # -------- load time with 1 vs 50 adapters resident (raw PEFT, then alignloop's LRU-bounded host)
+    def install_time(resident: int) -> list[float]:
+        h = ModelHost(str(base_dir), torch_threads=args.threads)
+        try:
+            for src in sources[:resident]:
+                h.install(prepare_adapter(load_artifact_dir(src)))
+            extra = [prepare_adapter(load_artifact_dir(s)) for s in sources[resident:resident + 2]]
+            times = []
+            for p in extra * max(1, reps // 2):
+                t0 = time.perf_counter()
+                h.install(p)
+                times.append(time.perf_counter() - t0)
+                h.remove(p.version)
+            return times
+        finally:
+            h.close()
+
+    install_1, install_50 = install_time(1), install_time(n_many)
+
+    def peft_load_time(resident: int) -> list[float]:
+        m = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), str(sources[0]), adapter_name="r0")
+        for i in range(1, resident):
+            m.load_adapter(str(sources[i]), adapter_name=f"r{i}")
+        times = []
+        for k in range(max(2, reps // 2)):
+            t0 = time.perf_counter()
+            m.load_adapter(str(sources[resident]), adapter_name="probe")
+            times.append(time.perf_counter() - t0)
+            m.delete_adapter("probe")
+        return times
+
+    peft_1, peft_50 = peft_load_time(1), peft_load_time(n_many)
+
+    # the serving path: 50 swaps in a row on a host that keeps at most 4 resident (LRU); first vs last ten
+    lru_host = ModelHost(str(base_dir), torch_threads=args.threads)
+    seq, resident = [], []
+    for src in sources[:n_many]:
+        t0 = time.perf_counter()
+        p = prepare_adapter(load_artifact_dir(src))
+        lru_host.install(p)
+        resident.append(p.version)
+        if len(resident) > 4:
+            lru_host.remove(resident.pop(0))
+        seq.append(time.perf_counter() - t0)
+    lru_host.close()
+
+    # -------- tokens/s: base, adapter (unmerged, per-request adapter_names), merged
+    new_tokens = 32 if args.quick else 64
+    tok_reps = 3 if args.quick else 5
+
+    def tps(fn) -> float:
+        fn()
+        ts = timed(fn, tok_reps)
+        return round(new_tokens / statistics.median(ts), 1)
+
+    gen = lambda version: host.generate_future(version, PROMPT, new_tokens, 0.0, None).result()  # noqa: E731
+    assert gen(None).completion_tokens == new_tokens
+    tps_base = tps(lambda: gen(None))
+    tps_adapter = tps(lambda: gen(state["current"]))
+    merged = copy.deepcopy(peft_model).merge_and_unload().eval()
+    tok = host.tokenizer
+    enc = tok.apply_chat_template(PROMPT, add_generation_prompt=True, tokenize=True, return_dict=True,
+                                  return_tensors="pt")
+
+    def gen_merged():
+        with torch.inference_mode():
+            merged.generate(**enc, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                            pad_token_id=tok.pad_token_id)
+
+    tps_merged = tps(gen_merged)
+    plain = AutoModelForCausalLM.from_pretrained(base_dir).eval()
+
+    def gen_plain():
+        with torch.inference_mode():
+            plain.generate(**enc, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                           pad_token_id=tok.pad_token_id)
+
+    tps_plain = tps(gen_plain)
+    host.close()
+
+    result = {
+        "what": "alignloop deploy: adapter hot swap vs full reload, load time vs resident count, tokens/s",
+        "command": "python bench/deploy/run.py" + (" --quick" if args.quick else ""),
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+                    "transformers": transformers.__version__, "peft": peft.__version__, "torch_threads": args.threads},
+        "model": {"base": str(base_dir) if args.base_model else "random tiny Llama (deploy.testing, hidden 256, 3 layers)",
+                  "params": n_params, "adapter": "LoRA r=4 on q_proj, v_proj"},
+        "swap": {
+            "alignloop_swap_ms": med_ms(swap),
+            "peft_load_set_delete_ms": med_ms(load_set_delete),
+            "peft_hotswap_adapter_ms": med_ms(hotswap),
+            "full_reload_ms": med_ms(reload_),
+            "full_reload_over_alignloop_swap": round(statistics.median(reload_) / statistics.median(swap), 1),
+            "note": "alignloop_swap = read files + sha256 of each + decode + install under a new name + drop the old",
+        },
+        "load_vs_resident": {
+            "alignloop_install_ms_1_resident": med_ms(install_1),
+            f"alignloop_install_ms_{n_many}_resident": med_ms(install_50),
+            f"alignloop_ratio_{n_many}_over_1": round(statistics.median(install_50) / statistics.median(install_1), 2),
+            "peft_load_adapter_ms_1_resident": med_ms(peft_1),
+            f"peft_load_adapter_ms_{n_many}_resident": med_ms(peft_50),
+            f"peft_ratio_{n_many}_over_1": round(statistics.median(peft_50) / statistics.median(peft_1), 2),
+            "serving_lru4_swap_ms_first10": med_ms(seq[:10]),
+            "serving_lru4_swap_ms_last10": med_ms(seq[-10:]),
+            "note": "serving keeps at most max_resident adapters (LRU), so a replica's swap stays at the 1-resident cost",
+        },
+        "tokens_per_s": {
+            "new_tokens": new_tokens, "batch": 1,
+            "base_plain_model": tps_plain, "base_via_peft_model": tps_base, "adapter_unmerged": tps_adapter,
+            "merged": tps_merged,
+            "adapter_over_base": round(tps_adapter / tps_plain, 3), "merged_over_base": round(tps_merged / tps_plain, 3),
+        },
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""The curated view of one event: redacted texts and the fields the guards use, as a plain frozen record."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from curation.pii import redact_text
+from curation.reasons import Reason
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """A valid event after PII redaction; what the store stages and every guard reads."""
+
+    event_id: str
+    kind: str
+    occurred_at: datetime
+    app_id: str
+    user_id: str
+    prompt: tuple[tuple[str, str], ...]
+    ip_hash: str | None = None
+    device_id: str | None = None
+    adapter_version: str | None = None
+    response: str | None = None
+    rating: str | None = None
+    edited: str | None = None
+    responses: tuple[str, str] | None = None
+    chosen: int | None = None
+    pii: tuple[str, ...] = ()
+
+    @property
+    def sort_key(self) -> tuple[datetime, str]:
+        return (self.occurred_at, self.event_id)
+
+    @property
+    def prompt_key(self) -> str:
+        return _digest(json.dumps([self.app_id, self.prompt], ensure_ascii=False))
+
+    @property
+    def last_user_turn(self) -> str:
+        for role, content in reversed(self.prompt):
+            if role == "user":
+                return content
+        return self.prompt[-1][1] if self.prompt else ""
+
+    def texts(self) -> list[str]:
+        """Every text the event carries (prompt turns and answers)."""
+        out = [c for _, c in self.prompt]
+        for t in (self.response, self.edited):
+            if t is not None:
+                out.append(t)
+        if self.responses:
+            out.extend(self.responses)
+        return out
+
+    def content_key(self) -> str:
+        """Same user, same judgement on the same texts: the exact-duplicate key (ids and times left out)."""
+        payload = [self.kind, self.app_id, self.user_id, self.prompt, self.response, self.rating, self.edited,
+                   self.responses, self.chosen]
+        return _digest(json.dumps(payload, ensure_ascii=False))
+
+    def to_record(self) -> dict:
+        return {"event_id": self.event_id, "kind": self.kind, "occurred_at": self.occurred_at.isoformat(),
+                "app_id": self.app_id, "user_id": self.user_id, "prompt": [list(m) for m in self.prompt],
+                "ip_hash": self.ip_hash, "device_id": self.device_id, "adapter_version": self.adapter_version,
+                "response": self.response, "rating": self.rating, "edited": self.edited,
+                "responses": list(self.responses) if self.responses else None, "chosen": self.chosen,
+                "pii": list(self.pii)}
+
+    @classmethod
+    def from_record(cls, r: dict) -> "Item":
+        return cls(event_id=r["event_id"], kind=r["kind"], occurred_at=datetime.fromisoformat(r["occurred_at"]),
+                   app_id=r["app_id"], user_id=r["user_id"], prompt=tuple((m[0], m[1]) for m in r["prompt"]),
+                   ip_hash=r.get("ip_hash"), device_id=r.get("device_id"),
+                   adapter_version=r.get("adapter_version"), response=r.get("response"), rating=r.get("rating"),
+                   edited=r.get("edited"), responses=tuple(r["responses"]) if r.get("responses") else None,
+                   chosen=r.get("chosen"), pii=tuple(r.get("pii") or ()))
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def build_item(event) -> Item:
+    """A validated ingest event -> its redacted Item. PII leaves here, before anything is written anywhere."""
+    found: set[Reason] = set()
+
+    def clean(text: str | None) -> str | None:
+        if text is None:
+            return None
+        out, hits = redact_text(text)
+        found.update(hits)
+        return out
+
+    def pseudonym(value: str | None) -> str | None:
+        # an identifier that carries PII keeps its identity (the guards count per user) but not its text
+        if value is None or not redact_text(value)[1]:
+            return value
+        found.update(redact_text(value)[1])
+        return "pii-" + _digest(value)[:20]
+
+    client = getattr(event, "client", None)
+    responses = getattr(event, "responses", None)
+    user_id = pseudonym(event.user_id)
+    item = Item(
+        event_id=str(event.event_id), kind=event.kind, occurred_at=event.occurred_at.astimezone(UTC),
+        app_id=event.app_id, user_id=user_id,
+        prompt=tuple((m.role, clean(m.content)) for m in event.prompt),
+        ip_hash=pseudonym(client.ip_hash) if client else None,
+        device_id=pseudonym(client.device_id) if client else None,
+        adapter_version=event.adapter_version,
+        response=clean(getattr(event, "response", None)), rating=getattr(event, "rating", None),
+        edited=clean(getattr(event, "edited", None)),
+        responses=(clean(responses[0]), clean(responses[1])) if responses else None,
+        chosen=getattr(event, "chosen", None),
+        pii=tuple(sorted(found)))
+    return item

@@ -1,0 +1,153 @@
+"""The pure entry point the stream worker and the offline replay both call: decode, then settle windows.
+
+How state is held so both paths agree: every valid event is redacted and *staged* (keyed by event_id, the
+first copy wins), in the store for the stream and in memory for the replay. Decisions are made per
+event-time window [start, start+window) by `settle_window`, a pure function of the staged events in
+[start-lookback, start+window+lookahead). The stream settles a window once the low watermark (the minimum
+over partitions of the newest event time consumed) passed its end plus the lookahead; the replay settles
+every window at end of input. Both therefore see the same context and make the same decisions. An event
+that reaches the stream after its window was settled is decided `late_event` (the replay has none).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from curation.guards import (event_flags, find_brigades, find_duplicates, find_poison, find_rate_abuse,
+                             find_unreliable)
+from curation.items import Item
+from curation.pairs import Pair, Unpaired, build_pairs
+from curation.reasons import Reason, decide
+from curation.settings import Policy
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def window_start(t: datetime, policy: Policy) -> datetime:
+    """The start of the settle window holding event time `t` (windows are aligned on the epoch)."""
+    secs = int((t - EPOCH).total_seconds() // policy.window_s) * policy.window_s
+    return EPOCH + timedelta(seconds=secs)
+
+
+def context_bounds(start: datetime, policy: Policy) -> tuple[datetime, datetime]:
+    """[lo, hi): the event times a window's guards look at."""
+    return (start - timedelta(seconds=policy.lookback_s),
+            start + timedelta(seconds=policy.window_s + policy.lookahead_s))
+
+
+def ready_at(start: datetime, policy: Policy) -> datetime:
+    """The watermark a window waits for before it is settled."""
+    return context_bounds(start, policy)[1]
+
+
+@dataclass
+class WindowResult:
+    start: datetime
+    decisions: list[dict]
+    pairs: list[Pair]
+    unpaired: list[Unpaired]
+    signals: dict = field(default_factory=dict)
+
+
+def decision_row(item: Item, reasons: list[str], start: datetime | None) -> dict:
+    """A decision with the fields the read API needs (canary-watch counts by adapter_version)."""
+    return {"event_id": item.event_id, "decision": str(decide(reasons)), "reasons": reasons, "kind": item.kind,
+            "app_id": item.app_id, "user_id": item.user_id, "adapter_version": item.adapter_version,
+            "rating": item.rating, "occurred_at": item.occurred_at, "window_start": start}
+
+
+def settle_window(context: Iterable[Item], start: datetime, policy: Policy) -> WindowResult:
+    """Decide every event of the window [start, start+window) from its context; build pairs from the kept ones."""
+    items = sorted({it.event_id: it for it in context}.values(), key=lambda i: i.sort_key)
+    end = start + timedelta(seconds=policy.window_s)
+    lo, hi = context_bounds(start, policy)
+    items = [it for it in items if lo <= it.occurred_at < hi]
+    reasons: dict[str, list[str]] = {it.event_id: [] for it in items}
+
+    def apply(found: dict[str, Reason]) -> None:
+        for eid, r in found.items():
+            reasons[eid].append(str(r))
+
+    def alive(seq: Sequence[Item]) -> list[Item]:
+        return [it for it in seq if not reasons[it.event_id]]
+
+    apply(find_duplicates(items, policy))
+    rate, rate_report = find_rate_abuse(alive(items), policy)
+    apply(rate)
+    rest = alive(items)
+    for it in rest:
+        reasons[it.event_id].extend(str(r) for r in event_flags(it, policy))
+    poison, poison_report = find_poison(alive(items), policy)
+    apply(poison)
+    brigade, brigades = find_brigades(alive(items), policy)
+    apply(brigade)
+    unreliable, rel = find_unreliable(alive(items), policy)
+    apply(unreliable)
+
+    target = [it for it in items if start <= it.occurred_at < end]
+    decisions = [decision_row(it, reasons[it.event_id] + list(it.pii), start) for it in target]
+    kept = [it for it in target if not reasons[it.event_id]]
+    pairs, unpaired = build_pairs(kept, lambda u: rel.weight(u, policy.reliability_prior), policy)
+    in_window = {it.user_id for it in target}
+    signals = {
+        "triggers": poison_report.triggers, "payloads": poison_report.payloads,
+        "brigades": [g for g in brigades if set(g) & in_window],
+        "burst_users": sorted(rate_report.burst_users & in_window),
+        "regular_users": sorted(rate_report.regular_users & in_window),
+        "burst_sources": sorted(rate_report.burst_sources),
+        "app_peak_per_min": rate_report.app_peak_per_min,
+        "reliability": {u: round(a, 4) for u, a in sorted(rel.accuracy.items()) if u in in_window},
+    }
+    return WindowResult(start, decisions, pairs, unpaired, signals)
+
+
+def windows_of(items: Iterable[Item], policy: Policy) -> list[datetime]:
+    return sorted({window_start(it.occurred_at, policy) for it in items})
+
+
+class Staging:
+    """Staged items in event-time order with a first-copy-wins event_id set: the replay's in-memory state."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[str, Item] = {}
+        self._keys: list[tuple[datetime, str]] = []
+        self._sorted: list[Item] = []
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def __contains__(self, event_id: str) -> bool:
+        return event_id in self._by_id
+
+    def add(self, item: Item) -> bool:
+        """Stage `item`; False when its event_id was staged before (a replay or redelivery)."""
+        if item.event_id in self._by_id:
+            return False
+        self._by_id[item.event_id] = item
+        i = bisect.bisect(self._keys, item.sort_key)
+        self._keys.insert(i, item.sort_key)
+        self._sorted.insert(i, item)
+        return True
+
+    def between(self, lo: datetime, hi: datetime) -> list[Item]:
+        a = bisect.bisect_left(self._keys, (lo, ""))
+        b = bisect.bisect_left(self._keys, (hi, ""))
+        return self._sorted[a:b]
+
+    def items(self) -> list[Item]:
+        return list(self._sorted)
+
+
+def settle_all(staging: Staging, policy: Policy, on_window=None) -> list[WindowResult]:
+    """Settle every window that holds a staged event, in event-time order (the replay's end of input)."""
+    out = []
+    starts = windows_of(staging.items(), policy)
+    for i, start in enumerate(starts):
+        lo, hi = context_bounds(start, policy)
+        out.append(settle_window(staging.between(lo, hi), start, policy))
+        if on_window:
+            on_window(i + 1, len(starts))
+    return out

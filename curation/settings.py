@@ -1,0 +1,80 @@
+"""Curation settings (env `ALIGNLOOP_CURATION_<FIELD>`, policy as `ALIGNLOOP_CURATION_POLICY__<FIELD>`); built lazily."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Policy(BaseModel):
+    """What the guards consider abuse. Every number here is in event time, so replay is deterministic."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # settle windows: decisions for [start, start+window) are made once event time passed start+window+lookahead,
+    # from the events of [start-lookback, start+window+lookahead)
+    window_s: int = Field(1800, ge=1, description="length of one settle window")
+    lookahead_s: int = Field(1800, ge=0, description="event time a window waits for later evidence")
+    lookback_s: int = Field(4 * 3600, ge=0, description="history each window's guards look at")
+    # rate and bot signals
+    user_per_min: int = Field(12, ge=1, description="events of one user in any 60 s above which it is a burst")
+    source_per_min: int = Field(40, ge=1, description="events of one ip_hash or device_id in any 60 s")
+    app_per_min: int = Field(5000, ge=1, description="events of one app in any 60 s (signal only, never drops)")
+    regular_min_events: int = Field(12, ge=3, description="events needed to judge inter-arrival regularity")
+    regular_max_cv: float = Field(0.15, ge=0, description="coefficient of variation of gaps below which it is a bot")
+    # duplicates
+    near_dup_jaccard: float = Field(0.8, gt=0, le=1, description="MinHash Jaccard of 5-gram shingles")
+    # trivial edits
+    trivial_edit_distance: float = Field(0.03, ge=0, lt=1, description="normalised edit distance below which an edit is trivial")
+    # reliability (one-coin Dawid-Skene)
+    reliability_prior: float = Field(0.7, gt=0.5, lt=1)
+    reliability_prior_strength: float = Field(4.0, gt=0)
+    reliability_min_overlap: int = Field(6, ge=1, description="judged items shared with others before a user can be dropped")
+    reliability_drop_below: float = Field(0.4, ge=0, lt=1)
+    # brigades (co-action)
+    coaction_window_s: int = Field(900, ge=1)
+    coaction_min_items: int = Field(3, ge=1, description="items two accounts must co-vote the same way on")
+    brigade_min_accounts: int = Field(5, ge=2)
+    # poisoned edits
+    phrase_min_accounts: int = Field(3, ge=2, description="distinct accounts that must share a rare phrase")
+    phrase_max_background: int = Field(1, ge=0, description="background occurrences allowed for a 'rare' phrase")
+    phrase_min_shaping_share: float = Field(0.9, gt=0, le=1,
+                                            description="share of a trigger's uses in edits and comparisons")
+    phrase_max_p: float = Field(1e-4, gt=0, le=1, description="binomial tail a trigger's enrichment must beat")
+    unsafe_patterns: tuple[str, ...] = Field((), description="regexes of content that is never preferred")
+
+    @model_validator(mode="after")
+    def _windows(self) -> "Policy":
+        if self.lookback_s < self.window_s and self.lookback_s:
+            from curation.errors import ConfigError
+
+            raise ConfigError(f"`lookback_s` must be 0 or at least `window_s` ({self.window_s}); got {self.lookback_s}")
+        return self
+
+
+class CurationSettings(BaseSettings):
+    """Where curation reads and writes (topics, group, store, Redis) and the policy it applies."""
+
+    model_config = SettingsConfigDict(env_prefix="ALIGNLOOP_CURATION_", env_nested_delimiter="__", extra="ignore")
+
+    topic: str = Field("alignloop.feedback.v1", description="the feedback topic; rejected/dlq are <topic>.rejected/.dlq")
+    group: str = Field("alignloop-curation", description="the consumer group every worker joins")
+    store_url: str | None = Field(None, description="SQLAlchemy URL; default: the core store")
+    redis_url: str | None = Field(None, description="default: the core Redis")
+    kafka_bootstrap: str | None = Field(None, description="default: the core bootstrap servers")
+    datadir: str | None = Field(None, description="faust's data directory; default: <home>/curation/<worker id>")
+    web_port: int = Field(0, ge=0, description="faust's web port; 0 disables the web server")
+    metrics_port: int = Field(0, ge=0, description="Prometheus /metrics port; 0 disables it")
+    batch_size: int = Field(500, ge=1, description="events written per store transaction")
+    batch_within_s: float = Field(0.2, gt=0, description="longest wait to fill a batch")
+    settle_every_s: float = Field(1.0, gt=0, description="how often a worker tries to settle closed windows")
+    idle_flush_s: float = Field(0, ge=0, description="settle every open window after this long without events "
+                                                     "(0: never; events later for those windows are late)")
+    policy: Policy = Field(default_factory=Policy)
+
+
+@lru_cache
+def get_settings() -> CurationSettings:
+    return CurationSettings()

@@ -1,0 +1,76 @@
+"""Plain models the registry hands out: adapter versions, routing pointers, audit entries."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Status(StrEnum):
+    CANDIDATE = "candidate"
+    CANARY = "canary"
+    ACTIVE = "active"
+    RETIRED = "retired"
+    ROLLED_BACK = "rolled_back"
+
+
+class AdapterVersion(BaseModel):
+    """One immutable registered adapter; only `status` and `deactivated_at` ever change."""
+
+    model_config = ConfigDict(frozen=True)
+
+    version: str
+    base_model: str
+    base_model_hash: str
+    parent_version: str | None
+    status: Status
+    config_hash: str
+    dataset_hash: str
+    manifest_sha256: str
+    manifest: dict[str, Any]
+    lineage: Any
+    location: str
+    created_at: str
+    registered_at: datetime
+    registered_by: str
+    deactivated_at: datetime | None = None
+
+    def summary(self) -> dict[str, Any]:
+        return {"version": self.version, "status": str(self.status), "base_model": self.base_model,
+                "parent_version": self.parent_version, "dataset_hash": self.dataset_hash,
+                "config_hash": self.config_hash, "created_at": self.created_at,
+                "registered_at": self.registered_at.isoformat(), "registered_by": self.registered_by,
+                "metrics": self.manifest.get("metrics", {})}
+
+
+class Routing(BaseModel):
+    """Where a base model's traffic goes: the active adapter (None = base) and an optional canary with a share."""
+
+    model_config = ConfigDict(frozen=True)
+
+    base_model: str = ""
+    active: str | None = None
+    canary: str | None = None
+    canary_share: float = Field(default=0.0, ge=0.0, le=1.0)
+    generation: int = 0
+    updated_at: datetime | None = None
+
+    def versions(self) -> set[str]:
+        return {v for v in (self.active, self.canary) if v is not None}
+
+
+class AuditEntry(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    base_model: str
+    version: str | None
+    from_version: str | None
+    reason: str
+    detail: dict[str, Any] = Field(default_factory=dict)

@@ -1,0 +1,182 @@
+"""The model host of one replica: the base model loaded once, adapters by version, one worker thread that owns it.
+
+Every touch of the model (generate, add an adapter, delete one) runs on a single worker thread, in priority
+order: adapter installs and removals jump ahead of queued requests, so a swap waits at most for the one
+generation in progress, and no request ever sees the model half-changed. Each version gets its own PEFT
+adapter name, so a request that started on a version finishes on it even after routing has moved on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+from deploy.artifacts import ADAPTER_CONFIG, WEIGHTS, LoadedArtifact
+from deploy.errors import ServingError
+
+PRIORITY_CONTROL = 0
+PRIORITY_REQUEST = 1
+BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
+
+
+def adapter_name(version: str) -> str:
+    """A PEFT-safe module key per version (versions may hold dots; module names may not)."""
+    return "v" + hashlib.sha256(version.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class PreparedAdapter:
+    """An adapter decoded off the worker thread: config and tensors, ready to be installed in a few ms."""
+
+    version: str
+    config: Any  # peft.LoraConfig
+    state_dict: dict
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+
+
+def prepare_adapter(art: LoadedArtifact) -> PreparedAdapter:
+    """Build the PEFT config and tensors from the verified bytes (never from the files again)."""
+    from peft import PeftConfig
+    from safetensors.torch import load as load_safetensors
+
+    cfg = json.loads(art.files[ADAPTER_CONFIG])
+    cfg.pop("runtime_config", None)
+    config = PeftConfig.from_peft_type(**PeftConfig.check_kwargs(**cfg))
+    config.inference_mode = True
+    return PreparedAdapter(version=art.manifest.version, config=config,
+                           state_dict=load_safetensors(art.files[WEIGHTS]))
+
+
+class ModelHost:
+    """Owns the base model, the resident adapters and the worker thread."""
+
+    def __init__(self, base_model: str, *, device: str = "cpu", torch_threads: int = 0) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if torch_threads:
+            torch.set_num_threads(torch_threads)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(base_model)
+            self.base = AutoModelForCausalLM.from_pretrained(base_model).to(device).eval()
+        except (OSError, ValueError) as exc:
+            raise ServingError(f"base model {base_model!r} could not be loaded: {exc}") from exc
+        if self.tokenizer.chat_template is None:
+            raise ServingError(f"base model {base_model!r}: tokenizer has no chat_template")
+        self.device = device
+        self.peft = None  # the PeftModel, made on the first adapter
+        self.resident: dict[str, str] = {}  # version -> adapter name; written on the worker only
+        self._queue: queue.PriorityQueue = queue.PriorityQueue()
+        self._seq = itertools.count()
+        self._worker = threading.Thread(target=self._work, name="deploy-model", daemon=True)
+        self._worker.start()
+
+    # ------------------------------------------------------------ the worker
+    def submit(self, priority: int, fn, *args) -> Future:
+        fut: Future = Future()
+        self._queue.put((priority, next(self._seq), fn, args, fut))
+        return fut
+
+    def close(self) -> None:
+        self._queue.put((-1, next(self._seq), None, (), None))
+        self._worker.join(timeout=10)
+
+    def _work(self) -> None:
+        while True:
+            _, _, fn, args, fut = self._queue.get()
+            if fn is None:
+                return
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn(*args))
+            except BaseException as exc:  # handed to the waiting caller
+                fut.set_exception(exc)
+
+    # ------------------------------------------------------------ run on the worker
+    def _install(self, prepared: PreparedAdapter) -> float:
+        from peft import get_peft_model, set_peft_model_state_dict
+
+        t0 = time.perf_counter()
+        name = adapter_name(prepared.version)
+        if prepared.version in self.resident:
+            return 0.0
+        if self.peft is None:
+            self.peft = get_peft_model(self.base, prepared.config, adapter_name=name, low_cpu_mem_usage=True)
+        else:
+            self.peft.add_adapter(name, prepared.config, low_cpu_mem_usage=True)
+        result = set_peft_model_state_dict(self.peft, prepared.state_dict, adapter_name=name, low_cpu_mem_usage=True)
+        missing = [k for k in result.missing_keys if name in k]
+        if missing or result.unexpected_keys:
+            self._remove(prepared.version, name)
+            raise ServingError(f"adapter {prepared.version!r} does not fit the base model: "
+                               f"{len(missing)} missing, {len(result.unexpected_keys)} unexpected keys "
+                               f"(first: {(missing or result.unexpected_keys)[0]!r})")
+        self.peft.eval()
+        self.resident[prepared.version] = name
+        return time.perf_counter() - t0
+
+    def _remove(self, version: str, name: str | None = None) -> None:
+        name = name or self.resident.get(version)
+        if name is None or self.peft is None:
+            return
+        if len(self.peft.peft_config) == 1:
+            # PEFT cannot delete its last adapter; keep it, unused (base requests run with "__base__")
+            self.resident.pop(version, None)
+            self._orphan = name
+            return
+        self.peft.delete_adapter(name)
+        self.resident.pop(version, None)
+
+    def _generate(self, version: str | None, messages: list[dict], max_tokens: int, temperature: float,
+                  seed: int | None) -> Completion:
+        import torch
+
+        if version is not None and version not in self.resident:
+            raise ServingError(f"adapter {version!r} is not loaded on this replica")
+        enc = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                 return_dict=True, return_tensors="pt").to(self.device)
+        kwargs: dict[str, Any] = {"max_new_tokens": max_tokens, "do_sample": temperature > 0,
+                                  "pad_token_id": self.tokenizer.pad_token_id or self.tokenizer.eos_token_id}
+        if temperature > 0:
+            kwargs.update(temperature=temperature, top_k=None, top_p=None)
+        if seed is not None:
+            torch.manual_seed(seed)
+        model = self.base
+        if self.peft is not None:
+            model = self.peft
+            kwargs["adapter_names"] = [self.resident[version] if version is not None else BASE]
+        with torch.inference_mode():
+            out = model.generate(**enc, **kwargs)
+        n_prompt = enc["input_ids"].shape[1]
+        new = out[0, n_prompt:]
+        eos = self.tokenizer.eos_token_id
+        finish = "stop" if (eos is not None and len(new) and int(new[-1]) == eos) or len(new) < max_tokens else "length"
+        return Completion(text=self.tokenizer.decode(new, skip_special_tokens=True), prompt_tokens=n_prompt,
+                          completion_tokens=int(len(new)), finish_reason=finish)
+
+    # ------------------------------------------------------------ callers (any thread)
+    def install(self, prepared: PreparedAdapter) -> float:
+        """Add an adapter ahead of queued requests; returns the seconds the model was held."""
+        return self.submit(PRIORITY_CONTROL, self._install, prepared).result()
+
+    def remove(self, version: str) -> None:
+        self.submit(PRIORITY_CONTROL, self._remove, version).result()
+
+    def generate_future(self, version: str | None, messages: list[dict], max_tokens: int, temperature: float,
+                        seed: int | None) -> Future:
+        return self.submit(PRIORITY_REQUEST, self._generate, version, messages, max_tokens, temperature, seed)

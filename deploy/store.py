@@ -1,0 +1,157 @@
+"""The registry's tables (SQLAlchemy ORM, kept inside this module) and the store functions that hand out plain models."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+from sqlalchemy import DateTime, Float, ForeignKey, Integer, String, Text, func, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from deploy.models import AdapterVersion, AuditEntry, Routing
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class VersionRow(Base):
+    __tablename__ = "deploy_adapter_versions"
+
+    version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    base_model: Mapped[str] = mapped_column(String(512), index=True)
+    base_model_hash: Mapped[str] = mapped_column(String(128))
+    parent_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    config_hash: Mapped[str] = mapped_column(String(128))
+    dataset_hash: Mapped[str] = mapped_column(String(128))
+    manifest_sha256: Mapped[str] = mapped_column(String(64))
+    manifest_json: Mapped[str] = mapped_column(Text)
+    lineage_json: Mapped[str] = mapped_column(Text)
+    location: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[str] = mapped_column(String(64))
+    registered_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    registered_by: Mapped[str] = mapped_column(String(128))
+    # when it last stopped being active: "the previous active" is the newest retired one
+    deactivated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class RoutingRow(Base):
+    __tablename__ = "deploy_routing"
+
+    base_model: Mapped[str] = mapped_column(String(512), primary_key=True)
+    active_version: Mapped[str | None] = mapped_column(ForeignKey("deploy_adapter_versions.version"), nullable=True)
+    canary_version: Mapped[str | None] = mapped_column(ForeignKey("deploy_adapter_versions.version"), nullable=True)
+    canary_share: Mapped[float] = mapped_column(Float, default=0.0)
+    generation: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class AuditRow(Base):
+    __tablename__ = "deploy_audit"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    actor: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(32))
+    base_model: Mapped[str] = mapped_column(String(512))
+    version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    from_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    reason: Mapped[str] = mapped_column(Text)
+    detail_json: Mapped[str] = mapped_column(Text, default="{}")
+
+
+def _aware(dt: datetime | None) -> datetime | None:
+    # SQLite hands back naive datetimes; they were written as UTC
+    return dt.replace(tzinfo=UTC) if dt is not None and dt.tzinfo is None else dt
+
+
+def to_version(row: VersionRow) -> AdapterVersion:
+    return AdapterVersion(
+        version=row.version, base_model=row.base_model, base_model_hash=row.base_model_hash,
+        parent_version=row.parent_version, status=row.status, config_hash=row.config_hash,
+        dataset_hash=row.dataset_hash, manifest_sha256=row.manifest_sha256,
+        manifest=json.loads(row.manifest_json), lineage=json.loads(row.lineage_json), location=row.location,
+        created_at=row.created_at, registered_at=_aware(row.registered_at), registered_by=row.registered_by,
+        deactivated_at=_aware(row.deactivated_at))
+
+
+def to_routing(row: RoutingRow | None, base_model: str) -> Routing:
+    if row is None:
+        return Routing(base_model=base_model)
+    return Routing(base_model=row.base_model, active=row.active_version, canary=row.canary_version,
+                   canary_share=row.canary_share if row.canary_version else 0.0, generation=row.generation,
+                   updated_at=_aware(row.updated_at))
+
+
+def to_audit(row: AuditRow) -> AuditEntry:
+    return AuditEntry(id=row.id, at=_aware(row.at), actor=row.actor, action=row.action, base_model=row.base_model,
+                      version=row.version, from_version=row.from_version, reason=row.reason,
+                      detail=json.loads(row.detail_json or "{}"))
+
+
+def get_version_row(session: Session, version: str) -> VersionRow | None:
+    return session.get(VersionRow, version)
+
+
+def add_version_row(session: Session, row: VersionRow) -> None:
+    session.add(row)
+    session.flush()
+
+
+def select_versions(session: Session, base_model: str | None = None) -> list[VersionRow]:
+    q = select(VersionRow).order_by(VersionRow.registered_at, VersionRow.version)
+    if base_model is not None:
+        q = q.where(VersionRow.base_model == base_model)
+    return list(session.scalars(q))
+
+
+def newest_retired(session: Session, base_model: str, exclude: str | None) -> VersionRow | None:
+    q = (select(VersionRow).where(VersionRow.base_model == base_model, VersionRow.status == "retired",
+                                  VersionRow.deactivated_at.is_not(None))
+         .order_by(VersionRow.deactivated_at.desc()))
+    if exclude is not None:
+        q = q.where(VersionRow.version != exclude)
+    return session.scalars(q.limit(1)).first()
+
+
+def lock_routing_row(session: Session, base_model: str) -> RoutingRow:
+    """The routing row, locked for update (PostgreSQL), created on first use."""
+    row = session.scalars(select(RoutingRow).where(RoutingRow.base_model == base_model).with_for_update()).first()
+    if row is None:
+        row = RoutingRow(base_model=base_model, active_version=None, canary_version=None, canary_share=0.0,
+                         generation=0, updated_at=utcnow())
+        session.add(row)
+        session.flush()
+    return row
+
+
+def read_routing_row(session: Session, base_model: str) -> RoutingRow | None:
+    return session.get(RoutingRow, base_model)
+
+
+def select_routing_rows(session: Session) -> list[RoutingRow]:
+    return list(session.scalars(select(RoutingRow).order_by(RoutingRow.base_model)))
+
+
+def add_audit(session: Session, *, actor: str, action: str, base_model: str, version: str | None,
+              from_version: str | None, reason: str, detail: dict | None = None) -> None:
+    session.add(AuditRow(at=utcnow(), actor=actor, action=action, base_model=base_model, version=version,
+                         from_version=from_version, reason=reason, detail_json=json.dumps(detail or {}, sort_keys=True)))
+    session.flush()
+
+
+def select_audit(session: Session, limit: int | None = None) -> list[AuditRow]:
+    q = select(AuditRow).order_by(AuditRow.id)
+    if limit is not None:
+        q = q.order_by(None).order_by(AuditRow.id.desc()).limit(limit)
+        return list(reversed(list(session.scalars(q))))
+    return list(session.scalars(q))
+
+
+def count_versions(session: Session) -> int:
+    return session.scalar(select(func.count()).select_from(VersionRow)) or 0

@@ -1,0 +1,353 @@
+"""The Python SDK: send feedback events to Kafka (`FeedbackClient`) or through the gateway (`HttpFeedbackClient`).
+
+    from ingest.client import FeedbackClient
+    with FeedbackClient("shop-bot") as feedback:
+        feedback.rate(user_id="u-1", prompt="2+2?", response="4", rating="up")
+
+Nothing is dropped silently: each send returns a `Delivery` (a future), an optional `on_error` callback
+hears every failure, and `flush()` / `close()` / leaving the `with` block raise `DeliveryError` naming
+every event that was not acknowledged since the last flush. Retrying means sending the same event again:
+its `event_id` stays, so curation counts it once.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from ingest.errors import DeliveryError, EventError, GatewayError
+from ingest.events import FeedbackEvent, encode_event, event_key, new_event_id, parse_event, validate_event
+
+OnError = Callable[[FeedbackEvent, BaseException], None]
+
+
+class _EventBuilder:
+    """rate / edit / compare: build a v1 event for this client's app, then `send` it."""
+
+    app_id: str
+
+    def send(self, event: FeedbackEvent | Mapping[str, Any]):  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _build(self, kind: str, fields: dict[str, Any], common: dict[str, Any]) -> FeedbackEvent:
+        data: dict[str, Any] = {"schema_version": 1, "kind": kind, "app_id": self.app_id,
+                                "event_id": common.pop("event_id", None) or new_event_id(),
+                                "occurred_at": common.pop("occurred_at", None) or datetime.now(UTC)}
+        data.update({k: v for k, v in common.items() if v is not None})
+        data.update(fields)
+        return validate_event(data)
+
+    def rate(self, *, user_id: str, prompt: str | Sequence[Mapping[str, str]], response: str, rating: str,
+             **common: Any):
+        """Thumbs `"up"` or `"down"` on one answer. `common`: session_id, response_id, adapter_version,
+        client, metadata, event_id, occurred_at. Raises EventError before sending if a rule breaks."""
+        return self.send(self._build("rating", {"user_id": user_id, "prompt": prompt, "response": response,
+                                                "rating": rating}, common))
+
+    def edit(self, *, user_id: str, prompt: str | Sequence[Mapping[str, str]], response: str, edited: str,
+             **common: Any):
+        """The user rewrote `response` into `edited` (preferred)."""
+        return self.send(self._build("edit", {"user_id": user_id, "prompt": prompt, "response": response,
+                                              "edited": edited}, common))
+
+    def compare(self, *, user_id: str, prompt: str | Sequence[Mapping[str, str]], responses: Sequence[str],
+                chosen: int | None, **common: Any):
+        """A side-by-side choice: `chosen` is 0 or 1, or None for a tie."""
+        return self.send(self._build("comparison", {"user_id": user_id, "prompt": prompt,
+                                                    "responses": list(responses), "chosen": chosen}, common))
+
+    def _coerce(self, event: FeedbackEvent | Mapping[str, Any]) -> FeedbackEvent:
+        if isinstance(event, Mapping):
+            event = parse_event(event)
+        if event.app_id != self.app_id:
+            raise EventError("schema", [{"loc": "app_id", "msg": f"must be this client's app {self.app_id!r}; "
+                                                                 f"got {event.app_id!r}"}])
+        return event
+
+
+class Delivery:
+    """The pending acknowledgement of one event: a future resolving to where Kafka stored it."""
+
+    __slots__ = ("event", "_future")
+
+    def __init__(self, event: FeedbackEvent, future: Any):
+        self.event = event
+        self._future = future
+
+    @property
+    def event_id(self) -> str:
+        return str(self.event.event_id)
+
+    def done(self) -> bool:
+        return self._future.is_done
+
+    def succeeded(self) -> bool:
+        return self._future.is_done and self._future.exception is None
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Kafka's RecordMetadata (topic, partition, offset) once acknowledged; raises DeliveryError otherwise."""
+        try:
+            return self._future.get(timeout=timeout)
+        except Exception as exc:
+            raise DeliveryError(f"event {self.event_id} was not acknowledged by Kafka: {exc!r}",
+                                [(self.event, exc)]) from exc
+
+    def add_done_callback(self, fn: Callable[[Delivery], None]) -> None:
+        """Call `fn(delivery)` once acknowledged or failed (on the producer's I/O thread: keep it short)."""
+        self._future.add_both(lambda _value: fn(self))
+
+
+class FeedbackClient(_EventBuilder):
+    """Feedback into Kafka through an acks=all idempotent producer; the key keeps a conversation in one partition.
+
+    `delivery_timeout_ms` bounds how long an event may wait for Kafka (retries included) before it fails
+    and is reported; the default rides out a broker restart of a minute or so.
+    """
+
+    def __init__(self, app_id: str, bootstrap: str | None = None, *, topic: str | None = None,
+                 on_error: OnError | None = None, linger_ms: int = 5, batch_size: int = 64 * 1024,
+                 delivery_timeout_ms: int = 120_000, max_block_ms: int = 10_000, **producer_config: Any):
+        from kafka import KafkaProducer
+        from kafka.errors import KafkaError
+
+        if bootstrap is None or topic is None:
+            from alignloop.settings import get_settings as core_settings
+            from ingest.settings import get_settings
+
+            bootstrap = bootstrap or core_settings().kafka_bootstrap
+            topic = topic or get_settings().topic
+        self.app_id = app_id
+        self.topic = topic
+        self._on_error = on_error
+        self._failed: list[tuple[FeedbackEvent, BaseException]] = []
+        self._lock = threading.Lock()
+        config = {"acks": "all", "enable_idempotence": True, "retries": 2**31 - 1, "linger_ms": linger_ms,
+                  "batch_size": batch_size, "delivery_timeout_ms": delivery_timeout_ms,
+                  "request_timeout_ms": min(30_000, max(1000, delivery_timeout_ms - linger_ms - 1)),
+                  "max_block_ms": max_block_ms, "max_in_flight_requests_per_connection": 5,
+                  "client_id": f"alignloop-sdk-{app_id}", **producer_config}
+        try:
+            self._producer = KafkaProducer(bootstrap_servers=bootstrap, **config)
+        except KafkaError as exc:
+            raise DeliveryError(f"no Kafka producer for {bootstrap}: {exc!r}") from exc
+
+    def send(self, event: FeedbackEvent | Mapping[str, Any]) -> Delivery:
+        """Queue one event (a model or its JSON mapping); returns its Delivery. Raises EventError for a bad
+        event and DeliveryError when the producer cannot even queue it (e.g. no metadata within max_block_ms)."""
+        from kafka.errors import KafkaError
+
+        event = self._coerce(event)
+        try:
+            future = self._producer.send(self.topic, encode_event(event), event_key(event))
+        except (KafkaError, AssertionError, ValueError, TypeError) as exc:
+            raise DeliveryError(f"event {event.event_id} could not be queued for Kafka: {exc!r}",
+                                [(event, exc)]) from exc
+        future.add_errback(self._failure, event)
+        return Delivery(event, future)
+
+    def _failure(self, event: FeedbackEvent, exc: BaseException) -> None:
+        with self._lock:
+            self._failed.append((event, exc))
+        if self._on_error is not None:
+            self._on_error(event, exc)
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until every queued event is acknowledged or failed; raise DeliveryError naming the failures."""
+        from kafka.errors import KafkaTimeoutError
+
+        try:
+            self._producer.flush(timeout=timeout)
+        except KafkaTimeoutError as exc:
+            raise DeliveryError(f"events still unacknowledged after {timeout} s; they may yet be delivered or "
+                                "fail (see each Delivery)") from exc
+        self.raise_failures()
+
+    def raise_failures(self) -> None:
+        """Raise DeliveryError for failures seen since the last call (flush calls it); else return."""
+        with self._lock:
+            failed, self._failed = self._failed, []
+        if failed:
+            ids = ", ".join(str(e.event_id) for e, _ in failed[:3])
+            raise DeliveryError(f"{len(failed)} event(s) not acknowledged by Kafka (e.g. {ids}); first cause: "
+                                f"{failed[0][1]!r}", failed)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Flush, then close the producer; raises DeliveryError when something was not acknowledged."""
+        try:
+            self.flush(timeout)
+        finally:
+            self._producer.close(timeout=timeout)
+
+    def __enter__(self) -> FeedbackClient:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+
+class HttpDelivery:
+    """The pending acknowledgement of one event sent through the gateway."""
+
+    __slots__ = ("event", "_done", "_error", "_callbacks")
+
+    def __init__(self, event: FeedbackEvent):
+        self.event = event
+        self._done = threading.Event()
+        self._error: BaseException | None = None
+        self._callbacks: list[Callable[[HttpDelivery], None]] = []
+
+    @property
+    def event_id(self) -> str:
+        return str(self.event.event_id)
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def succeeded(self) -> bool:
+        return self._done.is_set() and self._error is None
+
+    def _settle(self, error: BaseException | None) -> None:
+        self._error = error
+        self._done.set()
+        for fn in self._callbacks:
+            fn(self)
+
+    def result(self, timeout: float | None = None) -> None:
+        """Return once the gateway acknowledged the event; raise DeliveryError/EventError otherwise."""
+        if not self._done.wait(timeout):
+            raise DeliveryError(f"event {self.event_id} not acknowledged yet (still queued: call flush())",
+                                [(self.event, None)])
+        if self._error is not None:
+            raise self._error
+
+    def add_done_callback(self, fn: Callable[[HttpDelivery], None]) -> None:
+        if self._done.is_set():
+            fn(self)
+        else:
+            self._callbacks.append(fn)
+
+
+class HttpFeedbackClient(_EventBuilder):
+    """The same methods over the HTTP gateway: events are posted in batches of `batch_size` (and on flush).
+
+    A 503 or a connection error is retried `retries` times with the same event ids; an event the gateway
+    refuses (422) fails its Delivery with EventError and the valid rest of the batch is posted again.
+    """
+
+    def __init__(self, app_id: str, base_url: str, api_key: str, *, batch_size: int = 100,
+                 timeout: float = 10.0, retries: int = 5, backoff_s: float = 0.2,
+                 on_error: OnError | None = None, transport: Any = None):
+        import httpx
+
+        self.app_id = app_id
+        self.batch_size = max(1, min(batch_size, 1000))
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self._on_error = on_error
+        self._pending: list[HttpDelivery] = []
+        self._failed: list[tuple[FeedbackEvent, BaseException]] = []
+        self._lock = threading.Lock()
+        self._http = httpx.Client(base_url=base_url, timeout=timeout, transport=transport,
+                                  headers={"Authorization": f"Bearer {api_key}",
+                                           "Content-Type": "application/json"})
+
+    def send(self, event: FeedbackEvent | Mapping[str, Any]) -> HttpDelivery:
+        event = self._coerce(event)
+        encode_event(event)  # size check before queueing
+        delivery = HttpDelivery(event)
+        with self._lock:
+            self._pending.append(delivery)
+            full = len(self._pending) >= self.batch_size
+        if full:
+            self._post_pending()
+        return delivery
+
+    def _post_pending(self) -> None:
+        with self._lock:
+            batch, self._pending = self._pending, []
+        while batch:
+            chunk, batch = batch[: self.batch_size], batch[self.batch_size:]
+            self._post(chunk)
+
+    def _fail(self, delivery: HttpDelivery, error: BaseException) -> None:
+        with self._lock:
+            self._failed.append((delivery.event, error))
+        delivery._settle(error)
+        if self._on_error is not None:
+            self._on_error(delivery.event, error)
+
+    def _post(self, chunk: list[HttpDelivery]) -> None:
+        import httpx
+
+        attempt = 0
+        while chunk:
+            body = b"[" + b",".join(encode_event(d.event) for d in chunk) + b"]"
+            try:
+                response = self._http.post("/v1/events", content=body)
+            except httpx.HTTPError as exc:
+                response, error = None, exc
+            if response is not None and response.status_code == 200:
+                for d in chunk:
+                    d._settle(None)
+                return
+            if response is not None and response.status_code == 422:
+                results = response.json().get("results", [])
+                refused = {r["index"]: r for r in results if r.get("status") == "refused"}
+                if not refused:  # the whole body was refused: every event fails with the same reason
+                    err = GatewayError(f"gateway refused the batch: {response.text[:300]}", 422, response.json())
+                    for d in chunk:
+                        self._fail(d, err)
+                    return
+                for i, d in enumerate(chunk):
+                    if i in refused:
+                        self._fail(d, EventError(refused[i].get("reason", "schema"), refused[i].get("errors", [])))
+                chunk = [d for i, d in enumerate(chunk) if i not in refused]
+                continue
+            if response is not None and response.status_code != 503:
+                err = GatewayError(f"gateway answered {response.status_code}: {response.text[:300]}",
+                                   response.status_code, response.text)
+                for d in chunk:
+                    self._fail(d, err)
+                return
+            if response is not None:  # 503: Kafka did not acknowledge (some of) them
+                acked = {r["index"] for r in response.json().get("results", []) if r.get("status") == "accepted"}
+                for i, d in enumerate(chunk):
+                    if i in acked:
+                        d._settle(None)
+                chunk = [d for i, d in enumerate(chunk) if i not in acked]
+                error = GatewayError(f"gateway answered 503: {response.text[:200]}", 503)
+                wait = float(response.headers.get("Retry-After", self.backoff_s))
+            else:
+                wait = self.backoff_s * 2**attempt
+            attempt += 1
+            if attempt > self.retries:
+                for d in chunk:
+                    self._fail(d, DeliveryError(f"event {d.event_id} not acknowledged after {self.retries} "
+                                                f"retries: {error!r}", [(d.event, error)]))
+                return
+            time.sleep(min(wait, 30.0))
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Post every queued event; raise DeliveryError naming each event not acknowledged since the last flush."""
+        self._post_pending()
+        with self._lock:
+            failed, self._failed = self._failed, []
+        if failed:
+            ids = ", ".join(str(e.event_id) for e, _ in failed[:3])
+            raise DeliveryError(f"{len(failed)} event(s) not acknowledged by the gateway (e.g. {ids}); first "
+                                f"cause: {failed[0][1]}", failed)
+
+    def close(self, timeout: float | None = None) -> None:
+        try:
+            self.flush(timeout)
+        finally:
+            self._http.close()
+
+    def __enter__(self) -> HttpFeedbackClient:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()

@@ -1,0 +1,355 @@
+"""The HTTP gateway: `POST /v1/events` (one event or an array of up to 1,000) into Kafka, with per-app API keys.
+
+Answers: 200 once Kafka acknowledged every event; 401 without a valid key; 403 for an event of another
+app; 413 past a size limit; 422 naming each refused event's field paths (nothing of that body is sent);
+503 with Retry-After when Kafka did not acknowledge in time (never a 2xx for an unacknowledged event).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import time
+from collections.abc import Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from ingest.errors import EventError
+from ingest.events import (
+    MAX_EVENT_BYTES,
+    ClientInfo,
+    _EventBase,
+    decode_json,
+    encode_event,
+    event_json_schema,
+    event_key,
+    validate_event,
+)
+
+log = logging.getLogger("ingest.gateway")
+
+
+@dataclass
+class GatewayConfig:
+    """What one gateway needs; `serve` builds it from the settings, tests build it directly."""
+
+    bootstrap: str
+    topic: str
+    find_app: Callable[[str], str | None]  # API key -> app_id (None: unknown or revoked); may block
+    ip_salt: bytes
+    partitions: int = 6
+    max_batch: int = 1000
+    max_body_bytes: int = 16 * 1024 * 1024
+    produce_timeout_s: float = 5.0
+    retry_after_s: int = 5
+    key_cache_s: float = 5.0
+    linger_ms: int = 5
+    ensure_topics: bool = True
+    producer_config: dict[str, Any] = field(default_factory=dict)
+
+
+class _Metrics:
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Histogram
+
+        self.registry = CollectorRegistry()
+        self.accepted = Counter("alignloop_ingest_events_accepted", "events acknowledged by Kafka",
+                                ["app_id"], registry=self.registry)
+        self.refused = Counter("alignloop_ingest_events_refused", "events or bodies refused, by reason",
+                               ["reason"], registry=self.registry)
+        self.requests = Counter("alignloop_ingest_requests", "POST /v1/events answers, by status",
+                                ["status"], registry=self.registry)
+        self.produce_latency = Histogram(
+            "alignloop_ingest_produce_latency_seconds", "from handing a request's events to the producer "
+            "to Kafka's acknowledgement of all of them", registry=self.registry,
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+
+
+class _Producer:
+    """An aiokafka acks=all idempotent producer, started on first need so the gateway outlives a broker outage."""
+
+    def __init__(self, cfg: GatewayConfig):
+        self.cfg = cfg
+        self._producer = None
+        self._lock = asyncio.Lock()
+
+    async def get(self):
+        if self._producer is not None:
+            return self._producer
+        async with self._lock:
+            if self._producer is None:
+                from aiokafka import AIOKafkaProducer
+
+                producer = AIOKafkaProducer(
+                    bootstrap_servers=self.cfg.bootstrap, acks="all", enable_idempotence=True,
+                    linger_ms=self.cfg.linger_ms, max_batch_size=256 * 1024,
+                    request_timeout_ms=max(1000, int(self.cfg.produce_timeout_s * 1000)),
+                    client_id="alignloop-gateway", **self.cfg.producer_config)
+                try:
+                    await producer.start()
+                except BaseException:
+                    await producer.stop()
+                    raise
+                self._producer = producer
+        return self._producer
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+
+def _error(status: int, reason: str, errors: list[dict[str, str]], **extra: Any) -> JSONResponse:
+    headers = extra.pop("headers", None)
+    return JSONResponse({"reason": reason, "errors": errors, **extra}, status_code=status, headers=headers)
+
+
+def _prefixed(prefix: str, errors: list[dict[str, str]]) -> list[dict[str, str]]:
+    return [{"loc": ".".join(p for p in (prefix, e["loc"]) if p) or "body", "msg": e["msg"]} for e in errors]
+
+
+def create_app(cfg: GatewayConfig) -> FastAPI:
+    """The gateway as an ASGI app (run it with uvicorn; `alignloop ingest serve` does)."""
+    producer = _Producer(cfg)
+    metrics = _Metrics()
+    key_cache: dict[str, tuple[str | None, float]] = {}
+    state = {"kafka": "unknown"}
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        if cfg.ensure_topics:
+            from ingest.topics import ensure_topics
+
+            try:
+                await run_in_threadpool(ensure_topics, cfg.bootstrap, cfg.partitions, base=cfg.topic)
+                await producer.get()
+                state["kafka"] = "ok"
+            except Exception as exc:  # keep serving: requests answer 503 until Kafka is back
+                state["kafka"] = f"unreachable: {exc!r}"
+                log.warning("Kafka not ready at start-up: %r", exc)
+        yield
+        await producer.stop()
+
+    app = FastAPI(title="alignloop ingest gateway", version="1", lifespan=lifespan,
+                  description=__doc__)
+
+    async def app_for(request: Request) -> str | None:
+        header = request.headers.get("authorization", "")
+        key = header[7:].strip() if header[:7].lower() == "bearer " else request.headers.get("x-api-key", "")
+        if not key:
+            return None
+        hit = key_cache.get(key)
+        now = time.monotonic()
+        if hit and hit[1] > now:
+            return hit[0]
+        app_id = await run_in_threadpool(cfg.find_app, key)
+        if len(key_cache) > 10_000:
+            key_cache.clear()
+        key_cache[key] = (app_id, now + cfg.key_cache_s)
+        return app_id
+
+    def ip_hash(request: Request) -> str | None:
+        if request.client is None:
+            return None
+        return hmac.new(cfg.ip_salt, request.client.host.encode(), hashlib.sha256).hexdigest()[:32]
+
+    async def read_body(request: Request, limit: int) -> bytes | None:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            return None
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                return None
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def answer(response: JSONResponse) -> JSONResponse:
+        metrics.requests.labels(str(response.status_code)).inc()
+        return response
+
+    @app.post("/v1/events", summary="Send one feedback event or an array of up to 1,000",
+              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {
+                  "anyOf": [{"$ref": "#/components/schemas/FeedbackEventV1"},
+                            {"type": "array", "maxItems": cfg.max_batch,
+                             "items": {"$ref": "#/components/schemas/FeedbackEventV1"}}]}}}}},
+              responses={200: {"description": "every event acknowledged by Kafka"},
+                         401: {"description": "no valid API key"},
+                         403: {"description": "an event's app_id is not the key's app"},
+                         413: {"description": "body, event or text past its size limit"},
+                         422: {"description": "refused events, each with field paths and rules; nothing sent"},
+                         503: {"description": "Kafka did not acknowledge; retry after Retry-After seconds"}})
+    async def post_events(request: Request) -> JSONResponse:
+        app_id = await app_for(request)
+        if app_id is None:
+            metrics.refused.labels("unauthorized").inc()
+            return answer(_error(401, "unauthorized", [{"loc": "header.authorization",
+                                                        "msg": "a valid API key is required: `Authorization: "
+                                                               "Bearer alk_...` or `X-API-Key`"}],
+                                 headers={"WWW-Authenticate": "Bearer"}))
+        limit = cfg.max_body_bytes
+        raw = await read_body(request, limit)
+        if raw is None:
+            metrics.refused.labels("too_large").inc()
+            return answer(_error(413, "too_large", [{"loc": "body", "msg": f"a body must be at most {limit} bytes"}]))
+        try:
+            data = decode_json(raw, limit=None)
+        except EventError as exc:
+            metrics.refused.labels(exc.reason).inc()
+            return answer(_error(422, exc.reason, _prefixed("body", exc.errors)))
+
+        batch = isinstance(data, list)
+        items = data if batch else [data]
+        if not batch and len(raw) > MAX_EVENT_BYTES:
+            metrics.refused.labels("too_large").inc()
+            return answer(_error(413, "too_large", [{"loc": "body", "msg": f"an event must be at most "
+                                                     f"{MAX_EVENT_BYTES} bytes; got {len(raw)}"}]))
+        if batch and not items:
+            metrics.refused.labels("empty_batch").inc()
+            return answer(_error(422, "empty_batch", [{"loc": "body", "msg": "an array must hold 1 to "
+                                                       f"{cfg.max_batch} events; got 0"}]))
+        if len(items) > cfg.max_batch:
+            metrics.refused.labels("too_many_events").inc()
+            return answer(_error(413, "too_many_events", [{"loc": "body", "msg": f"an array must hold at most "
+                                                           f"{cfg.max_batch} events; got {len(items)}"}]))
+        foreign = [i for i, d in enumerate(items)
+                   if isinstance(d, dict) and isinstance(d.get("app_id"), str) and d["app_id"] != app_id]
+        if foreign:
+            metrics.refused.labels("forbidden_app").inc()
+            return answer(_error(403, "forbidden_app", [
+                {"loc": f"{i}.app_id" if batch else "app_id",
+                 "msg": f"must be this key's app {app_id!r}; got {items[i]['app_id']!r}"} for i in foreign[:20]]))
+
+        hashed = ip_hash(request)
+        events: list[_EventBase] = []
+        encoded: list[tuple[bytes, bytes]] = []
+        results: list[dict[str, Any]] = []
+        errors: list[dict[str, str]] = []
+        too_large = False
+        for i, item in enumerate(items):
+            prefix = str(i) if batch else ""
+            try:
+                event = validate_event(item)
+                device = event.client.device_id if event.client else None
+                event = event.model_copy(update={"client": ClientInfo(ip_hash=hashed, device_id=device)})
+                encoded.append((encode_event(event), event_key(event)))
+                events.append(event)
+                results.append({"index": i, "status": "valid", "event_id": str(event.event_id)})
+            except EventError as exc:
+                too_large = too_large or exc.reason == "too_large"
+                metrics.refused.labels(exc.reason).inc()
+                shown = _prefixed(prefix, exc.errors)
+                errors.extend(shown)
+                results.append({"index": i, "status": "refused", "reason": exc.reason, "errors": exc.errors})
+        if errors:
+            status = 413 if too_large else 422
+            refused = sum(r["status"] == "refused" for r in results)
+            body: dict[str, Any] = {"accepted": 0, "refused": refused}
+            if batch:
+                body["results"] = results
+            return answer(_error(status, "too_large" if too_large else "schema", errors, **body))
+
+        started = time.perf_counter()
+        acked = await _produce(producer, cfg, encoded)
+        metrics.produce_latency.observe(time.perf_counter() - started)
+        for r, ok in zip(results, acked):
+            r["status"] = "accepted" if ok else "not_acknowledged"
+        n_ok = sum(acked)
+        if n_ok:
+            metrics.accepted.labels(app_id).inc(n_ok)
+        if n_ok < len(acked):
+            state["kafka"] = "not acknowledging"
+            metrics.refused.labels("kafka_unavailable").inc(len(acked) - n_ok)
+            return answer(_error(503, "kafka_unavailable",
+                                 [{"loc": f"{r['index']}" if batch else "body", "msg": "not acknowledged by Kafka "
+                                   f"within {cfg.produce_timeout_s} s; retry with the same event_id"}
+                                  for r in results if r["status"] != "accepted"][:20],
+                                 accepted=n_ok, results=results, headers={"Retry-After": str(cfg.retry_after_s)}))
+        state["kafka"] = "ok"
+        return answer(JSONResponse({"accepted": n_ok, "results": results}))
+
+    @app.get("/healthz", summary="Liveness, and whether Kafka acknowledged the last writes")
+    async def healthz() -> JSONResponse:
+        if state["kafka"] != "ok":
+            try:
+                await asyncio.wait_for(producer.get(), timeout=2)
+                state["kafka"] = "ok"
+            except Exception as exc:
+                state["kafka"] = f"unreachable: {exc!r}"
+        ok = state["kafka"] == "ok"
+        return JSONResponse({"status": "ok" if ok else "degraded", "kafka": state["kafka"], "topic": cfg.topic},
+                            status_code=200 if ok else 503)
+
+    @app.get("/metrics", summary="Prometheus metrics")
+    async def prometheus() -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        from fastapi.openapi.utils import get_openapi
+
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        event = event_json_schema()
+        defs = event.pop("$defs", {})
+        for key in ("$schema", "$id"):
+            event.pop(key, None)
+        text = __import__("json").dumps({"FeedbackEventV1": event, **defs}).replace("#/$defs/", "#/components/schemas/")
+        schema.setdefault("components", {}).setdefault("schemas", {}).update(__import__("json").loads(text))
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    app.state.metrics = metrics
+    return app
+
+
+async def _produce(producer: _Producer, cfg: GatewayConfig, encoded: list[tuple[bytes, bytes]]) -> list[bool]:
+    """Send every (value, key); True where Kafka acknowledged within the produce timeout."""
+    deadline = time.monotonic() + cfg.produce_timeout_s
+    futures: list[asyncio.Future] = []
+    try:
+        async with asyncio.timeout(cfg.produce_timeout_s):
+            p = await producer.get()
+            for value, key in encoded:
+                futures.append(await p.send(cfg.topic, value=value, key=key))
+    except Exception as exc:  # timeouts and Kafka errors alike: what was not acknowledged is reported
+        log.warning("producing to %s failed: %r", cfg.topic, exc)
+    pending = [f for f in futures if not f.done()]
+    if pending:
+        await asyncio.wait(pending, timeout=max(0.0, deadline - time.monotonic()))
+    acked = [f.done() and not f.cancelled() and f.exception() is None for f in futures]
+    return acked + [False] * (len(encoded) - len(acked))
+
+
+def build_config(*, bootstrap: str | None = None, store_url: str | None = None, **overrides: Any) -> GatewayConfig:
+    """A GatewayConfig from the core and ingest settings, the API keys read from the store."""
+    from alignloop.db import open_store, session_scope
+    from alignloop.settings import get_settings as core_settings
+    from ingest.settings import get_settings, load_ip_salt
+    from ingest.store import find_app_for_key
+
+    core, s = core_settings(), get_settings()
+    engine = open_store(store_url or core.resolved_store_url)
+
+    def find_app(key: str) -> str | None:
+        with session_scope(engine) as session:
+            return find_app_for_key(session, key)
+
+    values: dict[str, Any] = dict(
+        bootstrap=bootstrap or core.kafka_bootstrap, topic=s.topic, find_app=find_app,
+        ip_salt=load_ip_salt(s, core.home), partitions=s.partitions, max_batch=s.max_batch,
+        max_body_bytes=s.max_body_bytes, produce_timeout_s=s.produce_timeout_s,
+        retry_after_s=s.retry_after_s, key_cache_s=s.key_cache_s, linger_ms=s.linger_ms)
+    values.update(overrides)
+    return GatewayConfig(**values)

@@ -1,0 +1,275 @@
+"""Training: a LoRA adapter from a snapshot with TRL's DPOTrainer (pairs) and KTOTrainer (unpaired), as an artifact.
+
+The reference is the base with the adapter disabled (no second copy). The base never changes, so its
+log-probs for a pair are kept on disk (`RefLogpCache`): a later retrain over grown data pays only for the
+policy on the pairs it has seen before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+from retrain.config import RunConfig, parse_config
+from retrain.errors import TrainError
+from retrain.snapshot import Snapshot, to_trl_pairs, to_trl_unpaired
+
+MANIFEST = "manifest.json"
+LINEAGE = "lineage.json"
+
+
+def new_version() -> str:
+    return f"a-{datetime.now(timezone.utc):%Y%m%d%H%M%S}-{uuid.uuid4().hex[:8]}"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    import peft
+    import torch
+    import transformers
+    import trl
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__,
+            "peft": peft.__version__}
+
+
+class RefLogpCache:
+    """Reference (base) log-probs per tokenized pair, in one JSON file per base model hash."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.values: dict[str, list[float]] = json.loads(path.read_text()) if path.is_file() else {}
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def for_base(base_hash: str) -> "RefLogpCache":
+        from alignloop.settings import get_settings
+
+        return RefLogpCache(get_settings().cache_dir / "ref_logps" / f"{base_hash[:24]}.json")
+
+    @staticmethod
+    def key(prompt_ids, chosen_ids, rejected_ids, max_length) -> str:
+        raw = json.dumps([list(prompt_ids), list(chosen_ids), list(rejected_ids), max_length])
+        return hashlib.sha256(raw.encode()).hexdigest()[:32]
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".ref-", dir=self.path.parent)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(self.values, fh)
+        os.replace(tmp, self.path)
+
+
+def _dpo_trainer_class():
+    from trl import DPOTrainer
+
+    class CachedRefDPOTrainer(DPOTrainer):
+        """DPOTrainer whose precomputed reference log-probs come from, and go to, a `RefLogpCache`."""
+
+        ref_cache: RefLogpCache | None = None
+
+        def _precompute_ref_logps(self, dataset, name, batch_size):
+            cache = self.ref_cache
+            if cache is None:
+                return super()._precompute_ref_logps(dataset, name, batch_size)
+            keys = [RefLogpCache.key(p, c, r, self.args.max_length) for p, c, r in
+                    zip(dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"])]
+            missing = sorted({i for i, k in enumerate(keys) if k not in cache.values})
+            cache.hits += len(keys) - len(missing)
+            cache.misses += len(missing)
+            if missing:
+                done = super()._precompute_ref_logps(dataset.select(missing), name, batch_size)
+                for i, c, r in zip(missing, done["ref_chosen_logps"], done["ref_rejected_logps"]):
+                    cache.values[keys[i]] = [float(c), float(r)]
+                cache.save()
+            dataset = dataset.add_column("ref_chosen_logps", [cache.values[k][0] for k in keys])
+            return dataset.add_column("ref_rejected_logps", [cache.values[k][1] for k in keys])
+
+    return CachedRefDPOTrainer
+
+
+def _common_args(cfg: RunConfig, workdir: Path, progress: bool) -> dict:
+    # TRL's defaults (lr 1e-6, bf16, gradient checkpointing) do not suit LoRA on a CPU
+    return dict(output_dir=str(workdir), bf16=False, fp16=False, gradient_checkpointing=False, use_cpu=True,
+                save_strategy="no", report_to=[], logging_steps=5, seed=cfg.seed, data_seed=cfg.seed,
+                dataloader_num_workers=0, disable_tqdm=not progress, lr_scheduler_type="linear")
+
+
+def _lora_config(cfg: RunConfig):
+    from peft import LoraConfig
+
+    return LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                      target_modules=list(cfg.lora.target_modules), task_type="CAUSAL_LM", bias="none")
+
+
+def _summarize(log_history: list[dict], prefix: str) -> dict:
+    out: dict = {}
+    for entry in log_history:
+        for k, v in entry.items():
+            if isinstance(v, (int, float)) and k not in {"epoch", "step"}:
+                out[f"{prefix}/{k}"] = round(float(v), 6)
+    return out
+
+
+def run_training(base_model: str, snapshot: Snapshot, cfg: RunConfig, workdir: Path, *, progress: bool = True):
+    """Train in memory; returns (peft model, tokenizer, metrics). Nothing is written outside `workdir`."""
+    import torch
+    from datasets import Dataset
+    from transformers import set_seed
+    from trl import KTOConfig, KTOTrainer
+
+    from retrain.model import hash_model_dir, load_base
+    from retrain.settings import get_settings
+
+    if get_settings().num_threads:
+        torch.set_num_threads(get_settings().num_threads)
+    set_seed(cfg.seed)
+    model, tokenizer = load_base(base_model)
+    metrics: dict = {}
+    use_kto = cfg.kto.enabled and len(snapshot.train_unpaired) >= cfg.kto.min_examples
+    if not snapshot.train_pairs and not use_kto:
+        raise TrainError(f"the snapshot has nothing to train on: 0 pairs and {len(snapshot.train_unpaired)} "
+                         f"unpaired (KTO needs `kto.enabled` and at least {cfg.kto.min_examples})")
+    if snapshot.train_pairs:
+        from trl import DPOConfig
+
+        d = cfg.dpo
+        args = DPOConfig(**_common_args(cfg, workdir / "dpo", progress), learning_rate=d.learning_rate,
+                         num_train_epochs=d.epochs, per_device_train_batch_size=d.batch_size,
+                         warmup_steps=d.warmup_steps, beta=d.beta, loss_type=list(d.loss_type),
+                         loss_weights=list(d.loss_weights) if d.loss_weights else None,
+                         label_smoothing=d.label_smoothing, max_length=d.max_length,
+                         precompute_ref_log_probs=d.precompute_ref_log_probs,
+                         precompute_ref_batch_size=max(32, d.batch_size))
+        trainer_cls = _dpo_trainer_class()
+        cache = RefLogpCache.for_base(hash_model_dir(base_model)) if (
+            d.precompute_ref_log_probs and d.cache_ref_log_probs) else None
+        trainer_cls.ref_cache = cache
+        started = time.perf_counter()
+        try:
+            trainer = trainer_cls(model=model, args=args, train_dataset=Dataset.from_list(to_trl_pairs(snapshot.train_pairs)),
+                                  processing_class=tokenizer, peft_config=_lora_config(cfg))
+        finally:
+            trainer_cls.ref_cache = None
+        prep_s = time.perf_counter() - started
+        out = trainer.train()
+        model = trainer.model
+        metrics.update(_summarize(trainer.state.log_history, "dpo"))
+        metrics.update({"dpo/train_runtime_s": round(out.metrics["train_runtime"], 2),
+                        "dpo/prepare_s": round(prep_s, 2),
+                        "dpo/pairs_per_s": round(len(snapshot.train_pairs) * d.epochs / out.metrics["train_runtime"], 2)})
+        if cache is not None:
+            metrics.update({"dpo/ref_cache_hits": cache.hits, "dpo/ref_cache_misses": cache.misses})
+    if use_kto:
+        k = cfg.kto
+        args = KTOConfig(**_common_args(cfg, workdir / "kto", progress), learning_rate=k.learning_rate,
+                         num_train_epochs=k.epochs, per_device_train_batch_size=k.batch_size, beta=k.beta,
+                         desirable_weight=k.desirable_weight, undesirable_weight=k.undesirable_weight,
+                         max_length=k.max_length)
+        data = Dataset.from_list(to_trl_unpaired(snapshot.train_unpaired))
+        # after a DPO stage the model is already a PeftModel: KTO then keeps a frozen copy of the adapter only
+        kwargs = {} if snapshot.train_pairs else {"peft_config": _lora_config(cfg)}
+        trainer = KTOTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer, **kwargs)
+        out = trainer.train()
+        model = trainer.model
+        metrics.update(_summarize(trainer.state.log_history, "kto"))
+        metrics["kto/examples_per_s"] = round(len(snapshot.train_unpaired) * k.epochs / out.metrics["train_runtime"], 2)
+        if "ref" in getattr(model, "peft_config", {}):
+            model.delete_adapter("ref")
+    model.eval()
+    return model, tokenizer, metrics
+
+
+def write_artifact(model, staging: Path, *, base_model: str, snapshot: Snapshot, cfg: RunConfig,
+                   metrics: dict, parent_version: str | None, version: str) -> None:
+    """The adapter, its lineage and its manifest into `staging` (not yet renamed into place)."""
+    from retrain.model import hash_model_dir
+
+    model.save_pretrained(str(staging), selected_adapters=["default"], safe_serialization=True)
+    if not (staging / "adapter_model.safetensors").is_file():
+        raise TrainError(f"PEFT did not write adapter_model.safetensors into {staging}")
+    (staging / LINEAGE).write_text(json.dumps({"version": version, "snapshot_hash": snapshot.hash,
+                                               "event_ids": snapshot.train_event_ids}, indent=1))
+    files = {str(p.relative_to(staging)): sha256_file(p) for p in sorted(staging.rglob("*"))
+             if p.is_file() and p.name != MANIFEST}
+    manifest = {
+        "version": version, "base_model": base_model, "base_model_hash": hash_model_dir(base_model),
+        "parent_version": parent_version,
+        "dataset": {"hash": snapshot.hash, "pairs": len(snapshot.train_pairs),
+                    "unpaired": len(snapshot.train_unpaired), "event_ids_file": LINEAGE,
+                    "heldout_pairs": len(snapshot.heldout_pairs), "safety_pairs": len(snapshot.safety_pairs)},
+        "config": cfg.as_dict(), "config_hash": cfg.hash, "metrics": metrics, "libraries": library_versions(),
+        "created_at": datetime.now(timezone.utc).isoformat(), "files": files,
+    }
+    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+
+
+def train_adapter(base_model: Path | str | None, snapshot: Snapshot, config: RunConfig | dict | None,
+                  out_dir: Path | str, *, parent_version: str | None = None, progress: bool = True) -> Path:
+    """Train an adapter and write it as `<out_dir>/<version>/`; returns that path. A failure leaves nothing."""
+    from retrain.model import resolve_base
+
+    cfg = parse_config(config)
+    base = resolve_base(base_model)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    version = new_version()
+    staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=out_dir))
+    work = Path(tempfile.mkdtemp(prefix=".work-", dir=out_dir))
+    try:
+        model, _tok, metrics = run_training(base, snapshot, cfg, work, progress=progress)
+        write_artifact(model, staging, base_model=base, snapshot=snapshot, cfg=cfg, metrics=metrics,
+                       parent_version=parent_version, version=version)
+        final = out_dir / version
+        os.rename(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return final
+
+
+def verify_artifact(path: Path | str) -> dict:
+    """The manifest of an artifact whose every listed file exists with its recorded sha256."""
+    from retrain.errors import ArtifactError
+
+    path = Path(path)
+    mf = path / MANIFEST
+    if not mf.is_file():
+        raise ArtifactError(f"an adapter directory must hold {MANIFEST}; got {str(path)!r}")
+    manifest = json.loads(mf.read_text())
+    for name, digest in manifest.get("files", {}).items():
+        f = path / name
+        if not f.is_file():
+            raise ArtifactError(f"{path}: `files` lists {name!r}, which is missing")
+        if sha256_file(f) != digest:
+            raise ArtifactError(f"{path}: {name!r} has sha256 {sha256_file(f)[:12]}..., manifest says {digest[:12]}...")
+    return manifest
+
+
+def load_adapter(base_model: str | Path, adapter_dir: Path | str):
+    """(PeftModel, tokenizer): the base through `from_pretrained`, the adapter through plain PEFT."""
+    from peft import PeftModel
+
+    from retrain.model import load_base
+
+    model, tok = load_base(base_model)
+    model = PeftModel.from_pretrained(model, str(adapter_dir))
+    model.eval()
+    return model, tok

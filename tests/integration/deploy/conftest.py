@@ -1,0 +1,119 @@
+"""Deploy fixtures: a tiny random Llama built once per session, LoRA artifacts from it, a registry on SQLite."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from deploy.testing import PROMPT
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory) -> Path:
+    from deploy.testing import build_tiny_base_model
+
+    return build_tiny_base_model(tmp_path_factory.mktemp("tiny-base") / "model")
+
+
+@pytest.fixture(scope="session")
+def adapter_factory(tiny_base):
+    from deploy.testing import AdapterFactory
+
+    return AdapterFactory(tiny_base)
+
+
+@pytest.fixture(scope="session")
+def adapter_sources(adapter_factory, tmp_path_factory) -> dict[str, Path]:
+    """Artifacts v1..v8 (v(n) the parent of v(n+1)), built once; tests register the ones they need."""
+    root = tmp_path_factory.mktemp("adapter-src")
+    return {f"v{i}": adapter_factory.build(root / f"v{i}", f"v{i}", seed=i, parent=f"v{i - 1}" if i > 1 else None)
+            for i in range(1, 9)}
+
+
+@pytest.fixture(scope="session")
+def reference_texts(tiny_base, adapter_sources) -> dict[str | None, str]:
+    """Greedy answer to PROMPT per version, computed in this process: the proof of which weights answered."""
+    from deploy.artifacts import load_artifact_dir
+    from deploy.runtime import ModelHost, prepare_adapter
+
+    host = ModelHost(str(tiny_base), torch_threads=1)
+    try:
+        for src in adapter_sources.values():
+            host.install(prepare_adapter(load_artifact_dir(src)))
+        texts = {v: host.generate_future(v, PROMPT, 12, 0.0, None).result().text
+                 for v in [None, *adapter_sources]}
+    finally:
+        host.close()
+    assert len(set(texts.values())) == len(texts), f"versions must answer differently to be told apart: {texts}"
+    return texts
+
+
+@dataclass
+class DeployEnv:
+    """One test's registry (SQLite file), artifact root and Redis db, plus the replica settings pointing at them."""
+
+    settings: object
+    engine: object
+    storage: object
+    sources: dict
+    redis_url: str
+    log: list = field(default_factory=list)
+
+    def register(self, *versions: str) -> None:
+        from alignloop.db import session_scope
+        from deploy import registry
+
+        with session_scope(self.engine) as s:
+            for v in versions:
+                registry.register_adapter(s, self.sources[v], actor="tester", reason="test", storage=self.storage)
+
+    def move(self, fn, *args, publish: bool = True, **kwargs):
+        """Run one registry move in its own transaction, then (by default) tell the replicas."""
+        from alignloop.db import session_scope
+        from deploy.control import publish_routing_change
+
+        with session_scope(self.engine) as s:
+            routing = fn(s, *args, actor="tester", reason="test", storage=self.storage, **kwargs)
+        if publish:
+            self.publish(routing.base_model)
+        return routing
+
+    def publish(self, base_model: str | None = None) -> float:
+        from deploy.control import publish_routing_change
+
+        t = time.perf_counter()
+        publish_routing_change(self.redis_url, base_model or self.settings.base_model,
+                               channel=self.settings.control_channel)
+        return t
+
+    def tamper(self, version: str, name: str = "adapter_model.safetensors") -> bytes:
+        p = self.storage.root / version / name
+        original = p.read_bytes()
+        data = bytearray(original)
+        data[-1] ^= 0x01
+        p.write_bytes(bytes(data))
+        return original
+
+    def restore(self, version: str, original: bytes, name: str = "adapter_model.safetensors") -> None:
+        (self.storage.root / version / name).write_bytes(original)
+
+
+@pytest.fixture
+def deploy_env(tmp_path, redis_url, tiny_base, adapter_sources):
+    from alignloop.db import open_store
+    from deploy.artifacts import LocalArtifactStorage
+    from deploy.settings import DeploySettings
+
+    store_url = f"sqlite:///{tmp_path / 'store.db'}"
+    settings = DeploySettings(
+        artifact_root=tmp_path / "artifacts", store_url=store_url, redis_url=redis_url,
+        control_channel=f"test:deploy:{tmp_path.name}", base_model=str(tiny_base), admin_token="s3cret",
+        reconcile_interval_s=30.0, max_resident=3, torch_threads=1, replica_id="in-process")
+    engine = open_store(store_url)
+    env = DeployEnv(settings=settings, engine=engine, storage=LocalArtifactStorage(settings.artifact_root),
+                    sources=adapter_sources, redis_url=redis_url)
+    yield env
+    engine.dispose()

@@ -1,0 +1,173 @@
+"""One replica in process (FastAPI TestClient, real Redis control channel, SQLite registry, tiny model)."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from deploy import registry
+from deploy.routing import choose_version
+from deploy.serving import create_app
+
+from deploy.testing import PROMPT, wait_for
+
+pytestmark = [pytest.mark.redis]
+
+
+def chat(client, user=None, **kw):
+    body = {"model": "tiny", "messages": PROMPT, "max_tokens": 12, "temperature": 0, "user": user, **kw}
+    r = client.post("/v1/chat/completions", json=body)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def serving(client):
+    return client.get("/healthz").json()["serving"]
+
+
+@pytest.fixture
+def client(deploy_env):
+    with TestClient(create_app(deploy_env.settings)) as c:
+        yield c
+
+
+def test_answers_on_the_base_model_until_something_is_active(client, reference_texts):
+    out = chat(client)
+    assert out["adapter_version"] is None
+    assert out["response_id"] == out["id"] and out["object"] == "chat.completion"
+    assert out["choices"][0]["message"] == {"role": "assistant", "content": reference_texts[None]}
+    assert out["usage"]["completion_tokens"] == 12
+    health = client.get("/healthz").json()
+    assert health["status"] == "ok" and health["serving"]["active"] is None
+    assert health["control_channel_subscribed"] is True
+
+
+def test_promote_flips_to_the_new_weights_and_rollback_flips_back(client, deploy_env, reference_texts):
+    deploy_env.register("v1", "v2")
+    deploy_env.move(registry.promote, "v1")
+    wait_for(lambda: serving(client)["active"] == "v1")
+    out = chat(client)
+    assert (out["adapter_version"], out["choices"][0]["message"]["content"]) == ("v1", reference_texts["v1"])
+    deploy_env.move(registry.promote, "v2")
+    wait_for(lambda: serving(client)["active"] == "v2")
+    assert chat(client)["choices"][0]["message"]["content"] == reference_texts["v2"]
+    deploy_env.move(registry.rollback)
+    wait_for(lambda: serving(client)["active"] == "v1")
+    out = chat(client)
+    assert (out["adapter_version"], out["choices"][0]["message"]["content"]) == ("v1", reference_texts["v1"])
+    metrics = client.get("/metrics").text
+    assert "alignloop_deploy_swaps_total 4.0" in metrics  # start-up + promote, promote, rollback
+    assert 'alignloop_deploy_requests_total{adapter_version="v1",outcome="ok"} 2.0' in metrics
+
+
+def test_canary_is_sticky_per_user_and_near_its_share(client, deploy_env, reference_texts):
+    deploy_env.register("v1", "v2")
+    deploy_env.move(registry.promote, "v1")
+    routing = deploy_env.move(registry.start_canary, "v2", 0.5)
+    wait_for(lambda: serving(client)["canary"] == "v2")
+    users = [f"user-{i}" for i in range(24)]
+    first = {u: chat(client, user=u)["adapter_version"] for u in users}
+    assert first == {u: choose_version(routing, u) for u in users}
+    assert set(first.values()) == {"v1", "v2"}
+    assert {u: chat(client, user=u)["adapter_version"] for u in users[:8]} == {u: first[u] for u in users[:8]}
+    out = chat(client, user=next(u for u in users if first[u] == "v2"))
+    assert out["choices"][0]["message"]["content"] == reference_texts["v2"]
+
+
+def test_a_tampered_adapter_is_refused_and_serving_stays_on_its_version(client, deploy_env, reference_texts):
+    deploy_env.register("v1", "v2")
+    deploy_env.move(registry.promote, "v1")
+    wait_for(lambda: serving(client)["active"] == "v1")
+    # the pointer moves to a good v2, then v2's bytes change before this replica loads them
+    deploy_env.move(registry.promote, "v2", publish=False)
+    original = deploy_env.tamper("v2")
+    deploy_env.publish()
+    health = wait_for(lambda: (h := client.get("/healthz").json())["last_error"] and h)
+    assert "refused adapter 'v2'" in health["last_error"]
+    assert "sha256 mismatch for 'adapter_model.safetensors'" in health["last_error"]
+    assert health["status"] == "stale" and health["serving"]["active"] == "v1"
+    assert "v2" not in health["resident"]
+    out = chat(client)
+    assert (out["adapter_version"], out["choices"][0]["message"]["content"]) == ("v1", reference_texts["v1"])
+    assert "alignloop_deploy_load_failures_total 1.0" in client.get("/metrics").text
+    deploy_env.restore("v2", original)
+    deploy_env.publish()
+    wait_for(lambda: serving(client)["active"] == "v2")
+    assert client.get("/healthz").json()["last_error"] is None
+
+
+def test_old_adapters_are_unloaded_least_recently_used_first(client, deploy_env, reference_texts):
+    deploy_env.register("v1", "v2", "v3", "v4", "v5")
+    for v in ("v1", "v2", "v3", "v4", "v5"):
+        deploy_env.move(registry.promote, v)
+        wait_for(lambda: serving(client)["active"] == v)
+    resident = client.get("/healthz").json()["resident"]
+    assert resident == ["v3", "v4", "v5"]  # max_resident=3
+    deploy_env.move(registry.rollback, to="v1")  # an unloaded version loads again, verified again
+    wait_for(lambda: serving(client)["active"] == "v1")
+    assert chat(client)["choices"][0]["message"]["content"] == reference_texts["v1"]
+
+
+def test_admin_api_needs_the_token_and_audits_its_moves(client, deploy_env):
+    deploy_env.register("v1", "v2")
+    assert client.get("/admin/versions").status_code == 401
+    assert client.get("/admin/versions", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    auth = {"Authorization": "Bearer s3cret"}
+    listed = client.get("/admin/versions", headers=auth).json()
+    assert [v["version"] for v in listed["versions"]] == ["v1", "v2"]
+    r = client.post("/admin/canary", headers=auth, json={"version": "v1", "share": 0.3, "reason": "try", "actor": "ops"})
+    assert r.status_code == 200 and r.json()["routing"]["canary"] == "v1"
+    r = client.post("/admin/promote", headers=auth, json={"reason": "looks good", "actor": "ops"})
+    assert r.json()["routing"]["active"] == "v1"
+    wait_for(lambda: serving(client)["active"] == "v1")
+    r = client.post("/admin/promote", headers=auth, json={"version": "nope", "reason": "x"})
+    assert r.status_code == 404 and "not registered" in r.json()["error"]["message"]
+    r = client.post("/admin/rollback", headers=auth, json={"to": "v2", "reason": "x"})
+    assert r.status_code == 409 and "was active before" in r.json()["error"]["message"]
+    r = client.post("/admin/rollback", headers=auth, json={"reason": "bad numbers", "actor": "oncall"})
+    assert r.status_code == 200 and r.json()["routing"]["active"] is None
+    audit = client.get("/admin/audit", headers=auth).json()["audit"]
+    assert [(e["action"], e["actor"], e["reason"]) for e in audit][-3:] == [
+        ("canary", "ops", "try"), ("promote", "ops", "looks good"), ("rollback", "oncall", "bad numbers")]
+
+
+def test_admin_api_is_off_without_a_configured_token(deploy_env):
+    settings = deploy_env.settings.model_copy(update={"admin_token": None})
+    with TestClient(create_app(settings)) as c:
+        r = c.get("/admin/versions", headers={"Authorization": "Bearer anything"})
+        assert r.status_code == 503 and "ALIGNLOOP_DEPLOY_ADMIN_TOKEN" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"messages": []}, "messages"),
+    ({"messages": [{"role": "robot", "content": "x"}]}, "messages.0.role"),
+    ({"messages": PROMPT, "max_tokens": 0}, "max_tokens"),
+    ({"messages": PROMPT, "temperature": 3}, "temperature"),
+    ({"messages": PROMPT, "stream": True}, "stream"),
+])
+def test_bad_requests_get_a_400_naming_the_field(client, body, param):
+    r = client.post("/v1/chat/completions", json=body)
+    assert r.status_code == 400
+    assert r.json()["error"]["param"] == param
+
+
+def test_max_tokens_above_the_limit_is_a_400(client, deploy_env):
+    r = client.post("/v1/chat/completions", json={"messages": PROMPT, "max_tokens": 100000})
+    assert r.status_code == 400 and "`max_tokens` must be at most" in r.json()["error"]["message"]
+
+
+def test_sampling_with_a_seed_is_repeatable(client):
+    a = chat(client, temperature=0.9, seed=7)["choices"][0]["message"]["content"]
+    b = chat(client, temperature=0.9, seed=7)["choices"][0]["message"]["content"]
+    assert a == b
+
+
+def test_a_replica_that_starts_on_a_tampered_active_is_not_ready(deploy_env):
+    deploy_env.register("v1")
+    deploy_env.move(registry.promote, "v1", publish=False)
+    deploy_env.tamper("v1")
+    with TestClient(create_app(deploy_env.settings)) as c:
+        h = c.get("/healthz")
+        assert h.status_code == 503 and "sha256 mismatch" in h.json()["last_error"]
+        r = c.post("/v1/chat/completions", json={"messages": PROMPT})
+        assert r.status_code == 503 and "replica not ready" in r.json()["error"]["message"]

@@ -1,0 +1,42 @@
+"""ensure_topics against the real broker: creates what is missing, leaves what exists, with retention set."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from ingest.topics import TOPIC_CONFIGS, FEEDBACK_TOPIC, ensure_topics, topic_names
+
+from ingest.testkit import delete_topics
+
+pytestmark = pytest.mark.kafka
+
+
+def test_ensure_topics_is_idempotent_and_sets_retention(kafka_bootstrap):
+    from kafka import KafkaAdminClient
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    base = f"test-topics-{uuid.uuid4().hex[:10]}"
+    names = list(topic_names(base))
+    try:
+        assert ensure_topics(kafka_bootstrap, 4, base=base) == {n: "created" for n in names}
+        assert ensure_topics(kafka_bootstrap, 9, base=base) == {n: "exists" for n in names}
+        admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+        try:
+            described = {t["name"]: t for t in admin.describe_topics(names)}
+            assert {n: len(described[n]["partitions"]) for n in names} == {n: 4 for n in names}
+            configs = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, base)])
+        finally:
+            admin.close()
+        text = repr(configs)
+        assert TOPIC_CONFIGS[FEEDBACK_TOPIC]["retention.ms"] in text
+    finally:
+        delete_topics(kafka_bootstrap, names)
+
+
+def test_partitions_must_be_positive(kafka_bootstrap):
+    from ingest.errors import IngestError
+
+    with pytest.raises(IngestError, match="partitions"):
+        ensure_topics(kafka_bootstrap, 0, base="never-created")
