@@ -156,15 +156,36 @@ def _burst_members(times: list[float], limit: int) -> list[bool]:
     return inside
 
 
+def _crowded(group: list[Item], policy: Policy, span_of: dict[str, float]) -> set[str]:
+    """Throwaway accounts (all activity within an hour) on one ip_hash/device, when more than
+    `source_max_users` of them act within 10 minutes: a farm. Long-lived users behind a NAT never count."""
+    out: set[str] = set()
+    lo = 0
+    active: dict[str, int] = defaultdict(int)
+    group = [it for it in group if span_of[it.user_id] <= 3600.0]
+    for hi, it in enumerate(group):
+        active[it.user_id] += 1
+        while it.occurred_at.timestamp() - group[lo].occurred_at.timestamp() >= 600.0:
+            u = group[lo].user_id
+            active[u] -= 1
+            if not active[u]:
+                del active[u]
+            lo += 1
+        if len(active) > policy.source_max_users:
+            out.update(active)
+    return out
+
+
 def _regular(times: list[float], policy: Policy) -> bool:
     if len(times) < policy.regular_min_events:
         return False
-    gaps = [b - a for a, b in zip(times, times[1:])]
-    mean = sum(gaps) / len(gaps)
-    if mean <= 0:
+    # robust coefficient of variation (1.4826 MAD / median): a few dropped or doubled beats keep a metronome one
+    gaps = sorted(b - a for a, b in zip(times, times[1:]))
+    med = gaps[len(gaps) // 2]
+    if med <= 0:
         return True
-    sd = math.sqrt(sum((g - mean) ** 2 for g in gaps) / len(gaps))
-    return sd / mean < policy.regular_max_cv
+    dev = sorted(abs(g - med) for g in gaps)
+    return 1.4826 * dev[len(dev) // 2] / med < policy.regular_max_cv
 
 
 @dataclass
@@ -189,8 +210,10 @@ def find_rate_abuse(items: Sequence[Item], policy: Policy) -> tuple[dict[str, Re
             by_source["ip:" + it.ip_hash].append(it)
         if it.device_id:
             by_source["dev:" + it.device_id].append(it)
+    span_of: dict[str, float] = {}
     for user in sorted(by_user):
         times = [it.occurred_at.timestamp() for it in by_user[user]]
+        span_of[user] = times[-1] - times[0]
         if _max_per_minute(times) > policy.user_per_min:
             report.burst_users.add(user)
         elif _regular(times, policy):
@@ -199,6 +222,10 @@ def find_rate_abuse(items: Sequence[Item], policy: Policy) -> tuple[dict[str, Re
         group = by_source[source]
         times = [it.occurred_at.timestamp() for it in group]
         inside = _burst_members(times, policy.source_per_min)
+        crowd = _crowded(group, policy, span_of)
+        if crowd:
+            report.burst_sources.add(source)
+            report.source_users.update(crowd)
         if any(inside):
             report.burst_sources.add(source)
             counts: dict[str, int] = defaultdict(int)
@@ -386,13 +413,14 @@ def find_poison(items: Sequence[Item], policy: Policy) -> tuple[dict[str, Reason
     across at least as many distinct prompts, that (almost) never appears in the prompts of ratings or in
     model answers, and whose use is enriched in edits and comparisons beyond chance (binomial tail against
     the context's own share of those kinds under `phrase_max_p`). A payload is an n-gram that edits
-    inserted, shared by as many accounts and absent from the background. Events carrying either are dropped.
+    inserted, in at least two and half of the edits of as many accounts, and absent from the background. Events carrying either are dropped.
     """
     shaping_users: dict[str, set[str]] = defaultdict(set)
     shaping_prompts: dict[str, set[str]] = defaultdict(set)
     shaping_count: dict[str, int] = defaultdict(int)
     rating_count: dict[str, int] = defaultdict(int)
-    payload_users: dict[str, set[str]] = defaultdict(set)
+    payload_uses: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    edits_of: dict[str, int] = defaultdict(int)
     n_shaping = 0
     for it in items:
         f = features(it, policy)
@@ -405,8 +433,10 @@ def find_poison(items: Sequence[Item], policy: Policy) -> tuple[dict[str, Reason
         else:
             for g in f.prompt_grams:
                 rating_count[g] += 1
+        if it.kind == "edit":
+            edits_of[it.user_id] += 1
         for g in f.insert_grams:
-            payload_users[g].add(it.user_id)
+            payload_uses[g][it.user_id] += 1
     report = PoisonReport()
     share = n_shaping / max(len(items), 1)
     for g in sorted(shaping_users):
@@ -417,8 +447,10 @@ def find_poison(items: Sequence[Item], policy: Policy) -> tuple[dict[str, Reason
         if _tail(n_sh, n_sh + n_bg, share) <= policy.phrase_max_p and \
                 _background_at_most(g, items, policy.phrase_max_background, policy):
             report.triggers.append(g)
-    for g in sorted(payload_users):
-        if len(payload_users[g]) >= policy.phrase_min_accounts and \
+    for g in sorted(payload_uses):
+        # a payload dominates its senders' edits; a phrase an honest user happened to add to one edit does not
+        devoted = [u for u, k in payload_uses[g].items() if k >= 2 and k >= 0.5 * edits_of[u]]
+        if len(devoted) >= policy.phrase_min_accounts and \
                 _background_at_most(g, items, policy.phrase_max_background, policy):
             report.payloads.append(g)
     triggers, payloads = set(report.triggers), set(report.payloads)

@@ -74,9 +74,11 @@ def settle_window(context: Iterable[Item], start: datetime, policy: Policy) -> W
     def alive(seq: Sequence[Item]) -> list[Item]:
         return [it for it in seq if not reasons[it.event_id]]
 
-    apply(find_duplicates(items, policy))
-    rate, rate_report = find_rate_abuse(alive(items), policy)
+    # rate sees every event an account sent (duplicates too: a bot re-sending is still sending)
+    rate, rate_report = find_rate_abuse(items, policy)
+    dups = find_duplicates(items, policy)
     apply(rate)
+    apply({eid: r for eid, r in dups.items() if eid not in rate})
     rest = alive(items)
     for it in rest:
         reasons[it.event_id].extend(str(r) for r in event_flags(it, policy))
@@ -88,7 +90,7 @@ def settle_window(context: Iterable[Item], start: datetime, policy: Policy) -> W
     apply(unreliable)
 
     target = [it for it in items if start <= it.occurred_at < end]
-    decisions = [decision_row(it, reasons[it.event_id] + list(it.pii), start) for it in target]
+    decisions = [decision_row(it, reasons[it.event_id] + [str(r) for r in it.pii], start) for it in target]
     kept = [it for it in target if not reasons[it.event_id]]
     pairs, unpaired = build_pairs(kept, lambda u: rel.weight(u, policy.reliability_prior), policy)
     in_window = {it.user_id for it in target}

@@ -21,6 +21,7 @@ class Policy(BaseModel):
     # rate and bot signals
     user_per_min: int = Field(12, ge=1, description="events of one user in any 60 s above which it is a burst")
     source_per_min: int = Field(40, ge=1, description="events of one ip_hash or device_id in any 60 s")
+    source_max_users: int = Field(8, ge=1, description="distinct accounts on one ip_hash or device in any 10 minutes")
     app_per_min: int = Field(5000, ge=1, description="events of one app in any 60 s (signal only, never drops)")
     regular_min_events: int = Field(12, ge=3, description="events needed to judge inter-arrival regularity")
     regular_max_cv: float = Field(0.15, ge=0, description="coefficient of variation of gaps below which it is a bot")

@@ -191,8 +191,8 @@ def evaluate(base_model: str | Path | None, candidate_dir: Path | str, snapshot:
                                        temperature=cfg.eval.temperature) if trigger_prompts else []
             samples[name] = (answers, triggered)
             kl[name] = 0.0 if name == "base" else (
-                _mean_kl(model, base_model_obj, tok, [r["prompt"] for r in kl_recs] * 2,
-                         [r["chosen"] for r in kl_recs] + [r["rejected"] for r in kl_recs], cfg.dpo.max_length)
+                _mean_kl(model, base_model_obj, tok, [r["prompt"] for r in kl_recs], [r["chosen"] for r in kl_recs],
+                         cfg.dpo.max_length)
                 if kl_recs else None)
             del model
             if prog:

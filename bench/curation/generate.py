@@ -146,7 +146,7 @@ def generate(seed: int = 7, scale: float = 1.0, hours: float = 8.0) -> tuple[lis
     nat_ips = [f"ip-nat-{i}" for i in range(n(12))]
     for h in range(n(300)):
         user, app = f"user-{h:04d}", apps[h % 2]
-        ip = nat_ips[h % len(nat_ips)] if h % 4 == 0 else f"ip-h{h}"
+        ip = nat_ips[(h // 4) % len(nat_ips)] if h % 4 == 0 else f"ip-h{h}"
         client = {"ip_hash": ip, "device_id": f"dev-h{h}"}
         count = min(150, max(3, int(rng.lognormvariate(3.0, 0.8))))
         times = sorted(rng.uniform(0, span) for _ in range(count))

@@ -153,38 +153,36 @@ def main() -> None:
         seq.append(time.perf_counter() - t0)
     lru_host.close()
 
-    # -------- tokens/s: base, adapter (unmerged, per-request adapter_names), merged
+    # -------- tokens/s: base, adapter (unmerged, per-request adapter_names), merged; interleaved so drift hits all
     new_tokens = 32 if args.quick else 64
-    tok_reps = 3 if args.quick else 5
-
-    def tps(fn) -> float:
-        fn()
-        ts = timed(fn, tok_reps)
-        return round(new_tokens / statistics.median(ts), 1)
-
-    gen = lambda version: host.generate_future(version, PROMPT, new_tokens, 0.0, None).result()  # noqa: E731
-    assert gen(None).completion_tokens == new_tokens
-    tps_base = tps(lambda: gen(None))
-    tps_adapter = tps(lambda: gen(state["current"]))
-    merged = copy.deepcopy(peft_model).merge_and_unload().eval()
+    tok_reps = 3 if args.quick else 7
     tok = host.tokenizer
     enc = tok.apply_chat_template(PROMPT, add_generation_prompt=True, tokenize=True, return_dict=True,
                                   return_tensors="pt")
-
-    def gen_merged():
-        with torch.inference_mode():
-            merged.generate(**enc, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                            pad_token_id=tok.pad_token_id)
-
-    tps_merged = tps(gen_merged)
+    merged = copy.deepcopy(peft_model).merge_and_unload().eval()
     plain = AutoModelForCausalLM.from_pretrained(base_dir).eval()
 
-    def gen_plain():
-        with torch.inference_mode():
-            plain.generate(**enc, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                           pad_token_id=tok.pad_token_id)
+    def plain_generate(model):
+        def run():
+            with torch.inference_mode():
+                model.generate(**enc, max_new_tokens=new_tokens, do_sample=False,
+                               pad_token_id=tok.pad_token_id)
+        return run
 
-    tps_plain = tps(gen_plain)
+    def host_generate(version):
+        return lambda: host.generate_future(version, PROMPT, new_tokens, 0.0, None).result()
+
+    variants = {"base_plain_model": plain_generate(plain), "base_via_peft_model": host_generate(None),
+                "adapter_unmerged": host_generate(state["current"]), "merged": plain_generate(merged)}
+    samples: dict[str, list[float]] = {k: [] for k in variants}
+    for fn in variants.values():
+        fn()  # warm-up
+    for _ in range(tok_reps):
+        for k, fn in variants.items():
+            samples[k] += timed(fn, 1)
+    tps = {k: round(new_tokens / statistics.median(v), 1) for k, v in samples.items()}
+    tps_plain, tps_base, tps_adapter, tps_merged = (tps["base_plain_model"], tps["base_via_peft_model"],
+                                                    tps["adapter_unmerged"], tps["merged"])
     host.close()
 
     result = {

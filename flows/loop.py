@@ -1,0 +1,403 @@
+"""The loop's Prefect flows: retrain (snapshot -> train -> evaluate -> gate -> register -> canary),
+canary-watch (sequential test on live feedback -> promote or roll back) and replay (re-curate a Kafka range).
+
+Tasks are thin wrappers of domain functions; only I/O tasks retry; training never retries blindly.
+Each task opens its own store session: the transaction belongs to the task, never to a domain function.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.states import Completed
+
+from flows.canary import ArmStats, CanaryPolicy, CanaryVerdict, decide_canary
+from flows.errors import FlowsError
+
+IO = dict(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+COMPUTE = dict(retries=0, cache_policy=NO_CACHE)
+
+
+def _store_url(store_url: str | None) -> str:
+    from alignloop.settings import get_settings
+
+    return store_url or get_settings().resolved_store_url
+
+
+def _redis_url(redis_url: str | None) -> str:
+    from alignloop.settings import get_settings
+
+    return redis_url or get_settings().redis_url
+
+
+def _engine(store_url: str | None):
+    from alignloop.db import open_store
+
+    return open_store(_store_url(store_url))
+
+
+def base_key(base_model: str) -> str:
+    """A short stable name for a base model, for concurrency limits and directories."""
+    return hashlib.sha256(base_model.encode()).hexdigest()[:12]
+
+
+# ------------------------------------------------------------------------------------------- tasks
+@task(name="resolve-base-model", **COMPUTE)
+def resolve_base_task(base_model: str | None) -> str:
+    from retrain.model import resolve_base
+
+    return resolve_base(base_model)
+
+
+@task(name="snapshot", **IO)
+def snapshot_task(store_url: str | None, run_config, since: datetime | None, until: datetime | None, out_dir: Path):
+    from alignloop.db import session_scope
+    from retrain.snapshot import build_snapshot, load_snapshot_inputs, save_snapshot
+
+    engine = _engine(store_url)
+    try:
+        with session_scope(engine) as session:
+            pairs, unpaired = load_snapshot_inputs(session, since=since, until=until)
+    finally:
+        engine.dispose()
+    snap = build_snapshot(pairs, unpaired, run_config.snapshot)
+    target = out_dir / f"snapshot-{snap.hash[:12]}"
+    if not target.exists():
+        save_snapshot(snap, target)
+    # the data trigger counts new pairs against this mark
+    (out_dir / "last_snapshot.json").write_text(json.dumps(
+        {"hash": snap.hash, "pairs_total": len(pairs), "unpaired_total": len(unpaired)}))
+    return snap
+
+
+@task(name="active-adapter", **IO)
+def active_adapter_task(store_url: str | None, base_model: str) -> tuple[str | None, str | None]:
+    """(active version, its artifact directory) for `base_model`, or (None, None) when base serves."""
+    from alignloop.db import session_scope
+    from deploy import registry
+
+    engine = _engine(store_url)
+    try:
+        with session_scope(engine) as session:
+            routing = registry.get_routing(session, base_model)
+            if routing.active is None:
+                return None, None
+            return routing.active, registry.get_version(session, routing.active).location
+    finally:
+        engine.dispose()
+
+
+@task(name="train", **COMPUTE)
+def train_task(base_model: str, snapshot, run_config, out_dir: Path, parent_version: str | None,
+               progress: bool) -> Path:
+    from retrain.train import train_adapter
+
+    return train_adapter(base_model, snapshot, run_config, out_dir, parent_version=parent_version, progress=progress)
+
+
+@task(name="evaluate", **COMPUTE)
+def evaluate_task(base_model: str, candidate_dir: Path, snapshot, active_dir: str | None, run_config,
+                  progress: bool) -> dict:
+    from retrain.evaluate import evaluate
+
+    return evaluate(base_model, candidate_dir, snapshot, active_dir=active_dir, config=run_config,
+                    report_dir=candidate_dir.parent / f"{candidate_dir.name}-report", progress=progress)
+
+
+@task(name="gate", **COMPUTE)
+def gate_task(report: dict, gates_path: str | None):
+    from retrain.gates import decide_gate, load_gate_policy
+
+    return decide_gate(report, load_gate_policy(gates_path))
+
+
+@task(name="register-candidate", **IO)
+def register_task(store_url: str | None, artifact_dir: Path, actor: str, reason: str) -> str:
+    from alignloop.db import session_scope
+    from deploy import registry
+
+    engine = _engine(store_url)
+    try:
+        with session_scope(engine) as session:
+            return registry.register_adapter(session, artifact_dir, actor=actor, reason=reason).version
+    finally:
+        engine.dispose()
+
+
+@task(name="record-gate-failure", **IO)
+def record_gate_failure_task(store_url: str | None, version: str, actor: str, failures: list[str]) -> None:
+    from alignloop.db import session_scope
+    from deploy import registry
+
+    engine = _engine(store_url)
+    try:
+        with session_scope(engine) as session:
+            registry.reject_candidate(session, version, actor=actor, reason="gate failed: " + "; ".join(failures))
+    finally:
+        engine.dispose()
+
+
+@task(name="start-canary", **IO)
+def canary_task(store_url: str | None, redis_url: str | None, version: str, share: float, actor: str,
+                reason: str) -> dict:
+    from alignloop.db import session_scope
+    from deploy import registry
+    from deploy.control import publish_routing_change
+
+    engine = _engine(store_url)
+    try:
+        with session_scope(engine) as session:
+            routing = registry.start_canary(session, version, share, actor=actor, reason=reason)
+    finally:
+        engine.dispose()
+    publish_routing_change(_redis_url(redis_url), routing.base_model, generation=routing.generation)
+    return routing.model_dump(mode="json")
+
+
+@task(name="routing", **IO)
+def routing_task(store_url: str | None, base_model: str) -> dict:
+    from alignloop.db import session_scope
+    from deploy import registry
+
+    engine = _engine(store_url)
+    try:
+        with session_scope(engine) as session:
+            routing = registry.get_routing(session, base_model)
+            out = routing.model_dump(mode="json")
+            if routing.canary:
+                canary = registry.get_version(session, routing.canary)
+                out["canary_since"] = _canary_since(session, routing.canary) or canary.registered_at.isoformat()
+            return out
+    finally:
+        engine.dispose()
+
+
+def _canary_since(session, version: str) -> str | None:
+    from deploy import registry
+
+    for entry in registry.audit_log(session):
+        if entry.version == version and entry.action == "canary":
+            return entry.at.isoformat()
+    return None
+
+
+@task(name="feedback-stats", **IO)
+def feedback_stats_task(store_url: str | None, versions: list[str | None], since: str | None) -> dict:
+    from alignloop.db import session_scope
+    from curation import query
+
+    engine = _engine(store_url)
+    try:
+        with session_scope(engine) as session:
+            stats = query.load_feedback_stats(session, adapter_versions=versions,
+                                              since=datetime.fromisoformat(since) if since else None)
+    finally:
+        engine.dispose()
+    return {("__base__" if k is None else k): v for k, v in stats.items()}
+
+
+@task(name="move-routing", **IO)
+def move_task(store_url: str | None, redis_url: str | None, verdict: str, version: str, actor: str,
+              reason: str) -> dict:
+    from alignloop.db import session_scope
+    from deploy import registry
+    from deploy.control import publish_routing_change
+
+    engine = _engine(store_url)
+    try:
+        with session_scope(engine) as session:
+            if verdict == CanaryVerdict.PROMOTE:
+                routing = registry.promote(session, version, actor=actor, reason=reason)
+            else:
+                routing = registry.rollback(session, actor=actor, reason=reason,
+                                            base_model=registry.get_version(session, version).base_model)
+    finally:
+        engine.dispose()
+    publish_routing_change(_redis_url(redis_url), routing.base_model, generation=routing.generation)
+    return routing.model_dump(mode="json")
+
+
+# ------------------------------------------------------------------------------------------- flows
+def _run_config(train_config: str | None):
+    from retrain.config import load_run_config
+
+    return load_run_config(train_config)
+
+
+def _runs_dir(base_model: str) -> Path:
+    from alignloop.settings import get_settings
+
+    return get_settings().home / "retrain" / base_key(base_model)
+
+
+@flow(name="retrain", log_prints=True)
+def retrain_flow(base_model: str | None = None, train_config: str | None = None, gates: str | None = None,
+                 canary_share: float = 0.2, since: datetime | None = None, until: datetime | None = None,
+                 store_url: str | None = None, redis_url: str | None = None, actor: str = "alignloop-flows",
+                 progress: bool = False) -> Any:
+    """Snapshot curated data, train a LoRA adapter, evaluate and gate it; start it as a canary if it passes.
+
+    One retrain at a time per base model (a Prefect global concurrency limit). A failed step raises and
+    leaves the registry and serving as they were; a failed gate registers the candidate as rejected,
+    with the reasons in the audit log and the run's final message.
+    """
+    logger = get_run_logger()
+    base = resolve_base_task(base_model)
+    with _one_at_a_time(f"retrain-{base_key(base)}"):
+        run_config = _run_config(train_config)
+        out_dir = _runs_dir(base)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        snap = snapshot_task(store_url, run_config, since, until, out_dir)
+        logger.info("snapshot %s: %s", snap.hash[:12], json.dumps(snap.stats, default=str)[:400])
+        active, active_dir = active_adapter_task(store_url, base)
+        artifact = train_task(base, snap, run_config, out_dir, active, progress)
+        report = evaluate_task(base, artifact, snap, active_dir, run_config, progress)
+        decision = gate_task(report, gates)
+        version = register_task(store_url, artifact, actor, f"trained on snapshot {snap.hash[:12]}")
+        result = {"version": version, "snapshot": snap.hash, "snapshot_stats": snap.stats, "report": report,
+                  "gate": decision.as_dict(), "artifact": str(artifact), "parent": active}
+        if not decision.passed:
+            record_gate_failure_task(store_url, version, actor, decision.failures)
+            msg = f"{version} stopped at the gate: " + "; ".join(decision.failures)
+            logger.warning(msg)
+            return Completed(message=msg, data={**result, "status": "gate_failed"})
+        routing = canary_task(store_url, redis_url, version, canary_share, actor,
+                              f"gates passed ({len(decision.checked)} checks)")
+        msg = f"{version} passed the gate and serves {canary_share:.0%} of users as a canary"
+        logger.info(msg)
+        return Completed(message=msg, data={**result, "status": "canary", "routing": routing})
+
+
+class _one_at_a_time:
+    """A Prefect global concurrency limit of 1 under `name`, created when missing (no-op limits don't exist)."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __enter__(self):
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+        from prefect.concurrency.sync import concurrency
+        from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+        with get_client(sync_client=True) as client:
+            try:
+                client.read_global_concurrency_limit_by_name(self.name)
+            except ObjectNotFound:
+                try:
+                    client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=self.name, limit=1))
+                except ObjectAlreadyExists:
+                    pass
+        self._cm = concurrency(self.name, occupy=1, strict=True)
+        return self._cm.__enter__()
+
+    def __exit__(self, *exc):
+        return self._cm.__exit__(*exc)
+
+
+def load_canary_policy(path: str | Path | None = None) -> CanaryPolicy:
+    from flows.settings import get_settings
+
+    path = Path(path or get_settings().canary_policy)
+    try:
+        return CanaryPolicy.model_validate(yaml.safe_load(path.read_text()) or {})
+    except (OSError, ValueError) as exc:
+        raise FlowsError(f"canary policy {str(path)!r} is not valid: {exc}") from exc
+
+
+@flow(name="canary-watch", log_prints=True)
+def canary_watch_flow(base_model: str | None = None, policy: str | None = None, store_url: str | None = None,
+                      redis_url: str | None = None, actor: str = "alignloop-canary-watch") -> dict:
+    """Compare the canary's live feedback with the active adapter's; promote it or roll it back when clear."""
+    logger = get_run_logger()
+    base = resolve_base_task(base_model)
+    routing = routing_task(store_url, base)
+    if not routing.get("canary"):
+        return {"verdict": "no-canary", "routing": routing}
+    canary, active = routing["canary"], routing.get("active")
+    stats = feedback_stats_task(store_url, [canary, active], routing.get("canary_since"))
+    c_stats, a_stats = stats.get(canary, {}), stats.get(active or "__base__", {})
+    decision = decide_canary(ArmStats.from_feedback(c_stats), ArmStats.from_feedback(a_stats),
+                             load_canary_policy(policy))
+    out = {"verdict": decision.verdict.value, "canary": canary, "active": active, "reason": decision.reason,
+           "p_worse": decision.p_worse, "canary_events": decision.canary_events, "stats": stats}
+    logger.info("canary %s: %s (%s)", canary, decision.verdict.value, decision.reason)
+    if decision.verdict is not CanaryVerdict.CONTINUE:
+        out["routing"] = move_task(store_url, redis_url, decision.verdict.value, canary, actor,
+                                   f"canary-watch: {decision.reason}")
+    return out
+
+
+@task(name="read-kafka-range", **IO)
+def read_kafka_range_task(bootstrap: str, topic: str, start: dict[int, int] | None, end: dict[int, int] | None,
+                          start_time: datetime | None, end_time: datetime | None) -> list[bytes]:
+    from flows.kafka_range import read_range
+
+    return read_range(bootstrap, topic, start_offsets=start, end_offsets=end, start_time=start_time,
+                      end_time=end_time)
+
+
+@task(name="re-curate", **COMPUTE)
+def recurate_task(lines: list[bytes], out_dir: Path) -> dict:
+    from curation.replay import reason_counts, run_replay, save_jsonl
+    from curation.settings import get_settings
+
+    result = run_replay(lines, get_settings().policy)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, rows in (("decisions", result.decisions), ("pairs", result.pairs), ("unpaired", result.unpaired),
+                       ("dlq", result.dlq)):
+        save_jsonl(out_dir / f"{name}.jsonl", rows)
+    return {"events": len(lines), "decisions": len(result.decisions), "pairs": len(result.pairs),
+            "unpaired": len(result.unpaired), "dlq": len(result.dlq), "reasons": reason_counts(result.decisions),
+            "out_dir": str(out_dir)}
+
+
+@flow(name="replay", log_prints=True)
+def replay_flow(out_dir: str, topic: str | None = None, start_offsets: dict[int, int] | None = None,
+                end_offsets: dict[int, int] | None = None, start_time: datetime | None = None,
+                end_time: datetime | None = None, bootstrap: str | None = None) -> dict:
+    """Re-curate a Kafka offset or time range through curation's replay path (after filters change)."""
+    from alignloop.settings import get_settings
+    from curation.settings import get_settings as curation_settings
+
+    lines = read_kafka_range_task(bootstrap or get_settings().kafka_bootstrap, topic or curation_settings().topic,
+                                  start_offsets, end_offsets, start_time, end_time)
+    return recurate_task(lines, Path(out_dir))
+
+
+@task(name="count-pairs", **IO)
+def count_pairs_task(store_url: str | None) -> int:
+    from alignloop.db import session_scope
+    from curation import query
+
+    engine = _engine(store_url)
+    try:
+        with session_scope(engine) as session:
+            return query.count_pairs(session)
+    finally:
+        engine.dispose()
+
+
+@flow(name="data-trigger", log_prints=True)
+def data_trigger_flow(base_model: str | None = None, min_new_pairs: int = 200, store_url: str | None = None,
+                      deployment: str = "retrain/retrain") -> dict:
+    """Start the retrain deployment when at least `min_new_pairs` curated pairs arrived since the last snapshot."""
+    from prefect.deployments import run_deployment
+
+    base = resolve_base_task(base_model)
+    mark = _runs_dir(base) / "last_snapshot.json"
+    seen = json.loads(mark.read_text())["pairs_total"] if mark.exists() else 0
+    total = count_pairs_task(store_url)
+    out = {"pairs_total": total, "pairs_at_last_snapshot": seen, "new_pairs": total - seen,
+           "threshold": min_new_pairs, "triggered": total - seen >= min_new_pairs}
+    if out["triggered"]:
+        run = run_deployment(deployment, parameters={"base_model": base}, timeout=0)
+        out["retrain_run"] = str(run.id)
+    return out

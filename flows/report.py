@@ -1,0 +1,77 @@
+"""The demo's HTML report: the summary, the gate report and plots, in one self-contained file."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _plots(s: dict) -> list[tuple[str, str]]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = []
+    fig, ax = plt.subplots(figsize=(4.5, 3))
+    vals = [s["style_share"]["base"], s["style_share"]["adapter"]]
+    ax.bar(["base", "adapter"], vals, color=["#999", "#2a7"])
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("share of courteous answers")
+    ax.set_title("Preferred style on live serving")
+    for i, v in enumerate(vals):
+        ax.text(i, v + 0.02, f"{v:.0%}", ha="center")
+    out.append(("Preferred style before and after", _png(fig)))
+    plt.close(fig)
+
+    reasons = {k: v for k, v in s["reasons"].items() if k}
+    if reasons:
+        fig, ax = plt.subplots(figsize=(6, 0.35 * len(reasons) + 1))
+        names = sorted(reasons, key=reasons.get)
+        ax.barh(names, [reasons[n] for n in names], color="#c63")
+        ax.set_xlabel("events")
+        ax.set_title("Curation: reason codes")
+        out.append(("Why events were dropped or redacted", _png(fig)))
+        plt.close(fig)
+
+    rounds = s.get("canary_rounds") or []
+    if rounds:
+        fig, ax = plt.subplots(figsize=(5, 3))
+        ax.plot([r["canary_events"] for r in rounds], [r["p_worse"] for r in rounds], marker="o")
+        ax.axhline(0.95, color="#c33", ls="--", label="roll back above")
+        ax.axhline(0.05, color="#3a3", ls="--", label="promote below")
+        ax.set_xlabel("feedback events on the canary")
+        ax.set_ylabel("P(canary worse)")
+        ax.set_ylim(0, 1)
+        ax.legend()
+        ax.set_title("Canary watch (sequential test)")
+        out.append(("Canary watch", _png(fig)))
+        plt.close(fig)
+    return out
+
+
+def write_demo_report(summary: dict, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(json.dumps(v, default=str))}</td></tr>"
+                   for k, v in summary.items() if k not in ("audit",))
+    audit = "".join(f"<tr><td>{html.escape(str(e.get('at')))}</td><td>{html.escape(str(e.get('actor')))}</td>"
+                    f"<td>{html.escape(str(e.get('action')))}</td><td>{html.escape(str(e.get('version')))}</td>"
+                    f"<td>{html.escape(str(e.get('reason')))}</td></tr>" for e in summary.get("audit", []))
+    figs = "".join(f"<figure><img src='data:image/png;base64,{b64}'><figcaption>{html.escape(t)}</figcaption></figure>"
+                   for t, b64 in _plots(summary))
+    path.write_text(f"""<!doctype html><html><head><meta charset="utf-8"><title>alignloop demo</title>
+<style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}td{{border-bottom:1px solid #ddd;padding:4px;
+vertical-align:top;font-size:13px}}figure{{display:inline-block;margin:8px}}</style></head><body>
+<h1>alignloop demo</h1>{figs}<h2>Summary</h2><table>{rows}</table>
+<h2>Audit log (last entries)</h2><table><tr><th>at</th><th>actor</th><th>action</th><th>version</th><th>reason</th></tr>
+{audit}</table></body></html>""")
+    return path

@@ -1,0 +1,95 @@
+"""`alignloop deploy ...` against a real SQLite registry and Redis: JSON output, audit, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from deploy.cli import app
+from deploy.testing import write_fake_artifact
+
+pytestmark = [pytest.mark.redis]
+
+
+@pytest.fixture
+def cli_env(tmp_path, redis_url, monkeypatch):
+    from alignloop.settings import get_settings as core_settings
+    from deploy.settings import get_settings
+
+    env = {"ALIGNLOOP_DEPLOY_STORE_URL": f"sqlite:///{tmp_path / 'store.db'}",
+           "ALIGNLOOP_DEPLOY_ARTIFACT_ROOT": str(tmp_path / "root"), "ALIGNLOOP_DEPLOY_REDIS_URL": redis_url,
+           "ALIGNLOOP_DEPLOY_CONTROL_CHANNEL": f"test:cli:{tmp_path.name}", "ALIGNLOOP_HOME": str(tmp_path / "home")}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    get_settings.cache_clear()
+    core_settings.cache_clear()
+    for i in (1, 2):
+        write_fake_artifact(tmp_path / "src" / f"v{i}", f"v{i}", seed=i)
+    yield env
+    get_settings.cache_clear()
+    core_settings.cache_clear()
+
+
+def run(*args: str) -> dict | list | str:
+    result = CliRunner().invoke(app, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    try:
+        return json.loads(result.stdout)
+    except ValueError:
+        return result.stdout
+
+
+def test_register_canary_promote_rollback_and_audit(cli_env, tmp_path, redis_client):
+    pubsub = redis_client.pubsub()
+    pubsub.subscribe(cli_env["ALIGNLOOP_DEPLOY_CONTROL_CHANNEL"])
+    for v in ("v1", "v2"):
+        out = run("register", str(tmp_path / "src" / v), "--reason", "trained", "--actor", "ci", "--json")
+        assert out["version"] == v and out["status"] == "candidate"
+    assert run("promote", "v1", "--reason", "first", "--json")["active"] == "v1"
+    routing = run("canary", "v2", "--share", "0.2", "--reason", "try it", "--json")
+    assert (routing["canary"], routing["canary_share"]) == ("v2", 0.2)
+    assert run("promote", "--reason", "canary held", "--json")["active"] == "v2"
+    assert run("rollback", "--reason", "bad numbers", "--json")["active"] == "v1"
+    assert run("rollback", "--to", "v2", "--reason", "it was fine", "--json")["active"] == "v2"
+    listed = run("list", "--json")
+    assert {v["version"]: v["status"] for v in listed["versions"]} == {"v1": "rolled_back", "v2": "active"}
+    assert listed["routing"][0]["generation"] == 5
+    audit = run("audit", "--json")
+    assert [e["action"] for e in audit] == ["register", "register", "promote", "canary", "promote", "rollback",
+                                            "rollback"]
+    assert audit[0]["actor"] == "ci" and audit[-2]["reason"] == "bad numbers"
+    messages = []
+    while (m := pubsub.get_message(timeout=1)) is not None:
+        if m["type"] == "message":
+            messages.append(json.loads(m["data"]))
+    assert [m["generation"] for m in messages] == [1, 2, 3, 4, 5]
+    assert "v2" in run("list") and "active v2" in run("list")
+    assert json.loads(CliRunner().invoke(app, ["show", "v1", "--json"]).stdout)["lineage"]["event_ids_file"]
+
+
+def test_errors_are_one_line_and_exit_2_through_the_real_entry_point(cli_env, tmp_path):
+    exe = shutil.which("alignloop") or str(Path(sys.executable).parent / "alignloop")
+    bad = tmp_path / "src" / "v1"
+    (bad / "adapter_model.safetensors").write_bytes(b"tampered")
+    for args, message in [
+        (["register", str(bad), "--reason", "x"], "sha256 mismatch for 'adapter_model.safetensors'"),
+        (["promote", "nope", "--reason", "x"], "adapter version 'nope' is not registered"),
+        (["rollback", "--reason", "x"], "nothing is deployed yet"),
+        (["canary", "v2", "--share", "2", "--reason", "x"], "adapter version 'v2' is not registered"),
+    ]:
+        p = subprocess.run([exe, "deploy", *args], capture_output=True, text=True, env=os.environ, timeout=60)
+        assert p.returncode == 2, (args, p.stdout, p.stderr)
+        assert message in p.stderr and "Traceback" not in p.stderr
+        assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+
+
+def test_reason_is_required(cli_env):
+    result = CliRunner().invoke(app, ["promote", "v1"])
+    assert result.exit_code == 2 and "--reason" in result.output
