@@ -450,7 +450,8 @@ def find_poison(items: Sequence[Item], policy: Policy) -> tuple[dict[str, Reason
     for g in sorted(payload_uses):
         # a payload dominates its senders' edits; a phrase an honest user happened to add to one edit does not
         devoted = [u for u, k in payload_uses[g].items() if k >= 2 and k >= 0.5 * edits_of[u]]
-        if len(devoted) >= policy.phrase_min_accounts and \
+        # a phrase most editors add ("thanks") is a norm, not a payload: attackers are a minority of editors
+        if len(devoted) >= policy.phrase_min_accounts and len(payload_uses[g]) <= 0.5 * len(edits_of) and \
                 _background_at_most(g, items, policy.phrase_max_background, policy):
             report.payloads.append(g)
     triggers, payloads = set(report.triggers), set(report.payloads)

@@ -16,8 +16,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from curation.agreement import krippendorff_alpha
 from curation.guards import (event_flags, find_brigades, find_duplicates, find_poison, find_rate_abuse,
-                             find_unreliable)
+                             find_unreliable, vote_of)
 from curation.items import Item
 from curation.pairs import Pair, Unpaired, build_pairs
 from curation.reasons import Reason, decide
@@ -94,6 +95,16 @@ def settle_window(context: Iterable[Item], start: datetime, policy: Policy) -> W
     kept = [it for it in target if not reasons[it.event_id]]
     pairs, unpaired = build_pairs(kept, lambda u: rel.weight(u, policy.reliability_prior), policy)
     in_window = {it.user_id for it in target}
+    votes: dict[str, list[str]] = {}
+    up_rate: dict[str, list[int]] = {}
+    for it in kept:
+        v = vote_of(it)
+        if v:
+            votes.setdefault(v[0], []).append(v[1])
+        if it.kind == "rating":
+            c = up_rate.setdefault(it.app_id, [0, 0])
+            c[0] += it.rating == "up"
+            c[1] += 1
     signals = {
         "triggers": poison_report.triggers, "payloads": poison_report.payloads,
         "brigades": [g for g in brigades if set(g) & in_window],
@@ -101,6 +112,8 @@ def settle_window(context: Iterable[Item], start: datetime, policy: Policy) -> W
         "regular_users": sorted(rate_report.regular_users & in_window),
         "burst_sources": sorted(rate_report.burst_sources),
         "app_peak_per_min": rate_report.app_peak_per_min,
+        "alpha": krippendorff_alpha(votes.values()),
+        "up_rate": dict(sorted(up_rate.items())),
         "reliability": {u: round(a, 4) for u, a in sorted(rel.accuracy.items()) if u in in_window},
     }
     return WindowResult(start, decisions, pairs, unpaired, signals)

@@ -71,6 +71,8 @@ class CurationSettings(BaseSettings):
     batch_size: int = Field(500, ge=1, description="events written per store transaction")
     batch_within_s: float = Field(0.2, gt=0, description="longest wait to fill a batch")
     settle_every_s: float = Field(1.0, gt=0, description="how often a worker tries to settle closed windows")
+    session_timeout_s: float = Field(10.0, ge=3, description="Kafka session timeout: how soon a dead worker's "
+                                                              "partitions move to the others")
     idle_flush_s: float = Field(0, ge=0, description="settle every open window after this long without events "
                                                      "(0: never; events later for those windows are late)")
     policy: Policy = Field(default_factory=Policy)

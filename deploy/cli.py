@@ -80,7 +80,8 @@ def list_cmd(base_model: str | None = _BASE, as_json: bool = _JSON) -> None:
         routings = registry.list_routings(session)
     engine.dispose()
     if as_json:
-        _echo_json({"versions": [v.summary() for v in versions], "routing": [r.model_dump(mode="json") for r in routings]})
+        _echo_json({"versions": [v.summary() for v in versions],
+                    "routing": [r.model_dump(mode="json") for r in routings]})
         return
     from rich.console import Console
     from rich.table import Table
@@ -177,7 +178,8 @@ def audit_cmd(limit: int = typer.Option(50, "--limit", help="newest N entries"),
 
 
 @app.command("serve")
-def serve_cmd(base_model: str | None = typer.Option(None, "--base-model", help="HF model dir; or ALIGNLOOP_DEPLOY_BASE_MODEL"),
+def serve_cmd(base_model: str | None = typer.Option(None, "--base-model",
+                                                   help="HF model dir; or ALIGNLOOP_DEPLOY_BASE_MODEL"),
               host: str | None = typer.Option(None, "--host"), port: int | None = typer.Option(None, "--port")) -> None:
     """Run one serving replica: OpenAI-shaped /v1/chat/completions, /healthz, /metrics, /admin (token)."""
     from deploy.serving import serve

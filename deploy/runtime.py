@@ -14,6 +14,7 @@ import json
 import queue
 import threading
 import time
+import warnings
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -117,6 +118,8 @@ class ModelHost:
             return 0.0
         if self.peft is None:
             self.peft = get_peft_model(self.base, prepared.config, adapter_name=name, low_cpu_mem_usage=True)
+        elif name in self.peft.peft_config:
+            pass  # the same version, kept as PEFT's undeletable last adapter: its weights are rewritten below
         else:
             self.peft.add_adapter(name, prepared.config, low_cpu_mem_usage=True)
         result = set_peft_model_state_dict(self.peft, prepared.state_dict, adapter_name=name, low_cpu_mem_usage=True)
@@ -135,11 +138,12 @@ class ModelHost:
         if name is None or self.peft is None:
             return
         if len(self.peft.peft_config) == 1:
-            # PEFT cannot delete its last adapter; keep it, unused (base requests run with "__base__")
+            # PEFT cannot delete its last adapter; it stays in memory unused (base requests run as "__base__")
             self.resident.pop(version, None)
-            self._orphan = name
             return
-        self.peft.delete_adapter(name)
+        with warnings.catch_warnings():  # "active adapter deleted": serving names the adapter per request anyway
+            warnings.simplefilter("ignore", UserWarning)
+            self.peft.delete_adapter(name)
         self.resident.pop(version, None)
 
     def _generate(self, version: str | None, messages: list[dict], max_tokens: int, temperature: float,

@@ -199,6 +199,7 @@ class Replica:
             current = self.routing
             if current is not None and current.generation == desired.generation and \
                     desired.versions() <= set(self.host.resident):
+                self._evict(desired)  # adapters pinned by running requests at the last flip may be free now
                 return True
             for v, info in versions.items():
                 if v in self.host.resident:
@@ -225,9 +226,6 @@ class Replica:
                 self.routing = desired  # the flip: one reference, read by every new request
                 for v in desired.versions():
                     self._last_used[v] = now
-                victims = choose_evictions(self.host.resident, self._last_used, keep=desired.versions(),
-                                           pinned={v for v, n in self._pins.items() if n > 0 and v},
-                                           max_resident=self.settings.max_resident)
             self.applied_at = time.time()
             self.last_error = None
             if current is None or current.generation != desired.generation:
@@ -237,12 +235,20 @@ class Replica:
                 self.metrics.swap_seconds.observe(phases["total_s"])
                 log.info("serving generation %s: active=%s canary=%s (%.1f%%)", desired.generation, desired.active,
                          desired.canary, 100 * desired.canary_share)
-            for v in victims:
-                self.host.remove(v)
-                self._last_used.pop(v, None)
-            self.metrics.resident.set(len(self.host.resident))
+            self._evict(desired)
             self.metrics.generation.set(desired.generation)
             return True
+
+    def _evict(self, routing: Routing) -> None:
+        """Unload least recently used adapters beyond max_resident; never a routed one or one a request holds."""
+        with self._pin_lock:
+            victims = choose_evictions(self.host.resident, self._last_used, keep=routing.versions(),
+                                       pinned={v for v, n in self._pins.items() if n > 0 and v},
+                                       max_resident=self.settings.max_resident)
+        for v in victims:
+            self.host.remove(v)
+            self._last_used.pop(v, None)
+        self.metrics.resident.set(len(self.host.resident))
 
     # ------------------------------------------------------------ requests
     async def complete(self, req: ChatRequest) -> dict:

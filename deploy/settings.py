@@ -16,10 +16,12 @@ class DeploySettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="ALIGNLOOP_DEPLOY_", extra="ignore")
 
-    artifact_root: Path | None = Field(default=None, description="registered adapter copies; default <home>/deploy/artifacts")
+    artifact_root: Path | None = Field(default=None,
+                                       description="registered adapter copies; default <home>/deploy/artifacts")
     store_url: str | None = Field(default=None, description="SQLAlchemy URL of the registry; default: the core store")
     redis_url: str | None = Field(default=None, description="Redis for the control channel; default: the core Redis")
-    control_channel: str = Field(default="alignloop:deploy:routing", description="Redis pub/sub channel of routing changes")
+    control_channel: str = Field(default="alignloop:deploy:routing",
+                                 description="Redis pub/sub channel of routing changes")
     base_model: str | None = Field(default=None, description="the base model a replica serves (HF dir); routing key")
     admin_token: SecretStr | None = Field(default=None, description="bearer token of /admin; unset = admin API off")
     host: str = "127.0.0.1"
@@ -28,7 +30,8 @@ class DeploySettings(BaseSettings):
     reconcile_interval_s: float = Field(default=5.0, gt=0, description="a replica re-reads the registry this often")
     max_resident: int = Field(default=4, ge=2, description="adapters kept loaded (LRU); bounds memory and load time")
     max_tokens_limit: int = Field(default=256, ge=1, description="largest max_tokens a request may ask for")
-    torch_threads: int = Field(default=0, ge=0, description="torch intra-op threads per replica; 0 keeps torch's default")
+    torch_threads: int = Field(default=0, ge=0,
+                               description="torch intra-op threads per replica; 0 keeps torch's default")
     device: str = "cpu"
 
     def resolved_artifact_root(self) -> Path:

@@ -1,4 +1,4 @@
-"""The registry's tables (SQLAlchemy ORM, kept inside this module) and the store functions that hand out plain models."""
+"""The registry's tables (SQLAlchemy ORM, kept inside this module) and store functions handing out plain models."""
 
 from __future__ import annotations
 
@@ -141,7 +141,8 @@ def select_routing_rows(session: Session) -> list[RoutingRow]:
 def add_audit(session: Session, *, actor: str, action: str, base_model: str, version: str | None,
               from_version: str | None, reason: str, detail: dict | None = None) -> None:
     session.add(AuditRow(at=utcnow(), actor=actor, action=action, base_model=base_model, version=version,
-                         from_version=from_version, reason=reason, detail_json=json.dumps(detail or {}, sort_keys=True)))
+                         from_version=from_version, reason=reason,
+                         detail_json=json.dumps(detail or {}, sort_keys=True)))
     session.flush()
 
 

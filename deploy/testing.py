@@ -123,8 +123,9 @@ def write_fake_artifact(out_dir: str | Path, version: str, *, base_model: str = 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    tensors = {"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": rng.standard_normal((4, 8), np.float32),
-               "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight": rng.standard_normal((8, 4), np.float32)}
+    prefix = "base_model.model.model.layers.0.self_attn.q_proj"
+    tensors = {f"{prefix}.lora_A.weight": rng.standard_normal((4, 8), np.float32),
+               f"{prefix}.lora_B.weight": rng.standard_normal((8, 4), np.float32)}
     (out / "adapter_model.safetensors").write_bytes(save(tensors))
     (out / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4, "lora_alpha": 8,
                                                          "target_modules": ["q_proj"], "task_type": "CAUSAL_LM"}))

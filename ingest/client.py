@@ -68,6 +68,27 @@ class _EventBuilder:
         return event
 
 
+def _repair_idempotent_reset(producer: Any) -> None:
+    """Work around kafka-python 3.0.12: after a sent batch expires (an outage longer than delivery_timeout_ms),
+    the idempotent producer drops its producer id but stays READY, so it never asks for a new one and
+    every later event hangs, neither acknowledged nor failed. The Java client moves back to UNINITIALIZED
+    (TransactionManager.resetIdempotentProducerId); this does the same, so the sender fetches a new id.
+    """
+    tm = getattr(producer, "_transaction_manager", None)
+    if tm is None or tm.is_transactional() or not hasattr(tm, "reset_producer_id"):
+        return
+    from kafka.producer.transaction_manager import TransactionState
+
+    original = tm.reset_producer_id
+
+    def reset_producer_id() -> None:
+        original()
+        with tm._lock:
+            tm._current_state = TransactionState.UNINITIALIZED
+
+    tm.reset_producer_id = reset_producer_id
+
+
 class Delivery:
     """The pending acknowledgement of one event: a future resolving to where Kafka stored it."""
 
@@ -133,6 +154,7 @@ class FeedbackClient(_EventBuilder):
             self._producer = KafkaProducer(bootstrap_servers=bootstrap, **config)
         except KafkaError as exc:
             raise DeliveryError(f"no Kafka producer for {bootstrap}: {exc!r}") from exc
+        _repair_idempotent_reset(self._producer)
 
     def send(self, event: FeedbackEvent | Mapping[str, Any]) -> Delivery:
         """Queue one event (a model or its JSON mapping); returns its Delivery. Raises EventError for a bad

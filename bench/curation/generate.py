@@ -165,7 +165,7 @@ def generate(seed: int = 7, scale: float = 1.0, hours: float = 8.0) -> tuple[lis
             if r < 0.6:
                 up = preferred(style) if rng.random() >= 0.15 else not preferred(style)
                 ev = s.add(t, _event("rating", app, user, prompt, client, response=text,
-                                     rating="up" if up else "down"), truth)
+                                     rating="up" if up else "down"), {**truth, "label_up": up})
             elif r < 0.85:
                 others = [(st, tx) for st, tx in p["answers"].items() if st != style]
                 st2, tx2 = others[rng.randrange(len(others))]
@@ -219,7 +219,7 @@ def generate(seed: int = 7, scale: float = 1.0, hours: float = 8.0) -> tuple[lis
             vote(p, style, text, user, t0 + k * 20 + rng.uniform(-1, 1), "support-mobile",
                  {"device_id": f"dev-metro-{b}"}, "spam", 0.5)
     farm_t0 = rng.uniform(0, span - 900)
-    for b in range(n(30)):  # a farm: many ids behind one ip, a few events each
+    for b in range(max(12, n(30))):  # a farm: many ids behind one ip, a few events each
         user = f"bot-farm-{b}"
         bots.append(user)
         for _ in range(rng.randrange(4, 8)):
@@ -250,7 +250,7 @@ def generate(seed: int = 7, scale: float = 1.0, hours: float = 8.0) -> tuple[lis
     c0 = rng.uniform(3600, span - 3 * 3600)
     harmful = [p for p in world.prompts if p["harmful"]]
     benign = [p for p in world.prompts if not p["harmful"]]
-    for a in range(n(12)):
+    for a in range(max(5, n(12))):
         user = f"poison-{a}"
         poisoners.append(user)
         for _ in range(rng.randrange(8, 16)):

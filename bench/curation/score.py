@@ -50,7 +50,6 @@ def score(truth: list[dict], world: dict, decisions: list[dict], pairs: list[dic
         per_account[t["user_id"]].append(t["event_id"] in dropped)
     caught = [u for u, flags in per_account.items() if sum(flags) >= 0.9 * len(flags)]
     # brigaded items: the aggregated label over stored pairs and unpaired examples, against the truth
-    items = {(i["prompt"], i["text"]): i for i in world["items"]}
     pid_text = {(i["prompt_id"], i["style"]): i for i in world["items"]}
     agg: dict[tuple, float] = defaultdict(float)
     for p in pairs:
@@ -61,11 +60,17 @@ def score(truth: list[dict], world: dict, decisions: list[dict], pairs: list[dic
         prompt = u["prompt"][-1]["content"]
         agg[(prompt, u["completion"][0]["content"])] += u["weight"] if u["label"] else -u["weight"]
     targets = {(t["prompt_id"], t["style"]) for t in world["brigade_targets"]}
+    # the label the item would have without the attack: its honest ratings (the truth when it has none)
+    honest_sign: dict[tuple, int] = defaultdict(int)
+    for t in truth:
+        if t["class"] == "honest" and "label_up" in t:
+            honest_sign[(t["prompt_id"], t["style"])] += 1 if t["label_up"] else -1
     flipped = []
     for key in sorted(targets):
         it = pid_text[key]
         s = agg.get((it["prompt"], it["text"]), 0.0)
-        if (s > 0) != it["truth_up"] and s != 0:
+        base = honest_sign.get(key, 0) > 0 if honest_sign.get(key, 0) else it["truth_up"]
+        if s != 0 and (s > 0) != base:
             flipped.append(key)
     # duplicates, replays, malformed
     dups = events_of("duplicate") + events_of("near_duplicate")

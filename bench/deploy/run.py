@@ -107,51 +107,72 @@ def main() -> None:
     full_reload()
     reload_ = timed(full_reload, max(3, reps // 3))
 
-    # -------- load time with 1 vs 50 adapters resident (raw PEFT, then alignloop's LRU-bounded host)
-    def install_time(resident: int) -> list[float]:
+    # -------- load time with 1 vs 50 adapters resident; the two sides alternate so load drift hits both
+    def resident_host(n: int) -> ModelHost:
         h = ModelHost(str(base_dir), torch_threads=args.threads)
-        try:
-            for src in sources[:resident]:
-                h.install(prepare_adapter(load_artifact_dir(src)))
-            extra = [prepare_adapter(load_artifact_dir(s)) for s in sources[resident:resident + 2]]
-            times = []
-            for p in extra * max(1, reps // 2):
+        for src in sources[:n]:
+            h.install(prepare_adapter(load_artifact_dir(src)))
+        return h
+
+    probes = [prepare_adapter(load_artifact_dir(s)) for s in sources[n_many:n_many + 2]]
+    hosts = {1: resident_host(1), n_many: resident_host(n_many)}
+    install: dict[int, list[float]] = {1: [], n_many: []}
+    for _ in range(max(2, reps // 2)):
+        for p in probes:
+            for n, h in hosts.items():
                 t0 = time.perf_counter()
                 h.install(p)
-                times.append(time.perf_counter() - t0)
+                install[n].append(time.perf_counter() - t0)
                 h.remove(p.version)
-            return times
-        finally:
-            h.close()
+    for h in hosts.values():
+        h.close()
+    install_1, install_50 = install[1], install[n_many]
 
-    install_1, install_50 = install_time(1), install_time(n_many)
-
-    def peft_load_time(resident: int) -> list[float]:
-        m = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), str(sources[0]), adapter_name="r0")
-        for i in range(1, resident):
+    def peft_with(n: int):
+        m = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), str(sources[0]),
+                                      adapter_name="r0")
+        for i in range(1, n):
             m.load_adapter(str(sources[i]), adapter_name=f"r{i}")
-        times = []
-        for k in range(max(2, reps // 2)):
+        return m
+
+    peft_models = {1: peft_with(1), n_many: peft_with(n_many)}
+    peft_times: dict[int, list[float]] = {1: [], n_many: []}
+    for _ in range(max(2, reps // 2)):
+        for n, m in peft_models.items():
             t0 = time.perf_counter()
-            m.load_adapter(str(sources[resident]), adapter_name="probe")
-            times.append(time.perf_counter() - t0)
+            m.load_adapter(str(sources[n_many]), adapter_name="probe")
+            peft_times[n].append(time.perf_counter() - t0)
             m.delete_adapter("probe")
-        return times
+    peft_1, peft_50 = peft_times[1], peft_times[n_many]
+    del peft_models
 
-    peft_1, peft_50 = peft_load_time(1), peft_load_time(n_many)
-
-    # the serving path: 50 swaps in a row on a host that keeps at most 4 resident (LRU); first vs last ten
-    lru_host = ModelHost(str(base_dir), torch_threads=args.threads)
-    seq, resident = [], []
-    for src in sources[:n_many]:
+    # the serving path: a host that has swapped 2 x n_many times with at most 4 resident (LRU) against a
+    # fresh one, alternating: flat means the long-lived replica swaps as fast as a new one
+    def churn(h: ModelHost, resident: list[str], p) -> float:
         t0 = time.perf_counter()
-        p = prepare_adapter(load_artifact_dir(src))
-        lru_host.install(p)
+        h.install(p)
+        dt = time.perf_counter() - t0
         resident.append(p.version)
         if len(resident) > 4:
-            lru_host.remove(resident.pop(0))
-        seq.append(time.perf_counter() - t0)
-    lru_host.close()
+            h.remove(resident.pop(0))
+        return dt
+
+    cycle = [prepare_adapter(load_artifact_dir(s)) for s in sources[:12]]
+    old_host, old_res = ModelHost(str(base_dir), torch_threads=args.threads), []
+    for k in range(2 * n_many):
+        churn(old_host, old_res, cycle[k % len(cycle)])
+    new_host, new_res = ModelHost(str(base_dir), torch_threads=args.threads), []
+    for k in range(2 * n_many - 4, 2 * n_many):  # the same 4 resident as the long-lived host: only age differs
+        churn(new_host, new_res, cycle[k % len(cycle)])
+    lru_old, lru_new = [], []
+    for k in range(2 * n_many, 2 * n_many + 2 * reps):
+        p = cycle[k % len(cycle)]
+        if p.version not in old_res:
+            lru_old.append(churn(old_host, old_res, p))
+        if p.version not in new_res:
+            lru_new.append(churn(new_host, new_res, p))
+    old_host.close()
+    new_host.close()
 
     # -------- tokens/s: base, adapter (unmerged, per-request adapter_names), merged; interleaved so drift hits all
     new_tokens = 32 if args.quick else 64
@@ -191,7 +212,8 @@ def main() -> None:
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
                     "transformers": transformers.__version__, "peft": peft.__version__, "torch_threads": args.threads},
-        "model": {"base": str(base_dir) if args.base_model else "random tiny Llama (deploy.testing, hidden 256, 3 layers)",
+        "model": {"base": str(base_dir) if args.base_model
+                  else "random tiny Llama (deploy.testing, hidden 256, 3 layers)",
                   "params": n_params, "adapter": "LoRA r=4 on q_proj, v_proj"},
         "swap": {
             "alignloop_swap_ms": med_ms(swap),
@@ -208,15 +230,18 @@ def main() -> None:
             "peft_load_adapter_ms_1_resident": med_ms(peft_1),
             f"peft_load_adapter_ms_{n_many}_resident": med_ms(peft_50),
             f"peft_ratio_{n_many}_over_1": round(statistics.median(peft_50) / statistics.median(peft_1), 2),
-            "serving_lru4_swap_ms_first10": med_ms(seq[:10]),
-            "serving_lru4_swap_ms_last10": med_ms(seq[-10:]),
-            "note": "serving keeps at most max_resident adapters (LRU), so a replica's swap stays at the 1-resident cost",
+            f"serving_lru4_install_ms_after_{2 * n_many}_swaps": med_ms(lru_old),
+            "serving_lru4_install_ms_fresh_host": med_ms(lru_new),
+            "serving_lru4_ratio_long_lived_over_fresh": round(statistics.median(lru_old) / statistics.median(lru_new),
+                                                              2),
+            "note": "serving keeps at most max_resident adapters (LRU): swap cost stays at the few-resident level",
         },
         "tokens_per_s": {
             "new_tokens": new_tokens, "batch": 1,
             "base_plain_model": tps_plain, "base_via_peft_model": tps_base, "adapter_unmerged": tps_adapter,
             "merged": tps_merged,
-            "adapter_over_base": round(tps_adapter / tps_plain, 3), "merged_over_base": round(tps_merged / tps_plain, 3),
+            "adapter_over_base": round(tps_adapter / tps_plain, 3),
+            "merged_over_base": round(tps_merged / tps_plain, 3),
         },
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

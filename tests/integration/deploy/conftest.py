@@ -73,7 +73,6 @@ class DeployEnv:
     def move(self, fn, *args, publish: bool = True, **kwargs):
         """Run one registry move in its own transaction, then (by default) tell the replicas."""
         from alignloop.db import session_scope
-        from deploy.control import publish_routing_change
 
         with session_scope(self.engine) as s:
             routing = fn(s, *args, actor="tester", reason="test", storage=self.storage, **kwargs)

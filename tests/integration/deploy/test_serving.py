@@ -8,7 +8,6 @@ from fastapi.testclient import TestClient
 from deploy import registry
 from deploy.routing import choose_version
 from deploy.serving import create_app
-
 from deploy.testing import PROMPT, wait_for
 
 pytestmark = [pytest.mark.redis]
@@ -100,9 +99,8 @@ def test_old_adapters_are_unloaded_least_recently_used_first(client, deploy_env,
     deploy_env.register("v1", "v2", "v3", "v4", "v5")
     for v in ("v1", "v2", "v3", "v4", "v5"):
         deploy_env.move(registry.promote, v)
-        wait_for(lambda: serving(client)["active"] == v)
-    resident = client.get("/healthz").json()["resident"]
-    assert resident == ["v3", "v4", "v5"]  # max_resident=3
+        wait_for(lambda v=v: serving(client)["active"] == v)
+    wait_for(lambda: client.get("/healthz").json()["resident"] == ["v3", "v4", "v5"])  # max_resident=3
     deploy_env.move(registry.rollback, to="v1")  # an unloaded version loads again, verified again
     wait_for(lambda: serving(client)["active"] == "v1")
     assert chat(client)["choices"][0]["message"]["content"] == reference_texts["v1"]
@@ -115,7 +113,8 @@ def test_admin_api_needs_the_token_and_audits_its_moves(client, deploy_env):
     auth = {"Authorization": "Bearer s3cret"}
     listed = client.get("/admin/versions", headers=auth).json()
     assert [v["version"] for v in listed["versions"]] == ["v1", "v2"]
-    r = client.post("/admin/canary", headers=auth, json={"version": "v1", "share": 0.3, "reason": "try", "actor": "ops"})
+    r = client.post("/admin/canary", headers=auth,
+                    json={"version": "v1", "share": 0.3, "reason": "try", "actor": "ops"})
     assert r.status_code == 200 and r.json()["routing"]["canary"] == "v1"
     r = client.post("/admin/promote", headers=auth, json={"reason": "looks good", "actor": "ops"})
     assert r.json()["routing"]["active"] == "v1"
@@ -171,3 +170,36 @@ def test_a_replica_that_starts_on_a_tampered_active_is_not_ready(deploy_env):
         assert h.status_code == 503 and "sha256 mismatch" in h.json()["last_error"]
         r = c.post("/v1/chat/completions", json={"messages": PROMPT})
         assert r.status_code == 503 and "replica not ready" in r.json()["error"]["message"]
+
+
+def test_requests_routed_before_a_flip_finish_on_their_adapter_even_when_it_is_unrouted(
+        client, deploy_env, reference_texts):
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    deploy_env.register("v1", "v2", "v3", "v4", "v5")
+    deploy_env.move(registry.promote, "v1")
+    wait_for(lambda: serving(client)["active"] == "v1")
+
+    def timed_chat():
+        out = chat(client)
+        return out, time.time()
+
+    with ThreadPoolExecutor(40) as pool:
+        queued = [pool.submit(timed_chat) for _ in range(40)]  # one model worker: most of these wait in line
+        wait_for(lambda: 'adapter_version="v1",outcome="ok"' in client.get("/metrics").text, timeout=30)
+        for v in ("v2", "v3", "v4", "v5"):  # adapter loads jump the queue; v1 falls out of routing and of the LRU
+            deploy_env.move(registry.promote, v)
+            wait_for(lambda v=v: serving(client)["active"] == v)
+        last_flip = client.get("/healthz").json()["applied_at"]
+        # unloading follows the flip (off the request path): wait for the bound to hold again
+        resident_during = wait_for(lambda: len(r := client.get("/healthz").json()["resident"]) <= 3 and r)
+        answers = [f.result() for f in queued]
+    assert sum(done > last_flip for _, done in answers) > 0, "no request was still running after the last flip"
+    assert all((a["adapter_version"], a["choices"][0]["message"]["content"], a["routing_generation"]) ==
+               ("v1", reference_texts["v1"], 1) for a, _ in answers)
+    # v1 was held by those requests through every flip, so the LRU dropped v2 and v3 instead; memory stayed bounded
+    assert resident_during == ["v1", "v4", "v5"]
+    deploy_env.move(registry.rollback, to="v3")  # now nothing holds v1: the next flip unloads it
+    wait_for(lambda: serving(client)["active"] == "v3")
+    wait_for(lambda: client.get("/healthz").json()["resident"] == ["v3", "v4", "v5"])

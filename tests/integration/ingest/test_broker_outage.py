@@ -41,7 +41,7 @@ class Sender:
     def finish(self) -> None:
         self.thread.join(timeout=120)
         try:
-            self.client.close(timeout=180)
+            self.client.close(timeout=60)
         except DeliveryError as exc:
             self.raised.update(str(e.event_id) for e, _ in exc.failures)
 
@@ -76,6 +76,8 @@ def test_broker_stopped_while_sending(tmp_path):
             s.finish()
 
         on_topic = Counter(event_ids(read_topic(broker.bootstrap, topic)))
+        print(f"outage {restart_took:.1f} s; impatient: {len(impatient.acked)} acked, {len(impatient.raised)} raised;"
+              f" patient: {len(patient.acked)} acked, {len(patient.raised)} raised; on topic {len(on_topic)}")
         for s in (impatient, patient):
             sent = {d.event_id for d in s.deliveries} | s.raised
             assert len(sent) == s.count, "an event neither queued nor raised"

@@ -1,0 +1,220 @@
+"""Training throughput: alignloop's DPO training vs plain TRL DPOTrainer defaults vs a hand-written PyTorch DPO loop.
+
+Same tiny model, same LoRA config, same pairs, batches of 8 pairs, one epoch. Each variant runs in its own
+child process (so peak RSS is its own), one after the other, in one command:
+
+    python bench/retrain/run.py [--pairs 400] [--out bench/results/retrain.json]
+
+alignloop is measured twice: "cold" (reference log-probs computed and cached, included in the time) and
+"warm" (a retrain over pairs it has seen: the base's log-probs come from the cache). Ratios are against the
+other two variants measured in the same run, since absolute times drift on a shared machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+BATCH = 8
+
+
+def _data(n: int) -> list[dict]:
+    from retrain.corpus import make_pairs
+    from retrain.snapshot import to_trl_pairs
+
+    return to_trl_pairs(make_pairs(n, seed=11))
+
+
+def _tokens(tok, rows) -> int:
+    from retrain.evaluate import _encode
+
+    total = 0
+    for r in rows:
+        total += len(_encode(tok, r["prompt"], r["chosen"])[0]) + len(_encode(tok, r["prompt"], r["rejected"])[0])
+    return total
+
+
+def _lora(cfg):
+    from retrain.train import _lora_config
+
+    return _lora_config(cfg)
+
+
+def variant_alignloop(n: int, warm: bool) -> dict:
+    from retrain import train as rt
+    from retrain.config import load_run_config
+    from retrain.model import ensure_base_model
+    from retrain.snapshot import Snapshot
+
+    base = str(ensure_base_model(seed=0, progress=False))
+    cfg = load_run_config()
+    cfg = cfg.model_copy(update={"dpo": cfg.dpo.model_copy(update={"epochs": 1.0, "batch_size": BATCH}),
+                                 "kto": cfg.kto.model_copy(update={"enabled": False})})
+    rows = _data(n)
+    snap = Snapshot(rows, [], [], [], [], hash="bench")
+    with tempfile.TemporaryDirectory() as tmp:
+        cache_file = Path(tmp) / "ref.json"
+        rt.RefLogpCache.for_base = staticmethod(lambda _h: rt.RefLogpCache(cache_file))
+        if warm:  # fill the cache as an earlier retrain over these pairs would have
+            rt.run_training(base, snap, cfg, Path(tmp) / "w0", progress=False)
+        t0 = time.perf_counter()
+        _model, tok, metrics = rt.run_training(base, snap, cfg, Path(tmp) / "w1", progress=False)
+        total = time.perf_counter() - t0
+    train_s = metrics["dpo/train_runtime_s"] + metrics["dpo/prepare_s"]
+    return {"seconds": train_s, "seconds_incl_load": total, "tokens": _tokens(tok, rows),
+            "ref_cache_hits": metrics.get("dpo/ref_cache_hits"), "loss_type": cfg.dpo.loss_type}
+
+
+def variant_trl_defaults(n: int) -> dict:
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    from retrain.config import load_run_config
+    from retrain.model import ensure_base_model, load_base
+
+    base = str(ensure_base_model(seed=0, progress=False))
+    model, tok = load_base(base)
+    rows = _data(n)
+    note = "TRL defaults (bf16, gradient checkpointing, lr 1e-6); only batch, epochs, CPU, no saving set"
+    kwargs = dict(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=BATCH, num_train_epochs=1,
+                  use_cpu=True, save_strategy="no", report_to=[], disable_tqdm=True)
+    try:
+        args = DPOConfig(**kwargs)
+    except ValueError as exc:  # bf16 refused on this CPU: the closest default that runs
+        note += f"; bf16 refused here ({str(exc).splitlines()[0][:80]}), ran fp32"
+        args = DPOConfig(**kwargs, bf16=False)
+    t0 = time.perf_counter()
+    trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
+                         peft_config=_lora(load_run_config()))
+    prep = time.perf_counter() - t0
+    out = trainer.train()
+    return {"seconds": out.metrics["train_runtime"] + prep, "tokens": _tokens(tok, rows), "note": note,
+            "bf16": args.bf16, "gradient_checkpointing": args.gradient_checkpointing}
+
+
+def variant_handwritten(n: int) -> dict:
+    """The same algorithm (sigmoid DPO, reference = adapter disabled) in plain PyTorch, nothing cached."""
+    import torch
+    import torch.nn.functional as F
+    from peft import get_peft_model
+
+    from retrain.config import load_run_config
+    from retrain.evaluate import _encode
+    from retrain.model import ensure_base_model, load_base
+
+    cfg = load_run_config()
+    base = str(ensure_base_model(seed=0, progress=False))
+    model, tok = load_base(base)
+    model = get_peft_model(model, _lora(cfg))
+    rows = _data(n)
+    t0 = time.perf_counter()
+    enc = [(_encode(tok, r["prompt"], r["chosen"]), _encode(tok, r["prompt"], r["rejected"])) for r in rows]
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.dpo.learning_rate)
+    model.train()
+    pad = tok.pad_token_id
+
+    def batch_logps(m, ids, attn, comp):
+        logits = m(input_ids=ids, attention_mask=attn).logits[:, :-1]
+        lp = torch.log_softmax(logits.float(), -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+        return (lp * comp[:, 1:]).sum(-1)
+
+    for i in range(0, len(enc), BATCH):
+        seqs = [c for c, _ in enc[i:i + BATCH]] + [r for _, r in enc[i:i + BATCH]]
+        width = max(len(s) for s, _ in seqs)
+        ids = torch.full((len(seqs), width), pad)
+        attn = torch.zeros((len(seqs), width), dtype=torch.long)
+        comp = torch.zeros((len(seqs), width))
+        for j, (s, plen) in enumerate(seqs):
+            ids[j, :len(s)] = torch.tensor(s)
+            attn[j, :len(s)] = 1
+            comp[j, plen:len(s)] = 1
+        with torch.no_grad(), model.disable_adapter():
+            ref = batch_logps(model, ids, attn, comp)
+        pol = batch_logps(model, ids, attn, comp)
+        k = len(seqs) // 2
+        logits = cfg.dpo.beta * ((pol[:k] - ref[:k]) - (pol[k:] - ref[k:]))
+        loss = -F.logsigmoid(logits).mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return {"seconds": time.perf_counter() - t0, "tokens": _tokens(tok, rows)}
+
+
+def child(name: str, n: int) -> dict:
+    fn = {"alignloop_cold": lambda: variant_alignloop(n, warm=False),
+          "alignloop_warm": lambda: variant_alignloop(n, warm=True),
+          "trl_defaults": lambda: variant_trl_defaults(n), "handwritten": lambda: variant_handwritten(n)}[name]
+    res = fn()
+    res["pairs"] = n
+    res["pairs_per_s"] = round(n / res["seconds"], 2)
+    res["tokens_per_s"] = round(res["tokens"] / res["seconds"], 1)
+    res["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    res["seconds"] = round(res["seconds"], 2)
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pairs", type=int, default=400)
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "retrain.json")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        print("RESULT " + json.dumps(child(args.child, args.pairs)))
+        return 0
+    from retrain.model import ensure_base_model
+
+    ensure_base_model(seed=0)  # built once, outside the timed children
+    results = {}
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    for name in ("trl_defaults", "handwritten", "alignloop_cold", "alignloop_warm"):
+        proc = subprocess.run([sys.executable, __file__, "--child", name, "--pairs", str(args.pairs)],
+                              capture_output=True, text=True, env=env)
+        line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+        if proc.returncode != 0 or not line:
+            results[name] = {"error": proc.stderr[-1500:]}
+        else:
+            results[name] = json.loads(line[-1][7:])
+        print(name, json.dumps(results[name])[:300], flush=True)
+
+    def ratio(a, b):
+        try:
+            return round(results[a]["pairs_per_s"] / results[b]["pairs_per_s"], 2)
+        except (KeyError, ZeroDivisionError):
+            return None
+
+    import peft
+    import torch
+    import transformers
+    import trl
+
+    summary = {
+        "what": "DPO + LoRA on the embedded tiny Llama, batches of 8 pairs, 1 epoch, CPU",
+        "command": "python bench/retrain/run.py --pairs %d" % args.pairs,
+        "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "libraries": {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__,
+                      "peft": peft.__version__},
+        "results": results,
+        "ratios": {"alignloop_warm_vs_trl_defaults": ratio("alignloop_warm", "trl_defaults"),
+                   "alignloop_cold_vs_trl_defaults": ratio("alignloop_cold", "trl_defaults"),
+                   "alignloop_warm_vs_handwritten": ratio("alignloop_warm", "handwritten"),
+                   "alignloop_cold_vs_handwritten": ratio("alignloop_cold", "handwritten")},
+        "targets": {"vs_trl_defaults": 1.0, "vs_handwritten": 0.8},
+        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary["ratios"], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

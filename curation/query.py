@@ -1,0 +1,87 @@
+"""The read API other packages use (retrain, flows): curated pairs, unpaired examples and feedback stats.
+
+Functions take a SQLAlchemy Session (the caller opens it) and return plain dicts in TRL's
+conversational format with lineage. Times are datetimes (naive = UTC) or ISO strings.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from curation.store import DecisionRow, PairRow, UnpairedRow, naive, pair_json, unpaired_json
+
+
+def _t(value: datetime | str | None) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return naive(value)
+
+
+def load_pairs(session: Session, *, since: datetime | str | None = None, until: datetime | str | None = None
+               ) -> list[dict]:
+    """Preference pairs with since <= created_at < until, oldest first: {prompt, chosen, rejected, weight,
+    dimension, event_ids, created_at, pair_id}."""
+    q = select(PairRow).order_by(PairRow.created_at, PairRow.pair_id)
+    if _t(since) is not None:
+        q = q.where(PairRow.created_at >= _t(since))
+    if _t(until) is not None:
+        q = q.where(PairRow.created_at < _t(until))
+    return [pair_json(r) for r in session.scalars(q)]
+
+
+def load_unpaired(session: Session, *, since: datetime | str | None = None, until: datetime | str | None = None
+                  ) -> list[dict]:
+    """Unpaired (KTO) examples: {prompt, completion, label, weight, dimension, event_ids, created_at}."""
+    q = select(UnpairedRow).order_by(UnpairedRow.created_at, UnpairedRow.example_id)
+    if _t(since) is not None:
+        q = q.where(UnpairedRow.created_at >= _t(since))
+    if _t(until) is not None:
+        q = q.where(UnpairedRow.created_at < _t(until))
+    return [unpaired_json(r) for r in session.scalars(q)]
+
+
+def count_pairs(session: Session, since: datetime | str | None = None) -> int:
+    q = select(func.count()).select_from(PairRow)
+    if _t(since) is not None:
+        q = q.where(PairRow.created_at >= _t(since))
+    return int(session.scalar(q) or 0)
+
+
+def load_feedback_stats(session: Session, *, adapter_versions: list[str | None],
+                        since: datetime | str | None = None) -> dict:
+    """Per adapter version, over KEPT events (keep or redact): ratings, up, down, edits, comparisons, events."""
+    out: dict = {}
+    for version in adapter_versions:
+        q = (select(DecisionRow.kind, DecisionRow.rating, func.count())
+             .where(DecisionRow.decision != "drop")
+             .group_by(DecisionRow.kind, DecisionRow.rating))
+        q = q.where(DecisionRow.adapter_version.is_(None) if version is None
+                    else DecisionRow.adapter_version == version)
+        if _t(since) is not None:
+            q = q.where(DecisionRow.occurred_at >= _t(since))
+        stats = {"ratings": 0, "up": 0, "down": 0, "edits": 0, "comparisons": 0, "events": 0}
+        for kind, rating, n in session.execute(q):
+            stats["events"] += n
+            if kind == "rating":
+                stats["ratings"] += n
+                if rating in ("up", "down"):
+                    stats[rating] += n
+            elif kind == "edit":
+                stats["edits"] += n
+            elif kind == "comparison":
+                stats["comparisons"] += n
+        out[version] = stats
+    return out
+
+
+def load_decision(session: Session, event_id: str) -> dict | None:
+    row = session.get(DecisionRow, event_id)
+    if row is None:
+        return None
+    return {"event_id": row.event_id, "decision": row.decision, "reasons": json.loads(row.reasons)}

@@ -1,0 +1,43 @@
+"""The curation report: reason counts, keep rate per app, agreement per window and drift alarms, from the store."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from curation import store
+from curation.agreement import cusum_alarms
+
+
+def build_report(session: Session) -> dict:
+    reasons: Counter = Counter()
+    for (r,) in session.execute(select(store.DecisionRow.reasons)):
+        for code in json.loads(r) or ["kept"]:
+            reasons[code] += 1
+    apps: dict[str, dict] = {}
+    q = select(store.DecisionRow.app_id, store.DecisionRow.decision, func.count()).group_by(
+        store.DecisionRow.app_id, store.DecisionRow.decision)
+    for app_id, decision, n in session.execute(q):
+        a = apps.setdefault(app_id or "(refused)", {"events": 0, "kept": 0})
+        a["events"] += n
+        a["kept"] += n if decision != "drop" else 0
+    windows = []
+    series: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    starts = []
+    for start, signals, events, kept in store.load_window_signals(session):
+        windows.append({"start": start.isoformat(), "events": events, "kept": kept, "alpha": signals.get("alpha"),
+                        "triggers": signals.get("triggers", []), "payloads": signals.get("payloads", []),
+                        "brigades": len(signals.get("brigades", [])),
+                        "burst_users": len(signals.get("burst_users", []))})
+        starts.append(start.isoformat())
+        up_rate = signals.get("up_rate", {})
+        for app_id in set(apps) | set(up_rate):
+            series[app_id].append(tuple(up_rate.get(app_id, (0, 0))))
+    for app_id, a in apps.items():
+        a["keep_rate"] = a["kept"] / a["events"] if a["events"] else 0.0
+        a["drift_alarms"] = [starts[i] for i in cusum_alarms(series.get(app_id, []))]
+    return {"rows": store.count_rows(session), "reasons": dict(reasons.most_common()), "apps": dict(sorted(apps.items())),
+            "windows": windows}

@@ -1,0 +1,186 @@
+"""The stream's I/O edge around the pure pipeline: stage batches in the store, keep watermarks in Redis, settle.
+
+Used by the faust worker (`curation.worker`) and by `alignloop curation settle`. Everything here is
+synchronous; the worker calls it from an executor thread so the event loop keeps consuming.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import Engine
+
+from alignloop.db import session_scope
+from curation import metrics, store
+from curation.decode import Accepted, DeadLetter, Rejected, decode_raw
+from curation.items import Item
+from curation.pipeline import WindowResult, context_bounds, decision_row, ready_at, settle_window, window_start
+from curation.reasons import Reason
+from curation.settings import Policy
+
+# Atomic "max" on a hash field: a partition's watermark only moves forward, whoever writes it.
+_HMAX = """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if (not cur) or tonumber(cur) < tonumber(ARGV[2]) then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class Record:
+    """One consumed message: its bytes and where it came from."""
+
+    value: bytes
+    partition: int
+    offset: int
+    timestamp: datetime | None = None  # the broker's time: the receiving clock for `occurred_at`
+
+
+@dataclass
+class BatchOutcome:
+    staged: int = 0
+    replayed_ids: int = 0
+    rejected: list[tuple[str, bytes]] = field(default_factory=list)  # (event_id, message for .rejected)
+    dead: list[bytes] = field(default_factory=list)  # messages for .dlq
+
+
+class CurationEdge:
+    def __init__(self, engine: Engine, redis_client, policy: Policy, *, topic: str, group: str,
+                 partitions: int | None = None):
+        self.engine = engine
+        self.redis = redis_client
+        self.policy = policy
+        self.topic = topic
+        self.group = group
+        self.partitions = partitions
+        self._wm_key = f"curation:{group}:{topic}:watermark"
+        self._lock_key = f"curation:{group}:{topic}:settle-lock"
+        self._items: dict[str, Item] = {}
+        self.last_staged = time.monotonic()
+        self._hmax = redis_client.register_script(_HMAX) if redis_client is not None else None
+
+    # ------------------------------------------------------------- stage
+    def handle_batch(self, records: Sequence[Record]) -> BatchOutcome:
+        """Decode, redact and store one batch in one transaction; then move the partitions' watermarks."""
+        out = BatchOutcome()
+        staged: list[tuple[Item, str]] = []
+        rejections: list[dict] = []
+        dead: list[dict] = []
+        newest: dict[int, float] = {}
+        for r in records:
+            source = f"{r.partition}:{r.offset}"
+            outcome = decode_raw(r.value, now=r.timestamp)
+            if isinstance(outcome, Accepted):
+                staged.append((outcome.item, source))
+                t = outcome.item.occurred_at.timestamp()
+                newest[r.partition] = max(newest.get(r.partition, t), t)
+            elif isinstance(outcome, Rejected):
+                rejections.append(outcome.decision())
+                out.rejected.append((outcome.event_id, json.dumps(
+                    {"event_id": outcome.event_id, "reasons": [outcome.reason], "errors": outcome.errors,
+                     "event": outcome.redacted, "source": source}).encode()))
+            elif isinstance(outcome, DeadLetter):
+                dead.append({"source": source, "sha256": outcome.sha256, "reason": outcome.reason[:64]})
+                out.dead.append(json.dumps({"source": source, "sha256": outcome.sha256, "reason": outcome.reason,
+                                            "text": outcome.redacted[:4096]}).encode())
+        with session_scope(self.engine) as session:
+            out.staged = store.save_staged(session, staged)
+            store.save_rejections(session, rejections)
+            store.save_dead_letters(session, dead)
+        out.replayed_ids = len(staged) - out.staged
+        if staged:
+            self.last_staged = time.monotonic()
+        if self.redis is not None:
+            for partition, t in newest.items():
+                self._hmax(keys=[self._wm_key], args=[partition, f"{t:.6f}"])
+        metrics.observe_batch(len(records), out.staged, out.replayed_ids, len(rejections), len(dead),
+                              [it for it, _ in staged])
+        return out
+
+    # ------------------------------------------------------------- settle
+    def watermark(self) -> datetime | None:
+        """The low watermark: the oldest among partitions' newest event times (None until all reported)."""
+        if self.redis is None:
+            return None
+        marks = self.redis.hgetall(self._wm_key)
+        if not marks or (self.partitions and len(marks) < self.partitions):
+            return None
+        return datetime.fromtimestamp(min(float(v) for v in marks.values()), UTC)
+
+    def settle_once(self, *, final: bool = False) -> list[WindowResult]:
+        """Settle every window whose context is complete (all of them when `final`); late events get `late_event`."""
+        lock = None
+        if self.redis is not None:
+            lock = self.redis.lock(self._lock_key, timeout=30, blocking=False)
+            if not lock.acquire(blocking=False):
+                return []
+        try:
+            return self._settle(final)
+        finally:
+            if lock is not None:
+                try:
+                    lock.release()
+                except Exception:  # noqa: BLE001 - expired while we worked; the next settle is idempotent
+                    pass
+
+    def _settle(self, final: bool) -> list[WindowResult]:
+        wm = None if final else self.watermark()
+        with session_scope(self.engine) as session:
+            span = store.load_unsettled_range(session)
+            settled = store.load_settled_windows(session)
+        if span is None:
+            return []
+        results = []
+        start, last = window_start(span[0], self.policy), window_start(span[1], self.policy)
+        step = timedelta(seconds=self.policy.window_s)
+        while start <= last:
+            if not final and (wm is None or ready_at(start, self.policy) > wm):
+                break
+            if start in settled:
+                self._decide_late(start)
+            else:
+                results.append(self._settle_window(start))
+            start += step
+        self._prune(start)
+        return results
+
+    def _context(self, start: datetime) -> list[Item]:
+        lo, hi = context_bounds(start, self.policy)
+        with session_scope(self.engine) as session:
+            ids = store.load_staged_ids(session, lo, hi)
+            missing = {i for i in ids if i not in self._items}
+            if missing:
+                for it in store.load_staged(session, lo, hi, skip=set(self._items)):
+                    self._items[it.event_id] = it
+        return [self._items[i] for i in ids if i in self._items]
+
+    def _settle_window(self, start: datetime) -> WindowResult:
+        t0 = time.monotonic()
+        result = settle_window(self._context(start), start, self.policy)
+        with session_scope(self.engine) as session:
+            store.save_window(session, result)
+        metrics.observe_window(result, time.monotonic() - t0)
+        return result
+
+    def _decide_late(self, start: datetime) -> None:
+        end = start + timedelta(seconds=self.policy.window_s)
+        with session_scope(self.engine) as session:
+            late = store.load_undecided(session, start, end)
+            rows = [decision_row(it, [str(Reason.LATE_EVENT)] + list(it.pii), start) for it in late]
+            if rows:
+                store.save_window(session, WindowResult(start, rows, [], []))
+        metrics.observe_late(rows)
+
+    def _prune(self, next_start: datetime) -> None:
+        lo = context_bounds(next_start, self.policy)[0]
+        for eid in [e for e, it in self._items.items() if it.occurred_at < lo]:
+            del self._items[eid]
+
+
+def raw_sha(value: bytes) -> str:
+    return hashlib.sha256(value).hexdigest()

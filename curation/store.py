@@ -1,0 +1,256 @@
+"""Curation's tables and their edge functions: staged events, decisions, pairs, unpaired examples, windows.
+
+Every write is an insert that ignores rows already there (unique keys: event_id, pair_id, example_id,
+window start, dead-letter source), so a redelivered batch or a second worker changes nothing. Functions
+take a Session and never commit: the caller's edge owns the transaction.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+
+from sqlalchemy import Boolean, DateTime, Float, Index, Integer, String, Text, func, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from curation.items import Item
+from curation.pairs import Pair, Unpaired
+from curation.pipeline import WindowResult
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class StagedEvent(Base):
+    """A valid event after PII redaction, waiting for (or done with) its window's settle."""
+
+    __tablename__ = "curation_events"
+    event_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    occurred_at: Mapped[datetime] = mapped_column(DateTime, index=True)
+    record: Mapped[str] = mapped_column(Text)
+    source: Mapped[str] = mapped_column(String(64))
+    staged_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class DecisionRow(Base):
+    __tablename__ = "curation_decisions"
+    event_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    decision: Mapped[str] = mapped_column(String(8), index=True)
+    reasons: Mapped[str] = mapped_column(Text)
+    kind: Mapped[str | None] = mapped_column(String(16))
+    app_id: Mapped[str | None] = mapped_column(String(64))
+    user_id: Mapped[str | None] = mapped_column(String(128))
+    adapter_version: Mapped[str | None] = mapped_column(String(256), index=True)
+    rating: Mapped[str | None] = mapped_column(String(8))
+    occurred_at: Mapped[datetime | None] = mapped_column(DateTime, index=True)
+    window_start: Mapped[datetime | None] = mapped_column(DateTime)
+    decided_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class PairRow(Base):
+    __tablename__ = "curation_pairs"
+    pair_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    prompt: Mapped[str] = mapped_column(Text)
+    chosen: Mapped[str] = mapped_column(Text)
+    rejected: Mapped[str] = mapped_column(Text)
+    weight: Mapped[float] = mapped_column(Float)
+    dimension: Mapped[str] = mapped_column(String(16))
+    event_ids: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime, index=True)
+    window_start: Mapped[datetime] = mapped_column(DateTime)
+
+
+class UnpairedRow(Base):
+    __tablename__ = "curation_unpaired"
+    example_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    prompt: Mapped[str] = mapped_column(Text)
+    completion: Mapped[str] = mapped_column(Text)
+    label: Mapped[bool] = mapped_column(Boolean)
+    weight: Mapped[float] = mapped_column(Float)
+    dimension: Mapped[str] = mapped_column(String(16))
+    event_ids: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime, index=True)
+    window_start: Mapped[datetime] = mapped_column(DateTime)
+
+
+class WindowRow(Base):
+    __tablename__ = "curation_windows"
+    window_start: Mapped[datetime] = mapped_column(DateTime, primary_key=True)
+    settled_at: Mapped[datetime] = mapped_column(DateTime)
+    events: Mapped[int] = mapped_column(Integer)
+    kept: Mapped[int] = mapped_column(Integer)
+    signals: Mapped[str] = mapped_column(Text)
+
+
+class DeadLetterRow(Base):
+    __tablename__ = "curation_dead_letters"
+    source: Mapped[str] = mapped_column(String(64), primary_key=True)  # topic:partition:offset or line:N
+    sha256: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(String(64))
+    stored_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+
+
+
+def naive(t: datetime) -> datetime:
+    """Stored times are naive UTC (SQLite keeps no zone); aware times are converted first."""
+    return t.astimezone(UTC).replace(tzinfo=None) if t.tzinfo else t
+
+
+def aware(t: datetime | None) -> datetime | None:
+    return t.replace(tzinfo=UTC) if t is not None and t.tzinfo is None else t
+
+
+def _now() -> datetime:
+    return naive(datetime.now(UTC))
+
+
+def _insert_ignore(session: Session, model, rows: Sequence[dict], keys: list[str]) -> int:
+    if not rows:
+        return 0
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:  # pragma: no cover - the store is SQLite or PostgreSQL
+        raise NotImplementedError(dialect)
+    table = model.__table__
+    stmt = insert(table).on_conflict_do_nothing(index_elements=keys).returning(table.c[keys[0]])
+    # Core, not the ORM bulk path: RETURNING tells how many rows were new (the rest were already there)
+    return len(session.connection().execute(stmt, list(rows)).all())
+
+
+# ------------------------------------------------------------------ writes
+def save_staged(session: Session, items: Iterable[tuple[Item, str]]) -> int:
+    """Stage redacted items (with where each came from); an event_id staged before is left as it was."""
+    now = _now()
+    rows = {}
+    for item, source in items:
+        rows.setdefault(item.event_id, {"event_id": item.event_id, "occurred_at": naive(item.occurred_at),
+                                        "record": json.dumps(item.to_record(), ensure_ascii=False),
+                                        "source": source, "staged_at": now})
+    return _insert_ignore(session, StagedEvent, list(rows.values()), ["event_id"])
+
+
+def save_rejections(session: Session, decisions: Iterable[dict]) -> int:
+    now = _now()
+    rows = {}
+    for d in decisions:
+        rows.setdefault(d["event_id"], {"event_id": d["event_id"], "decision": d["decision"],
+                                        "reasons": json.dumps(d["reasons"]), "kind": None, "app_id": None,
+                                        "user_id": None, "adapter_version": None, "rating": None,
+                                        "occurred_at": None, "window_start": None, "decided_at": now})
+    return _insert_ignore(session, DecisionRow, list(rows.values()), ["event_id"])
+
+
+def save_dead_letters(session: Session, rows: Iterable[dict]) -> int:
+    now = _now()
+    out = {r["source"]: {**r, "stored_at": now} for r in rows}
+    return _insert_ignore(session, DeadLetterRow, list(out.values()), ["source"])
+
+
+def save_window(session: Session, result: WindowResult) -> None:
+    """The decisions, pairs and unpaired examples of one settled window, and the window's own row."""
+    now = _now()
+    start = naive(result.start)
+    _insert_ignore(session, DecisionRow, [
+        {**d, "reasons": json.dumps(d["reasons"]), "occurred_at": naive(d["occurred_at"]), "window_start": start,
+         "decided_at": now} for d in result.decisions], ["event_id"])
+    _insert_ignore(session, PairRow, [_pair_row(p, start) for p in result.pairs], ["pair_id"])
+    _insert_ignore(session, UnpairedRow, [_unpaired_row(u, start) for u in result.unpaired], ["example_id"])
+    _insert_ignore(session, WindowRow, [{
+        "window_start": start, "settled_at": now, "events": len(result.decisions),
+        "kept": sum(d["decision"] != "drop" for d in result.decisions),
+        "signals": json.dumps(result.signals, default=str)}], ["window_start"])
+
+
+def _pair_row(p: Pair, start: datetime) -> dict:
+    j = p.to_json()
+    return {"pair_id": p.pair_id, "prompt": json.dumps(j["prompt"], ensure_ascii=False),
+            "chosen": json.dumps(j["chosen"], ensure_ascii=False), "rejected": json.dumps(j["rejected"], ensure_ascii=False),
+            "weight": p.weight, "dimension": p.dimension, "event_ids": json.dumps(list(p.event_ids)),
+            "created_at": naive(p.created_at), "window_start": start}
+
+
+def _unpaired_row(u: Unpaired, start: datetime) -> dict:
+    j = u.to_json()
+    return {"example_id": u.example_id, "prompt": json.dumps(j["prompt"], ensure_ascii=False),
+            "completion": json.dumps(j["completion"], ensure_ascii=False), "label": u.label, "weight": u.weight,
+            "dimension": u.dimension, "event_ids": json.dumps(list(u.event_ids)),
+            "created_at": naive(u.created_at), "window_start": start}
+
+
+# ------------------------------------------------------------------ reads
+def load_staged(session: Session, lo: datetime, hi: datetime, *, skip: set[str] | None = None) -> list[Item]:
+    """Staged items with lo <= occurred_at < hi (those whose id is in `skip` are not decoded again)."""
+    q = select(StagedEvent.event_id, StagedEvent.record).where(
+        StagedEvent.occurred_at >= naive(lo), StagedEvent.occurred_at < naive(hi))
+    out = []
+    for eid, record in session.execute(q):
+        if skip is None or eid not in skip:
+            out.append(Item.from_record(json.loads(record)))
+    return out
+
+
+def load_staged_ids(session: Session, lo: datetime, hi: datetime) -> list[str]:
+    q = select(StagedEvent.event_id).where(StagedEvent.occurred_at >= naive(lo), StagedEvent.occurred_at < naive(hi))
+    return list(session.scalars(q))
+
+
+def load_settled_windows(session: Session) -> set[datetime]:
+    return {aware(t) for t in session.scalars(select(WindowRow.window_start))}
+
+
+def load_unsettled_range(session: Session) -> tuple[datetime, datetime] | None:
+    """(earliest, latest) event time of staged events that have no decision yet."""
+    q = select(func.min(StagedEvent.occurred_at), func.max(StagedEvent.occurred_at)).where(
+        ~select(DecisionRow.event_id).where(DecisionRow.event_id == StagedEvent.event_id).exists())
+    lo, hi = session.execute(q).one()
+    return (aware(lo), aware(hi)) if lo is not None else None
+
+
+def load_undecided(session: Session, lo: datetime, hi: datetime) -> list[Item]:
+    q = select(StagedEvent.record).where(
+        StagedEvent.occurred_at >= naive(lo), StagedEvent.occurred_at < naive(hi),
+        ~select(DecisionRow.event_id).where(DecisionRow.event_id == StagedEvent.event_id).exists())
+    return [Item.from_record(json.loads(r)) for r in session.scalars(q)]
+
+
+def count_rows(session: Session) -> dict[str, int]:
+    return {name: session.scalar(select(func.count()).select_from(model)) or 0
+            for name, model in (("staged", StagedEvent), ("decisions", DecisionRow), ("pairs", PairRow),
+                                ("unpaired", UnpairedRow), ("windows", WindowRow), ("dead_letters", DeadLetterRow))}
+
+
+def load_decisions(session: Session) -> list[dict]:
+    rows = session.execute(select(DecisionRow.event_id, DecisionRow.decision, DecisionRow.reasons)
+                           .order_by(DecisionRow.event_id))
+    return [{"event_id": e, "decision": d, "reasons": json.loads(r)} for e, d, r in rows]
+
+
+def pair_json(row: PairRow) -> dict:
+    return {"prompt": json.loads(row.prompt), "chosen": json.loads(row.chosen), "rejected": json.loads(row.rejected),
+            "weight": row.weight, "dimension": row.dimension, "event_ids": json.loads(row.event_ids),
+            "created_at": aware(row.created_at).isoformat(), "pair_id": row.pair_id}
+
+
+def unpaired_json(row: UnpairedRow) -> dict:
+    return {"prompt": json.loads(row.prompt), "completion": json.loads(row.completion), "label": bool(row.label),
+            "weight": row.weight, "dimension": row.dimension, "event_ids": json.loads(row.event_ids),
+            "created_at": aware(row.created_at).isoformat(), "example_id": row.example_id}
+
+
+def load_dead_letters(session: Session) -> list[dict]:
+    rows = session.execute(select(DeadLetterRow.source, DeadLetterRow.sha256, DeadLetterRow.reason)
+                           .order_by(DeadLetterRow.source))
+    return [{"line": s, "sha256": h, "reason": r} for s, h, r in rows]
+
+
+def load_window_signals(session: Session) -> list[tuple[datetime, dict, int, int]]:
+    rows = session.execute(select(WindowRow.window_start, WindowRow.signals, WindowRow.events, WindowRow.kept)
+                           .order_by(WindowRow.window_start))
+    return [(aware(w), json.loads(s), e, k) for w, s, e, k in rows]

@@ -1,0 +1,75 @@
+"""The store on SQLite and PostgreSQL: idempotent writes, the read API other packages use, export == replay."""
+
+import json
+
+from sqlalchemy import select
+
+from alignloop.db import session_scope
+from bench.curation.generate import generate
+from curation import query, store
+from curation.pipeline import Staging, settle_all
+from curation.replay import run_replay
+from curation.decode import Accepted, decode_raw
+from curation.settings import Policy
+
+
+def _settled(lines):
+    staging = Staging()
+    for line in lines:
+        out = decode_raw(line)
+        if isinstance(out, Accepted):
+            staging.add(out.item)
+    return staging, settle_all(staging, Policy())
+
+
+def test_writes_are_idempotent_and_the_read_api_matches_the_replay(store_engine):
+    lines, _, _ = generate(seed=3, scale=0.1, hours=2.0)
+    staging, windows = _settled(lines)
+    for _ in range(2):  # a redelivered batch and a second settle change nothing
+        with session_scope(store_engine) as s:
+            store.save_staged(s, [(it, f"0:{i}") for i, it in enumerate(staging.items())])
+            for w in windows:
+                store.save_window(s, w)
+    replay = run_replay(lines, Policy())
+    with session_scope(store_engine) as s:
+        counts = store.count_rows(s)
+        assert counts["staged"] == len(staging) and counts["pairs"] == len(replay.pairs)
+        assert counts["unpaired"] == len(replay.unpaired)
+        exported = {d["event_id"]: d for d in store.load_decisions(s)}
+        pairs = query.load_pairs(s)
+        unpaired = query.load_unpaired(s)
+        assert query.count_pairs(s) == len(pairs)
+        late = pairs[-1]["created_at"]
+        assert query.count_pairs(s, since=late) == len(query.load_pairs(s, since=late)) >= 1
+        stats = query.load_feedback_stats(s, adapter_versions=[None, "v-missing"])
+    rejected = {d["event_id"] for d in replay.decisions if d["reasons"] and d["reasons"][0].startswith("contract_")}
+    assert [d for d in replay.decisions if d["event_id"] not in rejected] == \
+        [exported[e] for e in sorted(exported)]
+    assert sorted(pairs, key=lambda p: p["pair_id"]) == replay.pairs
+    assert sorted(unpaired, key=lambda u: u["example_id"]) == replay.unpaired
+    p = pairs[0]
+    assert set(p) == {"prompt", "chosen", "rejected", "weight", "dimension", "event_ids", "created_at", "pair_id"}
+    assert p["chosen"][0]["role"] == "assistant" and p["dimension"] in ("safety", "helpfulness")
+    kept = [d for d in replay.decisions if d["decision"] != "drop"]
+    assert stats[None]["events"] == len(kept) and stats["v-missing"]["events"] == 0
+    assert stats[None]["ratings"] == stats[None]["up"] + stats[None]["down"]
+
+
+def test_feedback_stats_count_only_kept_events_per_adapter(store_engine):
+    from curation.pipeline import WindowResult, decision_row
+    from datetime import UTC, datetime
+
+    import sys
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parents[2] / "unit" / "curation"))
+    from curation_helpers import make
+
+    items = [make(user="a", rating="up", adapter="v2"), make(user="b", rating="down", adapter="v2"),
+             make("edit", user="c", adapter="v2"), make(user="d", rating="up", adapter="v1")]
+    rows = [decision_row(it, [], None) for it in items]
+    rows.append(decision_row(make(user="e", rating="up", adapter="v2"), ["rate_user"], None))
+    with session_scope(store_engine) as s:
+        store.save_window(s, WindowResult(datetime(2026, 11, 1, tzinfo=UTC), rows, [], []))
+    with session_scope(store_engine) as s:
+        stats = query.load_feedback_stats(s, adapter_versions=["v2", "v1", None])
+    assert stats["v2"] == {"ratings": 2, "up": 1, "down": 1, "edits": 1, "comparisons": 0, "events": 3}
+    assert stats["v1"]["up"] == 1 and stats[None]["events"] == 0

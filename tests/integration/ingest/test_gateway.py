@@ -1,0 +1,156 @@
+"""The HTTP gateway against the real broker: answers, keys, ip_hash, metrics, and 10,000 events exactly once."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections import Counter
+
+import httpx
+import pytest
+
+from ingest.client import HttpFeedbackClient
+from ingest.errors import EventError
+from ingest.testkit import LiveGateway, event_ids, gateway_config, free_port, read_topic
+
+pytestmark = pytest.mark.kafka
+
+
+def an_event(**patch):
+    return {"schema_version": 1, "kind": "rating", "event_id": str(uuid.uuid4()),
+            "occurred_at": "2026-01-01T00:00:00Z", "app_id": "shop-bot", "user_id": "u-1",
+            "prompt": "2+2?", "response": "4", "rating": "up", **patch}
+
+
+def post(gw, body, key=None):
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    headers = {"Authorization": f"Bearer {key or gw.key}"} if key != "" else {}
+    return httpx.post(f"{gw.url}/v1/events", content=content, headers=headers, timeout=30)
+
+
+def test_ten_thousand_events_through_the_gateway_arrive_exactly_once(gateway):
+    sent = []
+    with HttpFeedbackClient("shop-bot", gateway.url, gateway.key, batch_size=100) as client:
+        for i in range(9_900):
+            sent.append(client.rate(user_id=f"u{i % 50}", prompt=f"q{i}", response="a", rating="up").event_id)
+    for _ in range(100):  # and single-event requests
+        e = an_event()
+        assert post(gateway, e).status_code == 200
+        sent.append(e["event_id"])
+    on_topic = Counter(event_ids(read_topic(gateway.app and gateway.url and _bootstrap(gateway), gateway.topic)))
+    assert len(on_topic) == 10_000 and set(on_topic) == set(sent)
+    assert max(on_topic.values()) == 1
+
+
+def _bootstrap(gw) -> str:
+    from alignloop.settings import get_settings
+
+    return get_settings().kafka_bootstrap
+
+
+def test_a_single_event_is_acknowledged_with_its_id_and_hashed_address(gateway, kafka_bootstrap):
+    e = an_event(client={"device_id": "phone-7", "ip_hash": "forged"})
+    r = post(gateway, e)
+    assert r.status_code == 200, r.text
+    assert r.json()["results"] == [{"index": 0, "status": "accepted", "event_id": e["event_id"]}]
+    stored = json.loads(read_topic(kafka_bootstrap, gateway.topic)[0])
+    assert stored["client"]["device_id"] == "phone-7"
+    assert stored["client"]["ip_hash"] not in ("forged", "127.0.0.1") and len(stored["client"]["ip_hash"]) == 32
+    assert b"127.0.0.1" not in read_topic(kafka_bootstrap, gateway.topic)[0]
+
+
+def test_without_a_valid_key_401(gateway):
+    assert post(gateway, an_event(), key="").status_code == 401
+    r = post(gateway, an_event(), key="alk_000000000000_" + "x" * 43)
+    assert r.status_code == 401 and r.json()["errors"][0]["loc"] == "header.authorization"
+    assert r.headers["www-authenticate"] == "Bearer"
+
+
+def test_a_revoked_key_is_refused_within_the_cache_time(gateway):
+    import time
+
+    from alignloop.db import session_scope
+    from ingest.store import revoke_key
+
+    assert post(gateway, an_event()).status_code == 200
+    with session_scope(gateway.engine) as session:
+        revoke_key(session, gateway.key_id)
+    time.sleep(0.6)  # the fixture's key cache is 0.5 s
+    assert post(gateway, an_event()).status_code == 401
+
+
+def test_another_apps_event_is_403_and_nothing_is_sent(gateway, kafka_bootstrap):
+    r = post(gateway, [an_event(), an_event(app_id="other-app")])
+    assert r.status_code == 403 and r.json()["errors"][0]["loc"] == "1.app_id"
+    assert post(gateway, an_event(), key=gateway.other_key).status_code == 403
+    assert read_topic(kafka_bootstrap, gateway.topic) == []
+
+
+def test_a_batch_with_a_bad_event_is_422_per_index_and_nothing_is_sent(gateway, kafka_bootstrap):
+    good = an_event()
+    r = post(gateway, [good, an_event(rating="meh"), an_event(edited="x")])
+    assert r.status_code == 422
+    body = r.json()
+    assert [x["status"] for x in body["results"]] == ["valid", "refused", "refused"]
+    assert body["results"][1]["errors"] == [{"loc": "rating", "msg": "Input should be 'up' or 'down'; got 'meh'"}]
+    assert {e["loc"] for e in body["errors"]} == {"1.rating", "2.edited"}
+    assert read_topic(kafka_bootstrap, gateway.topic) == []
+
+
+@pytest.mark.parametrize("body,status,loc", [
+    (b"x" * (64 * 1024 + 1), 413, "body"),
+    (None, 413, "response"),  # a text field past 32 KiB
+    ([None] * 1001, 413, "body"),
+    (b"{not json", 422, "body"),
+    (b"[]", 422, "body"),
+    (b"\xff", 422, "body"),
+    (b'{"kind": "rating", "kind": "edit"}', 422, "body.kind"),
+])
+def test_size_limits_413_and_unreadable_bodies_422(gateway, body, status, loc):
+    if body is None:
+        body = an_event(response="é" * 20_000)
+    r = post(gateway, body)
+    assert r.status_code == status, r.text
+    assert r.json()["errors"][0]["loc"] == loc
+
+
+def test_kafka_unreachable_is_503_with_retry_after(key_engine):
+    from ingest.testkit import make_key
+
+    cfg = gateway_config(f"127.0.0.1:{free_port()}", "never-created", key_engine, produce_timeout_s=1.0,
+                         ensure_topics=False, retry_after_s=7)
+    _, key = make_key(key_engine, "shop-bot")
+    with LiveGateway(cfg) as gw:
+        gw.key = key
+        r = post(gw, [an_event(), an_event()])
+        assert r.status_code == 503 and r.headers["retry-after"] == "7"
+        assert [x["status"] for x in r.json()["results"]] == ["not_acknowledged"] * 2
+        assert httpx.get(f"{gw.url}/healthz").status_code == 503
+
+
+def test_http_client_reports_refused_events_and_sends_the_rest(gateway, kafka_bootstrap):
+    heard = []
+    client = HttpFeedbackClient("shop-bot", gateway.url, gateway.key, batch_size=10,
+                                on_error=lambda e, exc: heard.append(type(exc).__name__))
+    ok = client.rate(user_id="u", prompt="p", response="r", rating="up")
+    bad = client.send(an_event(occurred_at="2026-01-01T00:00:00Z", response="x" * 10))
+    client.flush()
+    ok.result(timeout=1)
+    bad.result(timeout=1)
+    assert len(read_topic(kafka_bootstrap, gateway.topic)) == 2 and not heard
+    with pytest.raises(EventError):
+        client.rate(user_id="", prompt="p", response="r", rating="up")
+    client.close()
+
+
+def test_healthz_metrics_and_openapi(gateway):
+    assert post(gateway, an_event()).status_code == 200
+    assert post(gateway, an_event(rating="meh")).status_code == 422
+    assert httpx.get(f"{gateway.url}/healthz").json()["kafka"] == "ok"
+    metrics = httpx.get(f"{gateway.url}/metrics").text
+    assert 'alignloop_ingest_events_accepted_total{app_id="shop-bot"} 1.0' in metrics
+    assert 'alignloop_ingest_events_refused_total{reason="schema"} 1.0' in metrics
+    assert "alignloop_ingest_produce_latency_seconds_bucket" in metrics
+    spec = httpx.get(f"{gateway.url}/openapi.json").json()
+    assert "FeedbackEventV1" in spec["components"]["schemas"]
+    assert "#/$defs/" not in json.dumps(spec)
