@@ -14,7 +14,7 @@ _CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])")
 _IPV4 = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.])")
 _IPV6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])")
 _DATE = re.compile(r"\d{4}[-./]\d{1,2}[-./]\d{1,2}|\d{1,2}[-./]\d{1,2}[-./]\d{4}")
-_PHONE = re.compile(r"(?<![\w+(])(?:\+|00|\()?\d[\d \-./()]{6,18}\d(?!\w)")
+_PHONE = re.compile(r"(?<![\w+(-])(?:\+|00|\()?\d[\d \-./()]{6,18}\d(?![\w-])")
 
 TOKENS = {Reason.PII_EMAIL: "<EMAIL>", Reason.PII_IBAN: "<IBAN>", Reason.PII_CARD: "<CARD>",
           Reason.PII_IP: "<IP>", Reason.PII_PHONE: "<PHONE>"}

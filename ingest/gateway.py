@@ -200,6 +200,10 @@ def create_app(cfg: GatewayConfig) -> FastAPI:
         if raw is None:
             metrics.refused.labels("too_large").inc()
             return answer(_error(413, "too_large", [{"loc": "body", "msg": f"a body must be at most {limit} bytes"}]))
+        if len(raw) > MAX_EVENT_BYTES and not raw.lstrip()[:1] == b"[":
+            metrics.refused.labels("too_large").inc()
+            return answer(_error(413, "too_large", [{"loc": "body", "msg": f"an event must be at most "
+                                                     f"{MAX_EVENT_BYTES} bytes; got {len(raw)}"}]))
         try:
             data = decode_json(raw, limit=None)
         except EventError as exc:
@@ -208,10 +212,6 @@ def create_app(cfg: GatewayConfig) -> FastAPI:
 
         batch = isinstance(data, list)
         items = data if batch else [data]
-        if not batch and len(raw) > MAX_EVENT_BYTES:
-            metrics.refused.labels("too_large").inc()
-            return answer(_error(413, "too_large", [{"loc": "body", "msg": f"an event must be at most "
-                                                     f"{MAX_EVENT_BYTES} bytes; got {len(raw)}"}]))
         if batch and not items:
             metrics.refused.labels("empty_batch").inc()
             return answer(_error(422, "empty_batch", [{"loc": "body", "msg": "an array must hold 1 to "

@@ -1,4 +1,4 @@
-"""Run curation workers as real processes against the real broker, Redis and a store, and read back what they wrote."""
+"""Run curation workers as real processes against a broker, Redis and a SQLite store; read back what they wrote."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 from alignloop.db import make_engine, session_scope
 from curation import query, store
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[2]
 
 
 class Workers:
