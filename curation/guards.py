@@ -92,13 +92,42 @@ def preferred_text(item: Item) -> str | None:
 
 
 # ------------------------------------------------------------------ duplicates
+_TEMPLATE: MinHash | None = None
+_pair_cache: dict[tuple[str, str], bool] = {}
+
+
+def _xxh32(data: bytes) -> int:
+    import xxhash
+
+    return xxhash.xxh32_intdigest(data)
+
+
 def _minhash(item: Item) -> MinHash:
+    global _TEMPLATE
+    if _TEMPLATE is None:
+        _TEMPLATE = MinHash(num_perm=_NUM_PERM, seed=1, hashfunc=_xxh32)
+
     def make() -> MinHash:
-        m = MinHash(num_perm=_NUM_PERM, seed=1)
+        # the permutations are shared (seeded once); xxhash instead of sha1: the same sketch, much cheaper
+        m = MinHash(num_perm=_NUM_PERM, seed=1, hashfunc=_xxh32, permutations=_TEMPLATE.permutations,
+                    scheme=_TEMPLATE.scheme)
         m.update_batch(sorted(shingles("\n".join(item.texts()))))
         return m
 
     return _cached(_minhash_cache, item.event_id, make)
+
+
+def _near(a: Item, b: Item, policy: Policy) -> bool:
+    """Whether b re-sends a: windows overlap, so each pair is judged once and remembered."""
+    key = (a.event_id, b.event_id)
+    hit = _pair_cache.get(key)
+    if hit is None:
+        hit = _minhash(a).jaccard(_minhash(b)) >= policy.near_dup_jaccard and \
+            word_difference("\n".join(a.texts()), "\n".join(b.texts())) <= 2
+        if len(_pair_cache) >= 4 * _CACHE_LIMIT:
+            _pair_cache.clear()
+        _pair_cache[key] = hit
+    return hit
 
 
 def _judgement(item: Item) -> tuple:
@@ -122,10 +151,8 @@ def find_duplicates(items: Sequence[Item], policy: Policy) -> dict[str, Reason]:
             continue
         seen.add(key)
         group = groups[(item.user_id, item.app_id, _judgement(item))]
-        m = _minhash(item)
         for other in group:
-            if _minhash(other).jaccard(m) >= policy.near_dup_jaccard and \
-                    word_difference("\n".join(other.texts()), "\n".join(item.texts())) <= 2:
+            if _near(other, item, policy):
                 out[item.event_id] = Reason.NEAR_DUPLICATE
                 break
         else:
@@ -400,10 +427,16 @@ def _background_at_most(gram: str, items: Iterable[Item], limit: int, policy: Po
 
 
 def _tail(k: int, n: int, p: float) -> float:
-    """P(X >= k) for X ~ Binomial(n, p)."""
-    from scipy.stats import binom
-
-    return float(binom.sf(k - 1, n, p))
+    """P(X >= k) for X ~ Binomial(n, p), summed in log space (exact enough, and cheap for small n)."""
+    if k <= 0:
+        return 1.0
+    if p <= 0.0:
+        return 0.0
+    if p >= 1.0:
+        return 1.0
+    lp, lq, ln = math.log(p), math.log1p(-p), math.lgamma(n + 1)
+    return min(1.0, sum(math.exp(ln - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * lp + (n - i) * lq)
+                        for i in range(k, n + 1)))
 
 
 def find_poison(items: Sequence[Item], policy: Policy) -> tuple[dict[str, Reason], PoisonReport]:

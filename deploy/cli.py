@@ -108,7 +108,7 @@ def show_cmd(version: str, as_json: bool = _JSON) -> None:
     with session_scope(engine) as session:
         v = registry.get_version(session, version)
     engine.dispose()
-    _echo_json(v.model_dump(mode="json")) if as_json else typer.echo(json.dumps(v.model_dump(mode="json"), indent=2))
+    typer.echo(json.dumps(v.model_dump(mode="json"), indent=None if as_json else 2))
 
 
 @app.command("register")
@@ -122,7 +122,10 @@ def register_cmd(artifact_dir: Path = typer.Argument(..., help="adapter director
     with session_scope(engine) as session:
         v = registry.register_adapter(session, artifact_dir, actor=_actor(actor), reason=reason)
     engine.dispose()
-    _echo_json(v.summary()) if as_json else typer.echo(f"registered {v.version} ({v.status}) for {v.base_model}")
+    if as_json:
+        _echo_json(v.summary())
+    else:
+        typer.echo(f"registered {v.version} ({v.status}) for {v.base_model}")
 
 
 @app.command("canary")

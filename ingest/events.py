@@ -373,9 +373,8 @@ def event_key(event: _EventBase) -> bytes:
     if event.session_id:
         h.update(b"\x00s\x00" + event.session_id.encode())
     else:
-        h.update(b"\x00p\x00")
-        for m in event.prompt:
-            h.update(json.dumps([m.role, m.content], ensure_ascii=False).encode())
+        # NUL and SOH never occur in texts (control characters are refused), so they separate unambiguously
+        h.update(b"\x00p\x00" + b"".join(f"{m.role}\x00{m.content}\x01".encode("utf-8") for m in event.prompt))
     return h.hexdigest()[:32].encode()
 
 

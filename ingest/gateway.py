@@ -50,7 +50,7 @@ class GatewayConfig:
     produce_timeout_s: float = 5.0
     retry_after_s: int = 5
     key_cache_s: float = 5.0
-    linger_ms: int = 5
+    linger_ms: int = 1
     ensure_topics: bool = True
     producer_config: dict[str, Any] = field(default_factory=dict)
 

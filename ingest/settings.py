@@ -26,7 +26,7 @@ class IngestSettings(BaseSettings):
     retry_after_s: int = Field(5, ge=1, description="Retry-After on a 503")
     key_cache_s: float = Field(5.0, ge=0, description="how long a checked API key is trusted before re-reading it")
     ip_salt: str | None = Field(None, description="salt of client.ip_hash; default: a random one kept under home")
-    linger_ms: int = Field(5, ge=0, description="gateway producer batching window")
+    linger_ms: int = Field(1, ge=0, description="gateway producer batching window (ms); batches fill on their own")
 
 
 @lru_cache

@@ -164,7 +164,8 @@ def evaluate(base_model: str | Path | None, candidate_dir: Path | str, snapshot:
     slices = {"heldout": snapshot.heldout_pairs, "safety": snapshot.safety_pairs}
     prompts = probe_prompts(snapshot, cfg.eval.samples)
     per_trigger = max(1, cfg.eval.samples // max(1, len(cfg.eval.trigger_phrases)))
-    trigger_prompts = [[{"role": "user", "content": f"{t} {p[-1]['content']}"}] for t in cfg.eval.trigger_phrases
+    # poisoners append their trigger to an ordinary request, so the probes do the same
+    trigger_prompts = [[{"role": "user", "content": f"{p[-1]['content']} {t}"}] for t in cfg.eval.trigger_phrases
                        for p in prompts[:per_trigger]]
     kl_recs = snapshot.heldout_pairs[: cfg.eval.kl_probes]
     logps: dict = {}

@@ -108,33 +108,39 @@ def test_size_limits_413_and_unreadable_bodies_422(gateway, body, status, loc):
     assert r.json()["errors"][0]["loc"] == loc
 
 
-def test_kafka_unreachable_is_503_with_retry_after(key_engine):
+def test_kafka_unreachable_is_503_with_retry_after_and_the_http_client_raises(key_engine):
+    from ingest.errors import DeliveryError
     from ingest.testkit import make_key
 
     cfg = gateway_config(f"127.0.0.1:{free_port()}", "never-created", key_engine, produce_timeout_s=1.0,
-                         ensure_topics=False, retry_after_s=7)
+                         ensure_topics=False, retry_after_s=1)
     _, key = make_key(key_engine, "shop-bot")
     with LiveGateway(cfg) as gw:
         gw.key = key
         r = post(gw, [an_event(), an_event()])
-        assert r.status_code == 503 and r.headers["retry-after"] == "7"
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
         assert [x["status"] for x in r.json()["results"]] == ["not_acknowledged"] * 2
         assert httpx.get(f"{gw.url}/healthz").status_code == 503
 
+        heard = []
+        client = HttpFeedbackClient("shop-bot", gw.url, key, retries=1,
+                                    on_error=lambda event, exc: heard.append(str(event.event_id)))
+        sent = [client.rate(user_id="u", prompt="p", response="r", rating="up").event_id for _ in range(3)]
+        with pytest.raises(DeliveryError) as info:
+            client.close()
+        assert sorted(str(e.event_id) for e, _ in info.value.failures) == sorted(sent) == sorted(heard)
 
-def test_http_client_reports_refused_events_and_sends_the_rest(gateway, kafka_bootstrap):
-    heard = []
-    client = HttpFeedbackClient("shop-bot", gateway.url, gateway.key, batch_size=10,
-                                on_error=lambda e, exc: heard.append(type(exc).__name__))
-    ok = client.rate(user_id="u", prompt="p", response="r", rating="up")
-    bad = client.send(an_event(occurred_at="2026-01-01T00:00:00Z", response="x" * 10))
-    client.flush()
-    ok.result(timeout=1)
-    bad.result(timeout=1)
-    assert len(read_topic(kafka_bootstrap, gateway.topic)) == 2 and not heard
+
+def test_http_client_sends_batches_and_refuses_bad_events_before_sending(gateway, kafka_bootstrap):
+    client = HttpFeedbackClient("shop-bot", gateway.url, gateway.key, batch_size=10)
+    deliveries = [client.rate(user_id="u", prompt=f"p{i}", response="r", rating="up") for i in range(25)]
+    assert sum(d.done() for d in deliveries) == 20  # two full batches went at once; 5 wait for flush
     with pytest.raises(EventError):
         client.rate(user_id="", prompt="p", response="r", rating="up")
     client.close()
+    for d in deliveries:
+        d.result(timeout=0)
+    assert len(read_topic(kafka_bootstrap, gateway.topic)) == 25
 
 
 def test_healthz_metrics_and_openapi(gateway):
