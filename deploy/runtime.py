@@ -2,13 +2,15 @@
 
 Every touch of the model (generate, add an adapter, delete one) runs on a single worker thread, in priority
 order: adapter installs and removals jump ahead of queued requests, so a swap waits at most for the one
-generation in progress, and no request ever sees the model half-changed. Each version gets its own PEFT
-adapter name, so a request that started on a version finishes on it even after routing has moved on.
+generation in progress, and no request ever sees the model half-changed. Each resident version has its own
+PEFT adapter slot, so a request that started on a version finishes on it even after routing has moved on.
+A new version either takes a new slot (add_adapter) or, when the host is full, overwrites the weights of
+a slot that nothing routes to or runs on (PEFT's in-place hot swap, several times faster); a slot is never
+reused while a request or the routing still names its version.
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import queue
@@ -25,11 +27,6 @@ from deploy.errors import ServingError
 PRIORITY_CONTROL = 0
 PRIORITY_REQUEST = 1
 BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
-
-
-def adapter_name(version: str) -> str:
-    """A PEFT-safe module key per version (versions may hold dots; module names may not)."""
-    return "v" + hashlib.sha256(version.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -66,6 +63,8 @@ class ModelHost:
     """Owns the base model, the resident adapters and the worker thread."""
 
     def __init__(self, base_model: str, *, device: str = "cpu", torch_threads: int = 0) -> None:
+        import peft  # noqa: F401 - imported now, not on the first swap (about a second on a busy machine)
+        import safetensors.torch  # noqa: F401
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -80,7 +79,10 @@ class ModelHost:
             raise ServingError(f"base model {base_model!r}: tokenizer has no chat_template")
         self.device = device
         self.peft = None  # the PeftModel, made on the first adapter
-        self.resident: dict[str, str] = {}  # version -> adapter name; written on the worker only
+        self.resident: dict[str, str] = {}  # version -> adapter slot name; written on the worker only
+        self._slots = itertools.count()
+        self.last_install_mode = ""
+        self._shapes: dict[str, dict[str, tuple]] = {}  # slot -> {key without the slot name: shape}
         self._queue: queue.PriorityQueue = queue.PriorityQueue()
         self._seq = itertools.count()
         self._worker = threading.Thread(target=self._work, name="deploy-model", daemon=True)
@@ -109,42 +111,80 @@ class ModelHost:
                 fut.set_exception(exc)
 
     # ------------------------------------------------------------ run on the worker
-    def _install(self, prepared: PreparedAdapter) -> float:
+    def _install(self, prepared: PreparedAdapter, reuse: str | None = None) -> float:
         from peft import get_peft_model, set_peft_model_state_dict
 
         t0 = time.perf_counter()
-        name = adapter_name(prepared.version)
         if prepared.version in self.resident:
             return 0.0
+        if reuse is not None and self._hotswap(prepared, reuse):
+            self.last_install_mode = f"hotswap into {reuse}'s slot"
+            return time.perf_counter() - t0
+        self.last_install_mode = "new slot"
+        name = f"slot{next(self._slots)}"
         if self.peft is None:
             self.peft = get_peft_model(self.base, prepared.config, adapter_name=name, low_cpu_mem_usage=True)
-        elif name in self.peft.peft_config:
-            pass  # the same version, kept as PEFT's undeletable last adapter: its weights are rewritten below
         else:
             self.peft.add_adapter(name, prepared.config, low_cpu_mem_usage=True)
         result = set_peft_model_state_dict(self.peft, prepared.state_dict, adapter_name=name, low_cpu_mem_usage=True)
         missing = [k for k in result.missing_keys if name in k]
         if missing or result.unexpected_keys:
-            self._remove(prepared.version, name)
+            self._drop_slot(name)
             raise ServingError(f"adapter {prepared.version!r} does not fit the base model: "
                                f"{len(missing)} missing, {len(result.unexpected_keys)} unexpected keys "
                                f"(first: {(missing or result.unexpected_keys)[0]!r})")
         self.peft.eval()
+        self._shapes[name] = {k.replace(f".{name}.", "."): tuple(p.shape) for k, p in self.peft.named_parameters()
+                              if f".{name}." in k}
         self.resident[prepared.version] = name
         return time.perf_counter() - t0
 
-    def _remove(self, version: str, name: str | None = None) -> None:
-        name = name or self.resident.get(version)
+    def _hotswap(self, prepared: PreparedAdapter, reuse: str) -> bool:
+        """Overwrite the weights of `reuse`'s slot in place with `prepared`; False when they do not fit exactly.
+
+        Only an exact fit is swapped (same LoRA settings, same tensors and shapes), so the result equals a
+        fresh load; anything else is refused untouched, and an error half-way drops the slot altogether.
+        """
+        from peft.utils.hotswap import check_hotswap_configs_compatible, hotswap_adapter_from_state_dict
+        from peft.utils.save_and_load import _insert_adapter_name_into_state_dict
+
+        name = self.resident.get(reuse)
         if name is None or self.peft is None:
-            return
-        if len(self.peft.peft_config) == 1:
-            # PEFT cannot delete its last adapter; it stays in memory unused (base requests run as "__base__")
-            self.resident.pop(version, None)
-            return
+            return False
+        old, new = self.peft.peft_config[name], prepared.config
+        try:
+            check_hotswap_configs_compatible(old, new)
+            state = _insert_adapter_name_into_state_dict(prepared.state_dict, adapter_name=name,
+                                                         parameter_prefix="lora_")
+        except Exception:
+            return False
+        same = (old.r, old.lora_alpha, old.rank_pattern, old.alpha_pattern, old.use_rslora) == \
+            (new.r, new.lora_alpha, new.rank_pattern, new.alpha_pattern, new.use_rslora)
+        shapes = {k.replace(f".{name}.", "."): tuple(v.shape) for k, v in state.items()}
+        if not same or shapes != self._shapes.get(name):
+            return False
+        del self.resident[reuse]  # from here on the slot answers for neither version until the copy is done
+        try:
+            hotswap_adapter_from_state_dict(self.peft, state, adapter_name=name, config=new)
+        except Exception:
+            self._drop_slot(name)
+            return False
+        self.peft.peft_config[name] = new
+        self.resident[prepared.version] = name
+        return True
+
+    def _drop_slot(self, name: str) -> None:
+        if self.peft is None or len(self.peft.peft_config) == 1:
+            return  # PEFT cannot delete its last adapter; it stays in memory unused
         with warnings.catch_warnings():  # "active adapter deleted": serving names the adapter per request anyway
             warnings.simplefilter("ignore", UserWarning)
             self.peft.delete_adapter(name)
-        self.resident.pop(version, None)
+        self._shapes.pop(name, None)
+
+    def _remove(self, version: str) -> None:
+        name = self.resident.pop(version, None)
+        if name is not None:
+            self._drop_slot(name)
 
     def _generate(self, version: str | None, messages: list[dict], max_tokens: int, temperature: float,
                   seed: int | None) -> Completion:
@@ -174,9 +214,12 @@ class ModelHost:
                           completion_tokens=int(len(new)), finish_reason=finish)
 
     # ------------------------------------------------------------ callers (any thread)
-    def install(self, prepared: PreparedAdapter) -> float:
-        """Add an adapter ahead of queued requests; returns the seconds the model was held."""
-        return self.submit(PRIORITY_CONTROL, self._install, prepared).result()
+    def install(self, prepared: PreparedAdapter, reuse: str | None = None) -> float:
+        """Load an adapter ahead of queued requests, into `reuse`'s slot when it fits; returns seconds held.
+
+        The caller guarantees that nothing routes to or runs on `reuse` any more.
+        """
+        return self.submit(PRIORITY_CONTROL, self._install, prepared, reuse).result()
 
     def remove(self, version: str) -> None:
         self.submit(PRIORITY_CONTROL, self._remove, version).result()

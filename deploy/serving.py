@@ -190,7 +190,7 @@ class Replica:
             t0 = time.perf_counter()
             heard, self._heard_at = self._heard_at, None
             self.last_reconcile_at = time.time()
-            phases: dict[str, float] = {"wake_s": t0 - heard} if heard else {}
+            phases: dict[str, float | str] = {"wake_s": t0 - heard} if heard else {}
             try:
                 with session_scope(self.engine) as session:
                     desired = registry.get_routing(session, self.base_model)
@@ -216,10 +216,11 @@ class Replica:
                     t1 = time.perf_counter()
                     prepared = prepare_adapter(registry.load_version_artifact(info, self.storage))  # sha256, every load
                     t2 = time.perf_counter()
-                    held = self.host.install(prepared)
+                    held = self.host.install(prepared, reuse=self._spare_slot(current, desired))
                     phases[f"verify_{v}_s"] = t2 - t1
                     phases[f"install_wait_{v}_s"] = time.perf_counter() - t2 - held
                     phases[f"install_{v}_s"] = held
+                    phases[f"install_{v}_mode"] = self.host.last_install_mode
                 except Exception as exc:
                     self.metrics.load_failures.inc()
                     self.last_error = (f"refused adapter {v!r}: {exc}; still serving generation "
@@ -235,7 +236,8 @@ class Replica:
             self.last_error = None
             if current is None or current.generation != desired.generation:
                 phases["total_s"] = time.perf_counter() - t0
-                self.last_swap = {"generation": desired.generation, **{k: round(x, 4) for k, x in phases.items()}}
+                self.last_swap = {"generation": desired.generation,
+                                  **{k: round(x, 4) if isinstance(x, float) else x for k, x in phases.items()}}
                 self.metrics.swaps.inc()
                 self.metrics.swap_seconds.observe(phases["total_s"])
                 log.info("serving generation %s: active=%s canary=%s (%.1f%%)", desired.generation, desired.active,
@@ -243,6 +245,20 @@ class Replica:
             self._evict(desired)
             self.metrics.generation.set(desired.generation)
             return True
+
+    def _spare_slot(self, current: Routing | None, desired: Routing) -> str | None:
+        """When the host is full: the least recently used version that nothing routes to or runs on, whose
+        slot the next load may overwrite in place (requests route by `self.routing`, so neither the current
+        nor the desired versions can be taken)."""
+        with self._pin_lock:
+            keep = desired.versions() | (current.versions() if current is not None else set())
+            spare = choose_evictions(self.host.resident, self._last_used, keep=keep,
+                                     pinned={v for v, n in self._pins.items() if n > 0 and v},
+                                     max_resident=self.settings.max_resident - 1)
+        if spare:
+            self._last_used.pop(spare[0], None)
+            return spare[0]
+        return None
 
     def _evict(self, routing: Routing) -> None:
         """Unload least recently used adapters beyond max_resident; never a routed one or one a request holds."""

@@ -19,7 +19,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ingest.errors import DeliveryError, EventError, GatewayError
-from ingest.events import FeedbackEvent, encode_event, event_key, new_event_id, parse_event, validate_event
+from ingest.events import (
+    FeedbackEvent,
+    _EventBase,
+    encode_event,
+    event_key,
+    new_event_id,
+    parse_event,
+    validate_event,
+)
 
 OnError = Callable[[FeedbackEvent, BaseException], None]
 
@@ -60,7 +68,7 @@ class _EventBuilder:
                                                     "responses": list(responses), "chosen": chosen}, common))
 
     def _coerce(self, event: FeedbackEvent | Mapping[str, Any]) -> FeedbackEvent:
-        if isinstance(event, Mapping):
+        if not isinstance(event, _EventBase):
             event = parse_event(event)
         if event.app_id != self.app_id:
             raise EventError("schema", [{"loc": "app_id", "msg": f"must be this client's app {self.app_id!r}; "

@@ -229,6 +229,7 @@ def create_app(cfg: GatewayConfig) -> FastAPI:
                  "msg": f"must be this key's app {app_id!r}; got {items[i]['app_id']!r}"} for i in foreign[:20]]))
 
         hashed = ip_hash(request)
+        clients: dict[str | None, ClientInfo] = {}  # one per device in this request (they share the address)
         events: list[_EventBase] = []
         encoded: list[tuple[bytes, bytes]] = []
         results: list[dict[str, Any]] = []
@@ -239,7 +240,10 @@ def create_app(cfg: GatewayConfig) -> FastAPI:
             try:
                 event = validate_event(item)
                 device = event.client.device_id if event.client else None
-                event = event.model_copy(update={"client": ClientInfo(ip_hash=hashed, device_id=device)})
+                info = clients.get(device)
+                if info is None:
+                    info = clients[device] = ClientInfo(ip_hash=hashed, device_id=device)
+                event = event.model_copy(update={"client": info})
                 encoded.append((encode_event(event), event_key(event)))
                 events.append(event)
                 results.append({"index": i, "status": "valid", "event_id": str(event.event_id)})

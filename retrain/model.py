@@ -221,7 +221,8 @@ def hash_model_dir(path_or_hub_id: str | Path) -> str:
         h.update(f"hub:{path_or_hub_id}".encode())
         return h.hexdigest()
     for f in sorted(p.iterdir()):
-        if f.is_file() and f.suffix in {".safetensors", ".json", ".bin", ".model", ".txt", ".jinja"}:
+        if f.is_file() and f.suffix in {".safetensors", ".json", ".bin", ".model", ".txt", ".jinja"} \
+                and f.name != "alignloop_model.json":  # build info (timings), not the model
             h.update(f.name.encode())
             with f.open("rb") as fh:
                 for chunk in iter(lambda: fh.read(1 << 20), b""):

@@ -9,7 +9,10 @@ settings ("trl_plain": fp32, no checkpointing, alignloop's lr, no reference cach
 
 alignloop is measured twice: "cold" (reference log-probs computed and cached, included in the time) and
 "warm" (a retrain over pairs it has seen: the base's log-probs come from the cache). Ratios are against the
-other two variants measured in the same run, since absolute times drift on a shared machine.
+other variants measured in the same run, since absolute times drift on a shared machine; the variants run
+interleaved over --rounds and each keeps its best round. Wall-clock ratios and CPU-time ratios (pairs per
+CPU-second of the child process: steadier when other work shares the cores) are both reported; children use
+one torch thread by default (--threads).
 """
 
 from __future__ import annotations
@@ -67,11 +70,10 @@ def variant_alignloop(n: int, warm: bool) -> dict:
         rt.RefLogpCache.for_base = staticmethod(lambda _h: rt.RefLogpCache(cache_file))
         if warm:  # fill the cache as an earlier retrain over these pairs would have
             rt.run_training(base, snap, cfg, Path(tmp) / "w0", progress=False)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         _model, tok, metrics = rt.run_training(base, snap, cfg, Path(tmp) / "w1", progress=False)
-        total = time.perf_counter() - t0
-    train_s = metrics["dpo/train_runtime_s"] + metrics["dpo/prepare_s"]
-    return {"seconds": train_s, "seconds_incl_load": total, "tokens": _tokens(tok, rows),
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {"seconds": wall, "cpu_seconds": cpu, "tokens": _tokens(tok, rows),
             "ref_cache_hits": metrics.get("dpo/ref_cache_hits"), "loss_type": cfg.dpo.loss_type}
 
 
@@ -93,12 +95,12 @@ def variant_trl_defaults(n: int) -> dict:
     except ValueError as exc:  # bf16 refused on this CPU: the closest default that runs
         note += f"; bf16 refused here ({str(exc).splitlines()[0][:80]}), ran fp32"
         args = DPOConfig(**kwargs, bf16=False)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
                          peft_config=_lora(load_run_config()))
-    prep = time.perf_counter() - t0
-    out = trainer.train()
-    return {"seconds": out.metrics["train_runtime"] + prep, "tokens": _tokens(tok, rows), "note": note,
+    trainer.train()
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {"seconds": wall, "cpu_seconds": cpu, "tokens": _tokens(tok, rows), "note": note,
             "bf16": args.bf16, "gradient_checkpointing": args.gradient_checkpointing}
 
 
@@ -117,12 +119,12 @@ def variant_trl_plain(n: int) -> dict:
     args = DPOConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=BATCH, num_train_epochs=1,
                      use_cpu=True, save_strategy="no", report_to=[], disable_tqdm=True, bf16=False,
                      gradient_checkpointing=False, learning_rate=cfg.dpo.learning_rate)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
                          peft_config=_lora(cfg))
-    prep = time.perf_counter() - t0
-    out = trainer.train()
-    return {"seconds": out.metrics["train_runtime"] + prep, "tokens": _tokens(tok, rows)}
+    trainer.train()
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {"seconds": wall, "cpu_seconds": cpu, "tokens": _tokens(tok, rows)}
 
 
 def variant_handwritten(n: int) -> dict:
@@ -140,7 +142,7 @@ def variant_handwritten(n: int) -> dict:
     model, tok = load_base(base)
     model = get_peft_model(model, _lora(cfg))
     rows = _data(n)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     enc = [(_encode(tok, r["prompt"], r["chosen"]), _encode(tok, r["prompt"], r["rejected"])) for r in rows]
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.dpo.learning_rate)
     model.train()
@@ -170,10 +172,14 @@ def variant_handwritten(n: int) -> dict:
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-    return {"seconds": time.perf_counter() - t0, "tokens": _tokens(tok, rows)}
+    return {"seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0,
+            "tokens": _tokens(tok, rows)}
 
 
-def child(name: str, n: int) -> dict:
+def child(name: str, n: int, threads: int) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
     fn = {"alignloop_cold": lambda: variant_alignloop(n, warm=False),
           "alignloop_warm": lambda: variant_alignloop(n, warm=True),
           "trl_defaults": lambda: variant_trl_defaults(n), "trl_plain": lambda: variant_trl_plain(n),
@@ -181,6 +187,8 @@ def child(name: str, n: int) -> dict:
     res = fn()
     res["pairs"] = n
     res["pairs_per_s"] = round(n / res["seconds"], 2)
+    res["pairs_per_cpu_s"] = round(n / res["cpu_seconds"], 2)
+    res["cpu_seconds"] = round(res["cpu_seconds"], 2)
     res["tokens_per_s"] = round(res["tokens"] / res["seconds"], 1)
     res["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     res["seconds"] = round(res["seconds"], 2)
@@ -192,11 +200,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pairs", type=int, default=400)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "retrain.json")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads per child; 1 keeps a shared machine's load from distorting the ratios")
     ap.add_argument("--slow-defaults-every-round", action="store_true")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        print("RESULT " + json.dumps(child(args.child, args.pairs)))
+        print("RESULT " + json.dumps(child(args.child, args.pairs, args.threads)))
         return 0
     from retrain.model import ensure_base_model
 
@@ -210,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             if name == "trl_defaults" and rnd > 0 and not args.slow_defaults_every_round:
                 continue  # 10-25x slower than the rest: one round is enough to place it
-            proc = subprocess.run([sys.executable, __file__, "--child", name, "--pairs", str(args.pairs)],
+            proc = subprocess.run([sys.executable, __file__, "--child", name, "--pairs", str(args.pairs),
+                                   "--threads", str(args.threads)],
                                   capture_output=True, text=True, env=env)
             line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
             res = json.loads(line[-1][7:]) if proc.returncode == 0 and line else {"error": proc.stderr[-1500:]}
@@ -222,9 +233,9 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = ({**max(ok, key=lambda r: r["pairs_per_s"]), "rounds": [r["pairs_per_s"] for r in ok]}
                          if ok else rs[-1])
 
-    def ratio(a, b):
+    def ratio(a, b, key="pairs_per_s"):
         try:
-            return round(results[a]["pairs_per_s"] / results[b]["pairs_per_s"], 2)
+            return round(results[a][key] / results[b][key], 2)
         except (KeyError, ZeroDivisionError):
             return None
 
@@ -236,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = {
         "what": "DPO + LoRA on the embedded tiny Llama, batches of 8 pairs, 1 epoch, CPU",
         "command": f"python bench/retrain/run.py --pairs {args.pairs} --rounds {args.rounds}",
-        "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(), "torch_threads": args.threads,
+        "load_average_at_end": os.getloadavg(),
         "libraries": {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__,
                       "peft": peft.__version__},
         "results": results,
@@ -246,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
                    "alignloop_cold_vs_trl_defaults": ratio("alignloop_cold", "trl_defaults"),
                    "alignloop_warm_vs_handwritten": ratio("alignloop_warm", "handwritten"),
                    "alignloop_cold_vs_handwritten": ratio("alignloop_cold", "handwritten")},
+        "ratios_cpu_time": {f"{a}_vs_{b}": ratio(a, b, "pairs_per_cpu_s") for a in ("alignloop_warm", "alignloop_cold")
+                            for b in ("trl_defaults", "trl_plain", "handwritten")},
         "targets": {"vs_trl_defaults": 1.0, "vs_handwritten": 0.8},
         "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

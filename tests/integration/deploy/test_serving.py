@@ -101,6 +101,8 @@ def test_old_adapters_are_unloaded_least_recently_used_first(client, deploy_env,
         deploy_env.move(registry.promote, v)
         wait_for(lambda v=v: serving(client)["active"] == v)
     wait_for(lambda: client.get("/healthz").json()["resident"] == ["v3", "v4", "v5"])  # max_resident=3
+    # a full host loads the new version into the least recently used slot, in place
+    assert client.get("/healthz").json()["last_swap"]["install_v5_mode"] == "hotswap into v2's slot"
     deploy_env.move(registry.rollback, to="v1")  # an unloaded version loads again, verified again
     wait_for(lambda: serving(client)["active"] == "v1")
     assert chat(client)["choices"][0]["message"]["content"] == reference_texts["v1"]

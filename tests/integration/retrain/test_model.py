@@ -12,8 +12,8 @@ def quick_recipe(monkeypatch):
     from retrain import model
 
     # the shipped recipe, cut short: the same code path in a few seconds
-    monkeypatch.setitem(model.RECIPE, "steps", 3)
-    monkeypatch.setitem(model.RECIPE, "answers_per_prompt", 2)
+    monkeypatch.setitem(model.RECIPE, "steps", 2)
+    monkeypatch.setitem(model.RECIPE, "answers_per_prompt", 1)
     return model
 
 
