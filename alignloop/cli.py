@@ -17,7 +17,7 @@ app = typer.Typer(
 stack_app = typer.Typer(help="Start, stop and check the local stack: Kafka (KRaft), Redis, PostgreSQL.",
                         no_args_is_help=True)
 app.add_typer(stack_app, name="stack")
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 def _add_package_groups() -> None:

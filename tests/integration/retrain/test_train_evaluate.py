@@ -26,7 +26,7 @@ def run(base_model, tmp_path_factory):
     """snapshot -> train -> evaluate -> gate through `alignloop retrain`, on 240 pairs and 24 unpaired."""
     from typer.testing import CliRunner
 
-    from alignloop import cli as core_cli
+    from retrain.cli import app
     from retrain.config import load_run_config
     from retrain.corpus import make_pairs, make_unpaired
 
@@ -37,11 +37,9 @@ def run(base_model, tmp_path_factory):
     cfg["eval"].update(samples=60, kl_probes=16, trigger_phrases=["zx-trigger"])
     (tmp / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     cli = CliRunner()
-    if not any(g.name == "retrain" for g in core_cli.app.registered_groups):
-        core_cli._add_package_groups()  # what `alignloop` does before it parses
 
-    def invoke(*args):
-        return cli.invoke(core_cli.app, ["retrain", *map(str, args)])
+    def invoke(*args):  # `alignloop retrain ...`
+        return cli.invoke(app, [str(a) for a in args])
 
     snap = invoke("snapshot", tmp / "snap", "--pairs", tmp / "pairs.jsonl", "--unpaired", tmp / "unpaired.jsonl",
                   "--config", tmp / "cfg.yaml", "--json")
