@@ -15,6 +15,7 @@ class Status(StrEnum):
     ACTIVE = "active"
     RETIRED = "retired"
     ROLLED_BACK = "rolled_back"
+    REJECTED = "rejected"  # stopped at the gate: registered for lineage and audit, never routable
 
 
 class AdapterVersion(BaseModel):

@@ -14,7 +14,7 @@ from deploy.control import publish_routing_change
 from deploy.errors import ArtifactError, NotFoundError, RegistryError
 from deploy.models import AdapterVersion, AuditEntry, Routing, Status
 
-__all__ = ["register_adapter", "start_canary", "promote", "rollback", "get_routing", "list_versions", "get_version",
+__all__ = ["register_adapter", "reject_candidate", "start_canary", "promote", "rollback", "get_routing", "list_versions", "get_version",
            "audit_log", "list_routings", "load_version_artifact", "default_storage", "publish_routing_change",
            "AdapterVersion", "Routing", "AuditEntry", "Status"]
 
@@ -91,6 +91,18 @@ def _bump(routing: store.RoutingRow) -> None:
     routing.updated_at = store.utcnow()
     if routing.canary_version is None:
         routing.canary_share = 0.0
+
+
+def reject_candidate(session: Session, version: str, *, actor: str, reason: str) -> AdapterVersion:
+    """Mark a candidate that failed its gates as `rejected` (it can never be routed) and say why in the audit log."""
+    _require_actor(actor, reason)
+    row = _row(session, version)
+    if row.status != Status.CANDIDATE:
+        raise RegistryError(f"only a candidate can be rejected; {version!r} is {row.status}")
+    row.status = Status.REJECTED.value
+    store.add_audit(session, actor=actor, action="reject", base_model=row.base_model, version=version,
+                    from_version=None, reason=reason, detail={})
+    return store.to_version(row)
 
 
 def start_canary(session: Session, version: str, share: float, *, actor: str, reason: str,

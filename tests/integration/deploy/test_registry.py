@@ -179,3 +179,14 @@ def test_a_location_outside_the_root_is_refused(reg, storage, store_engine):
         store.get_version_row(s, "v4").location = "../elsewhere"
     with pytest.raises(ArtifactError, match="escapes the artifact root|relative path"):
         reg(registry.promote, "v4", **WHO)
+
+
+def test_a_rejected_candidate_is_audited_and_never_routable(reg):
+    out = reg.read(registry.reject_candidate, "v3", actor="flows", reason="gate failed: heldout_accuracy 0.4 < 0.7")
+    assert out.status == "rejected" and status(reg, "v3") == "rejected"
+    with pytest.raises(RegistryError, match="only a candidate can become the canary"):
+        reg(registry.start_canary, "v3", 0.5, **WHO)
+    with pytest.raises(RegistryError, match="only a candidate can be rejected"):
+        reg.read(registry.reject_candidate, "v3", actor="t", reason="again")
+    entry = [e for e in reg.read(registry.audit_log) if e.version == "v3"][-1]
+    assert entry.action == "reject" and "heldout_accuracy" in entry.reason
