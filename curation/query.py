@@ -85,3 +85,22 @@ def load_decision(session: Session, event_id: str) -> dict | None:
     if row is None:
         return None
     return {"event_id": row.event_id, "decision": row.decision, "reasons": json.loads(row.reasons)}
+
+
+def count_decisions(session: Session) -> int:
+    """How many events have a decision (kept, redacted or dropped): the demo waits on this."""
+    return session.scalar(select(func.count()).select_from(DecisionRow)) or 0
+
+
+def load_decisions(session: Session) -> list[dict]:
+    """Every decision as {event_id, decision, reasons}, ordered by event_id (the audit contract)."""
+    from curation.store import load_decisions as _load
+
+    return _load(session)
+
+
+def reason_counts(session: Session) -> dict[str, int]:
+    """Decisions per reason code ("kept" for a decision without reasons)."""
+    from curation.replay import reason_counts as _count
+
+    return _count(load_decisions(session))

@@ -322,7 +322,8 @@ def canary_watch_flow(base_model: str | None = None, policy: str | None = None, 
     if not routing.get("canary"):
         return {"verdict": "no-canary", "routing": routing}
     canary, active = routing["canary"], routing.get("active")
-    stats = feedback_stats_task(store_url, [canary, active], routing.get("canary_since"))
+    # all feedback per version: the canary's is all new, the active's is its track record with the same users
+    stats = feedback_stats_task(store_url, [canary, active], None)
     c_stats, a_stats = stats.get(canary, {}), stats.get(active or "__base__", {})
     decision = decide_canary(ArmStats.from_feedback(c_stats), ArmStats.from_feedback(a_stats),
                              load_canary_policy(policy))

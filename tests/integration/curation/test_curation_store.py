@@ -73,3 +73,25 @@ def test_feedback_stats_count_only_kept_events_per_adapter(store_engine):
         stats = query.load_feedback_stats(s, adapter_versions=["v2", "v1", None])
     assert stats["v2"] == {"ratings": 2, "up": 1, "down": 1, "edits": 1, "comparisons": 0, "events": 3}
     assert stats["v1"]["up"] == 1 and stats[None]["events"] == 0
+
+
+def test_decision_counts_and_reasons_for_the_demo_and_reports(store_engine):
+    from datetime import UTC, datetime
+
+    from curation.pipeline import WindowResult, decision_row
+
+    import sys
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parents[2] / "unit" / "curation"))
+    from curation_helpers import make
+
+    rows = [decision_row(make(user="a", rating="up"), [], None),
+            decision_row(make(user="b", rating="down"), ["rate_user"], None),
+            decision_row(make(user="c", rating="down"), ["rate_user", "unreliable_user"], None)]
+    with session_scope(store_engine) as s:
+        assert query.count_decisions(s) == 0
+        store.save_window(s, WindowResult(datetime(2026, 11, 1, tzinfo=UTC), rows, [], []))
+    with session_scope(store_engine) as s:
+        assert query.count_decisions(s) == 3
+        assert query.reason_counts(s) == {"kept": 1, "rate_user": 2, "unreliable_user": 1}
+        assert [d["decision"] for d in query.load_decisions(s)] == [r["decision"] for r in
+                                                                   sorted(rows, key=lambda r: r["event_id"])]
