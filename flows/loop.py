@@ -237,7 +237,7 @@ def _runs_dir(base_model: str) -> Path:
     return get_settings().home / "retrain" / base_key(base_model)
 
 
-@flow(name="retrain", log_prints=True)
+@flow(name="retrain")
 def retrain_flow(base_model: str | None = None, train_config: str | None = None, gates: str | None = None,
                  canary_share: float = 0.2, since: datetime | None = None, until: datetime | None = None,
                  store_url: str | None = None, redis_url: str | None = None, actor: str = "alignloop-flows",

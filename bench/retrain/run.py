@@ -54,6 +54,12 @@ def _lora(cfg):
 
 
 def variant_alignloop(n: int, warm: bool) -> dict:
+    # imported before the clock starts, as in the other variants
+    from datasets import Dataset  # noqa: F401
+    from peft import LoraConfig, PeftModel  # noqa: F401
+    from transformers import AutoModelForCausalLM, set_seed  # noqa: F401
+    from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer  # noqa: F401
+
     from retrain import train as rt
     from retrain.config import load_run_config
     from retrain.model import ensure_base_model
