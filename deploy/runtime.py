@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import json
 import queue
+import re
 import threading
 import time
 import warnings
@@ -27,6 +28,9 @@ from deploy.errors import ServingError
 PRIORITY_CONTROL = 0
 PRIORITY_REQUEST = 1
 BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
+MAX_BATCH = 16
+# a sampled token can decode to a control character; what serving returns is text a client can store
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,7 @@ class ModelHost:
         self._slots = itertools.count()
         self.last_install_mode = ""
         self._shapes: dict[str, dict[str, tuple]] = {}  # slot -> {key without the slot name: shape}
+        self.batch_stats = {"batches": 0, "rows": 0}  # shared generate calls, for /healthz and tests
         self._queue: queue.PriorityQueue = queue.PriorityQueue()
         self._seq = itertools.count()
         self._worker = threading.Thread(target=self._work, name="deploy-model", daemon=True)
@@ -100,15 +105,65 @@ class ModelHost:
 
     def _work(self) -> None:
         while True:
-            _, _, fn, args, fut = self._queue.get()
+            item = self._queue.get()
+            _, _, fn, args, fut = item
             if fn is None:
                 return
+            if fn == self._generate and args[-1] is None:
+                self._run_batch([item, *self._more_unseeded(args[3])])
+                continue
             if not fut.set_running_or_notify_cancel():
                 continue
             try:
                 fut.set_result(fn(*args))
             except BaseException as exc:  # handed to the waiting caller
                 fut.set_exception(exc)
+
+    def _more_unseeded(self, temperature: float) -> list[tuple]:
+        """Queued unseeded requests at the same temperature, to share one generate call (up to MAX_BATCH).
+
+        Requests with a seed run alone, so a seeded answer is reproducible whatever else is queued; anything
+        that cannot join (a control item, another temperature) goes back and keeps its place.
+        """
+        taken, back = [], []
+        while len(taken) < MAX_BATCH - 1:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            _, _, fn, args, _ = item
+            if fn == self._generate and args[-1] is None and args[3] == temperature:
+                taken.append(item)
+            else:
+                back.append(item)
+                if fn != self._generate:
+                    break  # a control item or the stop marker: it goes first, after this batch
+        for item in back:
+            self._queue.put(item)
+        return taken
+
+    def _run_batch(self, items: list[tuple]) -> None:
+        live = [it for it in items if it[4].set_running_or_notify_cancel()]
+        if not live:
+            return
+        if len(live) == 1:
+            _, _, fn, args, fut = live[0]
+            try:
+                fut.set_result(fn(*args))
+            except BaseException as exc:
+                fut.set_exception(exc)
+            return
+        try:
+            results = self._generate_batch([it[3] for it in live])
+        except BaseException as exc:
+            for it in live:
+                it[4].set_exception(exc)
+            return
+        for it, res in zip(live, results):
+            if isinstance(res, BaseException):
+                it[4].set_exception(res)
+            else:
+                it[4].set_result(res)
 
     # ------------------------------------------------------------ run on the worker
     def _install(self, prepared: PreparedAdapter, reuse: str | None = None) -> float:
@@ -210,8 +265,55 @@ class ModelHost:
         new = out[0, n_prompt:]
         eos = self.tokenizer.eos_token_id
         finish = "stop" if (eos is not None and len(new) and int(new[-1]) == eos) or len(new) < max_tokens else "length"
-        return Completion(text=self.tokenizer.decode(new, skip_special_tokens=True), prompt_tokens=n_prompt,
-                          completion_tokens=int(len(new)), finish_reason=finish)
+        return Completion(text=_CONTROL.sub("", self.tokenizer.decode(new, skip_special_tokens=True)),
+                          prompt_tokens=n_prompt, completion_tokens=int(len(new)), finish_reason=finish)
+
+    def _generate_batch(self, calls: list[tuple]) -> list[Completion | BaseException]:
+        """Several unseeded requests in one left-padded generate call, each row on its own adapter slot."""
+        import torch
+
+        out: list[Completion | BaseException | None] = [None] * len(calls)
+        rows = []
+        for i, (version, messages, max_tokens, temperature, _seed) in enumerate(calls):
+            if version is not None and version not in self.resident:
+                out[i] = ServingError(f"adapter {version!r} is not loaded on this replica")
+            else:
+                rows.append(i)
+        if rows:
+            tok = self.tokenizer
+            texts = [tok.apply_chat_template(calls[i][1], add_generation_prompt=True, tokenize=False) for i in rows]
+            side, tok.padding_side = tok.padding_side, "left"
+            try:
+                enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+            finally:
+                tok.padding_side = side
+            temperature = calls[rows[0]][3]
+            longest = max(calls[i][2] for i in rows)
+            pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+            kwargs: dict[str, Any] = {"max_new_tokens": longest, "do_sample": temperature > 0, "pad_token_id": pad}
+            if temperature > 0:
+                kwargs.update(temperature=temperature, top_k=None, top_p=None)
+            model = self.base
+            if self.peft is not None:
+                model = self.peft
+                kwargs["adapter_names"] = [self.resident[calls[i][0]] if calls[i][0] is not None else BASE
+                                           for i in rows]
+            with torch.inference_mode():
+                gen = model.generate(**enc, **kwargs)
+            self.batch_stats["batches"] += 1
+            self.batch_stats["rows"] += len(rows)
+            width = enc["input_ids"].shape[1]
+            eos = tok.eos_token_id
+            for r, i in enumerate(rows):
+                new = gen[r, width:width + calls[i][2]].tolist()
+                stop = eos is not None and eos in new
+                if stop:
+                    new = new[:new.index(eos) + 1]
+                n_prompt = int(enc["attention_mask"][r].sum())
+                out[i] = Completion(text=_CONTROL.sub("", tok.decode(new, skip_special_tokens=True)),
+                                    prompt_tokens=n_prompt, completion_tokens=len(new),
+                                    finish_reason="stop" if stop or len(new) < calls[i][2] else "length")
+        return out  # type: ignore[return-value]
 
     # ------------------------------------------------------------ callers (any thread)
     def install(self, prepared: PreparedAdapter, reuse: str | None = None) -> float:
