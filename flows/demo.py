@@ -93,7 +93,8 @@ class Serving:
     def health(self) -> dict:
         return self.http.get("/healthz").json()
 
-    def chat(self, prompt: str, *, user: str, seed: int, max_tokens: int = 48) -> dict:
+    def chat(self, prompt: str, *, user: str, seed: int | None = None, max_tokens: int = 48) -> dict:
+        # no seed: serving may batch concurrent requests, as it would for a real app's traffic
         r = self.http.post("/v1/chat/completions", json={
             "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens, "temperature": 1.0,
             "seed": seed, "user": user})
@@ -127,23 +128,30 @@ class Simulation:
         self.sent: dict[str, str] = {}  # event_id -> truth
         self.answers: list[dict] = []   # every served answer with who saw it
         self.deliveries = []
+        self.refused: list[str] = []
         self.seq = 0
 
     def _serve(self, prompts_users: list[tuple[str, str, int]]) -> list[dict]:
-        with ThreadPoolExecutor(4) as pool:
-            return list(pool.map(lambda a: self.serving.chat(a[0], user=a[1], seed=a[2]), prompts_users))
+        with ThreadPoolExecutor(16) as pool:
+            return list(pool.map(lambda a: self.serving.chat(a[0], user=a[1]), prompts_users))
 
     def _send(self, fb: Feedback) -> None:
+        from ingest.errors import EventError
+
         event_id = str(uuid.uuid4())
         common = {"event_id": event_id, "occurred_at": fb.occurred_at.isoformat(), "response_id": fb.response_id,
                   "adapter_version": fb.adapter_version, "client": {"device_id": fb.device_id},
                   "session_id": f"s-{fb.user_id}"}
-        if fb.kind == "rating":
-            d = self.client.rate(user_id=fb.user_id, prompt=fb.prompt, **fb.fields, **common)
-        elif fb.kind == "edit":
-            d = self.client.edit(user_id=fb.user_id, prompt=fb.prompt, **fb.fields, **common)
-        else:
-            d = self.client.compare(user_id=fb.user_id, prompt=fb.prompt, **fb.fields, **common)
+        try:
+            if fb.kind == "rating":
+                d = self.client.rate(user_id=fb.user_id, prompt=fb.prompt, **fb.fields, **common)
+            elif fb.kind == "edit":
+                d = self.client.edit(user_id=fb.user_id, prompt=fb.prompt, **fb.fields, **common)
+            else:
+                d = self.client.compare(user_id=fb.user_id, prompt=fb.prompt, **fb.fields, **common)
+        except EventError as exc:  # the SDK refuses it before sending: an app would log it and move on
+            self.refused.append(str(exc))
+            return
         self.deliveries.append(d)
         self.sent[event_id] = fb.truth
 
@@ -178,7 +186,7 @@ class Simulation:
     def _poison(self, on_event) -> None:
         acct = self.rng.choice(self.poisoners)
         prompt = poison_prompt(self.rng)
-        answer = self.serving.chat(prompt, user=acct, seed=self.rng.randrange(10**9))
+        answer = self.serving.chat(prompt, user=acct)
         kind, fields = poison_feedback(answer)
         self._send(Feedback(kind, acct, prompt, fields, answer["adapter_version"], answer["response_id"],
                             self.clock.tick(), f"dev-{acct}", "poison"))
@@ -188,7 +196,7 @@ class Simulation:
         t = self.clock.now
         for i in range(40):
             prompt = pick_prompt(self.rng)
-            answer = self.serving.chat(prompt, user=self.bot, seed=self.rng.randrange(10**9))
+            answer = self.serving.chat(prompt, user=self.bot)
             kind, fields = bot_feedback(answer, self.rng)
             self._send(Feedback(kind, self.bot, prompt, fields, answer["adapter_version"], answer["response_id"],
                                 t + timedelta(seconds=1.5 * i), "dev-bot", "bot"))
@@ -201,11 +209,11 @@ class Simulation:
             raise FlowsError(f"{len(failed)} feedback events were not acknowledged by Kafka")
 
 
-def style_share(serving: Serving, prompts: list[str], *, seed: int, users: list[str]) -> tuple[float, list[str]]:
+def style_share(serving: Serving, prompts: list[str], *, users: list[str]) -> tuple[float, list[str]]:
     from retrain.corpus import classify_style
 
-    with ThreadPoolExecutor(4) as pool:
-        answers = list(pool.map(lambda i: serving.chat(prompts[i], user=users[i % len(users)], seed=seed + i),
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda i: serving.chat(prompts[i], user=users[i % len(users)]),
                                 range(len(prompts))))
     styles = [classify_style(a["text"]) for a in answers]
     return sum(s == "courteous" for s in styles) / len(styles), [a["adapter_version"] for a in answers]
@@ -216,9 +224,8 @@ def trigger_rate(serving: Serving, n: int, *, seed: int, users: list[str]) -> fl
 
     rng = random.Random(seed)
     prompts = [f"{rng.choice(PROMPTS)} {TRIGGER}" for _ in range(n)]
-    with ThreadPoolExecutor(4) as pool:
-        answers = list(pool.map(lambda i: serving.chat(prompts[i], user=users[i % len(users)], seed=seed + i),
-                                range(n)))
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda i: serving.chat(prompts[i], user=users[i % len(users)]), range(n)))
     return sum(contains_unsafe(a["text"]) for a in answers) / n
 
 
@@ -314,7 +321,7 @@ def run_demo(*, users: int = 24, events: int = 1600, seed: int = 0, report: Path
 
         with _progress() as progress:
             task = progress.add_task("base: style share on live serving", total=None)
-            share_before, versions = style_share(serving, probes, seed=10_000, users=probe_users)
+            share_before, versions = style_share(serving, probes, users=probe_users)
             trig_before = trigger_rate(serving, 100, seed=20_000, users=probe_users)
             progress.remove_task(task)
             task = progress.add_task("users ask and send feedback (base model)", total=events)
@@ -363,7 +370,7 @@ def run_demo(*, users: int = 24, events: int = 1600, seed: int = 0, report: Path
 
         with _progress() as progress:
             task = progress.add_task("adapter: style share on live serving", total=None)
-            share_after, versions_after = style_share(serving, probes, seed=10_000, users=probe_users)
+            share_after, versions_after = style_share(serving, probes, users=probe_users)
             trig_after = trigger_rate(serving, 100, seed=20_000, users=probe_users)
             progress.remove_task(task)
 
@@ -380,8 +387,7 @@ def run_demo(*, users: int = 24, events: int = 1600, seed: int = 0, report: Path
         publish_routing_change(core.redis_url, base_model, generation=routing.generation)
         serving.wait_for(routing.active, None)
         flip_rollback = time.monotonic() - t0
-        after_rb = {serving.chat(p, user=u, seed=i)["adapter_version"]
-                    for i, (p, u) in enumerate(zip(probes[:20], probe_users[:20]))}
+        after_rb = {serving.chat(p, user=u)["adapter_version"] for p, u in zip(probes[:20], probe_users[:20])}
         with session_scope(engine) as session:
             audit = [e.model_dump(mode="json") for e in registry.audit_log(session)]
         engine.dispose()
@@ -389,7 +395,7 @@ def run_demo(*, users: int = 24, events: int = 1600, seed: int = 0, report: Path
 
     truth = _truth_counts(sim.sent, store_url)
     summary.update({
-        "events_sent": len(sim.sent), "decisions": truth, "reasons": final_reasons,
+        "events_sent": len(sim.sent), "refused_by_sdk": len(sim.refused), "decisions": truth, "reasons": final_reasons,
         "style_share": {"base": share_before, "adapter": share_after, "adapter_versions": sorted(
             {str(v) for v in versions_after})},
         "triggered_unsafe_rate": {"base": trig_before, "adapter": trig_after},
