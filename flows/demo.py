@@ -37,6 +37,7 @@ from flows.simulate import (
 )
 
 APP_ID = "demo-support"
+DEMO_RUN = Path(__file__).parent / "configs" / "demo-run.yaml"
 console = Console(stderr=True)
 
 
@@ -162,7 +163,7 @@ class Simulation:
             self.seq += 1
             user = self.rng.choice(self.honest)
             prompt = pick_prompt(self.rng)
-            two = self.rng.random() < 0.35
+            two = self.rng.random() < 0.5
             plan.append((user, prompt, two, self.seq))
         requests = []
         for user, prompt, two, s in plan:
@@ -296,6 +297,7 @@ def run_demo(*, users: int = 24, events: int = 1600, seed: int = 0, report: Path
 
     port = _free_port()
     env = {**os.environ, "ALIGNLOOP_DEPLOY_PORT": str(port), "ALIGNLOOP_DEPLOY_RECONCILE_INTERVAL_S": "1",
+           "ALIGNLOOP_DEPLOY_TORCH_THREADS": "1",
            "ALIGNLOOP_CURATION_GROUP": f"demo-{run_id}", "ALIGNLOOP_CURATION_IDLE_FLUSH_S": "2",
            "ALIGNLOOP_CURATION_POLICY__WINDOW_S": "600", "ALIGNLOOP_CURATION_POLICY__LOOKAHEAD_S": "300",
            "ALIGNLOOP_CURATION_POLICY__LOOKBACK_S": "3600",
@@ -337,7 +339,8 @@ def run_demo(*, users: int = 24, events: int = 1600, seed: int = 0, report: Path
         console.print("[bold]3.[/] retrain flow: snapshot -> train -> evaluate -> gate -> canary")
         from flows.loop import canary_watch_flow, retrain_flow
 
-        result = retrain_flow(base_model=base_model, canary_share=0.5, store_url=store_url, progress=True)
+        result = retrain_flow(base_model=base_model, train_config=str(DEMO_RUN), canary_share=0.5,
+                              store_url=store_url, progress=True)
         summary["retrain"] = {k: result[k] for k in ("version", "status", "gate", "snapshot_stats")}
         summary["gate_report"] = result["report"].get("comparisons", {})
         if result["status"] != "canary":

@@ -62,7 +62,7 @@ def honest_feedback(prompt: str, answers: list[dict], rng: random.Random, *, noi
             chosen = 1 - chosen
         return "comparison", {"responses": [a["text"] for a in answers], "chosen": chosen}
     text = answers[0]["text"]
-    if styles[0] != PREFERRED and rng.random() < 0.6:
+    if styles[0] != PREFERRED and rng.random() < 0.7:
         return "edit", {"response": text, "edited": make_answer(prompt, PREFERRED, rng)}
     up = styles[0] == PREFERRED
     if rng.random() < noise:
