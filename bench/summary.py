@@ -1,0 +1,93 @@
+"""Prints the README's benchmark table from bench/results/*.json (and with --write, puts it in README.md).
+
+Every number comes from a JSON file that a bench command wrote; the table names that command.
+Run: python bench/summary.py --write
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+START, END = "<!-- bench:summary -->", "<!-- /bench:summary -->"
+
+
+def _load(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def rows() -> list[tuple[str, str, str, str]]:
+    """(what, alignloop, baseline in the same run, command)."""
+    out = []
+    if (d := _load("ingest")) is not None:
+        cmd = "python bench/ingest/run.py"
+        out.append(("ingest: SDK throughput", f"{d['sdk']['events_per_s']:,.0f} ev/s ({d['sdk_vs_raw']:.2f}x raw)",
+                    f"raw kafka-python {d['raw_producer']['events_per_s']:,.0f} ev/s", cmd))
+        g = d["gateway_single"]
+        out.append(("ingest: gateway single events at 500/s", f"p50 {g['p50_ms']:.1f} ms, p99 {g['p99_ms']:.0f} ms",
+                    f"raw producer p99 {d['raw_producer']['latency']['p99_ms']:.1f} ms", cmd))
+        b = d["gateway_batched"]
+        out.append(("ingest: gateway batches of 100", f"{b.get('events_per_s', 0):,.0f} ev/s", "-", cmd))
+    if (d := _load("curation")) is not None:
+        cmd = "python -m bench.curation.run"
+        a, t, lat = d["acceptance"], d["throughput"], d["latency"]
+        out.append(("curation: attacked stream (stream path)",
+                    f"poison recall {a['trigger_poison_recall']:.0%}, spam recall {a['spam_account_recall']:.0%}, "
+                    f"honest dropped {a['honest_dropped']:.2%}, PII left {a['pii_left']}",
+                    f"{a['events']:,} events, replay == stream: {a['replay_equals_stream']}", cmd))
+        out.append(("curation: one worker", f"{t['worker_events_per_s']:.0f} ev/s ({t['ratio_worker_over_bare']:.2f}x)",
+                    f"bare aiokafka loop, same filters: {t['bare_aiokafka_events_per_s']:.0f} ev/s", cmd))
+        out.append(("curation: event -> stored at 1,000 ev/s",
+                    f"p50 {lat['event_to_stored']['p50_s']:.1f} s, p95 {lat['event_to_stored']['p95_s']:.1f} s", "-", cmd))
+    if (d := _load("retrain")) is not None:
+        r = d["results"]
+        cmd = d.get("command", "python bench/retrain/run.py")
+        for key, label in (("alignloop_cold", "first run"), ("alignloop_warm", "retrain, cached reference")):
+            out.append((f"retrain: DPO pairs/s, {label}", f"{r[key]['pairs_per_s']:.1f} pairs/s, "
+                        f"{r[key]['peak_rss_mb']:.0f} MB",
+                        f"plain TRL {r['trl_plain']['pairs_per_s']:.1f} (defaults {r['trl_defaults']['pairs_per_s']:.1f}), "
+                        f"hand-written {r['handwritten']['pairs_per_s']:.1f} pairs/s", cmd))
+    if (d := _load("retrain_acceptance")) is not None:
+        out.append(("retrain: 1,000 style pairs", f"held-out accuracy {d['heldout_accuracy']:.2f}, "
+                    f"preferred style {d['preferred_style_share']:.0%}",
+                    f"base {d['base_heldout_accuracy']:.2f}, {d['base_preferred_style_share']:.0%}",
+                    "python bench/retrain/acceptance.py"))
+    if (d := _load("deploy")) is not None:
+        s, lr, tps = d["swap"], d["load_vs_resident"], d["tokens_per_s"]
+        cmd = "python bench/deploy/run.py"
+        out.append(("deploy: adapter swap", f"{s['alignloop_swap_in_place_ms']:.1f} ms in place, "
+                    f"{s['alignloop_swap_new_slot_ms']:.1f} ms new slot", f"full reload {s['full_reload_ms']:.1f} ms", cmd))
+        out.append(("deploy: install with 50 adapters resident", f"{lr['alignloop_ratio_50_over_1']:.2f}x of 1 resident; "
+                    f"serving (LRU) after 100 swaps {lr['serving_lru4_ratio_long_lived_over_fresh']:.2f}x fresh",
+                    f"PEFT load_adapter {lr['peft_ratio_50_over_1']:.2f}x", cmd))
+        out.append(("deploy: tokens/s", f"adapter {tps['adapter_over_base']:.2f}x, merged {tps['merged_over_base']:.2f}x",
+                    f"base {tps['base_plain_model']:.0f} tok/s", cmd))
+    return out
+
+
+def table() -> str:
+    lines = ["| what | alignloop | baseline, same run | command |", "| --- | --- | --- | --- |"]
+    lines += [f"| {a} | {b} | {c} | `{d}` |" for a, b, c, d in rows()]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--write", action="store_true", help="replace the table between the markers in README.md")
+    args = ap.parse_args()
+    text = table()
+    if args.write:
+        readme = ROOT / "README.md"
+        body = readme.read_text()
+        new = re.sub(re.escape(START) + ".*?" + re.escape(END), f"{START}\n{text}\n{END}", body, flags=re.S)
+        readme.write_text(new)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
