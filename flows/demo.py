@@ -96,9 +96,19 @@ class Serving:
 
     def chat(self, prompt: str, *, user: str, seed: int | None = None, max_tokens: int = 48) -> dict:
         # no seed: serving may batch concurrent requests, as it would for a real app's traffic
-        r = self.http.post("/v1/chat/completions", json={
-            "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens, "temperature": 1.0,
-            "seed": seed, "user": user})
+        import httpx
+
+        body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens, "temperature": 1.0,
+                "seed": seed, "user": user}
+        for attempt in range(3):
+            try:
+                r = self.http.post("/v1/chat/completions", json=body)
+                break
+            except httpx.TransportError:
+                # a kept-alive connection the server closed meanwhile: a real client retries on a new one
+                if attempt == 2:
+                    raise
+                time.sleep(0.2)
         if r.status_code != 200:
             raise FlowsError(f"serving answered {r.status_code}: {r.text[:300]}")
         body = r.json()
