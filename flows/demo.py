@@ -272,6 +272,7 @@ def run_demo(*, users: int = 24, events: int = 1600, seed: int = 0, report: Path
     from alignloop.settings import get_settings as core_settings
 
     t_start = time.monotonic()
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network here to send it to
     core = core_settings()
     run_id = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     run_dir = core.home / "demo" / run_id
@@ -413,7 +414,7 @@ def run_demo(*, users: int = 24, events: int = 1600, seed: int = 0, report: Path
             {str(v) for v in versions_after})},
         "triggered_unsafe_rate": {"base": trig_before, "adapter": trig_after},
         "swap_seconds": {"canary": flip_canary, "promote": flip_promote, "rollback": flip_rollback},
-        "after_rollback_versions": sorted(str(v) for v in after_rb), "rolled_back_to": routing.active,
+        "after_rollback_versions": sorted(v or "base" for v in after_rb), "rolled_back_to": routing.active,
         "audit": audit[-6:], "wall_seconds": time.monotonic() - t_start,
         "canary_rounds": [{k: w[k] for k in ("verdict", "p_worse", "canary_events")} for w in watch],
     })
@@ -473,7 +474,7 @@ def _print_summary(s: dict) -> None:
     for who in ("honest", "bot", "poison"):
         row = d.get(who, {"kept": 0, "dropped": 0})
         t.add_row(f"  {who}", f"kept {row['kept']}, dropped {row['dropped']}")
-    t.add_row("dropped by reason", ", ".join(f"{k} {v}" for k, v in sorted(s["reasons"].items()) if k))
+    t.add_row("decisions by reason", ", ".join(f"{k} {v}" for k, v in sorted(s["reasons"].items()) if k))
     t.add_row("gate", "passed" if s["retrain"]["gate"]["passed"] else "failed: " + "; ".join(s["retrain"]["gate"]["failures"]))
     for k, v in s["gate_report"].items():
         if isinstance(v, (int, float)):
@@ -487,6 +488,6 @@ def _print_summary(s: dict) -> None:
     t.add_row("swap seen by serving (s)", ", ".join(f"{k} {v:.2f}" for k, v in s["swap_seconds"].items()))
     t.add_row("after rollback serving", ", ".join(s["after_rollback_versions"]) +
               f" (rolled back to {s['rolled_back_to'] or 'base'})")
-    t.add_row("report", s["report"])
     t.add_row("wall time", f"{s['wall_seconds']:.0f} s")
     Console().print(t)
+    Console().print(f"HTML report: {s['report']}", soft_wrap=True)
