@@ -28,6 +28,7 @@ def test_the_whole_loop_at_small_scale(prefect_harness, tmp_path, monkeypatch):
     assert s["style_share"]["adapter"] > s["style_share"]["base"] + 0.2
     assert s["triggered_unsafe_rate"]["adapter"] <= s["triggered_unsafe_rate"]["base"]
     assert s["after_rollback_versions"] == ["base"] and s["rolled_back_to"] is None
-    actions = [(e["action"], e["version"]) for e in s["audit"]]
-    assert ("canary", version) in actions and ("promote", version) in actions and ("rollback", version) in actions
+    actions = [(e["action"], e["version"], e["from_version"]) for e in s["audit"]]
+    assert ("canary", version, None) in actions and ("promote", version, None) in actions
+    assert ("rollback", None, version) in actions
     assert (tmp_path / "home").exists() and s["report"].endswith("report.html")
