@@ -310,7 +310,7 @@ def run_demo(*, users: int = 24, events: int = 1600, seed: int = 0, report: Path
     env = {**os.environ, "ALIGNLOOP_DEPLOY_PORT": str(port), "ALIGNLOOP_DEPLOY_RECONCILE_INTERVAL_S": "1",
            "ALIGNLOOP_DEPLOY_TORCH_THREADS": "1",
            "ALIGNLOOP_CURATION_GROUP": f"demo-{run_id}", "ALIGNLOOP_CURATION_IDLE_FLUSH_S": "2",
-           "ALIGNLOOP_CURATION_POLICY__WINDOW_S": "600", "ALIGNLOOP_CURATION_POLICY__LOOKAHEAD_S": "300",
+           "ALIGNLOOP_CURATION_POLICY__WINDOW_S": "600", "ALIGNLOOP_CURATION_POLICY__LOOKAHEAD_S": "1800",
            "ALIGNLOOP_CURATION_POLICY__LOOKBACK_S": "3600",
            "ALIGNLOOP_CURATION_DATADIR": str(run_dir / "curation-worker")}
     cli = [sys.executable, "-c", "from alignloop.cli import main; main()"]
