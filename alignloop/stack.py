@@ -146,7 +146,40 @@ def _terminate(pid: int, grace: float = 30.0) -> None:
             pass
 
 
-class KafkaBroker:
+class _Service:
+    """What the three services share: a pid file of what we started, status from a health check, stop by pid."""
+
+    name = ""
+    pidfile: _PidFile
+    stop_grace_s = 30.0
+
+    def healthy(self) -> bool:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def _stop_pid(self, pid: int) -> None:
+        _terminate(pid, grace=self.stop_grace_s)
+
+    def stop(self) -> bool:
+        """Stop the process `start` recorded; False when nothing of ours runs."""
+        pid = self.pidfile.read()
+        if not _alive(pid):
+            self.pidfile.clear()
+            return False
+        self._stop_pid(pid)
+        self.pidfile.clear()
+        return True
+
+    def status(self) -> ServiceStatus:
+        pid = self.pidfile.read()
+        ours = _alive(pid)
+        ok = self.healthy()
+        return ServiceStatus(self.name, ok, pid if ours else None, ours, self.describe() if ok else "not answering")
+
+
+class KafkaBroker(_Service):
     """One KRaft node (broker and controller in one process) under `state_dir`."""
 
     name = "kafka"
@@ -272,25 +305,13 @@ class KafkaBroker:
             raise
         return True
 
-    def stop(self) -> bool:
-        pid = self.pidfile.read()
-        if not _alive(pid):
-            self.pidfile.clear()
-            return False
-        _terminate(pid)
-        self.pidfile.clear()
-        return True
-
-    def status(self) -> ServiceStatus:
-        pid = self.pidfile.read()
-        ours = _alive(pid)
-        ok = self.healthy()
-        return ServiceStatus(self.name, ok, pid if ours else None, ours,
-                             f"KRaft {self.version} on {self.bootstrap}" if ok else "not answering")
+    def describe(self) -> str:
+        return f"KRaft {self.version} on {self.bootstrap}"
 
 
-class RedisServer:
+class RedisServer(_Service):
     name = "redis"
+    stop_grace_s = 10.0
 
     def __init__(self, *, url: str, state_dir: Path):
         u = urlparse(url)
@@ -322,24 +343,11 @@ class RedisServer:
         _wait(lambda: proc.poll() is None and self.healthy(), timeout, "Redis")
         return True
 
-    def stop(self) -> bool:
-        pid = self.pidfile.read()
-        if not _alive(pid):
-            self.pidfile.clear()
-            return False
-        _terminate(pid, grace=10)
-        self.pidfile.clear()
-        return True
-
-    def status(self) -> ServiceStatus:
-        pid = self.pidfile.read()
-        ours = _alive(pid)
-        ok = self.healthy()
-        return ServiceStatus(self.name, ok, pid if ours else None, ours,
-                             f"PING ok on {self.host}:{self.port}" if ok else "not answering")
+    def describe(self) -> str:
+        return f"PING ok on {self.host}:{self.port}"
 
 
-class PostgresServer:
+class PostgresServer(_Service):
     """A cluster of our own (its own port and data dir), run as the `postgres` user when we are root."""
 
     name = "postgres"
@@ -425,24 +433,14 @@ class PostgresServer:
                 conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
                     sql.Identifier(self.dbname), sql.Identifier(self.user)))
 
-    def stop(self) -> bool:
-        pid = self.pidfile.read()
-        if not _alive(pid):
-            self.pidfile.clear()
-            return False
+    def _stop_pid(self, pid: int) -> None:
         subprocess.run([*self.runas, self._bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"],
                        capture_output=True)
         if _alive(pid):
             _terminate(pid)
-        self.pidfile.clear()
-        return True
 
-    def status(self) -> ServiceStatus:
-        pid = self.pidfile.read()
-        ours = _alive(pid)
-        ok = self.healthy()
-        return ServiceStatus(self.name, ok, pid if ours else None, ours,
-                             f"SELECT 1 ok on 127.0.0.1:{self.port}/{self.dbname}" if ok else "not answering")
+    def describe(self) -> str:
+        return f"SELECT 1 ok on 127.0.0.1:{self.port}/{self.dbname}"
 
 
 def services(settings: CoreSettings) -> list:

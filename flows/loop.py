@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -37,10 +38,17 @@ def _redis_url(redis_url: str | None) -> str:
     return redis_url or get_settings().redis_url
 
 
-def _engine(store_url: str | None):
-    from alignloop.db import open_store
+@contextmanager
+def _session(store_url: str | None):
+    """One transaction on the store for one task: the task owns it, domain functions never commit."""
+    from alignloop.db import open_store, session_scope
 
-    return open_store(_store_url(store_url))
+    engine = open_store(_store_url(store_url))
+    try:
+        with session_scope(engine) as session:
+            yield session
+    finally:
+        engine.dispose()
 
 
 def base_key(base_model: str) -> str:
@@ -58,15 +66,10 @@ def resolve_base_task(base_model: str | None) -> str:
 
 @task(name="snapshot", **IO)
 def snapshot_task(store_url: str | None, run_config, since: datetime | None, until: datetime | None, out_dir: Path):
-    from alignloop.db import session_scope
     from retrain.snapshot import build_snapshot, load_snapshot_inputs, save_snapshot
 
-    engine = _engine(store_url)
-    try:
-        with session_scope(engine) as session:
-            pairs, unpaired = load_snapshot_inputs(session, since=since, until=until)
-    finally:
-        engine.dispose()
+    with _session(store_url) as session:
+        pairs, unpaired = load_snapshot_inputs(session, since=since, until=until)
     snap = build_snapshot(pairs, unpaired, run_config.snapshot)
     target = out_dir / f"snapshot-{snap.hash[:12]}"
     if not target.exists():
@@ -80,18 +83,13 @@ def snapshot_task(store_url: str | None, run_config, since: datetime | None, unt
 @task(name="active-adapter", **IO)
 def active_adapter_task(store_url: str | None, base_model: str) -> tuple[str | None, str | None]:
     """(active version, its artifact directory) for `base_model`, or (None, None) when base serves."""
-    from alignloop.db import session_scope
     from deploy import registry
 
-    engine = _engine(store_url)
-    try:
-        with session_scope(engine) as session:
-            routing = registry.get_routing(session, base_model)
-            if routing.active is None:
-                return None, None
-            return routing.active, registry.get_version(session, routing.active).location
-    finally:
-        engine.dispose()
+    with _session(store_url) as session:
+        routing = registry.get_routing(session, base_model)
+        if routing.active is None:
+            return None, None
+        return routing.active, registry.get_version(session, routing.active).location
 
 
 @task(name="train", **COMPUTE)
@@ -120,106 +118,62 @@ def gate_task(report: dict, gates_path: str | None):
 
 @task(name="register-candidate", **IO)
 def register_task(store_url: str | None, artifact_dir: Path, actor: str, reason: str) -> str:
-    from alignloop.db import session_scope
     from deploy import registry
 
-    engine = _engine(store_url)
-    try:
-        with session_scope(engine) as session:
-            return registry.register_adapter(session, artifact_dir, actor=actor, reason=reason).version
-    finally:
-        engine.dispose()
+    with _session(store_url) as session:
+        return registry.register_adapter(session, artifact_dir, actor=actor, reason=reason).version
 
 
 @task(name="record-gate-failure", **IO)
 def record_gate_failure_task(store_url: str | None, version: str, actor: str, failures: list[str]) -> None:
-    from alignloop.db import session_scope
     from deploy import registry
 
-    engine = _engine(store_url)
-    try:
-        with session_scope(engine) as session:
-            registry.reject_candidate(session, version, actor=actor, reason="gate failed: " + "; ".join(failures))
-    finally:
-        engine.dispose()
+    with _session(store_url) as session:
+        registry.reject_candidate(session, version, actor=actor, reason="gate failed: " + "; ".join(failures))
 
 
 @task(name="start-canary", **IO)
 def canary_task(store_url: str | None, redis_url: str | None, version: str, share: float, actor: str,
                 reason: str) -> dict:
-    from alignloop.db import session_scope
     from deploy import registry
     from deploy.control import publish_routing_change
 
-    engine = _engine(store_url)
-    try:
-        with session_scope(engine) as session:
-            routing = registry.start_canary(session, version, share, actor=actor, reason=reason)
-    finally:
-        engine.dispose()
+    with _session(store_url) as session:
+        routing = registry.start_canary(session, version, share, actor=actor, reason=reason)
     publish_routing_change(_redis_url(redis_url), routing.base_model, generation=routing.generation)
     return routing.model_dump(mode="json")
 
 
 @task(name="routing", **IO)
 def routing_task(store_url: str | None, base_model: str) -> dict:
-    from alignloop.db import session_scope
     from deploy import registry
 
-    engine = _engine(store_url)
-    try:
-        with session_scope(engine) as session:
-            routing = registry.get_routing(session, base_model)
-            out = routing.model_dump(mode="json")
-            if routing.canary:
-                canary = registry.get_version(session, routing.canary)
-                out["canary_since"] = _canary_since(session, routing.canary) or canary.registered_at.isoformat()
-            return out
-    finally:
-        engine.dispose()
-
-
-def _canary_since(session, version: str) -> str | None:
-    from deploy import registry
-
-    for entry in registry.audit_log(session):
-        if entry.version == version and entry.action == "canary":
-            return entry.at.isoformat()
-    return None
+    with _session(store_url) as session:
+        return registry.get_routing(session, base_model).model_dump(mode="json")
 
 
 @task(name="feedback-stats", **IO)
 def feedback_stats_task(store_url: str | None, versions: list[str | None], since: str | None) -> dict:
-    from alignloop.db import session_scope
     from curation import query
 
-    engine = _engine(store_url)
-    try:
-        with session_scope(engine) as session:
-            stats = query.load_feedback_stats(session, adapter_versions=versions,
-                                              since=datetime.fromisoformat(since) if since else None)
-    finally:
-        engine.dispose()
+    with _session(store_url) as session:
+        stats = query.load_feedback_stats(session, adapter_versions=versions,
+                                          since=datetime.fromisoformat(since) if since else None)
     return {("__base__" if k is None else k): v for k, v in stats.items()}
 
 
 @task(name="move-routing", **IO)
 def move_task(store_url: str | None, redis_url: str | None, verdict: str, version: str, actor: str,
               reason: str) -> dict:
-    from alignloop.db import session_scope
     from deploy import registry
     from deploy.control import publish_routing_change
 
-    engine = _engine(store_url)
-    try:
-        with session_scope(engine) as session:
-            if verdict == CanaryVerdict.PROMOTE:
-                routing = registry.promote(session, version, actor=actor, reason=reason)
-            else:
-                routing = registry.rollback(session, actor=actor, reason=reason,
-                                            base_model=registry.get_version(session, version).base_model)
-    finally:
-        engine.dispose()
+    with _session(store_url) as session:
+        if verdict == CanaryVerdict.PROMOTE:
+            routing = registry.promote(session, version, actor=actor, reason=reason)
+        else:
+            routing = registry.rollback(session, actor=actor, reason=reason,
+                                        base_model=registry.get_version(session, version).base_model)
     publish_routing_change(_redis_url(redis_url), routing.base_model, generation=routing.generation)
     return routing.model_dump(mode="json")
 
@@ -375,15 +329,10 @@ def replay_flow(out_dir: str, topic: str | None = None, start_offsets: dict[int,
 
 @task(name="count-pairs", **IO)
 def count_pairs_task(store_url: str | None) -> int:
-    from alignloop.db import session_scope
     from curation import query
 
-    engine = _engine(store_url)
-    try:
-        with session_scope(engine) as session:
-            return query.count_pairs(session)
-    finally:
-        engine.dispose()
+    with _session(store_url) as session:
+        return query.count_pairs(session)
 
 
 @flow(name="data-trigger", log_prints=True)
