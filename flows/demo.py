@@ -268,6 +268,17 @@ def _wait_curated(store_url: str, expected: int, worker: _Process, progress: Pro
 
 def run_demo(*, users: int = 24, events: int = 1600, seed: int = 0, report: Path | None = None,
              as_json: bool = False) -> dict:
+    """The demo; the environment it points at its own store and topic is restored afterwards."""
+    saved = dict(os.environ)
+    try:
+        return _run_demo(users=users, events=events, seed=seed, report=report, as_json=as_json)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        _clear_settings_caches()
+
+
+def _run_demo(*, users: int, events: int, seed: int, report: Path | None, as_json: bool) -> dict:
     from alignloop import stack
     from alignloop.settings import get_settings as core_settings
 

@@ -3,6 +3,8 @@ processes, simulated users through the SDK, the retrain flow, canary-watch, prom
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 pytestmark = [pytest.mark.slow, pytest.mark.kafka, pytest.mark.redis]
@@ -34,3 +36,4 @@ def test_the_whole_loop_at_small_scale(prefect_harness, tmp_path, monkeypatch):
     assert ("canary", version, None) in actions and ("promote", version, None) in actions
     assert ("rollback", None, version) in actions
     assert (tmp_path / "home").exists() and s["report"].endswith("report.html")
+    assert os.environ.get("ALIGNLOOP_STORE_URL") != s["store_url"]  # the demo's own env does not leak out
