@@ -82,12 +82,42 @@ def alembic_config(engine: Engine):
     return cfg
 
 
+@contextmanager
+def _migration_lock(engine: Engine) -> Iterator[None]:
+    """One migrating process at a time: workers and replicas starting together on a new store would race."""
+    if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
+        import fcntl
+
+        lock_path = Path(engine.url.database).with_suffix(".migrate.lock")
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock_path, "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+    elif engine.dialect.name == "postgresql":
+        from sqlalchemy import text
+
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(7424971)"))  # a fixed key: "alignloop migrations"
+            conn.commit()
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(7424971)"))
+                conn.commit()
+    else:
+        yield
+
+
 def upgrade(engine: Engine, revision: str = "heads") -> None:
-    """Bring the store to `revision` (default: every package's newest)."""
+    """Bring the store to `revision` (default: every package's newest); concurrent callers take turns."""
     from alembic import command
 
     try:
-        command.upgrade(alembic_config(engine), revision)
+        with _migration_lock(engine):
+            command.upgrade(alembic_config(engine), revision)
     except Exception as exc:  # alembic raises many kinds; the CLI needs one line
         raise StoreError(f"migration to {revision!r} failed on {engine.url.render_as_string()}: {exc}") from exc
 

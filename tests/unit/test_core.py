@@ -87,3 +87,13 @@ def test_stack_status_json_is_machine_readable(tmp_path):
     rows = json.loads(done.stdout)
     assert [r["name"] for r in rows] == ["kafka", "redis", "postgres"]
     assert not any(r["healthy"] for r in rows)
+
+
+def test_processes_migrating_one_new_store_at_once_take_turns(tmp_path):
+    """Workers and replicas that start together on a new SQLite store must not race on CREATE TABLE."""
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    code = "import sys; from alignloop.db import open_store; open_store(sys.argv[1]).dispose()"
+    procs = [subprocess.Popen([sys.executable, "-c", code, url], stderr=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    results = [(p.wait(timeout=120), p.stderr.read()) for p in procs]
+    assert all(rc == 0 for rc, _ in results), [err[-500:] for rc, err in results if rc]
