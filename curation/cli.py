@@ -102,7 +102,11 @@ def settle(
     s, core = get_settings(), core_settings()
     edge = CurationEdge(_engine(store_url), redis.Redis.from_url(s.redis_url or core.redis_url, decode_responses=True),
                         s.policy, topic=s.topic, group=s.group)
-    results = edge.settle_once(final=final)
+    results = edge.settle_once(final=final, wait_s=60)
+    if results is None:
+        typer.echo(f"another worker held the settle lock for 60 s (group {s.group!r}, topic {s.topic!r}); "
+                   "nothing was settled: try again", err=True)
+        raise typer.Exit(1)
     typer.echo(f"settled {len(results)} windows")
 
 

@@ -112,15 +112,20 @@ class CurationEdge:
             return None
         return datetime.fromtimestamp(min(float(v) for v in marks.values()), UTC)
 
-    def settle_once(self, *, final: bool = False) -> list[WindowResult]:
-        """Settle every window whose context is complete (all of them when `final`); late events get `late_event`."""
+    def settle_once(self, *, final: bool = False, wait_s: float = 0) -> list[WindowResult] | None:
+        """Settle every window whose context is complete (all of them when `final`); late events get `late_event`.
+
+        Returns the windows settled, or None when another worker held the settle lock for `wait_s` seconds and
+        nothing was done here (a caller that must see its settle happen, a final flush, tries again).
+        """
         lock = None
         if self.redis is not None:
-            lock = self.redis.lock(self._lock_key, timeout=30, blocking=False)
-            if not lock.acquire(blocking=False):
-                return []
+            lock = self.redis.lock(self._lock_key, timeout=30, blocking=wait_s > 0,
+                                   blocking_timeout=wait_s if wait_s > 0 else None)
+            if not lock.acquire():
+                return None
         try:
-            return self._settle(final)
+            return self._settle(final, lock)
         finally:
             if lock is not None:
                 try:
@@ -128,7 +133,7 @@ class CurationEdge:
                 except Exception:  # noqa: BLE001 - expired while we worked; the next settle is idempotent
                     pass
 
-    def _settle(self, final: bool) -> list[WindowResult]:
+    def _settle(self, final: bool, lock=None) -> list[WindowResult]:
         wm = None if final else self.watermark()
         with session_scope(self.engine) as session:
             span = store.load_unsettled_range(session)
@@ -145,6 +150,8 @@ class CurationEdge:
                 self._decide_late(start)
             else:
                 results.append(self._settle_window(start))
+            if lock is not None:
+                lock.reacquire()  # a long final flush keeps the lock (30 s from each window's end)
             start += step
         self._prune(start)
         return results

@@ -29,21 +29,42 @@ def _partitions(bootstrap: str, topic: str) -> int | None:
         consumer.close()
 
 
-def _caught_up(bootstrap: str, topic: str, group: str) -> bool:
-    """Whether the group's committed offsets reached the end of every partition (nothing left to consume)."""
-    from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+class GroupProgress:
+    """Whether the group's committed offsets reached the end of every partition: nothing is left to consume.
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, request_timeout_ms=10000)
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
-    try:
-        parts = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in parts]
-        ends = consumer.end_offsets(tps)
-        committed = admin.list_group_offsets(group).get(group, {})
-        return all((committed.get(tp).offset if committed.get(tp) else 0) >= ends[tp] for tp in tps)
-    finally:
-        consumer.close()
-        admin.close()
+    One broker connection per worker, opened on first use and reopened after an error, with every call bounded
+    by a timeout (a settle timer must never hang on the broker).
+    """
+
+    def __init__(self, bootstrap: str, topic: str, group: str, timeout_ms: int = 10000):
+        self.bootstrap, self.topic, self.group, self.timeout_ms = bootstrap, topic, group, timeout_ms
+        self._consumer = None
+        self._admin = None
+
+    def caught_up(self) -> bool:
+        from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+
+        try:
+            if self._consumer is None:
+                self._consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, request_timeout_ms=self.timeout_ms)
+                self._admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=self.timeout_ms)
+            parts = self._consumer.partitions_for_topic(self.topic) or set()
+            tps = [TopicPartition(self.topic, p) for p in parts]
+            ends = self._consumer.end_offsets(tps, timeout_ms=self.timeout_ms)
+            committed = self._admin.list_group_offsets(self.group).get(self.group, {})
+        except Exception:
+            self.close()
+            raise
+        return bool(tps) and all((committed[tp].offset if tp in committed else 0) >= ends[tp] for tp in tps)
+
+    def close(self) -> None:
+        for client in (self._consumer, self._admin):
+            if client is not None:
+                try:
+                    client.close()
+                except Exception:  # noqa: BLE001 - closing a broken connection
+                    pass
+        self._consumer = self._admin = None
 
 
 def build_app(settings=None, core=None):
@@ -75,6 +96,7 @@ def build_app(settings=None, core=None):
     feedback = app.topic(settings.topic, value_serializer="raw", key_serializer="raw")
     rejected = app.topic(f"{settings.topic}.rejected", value_serializer="raw", key_serializer="raw")
     dlq = app.topic(f"{settings.topic}.dlq", value_serializer="raw", key_serializer="raw")
+    progress = GroupProgress(bootstrap, settings.topic, settings.group)
     state = {"flushed_at": 0.0}
 
     @app.agent(feedback, concurrency=1)
@@ -99,9 +121,11 @@ def build_app(settings=None, core=None):
             await loop.run_in_executor(None, edge.settle_once)
             idle = time.monotonic() - edge.last_staged
             if settings.idle_flush_s and idle >= settings.idle_flush_s and edge.last_staged > state["flushed_at"]:
-                if await loop.run_in_executor(None, _caught_up, bootstrap, settings.topic, settings.group):
-                    await loop.run_in_executor(None, lambda: edge.settle_once(final=True))
-                    state["flushed_at"] = edge.last_staged
+                if await loop.run_in_executor(None, progress.caught_up):
+                    seen = edge.last_staged
+                    # None: another worker held the settle lock, so this flush did not happen; the next tick retries
+                    if await loop.run_in_executor(None, lambda: edge.settle_once(final=True)) is not None:
+                        state["flushed_at"] = seen
         except Exception:  # noqa: BLE001 - a failed settle is retried on the next tick; it must not stop consuming
             log.exception("settle failed; retrying on the next tick")
 

@@ -57,3 +57,20 @@ def _span():
     from datetime import UTC, datetime
 
     return datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC)
+
+
+def test_a_settle_while_another_worker_holds_the_lock_reports_that_it_did_nothing(store_engine, redis_client):
+    policy = Policy(window_s=600, lookahead_s=300, lookback_s=1200)
+    edge = CurationEdge(store_engine, redis_client, policy, topic="t", group="g", partitions=1)
+    edge.handle_batch([Record(_raw(i, i * 0.5), 0, i) for i in range(10)])
+    other = redis_client.lock(edge._lock_key, timeout=30)
+    assert other.acquire(blocking=False)
+    try:
+        assert edge.settle_once(final=True) is None  # not [] (which means "nothing was ready")
+        assert edge.settle_once(final=True, wait_s=0.3) is None
+        with session_scope(store_engine) as s:
+            assert store.count_rows(s)["decisions"] == 0
+    finally:
+        other.release()
+    assert [w.start.minute for w in edge.settle_once(final=True)] == [0]
+    assert edge.settle_once(final=True) == []  # the lock is free and everything is settled
