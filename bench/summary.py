@@ -47,8 +47,9 @@ def rows() -> list[tuple[str, str, str, str]]:
     if (d := _load("retrain")) is not None:
         r = d["results"]
         cmd = d.get("command", "python bench/retrain/run.py")
+        epochs = f", {d['epochs']:g} epochs" if d.get("epochs") else ""
         for key, label in (("alignloop_cold", "first run"), ("alignloop_warm", "retrain, cached reference")):
-            out.append((f"retrain: DPO pairs/s, {label}", f"{r[key]['pairs_per_s']:.1f} pairs/s, "
+            out.append((f"retrain: DPO pairs/s, {label}{epochs}", f"{r[key]['pairs_per_s']:.1f} pairs/s, "
                         f"{r[key]['peak_rss_mb']:.0f} MB",
                         f"plain TRL {r['trl_plain']['pairs_per_s']:.1f} (defaults {r['trl_defaults']['pairs_per_s']:.1f}), "
                         f"hand-written {r['handwritten']['pairs_per_s']:.1f} pairs/s", cmd))

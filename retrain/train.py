@@ -93,6 +93,10 @@ def _dpo_trainer_class():
             cache.hits += len(keys) - len(missing)
             cache.misses += len(missing)
             if missing:
+                # batched by length: a batch pads to its longest sequence, so similar lengths waste no compute
+                width = [len(p) + max(len(c), len(r)) for p, c, r in
+                         zip(dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"])]
+                missing.sort(key=lambda i: width[i])
                 done = super()._precompute_ref_logps(dataset.select(missing), name, batch_size)
                 for i, c, r in zip(missing, done["ref_chosen_logps"], done["ref_rejected_logps"]):
                     cache.values[keys[i]] = [float(c), float(r)]
@@ -155,7 +159,7 @@ def run_training(base_model: str, snapshot: Snapshot, cfg: RunConfig, workdir: P
                          loss_weights=list(d.loss_weights) if d.loss_weights else None,
                          label_smoothing=d.label_smoothing, max_length=d.max_length,
                          precompute_ref_log_probs=d.precompute_ref_log_probs,
-                         precompute_ref_batch_size=max(32, d.batch_size))
+                         precompute_ref_batch_size=d.batch_size)  # small batches: less padding, cache-friendly on CPU
         trainer_cls = _dpo_trainer_class()
         cache = RefLogpCache.for_base(hash_model_dir(base_model)) if (
             d.precompute_ref_log_probs and d.cache_ref_log_probs) else None

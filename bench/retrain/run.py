@@ -1,6 +1,7 @@
 """Training throughput: alignloop's DPO training vs plain TRL DPOTrainer vs a hand-written PyTorch DPO loop.
 
-Same tiny model, same LoRA config, same pairs, batches of 8 pairs, one epoch. Each variant runs in its own
+Same tiny model, same LoRA config, same pairs, batches of 8 pairs, as many epochs as alignloop's shipped run
+config trains (retrain/configs/dpo-tiny.yaml: 2; `--epochs 1` for a single pass). Each variant runs in its own
 child process (so peak RSS is its own), one after the other, in one command. Plain TRL is run twice: with
 TRL's own defaults ("trl_defaults": bf16, gradient checkpointing, lr 1e-6) and with only the CPU-sane
 settings ("trl_plain": fp32, no checkpointing, alignloop's lr, no reference cache).
@@ -12,7 +13,8 @@ alignloop is measured twice: "cold" (reference log-probs computed and cached, in
 other variants measured in the same run, since absolute times drift on a shared machine; the variants run
 interleaved over --rounds and each keeps its best round. Wall-clock ratios and CPU-time ratios (pairs per
 CPU-second of the child process: steadier when other work shares the cores) are both reported; children use
-one torch thread by default (--threads).
+one torch thread by default (--threads). Every variant's clock starts before the base model is loaded from its
+directory (alignloop's run_training loads it itself) and stops when training ends (nothing is saved).
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ def _lora(cfg):
     return _lora_config(cfg)
 
 
-def variant_alignloop(n: int, warm: bool) -> dict:
+def variant_alignloop(n: int, warm: bool, epochs: float) -> dict:
     # imported before the clock starts, as in the other variants
     from datasets import Dataset  # noqa: F401
     from peft import LoraConfig, PeftModel  # noqa: F401
@@ -67,7 +69,7 @@ def variant_alignloop(n: int, warm: bool) -> dict:
 
     base = str(ensure_base_model(seed=0, progress=False))
     cfg = load_run_config()
-    cfg = cfg.model_copy(update={"dpo": cfg.dpo.model_copy(update={"epochs": 1.0, "batch_size": BATCH}),
+    cfg = cfg.model_copy(update={"dpo": cfg.dpo.model_copy(update={"epochs": epochs, "batch_size": BATCH}),
                                  "kto": cfg.kto.model_copy(update={"enabled": False})})
     rows = _data(n)
     snap = Snapshot(rows, [], [], [], [], hash="bench")
@@ -83,7 +85,7 @@ def variant_alignloop(n: int, warm: bool) -> dict:
             "ref_cache_hits": metrics.get("dpo/ref_cache_hits"), "loss_type": cfg.dpo.loss_type}
 
 
-def variant_trl_defaults(n: int) -> dict:
+def variant_trl_defaults(n: int, epochs: float) -> dict:
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
@@ -91,17 +93,17 @@ def variant_trl_defaults(n: int) -> dict:
     from retrain.model import ensure_base_model, load_base
 
     base = str(ensure_base_model(seed=0, progress=False))
-    model, tok = load_base(base)
     rows = _data(n)
+    t0, c0 = time.perf_counter(), time.process_time()  # from the model directory, as alignloop's run_training
+    model, tok = load_base(base)
     note = "TRL defaults (bf16, gradient checkpointing, lr 1e-6); only batch, epochs, CPU, no saving set"
-    kwargs = dict(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=BATCH, num_train_epochs=1,
+    kwargs = dict(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=BATCH, num_train_epochs=epochs,
                   use_cpu=True, save_strategy="no", report_to=[], disable_tqdm=True)
     try:
         args = DPOConfig(**kwargs)
     except ValueError as exc:  # bf16 refused on this CPU: the closest default that runs
         note += f"; bf16 refused here ({str(exc).splitlines()[0][:80]}), ran fp32"
         args = DPOConfig(**kwargs, bf16=False)
-    t0, c0 = time.perf_counter(), time.process_time()
     trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
                          peft_config=_lora(load_run_config()))
     trainer.train()
@@ -110,7 +112,7 @@ def variant_trl_defaults(n: int) -> dict:
             "bf16": args.bf16, "gradient_checkpointing": args.gradient_checkpointing}
 
 
-def variant_trl_plain(n: int) -> dict:
+def variant_trl_plain(n: int, epochs: float) -> dict:
     """Plain TRL with only the CPU-sane settings alignloop also uses (fp32, no checkpointing, same lr); no cache."""
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
@@ -120,12 +122,12 @@ def variant_trl_plain(n: int) -> dict:
 
     cfg = load_run_config()
     base = str(ensure_base_model(seed=0, progress=False))
-    model, tok = load_base(base)
     rows = _data(n)
-    args = DPOConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=BATCH, num_train_epochs=1,
+    t0, c0 = time.perf_counter(), time.process_time()
+    model, tok = load_base(base)
+    args = DPOConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=BATCH, num_train_epochs=epochs,
                      use_cpu=True, save_strategy="no", report_to=[], disable_tqdm=True, bf16=False,
                      gradient_checkpointing=False, learning_rate=cfg.dpo.learning_rate)
-    t0, c0 = time.perf_counter(), time.process_time()
     trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
                          peft_config=_lora(cfg))
     trainer.train()
@@ -133,7 +135,7 @@ def variant_trl_plain(n: int) -> dict:
     return {"seconds": wall, "cpu_seconds": cpu, "tokens": _tokens(tok, rows)}
 
 
-def variant_handwritten(n: int) -> dict:
+def variant_handwritten(n: int, epochs: float) -> dict:
     """The same algorithm (sigmoid DPO, reference = adapter disabled) in plain PyTorch, nothing cached."""
     import torch
     import torch.nn.functional as F
@@ -145,10 +147,10 @@ def variant_handwritten(n: int) -> dict:
 
     cfg = load_run_config()
     base = str(ensure_base_model(seed=0, progress=False))
-    model, tok = load_base(base)
-    model = get_peft_model(model, _lora(cfg))
     rows = _data(n)
     t0, c0 = time.perf_counter(), time.process_time()
+    model, tok = load_base(base)
+    model = get_peft_model(model, _lora(cfg))
     enc = [(_encode(tok, r["prompt"], r["chosen"]), _encode(tok, r["prompt"], r["rejected"])) for r in rows]
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.dpo.learning_rate)
     model.train()
@@ -159,7 +161,8 @@ def variant_handwritten(n: int) -> dict:
         lp = torch.log_softmax(logits.float(), -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
         return (lp * comp[:, 1:]).sum(-1)
 
-    for i in range(0, len(enc), BATCH):
+    steps = [i for _ in range(round(epochs)) for i in range(0, len(enc), BATCH)]
+    for i in steps:
         seqs = [c for c, _ in enc[i:i + BATCH]] + [r for _, r in enc[i:i + BATCH]]
         width = max(len(s) for s, _ in seqs)
         ids = torch.full((len(seqs), width), pad)
@@ -182,20 +185,20 @@ def variant_handwritten(n: int) -> dict:
             "tokens": _tokens(tok, rows)}
 
 
-def child(name: str, n: int, threads: int) -> dict:
+def child(name: str, n: int, threads: int, epochs: float) -> dict:
     import torch
 
     torch.set_num_threads(threads)
-    fn = {"alignloop_cold": lambda: variant_alignloop(n, warm=False),
-          "alignloop_warm": lambda: variant_alignloop(n, warm=True),
-          "trl_defaults": lambda: variant_trl_defaults(n), "trl_plain": lambda: variant_trl_plain(n),
-          "handwritten": lambda: variant_handwritten(n)}[name]
+    fn = {"alignloop_cold": lambda: variant_alignloop(n, False, epochs),
+          "alignloop_warm": lambda: variant_alignloop(n, True, epochs),
+          "trl_defaults": lambda: variant_trl_defaults(n, epochs), "trl_plain": lambda: variant_trl_plain(n, epochs),
+          "handwritten": lambda: variant_handwritten(n, epochs)}[name]
     res = fn()
-    res["pairs"] = n
-    res["pairs_per_s"] = round(n / res["seconds"], 2)
-    res["pairs_per_cpu_s"] = round(n / res["cpu_seconds"], 2)
+    res["pairs"], res["epochs"] = n, epochs
+    res["pairs_per_s"] = round(n * epochs / res["seconds"], 2)  # pairs trained on per second, every epoch counted
+    res["pairs_per_cpu_s"] = round(n * epochs / res["cpu_seconds"], 2)
     res["cpu_seconds"] = round(res["cpu_seconds"], 2)
-    res["tokens_per_s"] = round(res["tokens"] / res["seconds"], 1)
+    res["tokens_per_s"] = round(res["tokens"] * epochs / res["seconds"], 1)
     res["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     res["seconds"] = round(res["seconds"], 2)
     return res
@@ -208,11 +211,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads per child; 1 keeps a shared machine's load from distorting the ratios")
+    ap.add_argument("--epochs", type=float, default=None,
+                    help="epochs for every variant (default: the shipped run config's dpo.epochs, what alignloop "
+                         "really trains; a reference cache pays once per run, TRL and the hand-written loop pay "
+                         "for the reference every epoch)")
     ap.add_argument("--slow-defaults-every-round", action="store_true")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.epochs is None:
+        from retrain.config import load_run_config
+
+        args.epochs = float(load_run_config().dpo.epochs)
     if args.child:
-        print("RESULT " + json.dumps(child(args.child, args.pairs, args.threads)))
+        print("RESULT " + json.dumps(child(args.child, args.pairs, args.threads, args.epochs)))
         return 0
     from retrain.model import ensure_base_model
 
@@ -227,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
             if name == "trl_defaults" and rnd > 0 and not args.slow_defaults_every_round:
                 continue  # 10-25x slower than the rest: one round is enough to place it
             proc = subprocess.run([sys.executable, __file__, "--child", name, "--pairs", str(args.pairs),
-                                   "--threads", str(args.threads)],
+                                   "--threads", str(args.threads), "--epochs", str(args.epochs)],
                                   capture_output=True, text=True, env=env)
             line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
             res = json.loads(line[-1][7:]) if proc.returncode == 0 and line else {"error": proc.stderr[-1500:]}
@@ -251,8 +262,9 @@ def main(argv: list[str] | None = None) -> int:
     import trl
 
     summary = {
-        "what": "DPO + LoRA on the embedded tiny Llama, batches of 8 pairs, 1 epoch, CPU",
-        "command": f"python bench/retrain/run.py --pairs {args.pairs} --rounds {args.rounds}",
+        "what": f"DPO + LoRA on the embedded tiny Llama, batches of 8 pairs, {args.epochs:g} epochs, CPU",
+        "command": f"python bench/retrain/run.py --pairs {args.pairs} --rounds {args.rounds} --epochs {args.epochs:g}",
+        "epochs": args.epochs,
         "cpus": os.cpu_count(), "torch_threads": args.threads,
         "load_average_at_end": os.getloadavg(),
         "libraries": {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__,
