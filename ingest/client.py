@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -152,6 +153,10 @@ class FeedbackClient(_EventBuilder):
         self.topic = topic
         self._on_error = on_error
         self._failed: list[tuple[FeedbackEvent, BaseException]] = []
+        # without on_error, sent events wait here (oldest first) until their future settles: a failure is
+        # collected from here for flush() instead of through an errback per event, which costs a lock that
+        # the producer's I/O thread contends for on every send
+        self._pending: deque[tuple[FeedbackEvent, Any]] = deque()
         self._lock = threading.Lock()
         config = {"acks": "all", "enable_idempotence": True, "retries": 2**31 - 1, "linger_ms": linger_ms,
                   "batch_size": batch_size, "delivery_timeout_ms": delivery_timeout_ms,
@@ -175,7 +180,18 @@ class FeedbackClient(_EventBuilder):
         except (KafkaError, AssertionError, ValueError, TypeError) as exc:
             raise DeliveryError(f"event {event.event_id} could not be queued for Kafka: {exc!r}",
                                 [(event, exc)]) from exc
-        future.add_errback(self._failure, event)
+        if self._on_error is not None:
+            future.add_errback(self._failure, event)
+        else:
+            with self._lock:
+                self._pending.append((event, future))
+                pending = self._pending
+                while pending[0][1].is_done:  # settled ones leave from the front: the queue stays short
+                    done_event, done = pending.popleft()
+                    if done.exception is not None:
+                        self._failed.append((done_event, done.exception))
+                    if not pending:
+                        break
         return Delivery(event, future)
 
     def _failure(self, event: FeedbackEvent, exc: BaseException) -> None:
@@ -198,6 +214,13 @@ class FeedbackClient(_EventBuilder):
     def raise_failures(self) -> None:
         """Raise DeliveryError for failures seen since the last call (flush calls it); else return."""
         with self._lock:
+            still = deque()
+            for event, future in self._pending:
+                if not future.is_done:
+                    still.append((event, future))
+                elif future.exception is not None:
+                    self._failed.append((event, future.exception))
+            self._pending = still
             failed, self._failed = self._failed, []
         if failed:
             ids = ", ".join(str(e.event_id) for e, _ in failed[:3])
@@ -364,6 +387,13 @@ class HttpFeedbackClient(_EventBuilder):
         """Post every queued event; raise DeliveryError naming each event not acknowledged since the last flush."""
         self._post_pending()
         with self._lock:
+            still = deque()
+            for event, future in self._pending:
+                if not future.is_done:
+                    still.append((event, future))
+                elif future.exception is not None:
+                    self._failed.append((event, future.exception))
+            self._pending = still
             failed, self._failed = self._failed, []
         if failed:
             ids = ", ".join(str(e.event_id) for e, _ in failed[:3])

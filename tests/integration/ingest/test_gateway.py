@@ -154,3 +154,28 @@ def test_healthz_metrics_and_openapi(gateway):
     spec = httpx.get(f"{gateway.url}/openapi.json").json()
     assert "FeedbackEventV1" in spec["components"]["schemas"]
     assert "#/$defs/" not in json.dumps(spec)
+
+
+def test_a_conversation_lands_in_one_partition_through_the_sdk_and_the_gateway(gateway, kafka_bootstrap):
+    from kafka import KafkaConsumer
+
+    from ingest.client import FeedbackClient
+
+    sessions = [f"s-{i}" for i in range(12)]
+    with FeedbackClient("shop-bot", kafka_bootstrap, topic=gateway.topic) as sdk:
+        for s in sessions:
+            sdk.rate(user_id="u", prompt="p", response="r", rating="up", session_id=s)
+    big = [an_event(session_id=sessions[i % 12], response="r" * 3000) for i in range(200)]  # > one 256 KiB batch
+    r = post(gateway, big)
+    assert r.status_code == 200 and r.json()["accepted"] == 200
+    consumer = KafkaConsumer(gateway.topic, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest",
+                             consumer_timeout_ms=5000, group_id=None)
+    try:
+        where: dict[str, set[int]] = {}
+        for m in consumer:
+            where.setdefault(json.loads(m.value)["session_id"], set()).add(m.partition)
+    finally:
+        consumer.close()
+    assert sorted(where) == sorted(sessions)
+    assert all(len(parts) == 1 for parts in where.values()), where
+    assert len(set().union(*where.values())) > 1  # and the conversations spread over the partitions

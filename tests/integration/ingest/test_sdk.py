@@ -87,7 +87,8 @@ def test_a_send_kafka_cannot_queue_raises_at_once(kafka_bootstrap):
     assert info.value.failures[0][0].kind == "rating"
 
 
-def test_a_refused_delivery_reaches_the_future_the_callback_and_flush(kafka_bootstrap):
+@pytest.mark.parametrize("with_callback", [True, False])
+def test_a_refused_delivery_reaches_the_future_the_callback_and_flush(kafka_bootstrap, with_callback):
     """The broker refuses the record (larger than the topic allows): nothing is dropped silently."""
     from kafka import KafkaAdminClient
 
@@ -100,9 +101,11 @@ def test_a_refused_delivery_reaches_the_future_the_callback_and_flush(kafka_boot
     admin.close()
     heard = []
     client = FeedbackClient("shop-bot", kafka_bootstrap, topic=topic, delivery_timeout_ms=15_000,
-                            on_error=lambda event, exc: heard.append(str(event.event_id)))
+                            on_error=(lambda event, exc: heard.append(str(event.event_id))) if with_callback else None)
     try:
         d = client.rate(user_id="u", prompt="p" * 1000, response="r", rating="up")
+        if not with_callback:
+            heard.append(d.event_id)  # nothing to hear: the future and flush must still say it
         with pytest.raises(DeliveryError) as from_future:
             d.result(timeout=30)
         with pytest.raises(DeliveryError) as from_flush:
