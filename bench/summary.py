@@ -25,11 +25,13 @@ def rows() -> list[tuple[str, str, str, str]]:
     """(what, alignloop, baseline in the same run, command)."""
     out = []
     if (d := _load("ingest")) is not None:
-        cmd = "python bench/ingest/run.py"
+        cmd = d.get("command", "python bench/ingest/run.py").strip()
         out.append(("ingest: SDK throughput", f"{d['sdk']['events_per_s']:,.0f} ev/s ({d['sdk_vs_raw']:.2f}x raw)",
                     f"raw kafka-python {d['raw_producer']['events_per_s']:,.0f} ev/s", cmd))
         g = d["gateway_single"]
-        out.append(("ingest: gateway single events at 500/s", f"p50 {g['p50_ms']:.1f} ms, p99 {g['p99_ms']:.0f} ms",
+        rounds = len(g.get("rounds_p99_ms", [1]))
+        out.append(("ingest: gateway single events at 500/s",
+                    f"p50 {g['p50_ms']:.1f} ms, p99 {g['p99_ms']:.1f} ms (median of {rounds} rounds)",
                     f"raw producer p99 {d['raw_producer']['latency']['p99_ms']:.1f} ms", cmd))
         b = d["gateway_batched"]
         out.append(("ingest: gateway batches of 100", f"{b.get('events_per_s', 0):,.0f} ev/s", "-", cmd))
