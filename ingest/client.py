@@ -185,14 +185,23 @@ class FeedbackClient(_EventBuilder):
         else:
             with self._lock:
                 self._pending.append((event, future))
-                pending = self._pending
-                while pending[0][1].is_done:  # settled ones leave from the front: the queue stays short
-                    done_event, done = pending.popleft()
-                    if done.exception is not None:
-                        self._failed.append((done_event, done.exception))
-                    if not pending:
-                        break
+                self._collect_settled(everything=False)
         return Delivery(event, future)
+
+    def _collect_settled(self, *, everything: bool) -> None:
+        """Drop acknowledged events from the pending queue, keeping failures for raise_failures (under the lock).
+
+        On every send only the settled ones at the front leave (cheap; futures settle about in order);
+        `everything` scans the whole queue."""
+        pending = self._pending
+        if everything:
+            settled = [(e, f) for e, f in pending if f.is_done]
+            self._pending = deque((e, f) for e, f in pending if not f.is_done)
+        else:
+            settled = []
+            while pending and pending[0][1].is_done:
+                settled.append(pending.popleft())
+        self._failed.extend((e, f.exception) for e, f in settled if f.exception is not None)
 
     def _failure(self, event: FeedbackEvent, exc: BaseException) -> None:
         with self._lock:
@@ -214,13 +223,7 @@ class FeedbackClient(_EventBuilder):
     def raise_failures(self) -> None:
         """Raise DeliveryError for failures seen since the last call (flush calls it); else return."""
         with self._lock:
-            still = deque()
-            for event, future in self._pending:
-                if not future.is_done:
-                    still.append((event, future))
-                elif future.exception is not None:
-                    self._failed.append((event, future.exception))
-            self._pending = still
+            self._collect_settled(everything=True)
             failed, self._failed = self._failed, []
         if failed:
             ids = ", ".join(str(e.event_id) for e, _ in failed[:3])
@@ -387,13 +390,6 @@ class HttpFeedbackClient(_EventBuilder):
         """Post every queued event; raise DeliveryError naming each event not acknowledged since the last flush."""
         self._post_pending()
         with self._lock:
-            still = deque()
-            for event, future in self._pending:
-                if not future.is_done:
-                    still.append((event, future))
-                elif future.exception is not None:
-                    self._failed.append((event, future.exception))
-            self._pending = still
             failed, self._failed = self._failed, []
         if failed:
             ids = ", ".join(str(e.event_id) for e, _ in failed[:3])
