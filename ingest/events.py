@@ -258,11 +258,13 @@ _ADAPTER: TypeAdapter = TypeAdapter(FeedbackEvent)
 
 # ------------------------------------------------------------------ decoding
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise _DuplicateKey(key)
-        out[key] = value
+    out = dict(pairs)  # in C; only a shorter dict means a key came twice, and then we look for which
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for key, _value in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
     return out
 
 

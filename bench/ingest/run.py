@@ -351,7 +351,7 @@ def main() -> None:
     sdk_tp = statistics.median(r["events_per_s"] for r in sdks)
     result = {
         "measured_at": datetime.now(UTC).isoformat(),
-        "command": "python bench/ingest/run.py " + " ".join(sys.argv[1:]),
+        "command": "python bench/ingest/run.py " + " ".join(a for a in sys.argv[1:] if a != "--no-readme"),
         "broker": get_settings().kafka_version,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "load": " ".join(f"{x:.1f}" for x in os.getloadavg())},
