@@ -18,17 +18,6 @@ from datetime import UTC, datetime
 log = logging.getLogger("curation.worker")
 
 
-def _partitions(bootstrap: str, topic: str) -> int | None:
-    from kafka import KafkaConsumer
-
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, request_timeout_ms=10000)
-    try:
-        parts = consumer.partitions_for_topic(topic)
-        return len(parts) if parts else None
-    finally:
-        consumer.close()
-
-
 class GroupProgress:
     """Whether the group's committed offsets reached the end of every partition: nothing is left to consume.
 
@@ -41,13 +30,27 @@ class GroupProgress:
         self._consumer = None
         self._admin = None
 
+    def _connect(self) -> None:
+        from kafka import KafkaAdminClient, KafkaConsumer
+
+        if self._consumer is None:
+            self._consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, request_timeout_ms=self.timeout_ms)
+            self._admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=self.timeout_ms)
+
+    def partitions(self) -> int | None:
+        """How many partitions the topic has (None when it does not exist)."""
+        try:
+            self._connect()
+            return len(self._consumer.partitions_for_topic(self.topic) or ()) or None
+        except Exception:
+            self.close()
+            raise
+
     def caught_up(self) -> bool:
-        from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+        from kafka import TopicPartition
 
         try:
-            if self._consumer is None:
-                self._consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, request_timeout_ms=self.timeout_ms)
-                self._admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=self.timeout_ms)
+            self._connect()
             parts = self._consumer.partitions_for_topic(self.topic) or set()
             tps = [TopicPartition(self.topic, p) for p in parts]
             ends = self._consumer.end_offsets(tps, timeout_ms=self.timeout_ms)
@@ -82,8 +85,9 @@ def build_app(settings=None, core=None):
     bootstrap = settings.kafka_bootstrap or core.kafka_bootstrap
     engine = open_store(settings.store_url or core.resolved_store_url)
     rclient = redis.Redis.from_url(settings.redis_url or core.redis_url, decode_responses=True)
+    progress = GroupProgress(bootstrap, settings.topic, settings.group)
     edge = CurationEdge(engine, rclient, settings.policy, topic=settings.topic, group=settings.group,
-                        partitions=_partitions(bootstrap, settings.topic))
+                        partitions=progress.partitions())
     datadir = settings.datadir or tempfile.mkdtemp(prefix="curation-faust-")
     app = faust.App(
         settings.group, broker=f"kafka://{bootstrap}", store="memory://", datadir=datadir,
@@ -96,7 +100,6 @@ def build_app(settings=None, core=None):
     feedback = app.topic(settings.topic, value_serializer="raw", key_serializer="raw")
     rejected = app.topic(f"{settings.topic}.rejected", value_serializer="raw", key_serializer="raw")
     dlq = app.topic(f"{settings.topic}.dlq", value_serializer="raw", key_serializer="raw")
-    progress = GroupProgress(bootstrap, settings.topic, settings.group)
     state = {"flushed_at": 0.0}
 
     @app.agent(feedback, concurrency=1)

@@ -25,7 +25,6 @@ from starlette.concurrency import run_in_threadpool
 from ingest.errors import EventError
 from ingest.events import (
     MAX_EVENT_BYTES,
-    _EventBase,
     decode_json,
     encode_event,
     event_json_schema,
@@ -233,7 +232,6 @@ def create_app(cfg: GatewayConfig) -> FastAPI:
                  "msg": f"must be this key's app {app_id!r}; got {items[i]['app_id']!r}"} for i in foreign[:20]]))
 
         hashed = ip_hash(request)
-        events: list[_EventBase] = []
         encoded: list[tuple[bytes, bytes]] = []
         results: list[dict[str, Any]] = []
         errors: list[dict[str, str]] = []
@@ -242,12 +240,10 @@ def create_app(cfg: GatewayConfig) -> FastAPI:
             prefix = str(i) if batch else ""
             try:
                 # the connection's salted hash replaces whatever the app put in client.ip_hash, before validation
-                client = item.get("client") if isinstance(item, dict) else None
-                if isinstance(item, dict) and (client is None or isinstance(client, dict)):
+                if isinstance(item, dict) and isinstance(client := item.get("client"), dict | None):
                     item = {**item, "client": {**(client or {}), "ip_hash": hashed}}
                 event = validate_event(item)
                 encoded.append((encode_event(event), event_key(event)))
-                events.append(event)
                 results.append({"index": i, "status": "valid", "event_id": str(event.event_id)})
             except EventError as exc:
                 too_large = too_large or exc.reason == "too_large"

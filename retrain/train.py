@@ -87,16 +87,14 @@ def _dpo_trainer_class():
             cache = self.ref_cache
             if cache is None:
                 return super()._precompute_ref_logps(dataset, name, batch_size)
-            keys = [RefLogpCache.key(p, c, r, self.args.max_length) for p, c, r in
-                    zip(dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"])]
-            missing = sorted({i for i, k in enumerate(keys) if k not in cache.values})
+            rows = list(zip(dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"]))
+            keys = [RefLogpCache.key(p, c, r, self.args.max_length) for p, c, r in rows]
+            # batched by length: a batch pads to its longest sequence, so similar lengths waste no compute
+            missing = sorted((i for i, k in enumerate(keys) if k not in cache.values),
+                             key=lambda i: len(rows[i][0]) + max(len(rows[i][1]), len(rows[i][2])))
             cache.hits += len(keys) - len(missing)
             cache.misses += len(missing)
             if missing:
-                # batched by length: a batch pads to its longest sequence, so similar lengths waste no compute
-                width = [len(p) + max(len(c), len(r)) for p, c, r in
-                         zip(dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"])]
-                missing.sort(key=lambda i: width[i])
                 done = super()._precompute_ref_logps(dataset.select(missing), name, batch_size)
                 for i, c, r in zip(missing, done["ref_chosen_logps"], done["ref_rejected_logps"]):
                     cache.values[keys[i]] = [float(c), float(r)]
