@@ -204,6 +204,47 @@ def child(name: str, n: int, threads: int, epochs: float) -> dict:
     return res
 
 
+README = ROOT / "retrain" / "README.md"
+BEGIN, END = "<!-- bench:retrain:begin -->", "<!-- bench:retrain:end -->"
+LABELS = {
+    "trl_defaults": "plain TRL `DPOTrainer`, TRL defaults (bf16, grad. checkpointing)",
+    "trl_plain": "plain TRL `DPOTrainer`, fp32, no checkpointing, same lr",
+    "handwritten": "hand-written PyTorch DPO loop (ref = adapter disabled)",
+    "alignloop_cold": "alignloop, cold (reference log-probs computed once and cached, included)",
+    "alignloop_warm": "alignloop, warm (retrain over pairs seen before: cached reference)",
+}
+
+
+def readme_text(results_dir: Path) -> str:
+    """The README section from bench/results/retrain.json (and retrain_epoch1.json when there)."""
+    d = json.loads((results_dir / "retrain.json").read_text())
+    r, q = d["results"], d["ratios"]
+    lines = [f"`{d['command']}` ({d.get('epochs', 1):g} epochs for every variant; {d['torch_threads']} torch thread "
+             f"per child, {d['cpus']} cores, load {d['load_average_at_end'][0]:.1f} at the end, best of the "
+             f"interleaved rounds, each clock from loading the base model to the end of training; {d['at'][:10]}; "
+             "`bench/results/retrain.json`):", "",
+             "| variant | pairs/s | tokens/s | peak RSS |", "| --- | --- | --- | --- |"]
+    lines += [f"| {label} | {r[k]['pairs_per_s']:.1f} | {r[k]['tokens_per_s']:,.0f} | {r[k]['peak_rss_mb']:.0f} MB |"
+              for k, label in LABELS.items() if "pairs_per_s" in r.get(k, {})]
+    lines += ["", f"Cold: {q['alignloop_cold_vs_trl_plain']}x plain TRL and {q['alignloop_cold_vs_handwritten']}x the "
+              f"hand-written loop; warm: {q['alignloop_warm_vs_trl_plain']}x and {q['alignloop_warm_vs_handwritten']}x "
+              f"({q['alignloop_cold_vs_trl_defaults']}x and {q['alignloop_warm_vs_trl_defaults']}x TRL's defaults)."]
+    one = results_dir / "retrain_epoch1.json"
+    if one.is_file():
+        e = json.loads(one.read_text())["ratios"]
+        lines.append(f"With a single epoch (`bench/results/retrain_epoch1.json`): cold {e['alignloop_cold_vs_trl_plain']}x "
+                     f"plain TRL and {e['alignloop_cold_vs_handwritten']}x the hand-written loop; warm "
+                     f"{e['alignloop_warm_vs_trl_plain']}x and {e['alignloop_warm_vs_handwritten']}x.")
+    return "\n".join(lines)
+
+
+def write_readme(text: str) -> None:
+    content = README.read_text()
+    if BEGIN in content and END in content:
+        head, rest = content.split(BEGIN, 1)
+        README.write_text(head + BEGIN + "\n" + text + "\n" + END + rest.split(END, 1)[1])
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pairs", type=int, default=400)
@@ -216,8 +257,13 @@ def main(argv: list[str] | None = None) -> int:
                          "really trains; a reference cache pays once per run, TRL and the hand-written loop pay "
                          "for the reference every epoch)")
     ap.add_argument("--slow-defaults-every-round", action="store_true")
+    ap.add_argument("--readme-only", action="store_true",
+                    help="only rewrite retrain/README.md's table from bench/results (no training)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.readme_only:
+        write_readme(readme_text(ROOT / "bench" / "results"))
+        return 0
     if args.epochs is None:
         from retrain.config import load_run_config
 
@@ -284,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary["ratios"], indent=1))
+    if args.out.name == "retrain.json":
+        write_readme(readme_text(args.out.parent))
     return 0
 
 
