@@ -215,7 +215,7 @@ class Simulation:
 
     def flush(self) -> None:
         self.client.flush(timeout=60)
-        failed = [d for d in self.deliveries if not d.succeeded]
+        failed = [d for d in self.deliveries if not d.succeeded()]
         if failed:
             raise FlowsError(f"{len(failed)} feedback events were not acknowledged by Kafka")
 
