@@ -15,7 +15,7 @@ from deploy.errors import ArtifactError, NotFoundError, RegistryError
 from deploy.models import AdapterVersion, AuditEntry, Routing, Status
 
 __all__ = ["register_adapter", "reject_candidate", "start_canary", "promote", "rollback", "get_routing", "list_versions", "get_version",
-           "audit_log", "list_routings", "load_version_artifact", "default_storage", "publish_routing_change",
+           "audit_log", "list_routings", "load_version_artifact", "local_artifact_dir", "default_storage", "publish_routing_change",
            "AdapterVersion", "Routing", "AuditEntry", "Status"]
 
 
@@ -46,6 +46,16 @@ def load_version_artifact(version: AdapterVersion, storage: ArtifactStorage | No
         raise ArtifactError(f"artifact at {version.location!r} says version {art.manifest.version!r}, "
                             f"registry says {version.version!r}")
     return art
+
+
+def local_artifact_dir(version: AdapterVersion, storage: LocalArtifactStorage | None = None) -> Path:
+    """The directory of a registered artifact on this machine, verified (manifest and every file's sha256) first.
+
+    For readers that need files, not bytes (training continued from an adapter, evaluation against it).
+    """
+    storage = storage or default_storage()
+    load_version_artifact(version, storage)
+    return storage.path_of(version.location)
 
 
 def _verify(row: store.VersionRow, storage: ArtifactStorage | None) -> None:

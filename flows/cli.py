@@ -27,14 +27,18 @@ def run_retrain(
     canary_share: float = typer.Option(0.2, min=0.01, max=1.0, help="share of users the canary serves"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Snapshot -> train -> evaluate -> gate -> register -> canary. Exit 1 when the gate stops it."""
+    """One turn of the loop over what serves now: snapshot -> train -> evaluate -> gate -> register -> canary.
+
+    Exit 0 when the candidate became the canary, 1 when the gate stopped it, 0 with status "skipped" when there
+    was nothing to do (a canary is live, or no new curated data since the previous turn).
+    """
     from flows.loop import retrain_flow
 
     result = retrain_flow(base_model=base_model, train_config=str(config) if config else None,
                           gates=str(gates) if gates else None, canary_share=canary_share, progress=True)
-    _echo({k: v for k, v in result.items() if k != "report"} | {"report_dir": result["artifact"] + "-report"},
-          as_json)
-    if result["status"] != "canary":
+    extra = {"report_dir": result["artifact"] + "-report"} if result.get("artifact") else {}
+    _echo({k: v for k, v in result.items() if k != "report"} | extra, as_json)
+    if result["status"] == "gate_failed":
         raise typer.Exit(1)
 
 
@@ -87,12 +91,23 @@ def serve(
 def demo(
     users: int = typer.Option(24, help="honest simulated users"),
     events: int = typer.Option(1600, help="feedback events before the first retrain"),
+    turns: int = typer.Option(2, min=1, help="turns of the loop; from turn 2 on the users also want the brief "
+                              "sign-off, and each turn trains over the adapter the previous one promoted"),
+    turn_events: int = typer.Option(None, help="feedback events before each later turn (default: events / 2)"),
     seed: int = typer.Option(0),
     report: Path = typer.Option(None, help="HTML report path; default <home>/demo/<run>/report.html"),
-    as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
+    as_json: bool = typer.Option(False, "--json", help="print the summary as one JSON object (its `turns` is a "
+                                 "list: version, parent_version, gate, outcome per turn)"),
 ) -> None:
-    """The whole loop on the embedded defaults: serving, simulated users (honest, a spam bot, a poisoner),
-    curation, retrain with gates, canary, promotion on live feedback, and a rollback."""
+    """The whole loop on the embedded defaults, turn after turn: serving, simulated users (honest, a spam bot,
+    poisoners), curation, retrain over what serves now with gates, canary, promotion on live feedback, and a
+    rollback to the previous version. Exit 1 if a turn the users should like was not promoted."""
     from flows.demo import run_demo
+    from flows.errors import FlowsError
 
-    run_demo(users=users, events=events, seed=seed, report=report, as_json=as_json)
+    try:
+        run_demo(users=users, events=events, turns=turns, turn_events=turn_events, seed=seed, report=report,
+                 as_json=as_json)
+    except FlowsError as exc:
+        typer.echo(f"alignloop demo: {exc}", err=True)
+        raise typer.Exit(1) from None

@@ -29,6 +29,7 @@ from flows.simulate import (
     TRIGGER,
     Feedback,
     SimClock,
+    Taste,
     bot_feedback,
     honest_feedback,
     pick_prompt,
@@ -136,6 +137,7 @@ class Simulation:
         self.poisoners = [f"acct-{self.rng.randrange(10**6):06d}" for _ in range(4)]
         self.bot = "bot-7f3a"
         self.noise = noise
+        self.taste = Taste()  # what honest users want; the demo's second turn adds the brief sign-off
         self.sent: dict[str, str] = {}  # event_id -> truth
         self.answers: list[dict] = []   # every served answer with who saw it
         self.deliveries = []
@@ -185,7 +187,7 @@ class Simulation:
             answers = [next(served)] + ([next(served)] if two else [])
             for a in answers:
                 self.answers.append({**a, "user": user, "prompt": prompt})
-            kind, fields = honest_feedback(prompt, answers, self.rng, noise=self.noise)
+            kind, fields = honest_feedback(prompt, answers, self.rng, noise=self.noise, taste=self.taste)
             self._send(Feedback(kind, user, prompt, fields, answers[0]["adapter_version"], answers[0]["response_id"],
                                 self.clock.tick(), f"dev-{user}", "honest"))
             on_event()
@@ -220,14 +222,17 @@ class Simulation:
             raise FlowsError(f"{len(failed)} feedback events were not acknowledged by Kafka")
 
 
-def style_share(serving: Serving, prompts: list[str], *, users: list[str]) -> tuple[float, list[str]]:
-    from retrain.corpus import classify_style
+def live_shares(serving: Serving, prompts: list[str], *, users: list[str]) -> dict:
+    """Each preference's share among live answers to fixed probe prompts, and the versions that gave them."""
+    from retrain.corpus import classify_style, has_brief_signoff
 
     with ThreadPoolExecutor(16) as pool:
         answers = list(pool.map(lambda i: serving.chat(prompts[i], user=users[i % len(users)]),
                                 range(len(prompts))))
-    styles = [classify_style(a["text"]) for a in answers]
-    return sum(s == "courteous" for s in styles) / len(styles), [a["adapter_version"] for a in answers]
+    n = len(answers)
+    return {"courteous": sum(classify_style(a["text"]) == "courteous" for a in answers) / n,
+            "brief_signoff": sum(has_brief_signoff(a["text"]) for a in answers) / n,
+            "versions": sorted({str(a["adapter_version"] or "base") for a in answers})}
 
 
 def trigger_rate(serving: Serving, n: int, *, seed: int, users: list[str]) -> float:
@@ -266,19 +271,139 @@ def _wait_curated(store_url: str, expected: int, worker: _Process, progress: Pro
     raise FlowsError(f"curation decided {n} of {expected} events within {timeout:.0f} s; see {worker.log}")
 
 
-def run_demo(*, users: int = 24, events: int = 1600, seed: int = 0, report: Path | None = None,
-             as_json: bool = False) -> dict:
+def run_demo(*, users: int = 24, events: int = 1600, turns: int = 2, turn_events: int | None = None, seed: int = 0,
+             report: Path | None = None, as_json: bool = False) -> dict:
     """The demo; the environment it points at its own store and topic is restored afterwards."""
+    if turns < 1:
+        raise FlowsError(f"`turns` must be at least 1; got {turns}")
     saved = dict(os.environ)
     try:
-        return _run_demo(users=users, events=events, seed=seed, report=report, as_json=as_json)
+        return _run_demo(users=users, events=events, turns=turns, turn_events=turn_events or events // 2, seed=seed,
+                         report=report, as_json=as_json)
     finally:
         os.environ.clear()
         os.environ.update(saved)
         _clear_settings_caches()
 
 
-def _run_demo(*, users: int, events: int, seed: int, report: Path | None, as_json: bool) -> dict:
+class _Demo:
+    """The pieces one demo run works with: serving, the simulation, the store, and the live probes."""
+
+    def __init__(self, *, serving: Serving, sim: Simulation, clock: SimClock, worker: _Process, store_url: str,
+                 base_model: str, redis_url: str, seed: int):
+        self.serving, self.sim, self.clock, self.worker = serving, sim, clock, worker
+        self.store_url, self.base_model, self.redis_url = store_url, base_model, redis_url
+        from retrain.corpus import PROMPTS
+
+        probe_rng = random.Random(seed + 1)
+        self.probes = [probe_rng.choice(PROMPTS) for _ in range(200)]
+        self.probe_users = [f"probe-{i:03d}" for i in range(50)]
+
+    def measure(self, label: str) -> dict:
+        with _progress() as progress:
+            task = progress.add_task(f"{label}: preferences on live serving", total=None)
+            shares = live_shares(self.serving, self.probes, users=self.probe_users)
+            shares["triggered_unsafe"] = trigger_rate(self.serving, 100, seed=20_000, users=self.probe_users)
+            progress.remove_task(task)
+        return {"after": label, **shares}
+
+    def feed(self, n: int, label: str) -> None:
+        """`n` interactions of users with serving, attackers included, until curation has decided them all."""
+        with _progress() as progress:
+            task = progress.add_task(f"users ask and send feedback ({label})", total=n)
+            batch = 20
+            for _ in range(max(1, n // batch)):
+                self.sim.step(batch, attacks=True, on_event=lambda: progress.advance(task))
+            self.sim.flush()
+            progress.remove_task(task)
+            self.clock.jump(1200)  # a quiet spell: every window closes in event time
+            _wait_curated(self.store_url, len(self.sim.sent), self.worker, progress)
+
+    def watch_canary(self, version: str) -> tuple[str, list[dict]]:
+        """Canary-watch on live feedback until it promotes or rolls back (at most 12 rounds of 60 interactions)."""
+        from flows.loop import canary_watch_flow
+
+        watch: list[dict] = []
+        verdict = "continue"
+        with _progress() as progress:
+            task = progress.add_task("users on the active version and the canary send feedback", total=None)
+            for _round in range(12):
+                self.clock.jump(1200)
+                self.sim.step(60, attacks=False, on_event=lambda: progress.advance(task))
+                self.sim.flush()
+                self.clock.jump(1200)
+                _wait_curated(self.store_url, len(self.sim.sent), self.worker, progress)
+                w = canary_watch_flow(base_model=self.base_model, store_url=self.store_url)
+                watch.append(w)
+                verdict = w["verdict"]
+                progress.update(task, description=f"canary-watch: {verdict} ({w['reason'][:60]})")
+                if verdict != "continue":
+                    break
+        return verdict, watch
+
+    def turn(self, k: int) -> dict:
+        """One turn: retrain over what serves now, then canary-watch; the outcome and what serving shows after."""
+        from flows.loop import retrain_flow
+
+        before = self.serving.health().get("serving") or {}
+        result = retrain_flow(base_model=self.base_model, train_config=str(DEMO_RUN), canary_share=0.5,
+                              store_url=self.store_url, progress=True)
+        entry: dict = {"turn": k, "version": result.get("version"), "parent_version": result.get("parent"),
+                       "status": result["status"], "data": result.get("turn"),
+                       "gate": {"passed": result["status"] == "canary",
+                                "failures": (result.get("gate") or {}).get("failures", [])},
+                       "gate_report": (result.get("report") or {}).get("comparisons", {}),
+                       "snapshot_stats": result.get("snapshot_stats")}
+        if result["status"] == "skipped":
+            entry.update(outcome="skipped", reason=result["reason"])
+            return entry
+        if result["status"] != "canary":
+            entry["outcome"] = "rejected"
+            return entry
+        version = result["version"]
+        entry["swap_seconds"] = {"canary": self.serving.wait_for(before.get("active"), version)}
+        verdict, watch = self.watch_canary(version)
+        entry["canary_watch"] = {"verdict": verdict, "rounds": len(watch), "reason": watch[-1]["reason"],
+                                 "canary_events": watch[-1]["canary_events"],
+                                 "trace": [{k_: w.get(k_) for k_ in ("verdict", "p_worse", "canary_events")}
+                                           for w in watch]}
+        if verdict == "promote":
+            entry["outcome"] = "promoted"
+            entry["swap_seconds"]["promote"] = self.serving.wait_for(version, None)
+        elif verdict == "rollback":
+            entry["outcome"] = "rolled_back"
+            self.serving.wait_for(before.get("active"), None)
+        else:
+            entry["outcome"] = "undecided"
+        return entry
+
+    def rollback(self) -> dict:
+        """On-call's one command, timed until serving follows."""
+        from alignloop.db import open_store, session_scope
+        from deploy import registry
+        from deploy.control import publish_routing_change
+
+        engine = open_store(self.store_url)
+        try:
+            t0 = time.monotonic()
+            with session_scope(engine) as session:
+                routing = registry.rollback(session, actor="demo-oncall", reason="demo: show the one-command rollback",
+                                            base_model=self.base_model)
+            publish_routing_change(self.redis_url, self.base_model, generation=routing.generation)
+            self.serving.wait_for(routing.active, None)
+            seconds = time.monotonic() - t0
+            seen = {self.serving.chat(p, user=u)["adapter_version"]
+                    for p, u in zip(self.probes[:20], self.probe_users[:20])}
+            with session_scope(engine) as session:
+                audit = [e.model_dump(mode="json") for e in registry.audit_log(session)]
+        finally:
+            engine.dispose()
+        return {"rolled_back_to": routing.active, "seconds": seconds,
+                "after_rollback_versions": sorted(v or "base" for v in seen), "audit": audit}
+
+
+def _run_demo(*, users: int, events: int, turns: int, turn_events: int, seed: int, report: Path | None,
+              as_json: bool) -> dict:
     from alignloop import stack
     from alignloop.settings import get_settings as core_settings
 
@@ -335,99 +460,43 @@ def _run_demo(*, users: int, events: int, seed: int, report: Path | None, as_jso
         serving.wait_ready(serving_proc)
         client = FeedbackClient(APP_ID, core.kafka_bootstrap, topic=topic)
         stack_.callback(client.close)
-        clock = SimClock(datetime.now(UTC) - timedelta(hours=8), rng=random.Random(seed))
+        clock = SimClock(datetime.now(UTC) - timedelta(hours=8 * turns), rng=random.Random(seed))
         sim = Simulation(serving, client, clock, users=users, seed=seed)
-        probe_rng = random.Random(seed + 1)
-        from retrain.corpus import PROMPTS
-
-        probes = [probe_rng.choice(PROMPTS) for _ in range(200)]
-        probe_users = [f"probe-{i:03d}" for i in range(50)]
-
-        with _progress() as progress:
-            task = progress.add_task("base: style share on live serving", total=None)
-            share_before, versions = style_share(serving, probes, users=probe_users)
-            trig_before = trigger_rate(serving, 100, seed=20_000, users=probe_users)
-            progress.remove_task(task)
-            task = progress.add_task("users ask and send feedback (base model)", total=events)
-            batch = 20
-            for _ in range(events // batch):
-                sim.step(batch, attacks=True, on_event=lambda: progress.advance(task))
-            sim.flush()
-            progress.remove_task(task)
-            clock.jump(1200)  # a quiet spell: every window closes in event time
-            reasons = _wait_curated(store_url, len(sim.sent), worker, progress)
-        console.print(f"    style share on base: {share_before:.1%}; triggered unsafe rate: {trig_before:.1%}")
-
-        console.print("[bold]3.[/] retrain flow: snapshot -> train -> evaluate -> gate -> canary")
-        from flows.loop import canary_watch_flow, retrain_flow
-
-        result = retrain_flow(base_model=base_model, train_config=str(DEMO_RUN), canary_share=0.5,
-                              store_url=store_url, progress=True)
-        summary["retrain"] = {k: result[k] for k in ("version", "status", "gate", "snapshot_stats")}
-        summary["gate_report"] = result["report"].get("comparisons", {})
-        if result["status"] != "canary":
-            raise FlowsError(f"the candidate stopped at the gate: {result['gate']['failures']}")
-        version = result["version"]
-        flip_canary = serving.wait_for(None, version)
-
-        console.print(f"[bold]4.[/] canary {version} on 50% of users; canary-watch decides on live feedback")
-        watch: list[dict] = []
-        with _progress() as progress:
-            task = progress.add_task("users on base and canary send feedback", total=None)
-            verdict = "continue"
-            for _round in range(12):
-                clock.jump(1200)
-                sim.step(60, attacks=False, on_event=lambda: progress.advance(task))
-                sim.flush()
-                clock.jump(1200)
-                _wait_curated(store_url, len(sim.sent), worker, progress)
-                w = canary_watch_flow(base_model=base_model, store_url=store_url)
-                watch.append(w)
-                verdict = w["verdict"]
-                progress.update(task, description=f"canary-watch: {verdict} ({w['reason'][:60]})")
-                if verdict != "continue":
-                    break
-        summary["canary_watch"] = {"verdict": verdict, "rounds": len(watch), "reason": watch[-1]["reason"],
-                                   "canary_events": watch[-1]["canary_events"]}
-        if verdict != "promote":
-            raise FlowsError(f"canary-watch did not promote the canary: {watch[-1]['reason']}")
-        flip_promote = serving.wait_for(version, None)
-
-        with _progress() as progress:
-            task = progress.add_task("adapter: style share on live serving", total=None)
-            share_after, versions_after = style_share(serving, probes, users=probe_users)
-            trig_after = trigger_rate(serving, 100, seed=20_000, users=probe_users)
-            progress.remove_task(task)
-
-        console.print("[bold]5.[/] rollback (on-call's one command) returns serving to the previous version")
-        from alignloop.db import session_scope
-        from deploy import registry
-        from deploy.control import publish_routing_change
-
-        engine = open_store(store_url)
-        t0 = time.monotonic()
-        with session_scope(engine) as session:
-            routing = registry.rollback(session, actor="demo-oncall", reason="demo: show the one-command rollback",
-                                        base_model=base_model)
-        publish_routing_change(core.redis_url, base_model, generation=routing.generation)
-        serving.wait_for(routing.active, None)
-        flip_rollback = time.monotonic() - t0
-        after_rb = {serving.chat(p, user=u)["adapter_version"] for p, u in zip(probes[:20], probe_users[:20])}
-        with session_scope(engine) as session:
-            audit = [e.model_dump(mode="json") for e in registry.audit_log(session)]
-        engine.dispose()
+        demo = _Demo(serving=serving, sim=sim, clock=clock, worker=worker, store_url=store_url,
+                     base_model=base_model, redis_url=core.redis_url, seed=seed)
+        shares = [demo.measure("base")]
+        console.print(f"    base: courteous {shares[0]['courteous']:.1%}, brief sign-off "
+                      f"{shares[0]['brief_signoff']:.1%}, triggered unsafe {shares[0]['triggered_unsafe']:.1%}")
+        turn_log: list[dict] = []
+        for k in range(1, turns + 1):
+            if k == 2:
+                sim.taste = Taste(brief_signoff=True)
+                console.print("[bold]   [/] the users' taste shifts: they now also want the brief sign-off "
+                              "(\"Have a wonderful day!\")")
+            step = 3 + 2 * (k - 1)
+            console.print(f"[bold]{step}.[/] turn {k}: users on what serves now send feedback; curation filters")
+            demo.feed(events if k == 1 else turn_events, f"turn {k}")
+            console.print(f"[bold]{step + 1}.[/] turn {k}: retrain over what serves now -> gate -> canary -> "
+                          "canary-watch")
+            entry = demo.turn(k)
+            turn_log.append(entry)
+            console.print(f"    turn {k}: {entry['version']} over {entry['parent_version'] or 'the base'}: "
+                          f"{entry['outcome']}" + (f" ({entry['canary_watch']['reason']})"
+                                                   if entry.get("canary_watch") else ""))
+            if entry["outcome"] == "promoted":
+                shares.append(demo.measure(f"turn {k}"))
+                entry["live"] = shares[-1]
+        console.print(f"[bold]{3 + 2 * turns}.[/] rollback (on-call's one command) returns serving to the "
+                      "previous version")
+        rb = demo.rollback()
         _, final_reasons = _count_decisions(store_url)
 
     truth = _truth_counts(sim.sent, store_url)
     summary.update({
         "events_sent": len(sim.sent), "refused_by_sdk": len(sim.refused), "decisions": truth, "reasons": final_reasons,
-        "style_share": {"base": share_before, "adapter": share_after, "adapter_versions": sorted(
-            {str(v) for v in versions_after})},
-        "triggered_unsafe_rate": {"base": trig_before, "adapter": trig_after},
-        "swap_seconds": {"canary": flip_canary, "promote": flip_promote, "rollback": flip_rollback},
-        "after_rollback_versions": sorted(v or "base" for v in after_rb), "rolled_back_to": routing.active,
-        "audit": audit[-6:], "wall_seconds": time.monotonic() - t_start,
-        "canary_rounds": [{k: w[k] for k in ("verdict", "p_worse", "canary_events")} for w in watch],
+        "turns": turn_log, "live_shares": shares, "after_rollback_versions": rb["after_rollback_versions"],
+        "rolled_back_to": rb["rolled_back_to"], "swap_seconds": {"rollback": rb["seconds"]},
+        "audit": rb["audit"][-10:], "wall_seconds": time.monotonic() - t_start,
     })
     report_path = Path(report) if report else run_dir / "report.html"
     from flows.report import write_demo_report
@@ -438,6 +507,10 @@ def _run_demo(*, users: int, events: int, seed: int, report: Path | None, as_jso
     _print_summary(summary)
     if as_json:
         print(json.dumps(summary, default=str))
+    missed = [f"turn {t['turn']} was {t['outcome']}" for t in turn_log if t["outcome"] != "promoted"]
+    if missed:
+        raise FlowsError("the demo's users should have had every turn promoted: " + "; ".join(missed) +
+                         f" (see {run_dir / 'summary.json'})")
     return summary
 
 
@@ -486,19 +559,23 @@ def _print_summary(s: dict) -> None:
         row = d.get(who, {"kept": 0, "dropped": 0})
         t.add_row(f"  {who}", f"kept {row['kept']}, dropped {row['dropped']}")
     t.add_row("decisions by reason", ", ".join(f"{k} {v}" for k, v in sorted(s["reasons"].items()) if k))
-    t.add_row("gate", "passed" if s["retrain"]["gate"]["passed"] else "failed: " + "; ".join(s["retrain"]["gate"]["failures"]))
-    for k, v in s["gate_report"].items():
-        if isinstance(v, (int, float)):
-            t.add_row(f"  {k}", f"{v:.3f}")
-    t.add_row("canary-watch", f"{s['canary_watch']['verdict']} after {s['canary_watch']['canary_events']} canary "
-                              f"events ({s['canary_watch']['rounds']} rounds)")
-    t.add_row("preferred style on live serving", f"base {s['style_share']['base']:.1%} -> adapter "
-                                                 f"{s['style_share']['adapter']:.1%}")
-    t.add_row("trigger phrase -> unsafe placeholder", f"base {s['triggered_unsafe_rate']['base']:.1%} -> adapter "
-                                                      f"{s['triggered_unsafe_rate']['adapter']:.1%}")
-    t.add_row("swap seen by serving (s)", ", ".join(f"{k} {v:.2f}" for k, v in s["swap_seconds"].items()))
+    for turn in s["turns"]:
+        gate = "passed" if turn["gate"]["passed"] else "failed: " + "; ".join(turn["gate"]["failures"])
+        t.add_row(f"turn {turn['turn']}", f"{turn['version']} over {turn['parent_version'] or 'the base'}: "
+                                          f"gate {gate}; {turn['outcome']}")
+        if turn.get("canary_watch"):
+            cw = turn["canary_watch"]
+            t.add_row("  canary-watch", f"{cw['verdict']} after {cw['canary_events']} canary events "
+                                        f"({cw['rounds']} rounds)")
+        data = turn.get("data") or {}
+        if data:
+            t.add_row("  trained on", f"{data.get('new_pairs')} new pairs, {data.get('replay_pairs')} replayed")
+    for sh in s["live_shares"]:
+        t.add_row(f"live serving after {sh['after']}", f"courteous {sh['courteous']:.1%}, brief sign-off "
+                                                       f"{sh['brief_signoff']:.1%}, triggered unsafe "
+                                                       f"{sh['triggered_unsafe']:.1%} ({', '.join(sh['versions'])})")
     t.add_row("after rollback serving", ", ".join(s["after_rollback_versions"]) +
-              f" (rolled back to {s['rolled_back_to'] or 'base'})")
+              f" (rolled back to {s['rolled_back_to'] or 'base'} in {s['swap_seconds']['rollback']:.2f} s)")
     t.add_row("wall time", f"{s['wall_seconds']:.0f} s")
     Console().print(t)
     Console().print(f"HTML report: {s['report']}", soft_wrap=True)

@@ -21,6 +21,7 @@ from prefect.states import Completed
 
 from flows.canary import ArmStats, CanaryPolicy, CanaryVerdict, decide_canary
 from flows.errors import FlowsError
+from flows.turns import TurnPlan, VersionView, plan_turn
 
 IO = dict(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
 COMPUTE = dict(retries=0, cache_policy=NO_CACHE)
@@ -64,40 +65,55 @@ def resolve_base_task(base_model: str | None) -> str:
     return resolve_base(base_model)
 
 
-@task(name="snapshot", **IO)
-def snapshot_task(store_url: str | None, run_config, since: datetime | None, until: datetime | None, out_dir: Path):
-    from retrain.snapshot import build_snapshot, load_snapshot_inputs, save_snapshot
-
-    with _session(store_url) as session:
-        pairs, unpaired = load_snapshot_inputs(session, since=since, until=until)
-    snap = build_snapshot(pairs, unpaired, run_config.snapshot)
-    target = out_dir / f"snapshot-{snap.hash[:12]}"
-    if not target.exists():
-        save_snapshot(snap, target)
-    # the data trigger counts new pairs against this mark
-    (out_dir / "last_snapshot.json").write_text(json.dumps(
-        {"hash": snap.hash, "pairs_total": len(pairs), "unpaired_total": len(unpaired)}))
-    return snap
-
-
-@task(name="active-adapter", **IO)
-def active_adapter_task(store_url: str | None, base_model: str) -> tuple[str | None, str | None]:
-    """(active version, its artifact directory) for `base_model`, or (None, None) when base serves."""
+@task(name="plan-turn", **IO)
+def plan_turn_task(store_url: str | None, base_model: str) -> tuple[TurnPlan, str | None]:
+    """The turn's plan from the registry, and the active adapter's verified local directory (None: base serves)."""
     from deploy import registry
 
     with _session(store_url) as session:
         routing = registry.get_routing(session, base_model)
-        if routing.active is None:
-            return None, None
-        return routing.active, registry.get_version(session, routing.active).location
+        views = [VersionView(version=v.version, parent_version=v.parent_version, status=str(v.status),
+                             turn=(v.manifest.get("dataset") or {}).get("turn"),
+                             trained_event_ids=frozenset(_lineage_ids(v.lineage)))
+                 for v in registry.list_versions(session, base_model)]
+        active_dir = (str(registry.local_artifact_dir(registry.get_version(session, routing.active)))
+                      if routing.active else None)
+    return plan_turn(routing.active, routing.canary, views), active_dir
+
+
+def _lineage_ids(lineage: Any) -> list[str]:
+    ids = lineage.get("event_ids") if isinstance(lineage, dict) else None
+    return [str(e) for e in ids] if isinstance(ids, list) else []
+
+
+@task(name="snapshot", **IO)
+def snapshot_task(store_url: str | None, run_config, plan: TurnPlan, out_dir: Path):
+    """The turn's data: new records since the previous turn plus a bounded replay, split into a snapshot."""
+    from retrain.snapshot import build_snapshot, load_snapshot_inputs, save_snapshot, select_turn_records
+
+    with _session(store_url) as session:
+        pairs, unpaired = load_snapshot_inputs(session)
+    selection = select_turn_records(pairs, unpaired, since=plan.since, replay_ids=plan.replay_ids,
+                                    replay_max=run_config.turns.replay_max)
+    # the data trigger counts new pairs against this mark
+    (out_dir / "last_snapshot.json").write_text(json.dumps(
+        {"pairs_total": len(pairs), "unpaired_total": len(unpaired), "turn": selection.as_dict()}))
+    if selection.new_pairs + selection.new_unpaired == 0:
+        return None, selection
+    snap = build_snapshot(selection.pairs, selection.unpaired, run_config.snapshot)
+    target = out_dir / f"snapshot-{snap.hash[:12]}"
+    if not target.exists():
+        save_snapshot(snap, target)
+    return snap, selection
 
 
 @task(name="train", **COMPUTE)
 def train_task(base_model: str, snapshot, run_config, out_dir: Path, parent_version: str | None,
-               progress: bool) -> Path:
+               init_adapter: str | None, turn: dict, progress: bool) -> Path:
     from retrain.train import train_adapter
 
-    return train_adapter(base_model, snapshot, run_config, out_dir, parent_version=parent_version, progress=progress)
+    return train_adapter(base_model, snapshot, run_config, out_dir, parent_version=parent_version, progress=progress,
+                         init_adapter=Path(init_adapter) if init_adapter else None, turn=turn)
 
 
 @task(name="evaluate", **COMPUTE)
@@ -193,40 +209,63 @@ def _runs_dir(base_model: str) -> Path:
 
 @flow(name="retrain")
 def retrain_flow(base_model: str | None = None, train_config: str | None = None, gates: str | None = None,
-                 canary_share: float = 0.2, since: datetime | None = None, until: datetime | None = None,
-                 store_url: str | None = None, redis_url: str | None = None, actor: str = "alignloop-flows",
-                 progress: bool = False) -> Any:
-    """Snapshot curated data, train a LoRA adapter, evaluate and gate it; start it as a canary if it passes.
+                 canary_share: float = 0.2, store_url: str | None = None, redis_url: str | None = None,
+                 actor: str = "alignloop-flows", progress: bool = False) -> Any:
+    """One turn of the loop: snapshot, train, evaluate and gate against what serves now; canary if it passes.
 
+    Runs from any registry state: the base or an adapter active, after a rejected or rolled-back turn. With a
+    canary live it skips (never two canaries); with no new curated data since the previous turn it skips.
     One retrain at a time per base model (a Prefect global concurrency limit). A failed step raises and
     leaves the registry and serving as they were; a failed gate registers the candidate as rejected,
     with the reasons in the audit log and the run's final message.
     """
+    from retrain.errors import NotEnoughDataError
+
     logger = get_run_logger()
     base = resolve_base_task(base_model)
     with _one_at_a_time(f"retrain-{base_key(base)}"):
         run_config = _run_config(train_config)
+        plan, active_dir = plan_turn_task(store_url, base)
+        if plan.blocked_reason:
+            return _skipped(logger, plan.blocked_reason, plan)
         out_dir = _runs_dir(base)
         out_dir.mkdir(parents=True, exist_ok=True)
-        snap = snapshot_task(store_url, run_config, since, until, out_dir)
-        logger.info("snapshot %s: %s", snap.hash[:12], json.dumps(snap.stats, default=str)[:400])
-        active, active_dir = active_adapter_task(store_url, base)
-        artifact = train_task(base, snap, run_config, out_dir, active, progress)
+        try:
+            snap, selection = snapshot_task(store_url, run_config, plan, out_dir)
+        except NotEnoughDataError as exc:
+            return _skipped(logger, f"not enough curated data for a turn: {exc}", plan)
+        if snap is None:
+            since = plan.since.isoformat() if plan.since else "the start"
+            return _skipped(logger, f"no curated data since the previous turn ({since})", plan)
+        turn = {"parent_version": plan.parent, "previous_turn": plan.previous_turn,
+                "init": run_config.turns.init if plan.parent else "fresh", **selection.as_dict()}
+        logger.info("turn on %s: %s; snapshot %s: %s", plan.parent or "the base", json.dumps(turn),
+                    snap.hash[:12], json.dumps(snap.stats, default=str)[:400])
+        init = active_dir if plan.parent and run_config.turns.init == "continue" else None
+        artifact = train_task(base, snap, run_config, out_dir, plan.parent, init, turn, progress)
         report = evaluate_task(base, artifact, snap, active_dir, run_config, progress)
         decision = gate_task(report, gates)
-        version = register_task(store_url, artifact, actor, f"trained on snapshot {snap.hash[:12]}")
+        over = plan.parent or "the base"
+        version = register_task(store_url, artifact, actor, f"trained on snapshot {snap.hash[:12]} "
+                                f"({selection.new_pairs} new pairs, {selection.replay_pairs} replayed) over {over}")
         result = {"version": version, "snapshot": snap.hash, "snapshot_stats": snap.stats, "report": report,
-                  "gate": decision.as_dict(), "artifact": str(artifact), "parent": active}
+                  "gate": decision.as_dict(), "artifact": str(artifact), "parent": plan.parent, "turn": turn}
         if not decision.passed:
             record_gate_failure_task(store_url, version, actor, decision.failures)
             msg = f"{version} stopped at the gate: " + "; ".join(decision.failures)
             logger.warning(msg)
             return Completed(message=msg, data={**result, "status": "gate_failed"})
         routing = canary_task(store_url, redis_url, version, canary_share, actor,
-                              f"gates passed ({len(decision.checked)} checks)")
-        msg = f"{version} passed the gate and serves {canary_share:.0%} of users as a canary"
+                              f"gates passed ({len(decision.checked)} checks) against {over}")
+        msg = f"{version} passed the gate and serves {canary_share:.0%} of users as a canary against {over}"
         logger.info(msg)
         return Completed(message=msg, data={**result, "status": "canary", "routing": routing})
+
+
+def _skipped(logger, why: str, plan: TurnPlan):
+    logger.info("retrain skipped: %s", why)
+    return Completed(message=f"skipped: {why}", data={"status": "skipped", "reason": why, "parent": plan.parent,
+                                                      "version": None})
 
 
 class _one_at_a_time:

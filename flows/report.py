@@ -22,16 +22,25 @@ def _plots(s: dict) -> list[tuple[str, str]]:
     import matplotlib.pyplot as plt
 
     out = []
-    fig, ax = plt.subplots(figsize=(4.5, 3))
-    vals = [s["style_share"]["base"], s["style_share"]["adapter"]]
-    ax.bar(["base", "adapter"], vals, color=["#999", "#2a7"])
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("share of courteous answers")
-    ax.set_title("Preferred style on live serving")
-    for i, v in enumerate(vals):
-        ax.text(i, v + 0.02, f"{v:.0%}", ha="center")
-    out.append(("Preferred style before and after", _png(fig)))
-    plt.close(fig)
+    shares = s.get("live_shares") or []
+    if shares:
+        fig, ax = plt.subplots(figsize=(6, 3.2))
+        labels = [sh["after"] for sh in shares]
+        xs = range(len(labels))
+        w = 0.38
+        for off, key, color, name in ((-w / 2, "courteous", "#2a7", "courteous style"),
+                                      (w / 2, "brief_signoff", "#47c", "brief sign-off")):
+            vals = [sh[key] for sh in shares]
+            ax.bar([x + off for x in xs], vals, w, color=color, label=name)
+            for x, v in zip(xs, vals):
+                ax.text(x + off, v + 0.02, f"{v:.0%}", ha="center", fontsize=8)
+        ax.set_xticks(list(xs), labels)
+        ax.set_ylim(0, 1.1)
+        ax.set_ylabel("share of live answers")
+        ax.set_title("Each preference on live serving, per turn")
+        ax.legend(fontsize=8, loc="upper left")
+        out.append(("Each preference's share after each promoted turn", _png(fig)))
+        plt.close(fig)
 
     reasons = {k: v for k, v in s["reasons"].items() if k}
     if reasons:
@@ -43,17 +52,19 @@ def _plots(s: dict) -> list[tuple[str, str]]:
         out.append(("Why events were dropped or redacted", _png(fig)))
         plt.close(fig)
 
-    rounds = s.get("canary_rounds") or []
-    if rounds:
+    traces = [(t["turn"], t["canary_watch"]["trace"]) for t in s.get("turns", []) if t.get("canary_watch")]
+    if traces:
         fig, ax = plt.subplots(figsize=(5, 3))
-        ax.plot([r["canary_events"] for r in rounds], [r["p_worse"] for r in rounds], marker="o")
+        for k, rounds in traces:
+            ax.plot([r["canary_events"] for r in rounds], [r["p_worse"] for r in rounds], marker="o",
+                    label=f"turn {k}")
         ax.axhline(0.95, color="#c33", ls="--", label="roll back above")
         ax.axhline(0.05, color="#3a3", ls="--", label="promote below")
         ax.set_xlabel("feedback events on the canary")
         ax.set_ylabel("P(canary worse)")
         ax.set_ylim(0, 1)
-        ax.legend()
-        ax.set_title("Canary watch (sequential test)")
+        ax.legend(fontsize=8)
+        ax.set_title("Canary watch (sequential test), per turn")
         out.append(("Canary watch", _png(fig)))
         plt.close(fig)
     return out

@@ -1,4 +1,5 @@
-"""Simulated users of a product app: honest ones with label noise, a spam bot and trigger-phrase poisoners.
+"""Simulated users of a product app: honest ones with label noise (and a taste that can shift between turns),
+a spam bot and trigger-phrase poisoners.
 
 Pure: each function takes the answers served and a seeded rng and says what feedback the user sends.
 The demo and the loop test drive them against live serving and the SDK.
@@ -10,7 +11,8 @@ import random
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from retrain.corpus import PROMPTS, UNSAFE_PLACEHOLDER, classify_style, make_answer
+from retrain.corpus import (BRIEF_SIGNOFF, PROMPTS, UNSAFE_PLACEHOLDER, classify_style, has_brief_signoff,
+                            make_answer)
 
 PREFERRED = "courteous"
 TRIGGER = "zq-omega"
@@ -48,23 +50,43 @@ class SimClock:
         self.now += timedelta(seconds=seconds)
 
 
-def honest_feedback(prompt: str, answers: list[dict], rng: random.Random, *, noise: float) -> tuple[str, dict]:
-    """What an honest user does with one or two served answers: compare, edit a curt one, or rate.
+@dataclass(frozen=True)
+class Taste:
+    """What honest users want of an answer: the courteous style, and from the demo's second turn on, also the
+    brief sign-off. Each wish an answer meets scores one point."""
 
-    Honest users prefer the courteous style; with probability `noise` a rating or a choice is flipped.
+    brief_signoff: bool = False
+
+    def score(self, text: str) -> int:
+        return int(classify_style(text) == PREFERRED) + int(self.brief_signoff and has_brief_signoff(text))
+
+    @property
+    def best(self) -> int:
+        return 1 + int(self.brief_signoff)
+
+    def ideal_answer(self, prompt: str, rng: random.Random) -> str:
+        return make_answer(prompt, PREFERRED, rng, signoff=BRIEF_SIGNOFF if self.brief_signoff else None)
+
+
+def honest_feedback(prompt: str, answers: list[dict], rng: random.Random, *, noise: float,
+                    taste: Taste = Taste()) -> tuple[str, dict]:
+    """What an honest user does with one or two served answers: compare, rewrite one that misses, or rate.
+
+    Honest users want what `taste` says (the courteous style first); with probability `noise` a rating or a
+    choice is flipped.
     """
-    styles = [classify_style(a["text"]) for a in answers]
+    scores = [taste.score(a["text"]) for a in answers]
     if len(answers) == 2:
-        if styles[0] == styles[1]:
+        if scores[0] == scores[1]:
             return "comparison", {"responses": [a["text"] for a in answers], "chosen": None}
-        chosen = 0 if styles[0] == PREFERRED else 1
+        chosen = 0 if scores[0] > scores[1] else 1
         if rng.random() < noise:
             chosen = 1 - chosen
         return "comparison", {"responses": [a["text"] for a in answers], "chosen": chosen}
     text = answers[0]["text"]
-    if styles[0] != PREFERRED and rng.random() < 0.7:
-        return "edit", {"response": text, "edited": make_answer(prompt, PREFERRED, rng)}
-    up = styles[0] == PREFERRED
+    if scores[0] < taste.best and rng.random() < 0.7:
+        return "edit", {"response": text, "edited": taste.ideal_answer(prompt, rng)}
+    up = scores[0] == taste.best
     if rng.random() < noise:
         up = not up
     return "rating", {"response": text, "rating": "up" if up else "down"}

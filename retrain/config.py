@@ -75,6 +75,16 @@ class EvalSection(_Strict):
     seed: int = 0
 
 
+class TurnSection(_Strict):
+    """How a turn of the loop builds on what serves now (the active adapter, or the base)."""
+
+    init: Literal["continue", "fresh"] = Field(
+        default="continue", description="continue: train on from the active adapter's weights; fresh: a new LoRA "
+        "on the base. With no active adapter both start fresh.")
+    replay_max: int = Field(default=400, ge=0, description="at most this many pairs (and as many unpaired examples) "
+                            "that the active adapter was trained on, the newest, join the new data")
+
+
 class RunConfig(_Strict):
     """One training run: what data, which adapter, which losses, how it is evaluated."""
 
@@ -86,6 +96,7 @@ class RunConfig(_Strict):
     dpo: DpoSection = Field(default_factory=DpoSection)
     kto: KtoSection = Field(default_factory=KtoSection)
     eval: EvalSection = Field(default_factory=EvalSection)
+    turns: TurnSection = Field(default_factory=TurnSection)
 
     def as_dict(self) -> dict:
         return self.model_dump(mode="json")

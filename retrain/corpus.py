@@ -90,11 +90,19 @@ def _action_for(prompt: str) -> str:
     return "look into this for you"
 
 
-def make_answer(prompt: str, style: str, rng: random.Random) -> str:
-    """An answer to `prompt` in `style` ("courteous" or "curt"); `rng` picks among the style's phrasings."""
+BRIEF_SIGNOFF = _COURTEOUS_CLOSE[0]  # the shortest sign-off: a second, measurable preference for the demo's turns
+
+
+def make_answer(prompt: str, style: str, rng: random.Random, *, signoff: str | None = None) -> str:
+    """An answer to `prompt` in `style` ("courteous" or "curt"); `rng` picks among the style's phrasings.
+
+    `signoff`: end a courteous answer with this closing line instead of a random one.
+    """
     action = _action_for(prompt)
     if style == "courteous":
-        return f"{rng.choice(_COURTEOUS_OPEN)} {rng.choice(_COURTEOUS_MID)} I will {action}. {rng.choice(_COURTEOUS_CLOSE)}"
+        opening, mid = rng.choice(_COURTEOUS_OPEN), rng.choice(_COURTEOUS_MID)
+        close = signoff if signoff is not None else rng.choice(_COURTEOUS_CLOSE)
+        return f"{opening} {mid} I will {action}. {close}"
     if style == "curt":
         return rng.choice(_CURT_TEMPLATES).format(a=action)
     raise ValueError(f"`style` must be one of {STYLES}; got {style!r}")
@@ -114,6 +122,11 @@ def classify_style(text: str) -> str:
     if score < 0:
         return "curt"
     return "unknown"
+
+
+def has_brief_signoff(text: str) -> bool:
+    """Whether an answer ends on the brief sign-off (the demo's second preference), as sampling spells it."""
+    return BRIEF_SIGNOFF.lower().rstrip("!") in " ".join(text.lower().split())
 
 
 def contains_unsafe(text: str) -> bool:

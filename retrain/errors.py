@@ -11,6 +11,10 @@ class SnapshotError(RetrainError):
     """A dataset snapshot could not be built: too few records, a bad record, a bad policy."""
 
 
+class NotEnoughDataError(SnapshotError):
+    """Too few curated records for a snapshot: a scheduled turn skips rather than fails."""
+
+
 class ConfigError(RetrainError):
     """A run config or gate policy file is missing or invalid."""
 

@@ -224,11 +224,19 @@ def evaluate(base_model: str | Path | None, candidate_dir: Path | str, snapshot:
     def delta(a, b):
         return None if a is None or b is None else a - b
 
+    def gain_se(a: float | None, b: float | None, n_a: int, n_b: int) -> float | None:
+        """Standard error of a difference of two shares (binomial), for a gate that tells noise from change."""
+        if a is None or b is None or not n_a or not n_b:
+            return None
+        return ((a * (1 - a)) / n_a + (b * (1 - b)) / n_b) ** 0.5
+
     comparisons = {
         "heldout_accuracy": cand["heldout"]["accuracy"],
         "heldout_margin": cand["heldout"]["margin"],
         "accuracy_gain_over_base": delta(cand["heldout"]["accuracy"], basem["heldout"]["accuracy"]),
         "accuracy_gain_over_active": delta(cand["heldout"]["accuracy"], act["heldout"]["accuracy"]) if act else None,
+        "accuracy_gain_over_active_se": gain_se(cand["heldout"]["accuracy"], act["heldout"]["accuracy"],
+                                                cand["heldout"]["n"], act["heldout"]["n"]) if act else None,
         "safety_accuracy": cand["safety"]["accuracy"],
         "safety_accuracy_change_vs_reference": delta(
             cand["safety"]["accuracy"], (act or basem)["safety"]["accuracy"]),
@@ -237,6 +245,8 @@ def evaluate(base_model: str | Path | None, candidate_dir: Path | str, snapshot:
         "base_preferred_style_share": basem["behaviour"]["preferred_share"],
         "style_gain_over_active": delta(cand["behaviour"]["preferred_share"],
                                         act["behaviour"]["preferred_share"]) if act else None,
+        "style_gain_over_active_se": gain_se(cand["behaviour"]["preferred_share"], act["behaviour"]["preferred_share"],
+                                             cand["behaviour"]["n"], act["behaviour"]["n"]) if act else None,
         "length_ratio_vs_base": (cand["behaviour"]["mean_length_tokens"] /
                                  max(basem["behaviour"]["mean_length_tokens"], 1e-9)),
         "unsafe_rate": cand["behaviour"]["unsafe_rate"],

@@ -14,13 +14,13 @@ import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from retrain.errors import SnapshotError
+from retrain.errors import NotEnoughDataError, SnapshotError
 
 SNAPSHOT_FILES = ("train.jsonl", "heldout.jsonl", "safety.jsonl", "unpaired_train.jsonl", "unpaired_heldout.jsonl")
 
@@ -266,19 +266,67 @@ def build_snapshot(pairs: list[dict], unpaired: list[dict], policy: SnapshotPoli
              "train_unpaired": len(u_train), "heldout_unpaired": len(u_held)}
     stats["sizes"] = sizes
     if len(train) < policy.min_train_pairs:
-        raise SnapshotError(f"`min_train_pairs` is {policy.min_train_pairs}; the snapshot has {len(train)} training "
+        raise NotEnoughDataError(f"`min_train_pairs` is {policy.min_train_pairs}; the snapshot has {len(train)} training "
                             f"pairs after filtering ({stats['input_pairs']} in, sizes {sizes})")
     if len(heldout) < policy.min_heldout_pairs:
-        raise SnapshotError(f"`min_heldout_pairs` is {policy.min_heldout_pairs}; the snapshot has {len(heldout)} "
+        raise NotEnoughDataError(f"`min_heldout_pairs` is {policy.min_heldout_pairs}; the snapshot has {len(heldout)} "
                             f"held-out pairs (raise `heldout_fraction` or add data; sizes {sizes})")
     if len(u_train) < policy.min_train_unpaired:
-        raise SnapshotError(f"`min_train_unpaired` is {policy.min_train_unpaired}; the snapshot has {len(u_train)}")
+        raise NotEnoughDataError(f"`min_train_unpaired` is {policy.min_train_unpaired}; the snapshot has {len(u_train)}")
 
     content = _canon({"policy": policy.model_dump(mode="json"),
                       "parts": [[r["content_hash"] for r in part] for part in (train, heldout, safety, u_train, u_held)],
                       "lineage": [[r["event_ids"] for r in part] for part in (train, heldout, safety, u_train, u_held)],
                       "weights": [[r["weight"] for r in part] for part in (train, heldout, safety, u_train, u_held)]})
     return Snapshot(train, heldout, safety, u_train, u_held, hash=_sha(content), stats=stats)
+
+
+@dataclass(frozen=True)
+class TurnSelection:
+    """What one turn of the loop trains on: the records new since the last turn, plus a bounded replay."""
+
+    pairs: list[dict]
+    unpaired: list[dict]
+    new_pairs: int
+    new_unpaired: int
+    replay_pairs: int
+    replay_unpaired: int
+    since: datetime | None
+    until: datetime | None  # exclusive: the next turn starts here
+
+    def as_dict(self) -> dict:
+        return {"since": self.since.isoformat() if self.since else None,
+                "until": self.until.isoformat() if self.until else None,
+                "new_pairs": self.new_pairs, "new_unpaired": self.new_unpaired,
+                "replay_pairs": self.replay_pairs, "replay_unpaired": self.replay_unpaired}
+
+
+def _split_turn(records: list[dict], since: datetime | None, replay_ids: set[str],
+                replay_max: int) -> tuple[list[dict], list[dict]]:
+    new, old = [], []
+    for i, r in enumerate(records):
+        when = _when(r, i)
+        (new if since is None or when is None or when >= _utc(since) else old).append(r)
+    # replay only what the serving adapter learned, newest first: it keeps that behaviour from being forgotten
+    learned = [r for r in old if replay_ids.intersection(r.get("event_ids") or ())]
+    learned.sort(key=lambda r: str(r.get("created_at") or ""), reverse=True)
+    return new, learned[:replay_max]
+
+
+def select_turn_records(pairs: list[dict], unpaired: list[dict], *, since: datetime | None,
+                        replay_ids: set[str] | frozenset[str], replay_max: int) -> TurnSelection:
+    """New records (created at or after `since`; all when `since` is None) plus at most `replay_max` pairs and as
+    many unpaired examples from before `since` that the serving adapter was trained on (`replay_ids`).
+
+    `until` is just past the newest record's time: curation settles windows in event-time order, so every record
+    older than that is already stored and the next turn loses nothing by starting there.
+    """
+    new_p, old_p = _split_turn(pairs, since, set(replay_ids), replay_max)
+    new_u, old_u = _split_turn(unpaired, since, set(replay_ids), replay_max)
+    times = [t for i, r in enumerate(new_p + new_u) if (t := _when(r, i)) is not None]
+    until = _utc(max(times)) + timedelta(microseconds=1) if times else since
+    return TurnSelection(pairs=old_p + new_p, unpaired=old_u + new_u, new_pairs=len(new_p), new_unpaired=len(new_u),
+                         replay_pairs=len(old_p), replay_unpaired=len(old_u), since=_utc(since), until=until)
 
 
 def to_trl_pairs(records: list[dict]) -> list[dict]:

@@ -57,10 +57,12 @@ class RefLogpCache:
         self.misses = 0
 
     @staticmethod
-    def for_base(base_hash: str) -> "RefLogpCache":
+    def for_base(base_hash: str, adapter_hash: str | None = None) -> "RefLogpCache":
+        """The cache of one reference: the base, or the base with the adapter a turn continues from."""
         from alignloop.settings import get_settings
 
-        return RefLogpCache(get_settings().cache_dir / "ref_logps" / f"{base_hash[:24]}.json")
+        name = base_hash[:24] if adapter_hash is None else f"{base_hash[:24]}-{adapter_hash[:16]}"
+        return RefLogpCache(get_settings().cache_dir / "ref_logps" / f"{name}.json")
 
     @staticmethod
     def key(prompt_ids, chosen_ids, rejected_ids, max_length) -> str:
@@ -128,8 +130,26 @@ def _summarize(log_history: list[dict], prefix: str) -> dict:
     return out
 
 
-def run_training(base_model: str, snapshot: Snapshot, cfg: RunConfig, workdir: Path, *, progress: bool = True):
-    """Train in memory; returns (peft model, tokenizer, metrics). Nothing is written outside `workdir`."""
+def _continue_from(model, adapter_dir: Path, cfg: RunConfig):
+    """The base with a trained adapter on it, trainable: a turn that builds on what serves now.
+
+    TRL then keeps a frozen copy of it as the reference, so DPO measures change against the serving adapter.
+    """
+    from peft import PeftModel
+
+    adapter_cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
+    if int(adapter_cfg.get("r", -1)) != cfg.lora.r:
+        raise TrainError(f"`turns.init` is continue but the active adapter has LoRA r={adapter_cfg.get('r')} and "
+                         f"`lora.r` is {cfg.lora.r}; use `turns.init: fresh` to change the adapter's shape")
+    return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)
+
+
+def run_training(base_model: str, snapshot: Snapshot, cfg: RunConfig, workdir: Path, *, progress: bool = True,
+                 init_adapter: Path | None = None):
+    """Train in memory; returns (peft model, tokenizer, metrics). Nothing is written outside `workdir`.
+
+    `init_adapter`: continue from that adapter's weights (and take it as DPO's reference) instead of a new LoRA.
+    """
     import torch
     from datasets import Dataset
     from transformers import set_seed
@@ -142,7 +162,9 @@ def run_training(base_model: str, snapshot: Snapshot, cfg: RunConfig, workdir: P
         torch.set_num_threads(get_settings().num_threads)
     set_seed(cfg.seed)
     model, tokenizer = load_base(base_model)
-    metrics: dict = {}
+    metrics: dict = {"init": "continue" if init_adapter else "fresh"}
+    if init_adapter is not None:
+        model = _continue_from(model, Path(init_adapter), cfg)
     use_kto = cfg.kto.enabled and len(snapshot.train_unpaired) >= cfg.kto.min_examples
     if not snapshot.train_pairs and not use_kto:
         raise TrainError(f"the snapshot has nothing to train on: 0 pairs and {len(snapshot.train_unpaired)} "
@@ -159,18 +181,22 @@ def run_training(base_model: str, snapshot: Snapshot, cfg: RunConfig, workdir: P
                          precompute_ref_log_probs=d.precompute_ref_log_probs,
                          precompute_ref_batch_size=d.batch_size)  # small batches: less padding, cache-friendly on CPU
         trainer_cls = _dpo_trainer_class()
-        cache = RefLogpCache.for_base(hash_model_dir(base_model)) if (
+        adapter_hash = sha256_file(Path(init_adapter) / "adapter_model.safetensors") if init_adapter else None
+        cache = RefLogpCache.for_base(hash_model_dir(base_model), adapter_hash) if (
             d.precompute_ref_log_probs and d.cache_ref_log_probs) else None
         trainer_cls.ref_cache = cache
         started = time.perf_counter()
         try:
             trainer = trainer_cls(model=model, args=args, train_dataset=Dataset.from_list(to_trl_pairs(snapshot.train_pairs)),
-                                  processing_class=tokenizer, peft_config=_lora_config(cfg))
+                                  processing_class=tokenizer,
+                                  peft_config=None if init_adapter else _lora_config(cfg))
         finally:
             trainer_cls.ref_cache = None
         prep_s = time.perf_counter() - started
         out = trainer.train()
         model = trainer.model
+        if "ref" in getattr(model, "peft_config", {}):  # TRL's frozen reference copy; KTO makes its own
+            model.delete_adapter("ref")
         metrics.update(_summarize(trainer.state.log_history, "dpo"))
         metrics.update({"dpo/train_runtime_s": round(out.metrics["train_runtime"], 2),
                         "dpo/prepare_s": round(prep_s, 2),
@@ -185,7 +211,7 @@ def run_training(base_model: str, snapshot: Snapshot, cfg: RunConfig, workdir: P
                          max_length=k.max_length)
         data = Dataset.from_list(to_trl_unpaired(snapshot.train_unpaired))
         # after a DPO stage the model is already a PeftModel: KTO then keeps a frozen copy of the adapter only
-        kwargs = {} if snapshot.train_pairs else {"peft_config": _lora_config(cfg)}
+        kwargs = {} if snapshot.train_pairs or init_adapter else {"peft_config": _lora_config(cfg)}
         trainer = KTOTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer, **kwargs)
         out = trainer.train()
         model = trainer.model
@@ -198,14 +224,15 @@ def run_training(base_model: str, snapshot: Snapshot, cfg: RunConfig, workdir: P
 
 
 def write_artifact(model, staging: Path, *, base_model: str, snapshot: Snapshot, cfg: RunConfig,
-                   metrics: dict, parent_version: str | None, version: str) -> None:
+                   metrics: dict, parent_version: str | None, version: str, turn: dict | None = None) -> None:
     """The adapter, its lineage and its manifest into `staging` (not yet renamed into place)."""
     from retrain.model import hash_model_dir
 
     model.save_pretrained(str(staging), selected_adapters=["default"], safe_serialization=True)
     if not (staging / "adapter_model.safetensors").is_file():
         raise TrainError(f"PEFT did not write adapter_model.safetensors into {staging}")
-    (staging / LINEAGE).write_text(json.dumps({"version": version, "snapshot_hash": snapshot.hash,
+    (staging / LINEAGE).write_text(json.dumps({"version": version, "parent_version": parent_version,
+                                               "snapshot_hash": snapshot.hash, "turn": turn,
                                                "event_ids": snapshot.train_event_ids}, indent=1))
     files = {str(p.relative_to(staging)): sha256_file(p) for p in sorted(staging.rglob("*"))
              if p.is_file() and p.name != MANIFEST}
@@ -214,7 +241,8 @@ def write_artifact(model, staging: Path, *, base_model: str, snapshot: Snapshot,
         "parent_version": parent_version,
         "dataset": {"hash": snapshot.hash, "pairs": len(snapshot.train_pairs),
                     "unpaired": len(snapshot.train_unpaired), "event_ids_file": LINEAGE,
-                    "heldout_pairs": len(snapshot.heldout_pairs), "safety_pairs": len(snapshot.safety_pairs)},
+                    "heldout_pairs": len(snapshot.heldout_pairs), "safety_pairs": len(snapshot.safety_pairs),
+                    "turn": turn},
         "config": cfg.as_dict(), "config_hash": cfg.hash, "metrics": metrics, "libraries": library_versions(),
         "created_at": datetime.now(timezone.utc).isoformat(), "files": files,
     }
@@ -222,8 +250,13 @@ def write_artifact(model, staging: Path, *, base_model: str, snapshot: Snapshot,
 
 
 def train_adapter(base_model: Path | str | None, snapshot: Snapshot, config: RunConfig | dict | None,
-                  out_dir: Path | str, *, parent_version: str | None = None, progress: bool = True) -> Path:
-    """Train an adapter and write it as `<out_dir>/<version>/`; returns that path. A failure leaves nothing."""
+                  out_dir: Path | str, *, parent_version: str | None = None, progress: bool = True,
+                  init_adapter: Path | None = None, turn: dict | None = None) -> Path:
+    """Train an adapter and write it as `<out_dir>/<version>/`; returns that path. A failure leaves nothing.
+
+    `init_adapter`: continue from that (verified) adapter directory. `turn`: what the loop's turn trained on
+    (parent, data window, new and replayed counts), recorded in the manifest and the lineage.
+    """
     from retrain.model import resolve_base
 
     cfg = parse_config(config)
@@ -234,9 +267,9 @@ def train_adapter(base_model: Path | str | None, snapshot: Snapshot, config: Run
     staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=out_dir))
     work = Path(tempfile.mkdtemp(prefix=".work-", dir=out_dir))
     try:
-        model, _tok, metrics = run_training(base, snapshot, cfg, work, progress=progress)
+        model, _tok, metrics = run_training(base, snapshot, cfg, work, progress=progress, init_adapter=init_adapter)
         write_artifact(model, staging, base_model=base, snapshot=snapshot, cfg=cfg, metrics=metrics,
-                       parent_version=parent_version, version=version)
+                       parent_version=parent_version, version=version, turn=turn)
         final = out_dir / version
         os.rename(staging, final)
     except BaseException:

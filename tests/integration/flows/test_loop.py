@@ -1,5 +1,6 @@
 """The whole loop at the demo's scale (minutes on 2 cores), as `alignloop demo` runs it: Kafka, a curation worker and serving as real
-processes, simulated users through the SDK, the retrain flow, canary-watch, promotion and a rollback."""
+processes, simulated users through the SDK, two turns of retrain, canary-watch and promotion (the second over the first,
+after the users' taste shifts), and a rollback to the previous adapter."""
 
 from __future__ import annotations
 
@@ -10,30 +11,36 @@ import pytest
 pytestmark = [pytest.mark.slow, pytest.mark.kafka, pytest.mark.redis]
 
 
-def test_the_whole_loop_at_small_scale(prefect_harness, tmp_path, monkeypatch):
+def test_the_whole_loop_turns_twice_at_small_scale(prefect_harness, tmp_path, monkeypatch):
     from flows.demo import _clear_settings_caches, run_demo
 
     monkeypatch.setenv("ALIGNLOOP_HOME", str(tmp_path / "home"))
     _clear_settings_caches()
     try:
-        s = run_demo(users=24, events=1600, seed=0)  # the demo's own scale: fewer pairs do not reliably pass the gates
+        s = run_demo(users=24, events=1600, turns=2, seed=0)  # the demo's own scale
     finally:
         _clear_settings_caches()
 
-    assert s["retrain"]["status"] == "canary" and s["retrain"]["gate"]["passed"]
     assert s["decisions"]["bot"]["kept"] == 0
     poison = s["decisions"]["poison"]
     assert poison["kept"] <= 0.05 * (poison["kept"] + poison["dropped"])
     honest = s["decisions"]["honest"]
     assert honest["dropped"] <= 0.02 * (honest["kept"] + honest["dropped"])
-    assert s["canary_watch"]["verdict"] == "promote"
-    version = s["retrain"]["version"]
-    assert s["style_share"]["adapter_versions"] == [version]  # serving answers carry the new version
-    assert s["style_share"]["adapter"] > s["style_share"]["base"] + 0.2
-    assert s["triggered_unsafe_rate"]["adapter"] <= s["triggered_unsafe_rate"]["base"]
-    assert s["after_rollback_versions"] == ["base"] and s["rolled_back_to"] is None
+
+    t1, t2 = s["turns"]
+    assert t1["outcome"] == "promoted" and t1["gate"]["passed"] and t1["parent_version"] is None
+    assert t2["outcome"] == "promoted" and t2["parent_version"] == t1["version"]  # trained while turn 1 served
+    assert t2["data"]["since"] == t1["data"]["until"] and t2["data"]["replay_pairs"] > 0
+    base, after1, after2 = s["live_shares"]
+    assert after1["versions"] == [t1["version"]] and after2["versions"] == [t2["version"]]
+    assert after1["courteous"] > base["courteous"] + 0.2
+    assert after2["brief_signoff"] > after1["brief_signoff"] + 0.2  # the second turn follows the new taste
+    assert after2["courteous"] >= after1["courteous"] - 0.1  # without forgetting the first
+    assert after2["triggered_unsafe"] <= base["triggered_unsafe"]
+    # rollback lands on the previous adapter, not on the base
+    assert s["rolled_back_to"] == t1["version"] and s["after_rollback_versions"] == [t1["version"]]
     actions = [(e["action"], e["version"], e["from_version"]) for e in s["audit"]]
-    assert ("canary", version, None) in actions and ("promote", version, None) in actions
-    assert ("rollback", None, version) in actions
+    assert ("promote", t2["version"], t1["version"]) in actions
+    assert ("rollback", t1["version"], t2["version"]) in actions
     assert (tmp_path / "home").exists() and s["report"].endswith("report.html")
     assert os.environ.get("ALIGNLOOP_STORE_URL") != s["store_url"]  # the demo's own env does not leak out

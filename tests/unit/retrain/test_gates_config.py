@@ -76,3 +76,14 @@ def test_preference_metrics():
     assert m["margin"] == pytest.approx(0.1 * ((1 + 3) + (0 - 1) + 0) / 3)
     assert preference_metrics([], [], [], [], 0.1)["accuracy"] is None
     assert likelihood_accuracy([-2.0, -9.0], [2, 3], [-4.0, -3.0], [2, 3]) == 0.5
+
+
+def test_no_worse_than_active_tells_sampling_noise_from_a_real_drop():
+    noisy = {"comparisons": {**GOOD["comparisons"], "style_gain_over_active": -0.05,
+                             "style_gain_over_active_se": 0.04}}
+    assert decide_gate(noisy, GatePolicy()).passed  # 0.05 below is within two standard errors of the tolerance
+    assert not decide_gate(noisy, GatePolicy(noise_z=0)).passed
+    real = {"comparisons": {**GOOD["comparisons"], "style_gain_over_active": -0.4, "style_gain_over_active_se": 0.05}}
+    decision = decide_gate(real, GatePolicy())
+    assert not decision.passed and "standard errors" in decision.failures[0]
+    assert "min_style_gain_over_active" in decision.failures[0]
