@@ -119,3 +119,25 @@ def test_rollback_to_base_works_with_the_adapters_damaged(cli_env, tmp_path):
     last = run("audit", "--json")[-1]
     assert (last["action"], last["actor"], last["version"], last["from_version"]) == \
         ("rollback", getpass.getuser(), None, "v2")
+
+
+def test_admin_tokens_are_named_shown_once_and_stored_hashed(cli_env, tmp_path):
+    from sqlalchemy import create_engine, text
+
+    a = run("tokens", "create", "alice", "--json")
+    b = run("tokens", "create", "deploy-bot", "--json")
+    assert a["token"].startswith(f"ada_{a['token_id']}_") and a["name"] == "alice" and b["name"] == "deploy-bot"
+    listed = run("tokens", "list", "--json")
+    assert [(t["name"], t["revoked_at"]) for t in listed] == [("alice", None), ("deploy-bot", None)]
+    assert "token" not in listed[0] and a["token"] not in json.dumps(listed)
+    engine = create_engine(cli_env["ALIGNLOOP_DEPLOY_STORE_URL"])
+    with engine.connect() as conn:
+        stored = " ".join(str(tuple(r)) for r in conn.execute(text("SELECT * FROM deploy_admin_tokens")))
+    engine.dispose()
+    assert a["token"] not in stored and b["token"] not in stored
+    assert run("tokens", "revoke", "alice", "--json")[0]["revoked_at"]
+    assert [t["name"] for t in run("tokens", "list", "--json") if t["revoked_at"] is None] == ["deploy-bot"]
+    actions = [(e["action"], e["actor"]) for e in run("audit", "--json")]
+    assert actions == [("admin_token_create", getpass.getuser())] * 2 + [("admin_token_revoke", getpass.getuser())]
+    bad = CliRunner().invoke(app, ["tokens", "create", "no spaces"])
+    assert bad.exit_code != 0
