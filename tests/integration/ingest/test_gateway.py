@@ -268,3 +268,22 @@ def test_the_end_user_header_is_for_single_events_only(gateway):
     r = httpx.post(f"{gateway.url}/v1/events", json=[an_event(), an_event()], timeout=30,
                    headers={"Authorization": f"Bearer {gateway.key}", "X-Alignloop-End-User-IP": "198.51.100.7"})
     assert r.status_code == 422 and r.json()["errors"][0]["loc"] == "header.x-alignloop-end-user-ip"
+
+
+def test_the_http_client_passes_the_end_user_address_for_the_gateway_to_hash(gateway, kafka_bootstrap):
+    from ingest.client import FeedbackClient
+    from ingest.sources import source_hash
+
+    with HttpFeedbackClient("shop-bot", gateway.url, gateway.key, batch_size=10) as client:
+        sent = [client.rate(user_id=f"u{i}", prompt=f"q{i}", response="a", rating="up",
+                            end_user_ip=f"198.51.100.{i + 1}", client={"device_id": f"d{i}"}) for i in range(12)]
+        with pytest.raises(EventError) as bad:
+            client.rate(user_id="u", prompt="q", response="a", rating="up", end_user_ip="nope")
+        assert bad.value.errors[0]["loc"] == "end_user_ip"
+    assert all(d.succeeded() for d in sent)
+    stored = {e["user_id"]: e["client"] for e in map(json.loads, read_topic(kafka_bootstrap, gateway.topic))}
+    assert stored == {f"u{i}": {"ip_hash": source_hash(b"test-source-key", f"198.51.100.{i + 1}"), "device_id": f"d{i}"}
+                      for i in range(12)}
+    with FeedbackClient("shop-bot", kafka_bootstrap, topic=gateway.topic) as sdk:
+        with pytest.raises(EventError, match="sends no raw address"):  # the Kafka SDK: the app hashes it itself
+            sdk.rate(user_id="u", prompt="q", response="a", rating="up", end_user_ip="198.51.100.1")
