@@ -141,6 +141,9 @@ def test_admin_api_takes_named_tokens_and_audits_the_tokens_name(client, deploy_
     deploy_env.revoke_admin_token("ops")
     assert client.get("/admin/versions", headers=ops).status_code == 401
     assert client.get("/admin/versions", headers=oncall).status_code == 200
+    r = client.post("/admin/rollback", headers=oncall, json={"to": "base", "reason": "page"})  # as on the CLI
+    assert r.status_code == 200 and r.json()["routing"]["active"] is None
+    assert client.get("/admin/audit", headers=oncall).json()["audit"][-1]["detail"]["to"] == "base"
 
 
 def test_admin_api_is_off_until_a_token_exists(client):
