@@ -290,7 +290,6 @@ def _run_demo(*, users: int, events: int, seed: int, report: Path | None, as_jso
     run_dir.mkdir(parents=True, exist_ok=True)
     store_url = f"sqlite:///{run_dir / 'store.db'}"
     topic = f"alignloop.demo-{run_id}.feedback.v1"
-    admin_token = uuid.uuid4().hex
     summary: dict = {"run_dir": str(run_dir), "store_url": store_url, "topic": topic}
 
     console.rule("[bold]alignloop demo")
@@ -300,7 +299,7 @@ def _run_demo(*, users: int, events: int, seed: int, report: Path | None, as_jso
 
     # everything below, in this process and in the children, uses the demo's own store and topic
     os.environ.update({"ALIGNLOOP_STORE_URL": store_url, "ALIGNLOOP_CURATION_TOPIC": topic,
-                       "ALIGNLOOP_INGEST_TOPIC": topic, "ALIGNLOOP_DEPLOY_ADMIN_TOKEN": admin_token,
+                       "ALIGNLOOP_INGEST_TOPIC": topic,
                        "ALIGNLOOP_DEPLOY_ARTIFACT_ROOT": str(run_dir / "artifacts")})
     _clear_settings_caches()
 
