@@ -12,7 +12,7 @@ from ingest.errors import EventError
 from ingest.events import parse_event
 
 from curation.items import Item, build_item
-from curation.pii import redact_text
+from curation.pii import redact_raw, safe_errors
 from curation.reasons import Reason, contract_reason
 
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
@@ -30,7 +30,7 @@ class Rejected:
     event_id: str
     reason: str
     errors: list[dict] = field(default_factory=list)
-    redacted: str = ""  # the raw text with PII removed, for the rejected topic
+    redacted: str = ""  # the input decoded, identifiers pseudonymised and PII removed, for the rejected topic
 
     def decision(self) -> dict:
         return {"event_id": self.event_id, "decision": "drop", "reasons": [self.reason]}
@@ -58,8 +58,13 @@ def _readable_id(raw: bytes | str) -> str | None:
     return None
 
 
-def decode_raw(raw: bytes | str, *, now: datetime | None = None) -> Outcome:
-    """Parse one raw event; never raises for bad input. `now` is the receiving clock for `occurred_at`."""
+def decode_raw(raw: bytes | str, *, now: datetime | None = None, pseudonym_key: bytes | None = None) -> Outcome:
+    """Parse one raw event; never raises for bad input. `now` is the receiving clock for `occurred_at`;
+    `pseudonym_key` keys the identifiers' pseudonyms (default: the configured one, see curation.settings)."""
+    if pseudonym_key is None:
+        from curation.settings import default_pseudonym_key
+
+        pseudonym_key = default_pseudonym_key()
     if isinstance(raw, str):
         raw_bytes = raw.encode("utf-8", "surrogatepass")
     else:
@@ -67,10 +72,11 @@ def decode_raw(raw: bytes | str, *, now: datetime | None = None) -> Outcome:
     try:
         event = parse_event(raw_bytes, now=now)
     except EventError as exc:
-        text = raw_bytes.decode("utf-8", "replace")
-        redacted = redact_text(text[:70_000])[0]
+        # what goes to .rejected and .dlq: decoded before it is redacted, identifiers pseudonymised, errors
+        # naming the field and the rule but not the value
+        redacted = redact_raw(raw_bytes[:70_000].decode("utf-8", "replace"), pseudonym_key)
         event_id = _readable_id(raw_bytes)
         if event_id is None:
             return DeadLetter(hashlib.sha256(raw_bytes).hexdigest(), f"{Reason.NOT_PARSEABLE}:{exc.reason}", redacted)
-        return Rejected(event_id, contract_reason(exc.reason), list(exc.errors), redacted)
-    return Accepted(build_item(event))
+        return Rejected(event_id, contract_reason(exc.reason), safe_errors(exc.errors), redacted)
+    return Accepted(build_item(event, pseudonym_key))

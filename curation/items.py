@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from curation.pii import redact_text
+from curation.pii import pseudonymise, redact_text
 from curation.reasons import Reason
 
 
@@ -84,8 +84,13 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
-def build_item(event) -> Item:
-    """A validated ingest event -> its redacted Item. PII leaves here, before anything is written anywhere."""
+def build_item(event, key: bytes) -> Item:
+    """A validated ingest event -> its redacted Item. PII leaves here, before anything is written anywhere.
+
+    Texts are redacted (the event is decoded, so JSON escapes hide nothing); identifiers (user, device, source)
+    become keyed pseudonyms, deterministic so that every guard still counts per account and per source;
+    `adapter_version` is redacted (canary counts compare it with registered version names, so it stays text).
+    """
     found: set[Reason] = set()
 
     def clean(text: str | None) -> str | None:
@@ -95,23 +100,21 @@ def build_item(event) -> Item:
         found.update(hits)
         return out
 
-    def pseudonym(value: str | None) -> str | None:
-        # an identifier that carries PII keeps its identity (the guards count per user) but not its text
-        if value is None or not redact_text(value)[1]:
-            return value
-        found.update(redact_text(value)[1])
-        return "pii-" + _digest(value)[:20]
+    def pseudonym(field: str, value: str | None) -> str | None:
+        if value is None:
+            return None
+        found.update(redact_text(value)[1])  # an id that carried PII still says so in the decision
+        return pseudonymise(key, field, value)
 
     client = getattr(event, "client", None)
     responses = getattr(event, "responses", None)
-    user_id = pseudonym(event.user_id)
     item = Item(
         event_id=str(event.event_id), kind=event.kind, occurred_at=event.occurred_at.astimezone(UTC),
-        app_id=event.app_id, user_id=user_id,
+        app_id=event.app_id, user_id=pseudonym("user_id", event.user_id),
         prompt=tuple((m.role, clean(m.content)) for m in event.prompt),
-        ip_hash=pseudonym(client.ip_hash) if client else None,
-        device_id=pseudonym(client.device_id) if client else None,
-        adapter_version=event.adapter_version,
+        ip_hash=pseudonym("ip_hash", client.ip_hash) if client else None,
+        device_id=pseudonym("device_id", client.device_id) if client else None,
+        adapter_version=clean(event.adapter_version),
         response=clean(getattr(event, "response", None)), rating=getattr(event, "rating", None),
         edited=clean(getattr(event, "edited", None)),
         responses=(clean(responses[0]), clean(responses[1])) if responses else None,

@@ -27,8 +27,16 @@ class ReplayResult:
 
 
 def run_replay(lines: Iterable[bytes | str], policy: Policy, *, now: datetime | None = None,
-               on_window=None) -> ReplayResult:
-    """Decode every line, stage valid events (first event_id wins), settle every window, collect outputs."""
+               on_window=None, pseudonym_key: bytes | None = None) -> ReplayResult:
+    """Decode every line, stage valid events (first event_id wins), settle every window, collect outputs.
+
+    `pseudonym_key` (default: the configured one) must be the stream's for the same pseudonyms; decisions
+    do not depend on it.
+    """
+    if pseudonym_key is None:
+        from curation.settings import default_pseudonym_key
+
+        pseudonym_key = default_pseudonym_key()
     out = ReplayResult()
     staging = Staging()
     rejected: dict[str, dict] = {}
@@ -39,7 +47,7 @@ def run_replay(lines: Iterable[bytes | str], policy: Policy, *, now: datetime | 
             raw = raw.rstrip("\r\n")
         if not raw:
             continue
-        outcome = decode_raw(raw, now=now)
+        outcome = decode_raw(raw, now=now, pseudonym_key=pseudonym_key)
         if isinstance(outcome, DeadLetter):
             data = raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogatepass")
             out.dlq.append({"line": n, "sha256": hashlib.sha256(data).hexdigest(), "reason": outcome.reason})

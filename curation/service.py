@@ -51,7 +51,12 @@ class BatchOutcome:
 
 class CurationEdge:
     def __init__(self, engine: Engine, redis_client, policy: Policy, *, topic: str, group: str,
-                 partitions: int | None = None):
+                 partitions: int | None = None, pseudonym_key: bytes | None = None):
+        if pseudonym_key is None:
+            from curation.settings import default_pseudonym_key
+
+            pseudonym_key = default_pseudonym_key()
+        self.pseudonym_key = pseudonym_key
         self.engine = engine
         self.redis = redis_client
         self.policy = policy
@@ -74,7 +79,7 @@ class CurationEdge:
         newest: dict[int, float] = {}
         for r in records:
             source = f"{r.partition}:{r.offset}"
-            outcome = decode_raw(r.value, now=r.timestamp)
+            outcome = decode_raw(r.value, now=r.timestamp, pseudonym_key=self.pseudonym_key)
             if isinstance(outcome, Accepted):
                 staged.append((outcome.item, source))
                 t = outcome.item.occurred_at.timestamp()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -76,8 +76,30 @@ class CurationSettings(BaseSettings):
     idle_flush_s: float = Field(0, ge=0, description="settle every open window after this long without events "
                                                      "(0: never; events later for those windows are late)")
     policy: Policy = Field(default_factory=Policy)
+    pseudonym_key: SecretStr | None = Field(None, description="HMAC key of the pseudonyms of user, session and device "
+                                                             "ids and sources; default: the secret "
+                                                             "`curation-pseudonym-key` under home")
 
 
 @lru_cache
 def get_settings() -> CurationSettings:
     return CurationSettings()
+
+
+def load_pseudonym_key(settings: CurationSettings, home) -> bytes:
+    """The pseudonyms' key: from settings, else a random one created once under `home` (mode 0600).
+
+    Workers and the replay that must agree on pseudonyms share it; whoever holds it can test a guessed id.
+    """
+    if settings.pseudonym_key is not None and settings.pseudonym_key.get_secret_value():
+        return settings.pseudonym_key.get_secret_value().encode()
+    from alignloop.keys import load_or_create_secret
+
+    return load_or_create_secret(home, "curation-pseudonym-key").encode()
+
+
+@lru_cache
+def default_pseudonym_key() -> bytes:
+    from alignloop.settings import get_settings as core_settings
+
+    return load_pseudonym_key(get_settings(), core_settings().home)

@@ -11,14 +11,18 @@ app = typer.Typer(help=__import__("deploy").__doc__, no_args_is_help=True)
 
 _JSON = typer.Option(False, "--json", help="print machine-readable JSON")
 _REASON = typer.Option(..., "--reason", "-r", help="why (goes to the audit log)")
-_ACTOR = typer.Option(None, "--actor", help="who; default: the login name")
 _BASE = typer.Option(None, "--base-model", help="base model whose routing to change; default: the only one routed")
 
 
-def _actor(actor: str | None) -> str:
+def _actor() -> str:
+    """Who moves: the OS login running the command (the audit's actor), never an argument anyone could set."""
     import getpass
+    import os
 
-    return actor or getpass.getuser()
+    try:
+        return getpass.getuser()
+    except OSError:  # no login name in the environment or the password database (some containers)
+        return f"uid:{os.getuid()}"
 
 
 def _engine():
@@ -113,14 +117,14 @@ def show_cmd(version: str, as_json: bool = _JSON) -> None:
 
 @app.command("register")
 def register_cmd(artifact_dir: Path = typer.Argument(..., help="adapter directory written by retrain"),
-                 reason: str = _REASON, actor: str | None = _ACTOR, as_json: bool = _JSON) -> None:
+                 reason: str = _REASON, as_json: bool = _JSON) -> None:
     """Verify an adapter directory (sha256 of every file, safetensors only) and copy it in as a candidate."""
     from alignloop.db import session_scope
     from deploy import registry
 
     engine = _engine()
     with session_scope(engine) as session:
-        v = registry.register_adapter(session, artifact_dir, actor=_actor(actor), reason=reason)
+        v = registry.register_adapter(session, artifact_dir, actor=_actor(), reason=reason)
     engine.dispose()
     if as_json:
         _echo_json(v.summary())
@@ -130,31 +134,35 @@ def register_cmd(artifact_dir: Path = typer.Argument(..., help="adapter director
 
 @app.command("canary")
 def canary_cmd(version: str, share: float = typer.Option(..., "--share", help="fraction of users, in (0, 1]"),
-               reason: str = _REASON, actor: str | None = _ACTOR, as_json: bool = _JSON) -> None:
+               reason: str = _REASON, as_json: bool = _JSON) -> None:
     """Send a sticky share of users (by user id) to a candidate version."""
     from deploy import registry
 
-    _move(lambda s: registry.start_canary(s, version, share, actor=_actor(actor), reason=reason), as_json)
+    _move(lambda s: registry.start_canary(s, version, share, actor=_actor(), reason=reason), as_json)
 
 
 @app.command("promote")
 def promote_cmd(version: str | None = typer.Argument(None, help="version to make active; default: the canary"),
-                reason: str = _REASON, actor: str | None = _ACTOR, base_model: str | None = _BASE,
+                reason: str = _REASON, base_model: str | None = _BASE,
                 as_json: bool = _JSON) -> None:
     """Make a version (default: the running canary) the active adapter; every replica follows within a second."""
     from deploy import registry
 
-    _move(lambda s: registry.promote(s, version, actor=_actor(actor), reason=reason, base_model=base_model), as_json)
+    _move(lambda s: registry.promote(s, version, actor=_actor(), reason=reason, base_model=base_model), as_json)
 
 
 @app.command("rollback")
-def rollback_cmd(to: str | None = typer.Option(None, "--to", help="a previously active version to restore"),
-                 reason: str = _REASON, actor: str | None = _ACTOR, base_model: str | None = _BASE,
+def rollback_cmd(to: str | None = typer.Option(None, "--to", help="a previously active version to restore, or "
+                                               "`base`: the base model, which loads no adapter and so always works"),
+                 reason: str = _REASON, base_model: str | None = _BASE,
                  as_json: bool = _JSON) -> None:
-    """Stop the canary if one runs; else go back to the previous active version (or the one given by --to)."""
+    """Stop the canary if one runs; else go back to the previous active version (or the one given by --to).
+
+    `--to base` stops the canary and the active adapter at once and serves the base model: it reads no
+    adapter file, so it works even when the adapters' files are damaged or gone."""
     from deploy import registry
 
-    _move(lambda s: registry.rollback(s, to=to, actor=_actor(actor), reason=reason, base_model=base_model), as_json)
+    _move(lambda s: registry.rollback(s, to=to, actor=_actor(), reason=reason, base_model=base_model), as_json)
 
 
 @app.command("audit")
@@ -178,6 +186,64 @@ def audit_cmd(limit: int = typer.Option(50, "--limit", help="newest N entries"),
         table.add_row(e.at.strftime("%Y-%m-%d %H:%M:%S"), e.actor, e.action, e.version or "(base)",
                       e.from_version or "-", e.reason)
     Console().print(table)
+
+
+tokens_app = typer.Typer(help="Admin API tokens: named (the name is the audit's actor), several at once, "
+                              "stored hashed.", no_args_is_help=True)
+app.add_typer(tokens_app, name="tokens")
+
+
+@tokens_app.command("create")
+def tokens_create(name: str = typer.Argument(..., help="who uses it (goes to the audit log as the actor)"),
+                  as_json: bool = _JSON) -> None:
+    """Make an admin token for NAME and print it once (the registry keeps its SHA-256 only)."""
+    from alignloop.db import session_scope
+    from deploy.tokens import create_admin_token
+
+    engine = _engine()
+    with session_scope(engine) as session:
+        record, token = create_admin_token(session, name, created_by=_actor())
+    engine.dispose()
+    if as_json:
+        _echo_json({**record.model_dump(mode="json"), "token": token})
+    else:
+        typer.echo(f"{token}\n(admin token {record.token_id} for {name!r}: shown once; "
+                   "send it as `Authorization: Bearer ...`)")
+
+
+@tokens_app.command("list")
+def tokens_list(as_json: bool = _JSON) -> None:
+    """Admin tokens without their secrets: id, name, who made it and when, revoked or not."""
+    from alignloop.db import session_scope
+    from deploy.tokens import list_admin_tokens
+
+    engine = _engine()
+    with session_scope(engine) as session:
+        tokens = list_admin_tokens(session)
+    engine.dispose()
+    if as_json:
+        _echo_json([t.model_dump(mode="json") for t in tokens])
+        return
+    for t in tokens:
+        state = f"revoked {t.revoked_at:%Y-%m-%d %H:%M:%S}" if t.revoked_at else "active"
+        typer.echo(f"{t.token_id}  {t.name}  made by {t.created_by} {t.created_at:%Y-%m-%d %H:%M:%S}  {state}")
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(name_or_id: str = typer.Argument(..., help="a token id, or a name: all its active tokens"),
+                  as_json: bool = _JSON) -> None:
+    """Revoke admin tokens; replicas refuse them within `ADMIN_TOKEN_CACHE_S` seconds."""
+    from alignloop.db import session_scope
+    from deploy.tokens import revoke_admin_token
+
+    engine = _engine()
+    with session_scope(engine) as session:
+        revoked = revoke_admin_token(session, name_or_id, revoked_by=_actor())
+    engine.dispose()
+    if as_json:
+        _echo_json([t.model_dump(mode="json") for t in revoked])
+    else:
+        typer.echo(f"revoked {', '.join(f'{t.token_id} ({t.name})' for t in revoked)}")
 
 
 @app.command("serve")

@@ -9,6 +9,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 
+BASE = "base"  # what `rollback --to` names the base model by; no adapter version may be called this
+
+
 class Status(StrEnum):
     CANDIDATE = "candidate"
     CANARY = "canary"
@@ -75,3 +78,19 @@ class AuditEntry(BaseModel):
     from_version: str | None
     reason: str
     detail: dict[str, Any] = Field(default_factory=dict)
+
+
+class AdminToken(BaseModel):
+    """What the store hands out about an admin token: its name (the audit's actor), never the token."""
+
+    model_config = ConfigDict(frozen=True)
+
+    token_id: str
+    name: str
+    created_at: datetime
+    created_by: str
+    revoked_at: datetime | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None

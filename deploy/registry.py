@@ -12,7 +12,7 @@ from deploy import store
 from deploy.artifacts import LINEAGE, ArtifactStorage, LoadedArtifact, LocalArtifactStorage, load_artifact_dir
 from deploy.control import publish_routing_change
 from deploy.errors import ArtifactError, NotFoundError, RegistryError
-from deploy.models import AdapterVersion, AuditEntry, Routing, Status
+from deploy.models import BASE, AdapterVersion, AuditEntry, Routing, Status
 
 __all__ = ["register_adapter", "reject_candidate", "start_canary", "promote", "rollback", "get_routing", "list_versions", "get_version",
            "audit_log", "list_routings", "load_version_artifact", "local_artifact_dir", "default_storage", "publish_routing_change",
@@ -71,6 +71,8 @@ def register_adapter(session: Session, artifact_dir: str | os.PathLike, *, actor
     _require_actor(actor, reason)
     art = load_artifact_dir(artifact_dir)
     m = art.manifest
+    if m.version == BASE:
+        raise RegistryError(f"`version` {BASE!r} is reserved: `rollback --to {BASE}` names the base model by it")
     existing = store.get_version_row(session, m.version)
     if existing is not None:
         if existing.manifest_sha256 == art.manifest_sha256:
@@ -194,9 +196,12 @@ def rollback(session: Session, *, to: str | None = None, actor: str, reason: str
     """Undo the last move: a running canary is stopped; else the active goes back to the previous active (or base).
 
     With `to`, that previously active version becomes active at once and any canary is stopped too.
-    Whatever is rolled back gets status `rolled_back`.
+    `to=BASE` ("base") serves the base model: it loads no artifact, so it works whatever state the adapters'
+    files are in. Whatever is rolled back gets status `rolled_back`.
     """
     _require_actor(actor, reason)
+    if to == BASE:
+        return _rollback_to_base(session, actor=actor, reason=reason, base_model=base_model)
     if to is not None:
         target = _row(session, to)
         bm = target.base_model
@@ -242,6 +247,26 @@ def rollback(session: Session, *, to: str | None = None, actor: str, reason: str
     store.add_audit(session, actor=actor, action="rollback", base_model=bm, version=routing.active_version,
                     from_version=current, reason=reason,
                     detail={"stopped": "active", "canary_stopped": stopped_canary, "generation": routing.generation})
+    return store.to_routing(routing, bm)
+
+
+def _rollback_to_base(session: Session, *, actor: str, reason: str, base_model: str | None) -> Routing:
+    """The way out that needs nothing but the registry's own rows: active and canary off, the base model serves."""
+    bm = _resolve_base_model(session, base_model)
+    routing = store.lock_routing_row(session, bm)
+    current, stopped_canary = routing.active_version, routing.canary_version
+    now = store.utcnow()
+    for version in (current, stopped_canary):
+        if version is not None:
+            row = _row(session, version)
+            row.status = Status.ROLLED_BACK.value
+            row.deactivated_at = now if version == current else row.deactivated_at
+    routing.active_version = None
+    routing.canary_version = None
+    _bump(routing)
+    store.add_audit(session, actor=actor, action="rollback", base_model=bm, version=None, from_version=current,
+                    reason=reason, detail={"stopped": "active", "to": BASE, "canary_stopped": stopped_canary,
+                                           "generation": routing.generation})
     return store.to_routing(routing, bm)
 
 

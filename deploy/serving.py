@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import secrets
 import threading
 import time
 import uuid
@@ -64,8 +63,7 @@ class ChatRequest(BaseModel):
 class AdminMove(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    reason: str = Field(min_length=1)
-    actor: str = "admin-api"
+    reason: str = Field(min_length=1)  # who acts is the admin token's name, never a field of the body
 
 
 class PromoteBody(AdminMove):
@@ -104,6 +102,9 @@ class Metrics:
         self.resident = Gauge("alignloop_deploy_resident_adapters", "adapters loaded", registry=self.registry)
         self.generation = Gauge("alignloop_deploy_routing_generation", "routing generation served",
                                 registry=self.registry)
+        self.degraded = Gauge("alignloop_deploy_degraded", "1 while a replica serves less than the routing "
+                              "(an adapter failed to load when it started, so the base answers instead)",
+                              registry=self.registry)
 
 
 class Replica:
@@ -128,6 +129,7 @@ class Replica:
         self.last_error: str | None = None
         self.last_reconcile_at: float | None = None
         self.last_swap: dict | None = None  # where the time of the last flip went
+        self.degraded: dict | None = None  # versions left out of the routing served, and why
         self._heard_at: float | None = None
         self._pins: dict[str | None, int] = defaultdict(int)
         self._last_used: dict[str, float] = {}
@@ -206,6 +208,7 @@ class Replica:
                     desired.versions() <= set(self.host.resident):
                 self._evict(desired)  # adapters pinned by running requests at the last flip may be free now
                 return True
+            failed: dict[str, str] = {}
             for v, info in versions.items():
                 if v in self.host.resident:
                     continue
@@ -223,18 +226,28 @@ class Replica:
                     phases[f"install_{v}_mode"] = self.host.last_install_mode
                 except Exception as exc:
                     self.metrics.load_failures.inc()
+                    if current is None:  # serving nothing yet: the base (and what did load) beats refusing all
+                        failed[v] = f"{type(exc).__name__}: {exc}"[:600]
+                        log.error("refused adapter %r at start-up (%s); serving without it", v, exc)
+                        continue
                     self.last_error = (f"refused adapter {v!r}: {exc}; still serving generation "
                                        f"{current.generation if current else None}")[:800]
                     log.error("%s", self.last_error)
                     return False
+            served = _without(desired, failed)
             now = time.perf_counter()
             with self._pin_lock:
-                self.routing = desired  # the flip: one reference, read by every new request
-                for v in desired.versions():
+                self.routing = served  # the flip: one reference, read by every new request
+                for v in served.versions():
                     self._last_used[v] = now
             self.applied_at = time.time()
-            self.last_error = None
-            if current is None or current.generation != desired.generation:
+            recovered = self.degraded is not None and not failed
+            self.degraded = {"versions": sorted(failed), "error": "; ".join(f"{v}: {e}" for v, e in failed.items()),
+                             "serving_instead": "the base model" if desired.active in failed else served.active} \
+                if failed else None
+            self.metrics.degraded.set(1 if failed else 0)
+            self.last_error = None if not failed else f"degraded: {self.degraded['error']}"[:800]
+            if current is None or current.generation != desired.generation or recovered:
                 phases["total_s"] = time.perf_counter() - t0
                 self.last_swap = {"generation": desired.generation,
                                   **{k: round(x, 4) if isinstance(x, float) else x for k, x in phases.items()}}
@@ -244,7 +257,7 @@ class Replica:
                          desired.canary, 100 * desired.canary_share)
             self._evict(desired)
             self.metrics.generation.set(desired.generation)
-            return True
+            return not failed
 
     def _spare_slot(self, current: Routing | None, desired: Routing) -> str | None:
         """When the host is full: the least recently used version that nothing routes to or runs on, whose
@@ -310,7 +323,8 @@ class Replica:
     def health(self) -> dict:
         r, d = self.routing, self.desired
         return {
-            "status": "starting" if r is None else ("stale" if d and d.generation != r.generation else "ok"),
+            "status": "starting" if r is None else "degraded" if self.degraded else (
+                "stale" if d and d.generation != r.generation else "ok"),
             "replica_id": self.settings.replica_id, "base_model": self.base_model,
             "serving": None if r is None else {"active": r.active, "canary": r.canary,
                                                "canary_share": r.canary_share, "generation": r.generation},
@@ -318,6 +332,7 @@ class Replica:
             "resident": sorted(self.host.resident), "applied_at": self.applied_at,
             "last_reconcile_at": self.last_reconcile_at, "last_error": self.last_error, "last_swap": self.last_swap,
             "control_channel_subscribed": bool(self.listener and self.listener.subscribed.is_set()),
+            "degraded": self.degraded,
         }
 
 
@@ -333,6 +348,9 @@ def create_app(settings: DeploySettings | None = None) -> FastAPI:
         replica = await asyncio.to_thread(Replica, settings)
         await asyncio.to_thread(replica.start)
         app.state.replica = replica
+        from deploy.tokens import TokenCheck
+
+        app.state.admin_tokens = TokenCheck(replica.engine, settings.admin_token_cache_s)
         try:
             yield
         finally:
@@ -379,14 +397,17 @@ def create_app(settings: DeploySettings | None = None) -> FastAPI:
         return Response(generate_latest(rep.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     # ------------------------------------------------------------ admin
-    def admin(authorization: str | None = Header(default=None)) -> None:
-        token = settings.admin_token.get_secret_value() if settings.admin_token else None
-        if not token:
-            raise _HTTPError(503, "admin API is off: set ALIGNLOOP_DEPLOY_ADMIN_TOKEN on the replica")
-        given = (authorization or "").removeprefix("Bearer ").strip()
-        if not authorization or not authorization.startswith("Bearer ") or \
-                not secrets.compare_digest(given.encode(), token.encode()):
-            raise _HTTPError(401, "admin API needs `Authorization: Bearer <ALIGNLOOP_DEPLOY_ADMIN_TOKEN>`")
+    def admin(request: Request, authorization: str | None = Header(default=None)) -> str:
+        """The presented admin token's name: who acts, in the audit log."""
+        check = request.app.state.admin_tokens
+        given = authorization[7:].strip() if authorization and authorization.startswith("Bearer ") else ""
+        name = check.name(given) if given else None
+        if name is None:
+            if not check.enabled():
+                raise _HTTPError(503, "admin API is off: make a token with `alignloop deploy tokens create NAME`")
+            raise _HTTPError(401, "admin API needs `Authorization: Bearer <admin token>` "
+                                  "(`alignloop deploy tokens create NAME` makes one)")
+        return name
 
     @app.exception_handler(_HTTPError)
     async def _http_error(_: Request, exc: _HTTPError):
@@ -436,28 +457,37 @@ def create_app(settings: DeploySettings | None = None) -> FastAPI:
 
         return {"audit": await asyncio.to_thread(run)}
 
-    @app.post("/admin/promote", dependencies=[Depends(admin)])
-    async def admin_promote(body: PromoteBody, rep: Replica = Depends(replica)) -> dict:
+    @app.post("/admin/promote")
+    async def admin_promote(body: PromoteBody, rep: Replica = Depends(replica), actor: str = Depends(admin)) -> dict:
         from deploy import registry
 
-        return await _move(rep, lambda s: registry.promote(s, body.version, actor=body.actor, reason=body.reason,
+        return await _move(rep, lambda s: registry.promote(s, body.version, actor=actor, reason=body.reason,
                                                            base_model=rep.base_model, storage=rep.storage))
 
-    @app.post("/admin/canary", dependencies=[Depends(admin)])
-    async def admin_canary(body: CanaryBody, rep: Replica = Depends(replica)) -> dict:
+    @app.post("/admin/canary")
+    async def admin_canary(body: CanaryBody, rep: Replica = Depends(replica), actor: str = Depends(admin)) -> dict:
         from deploy import registry
 
-        return await _move(rep, lambda s: registry.start_canary(s, body.version, body.share, actor=body.actor,
+        return await _move(rep, lambda s: registry.start_canary(s, body.version, body.share, actor=actor,
                                                                 reason=body.reason, storage=rep.storage))
 
-    @app.post("/admin/rollback", dependencies=[Depends(admin)])
-    async def admin_rollback(body: RollbackBody, rep: Replica = Depends(replica)) -> dict:
+    @app.post("/admin/rollback")
+    async def admin_rollback(body: RollbackBody, rep: Replica = Depends(replica), actor: str = Depends(admin)) -> dict:
         from deploy import registry
 
-        return await _move(rep, lambda s: registry.rollback(s, to=body.to, actor=body.actor, reason=body.reason,
+        return await _move(rep, lambda s: registry.rollback(s, to=body.to, actor=actor, reason=body.reason,
                                                             base_model=rep.base_model, storage=rep.storage))
 
     return app
+
+
+def _without(routing: Routing, failed: dict[str, str]) -> Routing:
+    """`routing` less the versions that failed to load: the base serves in place of a failed active."""
+    if not failed:
+        return routing
+    canary = routing.canary if routing.canary not in failed else None
+    return routing.model_copy(update={"active": routing.active if routing.active not in failed else None,
+                                      "canary": canary, "canary_share": routing.canary_share if canary else 0.0})
 
 
 class _HTTPError(Exception):

@@ -7,7 +7,7 @@ import socket
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -23,7 +23,8 @@ class DeploySettings(BaseSettings):
     control_channel: str = Field(default="alignloop:deploy:routing",
                                  description="Redis pub/sub channel of routing changes")
     base_model: str | None = Field(default=None, description="the base model a replica serves (HF dir); routing key")
-    admin_token: SecretStr | None = Field(default=None, description="bearer token of /admin; unset = admin API off")
+    admin_token_cache_s: float = Field(default=5.0, ge=0, description="how long a replica trusts its check of an "
+                                       "admin token (named tokens live in the registry: `deploy tokens create`)")
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     replica_id: str = Field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")

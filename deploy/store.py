@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from sqlalchemy import DateTime, Float, ForeignKey, Integer, String, Text, func, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from deploy.models import AdapterVersion, AuditEntry, Routing
+from deploy.models import AdapterVersion, AdminToken, AuditEntry, Routing
 
 
 def utcnow() -> datetime:
@@ -63,6 +63,19 @@ class AuditRow(Base):
     from_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
     reason: Mapped[str] = mapped_column(Text)
     detail_json: Mapped[str] = mapped_column(Text, default="{}")
+
+
+class AdminTokenRow(Base):
+    """An admin API token: its name is who acts in the audit log; only the token's SHA-256 is kept."""
+
+    __tablename__ = "deploy_admin_tokens"
+
+    token_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), index=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_by: Mapped[str] = mapped_column(String(128))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 def _aware(dt: datetime | None) -> datetime | None:
@@ -156,3 +169,28 @@ def select_audit(session: Session, limit: int | None = None) -> list[AuditRow]:
 
 def count_versions(session: Session) -> int:
     return session.scalar(select(func.count()).select_from(VersionRow)) or 0
+
+
+# ------------------------------------------------------------------ admin tokens
+def to_admin_token(row: AdminTokenRow) -> AdminToken:
+    return AdminToken(token_id=row.token_id, name=row.name, created_at=_aware(row.created_at),
+                      created_by=row.created_by, revoked_at=_aware(row.revoked_at))
+
+
+def add_admin_token_row(session: Session, row: AdminTokenRow) -> None:
+    session.add(row)
+    session.flush()
+
+
+def get_admin_token_row(session: Session, token_id: str) -> AdminTokenRow | None:
+    return session.get(AdminTokenRow, token_id)
+
+
+def select_admin_token_rows(session: Session, *, name: str | None = None,
+                            active_only: bool = False) -> list[AdminTokenRow]:
+    q = select(AdminTokenRow).order_by(AdminTokenRow.created_at, AdminTokenRow.token_id)
+    if name is not None:
+        q = q.where(AdminTokenRow.name == name)
+    if active_only:
+        q = q.where(AdminTokenRow.revoked_at.is_(None))
+    return list(session.scalars(q))

@@ -415,7 +415,6 @@ def _run_demo(*, users: int, events: int, turns: int, turn_events: int, seed: in
     run_dir.mkdir(parents=True, exist_ok=True)
     store_url = f"sqlite:///{run_dir / 'store.db'}"
     topic = f"alignloop.demo-{run_id}.feedback.v1"
-    admin_token = uuid.uuid4().hex
     summary: dict = {"run_dir": str(run_dir), "store_url": store_url, "topic": topic}
 
     console.rule("[bold]alignloop demo")
@@ -425,7 +424,7 @@ def _run_demo(*, users: int, events: int, turns: int, turn_events: int, seed: in
 
     # everything below, in this process and in the children, uses the demo's own store and topic
     os.environ.update({"ALIGNLOOP_STORE_URL": store_url, "ALIGNLOOP_CURATION_TOPIC": topic,
-                       "ALIGNLOOP_INGEST_TOPIC": topic, "ALIGNLOOP_DEPLOY_ADMIN_TOKEN": admin_token,
+                       "ALIGNLOOP_INGEST_TOPIC": topic,
                        "ALIGNLOOP_DEPLOY_ARTIFACT_ROOT": str(run_dir / "artifacts")})
     _clear_settings_caches()
 

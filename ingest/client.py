@@ -49,24 +49,35 @@ class _EventBuilder:
         data.update(fields)
         return validate_event(data)
 
+    def _send_built(self, kind: str, fields: dict[str, Any], common: dict[str, Any]):
+        end_user_ip = common.pop("end_user_ip", None)
+        event = self._build(kind, fields, common)
+        return self.send(event) if end_user_ip is None else self._send_for_end_user(event, end_user_ip)
+
+    def _send_for_end_user(self, event: FeedbackEvent, address: str):
+        raise EventError("schema", [{"loc": "end_user_ip", "msg": "the Kafka SDK sends no raw address: pass "
+                                     "client={'ip_hash': ingest.sources.source_hash(key, address)} with the gateway's "
+                                     "source key, or send through the gateway (HttpFeedbackClient)"}])
+
     def rate(self, *, user_id: str, prompt: str | Sequence[Mapping[str, str]], response: str, rating: str,
              **common: Any):
         """Thumbs `"up"` or `"down"` on one answer. `common`: session_id, response_id, adapter_version,
-        client, metadata, event_id, occurred_at. Raises EventError before sending if a rule breaks."""
-        return self.send(self._build("rating", {"user_id": user_id, "prompt": prompt, "response": response,
-                                                "rating": rating}, common))
+        client, metadata, event_id, occurred_at, and (HttpFeedbackClient) end_user_ip: the end user's address,
+        which the gateway hashes into client.ip_hash. Raises EventError before sending if a rule breaks."""
+        return self._send_built("rating", {"user_id": user_id, "prompt": prompt, "response": response,
+                                           "rating": rating}, common)
 
     def edit(self, *, user_id: str, prompt: str | Sequence[Mapping[str, str]], response: str, edited: str,
              **common: Any):
         """The user rewrote `response` into `edited` (preferred)."""
-        return self.send(self._build("edit", {"user_id": user_id, "prompt": prompt, "response": response,
-                                              "edited": edited}, common))
+        return self._send_built("edit", {"user_id": user_id, "prompt": prompt, "response": response,
+                                         "edited": edited}, common)
 
     def compare(self, *, user_id: str, prompt: str | Sequence[Mapping[str, str]], responses: Sequence[str],
                 chosen: int | None, **common: Any):
         """A side-by-side choice: `chosen` is 0 or 1, or None for a tie."""
-        return self.send(self._build("comparison", {"user_id": user_id, "prompt": prompt,
-                                                    "responses": list(responses), "chosen": chosen}, common))
+        return self._send_built("comparison", {"user_id": user_id, "prompt": prompt,
+                                               "responses": list(responses), "chosen": chosen}, common)
 
     def _coerce(self, event: FeedbackEvent | Mapping[str, Any]) -> FeedbackEvent:
         if not isinstance(event, _EventBase):
@@ -273,10 +284,11 @@ class FeedbackClient(_EventBuilder):
 class HttpDelivery:
     """The pending acknowledgement of one event sent through the gateway."""
 
-    __slots__ = ("event", "_done", "_error", "_callbacks")
+    __slots__ = ("event", "body", "_done", "_error", "_callbacks")
 
-    def __init__(self, event: FeedbackEvent):
+    def __init__(self, event: FeedbackEvent, body: bytes):
         self.event = event
+        self.body = body  # what is posted: the encoded event, with the end user's `client.ip` if one was given
         self._done = threading.Event()
         self._error: BaseException | None = None
         self._callbacks: list[Callable[[HttpDelivery], None]] = []
@@ -312,6 +324,23 @@ class HttpDelivery:
             self._callbacks.append(fn)
 
 
+def _with_end_user_ip(event: FeedbackEvent, body: bytes, address: str) -> bytes:
+    import json
+
+    from ingest.sources import parse_end_user_ip
+
+    try:
+        parse_end_user_ip(address)
+    except ValueError as exc:
+        raise EventError("schema", [{"loc": "end_user_ip", "msg": str(exc)}]) from None
+    if event.client is not None and event.client.ip_hash is not None:
+        raise EventError("schema", [{"loc": "client.ip_hash", "msg": "is set by the gateway from `end_user_ip`; "
+                                     "give one or the other"}])
+    data = json.loads(body)
+    data["client"] = {**(data.get("client") or {}), "ip": address}
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+
+
 class HttpFeedbackClient(_EventBuilder):
     """The same methods over the HTTP gateway: events are posted in batches of `batch_size` (and on flush).
 
@@ -336,16 +365,22 @@ class HttpFeedbackClient(_EventBuilder):
                                   headers={"Authorization": f"Bearer {api_key}",
                                            "Content-Type": "application/json"})
 
-    def send(self, event: FeedbackEvent | Mapping[str, Any]) -> HttpDelivery:
+    def send(self, event: FeedbackEvent | Mapping[str, Any], *, end_user_ip: str | None = None) -> HttpDelivery:
+        """Queue one event; `end_user_ip` is the end user's address, hashed by the gateway (never stored)."""
         event = self._coerce(event)
-        encode_event(event)  # size check before queueing
-        delivery = HttpDelivery(event)
+        body = encode_event(event)  # size check before queueing
+        if end_user_ip is not None:
+            body = _with_end_user_ip(event, body, end_user_ip)
+        delivery = HttpDelivery(event, body)
         with self._lock:
             self._pending.append(delivery)
             full = len(self._pending) >= self.batch_size
         if full:
             self._post_pending()
         return delivery
+
+    def _send_for_end_user(self, event: FeedbackEvent, address: str) -> HttpDelivery:
+        return self.send(event, end_user_ip=address)
 
     def _post_pending(self) -> None:
         with self._lock:
@@ -366,7 +401,7 @@ class HttpFeedbackClient(_EventBuilder):
 
         attempt = 0
         while chunk:
-            body = b"[" + b",".join(encode_event(d.event) for d in chunk) + b"]"
+            body = b"[" + b",".join(d.body for d in chunk) + b"]"
             try:
                 response = self._http.post("/v1/events", content=body)
             except httpx.HTTPError as exc:

@@ -148,7 +148,8 @@ class Message(_Frozen):
 
 
 class ClientInfo(_Frozen):
-    """Where the event came from; the gateway fills `ip_hash` from the connection (salted, never the address)."""
+    """The END user's source: `ip_hash` a keyed HMAC of their address (the gateway makes it from the app's
+    `client.ip`; never the gateway's own peer, never the address itself), `device_id` as the app names it."""
 
     ip_hash: ShortText | None = None
     device_id: ShortText | None = None

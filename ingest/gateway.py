@@ -3,14 +3,17 @@
 Answers: 200 once Kafka acknowledged every event; 401 without a valid key; 403 for an event of another
 app; 413 past a size limit; 422 naming each refused event's field paths (nothing of that body is sent);
 503 with Retry-After when Kafka did not acknowledge in time (never a 2xx for an unacknowledged event).
+
+The end user's source is what the app says it is: `client.ip` in an event, or the X-Alignloop-End-User-IP
+header on a single-event request, hashed here into `client.ip_hash` with a keyed HMAC (the address itself
+is dropped). The connection's own peer is never a source: an app calls from its backend, so its peer is
+the app, not its user.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
-import hashlib
-import hmac
 import logging
 import time
 from collections.abc import Callable
@@ -23,6 +26,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from ingest.errors import EventError
+from ingest.sources import END_USER_IP_HEADER, source_hash
 from ingest.events import (
     MAX_EVENT_BYTES,
     decode_json,
@@ -42,7 +46,7 @@ class GatewayConfig:
     bootstrap: str
     topic: str
     find_app: Callable[[str], str | None]  # API key -> app_id (None: unknown or revoked); may block
-    ip_salt: bytes
+    source_key: bytes  # HMAC key of client.ip_hash
     partitions: int = 6
     max_batch: int = 1000
     max_body_bytes: int = 16 * 1024 * 1024
@@ -158,11 +162,6 @@ def create_app(cfg: GatewayConfig) -> FastAPI:
         key_cache[key] = (app_id, now + cfg.key_cache_s)
         return app_id
 
-    def ip_hash(request: Request) -> str | None:
-        if request.client is None:
-            return None
-        return hmac.new(cfg.ip_salt, request.client.host.encode(), hashlib.sha256).hexdigest()[:32]
-
     async def read_body(request: Request, limit: int) -> bytes | None:
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
@@ -180,7 +179,11 @@ def create_app(cfg: GatewayConfig) -> FastAPI:
         return response
 
     @app.post("/v1/events", summary="Send one feedback event or an array of up to 1,000",
-              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {
+              openapi_extra={"parameters": [{
+                  "name": END_USER_IP_HEADER, "in": "header", "required": False, "schema": {"type": "string"},
+                  "description": "a single-event body's end-user address (IPv4 or IPv6), as `client.ip` would "
+                                 "give it; hashed into client.ip_hash, never stored"}],
+                  "requestBody": {"required": True, "content": {"application/json": {"schema": {
                   "anyOf": [{"$ref": "#/components/schemas/FeedbackEventV1"},
                             {"type": "array", "maxItems": cfg.max_batch,
                              "items": {"$ref": "#/components/schemas/FeedbackEventV1"}}]}}}}},
@@ -231,7 +234,11 @@ def create_app(cfg: GatewayConfig) -> FastAPI:
                 {"loc": f"{i}.app_id" if batch else "app_id",
                  "msg": f"must be this key's app {app_id!r}; got {items[i]['app_id']!r}"} for i in foreign[:20]]))
 
-        hashed = ip_hash(request)
+        header_ip = request.headers.get(END_USER_IP_HEADER)
+        if header_ip is not None and batch:
+            metrics.refused.labels("schema").inc()
+            return answer(_error(422, "schema", [{"loc": _HEADER_LOC, "msg": "is for a single-event body; in an "
+                                                  "array give each event's end-user address as `client.ip`"}]))
         encoded: list[tuple[bytes, bytes]] = []
         results: list[dict[str, Any]] = []
         errors: list[dict[str, str]] = []
@@ -239,10 +246,7 @@ def create_app(cfg: GatewayConfig) -> FastAPI:
         for i, item in enumerate(items):
             prefix = str(i) if batch else ""
             try:
-                # the connection's salted hash replaces whatever the app put in client.ip_hash, before validation
-                if isinstance(item, dict) and isinstance(client := item.get("client"), dict | None):
-                    item = {**item, "client": {**(client or {}), "ip_hash": hashed}}
-                event = validate_event(item)
+                event = validate_event(with_end_user_source(item, header_ip, cfg.source_key))
                 encoded.append((encode_event(event), event_key(event)))
                 results.append({"index": i, "status": "valid", "event_id": str(event.event_id)})
             except EventError as exc:
@@ -306,6 +310,10 @@ def create_app(cfg: GatewayConfig) -> FastAPI:
         defs = event.pop("$defs", {})
         for key in ("$schema", "$id"):
             event.pop(key, None)
+        client = defs.get("ClientInfo", {}).get("properties", {})
+        client.pop("ip_hash", None)  # the gateway sets it; an app sends the address it is made from
+        client["ip"] = {"type": "string", "description": "the end user's IPv4 or IPv6 address; the gateway hashes "
+                        "it into client.ip_hash (HMAC-SHA256, IPv6 by /64) and never stores or forwards it"}
         text = __import__("json").dumps({"FeedbackEventV1": event, **defs}).replace("#/$defs/", "#/components/schemas/")
         schema.setdefault("components", {}).setdefault("schemas", {}).update(__import__("json").loads(text))
         app.openapi_schema = schema
@@ -314,6 +322,36 @@ def create_app(cfg: GatewayConfig) -> FastAPI:
     app.openapi = openapi  # type: ignore[method-assign]
     app.state.metrics = metrics
     return app
+
+
+_HEADER_LOC = "header." + END_USER_IP_HEADER.lower()
+
+
+def with_end_user_source(item: Any, header_ip: str | None, key: bytes) -> Any:
+    """An event body with `client.ip` (or the header's address) replaced by its keyed hash in `client.ip_hash`.
+
+    No address, no source: the event goes on without one. An app may not set `client.ip_hash` itself (it
+    could put anything there, a raw address included). Errors name the field and the rule, never the address.
+    """
+    if not isinstance(item, dict) or not isinstance(item.get("client"), dict | None):
+        return item  # validation names what is wrong
+    client = dict(item.get("client") or {})
+    if "ip_hash" in client:
+        raise EventError("schema", [{"loc": "client.ip_hash", "msg": "is set by the gateway; send the end user's "
+                                     f"address as `client.ip` or in the {END_USER_IP_HEADER} header"}])
+    address, loc = client.pop("ip", None), "client.ip"
+    if header_ip is not None:
+        if address is not None:
+            raise EventError("schema", [{"loc": _HEADER_LOC, "msg": "give the end user's address once: in this "
+                                         "header or in `client.ip`, not both"}])
+        address, loc = header_ip, _HEADER_LOC
+    if address is None:
+        return item if item.get("client") is None else {**item, "client": client}
+    try:
+        client["ip_hash"] = source_hash(key, address)
+    except ValueError as exc:
+        raise EventError("schema", [{"loc": loc, "msg": f"{exc} (the end user's; hashed, never stored)"}]) from None
+    return {**item, "client": client}
 
 
 async def _produce(producer: _Producer, cfg: GatewayConfig, encoded: list[tuple[bytes, bytes]]) -> list[bool]:
@@ -368,7 +406,7 @@ def build_config(*, bootstrap: str | None = None, store_url: str | None = None, 
     """A GatewayConfig from the core and ingest settings, the API keys read from the store."""
     from alignloop.db import open_store, session_scope
     from alignloop.settings import get_settings as core_settings
-    from ingest.settings import get_settings, load_ip_salt
+    from ingest.settings import get_settings, load_source_key
     from ingest.store import find_app_for_key
 
     core, s = core_settings(), get_settings()
@@ -380,7 +418,7 @@ def build_config(*, bootstrap: str | None = None, store_url: str | None = None, 
 
     values: dict[str, Any] = dict(
         bootstrap=bootstrap or core.kafka_bootstrap, topic=s.topic, find_app=find_app,
-        ip_salt=load_ip_salt(s, core.home), partitions=s.partitions, max_batch=s.max_batch,
+        source_key=load_source_key(s, core.home), partitions=s.partitions, max_batch=s.max_batch,
         max_body_bytes=s.max_body_bytes, produce_timeout_s=s.produce_timeout_s,
         retry_after_s=s.retry_after_s, key_cache_s=s.key_cache_s, linger_ms=s.linger_ms)
     values.update(overrides)

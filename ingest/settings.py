@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ingest.topics import FEEDBACK_TOPIC
@@ -25,7 +25,8 @@ class IngestSettings(BaseSettings):
     produce_timeout_s: float = Field(5.0, gt=0, description="wait for Kafka's ack before answering 503")
     retry_after_s: int = Field(5, ge=1, description="Retry-After on a 503")
     key_cache_s: float = Field(5.0, ge=0, description="how long a checked API key is trusted before re-reading it")
-    ip_salt: str | None = Field(None, description="salt of client.ip_hash; default: a random one kept under home")
+    source_key: SecretStr | None = Field(None, description="HMAC key of client.ip_hash (end users' addresses); "
+                                         "default: the secret `ingest-source-key` kept under home")
     linger_ms: int = Field(1, ge=0, description="gateway producer batching window (ms); batches fill on their own")
 
 
@@ -34,21 +35,10 @@ def get_settings() -> IngestSettings:
     return IngestSettings()
 
 
-def load_ip_salt(settings: IngestSettings, home: Path) -> bytes:
-    """The salt for client.ip_hash: from settings, else a random one created once under `home` (mode 0600)."""
-    if settings.ip_salt:
-        return settings.ip_salt.encode()
-    import os
-    import secrets
+def load_source_key(settings: IngestSettings, home: Path) -> bytes:
+    """The HMAC key of client.ip_hash: from settings, else a random one created once under `home` (mode 0600)."""
+    if settings.source_key is not None and settings.source_key.get_secret_value():
+        return settings.source_key.get_secret_value().encode()
+    from alignloop.keys import load_or_create_secret
 
-    path = home / "ingest" / "ip-salt"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:  # another process created it first: use theirs
-            pass
-        else:
-            with os.fdopen(fd, "w") as fh:
-                fh.write(secrets.token_hex(32))
-    return path.read_text().strip().encode()
+    return load_or_create_secret(home, "ingest-source-key").encode()

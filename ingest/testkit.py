@@ -76,7 +76,7 @@ def gateway_config(bootstrap: str, topic: str, engine, **overrides: Any):
         with session_scope(engine) as session:
             return find_app_for_key(session, key)
 
-    values: dict[str, Any] = dict(bootstrap=bootstrap, topic=topic, find_app=find_app, ip_salt=b"test-salt",
+    values: dict[str, Any] = dict(bootstrap=bootstrap, topic=topic, find_app=find_app, source_key=b"test-source-key",
                                   partitions=6, produce_timeout_s=5.0, key_cache_s=0.5)
     values.update(overrides)
     return GatewayConfig(**values)

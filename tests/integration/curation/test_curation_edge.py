@@ -74,3 +74,44 @@ def test_a_settle_while_another_worker_holds_the_lock_reports_that_it_did_nothin
         other.release()
     assert [w.start.minute for w in edge.settle_once(final=True)] == [0]
     assert edge.settle_once(final=True) == []  # the lock is free and everything is settled
+
+
+def test_no_pii_reaches_the_store_or_the_rejected_and_dead_letter_topics(store_engine):
+    """E-mails, phones and cards, plain and behind JSON escapes, in every field and id: the store's tables and the
+    `.rejected`/`.dlq` messages hold none of them, and ids are the keyed pseudonyms the guards counted by."""
+    from sqlalchemy import text
+
+    from curation.pii import pseudonymise, unescape_json_text
+
+    email, phone, card = "jane.doe@example.com", "+44 20 7946 0958", "4111 1111 1111 1111"
+    secrets = (email, phone, card, "jane.doe", "7946 0958", "4111 1111")
+    pii = f"mail {email} call {phone} card {card}"
+
+    def event(i: int, **patch) -> dict:
+        return {"schema_version": 1, "kind": "edit", "event_id": f"00000000-0000-4000-8000-{i:012d}",
+                "occurred_at": f"2026-11-01T00:{i:02d}:00Z", "app_id": "app", "user_id": f"{email} {i % 2}",
+                "session_id": pii[:200], "adapter_version": f"v1 {email}", "metadata": {email: pii},
+                "client": {"device_id": f"{phone} {i % 2}", "ip_hash": email},
+                "prompt": [{"role": "system", "content": pii}, {"role": "user", "content": f"{pii} q{i}"}],
+                "response": f"{pii} answer {i}", "edited": f"Sure! {pii} better answer {i}", **patch}
+
+    def escaped(data: dict) -> bytes:
+        return json.dumps(data, separators=(",", ":")).replace("@", "\\u0040").replace(" ", "\\u0020").encode()
+
+    raws = [escaped(event(i)) if i % 2 else json.dumps(event(i)).encode() for i in range(10)]
+    raws += [escaped(event(20, edited=None, rating=pii)), escaped(event(21))[:-40]]  # rejected, dead letter
+    edge = CurationEdge(store_engine, None, Policy(window_s=3600, lookahead_s=0, lookback_s=3600), topic="t",
+                        group="g", partitions=1, pseudonym_key=b"the-key")
+    out = edge.handle_batch([Record(r, 0, i) for i, r in enumerate(raws)])
+    assert (out.staged, len(out.rejected), len(out.dead)) == (10, 1, 1)
+    assert edge.settle_once(final=True)
+    sent = [m.decode() for _, m in out.rejected] + [m.decode() for m in out.dead]
+    with store_engine.connect() as conn:
+        stored = [str(tuple(row)) for table in ("curation_events", "curation_decisions", "curation_pairs",
+                                                 "curation_unpaired", "curation_windows", "curation_dead_letters")
+                  for row in conn.execute(text(f"SELECT * FROM {table}"))]
+        users = {r[0] for r in conn.execute(text("SELECT user_id FROM curation_decisions WHERE user_id IS NOT NULL"))}
+    assert len(stored) > 12
+    for blob in stored + sent:
+        assert not [s for s in secrets if s in blob or s in unescape_json_text(blob)], blob
+    assert users == {pseudonymise(b"the-key", "user_id", f"{email} {k}") for k in (0, 1)}

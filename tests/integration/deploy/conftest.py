@@ -88,6 +88,21 @@ class DeployEnv:
                                channel=self.settings.control_channel)
         return t
 
+    def admin_token(self, name: str) -> str:
+        """A new admin token named `name` in this registry (the secret, shown once)."""
+        from alignloop.db import session_scope
+        from deploy.tokens import create_admin_token
+
+        with session_scope(self.engine) as s:
+            return create_admin_token(s, name, created_by="tester")[1]
+
+    def revoke_admin_token(self, name: str) -> None:
+        from alignloop.db import session_scope
+        from deploy.tokens import revoke_admin_token
+
+        with session_scope(self.engine) as s:
+            revoke_admin_token(s, name, revoked_by="tester")
+
     def tamper(self, version: str, name: str = "adapter_model.safetensors") -> bytes:
         p = self.storage.root / version / name
         original = p.read_bytes()
@@ -109,7 +124,7 @@ def deploy_env(tmp_path, redis_url, tiny_base, adapter_sources):
     store_url = f"sqlite:///{tmp_path / 'store.db'}"
     settings = DeploySettings(
         artifact_root=tmp_path / "artifacts", store_url=store_url, redis_url=redis_url,
-        control_channel=f"test:deploy:{tmp_path.name}", base_model=str(tiny_base), admin_token="s3cret",
+        control_channel=f"test:deploy:{tmp_path.name}", base_model=str(tiny_base), admin_token_cache_s=0.0,
         reconcile_interval_s=30.0, max_resident=3, torch_threads=1, replica_id="in-process")
     engine = open_store(store_url)
     env = DeployEnv(settings=settings, engine=engine, storage=LocalArtifactStorage(settings.artifact_root),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import shutil
@@ -50,7 +51,7 @@ def test_register_canary_promote_rollback_and_audit(cli_env, tmp_path, redis_cli
     pubsub = redis_client.pubsub()
     pubsub.subscribe(cli_env["ALIGNLOOP_DEPLOY_CONTROL_CHANNEL"])
     for v in ("v1", "v2"):
-        out = run("register", str(tmp_path / "src" / v), "--reason", "trained", "--actor", "ci", "--json")
+        out = run("register", str(tmp_path / "src" / v), "--reason", "trained", "--json")
         assert out["version"] == v and out["status"] == "candidate"
     assert run("promote", "v1", "--reason", "first", "--json")["active"] == "v1"
     routing = run("canary", "v2", "--share", "0.2", "--reason", "try it", "--json")
@@ -64,7 +65,7 @@ def test_register_canary_promote_rollback_and_audit(cli_env, tmp_path, redis_cli
     audit = run("audit", "--json")
     assert [e["action"] for e in audit] == ["register", "register", "promote", "canary", "promote", "rollback",
                                             "rollback"]
-    assert audit[0]["actor"] == "ci" and audit[-2]["reason"] == "bad numbers"
+    assert {e["actor"] for e in audit} == {getpass.getuser()} and audit[-2]["reason"] == "bad numbers"
     messages = []
     while (m := pubsub.get_message(timeout=1)) is not None:
         if m["type"] == "message":
@@ -94,3 +95,49 @@ def test_errors_are_one_line_and_exit_2_through_the_real_entry_point(cli_env, tm
 def test_reason_is_required(cli_env):
     result = CliRunner().invoke(app, ["promote", "v1"])
     assert result.exit_code == 2 and "--reason" in result.output
+
+
+def test_moves_record_the_os_user_and_take_no_actor(cli_env, tmp_path):
+    result = CliRunner().invoke(app, ["register", str(tmp_path / "src" / "v1"), "--reason", "x", "--actor", "ci"])
+    assert result.exit_code == 2 and "--actor" in result.output  # who moves is the login, not an argument
+
+
+def test_rollback_to_base_works_with_the_adapters_damaged(cli_env, tmp_path):
+    import shutil
+
+    for v in ("v1", "v2"):
+        run("register", str(tmp_path / "src" / v), "--reason", "trained")
+    run("promote", "v1", "--reason", "first")
+    run("promote", "v2", "--reason", "second")
+    root = Path(cli_env["ALIGNLOOP_DEPLOY_ARTIFACT_ROOT"])
+    (root / "v1" / "adapter_model.safetensors").write_bytes(b"damaged")
+    shutil.rmtree(root / "v2")
+    plain = CliRunner().invoke(app, ["rollback", "--reason", "v2 is bad"])
+    assert plain.exit_code != 0  # back to v1 needs v1's files, which fail their check
+    out = run("rollback", "--to", "base", "--reason", "page: bad answers", "--json")
+    assert (out["active"], out["canary"]) == (None, None)
+    last = run("audit", "--json")[-1]
+    assert (last["action"], last["actor"], last["version"], last["from_version"]) == \
+        ("rollback", getpass.getuser(), None, "v2")
+
+
+def test_admin_tokens_are_named_shown_once_and_stored_hashed(cli_env, tmp_path):
+    from sqlalchemy import create_engine, text
+
+    a = run("tokens", "create", "alice", "--json")
+    b = run("tokens", "create", "deploy-bot", "--json")
+    assert a["token"].startswith(f"ada_{a['token_id']}_") and a["name"] == "alice" and b["name"] == "deploy-bot"
+    listed = run("tokens", "list", "--json")
+    assert [(t["name"], t["revoked_at"]) for t in listed] == [("alice", None), ("deploy-bot", None)]
+    assert "token" not in listed[0] and a["token"] not in json.dumps(listed)
+    engine = create_engine(cli_env["ALIGNLOOP_DEPLOY_STORE_URL"])
+    with engine.connect() as conn:
+        stored = " ".join(str(tuple(r)) for r in conn.execute(text("SELECT * FROM deploy_admin_tokens")))
+    engine.dispose()
+    assert a["token"] not in stored and b["token"] not in stored
+    assert run("tokens", "revoke", "alice", "--json")[0]["revoked_at"]
+    assert [t["name"] for t in run("tokens", "list", "--json") if t["revoked_at"] is None] == ["deploy-bot"]
+    actions = [(e["action"], e["actor"]) for e in run("audit", "--json")]
+    assert actions == [("admin_token_create", getpass.getuser())] * 2 + [("admin_token_revoke", getpass.getuser())]
+    bad = CliRunner().invoke(app, ["tokens", "create", "no spaces"])
+    assert bad.exit_code != 0

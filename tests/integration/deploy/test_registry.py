@@ -190,3 +190,30 @@ def test_a_rejected_candidate_is_audited_and_never_routable(reg):
         reg.read(registry.reject_candidate, "v3", actor="t", reason="again")
     entry = [e for e in reg.read(registry.audit_log) if e.version == "v3"][-1]
     assert entry.action == "reject" and "heldout_accuracy" in entry.reason
+
+
+def test_rollback_to_base_always_works_even_with_every_adapter_damaged(reg, storage):
+    import shutil
+
+    from deploy.models import BASE
+
+    reg(registry.promote, "v1", **WHO)
+    reg(registry.promote, "v2", **WHO)
+    reg(registry.start_canary, "v3", 0.5, **WHO)
+    (storage.root / "v1" / "adapter_model.safetensors").write_bytes(b"damaged")  # the previous active
+    shutil.rmtree(storage.root / "v2")  # the active one: gone altogether
+    with pytest.raises(ArtifactError):
+        reg(registry.rollback, to="v1", **WHO)  # a named version is verified first, and refused
+    r = reg(registry.rollback, to=BASE, **WHO)
+    assert (r.active, r.canary, r.generation) == (None, None, 4)
+    assert [status(reg, v) for v in ("v1", "v2", "v3")] == ["retired", "rolled_back", "rolled_back"]
+    entry = reg.read(registry.audit_log)[-1]
+    assert (entry.action, entry.version, entry.from_version, entry.detail["canary_stopped"]) == \
+        ("rollback", None, "v2", "v3")
+    assert reg(registry.rollback, to=BASE, **WHO).active is None  # on the base already: still a recorded move
+
+
+def test_base_is_no_version_name(reg, tmp_path):
+    src = write_fake_artifact(tmp_path / "src" / "base", "base", seed=9)
+    with pytest.raises(RegistryError, match="reserved"):
+        reg(registry.register_adapter, src, **WHO)

@@ -108,35 +108,70 @@ def test_old_adapters_are_unloaded_least_recently_used_first(client, deploy_env,
     assert chat(client)["choices"][0]["message"]["content"] == reference_texts["v1"]
 
 
-def test_admin_api_needs_the_token_and_audits_its_moves(client, deploy_env):
+def test_admin_api_takes_named_tokens_and_audits_the_tokens_name(client, deploy_env):
     deploy_env.register("v1", "v2")
+    ops = {"Authorization": f"Bearer {deploy_env.admin_token('ops')}"}
+    oncall = {"Authorization": f"Bearer {deploy_env.admin_token('oncall')}"}  # several tokens, each its own name
     assert client.get("/admin/versions").status_code == 401
     assert client.get("/admin/versions", headers={"Authorization": "Bearer wrong"}).status_code == 401
-    auth = {"Authorization": "Bearer s3cret"}
-    listed = client.get("/admin/versions", headers=auth).json()
+    listed = client.get("/admin/versions", headers=ops).json()
     assert [v["version"] for v in listed["versions"]] == ["v1", "v2"]
-    r = client.post("/admin/canary", headers=auth,
-                    json={"version": "v1", "share": 0.3, "reason": "try", "actor": "ops"})
+    r = client.post("/admin/canary", headers=ops, json={"version": "v1", "share": 0.3, "reason": "try"})
     assert r.status_code == 200 and r.json()["routing"]["canary"] == "v1"
-    r = client.post("/admin/promote", headers=auth, json={"reason": "looks good", "actor": "ops"})
+    r = client.post("/admin/promote", headers=ops, json={"reason": "looks good", "actor": "someone-else"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "actor"  # who acts is the token, never the body
+    r = client.post("/admin/promote", headers=ops, json={"reason": "looks good"})
     assert r.json()["routing"]["active"] == "v1"
     wait_for(lambda: serving(client)["active"] == "v1")
-    r = client.post("/admin/promote", headers=auth, json={"version": "nope", "reason": "x"})
+    r = client.post("/admin/promote", headers=ops, json={"version": "nope", "reason": "x"})
     assert r.status_code == 404 and "not registered" in r.json()["error"]["message"]
-    r = client.post("/admin/rollback", headers=auth, json={"to": "v2", "reason": "x"})
+    r = client.post("/admin/rollback", headers=oncall, json={"to": "v2", "reason": "x"})
     assert r.status_code == 409 and "was active before" in r.json()["error"]["message"]
-    r = client.post("/admin/rollback", headers=auth, json={"reason": "bad numbers", "actor": "oncall"})
+    r = client.post("/admin/rollback", headers=oncall, json={"reason": "bad numbers"})
     assert r.status_code == 200 and r.json()["routing"]["active"] is None
-    audit = client.get("/admin/audit", headers=auth).json()["audit"]
+    audit = client.get("/admin/audit", headers=oncall).json()["audit"]
     assert [(e["action"], e["actor"], e["reason"]) for e in audit][-3:] == [
         ("canary", "ops", "try"), ("promote", "ops", "looks good"), ("rollback", "oncall", "bad numbers")]
+    # stored hashed: no column holds a token; a revoked one is refused (cache time 0 in these settings)
+    from sqlalchemy import text
+
+    with deploy_env.engine.connect() as conn:
+        rows = [str(tuple(r)) for r in conn.execute(text("SELECT * FROM deploy_admin_tokens"))]
+    assert len(rows) == 2 and not any(h["Authorization"][7:] in row for row in rows for h in (ops, oncall))
+    deploy_env.revoke_admin_token("ops")
+    assert client.get("/admin/versions", headers=ops).status_code == 401
+    assert client.get("/admin/versions", headers=oncall).status_code == 200
+    r = client.post("/admin/rollback", headers=oncall, json={"to": "base", "reason": "page"})  # as on the CLI
+    assert r.status_code == 200 and r.json()["routing"]["active"] is None
+    assert client.get("/admin/audit", headers=oncall).json()["audit"][-1]["detail"]["to"] == "base"
 
 
-def test_admin_api_is_off_without_a_configured_token(deploy_env):
-    settings = deploy_env.settings.model_copy(update={"admin_token": None})
-    with TestClient(create_app(settings)) as c:
-        r = c.get("/admin/versions", headers={"Authorization": "Bearer anything"})
-        assert r.status_code == 503 and "ALIGNLOOP_DEPLOY_ADMIN_TOKEN" in r.json()["error"]["message"]
+def test_admin_api_is_off_until_a_token_exists(client):
+    r = client.get("/admin/versions", headers={"Authorization": "Bearer anything"})
+    assert r.status_code == 503 and "alignloop deploy tokens create" in r.json()["error"]["message"]
+
+
+def test_a_replica_starting_on_a_damaged_active_adapter_serves_the_base_and_says_degraded(deploy_env,
+                                                                                           reference_texts):
+    deploy_env.register("v1")
+    deploy_env.move(registry.promote, "v1")
+    original = deploy_env.tamper("v1")
+    with TestClient(create_app(deploy_env.settings)) as c:
+        r = c.get("/healthz")
+        assert r.status_code == 200, r.text
+        health = r.json()
+        assert health["status"] == "degraded" and health["serving"]["active"] is None
+        assert health["degraded"]["versions"] == ["v1"] and "sha256 mismatch" in health["degraded"]["error"]
+        out = chat(c)
+        assert (out["adapter_version"], out["choices"][0]["message"]["content"]) == (None, reference_texts[None])
+        assert "alignloop_deploy_degraded 1.0" in c.get("/metrics").text
+        deploy_env.restore("v1", original)
+        deploy_env.publish()
+        wait_for(lambda: serving(c)["active"] == "v1")
+        health = c.get("/healthz").json()
+        assert health["status"] == "ok" and health["degraded"] is None
+        assert chat(c)["adapter_version"] == "v1"
+        assert "alignloop_deploy_degraded 0.0" in c.get("/metrics").text
 
 
 @pytest.mark.parametrize("body, param", [
@@ -161,17 +196,6 @@ def test_sampling_with_a_seed_is_repeatable(client):
     a = chat(client, temperature=0.9, seed=7)["choices"][0]["message"]["content"]
     b = chat(client, temperature=0.9, seed=7)["choices"][0]["message"]["content"]
     assert a == b
-
-
-def test_a_replica_that_starts_on_a_tampered_active_is_not_ready(deploy_env):
-    deploy_env.register("v1")
-    deploy_env.move(registry.promote, "v1", publish=False)
-    deploy_env.tamper("v1")
-    with TestClient(create_app(deploy_env.settings)) as c:
-        h = c.get("/healthz")
-        assert h.status_code == 503 and "sha256 mismatch" in h.json()["last_error"]
-        r = c.post("/v1/chat/completions", json={"messages": PROMPT})
-        assert r.status_code == 503 and "replica not ready" in r.json()["error"]["message"]
 
 
 def test_requests_routed_before_a_flip_finish_on_their_adapter_even_when_it_is_unrouted(

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import uuid
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -42,14 +45,13 @@ def test_ten_thousand_events_through_the_gateway_arrive_exactly_once(gateway, ka
     assert max(on_topic.values()) == 1
 
 
-def test_a_single_event_is_acknowledged_with_its_id_and_hashed_address(gateway, kafka_bootstrap):
-    e = an_event(client={"device_id": "phone-7", "ip_hash": "forged"})
+def test_a_single_event_is_acknowledged_with_its_id_and_no_source_of_the_connection(gateway, kafka_bootstrap):
+    e = an_event(client={"device_id": "phone-7"})
     r = post(gateway, e)
     assert r.status_code == 200, r.text
     assert r.json()["results"] == [{"index": 0, "status": "accepted", "event_id": e["event_id"]}]
     stored = json.loads(read_topic(kafka_bootstrap, gateway.topic)[0])
-    assert stored["client"]["device_id"] == "phone-7"
-    assert stored["client"]["ip_hash"] not in ("forged", "127.0.0.1") and len(stored["client"]["ip_hash"]) == 32
+    assert stored["client"] == {"device_id": "phone-7"}  # the gateway's peer (this test process) is no end user
     assert b"127.0.0.1" not in read_topic(kafka_bootstrap, gateway.topic)[0]
 
 
@@ -179,3 +181,109 @@ def test_a_conversation_lands_in_one_partition_through_the_sdk_and_the_gateway(g
     assert sorted(where) == sorted(sessions)
     assert all(len(parts) == 1 for parts in where.values()), where
     assert len(set().union(*where.values())) > 1  # and the conversations spread over the partitions
+
+
+# ---------------------------------------------------------------- end-user sources (issue 12, item 1)
+def _recent(i: int) -> str:
+    """Event times spread over the last half hour (the contract and the replay's clock accept them)."""
+    t = datetime.now(UTC) - timedelta(minutes=30) + timedelta(seconds=4 * i)
+    return t.isoformat().replace("+00:00", "Z")
+
+
+def _users_events(users: range) -> list[dict]:
+    return [an_event(user_id=f"user-{u}", prompt=f"question {u} {k}", response=f"answer {u} {k}",
+                     occurred_at=_recent(2 * u + k), rating="up" if (u + k) % 2 else "down")
+            for u in users for k in range(2)]
+
+
+def _replay(tmp_path, values: list[bytes]) -> dict[str, list[str]]:
+    """The topic's events through `alignloop curation replay` (the real entry point): event_id -> reasons."""
+    src = tmp_path / "events.jsonl"
+    src.write_bytes(b"".join(v + b"\n" for v in values))
+    out = tmp_path / "decisions.jsonl"
+    run = subprocess.run([sys.executable, "-c", "from alignloop.cli import main; main()", "curation", "replay", "--input", str(src),
+                          "--decisions", str(out), "--json"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return {d["event_id"]: d["reasons"] for d in map(json.loads, out.read_text().splitlines())}
+
+
+def test_two_hundred_users_behind_one_app_backend_are_all_kept(gateway, kafka_bootstrap, tmp_path):
+    """An app posts from its backend without end-user addresses: one peer, but no shared end-user source."""
+    events = _users_events(range(200))
+    for i in range(0, 200, 50):  # batches, and single-event requests, all from this one process
+        assert post(gateway, events[i:i + 50]).status_code == 200
+    for e in events[200:]:
+        assert post(gateway, e).status_code == 200
+    values = read_topic(kafka_bootstrap, gateway.topic)
+    assert len(values) == 400
+    decisions = _replay(tmp_path, values)
+    assert len(decisions) == 400
+    assert Counter(r for reasons in decisions.values() for r in reasons) == Counter(), "all 400 must be kept"
+    assert all("ip_hash" not in (json.loads(v).get("client") or {}) for v in values)  # the peer is no source
+
+
+def test_end_user_addresses_are_hashed_with_the_key_and_never_stored(gateway, kafka_bootstrap, tmp_path):
+    """client.ip in a batch, X-Alignloop-End-User-IP on single events: one keyed hash per end user."""
+    events = _users_events(range(200))
+    address = {f"user-{u}": (f"203.0.{u // 100}.{u % 100 + 1}" if u % 5 else f"2001:db8:{u:x}::{u % 7 + 1}")
+               for u in range(200)}
+    batch = [{**e, "client": {"ip": address[e["user_id"]], "device_id": f"dev-{e['user_id']}"}} for e in events[:200]]
+    for i in range(0, 200, 100):
+        r = post(gateway, batch[i:i + 100])
+        assert r.status_code == 200, r.text[:500]
+    for e in events[200:]:
+        r = httpx.post(f"{gateway.url}/v1/events", json=e, timeout=30,
+                       headers={"Authorization": f"Bearer {gateway.key}",
+                                "X-Alignloop-End-User-IP": address[e["user_id"]]})
+        assert r.status_code == 200, r.text[:500]
+    values = read_topic(kafka_bootstrap, gateway.topic)
+    assert len(values) == 400
+    raw = b"\n".join(values)
+    assert not any(a.encode() in raw for a in address.values()) and b"127.0.0.1" not in raw
+    hashes: dict[str, set[str]] = {}
+    for v in values:
+        e = json.loads(v)
+        assert set(e["client"]) <= {"ip_hash", "device_id"} and len(e["client"]["ip_hash"]) == 32
+        hashes.setdefault(e["user_id"], set()).add(e["client"]["ip_hash"])
+    assert all(len(h) == 1 for h in hashes.values())  # one user, one source, by either way of sending it
+    assert len({h for hs in hashes.values() for h in hs}) == 200
+    decisions = _replay(tmp_path, values)
+    assert len(decisions) == 400 and all(not r for r in decisions.values())
+
+
+@pytest.mark.parametrize("patch, headers, loc", [
+    ({"client": {"ip": "not-an-address"}}, {}, "client.ip"),
+    ({"client": {"ip_hash": "chosen-by-the-app"}}, {}, "client.ip_hash"),
+    ({}, {"X-Alignloop-End-User-IP": "300.1.1.1"}, "header.x-alignloop-end-user-ip"),
+    ({"client": {"ip": "198.51.100.7"}}, {"X-Alignloop-End-User-IP": "198.51.100.7"}, "header.x-alignloop-end-user-ip"),
+])
+def test_a_bad_or_ambiguous_end_user_source_is_422_and_not_echoed(gateway, kafka_bootstrap, patch, headers, loc):
+    r = httpx.post(f"{gateway.url}/v1/events", json=an_event(**patch), timeout=30,
+                   headers={"Authorization": f"Bearer {gateway.key}", **headers})
+    assert r.status_code == 422, r.text[:500]
+    assert [e["loc"] for e in r.json()["errors"]] == [loc]
+
+
+def test_the_end_user_header_is_for_single_events_only(gateway):
+    r = httpx.post(f"{gateway.url}/v1/events", json=[an_event(), an_event()], timeout=30,
+                   headers={"Authorization": f"Bearer {gateway.key}", "X-Alignloop-End-User-IP": "198.51.100.7"})
+    assert r.status_code == 422 and r.json()["errors"][0]["loc"] == "header.x-alignloop-end-user-ip"
+
+
+def test_the_http_client_passes_the_end_user_address_for_the_gateway_to_hash(gateway, kafka_bootstrap):
+    from ingest.client import FeedbackClient
+    from ingest.sources import source_hash
+
+    with HttpFeedbackClient("shop-bot", gateway.url, gateway.key, batch_size=10) as client:
+        sent = [client.rate(user_id=f"u{i}", prompt=f"q{i}", response="a", rating="up",
+                            end_user_ip=f"198.51.100.{i + 1}", client={"device_id": f"d{i}"}) for i in range(12)]
+        with pytest.raises(EventError) as bad:
+            client.rate(user_id="u", prompt="q", response="a", rating="up", end_user_ip="nope")
+        assert bad.value.errors[0]["loc"] == "end_user_ip"
+    assert all(d.succeeded() for d in sent)
+    stored = {e["user_id"]: e["client"] for e in map(json.loads, read_topic(kafka_bootstrap, gateway.topic))}
+    assert stored == {f"u{i}": {"ip_hash": source_hash(b"test-source-key", f"198.51.100.{i + 1}"), "device_id": f"d{i}"}
+                      for i in range(12)}
+    with FeedbackClient("shop-bot", kafka_bootstrap, topic=gateway.topic) as sdk:
+        with pytest.raises(EventError, match="sends no raw address"):  # the Kafka SDK: the app hashes it itself
+            sdk.rate(user_id="u", prompt="q", response="a", rating="up", end_user_ip="198.51.100.1")

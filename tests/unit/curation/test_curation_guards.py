@@ -46,6 +46,18 @@ def test_a_metronome_and_a_farm_behind_one_ip():
     assert not any(n.event_id in found for n in nat)
 
 
+def test_source_guards_act_only_on_end_user_sources():
+    """Users who share no end-user source (an app's backend sends for them) are never one source."""
+    crowd = [make(user=f"user-{k}", t=k * 4 + j * 2, prompt=f"q{k}-{j}") for k in range(200) for j in range(2)]
+    found, report = find_rate_abuse(sorted(crowd, key=lambda i: i.sort_key), P)
+    assert found == {} and report.burst_sources == set()
+    # the same crowd on one end-user address is a farm: the guard still works where a source exists
+    shared = [make(user=i.user_id, t=(i.occurred_at - crowd[0].occurred_at).total_seconds(), prompt=i.prompt[0][1],
+                   ip="one-address") for i in crowd]
+    found, _ = find_rate_abuse(sorted(shared, key=lambda i: i.sort_key), P)
+    assert set(found.values()) == {Reason.RATE_SOURCE}
+
+
 def _votes(users, items, t0, spread, rating):
     return [make(user=u, t=t0 + (k * 7 + i) % spread, prompt=f"item {it}", response="Answer", rating=rating)
             for k, u in enumerate(users) for i, it in enumerate(items)]

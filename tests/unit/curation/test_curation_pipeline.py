@@ -20,7 +20,7 @@ GOOD = {"schema_version": 1, "event_id": "123e4567-e89b-12d3-a456-426614174000",
 def test_decode_outcomes():
     ok = decode_raw(json.dumps(GOOD))
     assert isinstance(ok, Accepted)
-    assert "4111" not in ok.item.prompt[0][1] and ok.item.user_id.startswith("pii-")
+    assert "4111" not in ok.item.prompt[0][1] and ok.item.user_id.startswith("u_")
     assert set(ok.item.pii) == {"pii_card", "pii_email"}
     bad = decode_raw(json.dumps({**GOOD, "rating": "meh"}))
     assert isinstance(bad, Rejected) and bad.reason == "contract_schema"

@@ -16,7 +16,7 @@ POLICY = Policy(window_s=2 * 10**9, lookahead_s=0, lookback_s=0)  # one window h
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(events(), min_size=1, max_size=12, unique_by=lambda e: e.event_id))
 def test_one_decision_per_event_and_lineage_from_kept_events(evs):
-    items = [build_item(e) for e in evs]
+    items = [build_item(e, b"test-key") for e in evs]
     start = window_start(min(it.occurred_at for it in items), POLICY)
     result = settle_window(items, start, POLICY)
     assert sorted(d["event_id"] for d in result.decisions) == sorted(it.event_id for it in items)
