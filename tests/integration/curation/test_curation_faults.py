@@ -167,7 +167,7 @@ def _stream_through_an_outage(tmp_path, *, topic: str, group: str, bootstrap: st
         workers.stop_all()
     assert counts["decisions"] == want
     _same_as_replay(out, replay)
-    refused = {d["event_id"] for d in replay.decisions if d["reasons"][0].startswith("contract_")}
+    refused = {d["event_id"] for d in replay.decisions if d["reasons"] and d["reasons"][0].startswith("contract_")}
     assert refused and {json.loads(m)["event_id"] for m in read_topic(bootstrap, f"{topic}.rejected")} == refused
     assert {json.loads(m)["sha256"] for m in read_topic(bootstrap, f"{topic}.dlq")} == \
         {d["sha256"] for d in replay.dlq}

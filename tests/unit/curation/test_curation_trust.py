@@ -5,7 +5,6 @@ from datetime import UTC, datetime, timedelta
 
 from curation.decode import Accepted, Rejected, decode_raw
 from curation.replay import run_replay
-from curation.service import received_at
 from curation.settings import Policy
 
 NOW = datetime(2026, 11, 1, 12, tzinfo=UTC)
@@ -29,6 +28,8 @@ def test_an_event_dated_past_the_broker_time_plus_the_skew_is_refused_future_eve
 
 
 def test_a_record_timestamp_ahead_of_the_worker_clock_buys_no_skew():
+    from curation.service import received_at
+
     assert received_at(NOW + timedelta(hours=5), NOW) == NOW
     assert received_at(NOW - timedelta(hours=5), NOW) == NOW - timedelta(hours=5)
     assert received_at(None, NOW) == NOW
