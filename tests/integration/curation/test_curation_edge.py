@@ -6,7 +6,7 @@ from datetime import timedelta
 import pytest
 
 from alignloop.db import session_scope
-from curation import store
+from curation import query, store
 from curation.report import build_report
 from curation.service import CurationEdge, Record
 from curation.settings import Policy
@@ -96,6 +96,8 @@ def test_two_apps_with_the_same_event_id_are_both_staged_and_decided(store_engin
         decisions = store.load_decisions(s)
         staged = store.load_staged(s, *_span())
         counts = store.count_rows(s)
+        refused = query.load_decision(s, same, "app-c")
     assert [(d["event_id"], d["decision"]) for d in decisions] == [(same, "keep"), (same, "keep"), (same, "drop")]
+    assert refused == {"event_id": same, "decision": "drop", "reasons": ["contract_schema"]}
     assert sorted(it.app_id for it in staged) == ["app-a", "app-b"]
     assert counts["decisions"] == 3 and counts["unpaired"] == 2
