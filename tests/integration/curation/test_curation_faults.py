@@ -132,7 +132,7 @@ def _metric(port: int, name: str) -> float | None:
 
 
 def _stream_through_an_outage(tmp_path, *, topic: str, group: str, bootstrap: str, redis_url: str,
-                              store_url: str | None, stop, start) -> None:
+                              store_url: str | None, stop, start, dependency: str) -> None:
     """3,000 generated lines (valid, refused, unreadable) over 25 s; the service is down for 10 s from +6 s.
 
     Afterwards the store holds the replay's decisions exactly (none lost, none twice), every refused event
@@ -163,6 +163,7 @@ def _stream_through_an_outage(tmp_path, *, topic: str, group: str, bootstrap: st
         counts = workers.wait_for(lambda c: c["decisions"] >= want, 150, f"{want} decisions")
         out = workers.outputs()
         healthy_after = _metric(port, "curation_worker_healthy")
+        retried = _metric(port, f'curation_dependency_retries_total{{dependency="{dependency}"}}')
     finally:
         workers.stop_all()
     assert counts["decisions"] == want
@@ -171,6 +172,7 @@ def _stream_through_an_outage(tmp_path, *, topic: str, group: str, bootstrap: st
     assert refused and {json.loads(m)["event_id"] for m in read_topic(bootstrap, f"{topic}.rejected")} == refused
     assert {json.loads(m)["sha256"] for m in read_topic(bootstrap, f"{topic}.dlq")} == \
         {d["sha256"] for d in replay.dlq}
+    assert retried, f"no write to {dependency} failed: the outage missed the batches in flight"
     assert 0.0 in health, f"the worker never reported unhealthy during the outage: {health}"
     assert healthy_after == 1.0
 
@@ -211,10 +213,10 @@ def test_postgres_down_for_10_s_loses_no_event(tmp_path, curation_topic, kafka_g
                                                private_postgres):
     _stream_through_an_outage(tmp_path, topic=curation_topic, group=kafka_group, bootstrap=kafka_bootstrap,
                               redis_url=redis_url, store_url=private_postgres.url,
-                              stop=private_postgres.stop, start=private_postgres.start)
+                              stop=private_postgres.stop, start=private_postgres.start, dependency="store")
 
 
 def test_redis_down_for_10_s_loses_no_event(tmp_path, curation_topic, kafka_group, kafka_bootstrap, private_redis):
     _stream_through_an_outage(tmp_path, topic=curation_topic, group=kafka_group, bootstrap=kafka_bootstrap,
                               redis_url=f"redis://{private_redis.host}:{private_redis.port}/0", store_url=None,
-                              stop=private_redis.stop, start=private_redis.start)
+                              stop=private_redis.stop, start=private_redis.start, dependency="redis")
