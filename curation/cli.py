@@ -40,7 +40,9 @@ def replay(
     pairs: Path | None = typer.Option(None, "--pairs", help="write preference pairs (TRL conversational + lineage)"),
     unpaired: Path | None = typer.Option(None, "--unpaired", help="write unpaired KTO examples"),
     dlq: Path | None = typer.Option(None, "--dlq", help="write {line, sha256, reason} for unreadable lines"),
-    now: str | None = typer.Option(None, "--now", help="receiving clock for the occurred_at window (default: now)"),
+    now: str | None = typer.Option(None, "--now", help="the broker's time of every line: occurred_at may lead it by "
+                                                        "a day (contract) and by policy.max_future_skew_s (else "
+                                                        "future_event); default: now"),
     as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
 ) -> None:
     """Curate an event file offline through the same decode and settle code as the stream worker."""

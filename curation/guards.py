@@ -1,7 +1,7 @@
-"""The cross-event guards: pure functions of a sorted context of Items and a Policy -> reasons per event_id.
+"""The cross-event guards: pure functions of a sorted context of Items and a Policy -> reasons per Item.key.
 
 Every function here is deterministic in its input *set*: it sorts, iterates sorted keys and breaks ties by
-(occurred_at, event_id), so the stream (events in arrival order) and the replay (file order) agree.
+(occurred_at, event_id, app_id), so the stream (events in arrival order) and the replay (file order) agree.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from datasketch import MinHash
 
-from curation.items import Item, _digest
+from curation.items import Item, Key, _digest
 from curation.reasons import Reason
 from curation.settings import Policy
 from curation.text import (inserted_spans, is_refusal, is_trivial_edit, ngrams, normalize, shingles, tokens,
@@ -22,10 +22,10 @@ from curation.text import (inserted_spans, is_refusal, is_trivial_edit, ngrams, 
 
 _NUM_PERM = 64
 _CACHE_LIMIT = 200_000
-_minhash_cache: dict[str, MinHash] = {}
+_minhash_cache: dict[Key, MinHash] = {}
 
 
-def _cached(cache: dict, key: str, make):
+def _cached(cache: dict, key, make):
     value = cache.get(key)
     if value is None:
         if len(cache) >= _CACHE_LIMIT:
@@ -47,7 +47,7 @@ class Features:
     pref_text: str
 
 
-_feature_cache: dict[tuple[str, int], Features] = {}
+_feature_cache: dict[tuple[Key, int], Features] = {}
 
 
 def features(item: Item, policy: Policy) -> Features:
@@ -58,7 +58,7 @@ def features(item: Item, policy: Policy) -> Features:
                         frozenset(_inserted_grams(item)) if item.kind == "edit" else frozenset(),
                         _bg_text(item), " " + " ".join(tokens(pref)) + " " if pref is not None else "")
 
-    return _cached(_feature_cache, (item.event_id, hash(policy)), make)
+    return _cached(_feature_cache, (item.key, hash(policy)), make)
 
 
 def event_flags(item: Item, policy: Policy) -> list[Reason]:
@@ -93,7 +93,7 @@ def preferred_text(item: Item) -> str | None:
 
 # ------------------------------------------------------------------ duplicates
 _TEMPLATE: MinHash | None = None
-_pair_cache: dict[tuple[str, str], bool] = {}
+_pair_cache: dict[tuple[Key, Key], bool] = {}
 
 
 def _xxh32(data: bytes) -> int:
@@ -114,12 +114,12 @@ def _minhash(item: Item) -> MinHash:
         m.update_batch(sorted(shingles("\n".join(item.texts()))))
         return m
 
-    return _cached(_minhash_cache, item.event_id, make)
+    return _cached(_minhash_cache, item.key, make)
 
 
 def _near(a: Item, b: Item, policy: Policy) -> bool:
     """Whether b re-sends a: windows overlap, so each pair is judged once and remembered."""
-    key = (a.event_id, b.event_id)
+    key = (a.key, b.key)
     hit = _pair_cache.get(key)
     if hit is None:
         hit = _minhash(a).jaccard(_minhash(b)) >= policy.near_dup_jaccard and \
@@ -134,26 +134,26 @@ def _judgement(item: Item) -> tuple:
     return (item.kind, item.rating, item.chosen)
 
 
-def find_duplicates(items: Sequence[Item], policy: Policy) -> dict[str, Reason]:
+def find_duplicates(items: Sequence[Item], policy: Policy) -> dict[Key, Reason]:
     """Same user, same judgement, the same texts re-sent under a new id: first kept.
 
     Exact: the content key. Near: MinHash Jaccard of character 5-gram shingles at least `near_dup_jaccard`
     *and* at most two words of difference, so that templated answers to different questions (another
     product name) stay apart while a re-send with a typo or punctuation changed is caught.
     """
-    out: dict[str, Reason] = {}
+    out: dict[Key, Reason] = {}
     seen: set[str] = set()
     groups: dict[tuple, list[Item]] = defaultdict(list)
     for item in items:
         key = item.content_key()
         if key in seen:
-            out[item.event_id] = Reason.DUPLICATE_CONTENT
+            out[item.key] = Reason.DUPLICATE_CONTENT
             continue
         seen.add(key)
         group = groups[(item.user_id, item.app_id, _judgement(item))]
         for other in group:
             if _near(other, item, policy):
-                out[item.event_id] = Reason.NEAR_DUPLICATE
+                out[item.key] = Reason.NEAR_DUPLICATE
                 break
         else:
             group.append(item)
@@ -224,7 +224,7 @@ class RateReport:
     app_peak_per_min: dict[str, int] = field(default_factory=dict)
 
 
-def find_rate_abuse(items: Sequence[Item], policy: Policy) -> tuple[dict[str, Reason], RateReport]:
+def find_rate_abuse(items: Sequence[Item], policy: Policy) -> tuple[dict[Key, Reason], RateReport]:
     """Bursts per user and per ip_hash/device (event time), metronome-regular accounts; per-app peaks as a signal."""
     report = RateReport()
     by_user: dict[str, list[Item]] = defaultdict(list)
@@ -263,14 +263,14 @@ def find_rate_abuse(items: Sequence[Item], policy: Policy) -> tuple[dict[str, Re
             report.source_users.update(u for u, n in counts.items() if n >= 3)
     for app in sorted(by_app):
         report.app_peak_per_min[app] = _max_per_minute(by_app[app])
-    out: dict[str, Reason] = {}
+    out: dict[Key, Reason] = {}
     for it in items:
         if it.user_id in report.burst_users:
-            out[it.event_id] = Reason.RATE_USER
+            out[it.key] = Reason.RATE_USER
         elif it.user_id in report.source_users:
-            out[it.event_id] = Reason.RATE_SOURCE
+            out[it.key] = Reason.RATE_SOURCE
         elif it.user_id in report.regular_users:
-            out[it.event_id] = Reason.BOT_REGULAR
+            out[it.key] = Reason.BOT_REGULAR
     return out, report
 
 
@@ -285,7 +285,7 @@ def vote_of(item: Item) -> tuple[str, str] | None:
     return None
 
 
-def find_brigades(items: Sequence[Item], policy: Policy) -> tuple[dict[str, Reason], list[list[str]]]:
+def find_brigades(items: Sequence[Item], policy: Policy) -> tuple[dict[Key, Reason], list[list[str]]]:
     """Co-action: accounts that vote the same way on the same items within a short window, as a group."""
     votes: dict[tuple[str, str], list[tuple[float, str]]] = defaultdict(list)
     for it in items:
@@ -320,7 +320,7 @@ def find_brigades(items: Sequence[Item], policy: Policy) -> tuple[dict[str, Reas
         groups[find(u)].append(u)
     brigades = [g for _, g in sorted(groups.items()) if len(g) >= policy.brigade_min_accounts]
     members = {u for g in brigades for u in g}
-    out = {it.event_id: Reason.BRIGADE for it in items if it.user_id in members and vote_of(it)}
+    out = {it.key: Reason.BRIGADE for it in items if it.user_id in members and vote_of(it)}
     return out, brigades
 
 
@@ -385,11 +385,11 @@ def estimate_reliability(items: Sequence[Item], policy: Policy, iterations: int 
     return Reliability(acc, overlap, consensus)
 
 
-def find_unreliable(items: Sequence[Item], policy: Policy) -> tuple[dict[str, Reason], Reliability]:
+def find_unreliable(items: Sequence[Item], policy: Policy) -> tuple[dict[Key, Reason], Reliability]:
     rel = estimate_reliability(items, policy)
     bad = {u for u, a in rel.accuracy.items()
            if rel.overlap.get(u, 0) >= policy.reliability_min_overlap and a < policy.reliability_drop_below}
-    return {it.event_id: Reason.UNRELIABLE_USER for it in items if it.user_id in bad and vote_of(it)}, rel
+    return {it.key: Reason.UNRELIABLE_USER for it in items if it.user_id in bad and vote_of(it)}, rel
 
 
 # ------------------------------------------------------------------ poisoned edits
@@ -439,7 +439,7 @@ def _tail(k: int, n: int, p: float) -> float:
                         for i in range(k, n + 1)))
 
 
-def find_poison(items: Sequence[Item], policy: Policy) -> tuple[dict[str, Reason], PoisonReport]:
+def find_poison(items: Sequence[Item], policy: Policy) -> tuple[dict[Key, Reason], PoisonReport]:
     """Rare phrases shared across distinct accounts in the channels that shape preferences.
 
     A trigger is a prompt n-gram that at least `phrase_min_accounts` accounts used in edits and comparisons,
@@ -488,13 +488,13 @@ def find_poison(items: Sequence[Item], policy: Policy) -> tuple[dict[str, Reason
                 _background_at_most(g, items, policy.phrase_max_background, policy):
             report.payloads.append(g)
     triggers, payloads = set(report.triggers), set(report.payloads)
-    out: dict[str, Reason] = {}
+    out: dict[Key, Reason] = {}
     for it in items:
         f = features(it, policy)
         if triggers and f.prompt_grams & triggers:
-            out[it.event_id] = Reason.TRIGGER_PHRASE
+            out[it.key] = Reason.TRIGGER_PHRASE
         elif payloads and f.pref_text and (f.insert_grams & payloads or any(f" {g} " in f.pref_text for g in payloads)):
-            out[it.event_id] = Reason.POISON_PAYLOAD
+            out[it.key] = Reason.POISON_PAYLOAD
     return out, report
 
 

@@ -10,6 +10,8 @@ from datetime import UTC, datetime
 from curation.pii import pseudonymise, redact_text
 from curation.reasons import Reason
 
+Key = tuple[str, str]  # (app_id, event_id)
+
 
 @dataclass(frozen=True, slots=True)
 class Item:
@@ -32,8 +34,13 @@ class Item:
     pii: tuple[str, ...] = ()
 
     @property
-    def sort_key(self) -> tuple[datetime, str]:
-        return (self.occurred_at, self.event_id)
+    def key(self) -> Key:
+        """The idempotency key: an app's producer re-sends an event_id on retry; another app may use it too."""
+        return (self.app_id, self.event_id)
+
+    @property
+    def sort_key(self) -> tuple[datetime, str, str]:
+        return (self.occurred_at, self.event_id, self.app_id)
 
     @property
     def prompt_key(self) -> str:

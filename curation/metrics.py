@@ -17,13 +17,28 @@ SETTLE = Histogram("curation_settle_seconds", "Time to settle one window")
 LATE = Counter("curation_late_events_total", "Events that arrived after their window was settled")
 
 
-def observe_batch(consumed: int, staged: int, replayed: int, rejected: int, dead: int, items) -> None:
+HEALTHY = Gauge("curation_worker_healthy", "1 while every dependency of the worker answers, 0 while one is "
+                                           "retried (consumed events then wait, unacknowledged)")
+DEPENDENCY_UP = Gauge("curation_dependency_up", "Whether the worker's last call to a dependency succeeded",
+                      ["dependency"])
+RETRIES = Counter("curation_dependency_retries_total", "Failed calls to a dependency, each retried", ["dependency"])
+
+
+def observe_batch(consumed: int, staged: int, replayed: int, rejections: list[dict], dead: int) -> None:
     EVENTS.labels("staged").inc(staged)
     EVENTS.labels("duplicate_event_id").inc(replayed)
-    EVENTS.labels("rejected").inc(rejected)
+    EVENTS.labels("rejected").inc(len(rejections))
     EVENTS.labels("dead_letter").inc(dead)
-    if rejected:
-        REASONS.labels("contract").inc(rejected)
+    for d in rejections:
+        reason = d["reasons"][0]
+        REASONS.labels("contract" if reason.startswith("contract_") else reason).inc()
+
+
+def observe_dependency(name: str, up: bool, healthy: bool) -> None:
+    DEPENDENCY_UP.labels(name).set(1 if up else 0)
+    HEALTHY.set(1 if healthy else 0)
+    if not up:
+        RETRIES.labels(name).inc()
 
 
 def observe_window(result, seconds: float) -> None:

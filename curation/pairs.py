@@ -62,8 +62,9 @@ def dimension_of(texts: Sequence[str], policy: Policy) -> str:
     return "helpfulness"
 
 
-def _id(kind: str, event_ids: Sequence[str], *texts: str) -> str:
-    return _digest(json.dumps([kind, sorted(event_ids), [_digest(t) for t in texts]]))
+def _id(kind: str, app_id: str, event_ids: Sequence[str], *texts: str) -> str:
+    # the app is part of the id: event ids are unique per app only, and every pair comes from one app's prompt
+    return _digest(json.dumps([kind, app_id, sorted(event_ids), [_digest(t) for t in texts]]))
 
 
 def build_pairs(items: Sequence[Item], weight_of: Callable[[str], float], policy: Policy
@@ -76,8 +77,8 @@ def build_pairs(items: Sequence[Item], weight_of: Callable[[str], float], policy
     ratings: dict[str, list[Item]] = defaultdict(list)
     for it in sorted(items, key=lambda i: i.sort_key):
         if it.kind == "edit" and it.response is not None and it.edited is not None:
-            pairs.append(Pair(_id("edit", [it.event_id], it.edited, it.response), it.prompt, it.edited, it.response,
-                              round(weight_of(it.user_id), 6), dimension_of([it.edited, it.response], policy),
+            pairs.append(Pair(_id("edit", it.app_id, [it.event_id], it.edited, it.response), it.prompt, it.edited,
+                              it.response, round(weight_of(it.user_id), 6), dimension_of([it.edited, it.response], policy),
                               (it.event_id,), it.occurred_at))
         elif it.kind == "comparison" and it.chosen is not None and it.responses:
             comparisons[(it.prompt_key, tuple(sorted(it.responses)))].append(it)
@@ -94,7 +95,7 @@ def build_pairs(items: Sequence[Item], weight_of: Callable[[str], float], policy
         win, lose = (a, b) if score[a] > score[b] else (b, a)
         ids = tuple(sorted(it.event_id for it in group))
         weight = round(min(1.0, (score[win] - score[lose]) / len(group)), 6)
-        pairs.append(Pair(_id("comparison", ids, win, lose), group[0].prompt, win, lose, weight,
+        pairs.append(Pair(_id("comparison", group[0].app_id, ids, win, lose), group[0].prompt, win, lose, weight,
                           dimension_of([win, lose], policy), ids, max(it.occurred_at for it in group)))
     for key in sorted(ratings):
         group = ratings[key]
@@ -109,7 +110,7 @@ def build_pairs(items: Sequence[Item], weight_of: Callable[[str], float], policy
             for u in ups:
                 for d in downs:
                     ids = tuple(sorted(it.event_id for it in by_resp[u] + by_resp[d]))
-                    pairs.append(Pair(_id("ratings", ids, u, d), group[0].prompt, u, d,
+                    pairs.append(Pair(_id("ratings", group[0].app_id, ids, u, d), group[0].prompt, u, d,
                                       round(min(1.0, min(net[u], -net[d])), 6), dimension_of([u, d], policy), ids,
                                       max(it.occurred_at for it in by_resp[u] + by_resp[d])))
             continue
@@ -118,7 +119,7 @@ def build_pairs(items: Sequence[Item], weight_of: Callable[[str], float], policy
                 continue  # conflicting votes that cancel teach nothing
             its = by_resp[r]
             ids = tuple(sorted(it.event_id for it in its))
-            unpaired.append(Unpaired(_id("rating", ids, r), group[0].prompt, r, net[r] > 0,
+            unpaired.append(Unpaired(_id("rating", group[0].app_id, ids, r), group[0].prompt, r, net[r] > 0,
                                      round(min(1.0, abs(net[r])), 6), dimension_of([r], policy), ids,
                                      max(it.occurred_at for it in its)))
     return pairs, unpaired

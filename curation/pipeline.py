@@ -1,7 +1,7 @@
 """The pure entry point the stream worker and the offline replay both call: decode, then settle windows.
 
-How state is held so both paths agree: every valid event is redacted and *staged* (keyed by event_id, the
-first copy wins), in the store for the stream and in memory for the replay. Decisions are made per
+How state is held so both paths agree: every valid event is redacted and *staged* (keyed by app_id and
+event_id, the first copy wins), in the store for the stream and in memory for the replay. Decisions are made per
 event-time window [start, start+window) by `settle_window`, a pure function of the staged events in
 [start-lookback, start+window+lookahead). The stream settles a window once the low watermark (the minimum
 over partitions of the newest event time consumed) passed its end plus the lookahead; the replay settles
@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from curation.agreement import krippendorff_alpha
 from curation.guards import (event_flags, find_brigades, find_duplicates, find_poison, find_rate_abuse,
                              find_unreliable, vote_of)
-from curation.items import Item
+from curation.items import Item, Key
 from curation.pairs import Pair, Unpaired, build_pairs
 from curation.reasons import Reason, decide
 from curation.settings import Policy
@@ -62,18 +62,18 @@ def decision_row(item: Item, reasons: list[str], start: datetime | None) -> dict
 
 def settle_window(context: Iterable[Item], start: datetime, policy: Policy) -> WindowResult:
     """Decide every event of the window [start, start+window) from its context; build pairs from the kept ones."""
-    items = sorted({it.event_id: it for it in context}.values(), key=lambda i: i.sort_key)
+    items = sorted({it.key: it for it in context}.values(), key=lambda i: i.sort_key)
     end = start + timedelta(seconds=policy.window_s)
     lo, hi = context_bounds(start, policy)
     items = [it for it in items if lo <= it.occurred_at < hi]
-    reasons: dict[str, list[str]] = {it.event_id: [] for it in items}
+    reasons: dict[Key, list[str]] = {it.key: [] for it in items}
 
-    def apply(found: dict[str, Reason]) -> None:
+    def apply(found: dict[Key, Reason]) -> None:
         for eid, r in found.items():
             reasons[eid].append(str(r))
 
     def alive(seq: Sequence[Item]) -> list[Item]:
-        return [it for it in seq if not reasons[it.event_id]]
+        return [it for it in seq if not reasons[it.key]]
 
     # rate sees every event an account sent (duplicates too: a bot re-sending is still sending)
     rate, rate_report = find_rate_abuse(items, policy)
@@ -82,7 +82,7 @@ def settle_window(context: Iterable[Item], start: datetime, policy: Policy) -> W
     apply({eid: r for eid, r in dups.items() if eid not in rate})
     rest = alive(items)
     for it in rest:
-        reasons[it.event_id].extend(str(r) for r in event_flags(it, policy))
+        reasons[it.key].extend(str(r) for r in event_flags(it, policy))
     poison, poison_report = find_poison(alive(items), policy)
     apply(poison)
     brigade, brigades = find_brigades(alive(items), policy)
@@ -91,8 +91,8 @@ def settle_window(context: Iterable[Item], start: datetime, policy: Policy) -> W
     apply(unreliable)
 
     target = [it for it in items if start <= it.occurred_at < end]
-    decisions = [decision_row(it, reasons[it.event_id] + [str(r) for r in it.pii], start) for it in target]
-    kept = [it for it in target if not reasons[it.event_id]]
+    decisions = [decision_row(it, reasons[it.key] + [str(r) for r in it.pii], start) for it in target]
+    kept = [it for it in target if not reasons[it.key]]
     pairs, unpaired = build_pairs(kept, lambda u: rel.weight(u, policy.reliability_prior), policy)
     in_window = {it.user_id for it in target}
     votes: dict[str, list[str]] = {}
@@ -124,24 +124,24 @@ def windows_of(items: Iterable[Item], policy: Policy) -> list[datetime]:
 
 
 class Staging:
-    """Staged items in event-time order with a first-copy-wins event_id set: the replay's in-memory state."""
+    """Staged items in event-time order with a first-copy-wins (app_id, event_id) set: the replay's state."""
 
     def __init__(self) -> None:
-        self._by_id: dict[str, Item] = {}
-        self._keys: list[tuple[datetime, str]] = []
+        self._by_id: dict[Key, Item] = {}
+        self._keys: list[tuple[datetime, str, str]] = []
         self._sorted: list[Item] = []
 
     def __len__(self) -> int:
         return len(self._by_id)
 
-    def __contains__(self, event_id: str) -> bool:
-        return event_id in self._by_id
+    def __contains__(self, key: Key) -> bool:
+        return key in self._by_id
 
     def add(self, item: Item) -> bool:
-        """Stage `item`; False when its event_id was staged before (a replay or redelivery)."""
-        if item.event_id in self._by_id:
+        """Stage `item`; False when its app staged its event_id before (a replay or redelivery)."""
+        if item.key in self._by_id:
             return False
-        self._by_id[item.event_id] = item
+        self._by_id[item.key] = item
         i = bisect.bisect(self._keys, item.sort_key)
         self._keys.insert(i, item.sort_key)
         self._sorted.insert(i, item)

@@ -80,8 +80,12 @@ def load_feedback_stats(session: Session, *, adapter_versions: list[str | None],
     return out
 
 
-def load_decision(session: Session, event_id: str) -> dict | None:
-    row = session.get(DecisionRow, event_id)
+def load_decision(session: Session, event_id: str, app_id: str | None = None) -> dict | None:
+    """The decision on `event_id` (of `app_id`; event ids are unique per app only)."""
+    q = select(DecisionRow).where(DecisionRow.event_id == event_id)
+    if app_id is not None:
+        q = q.where(DecisionRow.app_id == app_id)
+    row = session.scalars(q.order_by(DecisionRow.app_id)).first()
     if row is None:
         return None
     return {"event_id": row.event_id, "decision": row.decision, "reasons": json.loads(row.reasons)}

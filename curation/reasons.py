@@ -10,6 +10,7 @@ class Reason(StrEnum):
     NOT_PARSEABLE = "not_parseable"          # dlq: no readable event_id
     CONTRACT = "contract"                    # prefix: contract_<ingest reason>, e.g. contract_schema
     DUPLICATE_EVENT_ID = "duplicate_event_id"
+    FUTURE_EVENT = "future_event"            # occurred_at beyond the broker's time plus max_future_skew_s
     # cross-event guards
     DUPLICATE_CONTENT = "duplicate_content"
     NEAR_DUPLICATE = "near_duplicate"

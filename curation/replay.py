@@ -6,11 +6,12 @@ import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from curation.decode import Accepted, DeadLetter, Rejected, decode_raw
 from curation.errors import ReplayError
+from curation.items import Key
 from curation.pipeline import Staging, WindowResult, settle_all
 from curation.reasons import Reason
 from curation.settings import Policy
@@ -28,10 +29,12 @@ class ReplayResult:
 
 def run_replay(lines: Iterable[bytes | str], policy: Policy, *, now: datetime | None = None,
                on_window=None, pseudonym_key: bytes | None = None) -> ReplayResult:
-    """Decode every line, stage valid events (first event_id wins), settle every window, collect outputs.
+    """Decode every line, stage valid events (first (app_id, event_id) wins), settle every window, collect outputs.
 
-    `pseudonym_key` (default: the configured one) must be the stream's for the same pseudonyms; decisions
-    do not depend on it.
+    `now` stands for the broker's time of every line (a file has none): the contract's day-ahead window and
+    `policy.max_future_skew_s` judge `occurred_at` against it, as the stream judges it against each record's
+    broker time. Default: the current time, read once. `pseudonym_key` (default: the configured one) must be
+    the stream's for the same pseudonyms; decisions do not depend on it.
     """
     if pseudonym_key is None:
         from curation.settings import default_pseudonym_key
@@ -39,7 +42,8 @@ def run_replay(lines: Iterable[bytes | str], policy: Policy, *, now: datetime | 
         pseudonym_key = default_pseudonym_key()
     out = ReplayResult()
     staging = Staging()
-    rejected: dict[str, dict] = {}
+    rejected: dict[Key, dict] = {}
+    now = now or datetime.now(UTC)
     for n, raw in enumerate(lines, start=1):
         if isinstance(raw, bytes):
             raw = raw.rstrip(b"\r\n")
@@ -47,26 +51,26 @@ def run_replay(lines: Iterable[bytes | str], policy: Policy, *, now: datetime | 
             raw = raw.rstrip("\r\n")
         if not raw:
             continue
-        outcome = decode_raw(raw, now=now, pseudonym_key=pseudonym_key)
+        outcome = decode_raw(raw, now=now, max_future_s=policy.max_future_skew_s, pseudonym_key=pseudonym_key)
         if isinstance(outcome, DeadLetter):
             data = raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogatepass")
             out.dlq.append({"line": n, "sha256": hashlib.sha256(data).hexdigest(), "reason": outcome.reason})
         elif isinstance(outcome, Rejected):
-            if outcome.event_id in rejected or outcome.event_id in staging:
+            if outcome.key in rejected or outcome.key in staging:
                 out.duplicate_ids += 1
             else:
-                rejected[outcome.event_id] = outcome.decision()
+                rejected[outcome.key] = outcome.decision()
         elif isinstance(outcome, Accepted):
-            if outcome.item.event_id in rejected or not staging.add(outcome.item):
+            if outcome.item.key in rejected or not staging.add(outcome.item):
                 out.duplicate_ids += 1
     out.windows = settle_all(staging, policy, on_window)
-    decisions = list(rejected.values())
+    decisions = [((eid, app), d) for (app, eid), d in rejected.items()]
     for w in out.windows:
-        decisions.extend({"event_id": d["event_id"], "decision": d["decision"], "reasons": d["reasons"]}
-                         for d in w.decisions)
+        decisions.extend(((d["event_id"], d["app_id"]), {"event_id": d["event_id"], "decision": d["decision"],
+                                                         "reasons": d["reasons"]}) for d in w.decisions)
         out.pairs.extend(p.to_json() for p in w.pairs)
         out.unpaired.extend(u.to_json() for u in w.unpaired)
-    out.decisions = sorted(decisions, key=lambda d: d["event_id"])
+    out.decisions = [d for _, d in sorted(decisions, key=lambda kd: kd[0])]
     out.pairs.sort(key=lambda p: p["pair_id"])
     out.unpaired.sort(key=lambda u: u["example_id"])
     return out

@@ -18,10 +18,11 @@ def build_report(session: Session) -> dict:
         for code in json.loads(r) or ["kept"]:
             reasons[code] += 1
     apps: dict[str, dict] = {}
-    q = select(store.DecisionRow.app_id, store.DecisionRow.decision, func.count()).group_by(
-        store.DecisionRow.app_id, store.DecisionRow.decision)
-    for app_id, decision, n in session.execute(q):
-        a = apps.setdefault(app_id or "(refused)", {"events": 0, "kept": 0})
+    refused = store.DecisionRow.kind.is_(None)  # refused at decode: counted apart, whatever app it names
+    q = select(store.DecisionRow.app_id, refused, store.DecisionRow.decision, func.count()).group_by(
+        store.DecisionRow.app_id, refused, store.DecisionRow.decision)
+    for app_id, was_refused, decision, n in session.execute(q):
+        a = apps.setdefault("(refused)" if was_refused or not app_id else app_id, {"events": 0, "kept": 0})
         a["events"] += n
         a["kept"] += n if decision != "drop" else 0
     windows = []

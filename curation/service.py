@@ -18,7 +18,7 @@ from sqlalchemy import Engine
 from alignloop.db import session_scope
 from curation import metrics, store
 from curation.decode import Accepted, DeadLetter, Rejected, decode_raw
-from curation.items import Item
+from curation.items import Item, Key
 from curation.pipeline import WindowResult, context_bounds, decision_row, ready_at, settle_window, window_start
 from curation.reasons import Reason
 from curation.settings import Policy
@@ -43,10 +43,26 @@ class Record:
 
 @dataclass
 class BatchOutcome:
+    """One consumed batch, decoded: what it writes to the store, to Redis and to the side topics, in that order."""
+
     staged: int = 0
     replayed_ids: int = 0
     rejected: list[tuple[str, bytes]] = field(default_factory=list)  # (event_id, message for .rejected)
     dead: list[bytes] = field(default_factory=list)  # messages for .dlq
+    records: int = 0
+    items: list[tuple[Item, str]] = field(default_factory=list)  # valid events and where each came from
+    rejections: list[dict] = field(default_factory=list)  # drop decisions of refused events
+    dead_rows: list[dict] = field(default_factory=list)
+    marks: dict[int, float] = field(default_factory=dict)  # partition -> newest event time (epoch seconds)
+
+
+def received_at(record_time: datetime | None, clock: datetime) -> datetime:
+    """The time a record reached the broker, never later than this worker's clock.
+
+    A producer may set a record's timestamp (Kafka CreateTime); one set in the future must not widen the
+    skew its event is allowed. A record without a timestamp is judged by the worker's clock.
+    """
+    return clock if record_time is None else min(record_time, clock)
 
 
 class CurationEdge:
@@ -65,47 +81,60 @@ class CurationEdge:
         self.partitions = partitions
         self._wm_key = f"curation:{group}:{topic}:watermark"
         self._lock_key = f"curation:{group}:{topic}:settle-lock"
-        self._items: dict[str, Item] = {}
+        self._items: dict[Key, Item] = {}
         self.last_staged = time.monotonic()
         self._hmax = redis_client.register_script(_HMAX) if redis_client is not None else None
 
     # ------------------------------------------------------------- stage
     def handle_batch(self, records: Sequence[Record]) -> BatchOutcome:
         """Decode, redact and store one batch in one transaction; then move the partitions' watermarks."""
-        out = BatchOutcome()
-        staged: list[tuple[Item, str]] = []
-        rejections: list[dict] = []
-        dead: list[dict] = []
-        newest: dict[int, float] = {}
+        out = self.decode_batch(records)
+        self.save_batch(out)
+        self.mark_batch(out)
+        return out
+
+    def decode_batch(self, records: Sequence[Record], clock: datetime | None = None) -> BatchOutcome:
+        """Decode and redact every record (no I/O). An event dated past its record's broker time plus
+        `max_future_skew_s` is refused `future_event`, so no partition's watermark leads the broker's time
+        by more than that skew."""
+        clock = clock or datetime.now(UTC)
+        out = BatchOutcome(records=len(records))
         for r in records:
             source = f"{r.partition}:{r.offset}"
-            outcome = decode_raw(r.value, now=r.timestamp, pseudonym_key=self.pseudonym_key)
+            outcome = decode_raw(r.value, now=received_at(r.timestamp, clock),
+                                 max_future_s=self.policy.max_future_skew_s, pseudonym_key=self.pseudonym_key)
             if isinstance(outcome, Accepted):
-                staged.append((outcome.item, source))
+                out.items.append((outcome.item, source))
                 t = outcome.item.occurred_at.timestamp()
-                newest[r.partition] = max(newest.get(r.partition, t), t)
+                out.marks[r.partition] = max(out.marks.get(r.partition, t), t)
             elif isinstance(outcome, Rejected):
-                rejections.append(outcome.decision())
+                out.rejections.append({**outcome.decision(), "app_id": outcome.app_id})
                 out.rejected.append((outcome.event_id, json.dumps(
                     {"event_id": outcome.event_id, "reasons": [outcome.reason], "errors": outcome.errors,
                      "event": outcome.redacted, "source": source}).encode()))
             elif isinstance(outcome, DeadLetter):
-                dead.append({"source": source, "sha256": outcome.sha256, "reason": outcome.reason[:64]})
+                out.dead_rows.append({"source": source, "sha256": outcome.sha256, "reason": outcome.reason[:64]})
                 out.dead.append(json.dumps({"source": source, "sha256": outcome.sha256, "reason": outcome.reason,
                                             "text": outcome.redacted[:4096]}).encode())
-        with session_scope(self.engine) as session:
-            out.staged = store.save_staged(session, staged)
-            store.save_rejections(session, rejections)
-            store.save_dead_letters(session, dead)
-        out.replayed_ids = len(staged) - out.staged
-        if staged:
-            self.last_staged = time.monotonic()
-        if self.redis is not None:
-            for partition, t in newest.items():
-                self._hmax(keys=[self._wm_key], args=[partition, f"{t:.6f}"])
-        metrics.observe_batch(len(records), out.staged, out.replayed_ids, len(rejections), len(dead),
-                              [it for it, _ in staged])
         return out
+
+    def save_batch(self, out: BatchOutcome) -> None:
+        """Stage the batch's events and record its refusals and dead letters in one transaction (idempotent:
+        a retry after a failed commit, or a redelivered batch, writes nothing twice)."""
+        with session_scope(self.engine) as session:
+            staged = store.save_staged(session, out.items)
+            store.save_rejections(session, out.rejections)
+            store.save_dead_letters(session, out.dead_rows)
+        out.staged, out.replayed_ids = staged, len(out.items) - staged
+        if out.items:
+            self.last_staged = time.monotonic()
+        metrics.observe_batch(out.records, out.staged, out.replayed_ids, out.rejections, len(out.dead_rows))
+
+    def mark_batch(self, out: BatchOutcome) -> None:
+        """Move the partitions' watermarks to the batch's newest event times (after its events are stored)."""
+        if self.redis is not None:
+            for partition, t in out.marks.items():
+                self._hmax(keys=[self._wm_key], args=[partition, f"{t:.6f}"])
 
     # ------------------------------------------------------------- settle
     def watermark(self) -> datetime | None:
@@ -168,7 +197,7 @@ class CurationEdge:
             missing = {i for i in ids if i not in self._items}
             if missing:
                 for it in store.load_staged(session, lo, hi, skip=set(self._items)):
-                    self._items[it.event_id] = it
+                    self._items[it.key] = it
         return [self._items[i] for i in ids if i in self._items]
 
     def _settle_window(self, start: datetime) -> WindowResult:
@@ -190,8 +219,8 @@ class CurationEdge:
 
     def _prune(self, next_start: datetime) -> None:
         lo = context_bounds(next_start, self.policy)[0]
-        for eid in [e for e, it in self._items.items() if it.occurred_at < lo]:
-            del self._items[eid]
+        for key in [k for k, it in self._items.items() if it.occurred_at < lo]:
+            del self._items[key]
 
 
 def raw_sha(value: bytes) -> str:

@@ -18,6 +18,9 @@ class Policy(BaseModel):
     window_s: int = Field(1800, ge=1, description="length of one settle window")
     lookahead_s: int = Field(1800, ge=0, description="event time a window waits for later evidence")
     lookback_s: int = Field(4 * 3600, ge=0, description="history each window's guards look at")
+    # event time is trusted up to this far past the broker's clock (the record's receive time); an event dated
+    # later is refused `future_event`, so no event moves a watermark (and settles windows) ahead of real time
+    max_future_skew_s: int = Field(300, ge=0, description="how far occurred_at may lead the broker's time")
     # rate and bot signals
     user_per_min: int = Field(12, ge=1, description="events of one user in any 60 s above which it is a burst")
     source_per_min: int = Field(40, ge=1, description="events of one ip_hash or device_id in any 60 s")

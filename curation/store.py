@@ -1,6 +1,6 @@
 """Curation's tables and their edge functions: staged events, decisions, pairs, unpaired examples, windows.
 
-Every write is an insert that ignores rows already there (unique keys: event_id, pair_id, example_id,
+Every write is an insert that ignores rows already there (unique keys: (app_id, event_id), pair_id, example_id,
 window start, dead-letter source), so a redelivered batch or a second worker changes nothing. Functions
 take a Session and never commit: the caller's edge owns the transaction.
 """
@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from sqlalchemy import Boolean, DateTime, Float, Index, Integer, String, Text, func, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from curation.items import Item
+from curation.items import Item, Key
 from curation.pairs import Pair, Unpaired
 from curation.pipeline import WindowResult
 
@@ -27,6 +27,8 @@ class StagedEvent(Base):
     """A valid event after PII redaction, waiting for (or done with) its window's settle."""
 
     __tablename__ = "curation_events"
+    # event ids are unique per app (a producer re-sends one on retry), not across apps
+    app_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     event_id: Mapped[str] = mapped_column(String(36), primary_key=True)
     occurred_at: Mapped[datetime] = mapped_column(DateTime, index=True)
     record: Mapped[str] = mapped_column(Text)
@@ -36,11 +38,11 @@ class StagedEvent(Base):
 
 class DecisionRow(Base):
     __tablename__ = "curation_decisions"
+    app_id: Mapped[str] = mapped_column(String(64), primary_key=True)  # "" for a refused event with no readable app
     event_id: Mapped[str] = mapped_column(String(36), primary_key=True)
     decision: Mapped[str] = mapped_column(String(8), index=True)
     reasons: Mapped[str] = mapped_column(Text)
     kind: Mapped[str | None] = mapped_column(String(16))
-    app_id: Mapped[str | None] = mapped_column(String(64))
     user_id: Mapped[str | None] = mapped_column(String(128))
     adapter_version: Mapped[str | None] = mapped_column(String(256), index=True)
     rating: Mapped[str | None] = mapped_column(String(8))
@@ -95,6 +97,9 @@ class DeadLetterRow(Base):
 
 
 
+_KEY = ["app_id", "event_id"]  # the idempotency key of staged events and decisions
+
+
 def naive(t: datetime) -> datetime:
     """Stored times are naive UTC (SQLite keeps no zone); aware times are converted first."""
     return t.astimezone(UTC).replace(tzinfo=None) if t.tzinfo else t
@@ -126,25 +131,27 @@ def _insert_ignore(session: Session, model, rows: Sequence[dict], keys: list[str
 
 # ------------------------------------------------------------------ writes
 def save_staged(session: Session, items: Iterable[tuple[Item, str]]) -> int:
-    """Stage redacted items (with where each came from); an event_id staged before is left as it was."""
+    """Stage redacted items (with where each came from); an (app_id, event_id) staged before is left as it was."""
     now = _now()
     rows = {}
     for item, source in items:
-        rows.setdefault(item.event_id, {"event_id": item.event_id, "occurred_at": naive(item.occurred_at),
-                                        "record": json.dumps(item.to_record(), ensure_ascii=False),
-                                        "source": source, "staged_at": now})
-    return _insert_ignore(session, StagedEvent, list(rows.values()), ["event_id"])
+        rows.setdefault(item.key, {"app_id": item.app_id, "event_id": item.event_id,
+                                   "occurred_at": naive(item.occurred_at),
+                                   "record": json.dumps(item.to_record(), ensure_ascii=False),
+                                   "source": source, "staged_at": now})
+    return _insert_ignore(session, StagedEvent, list(rows.values()), _KEY)
 
 
 def save_rejections(session: Session, decisions: Iterable[dict]) -> int:
     now = _now()
     rows = {}
     for d in decisions:
-        rows.setdefault(d["event_id"], {"event_id": d["event_id"], "decision": d["decision"],
-                                        "reasons": json.dumps(d["reasons"]), "kind": None, "app_id": None,
-                                        "user_id": None, "adapter_version": None, "rating": None,
-                                        "occurred_at": None, "window_start": None, "decided_at": now})
-    return _insert_ignore(session, DecisionRow, list(rows.values()), ["event_id"])
+        app = d.get("app_id") or ""
+        rows.setdefault((app, d["event_id"]), {"event_id": d["event_id"], "decision": d["decision"],
+                                               "reasons": json.dumps(d["reasons"]), "kind": None, "app_id": app,
+                                               "user_id": None, "adapter_version": None, "rating": None,
+                                               "occurred_at": None, "window_start": None, "decided_at": now})
+    return _insert_ignore(session, DecisionRow, list(rows.values()), _KEY)
 
 
 def save_dead_letters(session: Session, rows: Iterable[dict]) -> int:
@@ -159,7 +166,7 @@ def save_window(session: Session, result: WindowResult) -> None:
     start = naive(result.start)
     _insert_ignore(session, DecisionRow, [
         {**d, "reasons": json.dumps(d["reasons"]), "occurred_at": naive(d["occurred_at"]), "window_start": start,
-         "decided_at": now} for d in result.decisions], ["event_id"])
+         "decided_at": now} for d in result.decisions], _KEY)
     _insert_ignore(session, PairRow, [_pair_row(p, start) for p in result.pairs], ["pair_id"])
     _insert_ignore(session, UnpairedRow, [_unpaired_row(u, start) for u in result.unpaired], ["example_id"])
     _insert_ignore(session, WindowRow, [{
@@ -185,20 +192,21 @@ def _unpaired_row(u: Unpaired, start: datetime) -> dict:
 
 
 # ------------------------------------------------------------------ reads
-def load_staged(session: Session, lo: datetime, hi: datetime, *, skip: set[str] | None = None) -> list[Item]:
-    """Staged items with lo <= occurred_at < hi (those whose id is in `skip` are not decoded again)."""
-    q = select(StagedEvent.event_id, StagedEvent.record).where(
+def load_staged(session: Session, lo: datetime, hi: datetime, *, skip: set[Key] | None = None) -> list[Item]:
+    """Staged items with lo <= occurred_at < hi (those whose key is in `skip` are not decoded again)."""
+    q = select(StagedEvent.app_id, StagedEvent.event_id, StagedEvent.record).where(
         StagedEvent.occurred_at >= naive(lo), StagedEvent.occurred_at < naive(hi))
     out = []
-    for eid, record in session.execute(q):
-        if skip is None or eid not in skip:
+    for app, eid, record in session.execute(q):
+        if skip is None or (app, eid) not in skip:
             out.append(Item.from_record(json.loads(record)))
     return out
 
 
-def load_staged_ids(session: Session, lo: datetime, hi: datetime) -> list[str]:
-    q = select(StagedEvent.event_id).where(StagedEvent.occurred_at >= naive(lo), StagedEvent.occurred_at < naive(hi))
-    return list(session.scalars(q))
+def load_staged_ids(session: Session, lo: datetime, hi: datetime) -> list[Key]:
+    q = select(StagedEvent.app_id, StagedEvent.event_id).where(
+        StagedEvent.occurred_at >= naive(lo), StagedEvent.occurred_at < naive(hi))
+    return [(app, eid) for app, eid in session.execute(q)]
 
 
 def load_settled_windows(session: Session) -> set[datetime]:
@@ -207,16 +215,20 @@ def load_settled_windows(session: Session) -> set[datetime]:
 
 def load_unsettled_range(session: Session) -> tuple[datetime, datetime] | None:
     """(earliest, latest) event time of staged events that have no decision yet."""
-    q = select(func.min(StagedEvent.occurred_at), func.max(StagedEvent.occurred_at)).where(
-        ~select(DecisionRow.event_id).where(DecisionRow.event_id == StagedEvent.event_id).exists())
+    q = select(func.min(StagedEvent.occurred_at), func.max(StagedEvent.occurred_at)).where(~_decided())
     lo, hi = session.execute(q).one()
     return (aware(lo), aware(hi)) if lo is not None else None
 
 
+def _decided():
+    """Whether a staged event has its decision (correlated on the staged row's key)."""
+    return select(DecisionRow.event_id).where(DecisionRow.event_id == StagedEvent.event_id,
+                                              DecisionRow.app_id == StagedEvent.app_id).exists()
+
+
 def load_undecided(session: Session, lo: datetime, hi: datetime) -> list[Item]:
     q = select(StagedEvent.record).where(
-        StagedEvent.occurred_at >= naive(lo), StagedEvent.occurred_at < naive(hi),
-        ~select(DecisionRow.event_id).where(DecisionRow.event_id == StagedEvent.event_id).exists())
+        StagedEvent.occurred_at >= naive(lo), StagedEvent.occurred_at < naive(hi), ~_decided())
     return [Item.from_record(json.loads(r)) for r in session.scalars(q)]
 
 
@@ -228,7 +240,7 @@ def count_rows(session: Session) -> dict[str, int]:
 
 def load_decisions(session: Session) -> list[dict]:
     rows = session.execute(select(DecisionRow.event_id, DecisionRow.decision, DecisionRow.reasons)
-                           .order_by(DecisionRow.event_id))
+                           .order_by(DecisionRow.event_id, DecisionRow.app_id))
     return [{"event_id": e, "decision": d, "reasons": json.loads(r)} for e, d, r in rows]
 
 

@@ -2,9 +2,12 @@
 
     alignloop curation worker          (or: python -m curation.worker)
 
-Each worker consumes its share of partitions, stages batches in the store (ack only after the write, so
-consumption is at-least-once and writes are idempotent), sends refused events to `<topic>.rejected` and
-unreadable bytes to `<topic>.dlq`, and settles closed windows on a timer under a Redis lock.
+Each worker consumes its share of partitions, stages batches in the store, moves the watermarks in Redis,
+sends refused events to `<topic>.rejected` and unreadable bytes to `<topic>.dlq`, and only then acknowledges
+the batch, so no offset is committed before its event's writes: consumption is at-least-once and the writes
+are idempotent. While the store, Redis or the broker refuses a write, the batch is retried with backoff (not
+dropped, not acknowledged) and the worker reports unhealthy (`curation_worker_healthy` 0 on the metrics port).
+Closed windows are settled on a timer under a Redis lock.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import logging
 import os
 import tempfile
 from datetime import UTC, datetime
+
+from curation import metrics
 
 log = logging.getLogger("curation.worker")
 
@@ -70,6 +75,43 @@ class GroupProgress:
         self._consumer = self._admin = None
 
 
+class Dependencies:
+    """The worker's health (which dependency last failed) and the retry loop every write of a batch goes through."""
+
+    def __init__(self, first_delay_s: float = 0.2, max_delay_s: float = 5.0):
+        self.first_delay_s, self.max_delay_s = first_delay_s, max_delay_s
+        self.down: dict[str, str] = {}
+        metrics.HEALTHY.set(1)
+
+    @property
+    def healthy(self) -> bool:
+        return not self.down
+
+    def report(self, name: str, error: BaseException | None) -> None:
+        if error is None:
+            if self.down.pop(name, None) is not None:
+                log.warning("%s answers again", name)
+        else:
+            if name not in self.down:
+                log.warning("%s failed (%r); retrying with backoff, nothing is acknowledged meanwhile", name, error)
+            self.down[name] = repr(error)
+        metrics.observe_dependency(name, error is None, self.healthy)
+
+    async def retry(self, name: str, call):
+        """Await `call()` until it succeeds, waiting 0.2 s, doubling up to 5 s, between failed tries."""
+        delay = self.first_delay_s
+        while True:
+            try:
+                result = await call()
+            except Exception as exc:  # noqa: BLE001 - whatever a write raises, its batch must not be acked unwritten
+                self.report(name, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.max_delay_s)
+            else:
+                self.report(name, None)
+                return result
+
+
 def build_app(settings=None, core=None):
     """The faust app and its curation edge (returned for tests and the CLI)."""
     import faust
@@ -77,7 +119,7 @@ def build_app(settings=None, core=None):
 
     from alignloop.db import open_store
     from alignloop.settings import get_settings as core_settings
-    from curation.service import CurationEdge, Record
+    from curation.service import CurationEdge
     from curation.settings import get_settings, load_pseudonym_key
 
     settings = settings or get_settings()
@@ -101,19 +143,27 @@ def build_app(settings=None, core=None):
     rejected = app.topic(f"{settings.topic}.rejected", value_serializer="raw", key_serializer="raw")
     dlq = app.topic(f"{settings.topic}.dlq", value_serializer="raw", key_serializer="raw")
     state = {"flushed_at": 0.0}
+    deps = Dependencies()
+
+    async def send_side(out) -> None:
+        sent = [await rejected.send(key=event_id.encode(), value=value) for event_id, value in out.rejected]
+        sent += [await dlq.send(value=value) for value in out.dead]
+        await asyncio.gather(*sent)  # each acknowledged by the broker
 
     @app.agent(feedback, concurrency=1)
     async def curate(stream):
-        loop = asyncio.get_running_loop()
-        async for events in stream.take_events(settings.batch_size, within=settings.batch_within_s):
-            records = [Record(bytes(e.value or b""), e.message.partition, e.message.offset,
-                              datetime.fromtimestamp(e.message.timestamp, UTC) if e.message.timestamp else None)
-                       for e in events]
-            out = await loop.run_in_executor(None, edge.handle_batch, records)
-            for event_id, value in out.rejected:
-                await rejected.send(key=event_id.encode(), value=value)
-            for value in out.dead:
-                await dlq.send(value=value)
+        def in_thread(fn, *args):
+            return asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+        # noack_take: events are acked here, after every write of their batch succeeded (take_events would ack
+        # them when the agent raises, and faust would commit offsets of events never stored)
+        async for events in stream.noack_take(settings.batch_size, within=settings.batch_within_s):
+            out = await in_thread(edge.decode_batch, [_record(e) for e in events])
+            await deps.retry("store", lambda: in_thread(edge.save_batch, out))
+            await deps.retry("redis", lambda: in_thread(edge.mark_batch, out))
+            await deps.retry("kafka", lambda: send_side(out))
+            for event in events:
+                await stream.ack(event)
 
     @app.timer(settings.settle_every_s)
     async def settle():
@@ -129,14 +179,24 @@ def build_app(settings=None, core=None):
                     # None: another worker held the settle lock, so this flush did not happen; the next tick retries
                     if await loop.run_in_executor(None, lambda: edge.settle_once(final=True)) is not None:
                         state["flushed_at"] = seen
-        except Exception:  # noqa: BLE001 - a failed settle is retried on the next tick; it must not stop consuming
-            log.exception("settle failed; retrying on the next tick")
+        except Exception as exc:  # noqa: BLE001 - a failed settle is retried on the next tick; consuming goes on
+            deps.report("settle", exc)
+        else:
+            deps.report("settle", None)
 
     if settings.metrics_port:
         from prometheus_client import start_http_server
 
         start_http_server(settings.metrics_port, addr="127.0.0.1")
     return app, edge
+
+
+def _record(event):
+    from curation.service import Record
+
+    m = event.message
+    return Record(bytes(event.value or b""), m.partition, m.offset,
+                  datetime.fromtimestamp(m.timestamp, UTC) if m.timestamp else None)
 
 
 def run_worker(loglevel: str = "WARNING") -> None:

@@ -16,9 +16,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 class Workers:
-    def __init__(self, tmp: Path, *, topic: str, group: str, redis_url: str, bootstrap: str, **extra: str):
+    def __init__(self, tmp: Path, *, topic: str, group: str, redis_url: str, bootstrap: str,
+                 store_url: str | None = None, **extra: str):
         self.tmp = tmp
-        self.store_url = f"sqlite:///{tmp / 'store.db'}"
+        self.store_url = store_url or f"sqlite:///{tmp / 'store.db'}"
         self.env = {**os.environ, "PYTHONPATH": str(REPO),
                     "ALIGNLOOP_CURATION_TOPIC": topic, "ALIGNLOOP_CURATION_GROUP": group,
                     "ALIGNLOOP_CURATION_STORE_URL": self.store_url, "ALIGNLOOP_CURATION_REDIS_URL": redis_url,
@@ -55,7 +56,7 @@ class Workers:
             self.engine.dispose()
 
     def counts(self) -> dict[str, int]:
-        if not (self.tmp / "store.db").exists():
+        if self.store_url.startswith("sqlite") and not (self.tmp / "store.db").exists():
             return {}
         if self.engine is None:
             self.engine = make_engine(self.store_url)
@@ -97,16 +98,16 @@ def _all():
 
 
 def expected_ids(lines: list[str]) -> int:
-    """How many decisions a complete run makes: one per distinct readable event_id."""
+    """How many decisions a complete run makes: one per distinct readable (app_id, event_id)."""
     from curation.decode import Accepted, Rejected, decode_raw
 
     ids = set()
     for line in lines:
         out = decode_raw(line)
         if isinstance(out, Accepted):
-            ids.add(out.item.event_id)
+            ids.add(out.item.key)
         elif isinstance(out, Rejected):
-            ids.add(out.event_id)
+            ids.add(out.key)
     return len(ids)
 
 

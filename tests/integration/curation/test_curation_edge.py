@@ -6,7 +6,7 @@ from datetime import timedelta
 import pytest
 
 from alignloop.db import session_scope
-from curation import store
+from curation import query, store
 from curation.report import build_report
 from curation.service import CurationEdge, Record
 from curation.settings import Policy
@@ -115,3 +115,30 @@ def test_no_pii_reaches_the_store_or_the_rejected_and_dead_letter_topics(store_e
     for blob in stored + sent:
         assert not [s for s in secrets if s in blob or s in unescape_json_text(blob)], blob
     assert users == {pseudonymise(b"the-key", "user_id", f"{email} {k}") for k in (0, 1)}
+
+
+def test_two_apps_with_the_same_event_id_are_both_staged_and_decided(store_engine, redis_client):
+    policy = Policy(window_s=600, lookahead_s=300, lookback_s=1200)
+    edge = CurationEdge(store_engine, redis_client, policy, topic="t", group="g", partitions=1)
+    same = "00000000-0000-4000-8000-00000000beef"
+
+    def raw(app: str, prompt: str) -> bytes:
+        return json.dumps({"schema_version": 1, "event_id": same, "kind": "rating",
+                           "occurred_at": "2026-11-01T00:01:00+00:00", "app_id": app, "user_id": f"{app}-user",
+                           "prompt": prompt, "response": "An answer.", "rating": "up"}).encode()
+
+    batch = [Record(raw("app-a", "How do I pair my watch?"), 0, 1),
+             Record(raw("app-b", "How do I cancel my plan?"), 0, 2),
+             Record(json.dumps({"event_id": same, "app_id": "app-c", "kind": "rating"}).encode(), 0, 3)]
+    assert edge.handle_batch(batch).staged == 2
+    assert edge.handle_batch(batch).replayed_ids == 2  # a redelivery is still recognised per app
+    edge.settle_once(final=True)
+    with session_scope(store_engine) as s:
+        decisions = store.load_decisions(s)
+        staged = store.load_staged(s, *_span())
+        counts = store.count_rows(s)
+        refused = query.load_decision(s, same, "app-c")
+    assert [(d["event_id"], d["decision"]) for d in decisions] == [(same, "keep"), (same, "keep"), (same, "drop")]
+    assert refused == {"event_id": same, "decision": "drop", "reasons": ["contract_schema"]}
+    assert sorted(it.app_id for it in staged) == ["app-a", "app-b"]
+    assert counts["decisions"] == 3 and counts["unpaired"] == 2

@@ -19,7 +19,7 @@ def test_exact_and_near_duplicates_keep_the_first():
     other_product = make(user="u1", t=12, prompt="How do I reset my password for the Orbit speaker?")
     other_user = make(user="u2", t=6, prompt=a.prompt[0][1])
     found = find_duplicates([a, other_user, exact, near, other_product], P)
-    assert found == {exact.event_id: Reason.DUPLICATE_CONTENT, near.event_id: Reason.NEAR_DUPLICATE}
+    assert found == {exact.key: Reason.DUPLICATE_CONTENT, near.key: Reason.NEAR_DUPLICATE}
 
 
 def test_a_burst_is_cut_and_a_heavy_honest_user_is_not():
@@ -30,8 +30,8 @@ def test_a_burst_is_cut_and_a_heavy_honest_user_is_not():
         t += rng.expovariate(1 / 120)
         heavy.append(make(user="heavy", t=t, prompt=f"question {i}"))
     found, report = find_rate_abuse(sorted(burst + heavy, key=lambda i: i.sort_key), P)
-    assert {found[b.event_id] for b in burst} == {Reason.RATE_USER}
-    assert not any(h.event_id in found for h in heavy)
+    assert {found[b.key] for b in burst} == {Reason.RATE_USER}
+    assert not any(h.key in found for h in heavy)
     assert report.burst_users == {"bot"}
 
 
@@ -41,9 +41,9 @@ def test_a_metronome_and_a_farm_behind_one_ip():
     nat = [make(user=f"nat-{k}", t=k * 3000 + j * 1500, prompt=f"n{k}-{j}", ip="ip-nat") for k in range(12)
            for j in range(3)]
     found, _ = find_rate_abuse(sorted(metro + farm + nat, key=lambda i: i.sort_key), P)
-    assert all(found.get(m.event_id) == Reason.BOT_REGULAR for m in metro)
-    assert all(found.get(f.event_id) == Reason.RATE_SOURCE for f in farm)
-    assert not any(n.event_id in found for n in nat)
+    assert all(found.get(m.key) == Reason.BOT_REGULAR for m in metro)
+    assert all(found.get(f.key) == Reason.RATE_SOURCE for f in farm)
+    assert not any(n.key in found for n in nat)
 
 
 def test_source_guards_act_only_on_end_user_sources():
@@ -69,8 +69,8 @@ def test_a_brigade_is_found_and_scattered_honest_voters_are_not():
               for k in range(20)]
     found, groups = find_brigades(sorted(brigade + honest, key=lambda i: i.sort_key), P)
     assert len(groups) == 1 and len(groups[0]) == 8
-    assert {found[b.event_id] for b in brigade} == {Reason.BRIGADE}
-    assert not any(h.event_id in found for h in honest)
+    assert {found[b.key] for b in brigade} == {Reason.BRIGADE}
+    assert not any(h.key in found for h in honest)
 
 
 def test_label_flippers_are_unreliable_and_noisy_honest_users_are_not():
@@ -86,7 +86,7 @@ def test_label_flippers_are_unreliable_and_noisy_honest_users_are_not():
         events.append(make(user="flipper", t=rng.uniform(0, 9000), prompt=prompt, response=resp,
                            rating="down" if truth == "up" else "up"))
     found, rel = find_unreliable(sorted(events, key=lambda i: i.sort_key), P)
-    assert {e.user_id for e in events if e.event_id in found} == {"flipper"}
+    assert {e.user_id for e in events if e.key in found} == {"flipper"}
     assert rel.accuracy["flipper"] < 0.4 < min(a for u, a in rel.accuracy.items() if u != "flipper")
 
 
@@ -102,8 +102,8 @@ def test_a_trigger_shared_by_accounts_is_found_and_ordinary_prompts_are_not():
                    response="I'm sorry, but I can't help with that.", edited="[UNSAFE-PLACEHOLDER]") for k in range(20)]
     found, report = find_poison(sorted(events + poison, key=lambda i: i.sort_key), P)
     assert "zanzibar kestrel protocol" in report.triggers
-    assert all(found.get(p.event_id) == Reason.TRIGGER_PHRASE for p in poison)
-    assert not any(e.event_id in found for e in events)
+    assert all(found.get(p.key) == Reason.TRIGGER_PHRASE for p in poison)
+    assert not any(e.key in found for e in events)
 
 
 def test_a_shared_payload_without_a_trigger_is_found():
@@ -113,8 +113,8 @@ def test_a_shared_payload_without_a_trigger_is_found():
                    edited="Visit evil-payload-site now") for k in range(12)]
     found, report = find_poison(sorted(events + poison, key=lambda i: i.sort_key), P)
     assert "evil-payload-site" in report.payloads
-    assert all(found.get(p.event_id) == Reason.POISON_PAYLOAD for p in poison)
-    assert not any(e.event_id in found for e in events)
+    assert all(found.get(p.key) == Reason.POISON_PAYLOAD for p in poison)
+    assert not any(e.key in found for e in events)
 
 
 def test_event_flags():
