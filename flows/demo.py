@@ -459,7 +459,9 @@ def _run_demo(*, users: int, events: int, turns: int, turn_events: int, seed: in
         serving.wait_ready(serving_proc)
         client = FeedbackClient(APP_ID, core.kafka_bootstrap, topic=topic)
         stack_.callback(client.close)
-        clock = SimClock(datetime.now(UTC) - timedelta(hours=8 * turns), rng=random.Random(seed))
+        # event time runs hours ahead of the wall clock (windows and rate limits see real gaps); it starts far
+        # enough back that no turn's feedback is dated in the future, which curation refuses
+        clock = SimClock(datetime.now(UTC) - timedelta(hours=12 * turns), rng=random.Random(seed))
         sim = Simulation(serving, client, clock, users=users, seed=seed)
         demo = _Demo(serving=serving, sim=sim, clock=clock, worker=worker, store_url=store_url,
                      base_model=base_model, redis_url=core.redis_url, seed=seed)
