@@ -102,11 +102,10 @@ def serve(
                 deployments = [d for d in deployments if d.name != "retrain"]
             else:
                 typer.echo(f"retrain: here, cron {settings.retrain_cron!r}")
-            typer.echo(f"data-trigger: every {settings.data_check_interval_s:g} s, "
-                       f">= {settings.min_new_pairs} new pairs; canary-watch: every "
-                       f"{settings.canary_watch_interval_s:g} s; replay: on demand. Serving on "
-                       f"{describe_api(server.api_url)}; Ctrl-C stops.")
-            serve_deployments(deployments, poll_s=settings.poll_s)
+            serve_deployments(deployments, poll_s=settings.poll_s, on_ready=lambda: typer.echo(
+                f"data-trigger: every {settings.data_check_interval_s:g} s, >= {settings.min_new_pairs} new pairs; "
+                f"canary-watch: every {settings.canary_watch_interval_s:g} s; replay: on demand. "
+                f"Serving on {describe_api(server.api_url)}; Ctrl-C stops."))
     finally:
         if server.started_here:
             server.stop()

@@ -89,7 +89,7 @@ def start_prefect_server(port: int, state_dir: Path, *, timeout: float = 120.0) 
     log_path = state_dir / "prefect-server.log"
     # the server's own settings go to its environment; PREFECT_API_URL is a client setting and must not leak in
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    env.setdefault("PREFECT_HOME", str(state_dir / "prefect-home"))
+    env["PREFECT_HOME"] = str(state_dir / "prefect-home")  # its database lives with the rest of our state
     env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     with open(log_path, "ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
@@ -213,7 +213,7 @@ def describe_api(url: str) -> str:
     return f"{u.hostname}:{u.port}" if u.port else url
 
 
-def serve_deployments(deployments: list, *, poll_s: float) -> None:
+def serve_deployments(deployments: list, *, poll_s: float, on_ready=None) -> None:
     """Serve `deployments` in this process until SIGTERM or SIGINT; on the way out the runner cancels its
     in-flight runs and pauses these deployments' schedules (nobody would run them)."""
     import asyncio
@@ -223,6 +223,8 @@ def serve_deployments(deployments: list, *, poll_s: float) -> None:
     runner = Runner(name=f"alignloop-flows-{os.getpid()}", query_seconds=poll_s, pause_on_shutdown=True)
     for deployment in deployments:
         runner.add_deployment(deployment)
+    if on_ready is not None:
+        on_ready()  # registered on the server: their schedules are live from here
     # Ctrl-C takes the same graceful path as SIGTERM (the runner's own handler), not a KeyboardInterrupt
     # thrown into whatever the loop is doing
     previous = signal.signal(signal.SIGINT, runner.handle_sigterm)
