@@ -217,10 +217,18 @@ def tiny_random_base(tmp_path_factory) -> str:
     return str(build_tiny_base_model(tmp_path_factory.mktemp("base") / "model"))
 
 
+@pytest.fixture
+def canary_artifact(tiny_random_base, tmp_path) -> Path:
+    """A LoRA artifact on the tiny base, built before the clock starts (loading torch takes a while)."""
+    from deploy.testing import AdapterFactory
+
+    return AdapterFactory(tiny_random_base).build(tmp_path / "adapter-src" / "c1", "c1", seed=1)
+
+
 # ------------------------------------------------------------------------------------------- tests
 def test_serve_fires_trigger_retrain_once_and_canary_watch_on_a_real_server(
-        prefect_server, serve_env, loop_env, tiny_random_base, unsnapshottable_config, make_events, curate_events,
-        tmp_path):
+        prefect_server, serve_env, loop_env, tiny_random_base, canary_artifact, unsnapshottable_config, make_events,
+        curate_events, tmp_path):
     from flows.loop import data_trigger_flow
 
     url, base, log = prefect_server["url"], tiny_random_base, tmp_path / "serve.log"
@@ -285,14 +293,6 @@ def test_serve_fires_trigger_retrain_once_and_canary_watch_on_a_real_server(
             # the flow's own global limit (held by this test) keeps the running retrain before its snapshot
             assert not any(n.startswith("snapshot") for n in task_names(the_retrain.id))
 
-            # canary-watch judges a live canary on its next run: no feedback yet, so it keeps watching
-            version = _register_canary(loop_env, base, tmp_path)
-            t_canary = time.time()
-            _, judged = wait_for("canary-watch to judge the canary", lambda: completed_with(
-                "canary-watch/canary-watch", lambda o: o.get("canary") == version, t_canary), 60, log=log)
-            assert judged["verdict"] == "continue", judged
-            assert _routing(loop_env, base).canary == version
-
             # the slot freed, the retrain goes on to its snapshot, which this config makes fail
             release(lease)
             lease = None
@@ -300,6 +300,14 @@ def test_serve_fires_trigger_retrain_once_and_canary_watch_on_a_real_server(
                 "FAILED", "COMPLETED", "CRASHED"} and r, 120, log=log)
             assert state(done) == "FAILED" and "min_train_pairs" in (done.state.message or ""), done.state.message
             assert any(n.startswith("snapshot") for n in task_names(the_retrain.id))
+
+            # canary-watch judges a live canary on its next run: no feedback yet, so it keeps watching
+            version = _start_canary(loop_env, canary_artifact)
+            t_canary = time.time()
+            _, judged = wait_for("canary-watch to judge the canary", lambda: completed_with(
+                "canary-watch/canary-watch", lambda o: o.get("canary") == version, t_canary), 90, log=log)
+            assert judged["verdict"] == "continue", judged
+            assert _routing(loop_env, base).canary == version
         finally:
             if lease:
                 release(lease)
@@ -415,12 +423,10 @@ def _run_deployment_now(name: str):
     return run_deployment(name, timeout=0).id
 
 
-def _register_canary(loop_env, base: str, tmp_path) -> str:
+def _start_canary(loop_env, src: Path) -> str:
     from alignloop.db import session_scope
     from deploy import registry
-    from deploy.testing import AdapterFactory
 
-    src = AdapterFactory(base).build(tmp_path / "adapter-src" / "c1", "c1", seed=1)
     with session_scope(loop_env["engine"]) as session:
         version = registry.register_adapter(session, src, actor="test", reason="a canary to watch").version
         registry.start_canary(session, version, 0.2, actor="test", reason="watch it")
