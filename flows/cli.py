@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from datetime import datetime
 from pathlib import Path
 
@@ -87,6 +88,9 @@ def serve(
         "gates": gates, "retrain_cron": retrain_cron, "min_new_pairs": min_new_pairs,
         "data_check_interval_s": data_check_interval, "canary_watch_interval_s": canary_watch_interval,
         "poll_s": poll, "work_pool": work_pool}.items() if v is not None})
+    # until the runner takes SIGTERM over, it ends start-up through the `finally` below (which stops the
+    # server started here) instead of killing this process on the spot and orphaning that server
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     server = open_prefect_server(settings, core().home / "prefect")
     try:
         where = f"started here, log {server.log}" if server.started_here else "given"
@@ -110,6 +114,10 @@ def serve(
         if server.started_here:
             server.stop()
             typer.echo("Prefect server stopped")
+
+
+def _exit_on_signal(signum, frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 def demo(

@@ -97,15 +97,18 @@ def start_prefect_server(port: int, state_dir: Path, *, timeout: float = 120.0) 
                                 stdin=subprocess.DEVNULL, start_new_session=True, env=env)
     server = PrefectServer(api_url=f"http://127.0.0.1:{port}/api", process=proc, log=log_path)
     deadline = time.monotonic() + timeout
-    while not _healthy(server.api_url):
-        if proc.poll() is not None:
-            raise FlowsError(f"`prefect server start` exited with code {proc.returncode} before answering on port "
-                             f"{port}: {_last_line(log_path)} (log: {log_path})")
-        if time.monotonic() > deadline:
-            server.stop()
-            raise FlowsError(f"`prefect server start` did not answer /health on port {port} within {timeout:.0f} s "
-                             f"(log: {log_path})")
-        time.sleep(0.5)
+    try:
+        while not _healthy(server.api_url):
+            if proc.poll() is not None:
+                raise FlowsError(f"`prefect server start` exited with code {proc.returncode} before answering on "
+                                 f"port {port}: {_last_line(log_path)} (log: {log_path})")
+            if time.monotonic() > deadline:
+                raise FlowsError(f"`prefect server start` did not answer /health on port {port} within "
+                                 f"{timeout:.0f} s (log: {log_path})")
+            time.sleep(0.5)
+    except BaseException:  # a timeout, or a signal while waiting: nothing may outlive us
+        server.stop()
+        raise
     return server
 
 

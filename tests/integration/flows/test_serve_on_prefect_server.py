@@ -375,6 +375,13 @@ def test_serve_starts_its_own_server_refuses_a_taken_port_and_stops_what_it_star
     assert taken.stderr.strip().startswith(f"error: port {prefect_server['port']} on 127.0.0.1 is taken")
     assert len(taken.stderr.strip().splitlines()) == 1, taken.stderr
 
+    # SIGTERM while it is still starting up: it stops the server it started on the way out
+    port, log = free_port(), tmp_path / "early.log"
+    early = start_serve(["--port", str(port), "--base-model", base], log, env)
+    wait_for("serve to start its server", lambda: "Prefect API:" in log.read_text(), 180, log=log)
+    assert stop(early) in (0, 128 + signal.SIGTERM)
+    assert not healthy(f"http://127.0.0.1:{port}/api")
+
     port, log = free_port(), tmp_path / "serve.log"
     url = f"http://127.0.0.1:{port}/api"
     proc = start_serve(["--port", str(port), "--base-model", base, "--data-check-interval", "600",
