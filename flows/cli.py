@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
 from datetime import datetime
 from pathlib import Path
 
@@ -88,10 +89,13 @@ def serve(
         "gates": gates, "retrain_cron": retrain_cron, "min_new_pairs": min_new_pairs,
         "data_check_interval_s": data_check_interval, "canary_watch_interval_s": canary_watch_interval,
         "poll_s": poll, "work_pool": work_pool}.items() if v is not None})
-    # until the runner takes SIGTERM over, it ends start-up through the `finally` below (which stops the
-    # server started here) instead of killing this process on the spot and orphaning that server
-    signal.signal(signal.SIGTERM, _exit_on_signal)
-    server = open_prefect_server(settings, core().home / "prefect")
+    # until the runner takes the signals over, SIGTERM or Ctrl-C only ask start-up to stop at its next step
+    # (then the `finally` below stops the server started here): killed on the spot, this process would orphan
+    # that server, and an exception raised from a handler lands inside whatever library code is running
+    stopping = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stopping.set())
+    server = open_prefect_server(settings, core().home / "prefect", stopping=stopping)
     try:
         where = f"started here, log {server.log}" if server.started_here else "given"
         typer.echo(f"Prefect API: {server.api_url} ({where})")
@@ -106,7 +110,7 @@ def serve(
                 deployments = [d for d in deployments if d.name != "retrain"]
             else:
                 typer.echo(f"retrain: here, cron {settings.retrain_cron!r}")
-            serve_deployments(deployments, poll_s=settings.poll_s, on_ready=lambda: typer.echo(
+            serve_deployments(deployments, poll_s=settings.poll_s, stopping=stopping, on_ready=lambda: typer.echo(
                 f"data-trigger: every {settings.data_check_interval_s:g} s, >= {settings.min_new_pairs} new pairs; "
                 f"canary-watch: every {settings.canary_watch_interval_s:g} s; replay: on demand. "
                 f"Serving on {describe_api(server.api_url)}; Ctrl-C stops."))
@@ -114,10 +118,6 @@ def serve(
         if server.started_here:
             server.stop()
             typer.echo("Prefect server stopped")
-
-
-def _exit_on_signal(signum, frame) -> None:
-    raise SystemExit(128 + signum)
 
 
 def demo(

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -79,8 +80,10 @@ def connect_prefect_server(api_url: str) -> PrefectServer:
     return PrefectServer(api_url=api_url.rstrip("/"))
 
 
-def start_prefect_server(port: int, state_dir: Path, *, timeout: float = 120.0) -> PrefectServer:
-    """`prefect server start` on 127.0.0.1:`port`, its database and logs under `state_dir`; waits for /health."""
+def start_prefect_server(port: int, state_dir: Path, *, timeout: float = 120.0,
+                         stopping: threading.Event | None = None) -> PrefectServer:
+    """`prefect server start` on 127.0.0.1:`port`, its database and logs under `state_dir`; waits for /health
+    (and stops it again when `stopping` is set meanwhile)."""
     if _port_taken("127.0.0.1", port):
         raise FlowsError(f"port {port} on 127.0.0.1 is taken, so no Prefect server can start there; pass "
                          f"`--port` for another one, or `--api-url http://127.0.0.1:{port}/api` if it is a "
@@ -99,6 +102,8 @@ def start_prefect_server(port: int, state_dir: Path, *, timeout: float = 120.0) 
     deadline = time.monotonic() + timeout
     try:
         while not _healthy(server.api_url):
+            if stopping is not None and stopping.is_set():
+                raise SystemExit(0)  # asked to stop before anything was served
             if proc.poll() is not None:
                 raise FlowsError(f"`prefect server start` exited with code {proc.returncode} before answering on "
                                  f"port {port}: {_last_line(log_path)} (log: {log_path})")
@@ -117,14 +122,16 @@ def _last_line(path: Path) -> str:
     return lines[-1].strip() if lines else "no output"
 
 
-def open_prefect_server(settings: FlowsSettings, state_dir: Path) -> PrefectServer:
+def open_prefect_server(settings: FlowsSettings, state_dir: Path, *,
+                        stopping: threading.Event | None = None) -> PrefectServer:
     """The configured Prefect API (`prefect_api_url`, else Prefect's own PREFECT_API_URL), or a local server."""
     from prefect.settings import get_current_settings
 
     given = settings.prefect_api_url or get_current_settings().api.url
     if given:
         return connect_prefect_server(str(given))
-    return start_prefect_server(settings.prefect_port, state_dir, timeout=settings.prefect_start_timeout_s)
+    return start_prefect_server(settings.prefect_port, state_dir, timeout=settings.prefect_start_timeout_s,
+                                stopping=stopping)
 
 
 @contextmanager
@@ -216,25 +223,32 @@ def describe_api(url: str) -> str:
     return f"{u.hostname}:{u.port}" if u.port else url
 
 
-def serve_deployments(deployments: list, *, poll_s: float, on_ready=None) -> None:
+def serve_deployments(deployments: list, *, poll_s: float, on_ready=None,
+                      stopping: threading.Event | None = None) -> None:
     """Serve `deployments` in this process until SIGTERM or SIGINT; on the way out the runner cancels its
-    in-flight runs and pauses these deployments' schedules (nobody would run them)."""
+    in-flight runs and pauses these deployments' schedules (nobody would run them). A stop asked for
+    through `stopping` before the runner starts ends here, between steps."""
     import asyncio
 
     from prefect.runner import Runner
 
+    stopping = stopping or threading.Event()
     runner = Runner(name=f"alignloop-flows-{os.getpid()}", query_seconds=poll_s, pause_on_shutdown=True)
     for deployment in deployments:
+        if stopping.is_set():
+            return
         runner.add_deployment(deployment)
     if on_ready is not None:
         on_ready()  # registered on the server: their schedules are live from here
-    # Ctrl-C takes the same graceful path as SIGTERM (the runner's own handler), not a KeyboardInterrupt
-    # thrown into whatever the loop is doing
-    previous = signal.signal(signal.SIGINT, runner.handle_sigterm)
+    # from here both signals take the runner's graceful path (it installs the same handler for SIGTERM when
+    # it starts), never a KeyboardInterrupt thrown into whatever the loop is doing
+    previous = {sig: signal.signal(sig, runner.handle_sigterm) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        asyncio.run(runner.start())
+        if not stopping.is_set():
+            asyncio.run(runner.start())
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         _drain_prefect_workers()
 
 

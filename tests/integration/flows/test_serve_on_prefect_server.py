@@ -379,7 +379,7 @@ def test_serve_starts_its_own_server_refuses_a_taken_port_and_stops_what_it_star
     port, log = free_port(), tmp_path / "early.log"
     early = start_serve(["--port", str(port), "--base-model", base], log, env)
     wait_for("serve to start its server", lambda: "Prefect API:" in log.read_text(), 180, log=log)
-    assert stop(early) in (0, 128 + signal.SIGTERM)
+    assert stop(early) == 0
     assert not healthy(f"http://127.0.0.1:{port}/api")
 
     port, log = free_port(), tmp_path / "serve.log"
