@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import signal
+import threading
 from datetime import datetime
 from pathlib import Path
 
@@ -65,27 +67,61 @@ def run_replay(out_dir: Path = typer.Option(..., "--out", help="directory for de
 
 @app.command("serve")
 def serve(
+    api_url: str = typer.Option(None, help="serve against this Prefect API (e.g. http://host:4200/api) instead of "
+                                           "starting a server; default: settings, then Prefect's PREFECT_API_URL"),
+    port: int = typer.Option(None, help="port of the Prefect server started here (default 4200)"),
+    base_model: str = typer.Option(None, help="HF model dir or id; default: the embedded tiny model"),
+    config: Path = typer.Option(None, exists=True, dir_okay=False, help="run config YAML of scheduled retrains"),
+    gates: Path = typer.Option(None, exists=True, dir_okay=False, help="gate policy YAML of scheduled retrains"),
     retrain_cron: str = typer.Option(None, help="cron of the retrain deployment (default from settings)"),
-    min_new_pairs: int = typer.Option(None, help="data trigger: new curated pairs that start a retrain"),
-    work_pool: str = typer.Option(None, help="Prefect work pool for training (e.g. GPU workers elsewhere)"),
+    min_new_pairs: int = typer.Option(None, min=1, help="data trigger: new curated pairs that start a retrain"),
+    data_check_interval: float = typer.Option(None, min=1, help="seconds between data-trigger runs"),
+    canary_watch_interval: float = typer.Option(None, min=1, help="seconds between canary-watch runs"),
+    poll: float = typer.Option(None, min=0.1, help="seconds between asking the server for runs that are due"),
+    work_pool: str = typer.Option(None, help="register retrain on this Prefect work pool (its workers run it, "
+                                             "e.g. on GPUs) instead of running it here"),
 ) -> None:
-    """Start (or use) a Prefect server and serve the loop's deployments with their schedules until Ctrl-C."""
-    from prefect import serve as prefect_serve
-
+    """Serve the loop's deployments on a Prefect server (started here unless one is given) until Ctrl-C:
+    retrain on cron, the data trigger and canary-watch on intervals, replay on demand."""
     from alignloop.settings import get_settings as core
-    from flows.schedule import build_deployments, deploy_retrain_to_pool, ensure_prefect_server
+    from flows.schedule import (build_deployments, deploy_retrain_to_pool, describe_api, open_prefect_server,
+                                prefect_api, serve_deployments)
     from flows.settings import get_settings
 
     settings = get_settings().model_copy(update={k: v for k, v in {
-        "retrain_cron": retrain_cron, "min_new_pairs": min_new_pairs, "work_pool": work_pool}.items() if v is not None})
-    api = ensure_prefect_server(settings.prefect_port, core().home / "prefect")
-    typer.echo(f"Prefect API: {api}")
-    deployments = build_deployments(settings)
-    if settings.work_pool:
-        typer.echo(f"retrain deployment on work pool {settings.work_pool}: "
-                   f"{deploy_retrain_to_pool(settings, settings.work_pool)}")
-        deployments = [d for d in deployments if d.name != "retrain"]
-    prefect_serve(*deployments)
+        "prefect_api_url": api_url, "prefect_port": port, "base_model": base_model, "train_config": config,
+        "gates": gates, "retrain_cron": retrain_cron, "min_new_pairs": min_new_pairs,
+        "data_check_interval_s": data_check_interval, "canary_watch_interval_s": canary_watch_interval,
+        "poll_s": poll, "work_pool": work_pool}.items() if v is not None})
+    # until the runner takes the signals over, SIGTERM or Ctrl-C only ask start-up to stop at its next step
+    # (then the `finally` below stops the server started here): killed on the spot, this process would orphan
+    # that server, and an exception raised from a handler lands inside whatever library code is running
+    stopping = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stopping.set())
+    server = open_prefect_server(settings, core().home / "prefect", stopping=stopping)
+    try:
+        where = f"started here, log {server.log}" if server.started_here else "given"
+        typer.echo(f"Prefect API: {server.api_url} ({where})")
+        with prefect_api(server.api_url):
+            deployments = build_deployments(settings)
+            if settings.work_pool:
+                deployment_id = deploy_retrain_to_pool(settings, settings.work_pool,
+                                                       store_url=core().resolved_store_url,
+                                                       redis_url=core().redis_url)
+                typer.echo(f"retrain: on work pool {settings.work_pool} (deployment {deployment_id}), "
+                           f"cron {settings.retrain_cron!r}")
+                deployments = [d for d in deployments if d.name != "retrain"]
+            else:
+                typer.echo(f"retrain: here, cron {settings.retrain_cron!r}")
+            serve_deployments(deployments, poll_s=settings.poll_s, stopping=stopping, on_ready=lambda: typer.echo(
+                f"data-trigger: every {settings.data_check_interval_s:g} s, >= {settings.min_new_pairs} new pairs; "
+                f"canary-watch: every {settings.canary_watch_interval_s:g} s; replay: on demand. "
+                f"Serving on {describe_api(server.api_url)}; Ctrl-C stops."))
+    finally:
+        if server.started_here:
+            server.stop()
+            typer.echo("Prefect server stopped")
 
 
 def demo(

@@ -387,6 +387,50 @@ def data_trigger_flow(base_model: str | None = None, min_new_pairs: int = 200, s
     out = {"pairs_total": total, "pairs_at_last_snapshot": seen, "new_pairs": total - seen,
            "threshold": min_new_pairs, "triggered": total - seen >= min_new_pairs}
     if out["triggered"]:
-        run = run_deployment(deployment, parameters={"base_model": base}, timeout=0)
-        out["retrain_run"] = str(run.id)
+        # a retrain already due or running will snapshot these pairs: starting another one would only be
+        # cancelled by the deployment's concurrency limit (the check and the limit together make one retrain)
+        running = retrain_in_flight_task(deployment)
+        if running:
+            out |= {"retrain_run": running, "already_running": True}
+        else:
+            run = run_deployment(deployment, parameters={"base_model": base}, timeout=0)
+            out |= {"retrain_run": str(run.id), "already_running": False}
     return out
+
+
+_IN_FLIGHT = ("SCHEDULED", "PENDING", "RUNNING", "PAUSED", "CANCELLING")
+
+
+def pick_in_flight(runs: list, now: datetime, *, due_within_s: float = 60.0) -> str | None:
+    """The id of a run that is running, starting or due now; runs scheduled later (the cron's next ones) don't count."""
+    for run in runs:
+        state = run.state.type.value if run.state else None
+        if state not in _IN_FLIGHT:
+            continue
+        start = run.expected_start_time or run.next_scheduled_start_time
+        if state == "SCHEDULED" and start is not None and (start - now).total_seconds() > due_within_s:
+            continue
+        return str(run.id)
+    return None
+
+
+@task(name="retrain-in-flight", **IO)
+def retrain_in_flight_task(deployment: str) -> str | None:
+    from datetime import UTC
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (DeploymentFilter, DeploymentFilterId, FlowRunFilter,
+                                                FlowRunFilterState, FlowRunFilterStateType)
+    from prefect.client.schemas.objects import StateType
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            dep = client.read_deployment_by_name(deployment)
+        except ObjectNotFound:
+            return None
+        runs = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])),
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
+                type=FlowRunFilterStateType(any_=[StateType(s) for s in _IN_FLIGHT]))))
+    return pick_in_flight(runs, datetime.now(UTC))
