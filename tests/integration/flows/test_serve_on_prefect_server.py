@@ -327,8 +327,9 @@ def test_work_pool_hands_retrain_to_a_process_worker_with_config_gates_and_urls(
     url, log, worker_log = prefect_server["url"], tmp_path / "serve.log", tmp_path / "worker.log"
     pool, base = f"pool-{uuid.uuid4().hex[:8]}", str(tmp_path / "some-base")  # the run fails before loading it
     gates = Path(__file__).resolve().parents[3] / "retrain" / "configs" / "gates.yaml"
-    curate_events(loop_env["engine"], make_events(30, preferred="courteous", seed=5))  # new data: the turn reaches
-    with api(url, serve_env["results"]):                                             # its snapshot floor
+    # some new curated data, so the turn gets as far as the snapshot floor its run config sets
+    curate_events(loop_env["engine"], make_events(30, preferred="courteous", seed=5))
+    with api(url, serve_env["results"]):
         with get_client(sync_client=True) as client:
             client.create_work_pool(WorkPoolCreate(name=pool, type="process",
                                                    base_job_template=ProcessWorker.get_default_base_job_template()))
