@@ -442,9 +442,12 @@ def _run_demo(*, users: int, events: int, turns: int, turn_events: int, seed: in
     ensure_topics(core.kafka_bootstrap, partitions=3, base=topic)
 
     port = _free_port()
+    # the worker settles the last open windows once it has been idle IDLE_FLUSH_S; the simulated users pause
+    # between batches while serving answers, and on a busy machine a short idle time closed windows under
+    # them (their later feedback was then `late_event`), so it is well above one batch's pause
     env = {**os.environ, "ALIGNLOOP_DEPLOY_PORT": str(port), "ALIGNLOOP_DEPLOY_RECONCILE_INTERVAL_S": "1",
            "ALIGNLOOP_DEPLOY_TORCH_THREADS": "1",
-           "ALIGNLOOP_CURATION_GROUP": f"demo-{run_id}", "ALIGNLOOP_CURATION_IDLE_FLUSH_S": "2",
+           "ALIGNLOOP_CURATION_GROUP": f"demo-{run_id}", "ALIGNLOOP_CURATION_IDLE_FLUSH_S": "10",
            "ALIGNLOOP_CURATION_POLICY__WINDOW_S": "600", "ALIGNLOOP_CURATION_POLICY__LOOKAHEAD_S": "1800",
            "ALIGNLOOP_CURATION_POLICY__LOOKBACK_S": "3600",
            "ALIGNLOOP_CURATION_DATADIR": str(run_dir / "curation-worker")}
