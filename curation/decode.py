@@ -14,6 +14,7 @@ from ingest.events import parse_event
 from curation.items import Item, build_item
 from curation.pii import redact_text
 from curation.reasons import Reason, contract_reason
+from curation.tokens import TokenCheck
 
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
@@ -58,8 +59,9 @@ def _readable_id(raw: bytes | str) -> str | None:
     return None
 
 
-def decode_raw(raw: bytes | str, *, now: datetime | None = None) -> Outcome:
-    """Parse one raw event; never raises for bad input. `now` is the receiving clock for `occurred_at`."""
+def decode_raw(raw: bytes | str, *, now: datetime | None = None, tokens: TokenCheck | None = None) -> Outcome:
+    """Parse one raw event; never raises for bad input. `now` is the receiving clock for `occurred_at`;
+    `tokens` checks the feedback token (the stream and the replay always pass it)."""
     if isinstance(raw, str):
         raw_bytes = raw.encode("utf-8", "surrogatepass")
     else:
@@ -73,4 +75,4 @@ def decode_raw(raw: bytes | str, *, now: datetime | None = None) -> Outcome:
         if event_id is None:
             return DeadLetter(hashlib.sha256(raw_bytes).hexdigest(), f"{Reason.NOT_PARSEABLE}:{exc.reason}", redacted)
         return Rejected(event_id, contract_reason(exc.reason), list(exc.errors), redacted)
-    return Accepted(build_item(event))
+    return Accepted(build_item(event, tokens))

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 from curation.pii import redact_text
 from curation.reasons import Reason
+from curation.tokens import TokenCheck, TokenStatus, check_token
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +31,7 @@ class Item:
     responses: tuple[str, str] | None = None
     chosen: int | None = None
     pii: tuple[str, ...] = ()
+    token: TokenStatus | None = None  # the feedback token's check; None: the event carried no token
 
     @property
     def sort_key(self) -> tuple[datetime, str]:
@@ -68,7 +70,7 @@ class Item:
                 "ip_hash": self.ip_hash, "device_id": self.device_id, "adapter_version": self.adapter_version,
                 "response": self.response, "rating": self.rating, "edited": self.edited,
                 "responses": list(self.responses) if self.responses else None, "chosen": self.chosen,
-                "pii": list(self.pii)}
+                "pii": list(self.pii), "token": self.token.to_record() if self.token else None}
 
     @classmethod
     def from_record(cls, r: dict) -> "Item":
@@ -77,15 +79,18 @@ class Item:
                    ip_hash=r.get("ip_hash"), device_id=r.get("device_id"),
                    adapter_version=r.get("adapter_version"), response=r.get("response"), rating=r.get("rating"),
                    edited=r.get("edited"), responses=tuple(r["responses"]) if r.get("responses") else None,
-                   chosen=r.get("chosen"), pii=tuple(r.get("pii") or ()))
+                   chosen=r.get("chosen"), pii=tuple(r.get("pii") or ()),
+                   token=TokenStatus.from_record(r["token"]) if r.get("token") else None)
 
 
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
-def build_item(event) -> Item:
-    """A validated ingest event -> its redacted Item. PII leaves here, before anything is written anywhere."""
+def build_item(event, tokens: TokenCheck | None = None) -> Item:
+    """A validated ingest event -> its redacted Item. PII leaves here, before anything is written anywhere.
+
+    With `tokens`, the event's feedback token is checked here (without, a token is left unchecked: unverified)."""
     found: set[Reason] = set()
 
     def clean(text: str | None) -> str | None:
@@ -116,5 +121,7 @@ def build_item(event) -> Item:
         edited=clean(getattr(event, "edited", None)),
         responses=(clean(responses[0]), clean(responses[1])) if responses else None,
         chosen=getattr(event, "chosen", None),
-        pii=tuple(sorted(found)))
+        pii=tuple(sorted(found)),
+        token=check_token(event.feedback_token, response_id=event.response_id, occurred_at=event.occurred_at,
+                          check=tokens) if tokens is not None else None)
     return item

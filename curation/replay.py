@@ -14,6 +14,7 @@ from curation.errors import ReplayError
 from curation.pipeline import Staging, WindowResult, settle_all
 from curation.reasons import Reason
 from curation.settings import Policy
+from curation.tokens import TokenCheck
 
 
 @dataclass
@@ -27,9 +28,12 @@ class ReplayResult:
 
 
 def run_replay(lines: Iterable[bytes | str], policy: Policy, *, now: datetime | None = None,
-               on_window=None) -> ReplayResult:
-    """Decode every line, stage valid events (first event_id wins), settle every window, collect outputs."""
+               on_window=None, tokens: TokenCheck | None = None) -> ReplayResult:
+    """Decode every line, stage valid events (first event_id wins), settle every window, collect outputs.
+
+    `tokens` (default: from the core settings, as the stream worker's) checks each event's feedback token."""
     out = ReplayResult()
+    tokens = tokens or TokenCheck.from_settings()
     staging = Staging()
     rejected: dict[str, dict] = {}
     for n, raw in enumerate(lines, start=1):
@@ -39,7 +43,7 @@ def run_replay(lines: Iterable[bytes | str], policy: Policy, *, now: datetime | 
             raw = raw.rstrip("\r\n")
         if not raw:
             continue
-        outcome = decode_raw(raw, now=now)
+        outcome = decode_raw(raw, now=now, tokens=tokens)
         if isinstance(outcome, DeadLetter):
             data = raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogatepass")
             out.dlq.append({"line": n, "sha256": hashlib.sha256(data).hexdigest(), "reason": outcome.reason})

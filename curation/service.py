@@ -22,6 +22,7 @@ from curation.items import Item
 from curation.pipeline import WindowResult, context_bounds, decision_row, ready_at, settle_window, window_start
 from curation.reasons import Reason
 from curation.settings import Policy
+from curation.tokens import TokenCheck
 
 # Atomic "max" on a hash field: a partition's watermark only moves forward, whoever writes it.
 _HMAX = """
@@ -51,8 +52,9 @@ class BatchOutcome:
 
 class CurationEdge:
     def __init__(self, engine: Engine, redis_client, policy: Policy, *, topic: str, group: str,
-                 partitions: int | None = None):
+                 partitions: int | None = None, tokens: TokenCheck | None = None):
         self.engine = engine
+        self.tokens = tokens or TokenCheck.from_settings()  # the same key and max age as the replay's
         self.redis = redis_client
         self.policy = policy
         self.topic = topic
@@ -74,7 +76,7 @@ class CurationEdge:
         newest: dict[int, float] = {}
         for r in records:
             source = f"{r.partition}:{r.offset}"
-            outcome = decode_raw(r.value, now=r.timestamp)
+            outcome = decode_raw(r.value, now=r.timestamp, tokens=self.tokens)
             if isinstance(outcome, Accepted):
                 staged.append((outcome.item, source))
                 t = outcome.item.occurred_at.timestamp()
