@@ -107,9 +107,11 @@ def load_verified_feedback_stats(session: Session, *, base_model: str, adapter_v
     out: dict = {v: _empty_stats() for v in adapter_versions}
     if not arms:
         return out
+    # a token's serving time has whole seconds: an answer served in the second the period began belongs to it
+    start = _t(since).replace(microsecond=0)
     q = (select(DecisionRow.verified_version, DecisionRow.response_id, DecisionRow.kind, DecisionRow.rating)
          .where(DecisionRow.decision != "drop", DecisionRow.token_status == TOKEN_VERIFIED,
-                DecisionRow.verified_base_model == base_model, DecisionRow.served_at >= _t(since), or_(*arms))
+                DecisionRow.verified_base_model == base_model, DecisionRow.served_at >= start, or_(*arms))
          .order_by(DecisionRow.occurred_at, DecisionRow.event_id))
     if _t(until) is not None:
         q = q.where(DecisionRow.served_at < _t(until))
