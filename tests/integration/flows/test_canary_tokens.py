@@ -162,6 +162,12 @@ def test_only_verified_feedback_since_the_canary_started_decides_it(prefect_harn
                       "expired": {"token_expired"}, "mismatch": {"token_mismatch"}, "other_version": {"verified"},
                       "other_base": {"verified"}, "replayed": {"verified"}}, status
     assert {r.verified_version for r in by_role["other_version"]} == {"v3"}
+    from collections import Counter
+
+    from curation.report import build_report
+
+    with session_scope(engine) as s:
+        assert build_report(s)["tokens"] == dict(Counter(r.token_status or "none" for r in rows.values()))
     # the token never drops an event: the 30 accounts' feedback trains like any other the guards keep
     kept_no_token = [r for r in by_role["no_token"] if r.decision != "drop"]
     assert len(kept_no_token) >= 25, [r.reasons for r in by_role["no_token"]]
