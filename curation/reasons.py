@@ -45,7 +45,6 @@ class Decision(StrEnum):
 
 # the token status of an event whose token verified (the others are the TOKEN_* reasons, or none: no token)
 TOKEN_VERIFIED = "verified"
-TOKEN_REASONS = frozenset({Reason.TOKEN_INVALID, Reason.TOKEN_EXPIRED, Reason.TOKEN_MISMATCH})
 PII_REASONS = frozenset({Reason.PII_EMAIL, Reason.PII_PHONE, Reason.PII_CARD, Reason.PII_IBAN, Reason.PII_IP})
 
 
