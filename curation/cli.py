@@ -143,6 +143,7 @@ def report(
     for k, v in rep["reasons"].items():
         t.add_row(k, str(v))
     console.print(t)
+    console.print("feedback tokens: " + ", ".join(f"{k} {v}" for k, v in rep["tokens"].items()))
     t = Table("app", "kept", "events", "keep rate", "drift alarms (window starts)")
     for app_id, v in rep["apps"].items():
         t.add_row(app_id, str(v["kept"]), str(v["events"]), f"{v['keep_rate']:.3f}",

@@ -14,6 +14,7 @@ from ingest.events import parse_event
 from curation.items import Item, build_item
 from curation.pii import redact_raw, safe_errors
 from curation.reasons import Reason, contract_reason
+from curation.tokens import TokenCheck
 
 _APP = re.compile(r"[a-z0-9-]{1,64}")
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
@@ -67,13 +68,14 @@ def _readable_ids(raw: bytes | str) -> tuple[str | None, str]:
 
 
 def decode_raw(raw: bytes | str, *, now: datetime | None = None, max_future_s: float | None = None,
-               pseudonym_key: bytes | None = None) -> Outcome:
+               pseudonym_key: bytes | None = None, tokens: TokenCheck | None = None) -> Outcome:
     """Parse one raw event; never raises for bad input.
 
     `now` is the receiving clock (the broker's time in the stream, `--now` in the replay) for the contract's
     `occurred_at` window; with `max_future_s`, an event dated more than that past `now` is refused
     `future_event` (its time cannot be trusted, so it must not move a watermark). `pseudonym_key` keys the
-    identifiers' pseudonyms (default: the configured one, see curation.settings).
+    identifiers' pseudonyms (default: the configured one, see curation.settings). `tokens` checks the
+    feedback token (the stream and the replay always pass it).
     """
     if pseudonym_key is None:
         from curation.settings import default_pseudonym_key
@@ -102,4 +104,4 @@ def decode_raw(raw: bytes | str, *, now: datetime | None = None, max_future_s: f
                                              f"{clock.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}; "
                                              f"got {event.occurred_at.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}"}],
                 redacted, event.app_id)
-    return Accepted(build_item(event, pseudonym_key))
+    return Accepted(build_item(event, pseudonym_key, tokens))

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 from curation.pii import pseudonymise, redact_text
 from curation.reasons import Reason
+from curation.tokens import TokenCheck, TokenStatus, check_token
 
 Key = tuple[str, str]  # (app_id, event_id)
 
@@ -32,6 +33,7 @@ class Item:
     responses: tuple[str, str] | None = None
     chosen: int | None = None
     pii: tuple[str, ...] = ()
+    token: TokenStatus | None = None  # the feedback token's check; None: the event carried no token
 
     @property
     def key(self) -> Key:
@@ -75,7 +77,7 @@ class Item:
                 "ip_hash": self.ip_hash, "device_id": self.device_id, "adapter_version": self.adapter_version,
                 "response": self.response, "rating": self.rating, "edited": self.edited,
                 "responses": list(self.responses) if self.responses else None, "chosen": self.chosen,
-                "pii": list(self.pii)}
+                "pii": list(self.pii), "token": self.token.to_record() if self.token else None}
 
     @classmethod
     def from_record(cls, r: dict) -> "Item":
@@ -84,19 +86,21 @@ class Item:
                    ip_hash=r.get("ip_hash"), device_id=r.get("device_id"),
                    adapter_version=r.get("adapter_version"), response=r.get("response"), rating=r.get("rating"),
                    edited=r.get("edited"), responses=tuple(r["responses"]) if r.get("responses") else None,
-                   chosen=r.get("chosen"), pii=tuple(r.get("pii") or ()))
+                   chosen=r.get("chosen"), pii=tuple(r.get("pii") or ()),
+                   token=TokenStatus.from_record(r["token"]) if r.get("token") else None)
 
 
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
-def build_item(event, key: bytes) -> Item:
+def build_item(event, key: bytes, tokens: TokenCheck | None = None) -> Item:
     """A validated ingest event -> its redacted Item. PII leaves here, before anything is written anywhere.
 
     Texts are redacted (the event is decoded, so JSON escapes hide nothing); identifiers (user, device, source)
     become keyed pseudonyms, deterministic so that every guard still counts per account and per source;
     `adapter_version` is redacted (canary counts compare it with registered version names, so it stays text).
+    With `tokens`, the event's feedback token is checked here (without, a token is left unchecked: unverified).
     """
     found: set[Reason] = set()
 
@@ -126,5 +130,7 @@ def build_item(event, key: bytes) -> Item:
         edited=clean(getattr(event, "edited", None)),
         responses=(clean(responses[0]), clean(responses[1])) if responses else None,
         chosen=getattr(event, "chosen", None),
-        pii=tuple(sorted(found)))
+        pii=tuple(sorted(found)),
+        token=check_token(event.feedback_token, response_id=event.response_id, occurred_at=event.occurred_at,
+                          check=tokens) if tokens is not None else None)
     return item

@@ -15,6 +15,8 @@ UP_RATE = Gauge("curation_up_rate", "Share of kept ratings that are up in the la
 DRIFT = Counter("curation_drift_alarms_total", "CUSUM alarms on an app's up-rate", ["app_id"])
 SETTLE = Histogram("curation_settle_seconds", "Time to settle one window")
 LATE = Counter("curation_late_events_total", "Events that arrived after their window was settled")
+TOKENS = Counter("curation_feedback_tokens_total", "Decided events by feedback token status (none: no token)",
+                 ["status"])
 
 
 HEALTHY = Gauge("curation_worker_healthy", "1 while every dependency of the worker answers, 0 while one is "
@@ -48,6 +50,7 @@ def observe_window(result, seconds: float) -> None:
         DECISIONS.labels(d["app_id"] or "", d["decision"]).inc()
         for r in d["reasons"]:
             REASONS.labels(r).inc()
+        TOKENS.labels(d.get("token_status") or "none").inc()
         kept = per_app.setdefault(d["app_id"] or "", [0, 0])
         kept[0] += d["decision"] != "drop"
         kept[1] += 1

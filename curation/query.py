@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
+from curation.reasons import TOKEN_VERIFIED
 from curation.store import DecisionRow, PairRow, UnpairedRow, naive, pair_json, unpaired_json
 
 
@@ -53,9 +54,27 @@ def count_pairs(session: Session, since: datetime | str | None = None) -> int:
     return int(session.scalar(q) or 0)
 
 
+def _empty_stats() -> dict:
+    return {"ratings": 0, "up": 0, "down": 0, "edits": 0, "comparisons": 0, "events": 0}
+
+
+def _tally(stats: dict, kind: str, rating: str | None, n: int = 1) -> None:
+    stats["events"] += n
+    if kind == "rating":
+        stats["ratings"] += n
+        if rating in ("up", "down"):
+            stats[rating] += n
+    elif kind == "edit":
+        stats["edits"] += n
+    elif kind == "comparison":
+        stats["comparisons"] += n
+
+
 def load_feedback_stats(session: Session, *, adapter_versions: list[str | None],
                         since: datetime | str | None = None) -> dict:
-    """Per adapter version, over KEPT events (keep or redact): ratings, up, down, edits, comparisons, events."""
+    """Per adapter version *as the client names it*, over KEPT events (keep or redact): ratings, up, down, edits,
+    comparisons, events. For reports only: anyone with an app key can name any version, so a canary is judged
+    by `load_verified_feedback_stats`."""
     out: dict = {}
     for version in adapter_versions:
         q = (select(DecisionRow.kind, DecisionRow.rating, func.count())
@@ -65,18 +84,43 @@ def load_feedback_stats(session: Session, *, adapter_versions: list[str | None],
                     else DecisionRow.adapter_version == version)
         if _t(since) is not None:
             q = q.where(DecisionRow.occurred_at >= _t(since))
-        stats = {"ratings": 0, "up": 0, "down": 0, "edits": 0, "comparisons": 0, "events": 0}
+        stats = _empty_stats()
         for kind, rating, n in session.execute(q):
-            stats["events"] += n
-            if kind == "rating":
-                stats["ratings"] += n
-                if rating in ("up", "down"):
-                    stats[rating] += n
-            elif kind == "edit":
-                stats["edits"] += n
-            elif kind == "comparison":
-                stats["comparisons"] += n
+            _tally(stats, kind, rating, n)
         out[version] = stats
+    return out
+
+
+def load_verified_feedback_stats(session: Session, *, base_model: str, adapter_versions: list[str | None],
+                                 since: datetime | str, until: datetime | str | None = None) -> dict:
+    """Per serving version (None = the base model), the same counts as `load_feedback_stats`, over KEPT events
+    whose feedback token verified for `base_model` and whose answer was served in [since, until).
+
+    The version and the serving time are the ones the token signed, never the client's `adapter_version` or
+    `occurred_at`, so two arms compared over one period saw the same users at the same time. One answer counts
+    once (its first feedback by event time): a token copied onto many events is still one vote.
+    """
+    wanted = [v for v in adapter_versions if v is not None]
+    arms = [DecisionRow.verified_version.in_(wanted)] if wanted else []
+    if None in adapter_versions:
+        arms.append(DecisionRow.verified_version.is_(None))
+    out: dict = {v: _empty_stats() for v in adapter_versions}
+    if not arms:
+        return out
+    # a token's serving time has whole seconds: an answer served in the second the period began belongs to it
+    start = _t(since).replace(microsecond=0)
+    q = (select(DecisionRow.verified_version, DecisionRow.response_id, DecisionRow.kind, DecisionRow.rating)
+         .where(DecisionRow.decision != "drop", DecisionRow.token_status == TOKEN_VERIFIED,
+                DecisionRow.verified_base_model == base_model, DecisionRow.served_at >= start, or_(*arms))
+         .order_by(DecisionRow.occurred_at, DecisionRow.event_id))
+    if _t(until) is not None:
+        q = q.where(DecisionRow.served_at < _t(until))
+    seen: set[str] = set()
+    for version, response_id, kind, rating in session.execute(q):
+        if response_id in seen:
+            continue
+        seen.add(response_id)
+        _tally(out[version], kind, rating)
     return out
 
 

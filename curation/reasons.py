@@ -31,6 +31,11 @@ class Reason(StrEnum):
     PII_CARD = "pii_card"
     PII_IBAN = "pii_iban"
     PII_IP = "pii_ip"
+    # feedback tokens (kept or dropped by the guards as any event; these only mark it unverified, so it never
+    # counts for a canary)
+    TOKEN_INVALID = "token_invalid"    # malformed, forged, or signed with another key
+    TOKEN_EXPIRED = "token_expired"    # issued more than the max age away from the event's time
+    TOKEN_MISMATCH = "token_mismatch"  # a valid token for another response than the event's response_id
 
 
 class Decision(StrEnum):
@@ -39,6 +44,8 @@ class Decision(StrEnum):
     REDACT = "redact"
 
 
+# the token status of an event whose token verified (the others are the TOKEN_* reasons, or none: no token)
+TOKEN_VERIFIED = "verified"
 PII_REASONS = frozenset({Reason.PII_EMAIL, Reason.PII_PHONE, Reason.PII_CARD, Reason.PII_IBAN, Reason.PII_IP})
 
 

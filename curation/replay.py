@@ -15,6 +15,7 @@ from curation.items import Key
 from curation.pipeline import Staging, WindowResult, settle_all
 from curation.reasons import Reason
 from curation.settings import Policy
+from curation.tokens import TokenCheck
 
 
 @dataclass
@@ -28,19 +29,22 @@ class ReplayResult:
 
 
 def run_replay(lines: Iterable[bytes | str], policy: Policy, *, now: datetime | None = None,
-               on_window=None, pseudonym_key: bytes | None = None) -> ReplayResult:
+               on_window=None, pseudonym_key: bytes | None = None, tokens: TokenCheck | None = None
+               ) -> ReplayResult:
     """Decode every line, stage valid events (first (app_id, event_id) wins), settle every window, collect outputs.
 
     `now` stands for the broker's time of every line (a file has none): the contract's day-ahead window and
     `policy.max_future_skew_s` judge `occurred_at` against it, as the stream judges it against each record's
     broker time. Default: the current time, read once. `pseudonym_key` (default: the configured one) must be
-    the stream's for the same pseudonyms; decisions do not depend on it.
+    the stream's for the same pseudonyms; decisions do not depend on it. `tokens` (default: from the core
+    settings, as the stream worker's) checks each event's feedback token.
     """
     if pseudonym_key is None:
         from curation.settings import default_pseudonym_key
 
         pseudonym_key = default_pseudonym_key()
     out = ReplayResult()
+    tokens = tokens or TokenCheck.from_settings()
     staging = Staging()
     rejected: dict[Key, dict] = {}
     now = now or datetime.now(UTC)
@@ -51,7 +55,8 @@ def run_replay(lines: Iterable[bytes | str], policy: Policy, *, now: datetime | 
             raw = raw.rstrip("\r\n")
         if not raw:
             continue
-        outcome = decode_raw(raw, now=now, max_future_s=policy.max_future_skew_s, pseudonym_key=pseudonym_key)
+        outcome = decode_raw(raw, now=now, max_future_s=policy.max_future_skew_s, pseudonym_key=pseudonym_key,
+                             tokens=tokens)
         if isinstance(outcome, DeadLetter):
             data = raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogatepass")
             out.dlq.append({"line": n, "sha256": hashlib.sha256(data).hexdigest(), "reason": outcome.reason})

@@ -1,4 +1,5 @@
-"""The curation report: reason counts, keep rate per app, agreement per window and drift alarms, from the store."""
+"""The curation report: reason counts, keep rate per app, feedback token statuses, agreement per window and drift
+alarms, from the store."""
 
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ def build_report(session: Session) -> dict:
         a = apps.setdefault("(refused)" if was_refused or not app_id else app_id, {"events": 0, "kept": 0})
         a["events"] += n
         a["kept"] += n if decision != "drop" else 0
+    tokens = {status or "none": n for status, n in session.execute(
+        select(store.DecisionRow.token_status, func.count()).group_by(store.DecisionRow.token_status))}
     windows = []
     series: dict[str, list[tuple[int, int]]] = defaultdict(list)
     starts = []
@@ -41,4 +44,4 @@ def build_report(session: Session) -> dict:
         a["keep_rate"] = a["kept"] / a["events"] if a["events"] else 0.0
         a["drift_alarms"] = [starts[i] for i in cusum_alarms(series.get(app_id, []))]
     return {"rows": store.count_rows(session), "reasons": dict(reasons.most_common()), "apps": dict(sorted(apps.items())),
-            "windows": windows}
+            "tokens": dict(sorted(tokens.items())), "windows": windows}

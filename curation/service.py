@@ -22,6 +22,7 @@ from curation.items import Item, Key
 from curation.pipeline import WindowResult, context_bounds, decision_row, ready_at, settle_window, window_start
 from curation.reasons import Reason
 from curation.settings import Policy
+from curation.tokens import TokenCheck
 
 # Atomic "max" on a hash field: a partition's watermark only moves forward, whoever writes it.
 _HMAX = """
@@ -67,13 +68,15 @@ def received_at(record_time: datetime | None, clock: datetime) -> datetime:
 
 class CurationEdge:
     def __init__(self, engine: Engine, redis_client, policy: Policy, *, topic: str, group: str,
-                 partitions: int | None = None, pseudonym_key: bytes | None = None):
+                 partitions: int | None = None, pseudonym_key: bytes | None = None,
+                 tokens: TokenCheck | None = None):
         if pseudonym_key is None:
             from curation.settings import default_pseudonym_key
 
             pseudonym_key = default_pseudonym_key()
         self.pseudonym_key = pseudonym_key
         self.engine = engine
+        self.tokens = tokens or TokenCheck.from_settings()  # the same key and max age as the replay's
         self.redis = redis_client
         self.policy = policy
         self.topic = topic
@@ -102,7 +105,8 @@ class CurationEdge:
         for r in records:
             source = f"{r.partition}:{r.offset}"
             outcome = decode_raw(r.value, now=received_at(r.timestamp, clock),
-                                 max_future_s=self.policy.max_future_skew_s, pseudonym_key=self.pseudonym_key)
+                                 max_future_s=self.policy.max_future_skew_s, pseudonym_key=self.pseudonym_key,
+                                 tokens=self.tokens)
             if isinstance(outcome, Accepted):
                 out.items.append((outcome.item, source))
                 t = outcome.item.occurred_at.timestamp()

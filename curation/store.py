@@ -49,6 +49,13 @@ class DecisionRow(Base):
     occurred_at: Mapped[datetime | None] = mapped_column(DateTime, index=True)
     window_start: Mapped[datetime | None] = mapped_column(DateTime)
     decided_at: Mapped[datetime] = mapped_column(DateTime)
+    # the feedback token (curation_0003_feedback_token): "verified", a token_* reason, or NULL (no token);
+    # the rest is what the token signed, set only when it verified (verified_version NULL then = the base model)
+    token_status: Mapped[str | None] = mapped_column(String(16))
+    verified_version: Mapped[str | None] = mapped_column(String(256))
+    verified_base_model: Mapped[str | None] = mapped_column(String(512))
+    served_at: Mapped[datetime | None] = mapped_column(DateTime)
+    response_id: Mapped[str | None] = mapped_column(String(256))
 
 
 class PairRow(Base):
@@ -166,6 +173,7 @@ def save_window(session: Session, result: WindowResult) -> None:
     start = naive(result.start)
     _insert_ignore(session, DecisionRow, [
         {**d, "reasons": json.dumps(d["reasons"]), "occurred_at": naive(d["occurred_at"]), "window_start": start,
+         "served_at": naive(d["served_at"]) if d.get("served_at") else None,
          "decided_at": now} for d in result.decisions], _KEY)
     _insert_ignore(session, PairRow, [_pair_row(p, start) for p in result.pairs], ["pair_id"])
     _insert_ignore(session, UnpairedRow, [_unpaired_row(u, start) for u in result.unpaired], ["example_id"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy.orm import Session
@@ -14,8 +15,9 @@ from deploy.control import publish_routing_change
 from deploy.errors import ArtifactError, NotFoundError, RegistryError
 from deploy.models import BASE, AdapterVersion, AuditEntry, Routing, Status
 
-__all__ = ["register_adapter", "reject_candidate", "start_canary", "promote", "rollback", "get_routing", "list_versions", "get_version",
-           "audit_log", "list_routings", "load_version_artifact", "local_artifact_dir", "default_storage", "publish_routing_change",
+__all__ = ["register_adapter", "reject_candidate", "start_canary", "promote", "rollback", "get_routing",
+           "canary_started_at", "list_versions", "get_version", "audit_log", "list_routings", "load_version_artifact",
+           "local_artifact_dir", "default_storage", "publish_routing_change",
            "AdapterVersion", "Routing", "AuditEntry", "Status"]
 
 
@@ -272,6 +274,17 @@ def _rollback_to_base(session: Session, *, actor: str, reason: str, base_model: 
 
 def get_routing(session: Session, base_model: str) -> Routing:
     return store.to_routing(store.read_routing_row(session, base_model), base_model)
+
+
+def canary_started_at(session: Session, base_model: str) -> datetime | None:
+    """When the running canary of `base_model` started (its first "canary" audit entry); None without a canary.
+
+    A later share change of the same canary moves the routing's `updated_at`, not this."""
+    row = store.read_routing_row(session, base_model)
+    if row is None or row.canary_version is None:
+        return None
+    return store.first_audit_at(session, base_model=base_model, action="canary", version=row.canary_version) \
+        or store.to_routing(row, base_model).updated_at
 
 
 def list_routings(session: Session) -> list[Routing]:

@@ -10,6 +10,7 @@ import time
 import uuid
 from collections import defaultdict
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import Literal
 
 from fastapi import Depends, FastAPI, Header, Request
@@ -17,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from alignloop.feedback_token import sign_feedback_token
 from deploy.errors import DeployError, NotFoundError, RegistryError, ServingError
 from deploy.models import Routing
 from deploy.routing import choose_evictions, choose_version
@@ -114,11 +116,13 @@ class Replica:
         if not settings.base_model:
             raise ServingError("`ALIGNLOOP_DEPLOY_BASE_MODEL` must name the base model directory to serve; got nothing")
         from alignloop.db import open_store
+        from alignloop.settings import get_settings as core_settings
         from deploy.artifacts import LocalArtifactStorage
         from deploy.runtime import ModelHost
 
         self.settings = settings
         self.base_model = settings.base_model
+        self.token_key = core_settings().resolved_feedback_token_key()  # curation verifies with the same key
         self.engine = open_store(settings.resolved_store_url())
         self.storage = LocalArtifactStorage(settings.resolved_artifact_root())
         self.metrics = Metrics()
@@ -310,6 +314,9 @@ class Replica:
         self.metrics.latency.observe(time.perf_counter() - t0)
         self.metrics.requests.labels(adapter_version=str(version), outcome="ok").inc()
         rid = f"chatcmpl-{uuid.uuid4().hex}"
+        # signed over the version that produced this answer (read under the pin above, not the routing now)
+        token = sign_feedback_token(self.token_key, response_id=rid, base_model=self.base_model,
+                                    adapter_version=version, issued_at=datetime.now(UTC))
         return {
             "id": rid, "object": "chat.completion", "created": int(time.time()),
             "model": req.model or self.base_model,
@@ -317,7 +324,8 @@ class Replica:
                          "finish_reason": out.finish_reason}],
             "usage": {"prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens,
                       "total_tokens": out.prompt_tokens + out.completion_tokens},
-            "response_id": rid, "adapter_version": version, "routing_generation": routing.generation,
+            "response_id": rid, "adapter_version": version, "feedback_token": token,
+            "routing_generation": routing.generation,
         }
 
     def health(self) -> dict:

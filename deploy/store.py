@@ -159,6 +159,13 @@ def add_audit(session: Session, *, actor: str, action: str, base_model: str, ver
     session.flush()
 
 
+def first_audit_at(session: Session, *, base_model: str, action: str, version: str) -> datetime | None:
+    """When `action` was first recorded for `version` of `base_model` (None if never)."""
+    q = (select(func.min(AuditRow.at))
+         .where(AuditRow.base_model == base_model, AuditRow.action == action, AuditRow.version == version))
+    return _aware(session.scalar(q))
+
+
 def select_audit(session: Session, limit: int | None = None) -> list[AuditRow]:
     q = select(AuditRow).order_by(AuditRow.id)
     if limit is not None:

@@ -114,7 +114,7 @@ class Serving:
             raise FlowsError(f"serving answered {r.status_code}: {r.text[:300]}")
         body = r.json()
         return {"text": body["choices"][0]["message"]["content"], "response_id": body["response_id"],
-                "adapter_version": body["adapter_version"]}
+                "adapter_version": body["adapter_version"], "feedback_token": body["feedback_token"]}
 
     def wait_for(self, active: str | None, canary: str | None, timeout: float = 30) -> float:
         """Seconds until serving reports this routing."""
@@ -153,7 +153,8 @@ class Simulation:
 
         event_id = str(uuid.uuid4())
         common = {"event_id": event_id, "occurred_at": fb.occurred_at.isoformat(), "response_id": fb.response_id,
-                  "adapter_version": fb.adapter_version, "client": {"device_id": fb.device_id},
+                  "adapter_version": fb.adapter_version, "feedback_token": fb.feedback_token,
+                  "client": {"device_id": fb.device_id},
                   "session_id": f"s-{fb.user_id}"}
         try:
             if fb.kind == "rating":
@@ -189,7 +190,7 @@ class Simulation:
                 self.answers.append({**a, "user": user, "prompt": prompt})
             kind, fields = honest_feedback(prompt, answers, self.rng, noise=self.noise, taste=self.taste)
             self._send(Feedback(kind, user, prompt, fields, answers[0]["adapter_version"], answers[0]["response_id"],
-                                self.clock.tick(), f"dev-{user}", "honest"))
+                                self.clock.tick(), f"dev-{user}", "honest", answers[0]["feedback_token"]))
             on_event()
             if attacks and self.rng.random() < 0.03:
                 self._poison(on_event)
@@ -202,7 +203,7 @@ class Simulation:
         answer = self.serving.chat(prompt, user=acct)
         kind, fields = poison_feedback(answer)
         self._send(Feedback(kind, acct, prompt, fields, answer["adapter_version"], answer["response_id"],
-                            self.clock.tick(), f"dev-{acct}", "poison"))
+                            self.clock.tick(), f"dev-{acct}", "poison", answer["feedback_token"]))
         on_event()
 
     def _bot_burst(self, on_event) -> None:
@@ -212,7 +213,7 @@ class Simulation:
             answer = self.serving.chat(prompt, user=self.bot)
             kind, fields = bot_feedback(answer, self.rng)
             self._send(Feedback(kind, self.bot, prompt, fields, answer["adapter_version"], answer["response_id"],
-                                t + timedelta(seconds=1.5 * i), "dev-bot", "bot"))
+                                t + timedelta(seconds=1.5 * i), "dev-bot", "bot", answer["feedback_token"]))
             on_event()
 
     def flush(self) -> None:

@@ -169,13 +169,19 @@ def routing_task(store_url: str | None, base_model: str) -> dict:
 
 
 @task(name="feedback-stats", **IO)
-def feedback_stats_task(store_url: str | None, versions: list[str | None], since: str | None) -> dict:
+def feedback_stats_task(store_url: str | None, base_model: str, versions: list[str | None]) -> dict:
+    """Verified feedback per serving version on answers served since the running canary started: both arms
+    over the same period, in one transaction. {"since": ISO time or None (no canary), "stats": {version: counts}}."""
     from curation import query
+    from deploy import registry
 
     with _session(store_url) as session:
-        stats = query.load_feedback_stats(session, adapter_versions=versions,
-                                          since=datetime.fromisoformat(since) if since else None)
-    return {("__base__" if k is None else k): v for k, v in stats.items()}
+        since = registry.canary_started_at(session, base_model)
+        if since is None:
+            return {"since": None, "stats": {}}
+        stats = query.load_verified_feedback_stats(session, base_model=base_model, adapter_versions=versions,
+                                                   since=since)
+    return {"since": since.isoformat(), "stats": {("__base__" if k is None else k): v for k, v in stats.items()}}
 
 
 @task(name="move-routing", **IO)
@@ -308,20 +314,25 @@ def load_canary_policy(path: str | Path | None = None) -> CanaryPolicy:
 @flow(name="canary-watch", log_prints=True)
 def canary_watch_flow(base_model: str | None = None, policy: str | None = None, store_url: str | None = None,
                       redis_url: str | None = None, actor: str = "alignloop-canary-watch") -> dict:
-    """Compare the canary's live feedback with the active adapter's; promote it or roll it back when clear."""
+    """Compare the canary's live feedback with the active arm's (the active adapter, or the base model) over the
+    same period, since the canary started; promote it or roll it back when clear.
+
+    Only feedback whose token serving signed counts, by the version the token names: a client's
+    `adapter_version` alone never moves a canary."""
     logger = get_run_logger()
     base = resolve_base_task(base_model)
     routing = routing_task(store_url, base)
     if not routing.get("canary"):
         return {"verdict": "no-canary", "routing": routing}
     canary, active = routing["canary"], routing.get("active")
-    # all feedback per version: the canary's is all new, the active's is its track record with the same users
-    stats = feedback_stats_task(store_url, [canary, active], None)
+    period = feedback_stats_task(store_url, base, [canary, active])
+    stats = period["stats"]
     c_stats, a_stats = stats.get(canary, {}), stats.get(active or "__base__", {})
     decision = decide_canary(ArmStats.from_feedback(c_stats), ArmStats.from_feedback(a_stats),
                              load_canary_policy(policy))
     out = {"verdict": decision.verdict.value, "canary": canary, "active": active, "reason": decision.reason,
-           "p_worse": decision.p_worse, "canary_events": decision.canary_events, "stats": stats}
+           "p_worse": decision.p_worse, "canary_events": decision.canary_events, "stats": stats,
+           "since": period["since"]}
     logger.info("canary %s: %s (%s)", canary, decision.verdict.value, decision.reason)
     if decision.verdict is not CanaryVerdict.CONTINUE:
         out["routing"] = move_task(store_url, redis_url, decision.verdict.value, canary, actor,

@@ -32,6 +32,7 @@ class Feedback:
     occurred_at: datetime
     device_id: str
     truth: str  # "honest", "bot" or "poison": ground truth for the summary
+    feedback_token: str | None = None  # serving's token for the judged answer: what makes it count for a canary
 
 
 @dataclass

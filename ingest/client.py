@@ -41,7 +41,10 @@ class _EventBuilder:
     def send(self, event: FeedbackEvent | Mapping[str, Any]):  # pragma: no cover - overridden
         raise NotImplementedError
 
-    def _build(self, kind: str, fields: dict[str, Any], common: dict[str, Any]) -> FeedbackEvent:
+    def _build(self, kind: str, fields: dict[str, Any], common: dict[str, Any],
+               feedback_token: str | None = None) -> FeedbackEvent:
+        if feedback_token is not None:
+            common["feedback_token"] = feedback_token
         data: dict[str, Any] = {"schema_version": 1, "kind": kind, "app_id": self.app_id,
                                 "event_id": common.pop("event_id", None) or new_event_id(),
                                 "occurred_at": common.pop("occurred_at", None) or datetime.now(UTC)}
@@ -49,9 +52,10 @@ class _EventBuilder:
         data.update(fields)
         return validate_event(data)
 
-    def _send_built(self, kind: str, fields: dict[str, Any], common: dict[str, Any]):
+    def _send_built(self, kind: str, fields: dict[str, Any], common: dict[str, Any],
+                    feedback_token: str | None = None):
         end_user_ip = common.pop("end_user_ip", None)
-        event = self._build(kind, fields, common)
+        event = self._build(kind, fields, common, feedback_token)
         return self.send(event) if end_user_ip is None else self._send_for_end_user(event, end_user_ip)
 
     def _send_for_end_user(self, event: FeedbackEvent, address: str):
@@ -60,24 +64,27 @@ class _EventBuilder:
                                      "source key, or send through the gateway (HttpFeedbackClient)"}])
 
     def rate(self, *, user_id: str, prompt: str | Sequence[Mapping[str, str]], response: str, rating: str,
-             **common: Any):
-        """Thumbs `"up"` or `"down"` on one answer. `common`: session_id, response_id, adapter_version,
-        client, metadata, event_id, occurred_at, and (HttpFeedbackClient) end_user_ip: the end user's address,
-        which the gateway hashes into client.ip_hash. Raises EventError before sending if a rule breaks."""
+             feedback_token: str | None = None, **common: Any):
+        """Thumbs `"up"` or `"down"` on one answer. `feedback_token`: the one serving returned with the answer
+        (only feedback with a valid token counts for a canary). `common`: session_id, response_id,
+        adapter_version, client, metadata, event_id, occurred_at, and (HttpFeedbackClient) end_user_ip: the end
+        user's address, which the gateway hashes into client.ip_hash. Raises EventError before sending if a rule
+        breaks."""
         return self._send_built("rating", {"user_id": user_id, "prompt": prompt, "response": response,
-                                           "rating": rating}, common)
+                                           "rating": rating}, common, feedback_token)
 
     def edit(self, *, user_id: str, prompt: str | Sequence[Mapping[str, str]], response: str, edited: str,
-             **common: Any):
+             feedback_token: str | None = None, **common: Any):
         """The user rewrote `response` into `edited` (preferred)."""
         return self._send_built("edit", {"user_id": user_id, "prompt": prompt, "response": response,
-                                         "edited": edited}, common)
+                                         "edited": edited}, common, feedback_token)
 
     def compare(self, *, user_id: str, prompt: str | Sequence[Mapping[str, str]], responses: Sequence[str],
-                chosen: int | None, **common: Any):
-        """A side-by-side choice: `chosen` is 0 or 1, or None for a tie."""
+                chosen: int | None, feedback_token: str | None = None, **common: Any):
+        """A side-by-side choice: `chosen` is 0 or 1, or None for a tie (`feedback_token`: the first answer's)."""
         return self._send_built("comparison", {"user_id": user_id, "prompt": prompt,
-                                               "responses": list(responses), "chosen": chosen}, common)
+                                               "responses": list(responses), "chosen": chosen}, common,
+                                feedback_token)
 
     def _coerce(self, event: FeedbackEvent | Mapping[str, Any]) -> FeedbackEvent:
         if not isinstance(event, _EventBase):

@@ -40,6 +40,7 @@ MAX_METADATA_BYTES = 4 * 1024
 MAX_METADATA_DEPTH = 8
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 MAX_AHEAD = timedelta(days=1)
+MAX_TOKEN_CHARS = 2048  # alignloop.feedback_token.MAX_TOKEN_CHARS; ingest stands alone, so the number is repeated
 
 # Unicode Cc except tab, LF, CR; lone surrogates (JSON `\ud800`) are not valid UTF-8 either.
 _BAD_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
@@ -71,6 +72,10 @@ def _check_text(value: str) -> str:
 Text = Annotated[str, Strict(), AfterValidator(_check_text),
                  Field(json_schema_extra={"maxLength": MAX_TEXT_BYTES})]
 ShortText = Annotated[str, Strict(), Field(min_length=1, max_length=256), AfterValidator(_check_text)]
+# the contract checks only the shape: a token curation cannot verify marks the event unverified, it does not refuse it
+FeedbackToken = Annotated[str, Strict(), Field(min_length=1, max_length=MAX_TOKEN_CHARS), AfterValidator(_check_text),
+                          Field(description="v1 addition: the `feedback_token` serving returned with the judged "
+                                            "answer; binds response_id, base model and serving version")]
 
 
 def _exact_int(value: Any) -> Any:
@@ -192,6 +197,7 @@ class _EventBase(_Frozen):
     prompt: Prompt
     response_id: ShortText | None = None
     adapter_version: ShortText | None = None
+    feedback_token: FeedbackToken | None = None
     client: ClientInfo | None = None
     metadata: Annotated[dict[str, JsonValue] | None, AfterValidator(_check_metadata),
                         Field(description="free-form; at most 4 KiB as compact JSON, nested at most 8 deep")] = None

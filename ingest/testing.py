@@ -38,6 +38,7 @@ _optional = {
     "session_id": short_texts,
     "response_id": short_texts,
     "adapter_version": st.none() | short_texts,
+    "feedback_token": short_texts,
     "client": st.fixed_dictionaries({}, optional={"ip_hash": short_texts, "device_id": short_texts}),
     "metadata": metadata,
 }

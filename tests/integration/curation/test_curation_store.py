@@ -75,6 +75,50 @@ def test_feedback_stats_count_only_kept_events_per_adapter(store_engine):
     assert stats["v1"]["up"] == 1 and stats[None]["events"] == 0
 
 
+def test_verified_stats_count_signed_versions_served_in_the_period_once_per_answer(store_engine):
+    from dataclasses import replace
+    from datetime import UTC, datetime, timedelta
+
+    import sys
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parents[2] / "unit" / "curation"))
+    from curation_helpers import make
+    from curation.pipeline import WindowResult, decision_row
+    from curation.tokens import TokenStatus
+
+    since = datetime(2026, 11, 2, 12, 0, 0, 500000, tzinfo=UTC)  # a canary start has microseconds; tokens not
+
+    def signed(version, *, served_s=60, base="base", rid=None, **kw):
+        item = make(adapter="claimed-by-client", **kw)
+        rid = rid or f"r-{item.event_id}"
+        return replace(item, token=TokenStatus("verified", version=version, base_model=base, response_id=rid,
+                                               served_at=since.replace(microsecond=0) + timedelta(seconds=served_s)))
+
+    items = [signed("v2", user="a", rating="up"), signed("v2", user="b", rating="down"),
+             signed("v2", user="c", kind="edit"),
+             signed("v2", user="d", rating="up", served_s=0),            # served in the second the period began
+             signed("v1", user="e", rating="up"), signed(None, user="f", rating="down"),
+             signed("v2", user="g", rating="up", served_s=-5),          # served before the period
+             signed("v2", user="h", rating="up", served_s=3600),        # served after it
+             signed("v2", user="i", rating="up", base="another-base"),  # another base model's v2
+             signed("v2", user="j", rating="down", rid="r-shared", t=1.0),
+             signed("v2", user="k", rating="up", rid="r-shared", t=2.0),  # the same answer again: not a 2nd vote
+             replace(make(user="l", rating="up", adapter="v2"), token=TokenStatus("token_invalid")),
+             make(user="m", rating="up", adapter="v2")]
+    rows = [decision_row(it, [], None) for it in items]
+    rows.append(decision_row(signed("v2", user="n", rating="up"), ["brigade"], None))  # dropped by a guard
+    with session_scope(store_engine) as s:
+        store.save_window(s, WindowResult(datetime(2026, 11, 1, tzinfo=UTC), rows, [], []))
+    with session_scope(store_engine) as s:
+        got = query.load_verified_feedback_stats(s, base_model="base", adapter_versions=["v2", "v1", None],
+                                                 since=since, until=since + timedelta(minutes=30))
+        open_ended = query.load_verified_feedback_stats(s, base_model="base", adapter_versions=["v2"], since=since)
+        claimed = query.load_feedback_stats(s, adapter_versions=["v2"])
+    assert got["v2"] == {"ratings": 4, "up": 2, "down": 2, "edits": 1, "comparisons": 0, "events": 5}
+    assert got["v1"]["up"] == 1 and got[None]["down"] == 1 and got[None]["events"] == 1
+    assert open_ended["v2"]["events"] == 6  # the answer served an hour later counts without `until`
+    assert claimed["v2"]["events"] == 2  # the client's word counts only where it said v2
+
+
 def test_decision_counts_and_reasons_for_the_demo_and_reports(store_engine):
     from datetime import UTC, datetime
 

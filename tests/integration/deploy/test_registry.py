@@ -217,3 +217,17 @@ def test_base_is_no_version_name(reg, tmp_path):
     src = write_fake_artifact(tmp_path / "src" / "base", "base", seed=9)
     with pytest.raises(RegistryError, match="reserved"):
         reg(registry.register_adapter, src, **WHO)
+
+
+def test_the_canary_start_is_its_first_canary_entry_not_a_later_share_change(reg):
+    assert reg.read(registry.canary_started_at, "tiny-base") is None
+    reg(registry.promote, "v1", **WHO)
+    assert reg.read(registry.canary_started_at, "tiny-base") is None  # an active adapter, no canary
+    reg(registry.start_canary, "v2", 0.1, **WHO)
+    started = reg.read(registry.canary_started_at, "tiny-base")
+    reg(registry.start_canary, "v2", 0.5, **WHO)  # the same canary, a larger share: the period goes on
+    assert reg.read(registry.canary_started_at, "tiny-base") == started
+    entries = [e for e in reg.read(registry.audit_log) if e.action == "canary"]
+    assert started == entries[0].at and reg.read(registry.get_routing, "tiny-base").updated_at > started
+    reg(registry.rollback, **WHO)
+    assert reg.read(registry.canary_started_at, "tiny-base") is None

@@ -73,6 +73,31 @@ def test_canary_is_sticky_per_user_and_near_its_share(client, deploy_env, refere
     assert out["choices"][0]["message"]["content"] == reference_texts["v2"]
 
 
+def test_every_answer_carries_a_token_signed_over_the_version_that_answered(client, deploy_env, reference_texts):
+    from datetime import UTC, datetime, timedelta
+
+    from alignloop.feedback_token import VerifiedToken, verify_feedback_token
+    from alignloop.settings import get_settings as core_settings
+
+    key = core_settings().resolved_feedback_token_key()
+    base = chat(client)
+    got = verify_feedback_token(key, base["feedback_token"], now=datetime.now(UTC), max_age=timedelta(minutes=5))
+    assert isinstance(got, VerifiedToken), got
+    assert (got.response_id, got.base_model, got.adapter_version) == (base["response_id"],
+                                                                      deploy_env.settings.base_model, None)
+    deploy_env.register("v1", "v2")
+    deploy_env.move(registry.promote, "v1")
+    deploy_env.move(registry.start_canary, "v2", 0.5)
+    wait_for(lambda: serving(client)["canary"] == "v2")
+    answers = [chat(client, user=f"user-{i}") for i in range(12)]
+    signed = [verify_feedback_token(key, a["feedback_token"], now=datetime.now(UTC), max_age=timedelta(minutes=5))
+              for a in answers]
+    assert [(t.response_id, t.adapter_version) for t in signed] == \
+        [(a["response_id"], a["adapter_version"]) for a in answers]
+    assert {t.adapter_version for t in signed} == {"v1", "v2"}
+    assert len({a["feedback_token"] for a in answers}) == len(answers)
+
+
 def test_a_tampered_adapter_is_refused_and_serving_stays_on_its_version(client, deploy_env, reference_texts):
     deploy_env.register("v1", "v2")
     deploy_env.move(registry.promote, "v1")

@@ -53,7 +53,8 @@ def _serve_and_rate(client, users, n, rng, seed0) -> list[dict]:
         t += timedelta(seconds=rng.uniform(5, 15))
         events.append({"schema_version": 1, "event_id": str(uuid.uuid4()), "occurred_at": t.isoformat(),
                        "app_id": "flows-test", "user_id": user, "prompt": prompt, "kind": kind, **fields,
-                       "response_id": body["response_id"], "adapter_version": body["adapter_version"]})
+                       "response_id": body["response_id"], "adapter_version": body["adapter_version"],
+                       "feedback_token": body["feedback_token"]})
     return events
 
 

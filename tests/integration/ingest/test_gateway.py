@@ -55,6 +55,22 @@ def test_a_single_event_is_acknowledged_with_its_id_and_no_source_of_the_connect
     assert b"127.0.0.1" not in read_topic(kafka_bootstrap, gateway.topic)[0]
 
 
+def test_the_feedback_token_passes_through_the_gateway_and_the_sdk(gateway, kafka_bootstrap):
+    token = "alf1.eyJiIjoiYiJ9.c2lnbmF0dXJl"  # the gateway checks the shape only; curation verifies it
+    assert post(gateway, an_event(feedback_token=token, response_id="chatcmpl-1")).status_code == 200
+    with HttpFeedbackClient("shop-bot", gateway.url, gateway.key) as client:
+        client.rate(user_id="u-2", prompt="p", response="r", rating="up", response_id="chatcmpl-2",
+                    feedback_token=token + "2")
+        client.edit(user_id="u-3", prompt="p", response="r", edited="e", response_id="chatcmpl-3",
+                    **{"feedback_token": token + "3"})
+        client.compare(user_id="u-4", prompt="p", responses=["a", "b"], chosen=0)
+    stored = {e["response_id"] if "response_id" in e else None: e.get("feedback_token")
+              for e in map(json.loads, read_topic(kafka_bootstrap, gateway.topic))}
+    assert stored == {"chatcmpl-1": token, "chatcmpl-2": token + "2", "chatcmpl-3": token + "3", None: None}
+    r = post(gateway, an_event(feedback_token=""))
+    assert r.status_code == 422 and r.json()["errors"][0]["loc"] == "feedback_token", r.text
+
+
 def test_without_a_valid_key_401(gateway):
     assert post(gateway, an_event(), key="").status_code == 401
     r = post(gateway, an_event(), key="alk_000000000000_" + "x" * 43)
