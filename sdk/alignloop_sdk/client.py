@@ -64,8 +64,8 @@ class _EventBuilder:
 
     def _send_for_end_user(self, event: FeedbackEvent, address: str):
         raise EventError("schema", [{"loc": "end_user_ip", "msg": "the Kafka SDK sends no raw address: pass "
-                                     "client={'ip_hash': alignloop_sdk.sources.source_hash(key, address)} with the gateway's "
-                                     "source key, or send through the gateway (HttpFeedbackClient)"}])
+                                     "client={'ip_hash': alignloop_sdk.sources.source_hash(key, address)} with the "
+                                     "gateway's source key, or send through the gateway (HttpFeedbackClient)"}])
 
     def rate(self, *, user_id: str, prompt: str | Sequence[Mapping[str, str]], response: str, rating: str,
              feedback_token: str | None = None, **common: Any):
