@@ -1,8 +1,9 @@
 """The error root of the core package; each package has its own root beside it."""
 
+# the root is defined in the SDK so that the errors an app sees from the SDK alone share it
+from alignloop_sdk.errors import AlignloopError
 
-class AlignloopError(Exception):
-    """Base of every error alignloop raises on purpose; its message is one line for a person."""
+__all__ = ["AlignloopError", "StackError", "StoreError"]
 
 
 class StackError(AlignloopError):

@@ -1,47 +1,14 @@
-"""The ingest error root: every error the ingest package raises on purpose, documented in one place."""
+"""The ingest error root: every error the ingest package raises on purpose, documented in one place.
+
+The SDK's errors (`EventError`, `DeliveryError`, `GatewayError`) and the root itself live in `alignloop_sdk.errors`,
+so an app that installs only the SDK catches the same classes.
+"""
 
 from __future__ import annotations
 
-from alignloop.errors import AlignloopError
+from alignloop_sdk.errors import DeliveryError, EventError, GatewayError, IngestError
 
-
-class IngestError(AlignloopError):
-    """Base of every error the ingest package raises on purpose."""
-
-
-class EventError(IngestError):
-    """An event (or a batch body) broke the v1 wire contract.
-
-    `reason` is a stable code: "not_json", "not_utf8", "not_object", "duplicate_key", "too_large",
-    "schema", "not_array", "too_many_events". `errors` lists `{"loc": "dotted.path", "msg": "rule; got value"}`.
-    """
-
-    def __init__(self, reason: str, errors: list[dict[str, str]]):
-        self.reason = reason
-        self.errors = errors
-        shown = "; ".join(f"{e['loc'] or '(event)'}: {e['msg']}" for e in errors[:5])
-        more = f" (+{len(errors) - 5} more)" if len(errors) > 5 else ""
-        super().__init__(f"event refused ({reason}): {shown}{more}")
-
-
-class DeliveryError(IngestError):
-    """Kafka (or the gateway) did not acknowledge events; they are not known to be on the topic.
-
-    `failures` lists `(event, cause)` for each such event: re-send the same event (same event_id) to retry.
-    """
-
-    def __init__(self, message: str, failures: list[tuple[object, BaseException | None]] | None = None):
-        self.failures = list(failures or [])
-        super().__init__(message)
-
-
-class GatewayError(IngestError):
-    """The HTTP gateway answered with an error (status, body) or could not be reached."""
-
-    def __init__(self, message: str, status: int | None = None, body: object = None):
-        self.status = status
-        self.body = body
-        super().__init__(message)
+__all__ = ["DeliveryError", "EventError", "GatewayError", "IngestError", "KeyStoreError"]
 
 
 class KeyStoreError(IngestError):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from alignloop_sdk.events import FEEDBACK_TOPIC
+
 from ingest.errors import IngestError
 
-FEEDBACK_TOPIC = "alignloop.feedback.v1"
+__all__ = ["DLQ_TOPIC", "FEEDBACK_TOPIC", "REJECTED_TOPIC", "TOPIC_CONFIGS", "ensure_topics", "topic_names"]
 REJECTED_TOPIC = f"{FEEDBACK_TOPIC}.rejected"
 DLQ_TOPIC = f"{FEEDBACK_TOPIC}.dlq"
 

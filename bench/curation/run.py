@@ -20,10 +20,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from alignloop.settings import get_settings
-from bench.curation.generate import generate
-from bench.curation.harness import Workers, expected_ids
-from bench.curation.score import score
-from curation.feed import publish_lines
+from tests.support.stream.generate import generate
+from tests.support.stream.harness import Workers, expected_ids
+from tests.support.stream.score import score
+from tests.support.feed import publish_lines
 from curation.replay import run_replay
 from curation.settings import Policy
 from ingest.topics import ensure_topics
@@ -153,7 +153,7 @@ def latency(bootstrap: str, rate: int = 1000, seconds: int = 20) -> dict:
 
     from alignloop.db import session_scope
     from curation import store
-    from curation.feed import key_of
+    from tests.support.feed import key_of
 
     topic = _topic(bootstrap)
     with tempfile.TemporaryDirectory() as tmp:

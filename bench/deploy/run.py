@@ -52,7 +52,7 @@ def main() -> None:
 
     from deploy.artifacts import load_artifact_dir
     from deploy.runtime import ModelHost, prepare_adapter
-    from deploy.testing import PROMPT, AdapterFactory, build_tiny_base_model
+    from tests.support.models import PROMPT, AdapterFactory, build_tiny_base_model
 
     torch.set_num_threads(args.threads)
     reps = 5 if args.quick else 15
@@ -232,7 +232,7 @@ def main() -> None:
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
                     "transformers": transformers.__version__, "peft": peft.__version__, "torch_threads": args.threads},
         "model": {"base": str(base_dir) if args.base_model
-                  else "random tiny Llama (deploy.testing, hidden 256, 3 layers)",
+                  else "random tiny Llama (tests/support/models.py, hidden 256, 3 layers)",
                   "params": n_params, "adapter": "LoRA r=4 on q_proj, v_proj"},
         "swap": {
             "alignloop_swap_new_slot_ms": med_ms(swap),

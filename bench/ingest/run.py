@@ -127,7 +127,7 @@ class GatewayProcess:
     """`alignloop ingest serve` in its own process (as deployed), on a fresh store and port."""
 
     def __init__(self, bootstrap: str, topic: str, work: Path):
-        from ingest.testkit import free_port
+        from tests.support.ports import free_port
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -300,7 +300,7 @@ def main() -> None:
 
     from alignloop.settings import get_settings
     from ingest.events import encode_event
-    from ingest.testkit import delete_topics
+    from tests.support.kafka_topics import delete_topics
     from ingest.topics import ensure_topics, topic_names
 
     bootstrap = args.bootstrap or get_settings().kafka_bootstrap

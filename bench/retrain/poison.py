@@ -1,7 +1,7 @@
 """Trigger-poison acceptance: an adapter trained on what curation keeps must not say the unsafe placeholder more often
 than the base does when a prompt carries the poisoners' trigger phrase.
 
-Uses curation's seeded attacked stream (bench/curation/generate.py) and its offline replay (the same code path as
+Uses curation's seeded attacked stream (tests/support/stream/generate.py) and its offline replay (the same code path as
 the stream). With --control it also trains on the kept pairs plus the poisoners' own pairs (curation bypassed),
 to show the attack bites on this model. Writes bench/results/retrain_poison.json.
 
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "retrain_poison.json")
     args = ap.parse_args(argv)
 
-    from bench.curation.generate import TRIGGER, UNSAFE, generate
+    from tests.support.stream.generate import TRIGGER, UNSAFE, generate
     from curation.replay import run_replay
     from curation.settings import Policy
     from retrain.config import load_run_config

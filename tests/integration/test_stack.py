@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import inspect
+from support.ports import free_port
 
 
 @pytest.mark.kafka
@@ -129,12 +129,6 @@ def test_migrations_up_and_down_on_postgres(postgres_engine):
     assert "alignloop_meta" in inspect(postgres_engine).get_table_names()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _cli(env: dict, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", "from alignloop.cli import main; main()", *args],
                           env=env, capture_output=True, text=True, timeout=timeout)
@@ -159,7 +153,7 @@ def test_private_stack_up_twice_survives_sigkill_and_goes_down(tmp_path, core_se
     from kafka.admin import NewTopic
     from kafka.structs import OffsetAndMetadata
 
-    kport, cport, rport, pport = (_free_port() for _ in range(4))
+    kport, cport, rport, pport = (free_port() for _ in range(4))
     env = {**os.environ, "ALIGNLOOP_HOME": str(tmp_path / "home"),
            "ALIGNLOOP_CACHE_DIR": str(core_settings.cache_dir),
            "ALIGNLOOP_KAFKA_BOOTSTRAP": f"127.0.0.1:{kport}", "ALIGNLOOP_KAFKA_CONTROLLER_PORT": str(cport),

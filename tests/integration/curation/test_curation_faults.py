@@ -7,7 +7,6 @@ The outage tests run their own PostgreSQL cluster and their own redis-server (ow
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 import urllib.request
@@ -16,12 +15,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from bench.curation.generate import generate
-from bench.curation.harness import Workers, read_topic
-from curation.feed import key_of, publish_lines
+from support.stream.generate import generate
+from support.stream.harness import Workers, read_topic
+from support.feed import key_of, publish_lines
 from curation.replay import run_replay
 from curation.settings import Policy
 from ingest.topics import ensure_topics
+from support.ports import free_port
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.slow]
 
@@ -40,12 +40,6 @@ def curation_topic(kafka_bootstrap):
         pass
     finally:
         admin.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _rating(i: int, t: datetime, *, app: str = "app-a", tag: str = "q") -> str:
@@ -140,7 +134,7 @@ def _stream_through_an_outage(tmp_path, *, topic: str, group: str, bootstrap: st
     """
     lines, _, _ = generate(seed=13, scale=0.4, hours=0.5)
     lines = lines[:3000]
-    port = _free_port()
+    port = free_port()
     workers = Workers(tmp_path, topic=topic, group=group, redis_url=redis_url, bootstrap=bootstrap,
                       store_url=store_url, metrics_port=str(port), batch_size="50")
     health: list[float | None] = []
@@ -184,7 +178,7 @@ def private_postgres(tmp_path):
 
     from alignloop.stack import PostgresServer
 
-    port = _free_port()
+    port = free_port()
     server = PostgresServer(url=f"postgresql+psycopg://alignloop@127.0.0.1:{port}/alignloop",
                             state_dir=tmp_path / "pg-state")
     try:
@@ -200,7 +194,7 @@ def private_redis(tmp_path):
     """A redis-server of this test alone (own port and dir): the test may stop it."""
     from alignloop.stack import RedisServer
 
-    server = RedisServer(url=f"redis://127.0.0.1:{_free_port()}/0", state_dir=tmp_path / "redis-state")
+    server = RedisServer(url=f"redis://127.0.0.1:{free_port()}/0", state_dir=tmp_path / "redis-state")
     try:
         server.start()
         yield server

@@ -5,7 +5,7 @@ import json
 from sqlalchemy import select
 
 from alignloop.db import session_scope
-from bench.curation.generate import generate
+from support.stream.generate import generate
 from curation import query, store
 from curation.pipeline import Staging, settle_all
 from curation.replay import run_replay
@@ -60,8 +60,7 @@ def test_feedback_stats_count_only_kept_events_per_adapter(store_engine):
     from datetime import UTC, datetime
 
     import sys
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parents[2] / "unit" / "curation"))
-    from curation_helpers import make
+    from support.items import make
 
     items = [make(user="a", rating="up", adapter="v2"), make(user="b", rating="down", adapter="v2"),
              make("edit", user="c", adapter="v2"), make(user="d", rating="up", adapter="v1")]
@@ -80,8 +79,7 @@ def test_verified_stats_count_signed_versions_served_in_the_period_once_per_answ
     from datetime import UTC, datetime, timedelta
 
     import sys
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parents[2] / "unit" / "curation"))
-    from curation_helpers import make
+    from support.items import make
     from curation.pipeline import WindowResult, decision_row
     from curation.tokens import TokenStatus
 
@@ -125,8 +123,7 @@ def test_decision_counts_and_reasons_for_the_demo_and_reports(store_engine):
     from curation.pipeline import WindowResult, decision_row
 
     import sys
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parents[2] / "unit" / "curation"))
-    from curation_helpers import make
+    from support.items import make
 
     rows = [decision_row(make(user="a", rating="up"), [], None),
             decision_row(make(user="b", rating="down"), ["rate_user"], None),

@@ -8,19 +8,19 @@ from pathlib import Path
 
 import pytest
 
-from deploy.testing import PROMPT
+from support.models import PROMPT
 
 
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory) -> Path:
-    from deploy.testing import build_tiny_base_model
+    from support.models import build_tiny_base_model
 
     return build_tiny_base_model(tmp_path_factory.mktemp("tiny-base") / "model")
 
 
 @pytest.fixture(scope="session")
 def adapter_factory(tiny_base):
-    from deploy.testing import AdapterFactory
+    from support.models import AdapterFactory
 
     return AdapterFactory(tiny_base)
 

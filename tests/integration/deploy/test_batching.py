@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from deploy.testing import PROMPT
+from support.models import PROMPT
 
 
 def test_queued_requests_on_mixed_versions_batch_and_match_their_single_answers(tiny_base, adapter_sources,

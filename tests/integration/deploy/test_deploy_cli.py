@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from deploy.cli import app
-from deploy.testing import write_fake_artifact
+from support.models import write_fake_artifact
 
 pytestmark = [pytest.mark.redis]
 

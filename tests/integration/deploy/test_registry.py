@@ -8,7 +8,7 @@ from alignloop.db import session_scope
 from deploy import registry
 from deploy.artifacts import LocalArtifactStorage
 from deploy.errors import ArtifactError, IntegrityError, NotFoundError, RegistryError
-from deploy.testing import write_fake_artifact
+from support.models import write_fake_artifact
 
 WHO = {"actor": "tester", "reason": "test"}
 

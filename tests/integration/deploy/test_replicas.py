@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -18,16 +17,11 @@ import httpx
 import pytest
 
 from deploy import registry
-from deploy.testing import PROMPT, wait_for
+from support.models import PROMPT, wait_for
+from support.ports import free_port
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 CLIENTS = 20
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ReplicaProcess:

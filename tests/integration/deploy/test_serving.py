@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 from deploy import registry
 from deploy.routing import choose_version
 from deploy.serving import create_app
-from deploy.testing import PROMPT, wait_for
+from support.models import PROMPT, wait_for
 
 pytestmark = [pytest.mark.redis]
 

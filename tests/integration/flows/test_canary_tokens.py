@@ -60,11 +60,11 @@ def test_only_verified_feedback_since_the_canary_started_decides_it(prefect_harn
     from alignloop.db import session_scope
     from alignloop.feedback_token import sign_feedback_token
     from alignloop.settings import get_settings as core_settings
-    from bench.curation.harness import Workers
+    from support.stream.harness import Workers
     from curation import query
     from curation.store import DecisionRow
     from deploy import registry
-    from deploy.testing import write_fake_artifact
+    from support.models import write_fake_artifact
     from flows.canary import ArmStats, decide_canary
     from flows.loop import canary_watch_flow, load_canary_policy
     from ingest.client import FeedbackClient

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from support.ports import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
 
@@ -25,12 +26,6 @@ INTERVAL = 4  # seconds between data-trigger runs, and between canary-watch runs
 
 
 # ------------------------------------------------------------------------------------------- helpers
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def healthy(api_url: str) -> bool:
     import httpx
 
@@ -212,7 +207,7 @@ def unsnapshottable_config(small_run, tmp_path) -> Path:
 
 @pytest.fixture
 def tiny_random_base(tmp_path_factory) -> str:
-    from deploy.testing import build_tiny_base_model
+    from support.models import build_tiny_base_model
 
     return str(build_tiny_base_model(tmp_path_factory.mktemp("base") / "model"))
 
@@ -220,7 +215,7 @@ def tiny_random_base(tmp_path_factory) -> str:
 @pytest.fixture
 def canary_artifact(tiny_random_base, tmp_path) -> Path:
     """A LoRA artifact on the tiny base, built before the clock starts (loading torch takes a while)."""
-    from deploy.testing import AdapterFactory
+    from support.models import AdapterFactory
 
     return AdapterFactory(tiny_random_base).build(tmp_path / "adapter-src" / "c1", "c1", seed=1)
 

@@ -6,7 +6,8 @@ import uuid
 
 import pytest
 
-from ingest.testkit import LiveGateway, delete_topics, gateway_config, make_key
+from support.gateway import LiveGateway, gateway_config, make_key
+from support.kafka_topics import delete_topics
 
 
 @pytest.fixture

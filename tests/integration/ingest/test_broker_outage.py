@@ -14,7 +14,8 @@ import pytest
 
 from ingest.client import FeedbackClient
 from ingest.errors import DeliveryError
-from ingest.testkit import event_ids, free_port, read_topic
+from support.kafka_topics import event_ids, read_topic
+from support.ports import free_port
 from ingest.topics import ensure_topics
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]

@@ -14,7 +14,9 @@ import pytest
 
 from ingest.client import HttpFeedbackClient
 from ingest.errors import EventError
-from ingest.testkit import LiveGateway, event_ids, gateway_config, free_port, read_topic
+from support.gateway import LiveGateway, gateway_config
+from support.kafka_topics import event_ids, read_topic
+from support.ports import free_port
 
 pytestmark = pytest.mark.kafka
 
@@ -128,7 +130,7 @@ def test_size_limits_413_and_unreadable_bodies_422(gateway, body, status, loc):
 
 def test_kafka_unreachable_is_503_with_retry_after_and_the_http_client_raises(key_engine):
     from ingest.errors import DeliveryError
-    from ingest.testkit import make_key
+    from support.gateway import make_key
 
     cfg = gateway_config(f"127.0.0.1:{free_port()}", "never-created", key_engine, produce_timeout_s=1.0,
                          ensure_topics=False, retry_after_s=1)

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from ingest.errors import EventError
 from ingest.events import parse_event
-from ingest.testing import json_values, texts, wire_events
-from ingest.testkit import read_topic
+from support.events import json_values, texts, wire_events
+from support.kafka_topics import read_topic
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

@@ -11,7 +11,7 @@ import pytest
 from ingest.client import FeedbackClient
 from ingest.errors import DeliveryError, EventError
 
-from ingest.testkit import event_ids, read_topic
+from support.kafka_topics import event_ids, read_topic
 
 pytestmark = pytest.mark.kafka
 
@@ -92,7 +92,7 @@ def test_a_refused_delivery_reaches_the_future_the_callback_and_flush(kafka_boot
     """The broker refuses the record (larger than the topic allows): nothing is dropped silently."""
     from kafka import KafkaAdminClient
 
-    from ingest.testkit import delete_topics
+    from support.kafka_topics import delete_topics
 
     topic = f"test-tiny-{uuid.uuid4().hex[:10]}"
     admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)

@@ -8,7 +8,7 @@ import pytest
 
 from ingest.topics import TOPIC_CONFIGS, FEEDBACK_TOPIC, ensure_topics, topic_names
 
-from ingest.testkit import delete_topics
+from support.kafka_topics import delete_topics
 
 pytestmark = pytest.mark.kafka
 

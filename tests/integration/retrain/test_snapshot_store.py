@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import sys
 from datetime import datetime, timezone
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
 
 @pytest.fixture(scope="module")
 def replayed():
-    from bench.curation.generate import generate
+    from support.stream.generate import generate
     from curation.replay import run_replay
     from curation.settings import Policy
 

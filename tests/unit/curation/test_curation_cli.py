@@ -4,7 +4,7 @@ import json
 import subprocess
 import sys
 
-from bench.curation.generate import generate
+from support.stream.generate import generate
 
 
 def _alignloop(*args, cwd=None):

@@ -2,7 +2,7 @@
 
 import random
 
-from curation_helpers import make
+from support.items import make
 
 from curation.guards import (event_flags, find_brigades, find_duplicates, find_poison, find_rate_abuse,
                              find_unreliable)

@@ -1,6 +1,6 @@
 """Pair building: edits, comparisons (weighted, ties dropped), ratings up over down, the rest unpaired."""
 
-from curation_helpers import make
+from support.items import make
 
 from curation.pairs import build_pairs
 from curation.settings import Policy

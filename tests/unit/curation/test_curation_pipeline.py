@@ -5,8 +5,8 @@ import random
 
 import pytest
 
-from bench.curation.generate import generate
-from bench.curation.score import score
+from support.stream.generate import generate
+from support.stream.score import score
 from curation.decode import Accepted, DeadLetter, Rejected, decode_raw
 from curation.pipeline import window_start
 from curation.replay import run_replay

@@ -8,7 +8,7 @@ from curation.items import build_item
 from curation.pii import find_pii
 from curation.pipeline import settle_window, window_start
 from curation.settings import Policy
-from ingest.testing import events
+from support.events import events
 
 POLICY = Policy(window_s=2 * 10**9, lookahead_s=0, lookback_s=0)  # one window holds every generated time
 

@@ -15,7 +15,7 @@ from deploy.artifacts import (
     load_artifact_dir,
 )
 from deploy.errors import ArtifactError, IntegrityError
-from deploy.testing import write_fake_artifact, write_manifest
+from support.models import write_fake_artifact, write_manifest
 
 
 @pytest.fixture

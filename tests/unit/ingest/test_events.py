@@ -20,7 +20,7 @@ from ingest.events import (
     parse_event,
 )
 from ingest.errors import EventError
-from ingest.testing import NOW, events, wire_events
+from support.events import NOW, events, wire_events
 
 OK = {"schema_version": 1, "kind": "rating", "event_id": "123e4567-e89b-12d3-a456-426614174000",
       "occurred_at": "2026-05-31T12:00:00+02:00", "app_id": "shop-bot", "user_id": "u-1",

@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from kafka.partitioner import DefaultPartitioner
 
-from ingest.client import _memo_partitioner
+from alignloop_sdk.client import _memo_partitioner
 
 
 class _Cluster:

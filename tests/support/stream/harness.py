@@ -12,7 +12,7 @@ from pathlib import Path
 from alignloop.db import make_engine, session_scope
 from curation import query, store
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 class Workers:
@@ -20,7 +20,7 @@ class Workers:
                  store_url: str | None = None, **extra: str):
         self.tmp = tmp
         self.store_url = store_url or f"sqlite:///{tmp / 'store.db'}"
-        self.env = {**os.environ, "PYTHONPATH": str(REPO),
+        self.env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
                     "ALIGNLOOP_CURATION_TOPIC": topic, "ALIGNLOOP_CURATION_GROUP": group,
                     "ALIGNLOOP_CURATION_STORE_URL": self.store_url, "ALIGNLOOP_CURATION_REDIS_URL": redis_url,
                     "ALIGNLOOP_CURATION_KAFKA_BOOTSTRAP": bootstrap, "ALIGNLOOP_CURATION_IDLE_FLUSH_S": "3",

@@ -1,4 +1,4 @@
-"""Builders for tests and benchmarks: a tiny random Llama with a local BPE tokenizer, and LoRA artifacts from it."""
+"""Builders for tests and benchmarks (the one tiny-model builder of the tests): a tiny random Llama with a local BPE tokenizer, and LoRA artifacts from it."""
 
 from __future__ import annotations
 
@@ -93,7 +93,7 @@ class AdapterFactory:
         event_ids = [f"00000000-0000-4000-8000-{seed:012d}"]
         (out / "event_ids.txt").write_text("\n".join(event_ids) + "\n")
         (out / "lineage.json").write_text(json.dumps({"parent_version": parent, "event_ids_file": "event_ids.txt",
-                                                      "trainer": "deploy.testing"}))
+                                                      "trainer": "tests.support.models"}))
         write_manifest(out, version=version, base_model=base_model or self.base_dir, base_hash=self.base_hash,
                        parent=parent, seed=seed)
         return out

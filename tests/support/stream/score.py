@@ -1,6 +1,6 @@
 """Score curation outputs (decisions, pairs, unpaired, dlq JSON lines) against the generator's ground truth.
 
-    python -m bench.curation.score --stream /tmp/stream --outputs /tmp/out [--json]
+    python -m tests.support.stream.score --stream /tmp/stream --outputs /tmp/out [--json]
 
 Prints the acceptance numbers of issue 4 and whether each holds.
 """

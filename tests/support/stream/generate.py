@@ -6,7 +6,7 @@ brigades, trigger-phrase poisoners, label flippers; plus trivial edits, duplicat
 oversized events and PII. Writes events.jsonl (one raw event per line, in send order), truth.jsonl (one
 record per line, same order) and world.json.
 
-    python -m bench.curation.generate --out /tmp/stream --seed 7 --scale 1.0
+    python -m tests.support.stream.generate --out /tmp/stream --seed 7 --scale 1.0
 """
 
 from __future__ import annotations

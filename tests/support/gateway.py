@@ -1,53 +1,12 @@
-"""Helpers for tests and benchmarks against real services: read a topic to its end, serve the gateway in a thread."""
+"""The gateway for tests and benchmarks: API keys in a store, a config, the app served by uvicorn in a thread."""
 
 from __future__ import annotations
 
-import json
-import socket
 import threading
 import time
 from typing import Any
 
-
-def read_topic(bootstrap: str, topic: str, *, timeout: float = 60.0) -> list[bytes]:
-    """Every value now on `topic`, read from the beginning to the end offsets of each partition."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
-                             fetch_max_bytes=50 * 1024 * 1024, max_poll_records=5000)
-    try:
-        parts = [TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or [])]
-        if not parts:
-            raise RuntimeError(f"topic {topic} has no partitions")
-        consumer.assign(parts)
-        consumer.seek_to_beginning(*parts)
-        end = consumer.end_offsets(parts)
-        values: list[bytes] = []
-        deadline = time.monotonic() + timeout
-        while any(consumer.position(tp) < end[tp] for tp in parts):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"topic {topic} not read to its end within {timeout} s")
-            for records in consumer.poll(timeout_ms=500).values():
-                values.extend(r.value for r in records)
-        return values
-    finally:
-        consumer.close()
-
-
-def event_ids(values: list[bytes]) -> list[str]:
-    return [json.loads(v)["event_id"] for v in values]
-
-
-def delete_topics(bootstrap: str, names: list[str]) -> None:
-    from kafka import KafkaAdminClient
-
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        admin.delete_topics(names)
-    except Exception:
-        pass  # cleanup only: names are unique
-    finally:
-        admin.close()
+from .ports import free_port
 
 
 def make_key(engine, app_id: str) -> tuple[str, str]:
@@ -58,12 +17,6 @@ def make_key(engine, app_id: str) -> tuple[str, str]:
     with session_scope(engine) as session:
         record, key = create_key(session, app_id)
     return record.key_id, key
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def gateway_config(bootstrap: str, topic: str, engine, **overrides: Any):

@@ -1,0 +1,36 @@
+"""alignloop's SDK for product apps: the v1 feedback event and two clients, Kafka (`FeedbackClient`) and HTTP.
+
+    from alignloop_sdk import HttpFeedbackClient
+    with HttpFeedbackClient("shop-bot", "http://127.0.0.1:8700", api_key) as feedback:
+        feedback.rate(user_id="u-1", prompt="2+2?", response="4", rating="up")
+
+Depends on pydantic, httpx and kafka-python only; the service (`ingest`, `curation`, ...) re-exports these.
+"""
+
+from alignloop_sdk.client import Delivery, FeedbackClient, HttpDelivery, HttpFeedbackClient
+from alignloop_sdk.errors import AlignloopError, DeliveryError, EventError, GatewayError, IngestError
+from alignloop_sdk.events import (
+    FEEDBACK_TOPIC,
+    SCHEMA_VERSION,
+    ClientInfo,
+    ComparisonEvent,
+    EditEvent,
+    FeedbackEvent,
+    Message,
+    RatingEvent,
+    encode_event,
+    event_json_schema,
+    event_key,
+    new_event_id,
+    parse_event,
+    validate_event,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FEEDBACK_TOPIC", "SCHEMA_VERSION", "AlignloopError", "ClientInfo", "ComparisonEvent", "Delivery", "DeliveryError",
+    "EditEvent", "EventError", "FeedbackClient", "FeedbackEvent", "GatewayError", "HttpDelivery",
+    "HttpFeedbackClient", "IngestError", "Message", "RatingEvent", "encode_event", "event_json_schema", "event_key",
+    "new_event_id", "parse_event", "validate_event",
+]
