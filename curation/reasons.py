@@ -30,6 +30,10 @@ class Reason(StrEnum):
     PII_CARD = "pii_card"
     PII_IBAN = "pii_iban"
     PII_IP = "pii_ip"
+    # accounts judged over their whole history (curation/evidence.py)
+    SOURCE_CHURN = "source_churn"            # rotates through more devices or addresses than a person uses
+    CONTRARIAN = "contrarian"                # long-run agreement with the consensus far below chance
+    CO_DISSENT = "co_dissent"                # votes against the consensus on the same items as a group
 
 
 class Decision(StrEnum):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from curation.decode import Accepted, DeadLetter, Rejected, decode_raw
 from curation.errors import ReplayError
-from curation.pipeline import Staging, WindowResult, settle_all
+from curation.pipeline import Staging, WindowResult, apply_retractions, settle_all
 from curation.reasons import Reason
 from curation.settings import Policy
 
@@ -52,13 +52,18 @@ def run_replay(lines: Iterable[bytes | str], policy: Policy, *, now: datetime | 
             if outcome.item.event_id in rejected or not staging.add(outcome.item):
                 out.duplicate_ids += 1
     out.windows = settle_all(staging, policy, on_window)
-    decisions = list(rejected.values())
+    decisions = {eid: d for eid, d in rejected.items()}
+    pairs, unpaired = [], []
     for w in out.windows:
-        decisions.extend({"event_id": d["event_id"], "decision": d["decision"], "reasons": d["reasons"]}
-                         for d in w.decisions)
-        out.pairs.extend(p.to_json() for p in w.pairs)
-        out.unpaired.extend(u.to_json() for u in w.unpaired)
-    out.decisions = sorted(decisions, key=lambda d: d["event_id"])
+        decisions.update({d["event_id"]: {"event_id": d["event_id"], "decision": d["decision"],
+                                          "reasons": list(d["reasons"])} for d in w.decisions})
+        pairs.extend(w.pairs)
+        unpaired.extend(w.unpaired)
+        # what the stream's store does when the window is saved: re-judged events leave with their pairs
+        pairs, unpaired = apply_retractions(decisions, pairs, unpaired, w.retract)
+    out.pairs = [p.to_json() for p in pairs]
+    out.unpaired = [u.to_json() for u in unpaired]
+    out.decisions = sorted(decisions.values(), key=lambda d: d["event_id"])
     out.pairs.sort(key=lambda p: p["pair_id"])
     out.unpaired.sort(key=lambda u: u["example_id"])
     return out
