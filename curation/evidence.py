@@ -244,47 +244,51 @@ def fit_reliability(items: dict, prior: float, strength: float, iterations: int 
     return acc, seen, consensus
 
 
-def co_dissent_groups(items: dict, consensus: dict[str, str], exclude: set[str], max_p: float,
-                      min_accounts: int) -> list[list[str]]:
-    """Accounts that vote the same way against the consensus on the same items more often than chance.
+def coordinated_groups(items: dict, exclude: set[str], max_p: float, min_accounts: int) -> list[list[str]]:
+    """Groups of accounts that vote the same way on the same items more than chance, against everyone else.
 
-    For two accounts the chance count is a Poisson with mean shared-items x dissent-rate(a) x dissent-rate(b)
-    (honest dissent is noise, scattered); a pair whose shared dissent has a tail under `max_p` is linked.
-    Members must hold at least two links inside their group (a 2-core: a chance link does not chain
-    strangers together), and a group of `min_accounts` or more is a brigade.
+    1. Two accounts are linked when their same-way votes on the same items exceed chance: a Poisson tail
+       under `max_p` with mean n_a x n_b x sum of squared (item, label) shares (popular items are shared
+       by honest heavy voters too, and this mean says how much).
+    2. Members keep at least three links inside their group (a 3-core), so chance links chain nobody.
+    3. On each item, the members voting one way (three or more) are tested against the other accounts'
+       rate for that label (binomial tail under `max_p`): honest heavy voters co-vote too, but the way
+       everyone else does. Members that voted against everyone else on two items or more are the brigade
+       (when there are `min_accounts` of them).
     """
-    by_dissent: dict[tuple[str, str], list[str]] = defaultdict(list)
-    voted: dict[str, set[str]] = defaultdict(set)
-    dissents: dict[str, int] = defaultdict(int)
-    for key in sorted(consensus):
-        for u, label in items[key]:
-            if u in exclude:
-                continue
-            voted[u].add(key)
-            if label != consensus[key]:
-                by_dissent[(key, label)].append(u)
-                dissents[u] += 1
-    shared: dict[tuple[str, str], int] = defaultdict(int)
-    for who in by_dissent.values():
-        who = sorted(set(who))
-        for i, a in enumerate(who):
-            for b in who[i + 1:]:
-                shared[(a, b)] += 1
-    rate = {u: (dissents[u] + 0.5) / (len(voted[u]) + 2.0) for u in voted}
+    votes = {k: [(u, lab) for u, lab in vs if u not in exclude] for k, vs in sorted(items.items())}
+    total = sum(len(vs) for vs in votes.values())
+    if not total:
+        return []
+    n_of: dict[str, int] = defaultdict(int)
+    share: dict[tuple[str, str], int] = defaultdict(int)
+    for k, vs in votes.items():
+        for u, lab in vs:
+            n_of[u] += 1
+            share[(k, lab)] += 1
+    s2 = sum((c / total) ** 2 for c in share.values())
+    pair: dict[tuple[str, str], int] = defaultdict(int)
+    for k, vs in votes.items():
+        by_label: dict[str, list[str]] = defaultdict(list)
+        for u, lab in vs:
+            by_label[lab].append(u)
+        for who in by_label.values():
+            who = sorted(set(who))
+            if len(who) > 300:
+                continue  # an item everyone votes on links nobody in particular
+            for i, a in enumerate(who):
+                for b in who[i + 1:]:
+                    pair[(a, b)] += 1
     links: dict[str, set[str]] = defaultdict(set)
-    for (a, b), n in sorted(shared.items()):
-        if n < 2:
-            continue
-        lam = len(voted[a] & voted[b]) * rate[a] * rate[b]
-        if _poisson_upper(n, lam) <= max_p:
+    for (a, b), c in sorted(pair.items()):
+        if c >= 3 and _poisson_upper(c, n_of[a] * n_of[b] * s2) <= max_p:
             links[a].add(b)
             links[b].add(a)
-    # peel to the 2-core
     changed = True
-    while changed:
+    while changed:  # peel to the 3-core: a chance link or two chains nobody into a group
         changed = False
         for u in sorted(links):
-            if 0 < len(links[u]) < 2:
+            if 0 < len(links[u]) < 3:
                 for v in links[u]:
                     links[v].discard(u)
                 links[u] = set()
@@ -304,8 +308,35 @@ def co_dissent_groups(items: dict, consensus: dict[str, str], exclude: set[str],
                 parent[max(ra, rb)] = min(ra, rb)
     groups: dict[str, list[str]] = defaultdict(list)
     for u in sorted(parent):
-        groups[find(u)].append(u)
-    return [g for _, g in sorted(groups.items()) if len(g) >= min_accounts]
+        if links[u]:
+            groups[find(u)].append(u)
+    out = []
+    for _, group in sorted(groups.items()):
+        if len(group) < min_accounts:
+            continue
+        members = set(group)
+        against: dict[str, int] = defaultdict(int)
+        for k, vs in votes.items():
+            inside: dict[str, set[str]] = defaultdict(set)
+            rest: dict[str, int] = defaultdict(int)
+            for u, lab in vs:
+                if u in members:
+                    inside[lab].add(u)
+                else:
+                    rest[lab] += 1
+            for lab, who in sorted(inside.items()):
+                if len(who) < 3:
+                    continue
+                # how likely this many members vote `lab` if they voted like everyone else does on this item
+                p_lab = (rest.get(lab, 0) + 1.0) / (sum(rest.values()) + 2.0)
+                if p_lab < 0.5 and upper_tail(len(who), [p_lab] * (len(who) + sum(
+                        len(o) for lb, o in inside.items() if lb != lab))) <= max_p:
+                    for u in who:
+                        against[u] += 1
+        culprits = sorted(u for u, n in against.items() if n >= 2)
+        if len(culprits) >= min_accounts:
+            out.append(culprits)
+    return out
 
 
 def _poisson_upper(k: int, lam: float) -> float:
@@ -428,21 +459,11 @@ def _judge_accounts(w: _Writer, policy: Policy) -> tuple[dict[str, str], dict[st
             if user not in flags and seen[user] >= policy.contrarian_min_overlap and \
                     acc[user] < policy.contrarian_below:
                 flags[user] = str(Reason.CONTRARIAN)
-        # brigades: co-dissent against the consensus; then again with the groups' votes left out, because a
-        # brigade that carried an item made its honest voters the dissenters there
-        exclude = set(flags)
-        for _ in range(2):
-            groups = co_dissent_groups(w.sections["items"], consensus, exclude, policy.codissent_max_p,
-                                       policy.brigade_min_accounts)
-            members = {u for g in groups for u in g}
-            for u in sorted(members):
-                if u not in flags:
-                    flags[u] = str(Reason.CO_DISSENT)
-            if not members:
-                break
-            exclude |= members
-            kept = {k: [v for v in votes if v[0] not in exclude] for k, votes in w.sections["items"].items()}
-            consensus = fit_reliability(kept, policy.reliability_prior, policy.reliability_prior_strength)[2]
+        # brigades: groups that co-vote beyond chance and against everyone else, over the whole history
+        for group in coordinated_groups(w.sections["items"], set(flags), policy.covote_max_p,
+                                        policy.brigade_min_accounts):
+            for u in group:
+                flags.setdefault(u, str(Reason.CO_VOTING))
         meta = {"pending": 0, "accuracy": {u: round(acc[u], 4) for u in sorted(acc)
                                            if seen[u] >= policy.reliability_min_overlap}}
         w.put("meta", "reliability", meta)

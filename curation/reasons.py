@@ -33,7 +33,7 @@ class Reason(StrEnum):
     # accounts judged over their whole history (curation/evidence.py)
     SOURCE_CHURN = "source_churn"            # rotates through more devices or addresses than a person uses
     CONTRARIAN = "contrarian"                # long-run agreement with the consensus far below chance
-    CO_DISSENT = "co_dissent"                # votes against the consensus on the same items as a group
+    CO_VOTING = "co_voting"                  # votes with a group beyond chance, against everyone else
 
 
 class Decision(StrEnum):
