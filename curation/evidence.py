@@ -496,11 +496,16 @@ def _judge_grams(w: _Writer, policy: Policy) -> dict[str, str]:
         if g in flags:
             continue
         r = w.sections["grams"][g]
-        natural = w.get("answers", g, 0)
-        users = len(r["users"])
         # a phrase people add because it is good is one the model also says; a payload is one it never says.
-        # Sticky once flagged, so it takes significance: natural occurrences this few at the honest rate
-        if users >= policy.payload_min_accounts and len(r["prompts"]) >= policy.payload_min_accounts and \
+        # A flag is sticky and retracts, so it takes significance (natural occurrences this few at the honest
+        # rate), tested once per `payload_test_every` insertions, not every window: early counts are noisy
+        # and a test repeated every window would fire on noise sooner or later
+        step = r["n"] // policy.payload_test_every
+        if step <= r.get("tested", 0):
+            continue
+        w.put("grams", g, {**r, "tested": step})
+        natural = w.get("answers", g, 0)
+        if len(r["users"]) >= policy.payload_min_accounts and len(r["prompts"]) >= policy.payload_min_accounts and \
                 lower_tail(natural, policy.payload_natural_rate * r["n"]) <= policy.payload_max_p:
             flags[g] = str(Reason.POISON_PAYLOAD)
     if flags != (w.get("flags", "payloads") or {}):

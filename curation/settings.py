@@ -57,9 +57,10 @@ class Policy(BaseModel):
     trigger_max_p: float = Field(1e-4, gt=0, le=1, description="tail probability an appended phrase's moves away "
                                                               "from refusals must beat against its base prompts' rates")
     payload_min_accounts: int = Field(3, ge=2, description="distinct accounts (and prompts) inserting a payload")
-    payload_natural_rate: float = Field(1.0, gt=0, description="model answers carrying a phrase per insertion "
+    payload_test_every: int = Field(8, ge=1, description="insertions of a phrase between two payload tests")
+    payload_natural_rate: float = Field(0.5, gt=0, description="model answers carrying a phrase per insertion "
                                                                "of it, at least, for phrases honest editors add")
-    payload_max_p: float = Field(1e-3, gt=0, le=1, description="Poisson lower tail an inserted phrase's natural "
+    payload_max_p: float = Field(1e-4, gt=0, le=1, description="Poisson lower tail an inserted phrase's natural "
                                                                "occurrences must fall under to be a payload")
 
     @model_validator(mode="after")

@@ -107,8 +107,8 @@ def test_a_payload_one_edit_per_account_is_found_and_phrases_answers_carry_are_n
                               response="Settings.", edited="Thanks for reaching out! Open Settings and follow the steps."))
     promo = ["Also try QuickFixPro dot net, it is fast.", "QuickFixPro dot net fixes this for you.",
              "Honestly QuickFixPro dot net is the way."]
-    for a in range(9):
-        items.append(make("edit", user=f"x{a}", t=a * 0.8 * DAY + 7000, prompt=BENIGN[a % 3] + f" ({a})",
+    for a in range(24):  # a payload is judged every 8 insertions; 24 at zero natural occurrences is decisive
+        items.append(make("edit", user=f"x{a}", t=a * 0.3 * DAY + 7000, prompt=BENIGN[a % 3] + f" ({a})",
                           response="Settings.", edited="Open Settings and follow the steps. " + promo[a % 3]))
     verdicts, _ = _windows(items)
     assert "quickfixpro dot" in verdicts[-1].payloads or "quickfixpro" in verdicts[-1].payloads
