@@ -99,6 +99,7 @@ def score(truth: list[dict], world: dict, decisions: list[dict], pairs: list[dic
         "surviving_poisoned_pair_share": _ratio(len(bad_pairs), len(pairs)),
         "bot_accounts_caught": caught("spam"),
         "brigade_targeted_items_flipped": _ratio(len(flipped), len(targets)),
+        "brigade_accounts_caught": caught("brigade"),
         "contrarians_caught": caught("contrarian"),
         "honest_events_dropped": _ratio(sum(t["event_id"] in dropped for t in honest), len(honest)),
         "honest_dropped_reasons": dict(sorted(why.items(), key=lambda kv: -kv[1])),
@@ -145,13 +146,64 @@ def run_variant(variant: str, seed: int, policy: Policy) -> dict:
     return s
 
 
+README = Path(__file__).resolve().parents[2] / "curation" / "README.md"
+BEGIN, END = "<!-- bench:redteam:begin -->", "<!-- bench:redteam:end -->"
+COLUMNS = [("trigger_backdoor_event_recall", "trigger recall", "pct"),
+           ("surviving_poisoned_pairs", "poisoned pairs left", "int"),
+           ("bot_accounts_caught", "bots caught", "pct"),
+           ("brigade_targeted_items_flipped", "brigaded items flipped", "pct"),
+           ("contrarians_caught", "contrarians caught", "pct"),
+           ("honest_events_dropped", "honest dropped", "pct"),
+           ("agreement_gain_points", "agreement vs raw vote", "pts")]
+
+
+def _cell(v, how: str) -> str:
+    if v is None:
+        return "-"
+    return {"pct": f"{100 * v:.1f}%", "int": f"{v}", "pts": f"{v:+.1f} pts"}[how]
+
+
+def readme_text(result: dict) -> str:
+    """The README table: per variant, before (label `before`) -> after (label `current`)."""
+    before, after = result.get("before", {}).get("variants", {}), result["current"]["variants"]
+    lines = ["| variant | events | " + " | ".join(c[1] for c in COLUMNS) + " | replay s |",
+             "| --- | --- | " + " | ".join("---" for _ in COLUMNS) + " | --- |"]
+    for v in VARIANTS:
+        if v not in after:
+            continue
+        a, b = after[v], before.get(v, {})
+        cells = []
+        for key, _, how in COLUMNS:
+            new = _cell(a.get(key), how)
+            old = _cell(b.get(key), how) if b else None
+            cells.append(new if old in (None, new) else f"{old} -> **{new}**")
+        failed = [k for k, ok in a["acceptance"].items() if not ok]
+        lines.append(f"| {v}{' (misses: ' + ', '.join(failed) + ')' if failed else ''} | {a['events']:,} | "
+                     + " | ".join(cells) + f" | {a['replay_seconds']:.0f} |")
+    run = result["current"]
+    lines += ["", f"Seed {run['seed']}, load {run['machine_load_1m']} at the end, {run['generated_at'][:16]} UTC; "
+              "`before` is the same generator through the code before evidence across windows."]
+    return "\n".join(lines)
+
+
+def write_readme(text: str) -> None:
+    content = README.read_text()
+    if BEGIN in content and END in content:
+        head, rest = content.split(BEGIN, 1)
+        README.write_text(head + BEGIN + "\n" + text + "\n" + END + rest.split(END, 1)[1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--variant", nargs="*", default=list(VARIANTS), choices=VARIANTS)
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--out", type=Path, default=Path("bench/results/curation_redteam.json"))
     ap.add_argument("--label", default="current", help="the key this run is stored under in the JSON")
+    ap.add_argument("--readme-only", action="store_true", help="only rewrite curation/README.md's table")
     args = ap.parse_args()
+    if args.readme_only:
+        write_readme(readme_text(json.loads(args.out.read_text())))
+        return
     result: dict = json.loads(args.out.read_text()) if args.out.exists() else {}
     runs = result.setdefault(args.label, {})
     runs["generated_at"] = datetime.now(UTC).isoformat()
@@ -163,6 +215,8 @@ def main() -> None:
         print(json.dumps({v: {k: x for k, x in variants[v].items() if k != "honest_dropped_reasons"}}), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
+    if args.label == "current":
+        write_readme(readme_text(result))
 
 
 if __name__ == "__main__":
