@@ -10,15 +10,19 @@ What accumulates, and the judgement it supports (each one a principle camouflage
 - accounts: first/last seen, volume, ip_hash and device_id sets, event ids -> source churn (a person
   keeps one or two devices; a paced bot rotating through a pool does not).
 - items: every vote on a judged answer -> one-coin Dawid-Skene reliability over each account's whole
-  history (systematic contrarians) and co-dissent groups (accounts that vote the same way against the
-  consensus on the same items, over days: slow brigades).
-- prompts: how often edits and comparisons on a canonical prompt move away from a refusal -> the base rate.
+  history (systematic contrarians) and coordinated groups (accounts that vote the same way on the same
+  items beyond chance, over days, against everyone else's votes there: slow brigades).
+- crowd: up and down ratings per answer text -> whether raters prefer an answer an edit replaces.
+- prompts: how often edits and comparisons on a canonical prompt go against the crowd (move away from a
+  refusal, or edit away an answer raters prefer) when they could -> the base rate.
 - phrases: text appended to a known prompt (zero-width and homoglyphs folded first) by edits and
-  comparisons -> a trigger when its uses move away from refusals far more than the same prompts without
-  it do, across distinct accounts. Ratings that mention the phrase do not enter the test, so camouflage
+  comparisons -> a trigger when its uses go against the crowd far more than the same prompts without it
+  do, across distinct accounts. Ratings that mention the phrase do not enter the test, so camouflage
   ratings cannot switch it off.
-- grams: n-grams edits insert, by distinct accounts and prompts, against how often model answers carry
-  them -> a payload that needs one edit per account.
+- grams and answers: n-grams edits insert (distinct accounts, prompts) and how many model answers ever
+  carried each n-gram -> a payload, with one edit per account.
+
+Not bounded yet: records are kept for the store's whole history (no horizon pruning).
 """
 
 from __future__ import annotations
