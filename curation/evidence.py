@@ -248,11 +248,12 @@ def fit_reliability(items: dict, prior: float, strength: float, iterations: int 
     return acc, seen, consensus
 
 
-def coordinated_groups(items: dict, exclude: set[str], max_p: float, min_accounts: int) -> list[list[str]]:
+def coordinated_groups(items: dict, exclude: set[str], max_p: float, min_accounts: int, link_p: float | None = None
+                       ) -> list[list[str]]:
     """Groups of accounts that vote the same way on the same items more than chance, against everyone else.
 
     1. Two accounts are linked when their same-way votes on the same items exceed chance: a Poisson tail
-       under `max_p` with mean n_a x n_b x sum of squared (item, label) shares (popular items are shared
+       under `link_p` (default `max_p`) with mean n_a x n_b x sum of squared (item, label) shares (popular items are shared
        by honest heavy voters too, and this mean says how much).
     2. Members keep at least three links inside their group (a 3-core), so chance links chain nobody.
     3. On each item, the members voting one way (three or more) are tested against the other accounts'
@@ -260,7 +261,9 @@ def coordinated_groups(items: dict, exclude: set[str], max_p: float, min_account
        everyone else does. Members that voted against everyone else on two items or more are the brigade
        (when there are `min_accounts` of them).
     """
-    votes = {k: [(u, lab) for u, lab in vs if u not in exclude] for k, vs in sorted(items.items())}
+    # links use every account (a member already judged for another reason still ties the others together);
+    # "everyone else" leaves out the accounts already judged
+    votes = {k: [(u, lab) for u, lab in vs] for k, vs in sorted(items.items())}
     total = sum(len(vs) for vs in votes.values())
     if not total:
         return []
@@ -285,7 +288,7 @@ def coordinated_groups(items: dict, exclude: set[str], max_p: float, min_account
                     pair[(a, b)] += 1
     links: dict[str, set[str]] = defaultdict(set)
     for (a, b), c in sorted(pair.items()):
-        if c >= 3 and _poisson_upper(c, n_of[a] * n_of[b] * s2) <= max_p:
+        if c >= 3 and _poisson_upper(c, n_of[a] * n_of[b] * s2) <= (link_p or max_p):
             links[a].add(b)
             links[b].add(a)
     changed = True
@@ -326,7 +329,7 @@ def coordinated_groups(items: dict, exclude: set[str], max_p: float, min_account
             for u, lab in vs:
                 if u in members:
                     inside[lab].add(u)
-                else:
+                elif u not in exclude:
                     rest[lab] += 1
             for lab, who in sorted(inside.items()):
                 if len(who) < 3:
@@ -391,24 +394,28 @@ def _observe(w: _Writer, items: Sequence[Item]) -> int:
             votes += 1
         toks = canon_tokens(it.last_user_turn)
         prompt = " ".join(toks)
+        shaping = it.kind in ("edit", "comparison")
         chance, bad = against_the_crowd(it, w)
         split = split_appendage(toks, known_prompts) if prompt not in known_prompts else None
         if split is None:
-            # a prompt of its own: a base that later appendages are measured against
+            # a prompt of its own: a base that later appendages are measured against. Its edits and comparisons
+            # are remembered, because a phrase found later may turn out to be inside it (no base was known yet)
+            n, k, ids = w.get("prompts", prompt) or [0, 0, []]
+            if shaping:
+                ids = _capped_add(ids, it.event_id)
             if chance:
-                n, k = w.get("prompts", prompt) or [0, 0]
-                w.put("prompts", prompt, [n + 1, k + bad])
+                n, k = n + 1, k + bad
                 total = w.get("meta", "stake") or [0, 0]
                 w.put("meta", "stake", [total[0] + 1, total[1] + bad])
-            elif prompt not in known_prompts:
-                w.put("prompts", prompt, [0, 0])
+            if chance or shaping or prompt not in known_prompts:
+                w.put("prompts", prompt, [n, k, ids])
         else:
             base, phrase = split
             p = w.get("phrases", phrase) or {"uses": [], "users": [], "natural": 0}
             if it.kind in ("edit", "comparison"):
                 # the base prompt's own rate of going against the crowd when it could (-1: it could not), shrunk
                 # towards the rate over every prompt, so a base seen twice does not look either way
-                n, k = w.get("prompts", base) or [0, 0]
+                n, k = (w.get("prompts", base) or [0, 0])[:2]
                 big_n, big_k = w.get("meta", "stake") or [0, 0]
                 pooled = (big_k + 1.0) / (big_n + 20.0)
                 rate = round((k + 10.0 * pooled) / (n + 10.0), 6) if chance else -1
@@ -465,7 +472,7 @@ def _judge_accounts(w: _Writer, policy: Policy) -> tuple[dict[str, str], dict[st
                 flags[user] = str(Reason.CONTRARIAN)
         # brigades: groups that co-vote beyond chance and against everyone else, over the whole history
         for group in coordinated_groups(w.sections["items"], set(flags), policy.covote_max_p,
-                                        policy.brigade_min_accounts):
+                                        policy.brigade_min_accounts, policy.covote_link_p):
             for u in group:
                 flags.setdefault(u, str(Reason.CO_VOTING))
         meta = {"pending": 0, "accuracy": {u: round(acc[u], 4) for u in sorted(acc)
@@ -548,6 +555,11 @@ def advance(ev: Evidence, items: Sequence[Item], policy: Policy, mark: str | Non
     for phrase in sorted(set(triggers) - set(before_triggers)):
         for _u, eid, _b, _p in w.sections["phrases"][phrase]["uses"]:
             retract.setdefault(eid, triggers[phrase])
+        needle = f" {phrase} "
+        for prompt in sorted(w.sections["prompts"]):
+            if needle in f" {prompt} ":
+                for eid in w.sections["prompts"][prompt][2]:
+                    retract.setdefault(eid, triggers[phrase])
     for g in sorted(set(payloads) - set(before_payloads)):
         for eid in w.sections["grams"][g]["events"]:
             retract.setdefault(eid, payloads[g])

@@ -52,8 +52,10 @@ class Policy(BaseModel):
     contrarian_min_overlap: int = Field(12, ge=1, description="judged items shared with others before the "
                                                                "long-run reliability can flag an account")
     contrarian_below: float = Field(0.35, ge=0, lt=0.5, description="long-run agreement below which it is a contrarian")
-    covote_max_p: float = Field(1e-3, gt=0, le=1, description="Poisson tail two accounts' same-way votes on the "
-                                                             "same items must beat to be linked")
+    covote_link_p: float = Field(1e-3, gt=0, le=1, description="Poisson tail two accounts' same-way votes on the "
+                                                              "same items must beat to be linked")
+    covote_max_p: float = Field(1e-3, gt=0, le=1, description="binomial tail a group's votes on an item must beat "
+                                                             "against everyone else's rate for that label")
     trigger_max_p: float = Field(1e-4, gt=0, le=1, description="tail probability an appended phrase's moves away "
                                                               "from refusals must beat against its base prompts' rates")
     payload_min_accounts: int = Field(3, ge=2, description="distinct accounts (and prompts) inserting a payload")
