@@ -39,7 +39,35 @@ def _aggregate(pairs: list[dict], unpaired: list[dict]) -> dict[tuple[str, str],
     return agg
 
 
-def score(truth: list[dict], world: dict, decisions: list[dict], pairs: list[dict], unpaired: list[dict]) -> dict:
+def _votes(lines: list[str], truth: list[dict]) -> tuple[dict, dict]:
+    """Net votes per (prompt, answer) from every signal (ratings +-1, a comparison's chosen +1 and other -1,
+    an edit's response -1 and its edited answer +1): honest accounts only, and every account."""
+    cls = {t["event_id"]: t["class"] for t in truth if t.get("event_id")}
+    honest: dict[tuple[str, str], int] = defaultdict(int)
+    raw: dict[tuple[str, str], int] = defaultdict(int)
+    for line in lines:
+        try:
+            e = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(e, dict) or not isinstance(e.get("prompt"), str):
+            continue
+        signs = []
+        if e.get("kind") == "rating":
+            signs = [(e["response"], 1 if e["rating"] == "up" else -1)]
+        elif e.get("kind") == "comparison" and e.get("chosen") is not None:
+            signs = [(e["responses"][e["chosen"]], 1), (e["responses"][1 - e["chosen"]], -1)]
+        elif e.get("kind") == "edit":
+            signs = [(e["response"], -1), (e["edited"], 1)]
+        for text, sign in signs:
+            raw[(e["prompt"], text)] += sign
+            if cls.get(e.get("event_id")) == "honest":
+                honest[(e["prompt"], text)] += sign
+    return honest, raw
+
+
+def score(truth: list[dict], world: dict, decisions: list[dict], pairs: list[dict], unpaired: list[dict],
+          lines: list[str] | None = None) -> dict:
     dropped = {d["event_id"] for d in decisions if d["decision"] == "drop"}
     events = [t for t in truth if t.get("event_id")]
     per_account: dict[str, list[bool]] = defaultdict(list)
@@ -61,16 +89,28 @@ def score(truth: list[dict], world: dict, decisions: list[dict], pairs: list[dic
         if t["event_id"] in dropped:
             for r in reasons[t["event_id"]]:
                 why[r] += 1
-    # labels per judged answer: honest majority (ratings), raw majority (every rating), curated (pairs + unpaired)
+    # labels per judged answer: honest majority, raw majority (every account), curated (pairs + unpaired); over
+    # every signal when the raw lines are given, over ratings only otherwise
     key_of = {(i["prompt_id"], i["style"]): (i["prompt"], i["text"]) for i in world["items"]}
     honest_net: dict[tuple, int] = defaultdict(int)
     raw_net: dict[tuple, int] = defaultdict(int)
+    rating_net: dict[tuple, int] = defaultdict(int)
     for t in events:
-        if "label_up" in t and (t["prompt_id"], t["style"]) in key_of:
-            k = (t["prompt_id"], t["style"])
-            raw_net[k] += 1 if t["label_up"] else -1
-            if t["class"] == "honest":
-                honest_net[k] += 1 if t["label_up"] else -1
+        if "label_up" in t and (t["prompt_id"], t["style"]) in key_of and t["class"] == "honest":
+            rating_net[(t["prompt_id"], t["style"])] += 1 if t["label_up"] else -1
+    if lines is not None:
+        honest_by_text, raw_by_text = _votes(lines, truth)
+        for k, text_key in key_of.items():
+            if honest_by_text.get(text_key):
+                honest_net[k] = honest_by_text[text_key]
+            if raw_by_text.get(text_key):
+                raw_net[k] = raw_by_text[text_key]
+    else:
+        for t in events:
+            if "label_up" in t and (t["prompt_id"], t["style"]) in key_of:
+                k = (t["prompt_id"], t["style"])
+                raw_net[k] += 1 if t["label_up"] else -1
+        honest_net = rating_net
     agg = _aggregate(pairs, unpaired)
     judged = [k for k, v in honest_net.items() if v]
 
@@ -84,13 +124,18 @@ def score(truth: list[dict], world: dict, decisions: list[dict], pairs: list[dic
 
     raw_agree = agreement(lambda k: raw_net.get(k, 0))
     cur_agree = agreement(lambda k: agg.get(key_of[k], 0.0))
-    flipped = []
     targets = {(t["prompt_id"], t["style"]) for t in world["brigade_targets"]}
-    for k in sorted(targets):
-        s = agg.get(key_of[k], 0.0)
-        base = honest_net[k] > 0 if honest_net.get(k) else world_truth(world, k)
-        if s != 0 and (s > 0) != base:
-            flipped.append(k)
+
+    def flips(net: dict) -> list:
+        out = []
+        for k in sorted(targets):
+            s = agg.get(key_of[k], 0.0)
+            base = net[k] > 0 if net.get(k) else world_truth(world, k)
+            if s != 0 and (s > 0) != base:
+                out.append(k)
+        return out
+
+    flipped = flips(honest_net)
     return {
         "events": len(truth), "pairs": len(pairs), "unpaired": len(unpaired),
         "poison_events": len(poison),
@@ -99,6 +144,7 @@ def score(truth: list[dict], world: dict, decisions: list[dict], pairs: list[dic
         "surviving_poisoned_pair_share": _ratio(len(bad_pairs), len(pairs)),
         "bot_accounts_caught": caught("spam"),
         "brigade_targeted_items_flipped": _ratio(len(flipped), len(targets)),
+        "brigade_targeted_items_flipped_vs_honest_ratings_only": _ratio(len(flips(rating_net)), len(targets)),
         "brigade_accounts_caught": caught("brigade"),
         "contrarians_caught": caught("contrarian"),
         "honest_events_dropped": _ratio(sum(t["event_id"] in dropped for t in honest), len(honest)),
@@ -140,7 +186,7 @@ def run_variant(variant: str, seed: int, policy: Policy) -> dict:
     lines, truth, world = generate(variant, seed)
     t0 = time.monotonic()
     replay = run_replay(lines, policy)
-    s = score(truth, world, replay.decisions, replay.pairs, replay.unpaired)
+    s = score(truth, world, replay.decisions, replay.pairs, replay.unpaired, lines)
     s["replay_seconds"] = round(time.monotonic() - t0, 1)
     s["acceptance"] = acceptance(s)
     return s
