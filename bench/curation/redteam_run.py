@@ -194,7 +194,7 @@ def run_variant(variant: str, seed: int, policy: Policy) -> dict:
 
 README = Path(__file__).resolve().parents[2] / "curation" / "README.md"
 BEGIN, END = "<!-- bench:redteam:begin -->", "<!-- bench:redteam:end -->"
-COLUMNS = [("trigger_backdoor_event_recall", "trigger recall", "pct"),
+COLUMNS = [("trigger_backdoor_event_recall", "poison event recall", "pct"),
            ("surviving_poisoned_pairs", "poisoned pairs left", "int"),
            ("bot_accounts_caught", "bots caught", "pct"),
            ("brigade_targeted_items_flipped", "brigaded items flipped", "pct"),
