@@ -434,9 +434,12 @@ def _observe(w: _Writer, items: Sequence[Item]) -> int:
                 grams |= ngrams(span)
             for g in sorted(grams):
                 r = w.get("grams", g) or {"users": [], "prompts": [], "events": [], "n": 0}
-                w.put("grams", g, {**r, "n": r["n"] + 1, "users": _capped_add(r["users"], it.user_id),
-                                   "prompts": _capped_add(r["prompts"], it.prompt_key),
-                                   "events": _capped_add(r["events"], it.event_id, 4 * _LIST_CAP)})
+                # distinct accounts and prompts only need to reach a threshold; the event ids serve a retraction,
+                # and a phrase the model says as often as editors add it ("ordinary") keeps none
+                w.put("grams", g, {**r, "n": r["n"] + 1, "users": _capped_add(r["users"], it.user_id, 8),
+                                   "prompts": _capped_add(r["prompts"], it.prompt_key, 8),
+                                   "events": r["events"] if r.get("ordinary") else
+                                   _capped_add(r["events"], it.event_id)})
     # natural occurrence: in how many answers the model gave (responses, never an edit's own output) each
     # n-gram appears, over all history, so a phrase honest editors add is known to be ordinary from the start
     natural: dict[str, int] = defaultdict(int)
@@ -514,8 +517,9 @@ def _judge_grams(w: _Writer, policy: Policy) -> dict[str, str]:
         step = r["n"] // policy.payload_test_every
         if step <= r.get("tested", 0):
             continue
-        w.put("grams", g, {**r, "tested": step})
         natural = w.get("answers", g, 0)
+        ordinary = natural >= policy.payload_natural_rate * r["n"]
+        w.put("grams", g, {**r, "tested": step, "ordinary": ordinary, "events": [] if ordinary else r["events"]})
         if len(r["users"]) >= policy.payload_min_accounts and len(r["prompts"]) >= policy.payload_min_accounts and \
                 lower_tail(natural, policy.payload_natural_rate * r["n"]) <= policy.payload_max_p:
             flags[g] = str(Reason.POISON_PAYLOAD)

@@ -219,10 +219,11 @@ def save_evidence(session: Session, rows: dict[tuple[str, str], object]) -> None
     put = [{"section": s, "key": k, "value": json.dumps(v, ensure_ascii=False, sort_keys=True)}
            for (s, k), v in sorted(rows.items()) if v is not None]
     gone = [(s, k) for (s, k), v in rows.items() if v is None]
-    for chunk in range(0, len(put), 1000):
-        stmt = insert(table).values(put[chunk:chunk + 1000])
+    if put:
+        # one statement executed for many rows (executemany): compiled once, not once per batch of VALUES
+        stmt = insert(table)
         session.connection().execute(stmt.on_conflict_do_update(index_elements=["section", "key"],
-                                                                 set_={"value": stmt.excluded.value}))
+                                                                 set_={"value": stmt.excluded.value}), put)
     for s, k in gone:
         session.execute(delete(EvidenceRow).where(EvidenceRow.section == s, EvidenceRow.key == k))
 
