@@ -7,7 +7,7 @@ and a restarted worker continues from exactly the state the replay would hold. W
 event-time order by both paths, and an empty window changes nothing, so the replay and the stream agree.
 
 What accumulates, and the judgement it supports (each one a principle camouflage cannot reset):
-- accounts: first/last seen, volume, ip_hash and device_id sets, event ids -> source churn (a person
+- accounts: first/last seen, volume, ip_hash and device_id sets -> source churn (a person
   keeps one or two devices; a paced bot rotating through a pool does not).
 - items: every vote on a judged answer -> one-coin Dawid-Skene reliability over each account's whole
   history (systematic contrarians) and coordinated groups (accounts that vote the same way on the same
@@ -69,6 +69,7 @@ class Verdict:
     payloads: dict[str, str] = field(default_factory=dict)    # gram -> reason
     retract: dict[str, str] = field(default_factory=dict)     # earlier event_id -> reason
     accuracy: dict[str, float] = field(default_factory=dict)  # long-run reliability of accounts with overlap
+    retract_accounts: dict[str, str] = field(default_factory=dict)  # newly judged user -> reason (earlier events)
 
     def reasons_for(self, item: Item) -> list[str]:
         out = []
@@ -381,12 +382,12 @@ def _observe(w: _Writer, items: Sequence[Item]) -> int:
     votes = 0
     known_prompts = w.sections["prompts"]
     for it in items:
-        a = w.get("accounts", it.user_id) or {"first": it.occurred_at.timestamp(), "n": 0, "ips": [], "devs": [],
-                                              "events": []}
+        # no event ids here: an account judged later is re-judged by its id (the store and the replay know
+        # which decisions are whose), so the record stays small however long the account lives
+        a = w.get("accounts", it.user_id) or {"first": it.occurred_at.timestamp(), "n": 0, "ips": [], "devs": []}
         a = {**a, "last": it.occurred_at.timestamp(), "n": a["n"] + 1,
              "ips": _capped_add(a["ips"], it.ip_hash) if it.ip_hash else a["ips"],
-             "devs": _capped_add(a["devs"], it.device_id) if it.device_id else a["devs"],
-             "events": a["events"] + [it.event_id]}
+             "devs": _capped_add(a["devs"], it.device_id) if it.device_id else a["devs"]}
         w.put("accounts", it.user_id, a)
         v = vote_key(it)
         if v is not None:
@@ -553,9 +554,7 @@ def advance(ev: Evidence, items: Sequence[Item], policy: Policy, mark: str | Non
     payloads = _judge_grams(w, policy)
     retract: dict[str, str] = {}
     in_window = {it.event_id for it in items}
-    for user in sorted(set(accounts) - set(before_accounts)):
-        for eid in w.sections["accounts"][user]["events"]:
-            retract.setdefault(eid, accounts[user])
+    retract_accounts = {u: accounts[u] for u in sorted(set(accounts) - set(before_accounts))}
     for phrase in sorted(set(triggers) - set(before_triggers)):
         for _u, eid, _b, _p in w.sections["phrases"][phrase]["uses"]:
             retract.setdefault(eid, triggers[phrase])
@@ -568,4 +567,4 @@ def advance(ev: Evidence, items: Sequence[Item], policy: Policy, mark: str | Non
         for eid in w.sections["grams"][g]["events"]:
             retract.setdefault(eid, payloads[g])
     retract = {e: r for e, r in sorted(retract.items()) if e not in in_window}
-    return Verdict(accounts, triggers, payloads, retract, accuracy), Evidence(w.sections), w.changes
+    return Verdict(accounts, triggers, payloads, retract, accuracy, retract_accounts), Evidence(w.sections), w.changes

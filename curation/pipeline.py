@@ -54,6 +54,7 @@ class WindowResult:
     signals: dict = field(default_factory=dict)
     # with evidence across windows: earlier events re-judged (event_id -> reason), the new evidence, its changes
     retract: dict[str, str] = field(default_factory=dict)
+    retract_accounts: dict[str, str] = field(default_factory=dict)  # user -> reason: all their earlier events
     evidence: Evidence | None = None
     changes: Changes | None = None
 
@@ -142,15 +143,21 @@ def settle_window(context: Iterable[Item], start: datetime, policy: Policy,
         return WindowResult(start, decisions, pairs, unpaired, signals)
     signals["memory"] = {"accounts_flagged": len(verdict.accounts), "triggers": sorted(verdict.triggers),
                          "payloads": sorted(verdict.payloads), "retracted": len(verdict.retract)}
-    return WindowResult(start, decisions, pairs, unpaired, signals, verdict.retract, new_evidence, changes)
+    return WindowResult(start, decisions, pairs, unpaired, signals, verdict.retract, verdict.retract_accounts,
+                        new_evidence, changes)
 
 
-def apply_retractions(decisions: dict[str, dict], pairs: list, unpaired: list, retract: dict[str, str]
-                      ) -> tuple[list, list]:
+def apply_retractions(decisions: dict[str, dict], pairs: list, unpaired: list, retract: dict[str, str],
+                      retract_accounts: dict[str, str] | None = None) -> tuple[list, list]:
     """Earlier events re-judged: a kept decision becomes a drop with the new reason, and the pairs and
-    unpaired examples built from those events leave (`decisions` is updated in place)."""
+    unpaired examples built from those events leave (`decisions` is updated in place; they carry `user_id`).
+    Events named one by one first, then every event of the accounts named (the store does the same)."""
     gone = set()
-    for eid, reason in retract.items():
+    named = list(retract.items())
+    if retract_accounts:
+        named += [(eid, retract_accounts[d["user_id"]]) for eid, d in sorted(decisions.items())
+                  if d.get("user_id") in retract_accounts]
+    for eid, reason in named:
         d = decisions.get(eid)
         if d is not None and d["decision"] != "drop":
             d["decision"], d["reasons"] = "drop", [*d["reasons"], reason]

@@ -56,14 +56,16 @@ def run_replay(lines: Iterable[bytes | str], policy: Policy, *, now: datetime | 
     pairs, unpaired = [], []
     for w in out.windows:
         decisions.update({d["event_id"]: {"event_id": d["event_id"], "decision": d["decision"],
-                                          "reasons": list(d["reasons"])} for d in w.decisions})
+                                          "reasons": list(d["reasons"]), "user_id": d["user_id"]}
+                          for d in w.decisions})
         pairs.extend(w.pairs)
         unpaired.extend(w.unpaired)
         # what the stream's store does when the window is saved: re-judged events leave with their pairs
-        pairs, unpaired = apply_retractions(decisions, pairs, unpaired, w.retract)
+        pairs, unpaired = apply_retractions(decisions, pairs, unpaired, w.retract, w.retract_accounts)
     out.pairs = [p.to_json() for p in pairs]
     out.unpaired = [u.to_json() for u in unpaired]
-    out.decisions = sorted(decisions.values(), key=lambda d: d["event_id"])
+    out.decisions = sorted(({k: v for k, v in d.items() if k != "user_id"} for d in decisions.values()),
+                           key=lambda d: d["event_id"])
     out.pairs.sort(key=lambda p: p["pair_id"])
     out.unpaired.sort(key=lambda u: u["example_id"])
     return out

@@ -176,27 +176,36 @@ def save_window(session: Session, result: WindowResult) -> None:
         "window_start": start, "settled_at": now, "events": len(result.decisions),
         "kept": sum(d["decision"] != "drop" for d in result.decisions),
         "signals": json.dumps(result.signals, default=str)}], ["window_start"])
-    if result.retract:
-        save_retractions(session, result.retract)
+    if result.retract or result.retract_accounts:
+        save_retractions(session, result.retract, result.retract_accounts)
     if result.changes is not None:
         save_evidence(session, result.changes.rows)
 
 
-def save_retractions(session: Session, retract: dict[str, str]) -> int:
+def save_retractions(session: Session, retract: dict[str, str], accounts: dict[str, str] | None = None) -> int:
     """Earlier events re-judged: kept decisions become drops with the new reason; the pairs and unpaired
-    examples built from them are deleted (what the replay does in `pipeline.apply_retractions`)."""
+    examples built from them are deleted (what the replay does in `pipeline.apply_retractions`): events
+    named one by one first, then every kept event of the accounts named."""
+    cols = (DecisionRow.event_id, DecisionRow.reasons, DecisionRow.window_start)
     ids = sorted(retract)
     rows = []
     for chunk in range(0, len(ids), 500):
-        rows += session.execute(select(DecisionRow.event_id, DecisionRow.reasons, DecisionRow.window_start).where(
-            DecisionRow.event_id.in_(ids[chunk:chunk + 500]), DecisionRow.decision != "drop")).all()
+        rows += [(e, r, w, retract[e]) for e, r, w in session.execute(select(*cols).where(
+            DecisionRow.event_id.in_(ids[chunk:chunk + 500]), DecisionRow.decision != "drop"))]
+    named = {e for e, *_ in rows}
+    users = sorted(accounts or {})
+    for chunk in range(0, len(users), 500):
+        rows += [(e, r, w, accounts[u]) for e, r, w, u in session.execute(
+            select(*cols, DecisionRow.user_id).where(DecisionRow.user_id.in_(users[chunk:chunk + 500]),
+                                                     DecisionRow.decision != "drop").order_by(DecisionRow.event_id))
+            if e not in named]
     if not rows:
         return 0
-    for eid, reasons, _ in rows:
+    for eid, reasons, _, reason in rows:
         session.execute(update(DecisionRow).where(DecisionRow.event_id == eid).values(
-            decision="drop", reasons=json.dumps([*json.loads(reasons), retract[eid]])))
-    gone = {eid for eid, _, _ in rows}
-    since = min(w for _, _, w in rows if w is not None)
+            decision="drop", reasons=json.dumps([*json.loads(reasons), reason])))
+    gone = {eid for eid, *_ in rows}
+    since = min(w for _, _, w, _ in rows if w is not None)
     for model, key in ((PairRow, PairRow.pair_id), (UnpairedRow, UnpairedRow.example_id)):
         # lineage is a JSON list; the rows that can hold these events were built in their windows or later
         hit = [k for k, ids_json in session.execute(select(key, model.event_ids).where(model.window_start >= since))

@@ -27,6 +27,13 @@ def _event(n: int, hours: float, user: str, prompt: str, chosen: int) -> str:
                        "responses": [REFUSAL, COMPLY], "chosen": chosen})
 
 
+def _rating(n: int, hours: float, user: str, device: str) -> str:
+    t = datetime(2026, 11, 1, tzinfo=UTC) + timedelta(hours=hours)
+    return json.dumps({"schema_version": 1, "event_id": f"00000000-0000-4000-8000-{n:012d}", "kind": "rating",
+                       "occurred_at": t.isoformat(), "app_id": "app", "user_id": user, "prompt": HARMFUL[n % 4],
+                       "response": COMPLY, "rating": "up", "client": {"device_id": device}})
+
+
 def _stream() -> tuple[list[str], set[str]]:
     lines, poison = [], set()
     for d in range(5):
@@ -39,6 +46,8 @@ def _stream() -> tuple[list[str], set[str]]:
         n = 1000 + a
         lines.append(_event(n, a * 13 + 2.5, f"p{a}", HARMFUL[a % 4] + " Zanzibar kestrel", 1))
         poison.add(f"00000000-0000-4000-8000-{n:012d}")
+    for k in range(12):  # a bot rotating devices: its fourth device, on the fourth day, gives it away
+        lines.append(_rating(2000 + k, k * 9 + 1, "rotor", f"dev-{k // 3}"))
     return sorted(lines, key=lambda raw: json.loads(raw)["occurred_at"]), poison
 
 
@@ -71,3 +80,7 @@ def test_evidence_survives_a_restart_and_the_stream_equals_the_replay(store_engi
     # some poison was kept when its window settled and re-judged later: its reasons end with the trigger
     retracted = [d for d in out["decisions"] if d["event_id"] in poison and d["reasons"][-1] == "trigger_phrase"]
     assert retracted
+    # the bot's ratings before it was found are re-judged by account, in the store as in the replay
+    bot = [d for d in out["decisions"] if d["event_id"].startswith("00000000-0000-4000-8000-00000000200")
+           or d["event_id"].startswith("00000000-0000-4000-8000-00000000201")]
+    assert len(bot) == 12 and all(d["decision"] == "drop" and d["reasons"][-1] == "source_churn" for d in bot)
