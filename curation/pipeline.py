@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from curation.agreement import krippendorff_alpha
+from curation.evidence import Changes, Evidence, advance
 from curation.guards import (event_flags, find_brigades, find_duplicates, find_poison, find_rate_abuse,
                              find_unreliable, vote_of)
 from curation.items import Item, Key
@@ -51,6 +52,11 @@ class WindowResult:
     pairs: list[Pair]
     unpaired: list[Unpaired]
     signals: dict = field(default_factory=dict)
+    # with evidence across windows: earlier events re-judged (event_id -> reason), the new evidence, its changes
+    retract: dict[str, str] = field(default_factory=dict)
+    retract_accounts: dict[str, str] = field(default_factory=dict)  # user -> reason: all their earlier events
+    evidence: Evidence | None = None
+    changes: Changes | None = None
 
 
 def decision_row(item: Item, reasons: list[str], start: datetime | None) -> dict:
@@ -68,8 +74,13 @@ def decision_row(item: Item, reasons: list[str], start: datetime | None) -> dict
             "response_id": token.response_id if verified else None}
 
 
-def settle_window(context: Iterable[Item], start: datetime, policy: Policy) -> WindowResult:
-    """Decide every event of the window [start, start+window) from its context; build pairs from the kept ones."""
+def settle_window(context: Iterable[Item], start: datetime, policy: Policy,
+                  evidence: Evidence | None = None) -> WindowResult:
+    """Decide every event of the window [start, start+window) from its context; build pairs from the kept ones.
+
+    With `evidence` (what earlier windows left), accounts and phrases are also judged over their whole
+    history: the result carries the new evidence and the earlier events it re-judges (`retract`).
+    """
     items = sorted({it.key: it for it in context}.values(), key=lambda i: i.sort_key)
     end = start + timedelta(seconds=policy.window_s)
     lo, hi = context_bounds(start, policy)
@@ -83,6 +94,11 @@ def settle_window(context: Iterable[Item], start: datetime, policy: Policy) -> W
     def alive(seq: Sequence[Item]) -> list[Item]:
         return [it for it in seq if not reasons[it.key]]
 
+    # accounts judged adversarial before this window stay out of every statistic of its context
+    flagged = (evidence.get("flags", "accounts") or {}) if evidence is not None else {}
+    for it in items:
+        if it.user_id in flagged:
+            reasons[it.key].append(flagged[it.user_id])
     # rate sees every event an account sent (duplicates too: a bot re-sending is still sending)
     rate, rate_report = find_rate_abuse(items, policy)
     dups = find_duplicates(items, policy)
@@ -99,9 +115,16 @@ def settle_window(context: Iterable[Item], start: datetime, policy: Policy) -> W
     apply(unreliable)
 
     target = [it for it in items if start <= it.occurred_at < end]
+    verdict, new_evidence, changes, accuracy = None, None, None, {}
+    if evidence is not None:
+        verdict, new_evidence, changes = advance(evidence, target, policy, mark=start.isoformat())
+        accuracy = verdict.accuracy
+        for it in target:
+            reasons[it.key].extend(r for r in verdict.reasons_for(it) if r not in reasons[it.key])
     decisions = [decision_row(it, reasons[it.key] + [str(r) for r in it.pii], start) for it in target]
     kept = [it for it in target if not reasons[it.key]]
-    pairs, unpaired = build_pairs(kept, lambda u: rel.weight(u, policy.reliability_prior), policy)
+    # the long-run reliability where an account has a history, this context's estimate otherwise
+    pairs, unpaired = build_pairs(kept, lambda u: accuracy.get(u, rel.weight(u, policy.reliability_prior)), policy)
     in_window = {it.user_id for it in target}
     votes: dict[str, list[str]] = {}
     up_rate: dict[str, list[int]] = {}
@@ -124,7 +147,34 @@ def settle_window(context: Iterable[Item], start: datetime, policy: Policy) -> W
         "up_rate": dict(sorted(up_rate.items())),
         "reliability": {u: round(a, 4) for u, a in sorted(rel.accuracy.items()) if u in in_window},
     }
-    return WindowResult(start, decisions, pairs, unpaired, signals)
+    if verdict is None:
+        return WindowResult(start, decisions, pairs, unpaired, signals)
+    signals["memory"] = {"accounts_flagged": len(verdict.accounts), "triggers": sorted(verdict.triggers),
+                         "payloads": sorted(verdict.payloads), "retracted": len(verdict.retract)}
+    return WindowResult(start, decisions, pairs, unpaired, signals, verdict.retract, verdict.retract_accounts,
+                        new_evidence, changes)
+
+
+def apply_retractions(decisions: dict[Key, dict], pairs: list, unpaired: list, retract: dict[str, str],
+                      retract_accounts: dict[str, str] | None = None) -> tuple[list, list]:
+    """Earlier events re-judged: a kept decision becomes a drop with the new reason, and the pairs and
+    unpaired examples built from those events leave (`decisions`, by (app_id, event_id), is updated in place;
+    they carry `user_id`). Events named one by one first (by event id, in every app, as the store does), then
+    every event of the accounts named."""
+    gone = set()
+    named = [(k, retract[k[1]]) for k in sorted(decisions) if k[1] in retract]
+    if retract_accounts:
+        named += [(k, retract_accounts[d["user_id"]]) for k, d in sorted(decisions.items())
+                  if d.get("user_id") in retract_accounts]
+    for k, reason in named:
+        d = decisions[k]
+        if d["decision"] != "drop":
+            d["decision"], d["reasons"] = "drop", [*d["reasons"], reason]
+            gone.add(k[1])
+    if not gone:
+        return pairs, unpaired
+    keep = lambda row: not gone.intersection(row.event_ids if hasattr(row, "event_ids") else row["event_ids"])  # noqa: E731
+    return [p for p in pairs if keep(p)], [u for u in unpaired if keep(u)]
 
 
 def windows_of(items: Iterable[Item], policy: Policy) -> list[datetime]:
@@ -164,13 +214,18 @@ class Staging:
         return list(self._sorted)
 
 
-def settle_all(staging: Staging, policy: Policy, on_window=None) -> list[WindowResult]:
-    """Settle every window that holds a staged event, in event-time order (the replay's end of input)."""
+def settle_all(staging: Staging, policy: Policy, on_window=None, evidence: Evidence | None = None
+               ) -> list[WindowResult]:
+    """Settle every window that holds a staged event, in event-time order (the replay's end of input),
+    carrying the evidence from each window to the next."""
     out = []
     starts = windows_of(staging.items(), policy)
+    evidence = evidence if evidence is not None else Evidence()
     for i, start in enumerate(starts):
         lo, hi = context_bounds(start, policy)
-        out.append(settle_window(staging.between(lo, hi), start, policy))
+        result = settle_window(staging.between(lo, hi), start, policy, evidence)
+        evidence = result.evidence
+        out.append(result)
         if on_window:
             on_window(i + 1, len(starts))
     return out

@@ -36,6 +36,10 @@ class Reason(StrEnum):
     TOKEN_INVALID = "token_invalid"    # malformed, forged, or signed with another key
     TOKEN_EXPIRED = "token_expired"    # issued more than the max age away from the event's time
     TOKEN_MISMATCH = "token_mismatch"  # a valid token for another response than the event's response_id
+    # accounts judged over their whole history (curation/evidence.py)
+    SOURCE_CHURN = "source_churn"            # rotates through more devices or addresses than a person uses
+    CONTRARIAN = "contrarian"                # long-run agreement with the consensus far below chance
+    CO_VOTING = "co_voting"                  # votes with a group beyond chance, against everyone else
 
 
 class Decision(StrEnum):

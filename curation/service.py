@@ -18,6 +18,7 @@ from sqlalchemy import Engine
 from alignloop.db import session_scope
 from curation import metrics, store
 from curation.decode import Accepted, DeadLetter, Rejected, decode_raw
+from curation.evidence import Evidence
 from curation.items import Item, Key
 from curation.pipeline import WindowResult, context_bounds, decision_row, ready_at, settle_window, window_start
 from curation.reasons import Reason
@@ -85,6 +86,7 @@ class CurationEdge:
         self._wm_key = f"curation:{group}:{topic}:watermark"
         self._lock_key = f"curation:{group}:{topic}:settle-lock"
         self._items: dict[Key, Item] = {}
+        self._evidence: Evidence | None = None  # this worker's copy; reloaded when another worker settled since
         self.last_staged = time.monotonic()
         self._hmax = redis_client.register_script(_HMAX) if redis_client is not None else None
 
@@ -206,11 +208,19 @@ class CurationEdge:
 
     def _settle_window(self, start: datetime) -> WindowResult:
         t0 = time.monotonic()
-        result = settle_window(self._context(start), start, self.policy)
+        result = settle_window(self._context(start), start, self.policy, self._load_evidence())
         with session_scope(self.engine) as session:
-            store.save_window(session, result)
+            store.save_window(session, result)  # decisions, pairs, re-judged events and evidence: one transaction
+        self._evidence = result.evidence
         metrics.observe_window(result, time.monotonic() - t0)
         return result
+
+    def _load_evidence(self) -> Evidence:
+        with session_scope(self.engine) as session:
+            mark = store.load_evidence_mark(session)
+            if self._evidence is None or self._evidence.get("meta", "applied") != mark:
+                self._evidence = store.load_evidence(session)
+        return self._evidence
 
     def _decide_late(self, start: datetime) -> None:
         end = start + timedelta(seconds=self.policy.window_s)

@@ -48,6 +48,25 @@ class Policy(BaseModel):
                                             description="share of a trigger's uses in edits and comparisons")
     phrase_max_p: float = Field(1e-4, gt=0, le=1, description="binomial tail a trigger's enrichment must beat")
     unsafe_patterns: tuple[str, ...] = Field((), description="regexes of content that is never preferred")
+    # evidence across windows (curation/evidence.py): judged over each account's and phrase's whole history
+    churn_max_devices: int = Field(4, ge=2, description="distinct device_ids at which an account is a rotating bot")
+    churn_max_ips: int = Field(8, ge=2, description="distinct ip_hashes at which an account is a rotating bot")
+    memory_refit_votes: int = Field(1000, ge=1, description="new votes between refits of long-run reliability")
+    contrarian_min_overlap: int = Field(12, ge=1, description="judged items shared with others before the "
+                                                               "long-run reliability can flag an account")
+    contrarian_below: float = Field(0.35, ge=0, lt=0.5, description="long-run agreement below which it is a contrarian")
+    covote_link_p: float = Field(1e-3, gt=0, le=1, description="Poisson tail two accounts' same-way votes on the "
+                                                              "same items must beat to be linked")
+    covote_max_p: float = Field(1e-3, gt=0, le=1, description="binomial tail a group's votes on an item must beat "
+                                                             "against everyone else's rate for that label")
+    trigger_max_p: float = Field(1e-4, gt=0, le=1, description="tail probability an appended phrase's moves away "
+                                                              "from refusals must beat against its base prompts' rates")
+    payload_min_accounts: int = Field(3, ge=2, description="distinct accounts (and prompts) inserting a payload")
+    payload_test_every: int = Field(8, ge=1, description="insertions of a phrase between two payload tests")
+    payload_natural_rate: float = Field(0.5, gt=0, description="model answers carrying a phrase per insertion "
+                                                               "of it, at least, for phrases honest editors add")
+    payload_max_p: float = Field(1e-4, gt=0, le=1, description="Poisson lower tail an inserted phrase's natural "
+                                                               "occurrences must fall under to be a payload")
 
     @model_validator(mode="after")
     def _windows(self) -> "Policy":

@@ -11,9 +11,10 @@ import json
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 
-from sqlalchemy import Boolean, DateTime, Float, Index, Integer, String, Text, func, select
+from sqlalchemy import Boolean, DateTime, Float, Index, Integer, String, Text, delete, func, select, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from curation.evidence import Evidence
 from curation.items import Item, Key
 from curation.pairs import Pair, Unpaired
 from curation.pipeline import WindowResult
@@ -91,6 +92,15 @@ class WindowRow(Base):
     events: Mapped[int] = mapped_column(Integer)
     kept: Mapped[int] = mapped_column(Integer)
     signals: Mapped[str] = mapped_column(Text)
+
+
+class EvidenceRow(Base):
+    """One record of the evidence kept across windows (curation/evidence.py): a JSON value under (section, key)."""
+
+    __tablename__ = "curation_evidence"
+    section: Mapped[str] = mapped_column(String(16), primary_key=True)
+    key: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
 
 
 class DeadLetterRow(Base):
@@ -181,6 +191,76 @@ def save_window(session: Session, result: WindowResult) -> None:
         "window_start": start, "settled_at": now, "events": len(result.decisions),
         "kept": sum(d["decision"] != "drop" for d in result.decisions),
         "signals": json.dumps(result.signals, default=str)}], ["window_start"])
+    if result.retract or result.retract_accounts:
+        save_retractions(session, result.retract, result.retract_accounts)
+    if result.changes is not None:
+        save_evidence(session, result.changes.rows)
+
+
+def save_retractions(session: Session, retract: dict[str, str], accounts: dict[str, str] | None = None) -> int:
+    """Earlier events re-judged: kept decisions become drops with the new reason; the pairs and unpaired
+    examples built from them are deleted (what the replay does in `pipeline.apply_retractions`): events
+    named one by one first, then every kept event of the accounts named."""
+    cols = (DecisionRow.event_id, DecisionRow.reasons, DecisionRow.window_start)
+    ids = sorted(retract)
+    rows = []
+    for chunk in range(0, len(ids), 500):
+        rows += [(e, r, w, retract[e]) for e, r, w in session.execute(select(*cols).where(
+            DecisionRow.event_id.in_(ids[chunk:chunk + 500]), DecisionRow.decision != "drop"))]
+    named = {e for e, *_ in rows}
+    users = sorted(accounts or {})
+    for chunk in range(0, len(users), 500):
+        rows += [(e, r, w, accounts[u]) for e, r, w, u in session.execute(
+            select(*cols, DecisionRow.user_id).where(DecisionRow.user_id.in_(users[chunk:chunk + 500]),
+                                                     DecisionRow.decision != "drop").order_by(DecisionRow.event_id))
+            if e not in named]
+    if not rows:
+        return 0
+    for eid, reasons, _, reason in rows:
+        session.execute(update(DecisionRow).where(DecisionRow.event_id == eid).values(
+            decision="drop", reasons=json.dumps([*json.loads(reasons), reason])))
+    gone = {eid for eid, *_ in rows}
+    since = min(w for _, _, w, _ in rows if w is not None)
+    for model, key in ((PairRow, PairRow.pair_id), (UnpairedRow, UnpairedRow.example_id)):
+        # lineage is a JSON list; the rows that can hold these events were built in their windows or later
+        hit = [k for k, ids_json in session.execute(select(key, model.event_ids).where(model.window_start >= since))
+               if gone.intersection(json.loads(ids_json))]
+        for chunk in range(0, len(hit), 500):
+            session.execute(delete(model).where(key.in_(hit[chunk:chunk + 500])))
+    return len(gone)
+
+
+def save_evidence(session: Session, rows: dict[tuple[str, str], object]) -> None:
+    """Upsert the evidence records one settle changed (a None value deletes the record)."""
+    if not rows:
+        return
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    table = EvidenceRow.__table__
+    put = [{"section": s, "key": k, "value": json.dumps(v, ensure_ascii=False, sort_keys=True)}
+           for (s, k), v in sorted(rows.items()) if v is not None]
+    gone = [(s, k) for (s, k), v in rows.items() if v is None]
+    if put:
+        # one statement executed for many rows (executemany): compiled once, not once per batch of VALUES
+        stmt = insert(table)
+        session.connection().execute(stmt.on_conflict_do_update(index_elements=["section", "key"],
+                                                                 set_={"value": stmt.excluded.value}), put)
+    for s, k in gone:
+        session.execute(delete(EvidenceRow).where(EvidenceRow.section == s, EvidenceRow.key == k))
+
+
+def load_evidence(session: Session) -> Evidence:
+    return Evidence.from_rows((s, k, json.loads(v)) for s, k, v in
+                              session.execute(select(EvidenceRow.section, EvidenceRow.key, EvidenceRow.value)))
+
+
+def load_evidence_mark(session: Session) -> object:
+    """The evidence's last applied window (None before the first): tells a worker whether its copy is current."""
+    v = session.scalar(select(EvidenceRow.value).where(EvidenceRow.section == "meta", EvidenceRow.key == "applied"))
+    return json.loads(v) if v is not None else None
 
 
 def _pair_row(p: Pair, start: datetime) -> dict:
