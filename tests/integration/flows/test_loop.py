@@ -8,7 +8,8 @@ import os
 
 import pytest
 
-pytestmark = [pytest.mark.slow, pytest.mark.kafka, pytest.mark.redis]
+# two turns of training and canary rounds on 2 cores: longer than the suite's default per-test limit
+pytestmark = [pytest.mark.slow, pytest.mark.kafka, pytest.mark.redis, pytest.mark.timeout(2400)]
 
 
 def test_the_whole_loop_turns_twice_at_small_scale(prefect_harness, tmp_path, monkeypatch):
