@@ -38,6 +38,27 @@ def decide_admission(total: int, of_key: int, *, max_queue: int, max_per_key: in
     return None
 
 
+def bound_prompt_text(messages: list[dict], limit: int, max_token_chars: int, overflow: str) -> list[dict]:
+    """Messages whose text cannot need more than `limit` tokens' worth of tokenizing: no token covers more than
+    `max_token_chars` characters, so more than limit x that many characters is surely over the limit. Refused
+    (reject) before any tokenizing, or cut to the newest that many characters (truncate); `fit_prompt` then
+    counts exactly. This keeps a huge prompt from costing a tokenizer pass."""
+    budget = limit * max_token_chars
+    total = sum(len(m["content"]) for m in messages)
+    if total <= budget:
+        return messages
+    if overflow != "truncate":
+        raise ServingError(f"`messages` must be at most {limit} tokens with the chat template (`max_prompt_tokens`); "
+                           f"got {total} characters, more than {limit} tokens can hold")
+    kept: list[dict] = []
+    for m in reversed(messages):  # the newest first: they are what a truncated prompt keeps
+        if budget <= 0:
+            break
+        kept.append({**m, "content": m["content"][-budget:]})
+        budget -= len(m["content"])
+    return kept[::-1]
+
+
 def fit_prompt(ids: list[int], limit: int, overflow: str) -> list[int]:
     """The prompt's token ids within `limit`: refused (reject) or its last `limit` tokens kept (truncate), so the
     newest messages and the assistant cue at the end survive."""

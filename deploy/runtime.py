@@ -82,6 +82,8 @@ class ModelHost:
         if self.tokenizer.chat_template is None:
             raise ServingError(f"base model {base_model!r}: tokenizer has no chat_template")
         self.device = device
+        # the most characters one token can stand for (a token's text is never shorter than what it covers)
+        self.max_token_chars = max((len(t) for t in self.tokenizer.get_vocab()), default=1)
         self.peft = None  # the PeftModel, made on the first adapter
         self.resident: dict[str, str] = {}  # version -> adapter slot name; written on the worker only
         self._slots = itertools.count()

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from alignloop.feedback_token import sign_feedback_token
 from deploy.admission import Door, read_json_body
 from deploy.errors import DeployError, NotFoundError, RefusedError, RegistryError, ServingError
-from deploy.limits import fit_prompt
+from deploy.limits import bound_prompt_text, fit_prompt
 from deploy.models import Routing
 from deploy.routing import choose_evictions, choose_version
 from deploy.settings import DeploySettings
@@ -300,8 +300,10 @@ class Replica:
         """Answer one admitted request: check its sizes, encode and fit the prompt, generate on the routed version."""
         if req.max_tokens > self.settings.max_tokens_limit:
             raise ServingError(f"`max_tokens` must be at most {self.settings.max_tokens_limit}; got {req.max_tokens}")
-        ids = await asyncio.to_thread(self.host.encode, [m.model_dump() for m in req.messages])
-        ids = fit_prompt(ids, self.prompt_limit, self.settings.prompt_overflow)
+        overflow = self.settings.prompt_overflow
+        messages = bound_prompt_text([m.model_dump() for m in req.messages], self.prompt_limit,
+                                     self.host.max_token_chars, overflow)
+        ids = fit_prompt(await asyncio.to_thread(self.host.encode, messages), self.prompt_limit, overflow)
         routing, version = self._pin(req.user)
         t0 = time.perf_counter()
         try:
