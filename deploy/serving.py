@@ -375,7 +375,6 @@ def create_app(settings: DeploySettings | None = None) -> FastAPI:
         replica = await asyncio.to_thread(Replica, settings)
         await asyncio.to_thread(replica.start)
         app.state.replica = replica
-        from deploy.admission import Door
         from deploy.keys import KeyCheck
         from deploy.tokens import TokenCheck
 
