@@ -35,7 +35,8 @@ class DeploySettings(BaseSettings):
     key_burst: int = Field(default=40, ge=1, description="requests a key may send at once before its rate applies")
     max_queue: int = Field(default=64, ge=1, description="chat requests admitted at once (waiting or generating); "
                            "past it 429 with Retry-After")
-    max_queue_per_key: int = Field(default=16, ge=1, description="of those, at most this many from one key")
+    max_queue_per_key: int = Field(default=32, ge=1, description="of those, at most this many from one key (an "
+                                   "app funnels its users through one key: half the queue by default)")
     queue_retry_after_s: int = Field(default=1, ge=1, description="Retry-After of a 429 for a full queue")
     max_body_bytes: int = Field(default=64 * 1024, ge=1024, description="largest chat request body; past it 413")
     max_prompt_tokens: int = Field(default=2048, ge=1, description="largest prompt in tokens (chat template "
