@@ -18,6 +18,7 @@ limit, so if the bounds ever fail, a runaway allocation fails inside it rather t
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import resource
 import socket
@@ -107,14 +108,14 @@ async def normal_client(http: httpx.AsyncClient, key: str, i: int, until: asynci
         out.append((time.perf_counter() - t0, status))
 
 
-async def abusive_client(http: httpx.AsyncClient, key: str, body: dict, out: list) -> None:
+async def abusive_client(http: httpx.AsyncClient, key: str, body: bytes, out: list) -> None:
     slots = asyncio.Semaphore(ABUSE_IN_FLIGHT)
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
 
     async def one() -> None:
         async with slots:
             try:
-                r = await http.post("/v1/chat/completions", headers={"Authorization": f"Bearer {key}"}, json=body,
-                                    timeout=60)
+                r = await http.post("/v1/chat/completions", headers=headers, content=body, timeout=60)
                 out.append(r.status_code)
             except httpx.HTTPError as exc:
                 out.append(type(exc).__name__)
@@ -122,25 +123,43 @@ async def abusive_client(http: httpx.AsyncClient, key: str, body: dict, out: lis
     await asyncio.gather(*(one() for _ in range(ABUSE_MESSAGES)))
 
 
-async def run_abuse(url: str, normal_key: str, abuser_keys: list[str]) -> tuple[list, list, float]:
-    body = {"messages": sixteen_thousand_words(), "max_tokens": 256, "temperature": 1.0}
+async def normal_clients(url: str, key: str, until: threading.Event, out: list) -> None:
+    async def poll_until() -> None:
+        while not until.is_set():
+            await asyncio.sleep(0.02)
+        done.set()
+
+    done = asyncio.Event()
+    async with httpx.AsyncClient(base_url=url) as http:
+        await asyncio.gather(poll_until(), *(normal_client(http, key, i, done, out) for i in range(NORMAL_CLIENTS)))
+
+
+async def abusive_clients(url: str, keys: list[str], out: list) -> None:
+    # encoded once: the clients' own JSON work must not be what slows anything down
+    body = json.dumps({"messages": sixteen_thousand_words(), "max_tokens": 256, "temperature": 1.0}).encode()
+    limits = httpx.Limits(max_connections=ABUSERS * ABUSE_IN_FLIGHT)
+    async with httpx.AsyncClient(base_url=url, limits=limits) as http:
+        try:  # on a server without bounds the abuse would take hours: it ends after ABUSE_MAX_S either way
+            await asyncio.wait_for(asyncio.gather(*(abusive_client(http, k, body, out) for k in keys)), ABUSE_MAX_S)
+        except TimeoutError:
+            out.append("unfinished")
+
+
+def run_abuse(url: str, normal_key: str, abuser_keys: list[str]) -> tuple[list, list, float]:
+    """The abuse in this thread's event loop; the normal callers in their own thread and loop, so that the
+    abusers' client-side work does not count in the normal callers' latency."""
     normal: list = []
     abusive: list = []
-    done = asyncio.Event()
-    limits = httpx.Limits(max_connections=NORMAL_CLIENTS + ABUSERS * ABUSE_IN_FLIGHT)
-    async with httpx.AsyncClient(base_url=url, limits=limits) as http, \
-            httpx.AsyncClient(base_url=url) as polite:
-        normals = [asyncio.create_task(normal_client(polite, normal_key, i, done, normal))
-                   for i in range(NORMAL_CLIENTS)]
-        t0 = time.perf_counter()
-        try:  # on a server without bounds the abuse would take hours: it ends after ABUSE_MAX_S either way
-            await asyncio.wait_for(asyncio.gather(*(abusive_client(http, k, body, abusive) for k in abuser_keys)),
-                                   ABUSE_MAX_S)
-        except TimeoutError:
-            abusive.append("unfinished")
+    done = threading.Event()
+    polite = threading.Thread(target=lambda: asyncio.run(normal_clients(url, normal_key, done, normal)), daemon=True)
+    polite.start()
+    t0 = time.perf_counter()
+    try:
+        asyncio.run(abusive_clients(url, abuser_keys, abusive))
+    finally:
         took = time.perf_counter() - t0
         done.set()
-        await asyncio.gather(*normals)
+        polite.join(timeout=30)
     return normal, abusive, took
 
 
@@ -155,7 +174,9 @@ def p99(xs: list[float]) -> float:
 ], ids=["body-limit", "token-limit"])
 def test_huge_prompts_from_four_keyed_callers_do_not_stall_normal_requests_or_grow_memory(deploy_env, tmp_path,
                                                                                           overrides, refused):
-    normal_key = deploy_env.serving_key("app")
+    # the normal callers ask back to back (20-30 requests/s when the server is quick): their key's own rate
+    # covers that, as an operator would size it for an app; the abusers have the defaults
+    normal_key = deploy_env.serving_key("app", rate_per_s=100, burst=100)
     abuser_keys = [deploy_env.serving_key(f"abuser-{i}") for i in range(ABUSERS)]
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -175,7 +196,7 @@ def test_huge_prompts_from_four_keyed_callers_do_not_stall_normal_requests_or_gr
             assert r.status_code == 200, r.text
         baseline = psutil.Process(proc.pid).memory_info().rss
         with PeakRss(proc.pid) as rss:
-            normal, abusive, took = asyncio.run(run_abuse(url, normal_key, abuser_keys))
+            normal, abusive, took = run_abuse(url, normal_key, abuser_keys)
         alive = proc.poll() is None
     finally:
         proc.terminate()
