@@ -246,11 +246,74 @@ def tokens_revoke(name_or_id: str = typer.Argument(..., help="a token id, or a n
         typer.echo(f"revoked {', '.join(f'{t.token_id} ({t.name})' for t in revoked)}")
 
 
+keys_app = typer.Typer(help="Serving API keys of chat callers (an app's backend each): named, with an optional "
+                            "own rate, stored hashed.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("create")
+def keys_create(name: str = typer.Argument(..., help="the caller (an app or service); shown in refusals"),
+                rate: float | None = typer.Option(None, "--rate", help="requests/s; default ALIGNLOOP_DEPLOY_"
+                                                  "KEY_RATE_PER_S"),
+                burst: int | None = typer.Option(None, "--burst", help="requests at once; default "
+                                                 "ALIGNLOOP_DEPLOY_KEY_BURST"),
+                as_json: bool = _JSON) -> None:
+    """Make a serving key for NAME and print it once (the registry keeps its SHA-256 only)."""
+    from alignloop.db import session_scope
+    from deploy.keys import create_serving_key
+
+    engine = _engine()
+    with session_scope(engine) as session:
+        record, key = create_serving_key(session, name, created_by=_actor(), rate_per_s=rate, burst=burst)
+    engine.dispose()
+    if as_json:
+        _echo_json({**record.model_dump(mode="json"), "key": key})
+    else:
+        typer.echo(f"{key}\n(serving key {record.key_id} for {name!r}: shown once; "
+                   "send it as `Authorization: Bearer ...` to /v1/chat/completions)")
+
+
+@keys_app.command("list")
+def keys_list(as_json: bool = _JSON) -> None:
+    """Serving keys without their secrets: id, name, own rate, who made it and when, revoked or not."""
+    from alignloop.db import session_scope
+    from deploy.keys import list_serving_keys
+
+    engine = _engine()
+    with session_scope(engine) as session:
+        keys = list_serving_keys(session)
+    engine.dispose()
+    if as_json:
+        _echo_json([k.model_dump(mode="json") for k in keys])
+        return
+    for k in keys:
+        state = f"revoked {k.revoked_at:%Y-%m-%d %H:%M:%S}" if k.revoked_at else "active"
+        rate = f"{k.rate_per_s:g}/s" if k.rate_per_s else "default rate"
+        typer.echo(f"{k.key_id}  {k.name}  {rate}  made by {k.created_by} {k.created_at:%Y-%m-%d %H:%M:%S}  {state}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(name_or_id: str = typer.Argument(..., help="a key id, or a name: all its active keys"),
+                as_json: bool = _JSON) -> None:
+    """Revoke serving keys; replicas refuse them within `KEY_CACHE_S` seconds."""
+    from alignloop.db import session_scope
+    from deploy.keys import revoke_serving_key
+
+    engine = _engine()
+    with session_scope(engine) as session:
+        revoked = revoke_serving_key(session, name_or_id, revoked_by=_actor())
+    engine.dispose()
+    if as_json:
+        _echo_json([k.model_dump(mode="json") for k in revoked])
+    else:
+        typer.echo(f"revoked {', '.join(f'{k.key_id} ({k.name})' for k in revoked)}")
+
+
 @app.command("serve")
 def serve_cmd(base_model: str | None = typer.Option(None, "--base-model",
                                                    help="HF model dir; or ALIGNLOOP_DEPLOY_BASE_MODEL"),
               host: str | None = typer.Option(None, "--host"), port: int | None = typer.Option(None, "--port")) -> None:
-    """Run one serving replica: OpenAI-shaped /v1/chat/completions, /healthz, /metrics, /admin (token)."""
+    """Run one serving replica: OpenAI-shaped /v1/chat/completions (serving key), /healthz, /metrics, /admin (token)."""
     from deploy.serving import serve
     from deploy.settings import get_settings
 

@@ -25,3 +25,12 @@ class NotFoundError(RegistryError):
 
 class ServingError(DeployError):
     """Serving could not start or answer (no base model, bad request values)."""
+
+
+class RefusedError(ServingError):
+    """A chat request turned away at the door: no valid key (401), too large (413), over its key's rate or the
+    queue (429, with `retry_after` seconds), or not answered in time (504)."""
+
+    def __init__(self, status: int, message: str, *, retry_after: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.retry_after = status, retry_after

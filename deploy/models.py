@@ -94,3 +94,17 @@ class AdminToken(BaseModel):
     @property
     def active(self) -> bool:
         return self.revoked_at is None
+
+
+class ServingKey(BaseModel):
+    """What the store hands out about a serving API key: its caller's name and limits, never the key."""
+
+    model_config = ConfigDict(frozen=True)
+
+    key_id: str
+    name: str
+    rate_per_s: float | None = None  # None: the replica's `key_rate_per_s`
+    burst: int | None = None  # None: the replica's `key_burst`
+    created_at: datetime
+    created_by: str
+    revoked_at: datetime | None = None

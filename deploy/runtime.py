@@ -82,6 +82,8 @@ class ModelHost:
         if self.tokenizer.chat_template is None:
             raise ServingError(f"base model {base_model!r}: tokenizer has no chat_template")
         self.device = device
+        # the most characters one token can stand for (a token's text is never shorter than what it covers)
+        self.max_token_chars = max((len(t) for t in self.tokenizer.get_vocab()), default=1)
         self.peft = None  # the PeftModel, made on the first adapter
         self.resident: dict[str, str] = {}  # version -> adapter slot name; written on the worker only
         self._slots = itertools.count()
@@ -241,14 +243,14 @@ class ModelHost:
         if name is not None:
             self._drop_slot(name)
 
-    def _generate(self, version: str | None, messages: list[dict], max_tokens: int, temperature: float,
+    def _generate(self, version: str | None, ids: list[int], max_tokens: int, temperature: float,
                   seed: int | None) -> Completion:
         import torch
 
         if version is not None and version not in self.resident:
             raise ServingError(f"adapter {version!r} is not loaded on this replica")
-        enc = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                                 return_dict=True, return_tensors="pt").to(self.device)
+        input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
+        enc = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
         kwargs: dict[str, Any] = {"max_new_tokens": max_tokens, "do_sample": temperature > 0,
                                   "pad_token_id": self.tokenizer.pad_token_id or self.tokenizer.eos_token_id}
         if temperature > 0:
@@ -261,7 +263,7 @@ class ModelHost:
             kwargs["adapter_names"] = [self.resident[version] if version is not None else BASE]
         with torch.inference_mode():
             out = model.generate(**enc, **kwargs)
-        n_prompt = enc["input_ids"].shape[1]
+        n_prompt = len(ids)
         new = out[0, n_prompt:]
         eos = self.tokenizer.eos_token_id
         finish = "stop" if (eos is not None and len(new) and int(new[-1]) == eos) or len(new) < max_tokens else "length"
@@ -281,15 +283,10 @@ class ModelHost:
                 rows.append(i)
         if rows:
             tok = self.tokenizer
-            texts = [tok.apply_chat_template(calls[i][1], add_generation_prompt=True, tokenize=False) for i in rows]
-            side, tok.padding_side = tok.padding_side, "left"
-            try:
-                enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
-            finally:
-                tok.padding_side = side
+            pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+            enc = _left_padded([calls[i][1] for i in rows], pad, self.device)
             temperature = calls[rows[0]][3]
             longest = max(calls[i][2] for i in rows)
-            pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
             kwargs: dict[str, Any] = {"max_new_tokens": longest, "do_sample": temperature > 0, "pad_token_id": pad}
             if temperature > 0:
                 kwargs.update(temperature=temperature, top_k=None, top_p=None)
@@ -326,6 +323,23 @@ class ModelHost:
     def remove(self, version: str) -> None:
         self.submit(PRIORITY_CONTROL, self._remove, version).result()
 
-    def generate_future(self, version: str | None, messages: list[dict], max_tokens: int, temperature: float,
-                        seed: int | None) -> Future:
-        return self.submit(PRIORITY_REQUEST, self._generate, version, messages, max_tokens, temperature, seed)
+    def encode(self, messages: list[dict]) -> list[int]:
+        """The prompt's token ids (chat template and generation cue); any thread, so not on the model's worker."""
+        return list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                       return_dict=True)["input_ids"])
+
+    def generate_future(self, version: str | None, prompt: list[dict] | list[int], max_tokens: int,
+                        temperature: float, seed: int | None) -> Future:
+        """Queue one generation; `prompt` is chat messages, or token ids from `encode` (serving's path)."""
+        ids = prompt if not prompt or isinstance(prompt[0], int) else self.encode(prompt)  # type: ignore[arg-type]
+        return self.submit(PRIORITY_REQUEST, self._generate, version, ids, max_tokens, temperature, seed)
+
+
+def _left_padded(rows: list[list[int]], pad: int, device: str) -> dict:
+    """input_ids and attention_mask of several prompts, padded on the left to one width (as generate wants)."""
+    import torch
+
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([[pad] * (width - len(r)) + list(r) for r in rows], dtype=torch.long, device=device)
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.long, device=device)
+    return {"input_ids": ids, "attention_mask": mask}

@@ -19,7 +19,9 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from alignloop.feedback_token import sign_feedback_token
-from deploy.errors import DeployError, NotFoundError, RegistryError, ServingError
+from deploy.admission import Door, read_json_body
+from deploy.errors import DeployError, NotFoundError, RefusedError, RegistryError, ServingError
+from deploy.limits import bound_prompt_text, fit_prompt
 from deploy.models import Routing
 from deploy.routing import choose_evictions, choose_version
 from deploy.settings import DeploySettings
@@ -104,6 +106,9 @@ class Metrics:
         self.resident = Gauge("alignloop_deploy_resident_adapters", "adapters loaded", registry=self.registry)
         self.generation = Gauge("alignloop_deploy_routing_generation", "routing generation served",
                                 registry=self.registry)
+        self.refused = Counter("alignloop_deploy_refused", "chat requests turned away at the door, by HTTP status "
+                               "(401 key, 413 size, 429 rate or queue, 504 timeout)", ["status"],
+                               registry=self.registry)
         self.degraded = Gauge("alignloop_deploy_degraded", "1 while a replica serves less than the routing "
                               "(an adapter failed to load when it started, so the base answers instead)",
                               registry=self.registry)
@@ -127,6 +132,8 @@ class Replica:
         self.storage = LocalArtifactStorage(settings.resolved_artifact_root())
         self.metrics = Metrics()
         self.host = ModelHost(settings.base_model, device=settings.device, torch_threads=settings.torch_threads)
+        context = getattr(self.host.base.config, "max_position_embeddings", None) or settings.max_prompt_tokens
+        self.prompt_limit = min(settings.max_prompt_tokens, context)  # a longer prompt the model cannot read anyway
         self.routing: Routing | None = None  # what this replica serves; None until the first reconcile
         self.desired: Routing | None = None
         self.applied_at: float | None = None
@@ -290,21 +297,18 @@ class Replica:
 
     # ------------------------------------------------------------ requests
     async def complete(self, req: ChatRequest) -> dict:
+        """Answer one admitted request: check its sizes, encode and fit the prompt, generate on the routed version."""
         if req.max_tokens > self.settings.max_tokens_limit:
             raise ServingError(f"`max_tokens` must be at most {self.settings.max_tokens_limit}; got {req.max_tokens}")
-        with self._pin_lock:
-            routing = self.routing
-            if routing is None:
-                raise ServingError(f"replica not ready: {self.last_error or 'first reconcile still running'}")
-            version = choose_version(routing, req.user)
-            self._pins[version] += 1
-            if version is not None:
-                self._last_used[version] = time.perf_counter()
+        overflow = self.settings.prompt_overflow
+        messages = bound_prompt_text([m.model_dump() for m in req.messages], self.prompt_limit,
+                                     self.host.max_token_chars, overflow)
+        ids = fit_prompt(await asyncio.to_thread(self.host.encode, messages), self.prompt_limit, overflow)
+        routing, version = self._pin(req.user)
         t0 = time.perf_counter()
         try:
-            fut = self.host.generate_future(version, [m.model_dump() for m in req.messages], req.max_tokens,
-                                            req.temperature, req.seed)
-            out = await asyncio.wrap_future(fut)
+            fut = self.host.generate_future(version, ids, req.max_tokens, req.temperature, req.seed)
+            out = await asyncio.wrap_future(fut)  # cancelled (a timeout): dropped from the queue if not started
         except Exception:
             self.metrics.requests.labels(adapter_version=str(version), outcome="error").inc()
             raise
@@ -313,8 +317,23 @@ class Replica:
                 self._pins[version] -= 1
         self.metrics.latency.observe(time.perf_counter() - t0)
         self.metrics.requests.labels(adapter_version=str(version), outcome="ok").inc()
+        return self._answer(req, routing, version, out)
+
+    def _pin(self, user: str | None) -> tuple[Routing, str | None]:
+        """The routing now and the version it gives `user`, held so no flip unloads it under the request."""
+        with self._pin_lock:
+            routing = self.routing
+            if routing is None:
+                raise ServingError(f"replica not ready: {self.last_error or 'first reconcile still running'}")
+            version = choose_version(routing, user)
+            self._pins[version] += 1
+            if version is not None:
+                self._last_used[version] = time.perf_counter()
+        return routing, version
+
+    def _answer(self, req: ChatRequest, routing: Routing, version: str | None, out) -> dict:
         rid = f"chatcmpl-{uuid.uuid4().hex}"
-        # signed over the version that produced this answer (read under the pin above, not the routing now)
+        # signed over the version that produced this answer (read under the pin, not the routing now)
         token = sign_feedback_token(self.token_key, response_id=rid, base_model=self.base_model,
                                     adapter_version=version, issued_at=datetime.now(UTC))
         return {
@@ -356,9 +375,11 @@ def create_app(settings: DeploySettings | None = None) -> FastAPI:
         replica = await asyncio.to_thread(Replica, settings)
         await asyncio.to_thread(replica.start)
         app.state.replica = replica
+        from deploy.keys import KeyCheck
         from deploy.tokens import TokenCheck
 
         app.state.admin_tokens = TokenCheck(replica.engine, settings.admin_token_cache_s)
+        app.state.door = Door(settings, KeyCheck(replica.engine, settings.key_cache_s))
         try:
             yield
         finally:
@@ -375,7 +396,9 @@ def create_app(settings: DeploySettings | None = None) -> FastAPI:
         return JSONResponse(status_code=400, content=error_body(msg, "invalid_request_error", param))
 
     @app.exception_handler(DeployError)
-    async def _deploy_error(_: Request, exc: DeployError):
+    async def _deploy_error(request: Request, exc: DeployError):
+        if isinstance(exc, RefusedError):
+            return _refused(request, exc)
         if isinstance(exc, NotFoundError):
             status = 404
         elif isinstance(exc, RegistryError):
@@ -389,9 +412,19 @@ def create_app(settings: DeploySettings | None = None) -> FastAPI:
     def replica(request: Request) -> Replica:
         return request.app.state.replica
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(req: ChatRequest, rep: Replica = Depends(replica)) -> dict:
-        return await rep.complete(req)
+    @app.post("/v1/chat/completions", responses=_CHAT_RESPONSES)
+    async def chat_completions(request: Request) -> dict:
+        """Body: ChatRequest. Steps: key -> rate -> body -> queue -> generate (within the request timeout)."""
+        door: Door = request.app.state.door
+        caller = await door.authenticate(request)
+        door.check_rate(caller)
+        req = await read_json_body(request, ChatRequest, settings.max_body_bytes)
+        async with door.queued(caller):
+            try:
+                return await asyncio.wait_for(request.app.state.replica.complete(req), settings.request_timeout_s)
+            except TimeoutError:
+                raise RefusedError(504, f"not answered within {settings.request_timeout_s:g}s "
+                                        "(`request_timeout_s`)") from None
 
     @app.get("/healthz")
     async def healthz(rep: Replica = Depends(replica)):
@@ -489,6 +522,27 @@ def create_app(settings: DeploySettings | None = None) -> FastAPI:
     return app
 
 
+_CHAT_RESPONSES = {
+    400: {"description": "a field breaks its rule, `max_tokens` past the limit, or the prompt past "
+                         "`max_prompt_tokens` (unless `prompt_overflow=truncate`)"},
+    401: {"description": "no active serving key in `Authorization: Bearer`"},
+    413: {"description": "body past `max_body_bytes`"},
+    429: {"description": "the key is over its rate, or the queue (or the key's share of it) is full; see Retry-After"},
+    504: {"description": "not answered within `request_timeout_s`"},
+}
+
+
+def _refused(request: Request, exc: RefusedError) -> JSONResponse:
+    rep = getattr(request.app.state, "replica", None)
+    if rep is not None:
+        rep.metrics.refused.labels(status=str(exc.status)).inc()
+    headers = {"Retry-After": exc.retry_after} if exc.retry_after else {}
+    if exc.status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    kind = {401: "auth_error", 413: "invalid_request_error", 429: "rate_limit_error", 504: "timeout"}[exc.status]
+    return JSONResponse(status_code=exc.status, content=error_body(str(exc), kind), headers=headers or None)
+
+
 def _without(routing: Routing, failed: dict[str, str]) -> Routing:
     """`routing` less the versions that failed to load: the base serves in place of a failed active."""
     if not failed:
@@ -509,4 +563,6 @@ def serve(settings: DeploySettings) -> None:
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning")
+    # past limit_concurrency connections and tasks uvicorn answers 503 itself, before any of the app's work
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning",
+                limit_concurrency=settings.limit_concurrency)

@@ -6,6 +6,7 @@ import os
 import socket
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -25,6 +26,27 @@ class DeploySettings(BaseSettings):
     base_model: str | None = Field(default=None, description="the base model a replica serves (HF dir); routing key")
     admin_token_cache_s: float = Field(default=5.0, ge=0, description="how long a replica trusts its check of an "
                                        "admin token (named tokens live in the registry: `deploy tokens create`)")
+    # ------------------------------------------------------------ callers of the chat API: keys and bounds
+    require_keys: bool = Field(default=True, description="chat completions need `Authorization: Bearer <serving "
+                               "key>` (`deploy keys create NAME`); false: callers without a key share one bucket")
+    key_cache_s: float = Field(default=5.0, ge=0, description="how long a replica trusts its check of a serving key")
+    key_rate_per_s: float = Field(default=20.0, gt=0, description="requests per second a key may sustain "
+                                  "(token bucket; a key may carry its own)")
+    key_burst: int = Field(default=40, ge=1, description="requests a key may send at once before its rate applies")
+    max_queue: int = Field(default=64, ge=1, description="chat requests admitted at once (waiting or generating); "
+                           "past it 429 with Retry-After")
+    max_queue_per_key: int = Field(default=32, ge=1, description="of those, at most this many from one key (an "
+                                   "app funnels its users through one key: half the queue by default)")
+    queue_retry_after_s: int = Field(default=1, ge=1, description="Retry-After of a 429 for a full queue")
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024, description="largest chat request body; past it 413")
+    max_prompt_tokens: int = Field(default=2048, ge=1, description="largest prompt in tokens (chat template "
+                                   "included); the model's context window if that is smaller")
+    prompt_overflow: Literal["reject", "truncate"] = Field(default="reject", description="a longer prompt: 400 "
+                                                           "(reject), or keep its last tokens (truncate)")
+    request_timeout_s: float = Field(default=30.0, gt=0, description="a chat request not answered within this is "
+                                     "a 504 (queued work is dropped)")
+    limit_concurrency: int = Field(default=128, ge=1, description="uvicorn: connections and tasks at once; past "
+                                   "it 503")
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     replica_id: str = Field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from sqlalchemy import DateTime, Float, ForeignKey, Integer, String, Text, func, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from deploy.models import AdapterVersion, AdminToken, AuditEntry, Routing
+from deploy.models import AdapterVersion, AdminToken, AuditEntry, Routing, ServingKey
 
 
 def utcnow() -> datetime:
@@ -73,6 +73,21 @@ class AdminTokenRow(Base):
     token_id: Mapped[str] = mapped_column(String(32), primary_key=True)
     name: Mapped[str] = mapped_column(String(64), index=True)
     token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_by: Mapped[str] = mapped_column(String(128))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class ServingKeyRow(Base):
+    """An API key of a chat caller (an app's backend); only the key's SHA-256 is kept."""
+
+    __tablename__ = "deploy_serving_keys"
+
+    key_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), index=True)
+    key_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    rate_per_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    burst: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     created_by: Mapped[str] = mapped_column(String(128))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
@@ -200,4 +215,29 @@ def select_admin_token_rows(session: Session, *, name: str | None = None,
         q = q.where(AdminTokenRow.name == name)
     if active_only:
         q = q.where(AdminTokenRow.revoked_at.is_(None))
+    return list(session.scalars(q))
+
+
+# ------------------------------------------------------------------ serving keys
+def to_serving_key(row: ServingKeyRow) -> ServingKey:
+    return ServingKey(key_id=row.key_id, name=row.name, rate_per_s=row.rate_per_s, burst=row.burst,
+                      created_at=_aware(row.created_at), created_by=row.created_by, revoked_at=_aware(row.revoked_at))
+
+
+def add_serving_key_row(session: Session, row: ServingKeyRow) -> None:
+    session.add(row)
+    session.flush()
+
+
+def get_serving_key_row(session: Session, key_id: str) -> ServingKeyRow | None:
+    return session.get(ServingKeyRow, key_id)
+
+
+def select_serving_key_rows(session: Session, *, name: str | None = None,
+                            active_only: bool = False) -> list[ServingKeyRow]:
+    q = select(ServingKeyRow).order_by(ServingKeyRow.created_at, ServingKeyRow.key_id)
+    if name is not None:
+        q = q.where(ServingKeyRow.name == name)
+    if active_only:
+        q = q.where(ServingKeyRow.revoked_at.is_(None))
     return list(session.scalars(q))

@@ -73,11 +73,11 @@ class _Process:
 class Serving:
     """The product app's view of serving: chat completions that carry response_id and adapter_version."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, key: str):
         import httpx
 
         self.url = url
-        self.http = httpx.Client(base_url=url, timeout=60)
+        self.http = httpx.Client(base_url=url, timeout=60, headers={"Authorization": f"Bearer {key}"})
 
     def wait_ready(self, proc: _Process, timeout: float = 180) -> dict:
         deadline = time.monotonic() + timeout
@@ -125,6 +125,18 @@ class Serving:
                 return time.monotonic() - t0
             time.sleep(0.05)
         raise FlowsError(f"serving did not switch to active={active} canary={canary} within {timeout:.0f} s")
+
+
+def _make_serving_key(engine) -> str:
+    """The demo's own serving key (its simulated app is the one caller), with room for its 16 parallel users."""
+    from alignloop.db import session_scope
+    from deploy.keys import create_serving_key
+
+    try:
+        with session_scope(engine) as session:
+            return create_serving_key(session, "demo", created_by="demo", rate_per_s=1000, burst=1000)[1]
+    finally:
+        engine.dispose()
 
 
 class Simulation:
@@ -439,7 +451,7 @@ def _run_demo(*, users: int, events: int, turns: int, turn_events: int, seed: in
     os.environ["ALIGNLOOP_DEPLOY_BASE_MODEL"] = base_model
     os.environ["ALIGNLOOP_FLOWS_BASE_MODEL"] = base_model
     _clear_settings_caches()
-    open_store(store_url).dispose()
+    serving_key = _make_serving_key(open_store(store_url))
     ensure_topics(core.kafka_bootstrap, partitions=3, base=topic)
 
     port = _free_port()
@@ -459,7 +471,7 @@ def _run_demo(*, users: int, events: int, turns: int, turn_events: int, seed: in
         stack_.callback(serving_proc.stop)
         worker = _Process("curation worker", [*cli, "curation", "worker"], env, run_dir / "curation-worker.log")
         stack_.callback(worker.stop)
-        serving = Serving(f"http://127.0.0.1:{port}")
+        serving = Serving(f"http://127.0.0.1:{port}", serving_key)
         serving.wait_ready(serving_proc)
         client = FeedbackClient(APP_ID, core.kafka_bootstrap, topic=topic)
         stack_.callback(client.close)

@@ -96,6 +96,14 @@ class DeployEnv:
         with session_scope(self.engine) as s:
             return create_admin_token(s, name, created_by="tester")[1]
 
+    def serving_key(self, name: str = "app", **limits) -> str:
+        """A new serving key for the caller `name` in this registry (the secret, shown once)."""
+        from alignloop.db import session_scope
+        from deploy.keys import create_serving_key
+
+        with session_scope(self.engine) as s:
+            return create_serving_key(s, name, created_by="tester", **limits)[1]
+
     def revoke_admin_token(self, name: str) -> None:
         from alignloop.db import session_scope
         from deploy.tokens import revoke_admin_token
@@ -124,7 +132,7 @@ def deploy_env(tmp_path, redis_url, tiny_base, adapter_sources):
     store_url = f"sqlite:///{tmp_path / 'store.db'}"
     settings = DeploySettings(
         artifact_root=tmp_path / "artifacts", store_url=store_url, redis_url=redis_url,
-        control_channel=f"test:deploy:{tmp_path.name}", base_model=str(tiny_base), admin_token_cache_s=0.0,
+        control_channel=f"test:deploy:{tmp_path.name}", base_model=str(tiny_base), admin_token_cache_s=0.0, key_cache_s=0.0,
         reconcile_interval_s=30.0, max_resident=3, torch_threads=1, replica_id="in-process")
     engine = open_store(store_url)
     env = DeployEnv(settings=settings, engine=engine, storage=LocalArtifactStorage(settings.artifact_root),

@@ -141,3 +141,25 @@ def test_admin_tokens_are_named_shown_once_and_stored_hashed(cli_env, tmp_path):
     assert actions == [("admin_token_create", getpass.getuser())] * 2 + [("admin_token_revoke", getpass.getuser())]
     bad = CliRunner().invoke(app, ["tokens", "create", "no spaces"])
     assert bad.exit_code != 0
+
+
+def test_serving_keys_are_named_shown_once_stored_hashed_and_revocable(cli_env):
+    from sqlalchemy import create_engine, text
+
+    a = run("keys", "create", "shop-backend", "--json")
+    b = run("keys", "create", "batch-job", "--rate", "2", "--burst", "4", "--json")
+    assert a["key"].startswith(f"ask_{a['key_id']}_") and (a["rate_per_s"], a["burst"]) == (None, None)
+    assert (b["name"], b["rate_per_s"], b["burst"]) == ("batch-job", 2.0, 4)
+    listed = run("keys", "list", "--json")
+    assert [k["name"] for k in listed] == ["shop-backend", "batch-job"] and a["key"] not in json.dumps(listed)
+    assert "2/s" in run("keys", "list")
+    engine = create_engine(cli_env["ALIGNLOOP_DEPLOY_STORE_URL"])
+    with engine.connect() as conn:
+        stored = " ".join(str(tuple(r)) for r in conn.execute(text("SELECT * FROM deploy_serving_keys")))
+    engine.dispose()
+    assert a["key"] not in stored and b["key"] not in stored
+    assert run("keys", "revoke", b["key_id"], "--json")[0]["revoked_at"]
+    assert [k["name"] for k in run("keys", "list", "--json") if k["revoked_at"] is None] == ["shop-backend"]
+    assert [e["action"] for e in run("audit", "--json")] == ["serving_key_create"] * 2 + ["serving_key_revoke"]
+    bad = CliRunner().invoke(app, ["keys", "create", "x", "--rate", "0"])
+    assert bad.exit_code != 0

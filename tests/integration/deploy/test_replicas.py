@@ -83,8 +83,9 @@ def start_replica(deploy_env, tmp_path):
 class Load:
     """CLIENTS concurrent clients alternating between replicas, in a thread with its own event loop."""
 
-    def __init__(self, urls: list[str]) -> None:
+    def __init__(self, urls: list[str], key: str) -> None:
         self.urls, self.results, self.stop = urls, [], threading.Event()
+        self.headers = {"Authorization": f"Bearer {key}"}
         self.thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
 
     async def _client(self, http: httpx.AsyncClient, i: int) -> None:
@@ -94,7 +95,7 @@ class Load:
             n += 1
             t0 = time.perf_counter()
             try:
-                r = await http.post(f"{url}/v1/chat/completions", json={
+                r = await http.post(f"{url}/v1/chat/completions", headers=self.headers, json={
                     "messages": PROMPT, "max_tokens": 12, "temperature": 0, "user": f"user-{i}"})
                 body = r.json() if r.status_code == 200 else {"error": r.text}
                 self.results.append({"t0": t0, "t1": time.perf_counter(), "url": url, "status": r.status_code,
@@ -160,7 +161,7 @@ def test_two_replicas_follow_promote_and_rollback_under_load(deploy_env, start_r
         assert r.wait_ready()["serving"]["active"] == "v1"
 
     flips: list[dict] = []  # each: version, kind, t_move, t_conf, latency
-    with Load([r.url for r in replicas]) as load:
+    with Load([r.url for r in replicas], deploy_env.serving_key("load", rate_per_s=1000, burst=1000)) as load:
         time.sleep(1.0)
         for v in ("v2", "v3", "v4", "v5"):
             for kind, fn, kwargs, want in (("promote", registry.promote, {"version": v}, v),
@@ -231,5 +232,5 @@ def test_a_replica_down_during_a_promote_comes_up_on_the_active_version(deploy_e
     h = b2.wait_ready()
     assert (h["serving"]["active"], h["serving"]["generation"]) == ("v2", routing.generation)
     out = httpx.post(f"{b2.url}/v1/chat/completions", json={"messages": PROMPT, "max_tokens": 12, "temperature": 0},
-                     timeout=30).json()
+                     headers={"Authorization": f"Bearer {env.serving_key()}"}, timeout=30).json()
     assert (out["adapter_version"], out["choices"][0]["message"]["content"]) == ("v2", reference_texts["v2"])

@@ -26,7 +26,11 @@ def serving(client):
 
 @pytest.fixture
 def client(deploy_env):
-    with TestClient(create_app(deploy_env.settings)) as c:
+    """A caller with its serving key, a generous rate and the whole queue (these tests are about answers; one of
+    them queues 40 requests at once)."""
+    key = deploy_env.serving_key("tests", rate_per_s=1000, burst=1000)
+    settings = deploy_env.settings.model_copy(update={"max_queue_per_key": deploy_env.settings.max_queue})
+    with TestClient(create_app(settings), headers={"Authorization": f"Bearer {key}"}) as c:
         yield c
 
 
@@ -181,7 +185,8 @@ def test_a_replica_starting_on_a_damaged_active_adapter_serves_the_base_and_says
     deploy_env.register("v1")
     deploy_env.move(registry.promote, "v1")
     original = deploy_env.tamper("v1")
-    with TestClient(create_app(deploy_env.settings)) as c:
+    key = deploy_env.serving_key("tests")
+    with TestClient(create_app(deploy_env.settings), headers={"Authorization": f"Bearer {key}"}) as c:
         r = c.get("/healthz")
         assert r.status_code == 200, r.text
         health = r.json()
@@ -254,3 +259,86 @@ def test_requests_routed_before_a_flip_finish_on_their_adapter_even_when_it_is_u
     deploy_env.move(registry.rollback, to="v3")  # now nothing holds v1: the next flip unloads it
     wait_for(lambda: serving(client)["active"] == "v3")
     wait_for(lambda: client.get("/healthz").json()["resident"] == ["v3", "v4", "v5"])
+
+
+# ---------------------------------------------------------------- the door: keys, rate, size, queue, time
+def door_client(deploy_env, **settings):
+    return TestClient(create_app(deploy_env.settings.model_copy(update=settings)))
+
+
+def ask(c, key: str | None, **kw):
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return c.post("/v1/chat/completions", headers=headers,
+                  json={"messages": PROMPT, "max_tokens": 4, "temperature": 0, **kw})
+
+
+def test_chat_needs_an_active_serving_key_stored_hashed(deploy_env):
+    key = deploy_env.serving_key("shop")
+    with door_client(deploy_env) as c:
+        r = ask(c, None)
+        assert r.status_code == 401 and r.headers["WWW-Authenticate"] == "Bearer"
+        assert "alignloop deploy keys create" in r.json()["error"]["message"]
+        assert ask(c, key[:-1] + ("A" if key[-1] != "A" else "B")).status_code == 401
+        assert ask(c, deploy_env.admin_token("ops")).status_code == 401  # an admin token is no serving key
+        assert ask(c, key).status_code == 200
+        from alignloop.db import session_scope
+        from deploy.keys import revoke_serving_key
+
+        with session_scope(deploy_env.engine) as s:
+            revoke_serving_key(s, "shop", revoked_by="tester")
+        assert ask(c, key).status_code == 401  # key_cache_s=0 in these settings
+        assert 'alignloop_deploy_refused_total{status="401"} 4.0' in c.get("/metrics").text
+    from sqlalchemy import text
+
+    with deploy_env.engine.connect() as conn:
+        rows = " ".join(str(tuple(r)) for r in conn.execute(text("SELECT * FROM deploy_serving_keys")))
+    assert "shop" in rows and key not in rows and key.split("_")[2] not in rows
+
+
+def test_keys_can_be_optional_where_an_operator_says_so(deploy_env):
+    with door_client(deploy_env, require_keys=False) as c:
+        assert ask(c, None).status_code == 200
+        assert ask(c, "ask_000000000000_" + "x" * 43).status_code == 401  # a wrong key is still wrong
+
+
+def test_a_key_over_its_rate_gets_429_with_retry_after_and_other_keys_go_on(deploy_env):
+    greedy, other = deploy_env.serving_key("greedy", rate_per_s=0.5, burst=2), deploy_env.serving_key("other")
+    with door_client(deploy_env) as c:
+        assert [ask(c, greedy).status_code for _ in range(3)] == [200, 200, 429]
+        r = ask(c, greedy)
+        assert r.status_code == 429 and 1 <= int(r.headers["Retry-After"]) <= 2
+        assert "over its rate of 0.5 requests/s" in r.json()["error"]["message"]
+        assert ask(c, other).status_code == 200
+
+
+def test_a_body_past_max_body_bytes_is_413_and_a_long_prompt_400_or_truncated(deploy_env):
+    key = deploy_env.serving_key("shop")
+    words = " ".join(["order refund please"] * 200)  # about 600 tokens: past the tiny model's 512 positions
+    with door_client(deploy_env, max_body_bytes=2048) as c:  # the body is about 4 KB
+        r = ask(c, key, messages=[{"role": "user", "content": words}])
+        assert r.status_code == 413 and "`max_body_bytes`" in r.json()["error"]["message"]
+    with door_client(deploy_env) as c:
+        r = ask(c, key, messages=[{"role": "user", "content": words}])
+        assert r.status_code == 400
+        assert r.json()["error"]["message"].startswith("`messages` must be at most 512 tokens")
+    with door_client(deploy_env, max_prompt_tokens=64, prompt_overflow="truncate") as c:
+        r = ask(c, key, messages=[{"role": "user", "content": words}])
+        assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] == 64
+
+
+def test_a_full_queue_gets_429_and_a_slow_answer_504(deploy_env):
+    from concurrent.futures import ThreadPoolExecutor
+
+    key = deploy_env.serving_key("shop", rate_per_s=1000, burst=1000)
+    for bounds, says in [({"max_queue": 2, "max_queue_per_key": 8}, "queue is full (2 of `max_queue` 2"),
+                         ({"max_queue": 8, "max_queue_per_key": 2}, "`max_queue_per_key` is 2")]:
+        with door_client(deploy_env, **bounds) as c:
+            with ThreadPoolExecutor(8) as pool:  # seeded requests run one by one: the first ones hold the queue
+                answers = list(pool.map(lambda i: ask(c, key, max_tokens=200, seed=i), range(8)))
+        codes = sorted(r.status_code for r in answers)
+        assert codes.count(200) >= 2 and codes.count(429) >= 1, codes
+        full = next(r for r in answers if r.status_code == 429)
+        assert full.headers["Retry-After"] == "1" and says in full.json()["error"]["message"]
+    with door_client(deploy_env, request_timeout_s=0.01) as c:
+        r = ask(c, key, max_tokens=200, seed=1)
+        assert r.status_code == 504 and "`request_timeout_s`" in r.json()["error"]["message"]

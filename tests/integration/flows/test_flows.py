@@ -88,7 +88,11 @@ def test_a_canary_users_like_less_is_rolled_back(prefect_harness, base_model, lo
     rng = random.Random(11)
     users = [f"u-{i:03d}" for i in range(60)]
     verdicts = []
-    with TestClient(create_app(settings)) as client:
+    from deploy.keys import create_serving_key
+
+    with session_scope(loop_env["engine"]) as session:
+        key = create_serving_key(session, "flows-test", created_by="test", rate_per_s=1000, burst=1000)[1]
+    with TestClient(create_app(settings), headers={"Authorization": f"Bearer {key}"}) as client:
         for round_ in range(20):
             events = _serve_and_rate(client, users, 40, rng, seed0=1000 * round_)
             curate_events(loop_env["engine"], events)
