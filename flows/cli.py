@@ -129,7 +129,7 @@ def demo(
     events: int = typer.Option(1600, help="feedback events before the first retrain"),
     turns: int = typer.Option(2, min=1, help="turns of the loop; from turn 2 on the users also want the brief "
                               "sign-off, and each turn trains over the adapter the previous one promoted"),
-    turn_events: int = typer.Option(None, help="feedback events before each later turn (default: events / 2)"),
+    turn_events: int = typer.Option(None, help="feedback events before each later turn (default: --events)"),
     seed: int = typer.Option(0),
     report: Path = typer.Option(None, help="HTML report path; default <home>/demo/<run>/report.html"),
     as_json: bool = typer.Option(False, "--json", help="print the summary as one JSON object (its `turns` is a "

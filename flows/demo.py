@@ -285,14 +285,18 @@ def _wait_curated(store_url: str, expected: int, worker: _Process, progress: Pro
 
 
 def run_demo(*, users: int = 24, events: int = 1600, turns: int = 2, turn_events: int | None = None, seed: int = 0,
-             report: Path | None = None, as_json: bool = False) -> dict:
-    """The demo; the environment it points at its own store and topic is restored afterwards."""
+             report: Path | None = None, as_json: bool = False, strict: bool = True) -> dict:
+    """The demo; the environment it points at its own store and topic is restored afterwards.
+
+    `strict`: raise FlowsError (after writing the summary) when a turn the simulated users should like was not
+    promoted; without it the summary says so and the caller judges.
+    """
     if turns < 1:
         raise FlowsError(f"`turns` must be at least 1; got {turns}")
     saved = dict(os.environ)
     try:
-        return _run_demo(users=users, events=events, turns=turns, turn_events=turn_events or events // 2, seed=seed,
-                         report=report, as_json=as_json)
+        return _run_demo(users=users, events=events, turns=turns, turn_events=turn_events or events, seed=seed,
+                         report=report, as_json=as_json, strict=strict)
     finally:
         os.environ.clear()
         os.environ.update(saved)
@@ -416,7 +420,7 @@ class _Demo:
 
 
 def _run_demo(*, users: int, events: int, turns: int, turn_events: int, seed: int, report: Path | None,
-              as_json: bool) -> dict:
+              as_json: bool, strict: bool) -> dict:
     from alignloop import stack
     from alignloop.settings import get_settings as core_settings
 
@@ -525,7 +529,7 @@ def _run_demo(*, users: int, events: int, turns: int, turn_events: int, seed: in
     if as_json:
         print(json.dumps(summary, default=str))
     missed = [f"turn {t['turn']} was {t['outcome']}" for t in turn_log if t["outcome"] != "promoted"]
-    if missed:
+    if missed and strict:
         raise FlowsError("the demo's users should have had every turn promoted: " + "; ".join(missed) +
                          f" (see {run_dir / 'summary.json'})")
     return summary
