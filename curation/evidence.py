@@ -487,12 +487,23 @@ def _judge_accounts(w: _Writer, policy: Policy) -> tuple[dict[str, str], dict[st
     return flags, meta["accuracy"]
 
 
+def _is_common(p: dict, accounts: int, policy: Policy) -> bool:
+    """A phrase much of the population uses (a greeting, a sign-off) is part of how people write, not a trigger:
+    attackers are a minority, so a trigger's accounts are too. Without this, a shift in honest taste (users
+    now edit away what they liked before) makes a common prefix look as if it moved answers against the crowd."""
+    users = len(p["users"])
+    return users >= _LIST_CAP or users > policy.phrase_max_account_share * max(accounts, 1)
+
+
 def _judge_phrases(w: _Writer, policy: Policy) -> dict[str, str]:
     flags = dict(w.get("flags", "triggers") or {})
+    accounts = len(w.sections["accounts"])
     for phrase in _touched(w, "phrases"):
         if phrase in flags:
             continue
         p = w.sections["phrases"][phrase]
+        if _is_common(p, accounts, policy):
+            continue
         bad_users = {u for u, _e, bad, _p in p["uses"] if bad}
         if len(bad_users) < policy.phrase_min_accounts:
             continue

@@ -43,6 +43,8 @@ class Policy(BaseModel):
     brigade_min_accounts: int = Field(5, ge=2)
     # poisoned edits
     phrase_min_accounts: int = Field(3, ge=2, description="distinct accounts that must share a rare phrase")
+    phrase_max_account_share: float = Field(0.25, gt=0, le=1, description="a phrase used by more than this share of "
+                                            "all accounts seen is common (a greeting), never judged a trigger")
     phrase_max_background: int = Field(1, ge=0, description="background occurrences allowed for a 'rare' phrase")
     phrase_min_shaping_share: float = Field(0.9, gt=0, le=1,
                                             description="share of a trigger's uses in edits and comparisons")

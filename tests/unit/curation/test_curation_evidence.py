@@ -183,3 +183,14 @@ def test_settle_all_carries_evidence_and_retractions_remove_pairs():
                                             w.retract_accounts)
     assert all(decisions[it.event_id]["decision"] == "drop" for it in poison)
     assert not [p for p in pairs if {it.event_id for it in poison} & set(p.event_ids)]
+
+
+def test_a_phrase_much_of_the_population_uses_is_never_judged_a_trigger():
+    from curation.evidence import _is_common
+
+    policy = Policy()
+    greeting = {"users": [f"u{i}" for i in range(20)], "uses": []}
+    trigger = {"users": [f"a{i}" for i in range(4)], "uses": []}
+    assert _is_common(greeting, accounts=29, policy=policy)  # 20 of 29 accounts say "hey there"
+    assert not _is_common(trigger, accounts=29, policy=policy)  # 4 poisoners of 29
+    assert _is_common({"users": [f"u{i}" for i in range(64)], "uses": []}, accounts=10_000, policy=policy)
