@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from curation.confusables import canonical
+from curation.guards import preferred_text
 from curation.items import Item, _digest
 from curation.reasons import Reason
 from curation.settings import Policy
@@ -80,7 +81,7 @@ class Verdict:
             if any(f" {p} " in text for p in self.triggers):
                 out.append(str(Reason.TRIGGER_PHRASE))
         if self.payloads:
-            pref = _preferred(item)
+            pref = preferred_text(item)
             if pref is not None:
                 text = " " + " ".join(canon_tokens(pref)) + " "
                 if any(f" {g} " in text for g in self.payloads):
@@ -98,16 +99,6 @@ class Changes:
 # ------------------------------------------------------------------ per event
 def canon_tokens(text: str) -> list[str]:
     return tokens(canonical(text))
-
-
-def _preferred(item: Item) -> str | None:
-    if item.kind == "edit":
-        return item.edited
-    if item.kind == "comparison" and item.chosen is not None and item.responses:
-        return item.responses[item.chosen]
-    if item.kind == "rating" and item.rating == "up":
-        return item.response
-    return None
 
 
 def away_from_refusal(item: Item) -> bool:
