@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -118,213 +119,268 @@ def _prefixed(prefix: str, errors: list[dict[str, str]]) -> list[dict[str, str]]
     return [{"loc": ".".join(p for p in (prefix, e["loc"]) if p) or "body", "msg": e["msg"]} for e in errors]
 
 
-def create_app(cfg: GatewayConfig) -> FastAPI:
-    """The gateway as an ASGI app (run it with uvicorn; `alignloop ingest serve` does)."""
-    producer = _Producer(cfg)
-    metrics = _Metrics()
-    key_cache: dict[str, tuple[str | None, float]] = {}
-    state = {"kafka": "unknown"}
+_HEADER_LOC = "header." + END_USER_IP_HEADER.lower()
+
+
+class _Refused(Exception):
+    """A request refused before anything reached Kafka: the answer's status, reason, errors and body.
+
+    `counts` names the refusal reasons the metrics count (one per refused event for a batch; the
+    reason itself otherwise).
+    """
+
+    def __init__(self, status: int, reason: str, errors: list[dict[str, str]], *, counts: list[str] | None = None,
+                 headers: dict[str, str] | None = None, **body: Any) -> None:
+        super().__init__(reason)
+        self.status, self.reason, self.errors, self.headers, self.body = status, reason, errors, headers, body
+        self.counts = [reason] if counts is None else counts
+
+    def response(self) -> JSONResponse:
+        return _error(self.status, self.reason, self.errors, headers=self.headers, **self.body)
+
+
+def api_key(request: Request) -> str:
+    """The request's API key: `Authorization: Bearer ...` or `X-API-Key` ("" when neither)."""
+    header = request.headers.get("authorization", "")
+    return header[7:].strip() if header[:7].lower() == "bearer " else request.headers.get("x-api-key", "")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused (413) once it is past `limit` bytes, declared or streamed."""
+    refusal = _Refused(413, "too_large", [{"loc": "body", "msg": f"a body must be at most {limit} bytes"}])
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise refusal
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise refusal
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def decode_body(raw: bytes, max_batch: int) -> tuple[list[Any], bool]:
+    """(items, batch): the JSON body as a list of event bodies and whether it was an array; refused when the
+    size or the shape is wrong (a single event past MAX_EVENT_BYTES, bad JSON, an empty or too long array)."""
+    if len(raw) > MAX_EVENT_BYTES and not raw.lstrip()[:1] == b"[":
+        raise _Refused(413, "too_large", [{"loc": "body", "msg": f"an event must be at most "
+                                           f"{MAX_EVENT_BYTES} bytes; got {len(raw)}"}])
+    try:
+        data = decode_json(raw, limit=None)
+    except EventError as exc:
+        raise _Refused(422, exc.reason, _prefixed("body", exc.errors)) from None
+    batch = isinstance(data, list)
+    items = data if batch else [data]
+    if batch and not items:
+        raise _Refused(422, "empty_batch", [{"loc": "body", "msg": "an array must hold 1 to "
+                                             f"{max_batch} events; got 0"}])
+    if len(items) > max_batch:
+        raise _Refused(413, "too_many_events", [{"loc": "body", "msg": f"an array must hold at most "
+                                                 f"{max_batch} events; got {len(items)}"}])
+    return items, batch
+
+
+def check_app(items: list[Any], batch: bool, app_id: str) -> None:
+    """Refused (403) when an event names an app other than the key's."""
+    foreign = [i for i, d in enumerate(items)
+               if isinstance(d, dict) and isinstance(d.get("app_id"), str) and d["app_id"] != app_id]
+    if foreign:
+        raise _Refused(403, "forbidden_app", [
+            {"loc": f"{i}.app_id" if batch else "app_id",
+             "msg": f"must be this key's app {app_id!r}; got {items[i]['app_id']!r}"} for i in foreign[:20]])
+
+
+def validate_items(items: list[Any], batch: bool, header_ip: str | None,
+                   source_key: bytes) -> tuple[list[tuple[bytes, bytes]], list[dict[str, Any]]]:
+    """(encoded (value, key) pairs, per-event results) of valid events; refused (422, or 413 when an event is
+    too large) naming every refused event's field paths when any event is invalid: nothing of it is sent."""
+    if header_ip is not None and batch:
+        raise _Refused(422, "schema", [{"loc": _HEADER_LOC, "msg": "is for a single-event body; in an "
+                                        "array give each event's end-user address as `client.ip`"}])
+    encoded: list[tuple[bytes, bytes]] = []
+    results: list[dict[str, Any]] = []
+    errors: list[dict[str, str]] = []
+    reasons: list[str] = []
+    for i, item in enumerate(items):
+        try:
+            event = validate_event(with_end_user_source(item, header_ip, source_key))
+            encoded.append((encode_event(event), event_key(event)))
+            results.append({"index": i, "status": "valid", "event_id": str(event.event_id)})
+        except EventError as exc:
+            reasons.append(exc.reason)
+            errors.extend(_prefixed(str(i) if batch else "", exc.errors))
+            results.append({"index": i, "status": "refused", "reason": exc.reason, "errors": exc.errors})
+    if errors:
+        too_large = "too_large" in reasons
+        body: dict[str, Any] = {"accepted": 0, "refused": len(reasons)}
+        if batch:
+            body["results"] = results
+        raise _Refused(413 if too_large else 422, "too_large" if too_large else "schema", errors,
+                       counts=reasons, **body)
+    return encoded, results
+
+
+class _Gateway:
+    """One gateway's state (producer, metrics, API key cache, Kafka's health) and a request's steps:
+    auth -> read -> decode -> validate -> produce."""
+
+    def __init__(self, cfg: GatewayConfig) -> None:
+        self.cfg = cfg
+        self.producer = _Producer(cfg)
+        self.metrics = _Metrics()
+        self.key_cache: dict[str, tuple[str | None, float]] = {}
+        self.kafka = "unknown"
+
+    async def post_events(self, request: Request) -> JSONResponse:
+        try:
+            app_id = await self.authenticate(request)
+            raw = await read_body(request, self.cfg.max_body_bytes)
+            items, batch = decode_body(raw, self.cfg.max_batch)
+            check_app(items, batch, app_id)
+            encoded, results = validate_items(items, batch, request.headers.get(END_USER_IP_HEADER),
+                                              self.cfg.source_key)
+        except _Refused as refusal:
+            for reason in refusal.counts:
+                self.metrics.refused.labels(reason).inc()
+            return self.answer(refusal.response())
+        return self.answer(await self.produce(app_id, encoded, results, batch))
+
+    async def authenticate(self, request: Request) -> str:
+        """The key's app_id (cached for key_cache_s); refused (401) without a valid key."""
+        key = api_key(request)
+        app_id = await self.find_app(key) if key else None
+        if app_id is None:
+            raise _Refused(401, "unauthorized", [{"loc": "header.authorization",
+                                                  "msg": "a valid API key is required: `Authorization: "
+                                                         "Bearer alk_...` or `X-API-Key`"}],
+                           headers={"WWW-Authenticate": "Bearer"})
+        return app_id
+
+    async def find_app(self, key: str) -> str | None:
+        hit = self.key_cache.get(key)
+        now = time.monotonic()
+        if hit and hit[1] > now:
+            return hit[0]
+        app_id = await run_in_threadpool(self.cfg.find_app, key)
+        if len(self.key_cache) > 10_000:
+            self.key_cache.clear()
+        self.key_cache[key] = (app_id, now + self.cfg.key_cache_s)
+        return app_id
+
+    async def produce(self, app_id: str, encoded: list[tuple[bytes, bytes]], results: list[dict[str, Any]],
+                      batch: bool) -> JSONResponse:
+        """Send the events; 200 once Kafka acknowledged all of them, else 503 with Retry-After."""
+        started = time.perf_counter()
+        acked = await _produce(self.producer, self.cfg, encoded)
+        self.metrics.produce_latency.observe(time.perf_counter() - started)
+        for r, ok in zip(results, acked):
+            r["status"] = "accepted" if ok else "not_acknowledged"
+        n_ok = sum(acked)
+        if n_ok:
+            self.metrics.accepted.labels(app_id).inc(n_ok)
+        if n_ok < len(acked):
+            self.kafka = "not acknowledging"
+            self.metrics.refused.labels("kafka_unavailable").inc(len(acked) - n_ok)
+            return _error(503, "kafka_unavailable",
+                          [{"loc": f"{r['index']}" if batch else "body", "msg": "not acknowledged by Kafka "
+                            f"within {self.cfg.produce_timeout_s} s; retry with the same event_id"}
+                           for r in results if r["status"] != "accepted"][:20],
+                          accepted=n_ok, results=results, headers={"Retry-After": str(self.cfg.retry_after_s)})
+        self.kafka = "ok"
+        return JSONResponse({"accepted": n_ok, "results": results})
+
+    def answer(self, response: JSONResponse) -> JSONResponse:
+        self.metrics.requests.labels(str(response.status_code)).inc()
+        return response
+
+    async def healthz(self) -> JSONResponse:
+        if self.kafka != "ok":
+            try:
+                await asyncio.wait_for(self.producer.get(), timeout=2)
+                self.kafka = "ok"
+            except Exception as exc:
+                self.kafka = f"unreachable: {exc!r}"
+        ok = self.kafka == "ok"
+        return JSONResponse({"status": "ok" if ok else "degraded", "kafka": self.kafka, "topic": self.cfg.topic},
+                            status_code=200 if ok else 503)
+
+    async def prometheus(self) -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @asynccontextmanager
-    async def lifespan(_app: FastAPI):
-        if cfg.ensure_topics:
+    async def lifespan(self, _app: FastAPI) -> AsyncIterator[None]:
+        if self.cfg.ensure_topics:
             from ingest.topics import ensure_topics
 
             try:
-                await run_in_threadpool(ensure_topics, cfg.bootstrap, cfg.partitions, base=cfg.topic)
-                await producer.get()
-                state["kafka"] = "ok"
+                await run_in_threadpool(ensure_topics, self.cfg.bootstrap, self.cfg.partitions, base=self.cfg.topic)
+                await self.producer.get()
+                self.kafka = "ok"
             except Exception as exc:  # keep serving: requests answer 503 until Kafka is back
-                state["kafka"] = f"unreachable: {exc!r}"
+                self.kafka = f"unreachable: {exc!r}"
                 log.warning("Kafka not ready at start-up: %r", exc)
         # what start-up built (modules, models, the app) lives as long as the process: keeping it out of the
         # cyclic collector's scans makes the collections that requests trigger short (fewer latency spikes)
         gc.collect()
         gc.freeze()
         yield
-        await producer.stop()
+        await self.producer.stop()
 
-    app = FastAPI(title="alignloop ingest gateway", version="1", lifespan=lifespan,
-                  description=__doc__)
 
-    async def app_for(request: Request) -> str | None:
-        header = request.headers.get("authorization", "")
-        key = header[7:].strip() if header[:7].lower() == "bearer " else request.headers.get("x-api-key", "")
-        if not key:
-            return None
-        hit = key_cache.get(key)
-        now = time.monotonic()
-        if hit and hit[1] > now:
-            return hit[0]
-        app_id = await run_in_threadpool(cfg.find_app, key)
-        if len(key_cache) > 10_000:
-            key_cache.clear()
-        key_cache[key] = (app_id, now + cfg.key_cache_s)
-        return app_id
+def _post_events_doc(max_batch: int) -> dict[str, Any]:
+    """The OpenAPI description of POST /v1/events: its header, its body and its answers."""
+    return dict(
+        summary="Send one feedback event or an array of up to 1,000",
+        openapi_extra={"parameters": [{
+            "name": END_USER_IP_HEADER, "in": "header", "required": False, "schema": {"type": "string"},
+            "description": "a single-event body's end-user address (IPv4 or IPv6), as `client.ip` would "
+                           "give it; hashed into client.ip_hash, never stored"}],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "anyOf": [{"$ref": "#/components/schemas/FeedbackEventV1"},
+                          {"type": "array", "maxItems": max_batch,
+                           "items": {"$ref": "#/components/schemas/FeedbackEventV1"}}]}}}}},
+        responses={200: {"description": "every event acknowledged by Kafka"},
+                   401: {"description": "no valid API key"},
+                   403: {"description": "an event's app_id is not the key's app"},
+                   413: {"description": "body, event or text past its size limit"},
+                   422: {"description": "refused events, each with field paths and rules; nothing sent"},
+                   503: {"description": "Kafka did not acknowledge; retry after Retry-After seconds"}})
 
-    async def read_body(request: Request, limit: int) -> bytes | None:
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit:
-            return None
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                return None
-            chunks.append(chunk)
-        return b"".join(chunks)
 
-    def answer(response: JSONResponse) -> JSONResponse:
-        metrics.requests.labels(str(response.status_code)).inc()
-        return response
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """The app's OpenAPI schema with the event model's JSON Schema as its components (client.ip in, ip_hash out)."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    from fastapi.openapi.utils import get_openapi
 
-    @app.post("/v1/events", summary="Send one feedback event or an array of up to 1,000",
-              openapi_extra={"parameters": [{
-                  "name": END_USER_IP_HEADER, "in": "header", "required": False, "schema": {"type": "string"},
-                  "description": "a single-event body's end-user address (IPv4 or IPv6), as `client.ip` would "
-                                 "give it; hashed into client.ip_hash, never stored"}],
-                  "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                  "anyOf": [{"$ref": "#/components/schemas/FeedbackEventV1"},
-                            {"type": "array", "maxItems": cfg.max_batch,
-                             "items": {"$ref": "#/components/schemas/FeedbackEventV1"}}]}}}}},
-              responses={200: {"description": "every event acknowledged by Kafka"},
-                         401: {"description": "no valid API key"},
-                         403: {"description": "an event's app_id is not the key's app"},
-                         413: {"description": "body, event or text past its size limit"},
-                         422: {"description": "refused events, each with field paths and rules; nothing sent"},
-                         503: {"description": "Kafka did not acknowledge; retry after Retry-After seconds"}})
-    async def post_events(request: Request) -> JSONResponse:
-        app_id = await app_for(request)
-        if app_id is None:
-            metrics.refused.labels("unauthorized").inc()
-            return answer(_error(401, "unauthorized", [{"loc": "header.authorization",
-                                                        "msg": "a valid API key is required: `Authorization: "
-                                                               "Bearer alk_...` or `X-API-Key`"}],
-                                 headers={"WWW-Authenticate": "Bearer"}))
-        limit = cfg.max_body_bytes
-        raw = await read_body(request, limit)
-        if raw is None:
-            metrics.refused.labels("too_large").inc()
-            return answer(_error(413, "too_large", [{"loc": "body", "msg": f"a body must be at most {limit} bytes"}]))
-        if len(raw) > MAX_EVENT_BYTES and not raw.lstrip()[:1] == b"[":
-            metrics.refused.labels("too_large").inc()
-            return answer(_error(413, "too_large", [{"loc": "body", "msg": f"an event must be at most "
-                                                     f"{MAX_EVENT_BYTES} bytes; got {len(raw)}"}]))
-        try:
-            data = decode_json(raw, limit=None)
-        except EventError as exc:
-            metrics.refused.labels(exc.reason).inc()
-            return answer(_error(422, exc.reason, _prefixed("body", exc.errors)))
+    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    event = event_json_schema()
+    defs = event.pop("$defs", {})
+    for key in ("$schema", "$id"):
+        event.pop(key, None)
+    client = defs.get("ClientInfo", {}).get("properties", {})
+    client.pop("ip_hash", None)  # the gateway sets it; an app sends the address it is made from
+    client["ip"] = {"type": "string", "description": "the end user's IPv4 or IPv6 address; the gateway hashes "
+                    "it into client.ip_hash (HMAC-SHA256, IPv6 by /64) and never stores or forwards it"}
+    text = json.dumps({"FeedbackEventV1": event, **defs}).replace("#/$defs/", "#/components/schemas/")
+    schema.setdefault("components", {}).setdefault("schemas", {}).update(json.loads(text))
+    app.openapi_schema = schema
+    return schema
 
-        batch = isinstance(data, list)
-        items = data if batch else [data]
-        if batch and not items:
-            metrics.refused.labels("empty_batch").inc()
-            return answer(_error(422, "empty_batch", [{"loc": "body", "msg": "an array must hold 1 to "
-                                                       f"{cfg.max_batch} events; got 0"}]))
-        if len(items) > cfg.max_batch:
-            metrics.refused.labels("too_many_events").inc()
-            return answer(_error(413, "too_many_events", [{"loc": "body", "msg": f"an array must hold at most "
-                                                           f"{cfg.max_batch} events; got {len(items)}"}]))
-        foreign = [i for i, d in enumerate(items)
-                   if isinstance(d, dict) and isinstance(d.get("app_id"), str) and d["app_id"] != app_id]
-        if foreign:
-            metrics.refused.labels("forbidden_app").inc()
-            return answer(_error(403, "forbidden_app", [
-                {"loc": f"{i}.app_id" if batch else "app_id",
-                 "msg": f"must be this key's app {app_id!r}; got {items[i]['app_id']!r}"} for i in foreign[:20]]))
 
-        header_ip = request.headers.get(END_USER_IP_HEADER)
-        if header_ip is not None and batch:
-            metrics.refused.labels("schema").inc()
-            return answer(_error(422, "schema", [{"loc": _HEADER_LOC, "msg": "is for a single-event body; in an "
-                                                  "array give each event's end-user address as `client.ip`"}]))
-        encoded: list[tuple[bytes, bytes]] = []
-        results: list[dict[str, Any]] = []
-        errors: list[dict[str, str]] = []
-        too_large = False
-        for i, item in enumerate(items):
-            prefix = str(i) if batch else ""
-            try:
-                event = validate_event(with_end_user_source(item, header_ip, cfg.source_key))
-                encoded.append((encode_event(event), event_key(event)))
-                results.append({"index": i, "status": "valid", "event_id": str(event.event_id)})
-            except EventError as exc:
-                too_large = too_large or exc.reason == "too_large"
-                metrics.refused.labels(exc.reason).inc()
-                shown = _prefixed(prefix, exc.errors)
-                errors.extend(shown)
-                results.append({"index": i, "status": "refused", "reason": exc.reason, "errors": exc.errors})
-        if errors:
-            status = 413 if too_large else 422
-            refused = sum(r["status"] == "refused" for r in results)
-            body: dict[str, Any] = {"accepted": 0, "refused": refused}
-            if batch:
-                body["results"] = results
-            return answer(_error(status, "too_large" if too_large else "schema", errors, **body))
-
-        started = time.perf_counter()
-        acked = await _produce(producer, cfg, encoded)
-        metrics.produce_latency.observe(time.perf_counter() - started)
-        for r, ok in zip(results, acked):
-            r["status"] = "accepted" if ok else "not_acknowledged"
-        n_ok = sum(acked)
-        if n_ok:
-            metrics.accepted.labels(app_id).inc(n_ok)
-        if n_ok < len(acked):
-            state["kafka"] = "not acknowledging"
-            metrics.refused.labels("kafka_unavailable").inc(len(acked) - n_ok)
-            return answer(_error(503, "kafka_unavailable",
-                                 [{"loc": f"{r['index']}" if batch else "body", "msg": "not acknowledged by Kafka "
-                                   f"within {cfg.produce_timeout_s} s; retry with the same event_id"}
-                                  for r in results if r["status"] != "accepted"][:20],
-                                 accepted=n_ok, results=results, headers={"Retry-After": str(cfg.retry_after_s)}))
-        state["kafka"] = "ok"
-        return answer(JSONResponse({"accepted": n_ok, "results": results}))
-
-    @app.get("/healthz", summary="Liveness, and whether Kafka acknowledged the last writes")
-    async def healthz() -> JSONResponse:
-        if state["kafka"] != "ok":
-            try:
-                await asyncio.wait_for(producer.get(), timeout=2)
-                state["kafka"] = "ok"
-            except Exception as exc:
-                state["kafka"] = f"unreachable: {exc!r}"
-        ok = state["kafka"] == "ok"
-        return JSONResponse({"status": "ok" if ok else "degraded", "kafka": state["kafka"], "topic": cfg.topic},
-                            status_code=200 if ok else 503)
-
-    @app.get("/metrics", summary="Prometheus metrics")
-    async def prometheus() -> Response:
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema:
-            return app.openapi_schema
-        from fastapi.openapi.utils import get_openapi
-
-        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-        event = event_json_schema()
-        defs = event.pop("$defs", {})
-        for key in ("$schema", "$id"):
-            event.pop(key, None)
-        client = defs.get("ClientInfo", {}).get("properties", {})
-        client.pop("ip_hash", None)  # the gateway sets it; an app sends the address it is made from
-        client["ip"] = {"type": "string", "description": "the end user's IPv4 or IPv6 address; the gateway hashes "
-                        "it into client.ip_hash (HMAC-SHA256, IPv6 by /64) and never stores or forwards it"}
-        text = __import__("json").dumps({"FeedbackEventV1": event, **defs}).replace("#/$defs/", "#/components/schemas/")
-        schema.setdefault("components", {}).setdefault("schemas", {}).update(__import__("json").loads(text))
-        app.openapi_schema = schema
-        return schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
-    app.state.metrics = metrics
+def create_app(cfg: GatewayConfig) -> FastAPI:
+    """The gateway as an ASGI app (run it with uvicorn; `alignloop ingest serve` does)."""
+    gateway = _Gateway(cfg)
+    app = FastAPI(title="alignloop ingest gateway", version="1", lifespan=gateway.lifespan, description=__doc__)
+    app.post("/v1/events", **_post_events_doc(cfg.max_batch))(gateway.post_events)
+    app.get("/healthz", summary="Liveness, and whether Kafka acknowledged the last writes")(gateway.healthz)
+    app.get("/metrics", summary="Prometheus metrics")(gateway.prometheus)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    app.state.metrics = gateway.metrics
     return app
-
-
-_HEADER_LOC = "header." + END_USER_IP_HEADER.lower()
 
 
 def with_end_user_source(item: Any, header_ip: str | None, key: bytes) -> Any:
