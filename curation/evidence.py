@@ -256,9 +256,22 @@ def coordinated_groups(items: dict, exclude: set[str], max_p: float, min_account
     # links use every account (a member already judged for another reason still ties the others together);
     # "everyone else" leaves out the accounts already judged
     votes = {k: [(u, lab) for u, lab in vs] for k, vs in sorted(items.items())}
-    total = sum(len(vs) for vs in votes.values())
-    if not total:
+    if not sum(len(vs) for vs in votes.values()):
         return []
+    links = _three_core(_chance_links(votes, link_p or max_p))
+    out = []
+    for group in _linked_groups(links):
+        if len(group) < min_accounts:
+            continue
+        culprits = _against_everyone(set(group), votes, exclude, max_p)
+        if len(culprits) >= min_accounts:
+            out.append(culprits)
+    return out
+
+
+def _chance_links(votes: dict[str, list[tuple[str, str]]], link_p: float) -> dict[str, set[str]]:
+    """Step 1: accounts whose same-way votes on the same items exceed chance (a Poisson tail under `link_p`)."""
+    total = sum(len(vs) for vs in votes.values())
     n_of: dict[str, int] = defaultdict(int)
     share: dict[tuple[str, str], int] = defaultdict(int)
     for k, vs in votes.items():
@@ -280,11 +293,16 @@ def coordinated_groups(items: dict, exclude: set[str], max_p: float, min_account
                     pair[(a, b)] += 1
     links: dict[str, set[str]] = defaultdict(set)
     for (a, b), c in sorted(pair.items()):
-        if c >= 3 and _poisson_upper(c, n_of[a] * n_of[b] * s2) <= (link_p or max_p):
+        if c >= 3 and _poisson_upper(c, n_of[a] * n_of[b] * s2) <= link_p:
             links[a].add(b)
             links[b].add(a)
+    return links
+
+
+def _three_core(links: dict[str, set[str]]) -> dict[str, set[str]]:
+    """Step 2: peel to the 3-core (in place): a chance link or two chains nobody into a group."""
     changed = True
-    while changed:  # peel to the 3-core: a chance link or two chains nobody into a group
+    while changed:
         changed = False
         for u in sorted(links):
             if 0 < len(links[u]) < 3:
@@ -292,6 +310,11 @@ def coordinated_groups(items: dict, exclude: set[str], max_p: float, min_account
                     links[v].discard(u)
                 links[u] = set()
                 changed = True
+    return links
+
+
+def _linked_groups(links: dict[str, set[str]]) -> list[list[str]]:
+    """The connected groups of linked accounts (union-find), each sorted, in the order of their smallest member."""
     parent: dict[str, str] = {}
 
     def find(x: str) -> str:
@@ -309,33 +332,31 @@ def coordinated_groups(items: dict, exclude: set[str], max_p: float, min_account
     for u in sorted(parent):
         if links[u]:
             groups[find(u)].append(u)
-    out = []
-    for _, group in sorted(groups.items()):
-        if len(group) < min_accounts:
-            continue
-        members = set(group)
-        against: dict[str, int] = defaultdict(int)
-        for k, vs in votes.items():
-            inside: dict[str, set[str]] = defaultdict(set)
-            rest: dict[str, int] = defaultdict(int)
-            for u, lab in vs:
-                if u in members:
-                    inside[lab].add(u)
-                elif u not in exclude:
-                    rest[lab] += 1
-            for lab, who in sorted(inside.items()):
-                if len(who) < 3:
-                    continue
-                # how likely this many members vote `lab` if they voted like everyone else does on this item
-                p_lab = (rest.get(lab, 0) + 1.0) / (sum(rest.values()) + 2.0)
-                if p_lab < 0.5 and upper_tail(len(who), [p_lab] * (len(who) + sum(
-                        len(o) for lb, o in inside.items() if lb != lab))) <= max_p:
-                    for u in who:
-                        against[u] += 1
-        culprits = sorted(u for u, n in against.items() if n >= 2)
-        if len(culprits) >= min_accounts:
-            out.append(culprits)
-    return out
+    return [group for _, group in sorted(groups.items())]
+
+
+def _against_everyone(members: set[str], votes: dict[str, list[tuple[str, str]]], exclude: set[str],
+                      max_p: float) -> list[str]:
+    """Step 3: the members that voted against everyone else (binomial tail under `max_p`) on two items or more."""
+    against: dict[str, int] = defaultdict(int)
+    for vs in votes.values():
+        inside: dict[str, set[str]] = defaultdict(set)
+        rest: dict[str, int] = defaultdict(int)
+        for u, lab in vs:
+            if u in members:
+                inside[lab].add(u)
+            elif u not in exclude:
+                rest[lab] += 1
+        for lab, who in sorted(inside.items()):
+            if len(who) < 3:
+                continue
+            # how likely this many members vote `lab` if they voted like everyone else does on this item
+            p_lab = (rest.get(lab, 0) + 1.0) / (sum(rest.values()) + 2.0)
+            if p_lab < 0.5 and upper_tail(len(who), [p_lab] * (len(who) + sum(
+                    len(o) for lb, o in inside.items() if lb != lab))) <= max_p:
+                for u in who:
+                    against[u] += 1
+    return sorted(u for u, n in against.items() if n >= 2)
 
 
 def _poisson_upper(k: int, lam: float) -> float:
@@ -373,65 +394,84 @@ def _observe(w: _Writer, items: Sequence[Item]) -> int:
     votes = 0
     known_prompts = w.sections["prompts"]
     for it in items:
-        # no event ids here: an account judged later is re-judged by its id (the store and the replay know
-        # which decisions are whose), so the record stays small however long the account lives
-        a = w.get("accounts", it.user_id) or {"first": it.occurred_at.timestamp(), "n": 0, "ips": [], "devs": []}
-        a = {**a, "last": it.occurred_at.timestamp(), "n": a["n"] + 1,
-             "ips": _capped_add(a["ips"], it.ip_hash) if it.ip_hash else a["ips"],
-             "devs": _capped_add(a["devs"], it.device_id) if it.device_id else a["devs"]}
-        w.put("accounts", it.user_id, a)
+        _observe_account(w, it)
         v = vote_key(it)
         if v is not None:
             w.put("items", v[0], (w.get("items", v[0]) or []) + [[it.user_id, v[1]]])
             votes += 1
-        toks = canon_tokens(it.last_user_turn)
-        prompt = " ".join(toks)
-        shaping = it.kind in ("edit", "comparison")
-        chance, bad = against_the_crowd(it, w)
-        split = split_appendage(toks, known_prompts) if prompt not in known_prompts else None
-        if split is None:
-            # a prompt of its own: a base that later appendages are measured against. Its edits and comparisons
-            # are remembered, because a phrase found later may turn out to be inside it (no base was known yet)
-            n, k, ids = w.get("prompts", prompt) or [0, 0, []]
-            if shaping:
-                ids = _capped_add(ids, it.event_id)
-            if chance:
-                n, k = n + 1, k + bad
-                total = w.get("meta", "stake") or [0, 0]
-                w.put("meta", "stake", [total[0] + 1, total[1] + bad])
-            if chance or shaping or prompt not in known_prompts:
-                w.put("prompts", prompt, [n, k, ids])
-        else:
-            base, phrase = split
-            p = w.get("phrases", phrase) or {"uses": [], "users": [], "natural": 0}
-            if it.kind in ("edit", "comparison"):
-                # the base prompt's own rate of going against the crowd when it could (-1: it could not), shrunk
-                # towards the rate over every prompt, so a base seen twice does not look either way
-                n, k = (w.get("prompts", base) or [0, 0])[:2]
-                big_n, big_k = w.get("meta", "stake") or [0, 0]
-                pooled = (big_k + 1.0) / (big_n + 20.0)
-                rate = round((k + 10.0 * pooled) / (n + 10.0), 6) if chance else -1
-                p = {**p, "uses": p["uses"] + [[it.user_id, it.event_id, int(bad), rate]],
-                     "users": _capped_add(p["users"], it.user_id)}
-            else:
-                p = {**p, "natural": p["natural"] + 1}
-            w.put("phrases", phrase, p)
+        _observe_prompt(w, it, known_prompts)
         if it.kind == "rating" and it.response:
             key = _answer_key(it.response)
             up, down = w.get("crowd", key) or [0, 0]
             w.put("crowd", key, [up + (it.rating == "up"), down + (it.rating != "up")])
         if it.kind == "edit":
-            grams = set()
-            for span in inserted_spans(canonical(it.response or ""), canonical(it.edited or "")):
-                grams |= ngrams(span)
-            for g in sorted(grams):
-                r = w.get("grams", g) or {"users": [], "prompts": [], "events": [], "n": 0}
-                # distinct accounts and prompts only need to reach a threshold; the event ids serve a retraction,
-                # and a phrase the model says as often as editors add it ("ordinary") keeps none
-                w.put("grams", g, {**r, "n": r["n"] + 1, "users": _capped_add(r["users"], it.user_id, 8),
-                                   "prompts": _capped_add(r["prompts"], it.prompt_key, 8),
-                                   "events": r["events"] if r.get("ordinary") else
-                                   _capped_add(r["events"], it.event_id)})
+            _observe_edit(w, it)
+    _observe_answers(w, items)
+    return votes
+
+
+def _observe_account(w: _Writer, it: Item) -> None:
+    # no event ids here: an account judged later is re-judged by its id (the store and the replay know
+    # which decisions are whose), so the record stays small however long the account lives
+    a = w.get("accounts", it.user_id) or {"first": it.occurred_at.timestamp(), "n": 0, "ips": [], "devs": []}
+    a = {**a, "last": it.occurred_at.timestamp(), "n": a["n"] + 1,
+         "ips": _capped_add(a["ips"], it.ip_hash) if it.ip_hash else a["ips"],
+         "devs": _capped_add(a["devs"], it.device_id) if it.device_id else a["devs"]}
+    w.put("accounts", it.user_id, a)
+
+
+def _observe_prompt(w: _Writer, it: Item, known_prompts: dict) -> None:
+    """The event's prompt: a base prompt of its own, or a known base with an appended phrase."""
+    toks = canon_tokens(it.last_user_turn)
+    prompt = " ".join(toks)
+    shaping = it.kind in ("edit", "comparison")
+    chance, bad = against_the_crowd(it, w)
+    split = split_appendage(toks, known_prompts) if prompt not in known_prompts else None
+    if split is None:
+        # a prompt of its own: a base that later appendages are measured against. Its edits and comparisons
+        # are remembered, because a phrase found later may turn out to be inside it (no base was known yet)
+        n, k, ids = w.get("prompts", prompt) or [0, 0, []]
+        if shaping:
+            ids = _capped_add(ids, it.event_id)
+        if chance:
+            n, k = n + 1, k + bad
+            total = w.get("meta", "stake") or [0, 0]
+            w.put("meta", "stake", [total[0] + 1, total[1] + bad])
+        if chance or shaping or prompt not in known_prompts:
+            w.put("prompts", prompt, [n, k, ids])
+        return
+    base, phrase = split
+    p = w.get("phrases", phrase) or {"uses": [], "users": [], "natural": 0}
+    if shaping:
+        # the base prompt's own rate of going against the crowd when it could (-1: it could not), shrunk
+        # towards the rate over every prompt, so a base seen twice does not look either way
+        n, k = (w.get("prompts", base) or [0, 0])[:2]
+        big_n, big_k = w.get("meta", "stake") or [0, 0]
+        pooled = (big_k + 1.0) / (big_n + 20.0)
+        rate = round((k + 10.0 * pooled) / (n + 10.0), 6) if chance else -1
+        p = {**p, "uses": p["uses"] + [[it.user_id, it.event_id, int(bad), rate]],
+             "users": _capped_add(p["users"], it.user_id)}
+    else:
+        p = {**p, "natural": p["natural"] + 1}
+    w.put("phrases", phrase, p)
+
+
+def _observe_edit(w: _Writer, it: Item) -> None:
+    """The n-grams an edit inserted, with the accounts, prompts and events that inserted them."""
+    grams = set()
+    for span in inserted_spans(canonical(it.response or ""), canonical(it.edited or "")):
+        grams |= ngrams(span)
+    for g in sorted(grams):
+        r = w.get("grams", g) or {"users": [], "prompts": [], "events": [], "n": 0}
+        # distinct accounts and prompts only need to reach a threshold; the event ids serve a retraction,
+        # and a phrase the model says as often as editors add it ("ordinary") keeps none
+        w.put("grams", g, {**r, "n": r["n"] + 1, "users": _capped_add(r["users"], it.user_id, 8),
+                           "prompts": _capped_add(r["prompts"], it.prompt_key, 8),
+                           "events": r["events"] if r.get("ordinary") else
+                           _capped_add(r["events"], it.event_id)})
+
+
+def _observe_answers(w: _Writer, items: Sequence[Item]) -> None:
     # natural occurrence: in how many answers the model gave (responses, never an edit's own output) each
     # n-gram appears, over all history, so a phrase honest editors add is known to be ordinary from the start
     natural: dict[str, int] = defaultdict(int)
@@ -441,7 +481,6 @@ def _observe(w: _Writer, items: Sequence[Item]) -> int:
                 natural[g] += 1
     for g in sorted(natural):
         w.put("answers", g, w.get("answers", g, 0) + natural[g])
-    return votes
 
 
 def _touched(w: _Writer, section: str) -> list[str]:

@@ -18,8 +18,8 @@ from datetime import UTC, datetime, timedelta
 
 from curation.agreement import krippendorff_alpha
 from curation.evidence import Changes, Evidence, advance
-from curation.guards import (event_flags, find_brigades, find_duplicates, find_poison, find_rate_abuse,
-                             find_unreliable, vote_of)
+from curation.guards import (PoisonReport, RateReport, Reliability, event_flags, find_brigades, find_duplicates,
+                             find_poison, find_rate_abuse, find_unreliable, vote_of)
 from curation.items import Item, Key
 from curation.pairs import Pair, Unpaired, build_pairs
 from curation.reasons import Reason, decide
@@ -81,18 +81,58 @@ def settle_window(context: Iterable[Item], start: datetime, policy: Policy,
     With `evidence` (what earlier windows left), accounts and phrases are also judged over their whole
     history: the result carries the new evidence and the earlier events it re-judges (`retract`).
     """
-    items = sorted({it.key: it for it in context}.values(), key=lambda i: i.sort_key)
+    items = _in_context(context, start, policy)
+    reasons, found = _judge_context(items, policy, evidence)
     end = start + timedelta(seconds=policy.window_s)
+    target = [it for it in items if start <= it.occurred_at < end]
+    verdict, new_evidence, changes, accuracy = None, None, None, {}
+    if evidence is not None:
+        verdict, new_evidence, changes = advance(evidence, target, policy, mark=start.isoformat())
+        accuracy = verdict.accuracy
+        for it in target:
+            reasons[it.key].extend(r for r in verdict.reasons_for(it) if r not in reasons[it.key])
+    decisions = [decision_row(it, reasons[it.key] + [str(r) for r in it.pii], start) for it in target]
+    kept = [it for it in target if not reasons[it.key]]
+    # the long-run reliability where an account has a history, this context's estimate otherwise
+    rel = found.reliability
+    pairs, unpaired = build_pairs(kept, lambda u: accuracy.get(u, rel.weight(u, policy.reliability_prior)), policy)
+    signals = _signals(found, target, kept)
+    if verdict is None:
+        return WindowResult(start, decisions, pairs, unpaired, signals)
+    signals["memory"] = {"accounts_flagged": len(verdict.accounts), "triggers": sorted(verdict.triggers),
+                         "payloads": sorted(verdict.payloads), "retracted": len(verdict.retract)}
+    return WindowResult(start, decisions, pairs, unpaired, signals, verdict.retract, verdict.retract_accounts,
+                        new_evidence, changes)
+
+
+def _in_context(context: Iterable[Item], start: datetime, policy: Policy) -> list[Item]:
+    """The window's context: one copy per (app_id, event_id), in event-time order, inside its bounds."""
+    items = sorted({it.key: it for it in context}.values(), key=lambda i: i.sort_key)
     lo, hi = context_bounds(start, policy)
-    items = [it for it in items if lo <= it.occurred_at < hi]
+    return [it for it in items if lo <= it.occurred_at < hi]
+
+
+@dataclass
+class _Found:
+    """What the context's guards found besides reasons: the reports the window's signals are made of."""
+
+    rate: RateReport
+    poison: PoisonReport
+    brigades: list[list[str]]
+    reliability: Reliability
+
+
+def _judge_context(items: list[Item], policy: Policy, evidence: Evidence | None
+                   ) -> tuple[dict[Key, list[str]], _Found]:
+    """The guards over the context, in order, each seeing only the events no earlier guard dropped."""
     reasons: dict[Key, list[str]] = {it.key: [] for it in items}
 
     def apply(found: dict[Key, Reason]) -> None:
         for eid, r in found.items():
             reasons[eid].append(str(r))
 
-    def alive(seq: Sequence[Item]) -> list[Item]:
-        return [it for it in seq if not reasons[it.key]]
+    def alive() -> list[Item]:
+        return [it for it in items if not reasons[it.key]]
 
     # accounts judged adversarial before this window stay out of every statistic of its context
     flagged = (evidence.get("flags", "accounts") or {}) if evidence is not None else {}
@@ -104,27 +144,19 @@ def settle_window(context: Iterable[Item], start: datetime, policy: Policy,
     dups = find_duplicates(items, policy)
     apply(rate)
     apply({eid: r for eid, r in dups.items() if eid not in rate})
-    rest = alive(items)
-    for it in rest:
+    for it in alive():
         reasons[it.key].extend(str(r) for r in event_flags(it, policy))
-    poison, poison_report = find_poison(alive(items), policy)
+    poison, poison_report = find_poison(alive(), policy)
     apply(poison)
-    brigade, brigades = find_brigades(alive(items), policy)
+    brigade, brigades = find_brigades(alive(), policy)
     apply(brigade)
-    unreliable, rel = find_unreliable(alive(items), policy)
+    unreliable, rel = find_unreliable(alive(), policy)
     apply(unreliable)
+    return reasons, _Found(rate_report, poison_report, brigades, rel)
 
-    target = [it for it in items if start <= it.occurred_at < end]
-    verdict, new_evidence, changes, accuracy = None, None, None, {}
-    if evidence is not None:
-        verdict, new_evidence, changes = advance(evidence, target, policy, mark=start.isoformat())
-        accuracy = verdict.accuracy
-        for it in target:
-            reasons[it.key].extend(r for r in verdict.reasons_for(it) if r not in reasons[it.key])
-    decisions = [decision_row(it, reasons[it.key] + [str(r) for r in it.pii], start) for it in target]
-    kept = [it for it in target if not reasons[it.key]]
-    # the long-run reliability where an account has a history, this context's estimate otherwise
-    pairs, unpaired = build_pairs(kept, lambda u: accuracy.get(u, rel.weight(u, policy.reliability_prior)), policy)
+
+def _signals(found: _Found, target: list[Item], kept: list[Item]) -> dict:
+    """What the window tells an operator: the guards' findings about its accounts, and the kept votes' agreement."""
     in_window = {it.user_id for it in target}
     votes: dict[str, list[str]] = {}
     up_rate: dict[str, list[int]] = {}
@@ -136,23 +168,18 @@ def settle_window(context: Iterable[Item], start: datetime, policy: Policy,
             c = up_rate.setdefault(it.app_id, [0, 0])
             c[0] += it.rating == "up"
             c[1] += 1
-    signals = {
-        "triggers": poison_report.triggers, "payloads": poison_report.payloads,
-        "brigades": [g for g in brigades if set(g) & in_window],
-        "burst_users": sorted(rate_report.burst_users & in_window),
-        "regular_users": sorted(rate_report.regular_users & in_window),
-        "burst_sources": sorted(rate_report.burst_sources),
-        "app_peak_per_min": rate_report.app_peak_per_min,
+    rate = found.rate
+    return {
+        "triggers": found.poison.triggers, "payloads": found.poison.payloads,
+        "brigades": [g for g in found.brigades if set(g) & in_window],
+        "burst_users": sorted(rate.burst_users & in_window),
+        "regular_users": sorted(rate.regular_users & in_window),
+        "burst_sources": sorted(rate.burst_sources),
+        "app_peak_per_min": rate.app_peak_per_min,
         "alpha": krippendorff_alpha(votes.values()),
         "up_rate": dict(sorted(up_rate.items())),
-        "reliability": {u: round(a, 4) for u, a in sorted(rel.accuracy.items()) if u in in_window},
+        "reliability": {u: round(a, 4) for u, a in sorted(found.reliability.accuracy.items()) if u in in_window},
     }
-    if verdict is None:
-        return WindowResult(start, decisions, pairs, unpaired, signals)
-    signals["memory"] = {"accounts_flagged": len(verdict.accounts), "triggers": sorted(verdict.triggers),
-                         "payloads": sorted(verdict.payloads), "retracted": len(verdict.retract)}
-    return WindowResult(start, decisions, pairs, unpaired, signals, verdict.retract, verdict.retract_accounts,
-                        new_evidence, changes)
 
 
 def apply_retractions(decisions: dict[Key, dict], pairs: list, unpaired: list, retract: dict[str, str],

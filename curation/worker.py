@@ -112,9 +112,55 @@ class Dependencies:
                 return result
 
 
+class Settler:
+    """The settle timer's tick: settle the windows that closed; when the group consumed everything and nothing
+    arrived for `idle_flush_s`, settle the rest too (a final flush), once per new event."""
+
+    def __init__(self, edge, progress: GroupProgress, deps: Dependencies, idle_flush_s: float) -> None:
+        self.edge, self.progress, self.deps, self.idle_flush_s = edge, progress, deps, idle_flush_s
+        self.flushed_at = 0.0
+
+    async def tick(self) -> None:
+        try:
+            await _in_thread(self.edge.settle_once)
+            if self._idle() and await _in_thread(self.progress.caught_up):
+                seen = self.edge.last_staged
+                # None: another worker held the settle lock, so this flush did not happen; the next tick retries
+                if await _in_thread(lambda: self.edge.settle_once(final=True)) is not None:
+                    self.flushed_at = seen
+        except Exception as exc:  # noqa: BLE001 - a failed settle is retried on the next tick; consuming goes on
+            self.deps.report("settle", exc)
+        else:
+            self.deps.report("settle", None)
+
+    def _idle(self) -> bool:
+        import time
+
+        idle = time.monotonic() - self.edge.last_staged
+        return bool(self.idle_flush_s) and idle >= self.idle_flush_s and self.edge.last_staged > self.flushed_at
+
+
+def _in_thread(fn, *args):
+    return asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+
+def _faust_app(settings, bootstrap: str):
+    """The faust app of the curation group: raw bytes in and out, offsets from the earliest, no topic declared."""
+    import faust
+
+    datadir = settings.datadir or tempfile.mkdtemp(prefix="curation-faust-")
+    return faust.App(
+        settings.group, broker=f"kafka://{bootstrap}", store="memory://", datadir=datadir,
+        value_serializer="raw", key_serializer="raw", web_enabled=settings.web_port > 0,
+        web_port=settings.web_port or 6066, web_host="127.0.0.1", topic_disable_leader=True,
+        topic_allow_declare=False, consumer_auto_offset_reset="earliest",
+        broker_commit_interval=1.0, broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=max(1.0, settings.session_timeout_s / 4),
+        broker_rebalance_timeout=settings.session_timeout_s * 2)
+
+
 def build_app(settings=None, core=None):
     """The faust app and its curation edge (returned for tests and the CLI)."""
-    import faust
     import redis
 
     from alignloop.db import open_store
@@ -130,20 +176,12 @@ def build_app(settings=None, core=None):
     progress = GroupProgress(bootstrap, settings.topic, settings.group)
     edge = CurationEdge(engine, rclient, settings.policy, topic=settings.topic, group=settings.group,
                         partitions=progress.partitions(), pseudonym_key=load_pseudonym_key(settings, core.home))
-    datadir = settings.datadir or tempfile.mkdtemp(prefix="curation-faust-")
-    app = faust.App(
-        settings.group, broker=f"kafka://{bootstrap}", store="memory://", datadir=datadir,
-        value_serializer="raw", key_serializer="raw", web_enabled=settings.web_port > 0,
-        web_port=settings.web_port or 6066, web_host="127.0.0.1", topic_disable_leader=True,
-        topic_allow_declare=False, consumer_auto_offset_reset="earliest",
-        broker_commit_interval=1.0, broker_session_timeout=settings.session_timeout_s,
-        broker_heartbeat_interval=max(1.0, settings.session_timeout_s / 4),
-        broker_rebalance_timeout=settings.session_timeout_s * 2)
+    app = _faust_app(settings, bootstrap)
     feedback = app.topic(settings.topic, value_serializer="raw", key_serializer="raw")
     rejected = app.topic(f"{settings.topic}.rejected", value_serializer="raw", key_serializer="raw")
     dlq = app.topic(f"{settings.topic}.dlq", value_serializer="raw", key_serializer="raw")
-    state = {"flushed_at": 0.0}
     deps = Dependencies()
+    settler = Settler(edge, progress, deps, settings.idle_flush_s)
 
     async def send_side(out) -> None:
         sent = [await rejected.send(key=event_id.encode(), value=value) for event_id, value in out.rejected]
@@ -152,38 +190,17 @@ def build_app(settings=None, core=None):
 
     @app.agent(feedback, concurrency=1)
     async def curate(stream):
-        def in_thread(fn, *args):
-            return asyncio.get_running_loop().run_in_executor(None, fn, *args)
-
         # noack_take: events are acked here, after every write of their batch succeeded (take_events would ack
         # them when the agent raises, and faust would commit offsets of events never stored)
         async for events in stream.noack_take(settings.batch_size, within=settings.batch_within_s):
-            out = await in_thread(edge.decode_batch, [_record(e) for e in events])
-            await deps.retry("store", lambda: in_thread(edge.save_batch, out))
-            await deps.retry("redis", lambda: in_thread(edge.mark_batch, out))
+            out = await _in_thread(edge.decode_batch, [_record(e) for e in events])
+            await deps.retry("store", lambda: _in_thread(edge.save_batch, out))
+            await deps.retry("redis", lambda: _in_thread(edge.mark_batch, out))
             await deps.retry("kafka", lambda: send_side(out))
             for event in events:
                 await stream.ack(event)
 
-    @app.timer(settings.settle_every_s)
-    async def settle():
-        import time
-
-        loop = asyncio.get_running_loop()
-        try:
-            await loop.run_in_executor(None, edge.settle_once)
-            idle = time.monotonic() - edge.last_staged
-            if settings.idle_flush_s and idle >= settings.idle_flush_s and edge.last_staged > state["flushed_at"]:
-                if await loop.run_in_executor(None, progress.caught_up):
-                    seen = edge.last_staged
-                    # None: another worker held the settle lock, so this flush did not happen; the next tick retries
-                    if await loop.run_in_executor(None, lambda: edge.settle_once(final=True)) is not None:
-                        state["flushed_at"] = seen
-        except Exception as exc:  # noqa: BLE001 - a failed settle is retried on the next tick; consuming goes on
-            deps.report("settle", exc)
-        else:
-            deps.report("settle", None)
-
+    app.timer(settings.settle_every_s)(settler.tick)
     if settings.metrics_port:
         from prometheus_client import start_http_server
 
