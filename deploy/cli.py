@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import typer
 
@@ -12,6 +14,7 @@ app = typer.Typer(help=__import__("deploy").__doc__, no_args_is_help=True)
 _JSON = typer.Option(False, "--json", help="print machine-readable JSON")
 _REASON = typer.Option(..., "--reason", "-r", help="why (goes to the audit log)")
 _BASE = typer.Option(None, "--base-model", help="base model whose routing to change; default: the only one routed")
+T = TypeVar("T")
 
 
 def _actor() -> str:
@@ -54,15 +57,20 @@ def _publish(routing) -> None:
     Console(stderr=True).print(f"{n} replica(s) notified", markup=False)
 
 
-def _move(fn, as_json: bool) -> None:
+def _in_registry(fn: Callable[[Any], T]) -> T:
+    """`fn(session)` in one registry transaction, the engine disposed of after."""
     from alignloop.db import session_scope
 
     engine = _engine()
     try:
         with session_scope(engine) as session:
-            routing = fn(session)
+            return fn(session)
     finally:
         engine.dispose()
+
+
+def _move(fn, as_json: bool) -> None:
+    routing = _in_registry(fn)
     _publish(routing)
     if as_json:
         _echo_json(routing.model_dump(mode="json"))
@@ -193,17 +201,26 @@ tokens_app = typer.Typer(help="Admin API tokens: named (the name is the audit's 
 app.add_typer(tokens_app, name="tokens")
 
 
+def _when(t) -> str:
+    """A secret's maker and state, as `list` prints them."""
+    state = f"revoked {t.revoked_at:%Y-%m-%d %H:%M:%S}" if t.revoked_at else "active"
+    return f"made by {t.created_by} {t.created_at:%Y-%m-%d %H:%M:%S}  {state}"
+
+
+def _echo_revoked(revoked: list, id_attr: str, as_json: bool) -> None:
+    if as_json:
+        _echo_json([r.model_dump(mode="json") for r in revoked])
+    else:
+        typer.echo(f"revoked {', '.join(f'{getattr(r, id_attr)} ({r.name})' for r in revoked)}")
+
+
 @tokens_app.command("create")
 def tokens_create(name: str = typer.Argument(..., help="who uses it (goes to the audit log as the actor)"),
                   as_json: bool = _JSON) -> None:
     """Make an admin token for NAME and print it once (the registry keeps its SHA-256 only)."""
-    from alignloop.db import session_scope
     from deploy.tokens import create_admin_token
 
-    engine = _engine()
-    with session_scope(engine) as session:
-        record, token = create_admin_token(session, name, created_by=_actor())
-    engine.dispose()
+    record, token = _in_registry(lambda session: create_admin_token(session, name, created_by=_actor()))
     if as_json:
         _echo_json({**record.model_dump(mode="json"), "token": token})
     else:
@@ -214,36 +231,24 @@ def tokens_create(name: str = typer.Argument(..., help="who uses it (goes to the
 @tokens_app.command("list")
 def tokens_list(as_json: bool = _JSON) -> None:
     """Admin tokens without their secrets: id, name, who made it and when, revoked or not."""
-    from alignloop.db import session_scope
     from deploy.tokens import list_admin_tokens
 
-    engine = _engine()
-    with session_scope(engine) as session:
-        tokens = list_admin_tokens(session)
-    engine.dispose()
+    tokens = _in_registry(list_admin_tokens)
     if as_json:
         _echo_json([t.model_dump(mode="json") for t in tokens])
         return
     for t in tokens:
-        state = f"revoked {t.revoked_at:%Y-%m-%d %H:%M:%S}" if t.revoked_at else "active"
-        typer.echo(f"{t.token_id}  {t.name}  made by {t.created_by} {t.created_at:%Y-%m-%d %H:%M:%S}  {state}")
+        typer.echo(f"{t.token_id}  {t.name}  {_when(t)}")
 
 
 @tokens_app.command("revoke")
 def tokens_revoke(name_or_id: str = typer.Argument(..., help="a token id, or a name: all its active tokens"),
                   as_json: bool = _JSON) -> None:
     """Revoke admin tokens; replicas refuse them within `ADMIN_TOKEN_CACHE_S` seconds."""
-    from alignloop.db import session_scope
     from deploy.tokens import revoke_admin_token
 
-    engine = _engine()
-    with session_scope(engine) as session:
-        revoked = revoke_admin_token(session, name_or_id, revoked_by=_actor())
-    engine.dispose()
-    if as_json:
-        _echo_json([t.model_dump(mode="json") for t in revoked])
-    else:
-        typer.echo(f"revoked {', '.join(f'{t.token_id} ({t.name})' for t in revoked)}")
+    revoked = _in_registry(lambda session: revoke_admin_token(session, name_or_id, revoked_by=_actor()))
+    _echo_revoked(revoked, "token_id", as_json)
 
 
 keys_app = typer.Typer(help="Serving API keys of chat callers (an app's backend each): named, with an optional "
@@ -259,13 +264,10 @@ def keys_create(name: str = typer.Argument(..., help="the caller (an app or serv
                                                  "ALIGNLOOP_DEPLOY_KEY_BURST"),
                 as_json: bool = _JSON) -> None:
     """Make a serving key for NAME and print it once (the registry keeps its SHA-256 only)."""
-    from alignloop.db import session_scope
     from deploy.keys import create_serving_key
 
-    engine = _engine()
-    with session_scope(engine) as session:
-        record, key = create_serving_key(session, name, created_by=_actor(), rate_per_s=rate, burst=burst)
-    engine.dispose()
+    record, key = _in_registry(lambda session: create_serving_key(session, name, created_by=_actor(),
+                                                                  rate_per_s=rate, burst=burst))
     if as_json:
         _echo_json({**record.model_dump(mode="json"), "key": key})
     else:
@@ -276,37 +278,25 @@ def keys_create(name: str = typer.Argument(..., help="the caller (an app or serv
 @keys_app.command("list")
 def keys_list(as_json: bool = _JSON) -> None:
     """Serving keys without their secrets: id, name, own rate, who made it and when, revoked or not."""
-    from alignloop.db import session_scope
     from deploy.keys import list_serving_keys
 
-    engine = _engine()
-    with session_scope(engine) as session:
-        keys = list_serving_keys(session)
-    engine.dispose()
+    keys = _in_registry(list_serving_keys)
     if as_json:
         _echo_json([k.model_dump(mode="json") for k in keys])
         return
     for k in keys:
-        state = f"revoked {k.revoked_at:%Y-%m-%d %H:%M:%S}" if k.revoked_at else "active"
         rate = f"{k.rate_per_s:g}/s" if k.rate_per_s else "default rate"
-        typer.echo(f"{k.key_id}  {k.name}  {rate}  made by {k.created_by} {k.created_at:%Y-%m-%d %H:%M:%S}  {state}")
+        typer.echo(f"{k.key_id}  {k.name}  {rate}  {_when(k)}")
 
 
 @keys_app.command("revoke")
 def keys_revoke(name_or_id: str = typer.Argument(..., help="a key id, or a name: all its active keys"),
                 as_json: bool = _JSON) -> None:
     """Revoke serving keys; replicas refuse them within `KEY_CACHE_S` seconds."""
-    from alignloop.db import session_scope
     from deploy.keys import revoke_serving_key
 
-    engine = _engine()
-    with session_scope(engine) as session:
-        revoked = revoke_serving_key(session, name_or_id, revoked_by=_actor())
-    engine.dispose()
-    if as_json:
-        _echo_json([k.model_dump(mode="json") for k in revoked])
-    else:
-        typer.echo(f"revoked {', '.join(f'{k.key_id} ({k.name})' for k in revoked)}")
+    revoked = _in_registry(lambda session: revoke_serving_key(session, name_or_id, revoked_by=_actor()))
+    _echo_revoked(revoked, "key_id", as_json)
 
 
 @app.command("serve")

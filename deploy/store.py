@@ -193,51 +193,35 @@ def count_versions(session: Session) -> int:
     return session.scalar(select(func.count()).select_from(VersionRow)) or 0
 
 
-# ------------------------------------------------------------------ admin tokens
+# ------------------------------------------------------------------ named secrets (admin tokens, serving keys)
+SecretRow = AdminTokenRow | ServingKeyRow
+
+
 def to_admin_token(row: AdminTokenRow) -> AdminToken:
     return AdminToken(token_id=row.token_id, name=row.name, created_at=_aware(row.created_at),
                       created_by=row.created_by, revoked_at=_aware(row.revoked_at))
 
 
-def add_admin_token_row(session: Session, row: AdminTokenRow) -> None:
-    session.add(row)
-    session.flush()
-
-
-def get_admin_token_row(session: Session, token_id: str) -> AdminTokenRow | None:
-    return session.get(AdminTokenRow, token_id)
-
-
-def select_admin_token_rows(session: Session, *, name: str | None = None,
-                            active_only: bool = False) -> list[AdminTokenRow]:
-    q = select(AdminTokenRow).order_by(AdminTokenRow.created_at, AdminTokenRow.token_id)
-    if name is not None:
-        q = q.where(AdminTokenRow.name == name)
-    if active_only:
-        q = q.where(AdminTokenRow.revoked_at.is_(None))
-    return list(session.scalars(q))
-
-
-# ------------------------------------------------------------------ serving keys
 def to_serving_key(row: ServingKeyRow) -> ServingKey:
     return ServingKey(key_id=row.key_id, name=row.name, rate_per_s=row.rate_per_s, burst=row.burst,
                       created_at=_aware(row.created_at), created_by=row.created_by, revoked_at=_aware(row.revoked_at))
 
 
-def add_serving_key_row(session: Session, row: ServingKeyRow) -> None:
+def add_secret_row(session: Session, row: SecretRow) -> None:
     session.add(row)
     session.flush()
 
 
-def get_serving_key_row(session: Session, key_id: str) -> ServingKeyRow | None:
-    return session.get(ServingKeyRow, key_id)
+def get_secret_row(session: Session, row_type: type[SecretRow], secret_id: str) -> SecretRow | None:
+    return session.get(row_type, secret_id)
 
 
-def select_serving_key_rows(session: Session, *, name: str | None = None,
-                            active_only: bool = False) -> list[ServingKeyRow]:
-    q = select(ServingKeyRow).order_by(ServingKeyRow.created_at, ServingKeyRow.key_id)
+def select_secret_rows(session: Session, row_type: type[SecretRow], *, name: str | None = None,
+                       active_only: bool = False) -> list[SecretRow]:
+    """The rows of one kind of secret, oldest first (then by id), of one name and only active ones if asked."""
+    q = select(row_type).order_by(row_type.created_at, *row_type.__table__.primary_key.columns)
     if name is not None:
-        q = q.where(ServingKeyRow.name == name)
+        q = q.where(row_type.name == name)
     if active_only:
-        q = q.where(ServingKeyRow.revoked_at.is_(None))
+        q = q.where(row_type.revoked_at.is_(None))
     return list(session.scalars(q))

@@ -26,6 +26,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from alignloop.hashed import LookupCache
 from ingest.errors import EventError
 from ingest.sources import END_USER_IP_HEADER, source_hash
 from ingest.events import (
@@ -229,7 +230,7 @@ class _Gateway:
         self.cfg = cfg
         self.producer = _Producer(cfg)
         self.metrics = _Metrics()
-        self.key_cache: dict[str, tuple[str | None, float]] = {}
+        self.keys: LookupCache[str | None] = LookupCache(cfg.key_cache_s)  # API key -> app_id
         self.kafka = "unknown"
 
     async def post_events(self, request: Request) -> JSONResponse:
@@ -258,14 +259,10 @@ class _Gateway:
         return app_id
 
     async def find_app(self, key: str) -> str | None:
-        hit = self.key_cache.get(key)
-        now = time.monotonic()
-        if hit and hit[1] > now:
-            return hit[0]
-        app_id = await run_in_threadpool(self.cfg.find_app, key)
-        if len(self.key_cache) > 10_000:
-            self.key_cache.clear()
-        self.key_cache[key] = (app_id, now + self.cfg.key_cache_s)
+        fresh, app_id = self.keys.cached(key)
+        if not fresh:
+            app_id = await run_in_threadpool(self.cfg.find_app, key)
+            self.keys.put(key, app_id)
         return app_id
 
     async def produce(self, app_id: str, encoded: list[tuple[bytes, bytes]], results: list[dict[str, Any]],

@@ -6,19 +6,18 @@ A key is `alk_<key_id>_<secret>`, shown once at creation; only its SHA-256 is st
 
 from __future__ import annotations
 
-import hashlib
 import re
-import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import DateTime, String, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from alignloop.hashed import digest, matches, new_secret, secret_id, secret_pattern
 from ingest.errors import KeyStoreError
 
 _APP_ID = re.compile(r"[a-z0-9-]{1,64}")
-_KEY = re.compile(r"alk_([0-9a-f]{12})_([A-Za-z0-9_-]{20,100})")
+_KEY = secret_pattern("alk")
 
 
 class Base(DeclarativeBase):
@@ -63,18 +62,13 @@ def _plain(row: ApiKeyRow) -> ApiKey:
     return ApiKey(row.key_id, row.app_id, row.note, aware(row.created_at), aware(row.revoked_at))
 
 
-def digest(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
 def create_key(session: Session, app_id: str, note: str = "", *, now: datetime | None = None) -> tuple[ApiKey, str]:
     """A new key for `app_id`; returns (its record, the key to show once)."""
     if not _APP_ID.fullmatch(app_id):
         raise KeyStoreError(f"`app_id` must match [a-z0-9-]{{1,64}}; got {app_id!r}")
     if len(note) > 256:
         raise KeyStoreError(f"`note` must be at most 256 characters; got {len(note)}")
-    key_id = secrets.token_hex(6)
-    key = f"alk_{key_id}_{secrets.token_urlsafe(32)}"
+    key_id, key = new_secret("alk")
     row = ApiKeyRow(key_id=key_id, app_id=app_id, key_sha256=digest(key), note=note,
                     created_at=now or datetime.now(UTC), revoked_at=None)
     session.add(row)
@@ -104,10 +98,10 @@ def revoke_key(session: Session, key_id: str, *, now: datetime | None = None) ->
 
 def find_app_for_key(session: Session, key: str) -> str | None:
     """The app an active key belongs to, or None for an unknown, malformed or revoked key."""
-    match = _KEY.fullmatch(key)
-    if not match:
+    key_id = secret_id(_KEY, key)
+    if key_id is None:
         return None
-    row = session.get(ApiKeyRow, match.group(1))
-    if row is None or row.revoked_at is not None or not secrets.compare_digest(row.key_sha256, digest(key)):
+    row = session.get(ApiKeyRow, key_id)
+    if row is None or row.revoked_at is not None or not matches(row.key_sha256, key):
         return None
     return row.app_id
