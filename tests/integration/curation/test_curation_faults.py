@@ -20,26 +20,9 @@ from support.stream.harness import Workers, read_topic
 from support.feed import key_of, publish_lines
 from curation.replay import run_replay
 from curation.settings import Policy
-from ingest.topics import ensure_topics
 from support.ports import free_port
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.slow]
-
-
-@pytest.fixture
-def curation_topic(kafka_bootstrap):
-    from kafka import KafkaAdminClient
-
-    base = f"test-curfault-{uuid.uuid4().hex[:10]}"
-    ensure_topics(kafka_bootstrap, partitions=3, base=base, replication_factor=1)
-    yield base
-    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    try:
-        admin.delete_topics([base, f"{base}.rejected", f"{base}.dlq"])
-    except Exception:  # noqa: BLE001 - cleanup only; names are unique
-        pass
-    finally:
-        admin.close()
 
 
 def _rating(i: int, t: datetime, *, app: str = "app-a", tag: str = "q") -> str:

@@ -2,7 +2,6 @@
 
 import hashlib
 import json
-import uuid
 
 import pytest
 
@@ -13,25 +12,8 @@ from curation.pii import find_pii
 from curation.replay import run_replay
 from curation.settings import Policy
 from support.stream.harness import Workers, expected_ids, read_topic
-from ingest.topics import ensure_topics
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.slow]
-
-
-@pytest.fixture
-def curation_topic(kafka_bootstrap):
-    from kafka import KafkaAdminClient
-
-    base = f"test-curation-{uuid.uuid4().hex[:10]}"
-    ensure_topics(kafka_bootstrap, partitions=3, base=base, replication_factor=1)
-    yield base
-    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    try:
-        admin.delete_topics([base, f"{base}.rejected", f"{base}.dlq"])
-    except Exception:  # noqa: BLE001 - cleanup only; names are unique
-        pass
-    finally:
-        admin.close()
 
 
 def _same_as_replay(out: dict, replay) -> None:

@@ -27,24 +27,6 @@ def token_env(loop_env, monkeypatch):
     _clear_settings_caches()
 
 
-@pytest.fixture
-def feedback_topic(kafka_bootstrap):
-    from kafka import KafkaAdminClient
-
-    from ingest.topics import ensure_topics
-
-    base = f"test-tokens-{uuid.uuid4().hex[:10]}"
-    ensure_topics(kafka_bootstrap, partitions=3, base=base, replication_factor=1)
-    yield base
-    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    try:
-        admin.delete_topics([base, f"{base}.rejected", f"{base}.dlq"])
-    except Exception:  # noqa: BLE001 - cleanup only; names are unique
-        pass
-    finally:
-        admin.close()
-
-
 def _forge(token: str, **changes) -> str:
     """The payload rewritten (e.g. to name the canary) under the original MAC."""
     prefix, payload, mac = token.split(".")
@@ -56,7 +38,7 @@ def _forge(token: str, **changes) -> str:
 
 def test_only_verified_feedback_since_the_canary_started_decides_it(prefect_harness, token_env, tmp_path,
                                                                    kafka_bootstrap, kafka_group, redis_url,
-                                                                   feedback_topic):
+                                                                   curation_topic):
     from alignloop.db import session_scope
     from alignloop.feedback_token import sign_feedback_token
     from alignloop.settings import get_settings as core_settings
@@ -138,12 +120,12 @@ def test_only_verified_feedback_since_the_canary_started_decides_it(prefect_harn
     for i in range(10):  # one canary answer's token copied onto many events: still one vote (the first)
         rate("replayed", f"replayer-{i}", "up", claimed="v2", rid=rid, token=tok)
 
-    with FeedbackClient("flows-test", kafka_bootstrap, topic=feedback_topic) as client:
+    with FeedbackClient("flows-test", kafka_bootstrap, topic=curation_topic) as client:
         for _, e in events:
             fields = {k: e.pop(k) for k in ("user_id", "prompt", "response", "rating")}
             client.rate(**fields, **e)
             e.update(fields)
-    workers = Workers(token_env["tmp"], topic=feedback_topic, group=kafka_group, redis_url=redis_url,
+    workers = Workers(token_env["tmp"], topic=curation_topic, group=kafka_group, redis_url=redis_url,
                       bootstrap=kafka_bootstrap)
     try:
         workers.start()
