@@ -2,34 +2,7 @@
 
 from __future__ import annotations
 
-from alignloop_sdk.events import (
-    EARLIEST,
-    FEEDBACK_TOPIC,
-    MAX_AHEAD,
-    MAX_EVENT_BYTES,
-    MAX_METADATA_BYTES,
-    MAX_METADATA_DEPTH,
-    MAX_TEXT_BYTES,
-    MAX_TOKEN_CHARS,
-    SCHEMA_VERSION,
-    ClientInfo,
-    ComparisonEvent,
-    EditEvent,
-    FeedbackEvent,
-    Message,
-    RatingEvent,
-    decode_json,
-    encode_event,
-    event_json_schema,
-    event_key,
-    new_event_id,
-    parse_event,
-    validate_event,
-)
+from alignloop_sdk import events as _events
+from alignloop_sdk.events import *  # the whole v1 contract, as the SDK's events module lists it
 
-__all__ = [
-    "EARLIEST", "FEEDBACK_TOPIC", "MAX_AHEAD", "MAX_EVENT_BYTES", "MAX_METADATA_BYTES", "MAX_METADATA_DEPTH",
-    "MAX_TEXT_BYTES", "MAX_TOKEN_CHARS", "SCHEMA_VERSION", "ClientInfo", "ComparisonEvent", "EditEvent",
-    "FeedbackEvent", "Message", "RatingEvent", "decode_json", "encode_event", "event_json_schema", "event_key",
-    "new_event_id", "parse_event", "validate_event",
-]
+__all__ = list(_events.__all__)

@@ -7,30 +7,14 @@
 Depends on pydantic, httpx and kafka-python only; the service (`ingest`, `curation`, ...) re-exports these.
 """
 
+from alignloop_sdk import events as _events
 from alignloop_sdk.client import Delivery, FeedbackClient, HttpDelivery, HttpFeedbackClient
 from alignloop_sdk.errors import AlignloopError, DeliveryError, EventError, GatewayError, IngestError
-from alignloop_sdk.events import (
-    FEEDBACK_TOPIC,
-    SCHEMA_VERSION,
-    ClientInfo,
-    ComparisonEvent,
-    EditEvent,
-    FeedbackEvent,
-    Message,
-    RatingEvent,
-    encode_event,
-    event_json_schema,
-    event_key,
-    new_event_id,
-    parse_event,
-    validate_event,
-)
+from alignloop_sdk.events import *  # the v1 event contract, as its module lists it
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "FEEDBACK_TOPIC", "SCHEMA_VERSION", "AlignloopError", "ClientInfo", "ComparisonEvent", "Delivery", "DeliveryError",
-    "EditEvent", "EventError", "FeedbackClient", "FeedbackEvent", "GatewayError", "HttpDelivery",
-    "HttpFeedbackClient", "IngestError", "Message", "RatingEvent", "encode_event", "event_json_schema", "event_key",
-    "new_event_id", "parse_event", "validate_event",
+__all__ = _events.__all__ + [
+    "AlignloopError", "Delivery", "DeliveryError", "EventError", "FeedbackClient", "GatewayError",
+    "HttpDelivery", "HttpFeedbackClient", "IngestError",
 ]

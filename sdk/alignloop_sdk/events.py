@@ -33,6 +33,13 @@ from pydantic_core import PydanticCustomError
 
 from alignloop_sdk.errors import EventError
 
+__all__ = [
+    "EARLIEST", "FEEDBACK_TOPIC", "MAX_AHEAD", "MAX_EVENT_BYTES", "MAX_METADATA_BYTES", "MAX_METADATA_DEPTH",
+    "MAX_TEXT_BYTES", "MAX_TOKEN_CHARS", "SCHEMA_VERSION", "ClientInfo", "ComparisonEvent", "EditEvent",
+    "FeedbackEvent", "Message", "RatingEvent", "decode_json", "encode_event", "event_json_schema", "event_key",
+    "new_event_id", "parse_event", "validate_event",
+]
+
 SCHEMA_VERSION = 1
 FEEDBACK_TOPIC = "alignloop.feedback.v1"  # where v1 events go; `.rejected` and `.dlq` hang from it
 MAX_TEXT_BYTES = 32 * 1024
