@@ -12,7 +12,7 @@ that reaches the stream after its window was settled is decided `late_event` (th
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 

@@ -13,7 +13,13 @@ from alignloop.hashed import LookupCache
 from deploy import store
 from deploy.errors import RegistryError
 from deploy.models import ServingKey
-from deploy.named_secrets import SERVING_KEY, check_name, create_secret, find_secret_row, revoke_secrets
+from deploy.named_secrets import (
+    SERVING_KEY,
+    check_name,
+    create_secret,
+    find_secret_row,
+    revoke_secrets,
+)
 
 
 def create_serving_key(session: Session, name: str, *, created_by: str, rate_per_s: float | None = None,

@@ -14,7 +14,13 @@ from sqlalchemy.orm import Session
 from alignloop.hashed import LookupCache
 from deploy import store
 from deploy.models import AdminToken
-from deploy.named_secrets import ADMIN_TOKEN, check_name, create_secret, find_secret_row, revoke_secrets
+from deploy.named_secrets import (
+    ADMIN_TOKEN,
+    check_name,
+    create_secret,
+    find_secret_row,
+    revoke_secrets,
+)
 
 
 def create_admin_token(session: Session, name: str, *, created_by: str) -> tuple[AdminToken, str]:

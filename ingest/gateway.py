@@ -329,9 +329,9 @@ class _Gateway:
 
 def _post_events_doc(max_batch: int) -> dict[str, Any]:
     """The OpenAPI description of POST /v1/events: its header, its body and its answers."""
-    return dict(
-        summary="Send one feedback event or an array of up to 1,000",
-        openapi_extra={"parameters": [{
+    return {
+        "summary": "Send one feedback event or an array of up to 1,000",
+        "openapi_extra": {"parameters": [{
             "name": END_USER_IP_HEADER, "in": "header", "required": False, "schema": {"type": "string"},
             "description": "a single-event body's end-user address (IPv4 or IPv6), as `client.ip` would "
                            "give it; hashed into client.ip_hash, never stored"}],
@@ -339,12 +339,12 @@ def _post_events_doc(max_batch: int) -> dict[str, Any]:
                 "anyOf": [{"$ref": "#/components/schemas/FeedbackEventV1"},
                           {"type": "array", "maxItems": max_batch,
                            "items": {"$ref": "#/components/schemas/FeedbackEventV1"}}]}}}}},
-        responses={200: {"description": "every event acknowledged by Kafka"},
+        "responses": {200: {"description": "every event acknowledged by Kafka"},
                    401: {"description": "no valid API key"},
                    403: {"description": "an event's app_id is not the key's app"},
                    413: {"description": "body, event or text past its size limit"},
                    422: {"description": "refused events, each with field paths and rules; nothing sent"},
-                   503: {"description": "Kafka did not acknowledge; retry after Retry-After seconds"}})
+                   503: {"description": "Kafka did not acknowledge; retry after Retry-After seconds"}}}
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
