@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from curation.confusables import canonical
-from curation.guards import preferred_text
+from curation.guards import connected_groups, preferred_text
 from curation.items import Item, _digest
 from curation.reasons import Reason
 from curation.settings import Policy
@@ -260,7 +260,7 @@ def coordinated_groups(items: dict, exclude: set[str], max_p: float, min_account
         return []
     links = _three_core(_chance_links(votes, link_p or max_p))
     out = []
-    for group in _linked_groups(links):
+    for group in connected_groups((a, b) for a in sorted(links) for b in sorted(links[a])):
         if len(group) < min_accounts:
             continue
         culprits = _against_everyone(set(group), votes, exclude, max_p)
@@ -311,28 +311,6 @@ def _three_core(links: dict[str, set[str]]) -> dict[str, set[str]]:
                 links[u] = set()
                 changed = True
     return links
-
-
-def _linked_groups(links: dict[str, set[str]]) -> list[list[str]]:
-    """The connected groups of linked accounts (union-find), each sorted, in the order of their smallest member."""
-    parent: dict[str, str] = {}
-
-    def find(x: str) -> str:
-        while parent.setdefault(x, x) != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for a in sorted(links):
-        for b in sorted(links[a]):
-            ra, rb = find(a), find(b)
-            if ra != rb:
-                parent[max(ra, rb)] = min(ra, rb)
-    groups: dict[str, list[str]] = defaultdict(list)
-    for u in sorted(parent):
-        if links[u]:
-            groups[find(u)].append(u)
-    return [group for _, group in sorted(groups.items())]
 
 
 def _against_everyone(members: set[str], votes: dict[str, list[tuple[str, str]]], exclude: set[str],

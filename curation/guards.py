@@ -285,6 +285,27 @@ def vote_of(item: Item) -> tuple[str, str] | None:
     return None
 
 
+def connected_groups(edges: Iterable[tuple[str, str]]) -> list[list[str]]:
+    """The connected groups of the accounts that `edges` link (union-find), each sorted, ordered by their
+    smallest member."""
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, b in edges:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    groups: dict[str, list[str]] = defaultdict(list)
+    for u in sorted(parent):
+        groups[find(u)].append(u)
+    return [g for _, g in sorted(groups.items())]
+
+
 def find_brigades(items: Sequence[Item], policy: Policy) -> tuple[dict[Key, Reason], list[list[str]]]:
     """Co-action: accounts that vote the same way on the same items within a short window, as a group."""
     votes: dict[tuple[str, str], list[tuple[float, str]]] = defaultdict(list)
@@ -302,23 +323,8 @@ def find_brigades(items: Sequence[Item], policy: Policy) -> tuple[dict[Key, Reas
                     break
                 if u2 != u:
                     coaction[(min(u, u2), max(u, u2))].add(key[0])
-    parent: dict[str, str] = {}
-
-    def find(x: str) -> str:
-        while parent.setdefault(x, x) != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for (a, b) in sorted(coaction):
-        if len(coaction[(a, b)]) >= policy.coaction_min_items:
-            ra, rb = find(a), find(b)
-            if ra != rb:
-                parent[max(ra, rb)] = min(ra, rb)
-    groups: dict[str, list[str]] = defaultdict(list)
-    for u in sorted(parent):
-        groups[find(u)].append(u)
-    brigades = [g for _, g in sorted(groups.items()) if len(g) >= policy.brigade_min_accounts]
+    linked = [(a, b) for (a, b) in sorted(coaction) if len(coaction[(a, b)]) >= policy.coaction_min_items]
+    brigades = [g for g in connected_groups(linked) if len(g) >= policy.brigade_min_accounts]
     members = {u for g in brigades for u in g}
     out = {it.key: Reason.BRIGADE for it in items if it.user_id in members and vote_of(it)}
     return out, brigades
