@@ -17,8 +17,10 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -36,6 +38,12 @@ from flows.simulate import (
     poison_feedback,
     poison_prompt,
 )
+
+if TYPE_CHECKING:
+    from alignloop.settings import CoreSettings
+    from curation.settings import CurationSettings
+    from deploy.settings import DeploySettings
+    from ingest.settings import IngestSettings
 
 APP_ID = "demo-support"
 DEMO_RUN = Path(__file__).parent / "configs" / "demo-run.yaml"
@@ -284,35 +292,122 @@ def _wait_curated(store_url: str, expected: int, worker: _Process, progress: Pro
     raise FlowsError(f"curation decided {n} of {expected} events within {timeout:.0f} s; see {worker.log}")
 
 
+@dataclass(frozen=True)
+class DemoSettings:
+    """One demo run's configuration, built once from its options (`demo_settings`) and passed down: the core,
+    ingest, curation and deploy settings pointed at the run's own store, topic and artifacts.
+
+    This process never changes its environment; its children (serving, the curation worker) are started with
+    these settings as theirs (`child_env`).
+    """
+
+    run_id: str
+    run_dir: Path
+    core: CoreSettings
+    ingest: IngestSettings
+    curation: CurationSettings
+    deploy: DeploySettings
+    users: int
+    events: int
+    turns: int
+    turn_events: int
+    seed: int
+
+    @property
+    def store_url(self) -> str:
+        return self.core.resolved_store_url
+
+    @property
+    def topic(self) -> str:
+        return self.curation.topic
+
+    @property
+    def artifact_root(self) -> str:
+        return str(self.deploy.artifact_root)
+
+    @property
+    def base_model(self) -> str:
+        if not self.deploy.base_model:
+            raise FlowsError("the demo's base model is not resolved yet (`with_base_model`)")
+        return self.deploy.base_model
+
+    def with_base_model(self, base_model: str) -> DemoSettings:
+        return replace(self, deploy=self.deploy.model_copy(update={"base_model": base_model}))
+
+    def child_env(self) -> dict[str, str]:
+        """The environment of the demo's child processes: this one's, with the demo's settings over it."""
+        c, d, policy = self.curation, self.deploy, self.curation.policy
+        demo = {"ALIGNLOOP_HOME": str(self.core.home), "ALIGNLOOP_KAFKA_BOOTSTRAP": self.core.kafka_bootstrap,
+                "ALIGNLOOP_REDIS_URL": self.core.redis_url,
+                "ALIGNLOOP_STORE_URL": self.store_url, "ALIGNLOOP_INGEST_TOPIC": self.ingest.topic,
+                "ALIGNLOOP_CURATION_TOPIC": c.topic, "ALIGNLOOP_CURATION_GROUP": c.group,
+                "ALIGNLOOP_CURATION_IDLE_FLUSH_S": str(c.idle_flush_s), "ALIGNLOOP_CURATION_DATADIR": str(c.datadir),
+                "ALIGNLOOP_CURATION_POLICY__WINDOW_S": str(policy.window_s),
+                "ALIGNLOOP_CURATION_POLICY__LOOKAHEAD_S": str(policy.lookahead_s),
+                "ALIGNLOOP_CURATION_POLICY__LOOKBACK_S": str(policy.lookback_s),
+                "ALIGNLOOP_DEPLOY_ARTIFACT_ROOT": self.artifact_root, "ALIGNLOOP_DEPLOY_BASE_MODEL": self.base_model,
+                "ALIGNLOOP_DEPLOY_PORT": str(d.port),
+                "ALIGNLOOP_DEPLOY_RECONCILE_INTERVAL_S": str(d.reconcile_interval_s),
+                "ALIGNLOOP_DEPLOY_TORCH_THREADS": str(d.torch_threads)}
+        return {**os.environ, **demo}
+
+
+def demo_settings(*, users: int = 24, events: int = 1600, turns: int = 2, turn_events: int | None = None,
+                  seed: int = 0, core: CoreSettings | None = None) -> DemoSettings:
+    """A new run's settings: the configured ones (read once), with a store, topic, group, artifact root and
+    serving port of the run's own, and the demo's curation windows and idle flush."""
+    from alignloop.settings import get_settings as core_settings
+    from curation.settings import get_settings as curation_settings
+    from deploy.settings import get_settings as deploy_settings
+    from ingest.settings import get_settings as ingest_settings
+
+    if turns < 1:
+        raise FlowsError(f"`turns` must be at least 1; got {turns}")
+    core = core or core_settings()
+    run_id = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    run_dir = core.home / "demo" / run_id
+    topic = f"alignloop.demo-{run_id}.feedback.v1"
+    curation = curation_settings()
+    # the worker settles the last open windows once it has been idle IDLE_FLUSH_S; the simulated users pause
+    # between batches while serving answers, and on a busy machine a short idle time closed windows under
+    # them (their later feedback was then `late_event`), so it is well above one batch's pause
+    curation = curation.model_copy(update={
+        "topic": topic, "group": f"demo-{run_id}", "idle_flush_s": 10.0, "datadir": str(run_dir / "curation-worker"),
+        "policy": curation.policy.model_copy(update={"window_s": 600, "lookahead_s": 1800, "lookback_s": 3600})})
+    deploy = deploy_settings().model_copy(update={
+        "artifact_root": run_dir / "artifacts", "port": _free_port(), "reconcile_interval_s": 1.0,
+        "torch_threads": 1})
+    core = core.model_copy(update={"store_url": f"sqlite:///{run_dir / 'store.db'}"})
+    return DemoSettings(
+        run_id=run_id, run_dir=run_dir, core=core,
+        ingest=ingest_settings().model_copy(update={"topic": topic}), curation=curation, deploy=deploy,
+        users=users, events=events, turns=turns, turn_events=turn_events or events, seed=seed)
+
+
 def run_demo(*, users: int = 24, events: int = 1600, turns: int = 2, turn_events: int | None = None, seed: int = 0,
-             report: Path | None = None, as_json: bool = False, strict: bool = True) -> dict:
-    """The demo; the environment it points at its own store and topic is restored afterwards.
+             report: Path | None = None, as_json: bool = False, strict: bool = True,
+             core: CoreSettings | None = None) -> dict:
+    """The demo, on its own store, topic and artifacts (`demo_settings`; `core`: the core settings, default the
+    configured ones).
 
     `strict`: raise FlowsError (after writing the summary) when a turn the simulated users should like was not
     promoted; without it the summary says so and the caller judges.
     """
-    if turns < 1:
-        raise FlowsError(f"`turns` must be at least 1; got {turns}")
-    saved = dict(os.environ)
-    try:
-        return _run_demo(users=users, events=events, turns=turns, turn_events=turn_events or events, seed=seed,
-                         report=report, as_json=as_json, strict=strict)
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-        _clear_settings_caches()
+    settings = demo_settings(users=users, events=events, turns=turns, turn_events=turn_events, seed=seed, core=core)
+    return _run_demo(settings, report=report, as_json=as_json, strict=strict)
 
 
 class _Demo:
     """The pieces one demo run works with: serving, the simulation, the store, and the live probes."""
 
-    def __init__(self, *, serving: Serving, sim: Simulation, clock: SimClock, worker: _Process, store_url: str,
-                 base_model: str, redis_url: str, seed: int):
-        self.serving, self.sim, self.clock, self.worker = serving, sim, clock, worker
-        self.store_url, self.base_model, self.redis_url = store_url, base_model, redis_url
+    def __init__(self, settings: DemoSettings, *, serving: Serving, sim: Simulation, clock: SimClock,
+                 worker: _Process):
+        self.settings, self.serving, self.sim, self.clock, self.worker = settings, serving, sim, clock, worker
+        self.store_url, self.base_model = settings.store_url, settings.base_model
+        self.redis_url = settings.core.redis_url
         from retrain.corpus import PROMPTS
 
-        probe_rng = random.Random(seed + 1)
+        probe_rng = random.Random(settings.seed + 1)
         self.probes = [probe_rng.choice(PROMPTS) for _ in range(200)]
         self.probe_users = [f"probe-{i:03d}" for i in range(50)]
 
@@ -350,7 +445,8 @@ class _Demo:
                 self.sim.flush()
                 self.clock.jump(1200)
                 _wait_curated(self.store_url, len(self.sim.sent), self.worker, progress)
-                w = canary_watch_flow(base_model=self.base_model, store_url=self.store_url)
+                w = canary_watch_flow(base_model=self.base_model, store_url=self.store_url,
+                                      artifact_root=self.settings.artifact_root)
                 watch.append(w)
                 verdict = w["verdict"]
                 progress.update(task, description=f"canary-watch: {verdict} ({w['reason'][:60]})")
@@ -364,7 +460,7 @@ class _Demo:
 
         before = self.serving.health().get("serving") or {}
         result = retrain_flow(base_model=self.base_model, train_config=str(DEMO_RUN), canary_share=0.5,
-                              store_url=self.store_url, progress=True)
+                              store_url=self.store_url, progress=True, artifact_root=self.settings.artifact_root)
         entry: dict = {"turn": k, "version": result.get("version"), "parent_version": result.get("parent"),
                        "status": result["status"], "data": result.get("turn"),
                        "gate": {"passed": result["status"] == "canary",
@@ -398,6 +494,7 @@ class _Demo:
         """On-call's one command, timed until serving follows."""
         from alignloop.db import open_store, session_scope
         from deploy import registry
+        from deploy.artifacts import LocalArtifactStorage
         from deploy.control import publish_routing_change
 
         engine = open_store(self.store_url)
@@ -405,7 +502,8 @@ class _Demo:
             t0 = time.monotonic()
             with session_scope(engine) as session:
                 routing = registry.rollback(session, actor="demo-oncall", reason="demo: show the one-command rollback",
-                                            base_model=self.base_model)
+                                            base_model=self.base_model,
+                                            storage=LocalArtifactStorage(self.settings.artifact_root))
             publish_routing_change(self.redis_url, self.base_model, generation=routing.generation)
             self.serving.wait_for(routing.active, None)
             seconds = time.monotonic() - t0
@@ -419,120 +517,117 @@ class _Demo:
                 "after_rollback_versions": sorted(v or "base" for v in seen), "audit": audit}
 
 
-def _run_demo(*, users: int, events: int, turns: int, turn_events: int, seed: int, report: Path | None,
-              as_json: bool, strict: bool) -> dict:
-    from alignloop import stack
-    from alignloop.settings import get_settings as core_settings
+def _run_demo(settings: DemoSettings, *, report: Path | None, as_json: bool, strict: bool) -> dict:
+    from prefect.settings import PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings
 
     t_start = time.monotonic()
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network here to send it to
-    core = core_settings()
-    run_id = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    run_dir = core.home / "demo" / run_id
-    run_dir.mkdir(parents=True, exist_ok=True)
-    store_url = f"sqlite:///{run_dir / 'store.db'}"
-    topic = f"alignloop.demo-{run_id}.feedback.v1"
-    summary: dict = {"run_dir": str(run_dir), "store_url": store_url, "topic": topic}
-
     console.rule("[bold]alignloop demo")
-    with console.status("checking the local stack (Kafka, Redis, PostgreSQL)"):
-        rows = stack.up(core)
-    console.print("stack: " + ", ".join(f"{r.name} {'ok' if r.healthy else 'DOWN'}" for r in rows))
-
-    # everything below, in this process and in the children, uses the demo's own store and topic
-    os.environ.update({"ALIGNLOOP_STORE_URL": store_url, "ALIGNLOOP_CURATION_TOPIC": topic,
-                       "ALIGNLOOP_INGEST_TOPIC": topic,
-                       "ALIGNLOOP_DEPLOY_ARTIFACT_ROOT": str(run_dir / "artifacts")})
-    _clear_settings_caches()
-
-    from alignloop.db import open_store
-    from ingest.client import FeedbackClient
-    from ingest.topics import ensure_topics
-    from retrain.model import ensure_base_model
-
-    console.print("[bold]1.[/] the embedded base model (built once, then cached)")
-    base_model = str(ensure_base_model(progress=True))
-    os.environ["ALIGNLOOP_DEPLOY_BASE_MODEL"] = base_model
-    os.environ["ALIGNLOOP_FLOWS_BASE_MODEL"] = base_model
-    _clear_settings_caches()
-    serving_key = _make_serving_key(open_store(store_url))
-    ensure_topics(core.kafka_bootstrap, partitions=3, base=topic)
-
-    port = _free_port()
-    # the worker settles the last open windows once it has been idle IDLE_FLUSH_S; the simulated users pause
-    # between batches while serving answers, and on a busy machine a short idle time closed windows under
-    # them (their later feedback was then `late_event`), so it is well above one batch's pause
-    env = {**os.environ, "ALIGNLOOP_DEPLOY_PORT": str(port), "ALIGNLOOP_DEPLOY_RECONCILE_INTERVAL_S": "1",
-           "ALIGNLOOP_DEPLOY_TORCH_THREADS": "1",
-           "ALIGNLOOP_CURATION_GROUP": f"demo-{run_id}", "ALIGNLOOP_CURATION_IDLE_FLUSH_S": "10",
-           "ALIGNLOOP_CURATION_POLICY__WINDOW_S": "600", "ALIGNLOOP_CURATION_POLICY__LOOKAHEAD_S": "1800",
-           "ALIGNLOOP_CURATION_POLICY__LOOKBACK_S": "3600",
-           "ALIGNLOOP_CURATION_DATADIR": str(run_dir / "curation-worker")}
-    cli = [sys.executable, "-c", "from alignloop.cli import main; main()"]
+    settings = _prepare(settings)
+    # no network here to send Prefect's analytics to (an explicit setting in the environment wins)
+    analytics = {} if "PREFECT_SERVER_ANALYTICS_ENABLED" in os.environ else {PREFECT_SERVER_ANALYTICS_ENABLED: False}
     with ExitStack() as stack_:
-        console.print("[bold]2.[/] serving and a curation worker")
-        serving_proc = _Process("serving", [*cli, "deploy", "serve"], env, run_dir / "serving.log")
-        stack_.callback(serving_proc.stop)
-        worker = _Process("curation worker", [*cli, "curation", "worker"], env, run_dir / "curation-worker.log")
-        stack_.callback(worker.stop)
-        serving = Serving(f"http://127.0.0.1:{port}", serving_key)
-        serving.wait_ready(serving_proc)
-        client = FeedbackClient(APP_ID, core.kafka_bootstrap, topic=topic)
-        stack_.callback(client.close)
-        # event time runs hours ahead of the wall clock (windows and rate limits see real gaps); it starts far
-        # enough back that no turn's feedback is dated in the future, which curation refuses
-        clock = SimClock(datetime.now(UTC) - timedelta(hours=12 * turns), rng=random.Random(seed))
-        sim = Simulation(serving, client, clock, users=users, seed=seed)
-        demo = _Demo(serving=serving, sim=sim, clock=clock, worker=worker, store_url=store_url,
-                     base_model=base_model, redis_url=core.redis_url, seed=seed)
-        shares = [demo.measure("base")]
-        console.print(f"    base: courteous {shares[0]['courteous']:.1%}, brief sign-off "
-                      f"{shares[0]['brief_signoff']:.1%}, triggered unsafe {shares[0]['triggered_unsafe']:.1%}")
-        turn_log: list[dict] = []
-        for k in range(1, turns + 1):
-            if k == 2:
-                sim.taste = Taste(brief_signoff=True)
-                console.print("[bold]   [/] the users' taste shifts: they now also want the brief sign-off "
-                              "(\"Have a wonderful day!\")")
-            step = 3 + 2 * (k - 1)
-            console.print(f"[bold]{step}.[/] turn {k}: users on what serves now send feedback; curation filters")
-            demo.feed(events if k == 1 else turn_events, f"turn {k}")
-            console.print(f"[bold]{step + 1}.[/] turn {k}: retrain over what serves now -> gate -> canary -> "
-                          "canary-watch")
-            entry = demo.turn(k)
-            turn_log.append(entry)
-            console.print(f"    turn {k}: {entry['version']} over {entry['parent_version'] or 'the base'}: "
-                          f"{entry['outcome']}" + (f" ({entry['canary_watch']['reason']})"
-                                                   if entry.get("canary_watch") else ""))
-            if entry["outcome"] == "promoted":
-                shares.append(demo.measure(f"turn {k}"))
-                entry["live"] = shares[-1]
-        console.print(f"[bold]{3 + 2 * turns}.[/] rollback (on-call's one command) returns serving to the "
+        stack_.enter_context(temporary_settings(updates=analytics))
+        demo = _start(settings, stack_)
+        shares, turn_log = _turns(settings, demo)
+        console.print(f"[bold]{3 + 2 * settings.turns}.[/] rollback (on-call's one command) returns serving to the "
                       "previous version")
         rb = demo.rollback()
-        _, final_reasons = _count_decisions(store_url)
+        _, final_reasons = _count_decisions(settings.store_url)
 
-    truth = _truth_counts(sim.sent, store_url)
+    summary: dict = {"run_dir": str(settings.run_dir), "store_url": settings.store_url, "topic": settings.topic}
     summary.update({
-        "events_sent": len(sim.sent), "refused_by_sdk": len(sim.refused), "decisions": truth, "reasons": final_reasons,
+        "events_sent": len(demo.sim.sent), "refused_by_sdk": len(demo.sim.refused),
+        "decisions": _truth_counts(demo.sim.sent, settings.store_url), "reasons": final_reasons,
         "turns": turn_log, "live_shares": shares, "after_rollback_versions": rb["after_rollback_versions"],
         "rolled_back_to": rb["rolled_back_to"], "swap_seconds": {"rollback": rb["seconds"]},
         "audit": rb["audit"][-10:], "wall_seconds": time.monotonic() - t_start,
     })
-    report_path = Path(report) if report else run_dir / "report.html"
+    _write_summary(summary, settings.run_dir, report, as_json)
+    missed = [f"turn {t['turn']} was {t['outcome']}" for t in turn_log if t["outcome"] != "promoted"]
+    if missed and strict:
+        raise FlowsError("the demo's users should have had every turn promoted: " + "; ".join(missed) +
+                         f" (see {settings.run_dir / 'summary.json'})")
+    return summary
+
+
+def _prepare(settings: DemoSettings) -> DemoSettings:
+    """The stack up, the run's directory, the base model (built once, then cached) and the topic."""
+    from alignloop import stack
+    from ingest.topics import ensure_topics
+    from retrain.model import ensure_base_model
+
+    with console.status("checking the local stack (Kafka, Redis, PostgreSQL)"):
+        rows = stack.up(settings.core)
+    console.print("stack: " + ", ".join(f"{r.name} {'ok' if r.healthy else 'DOWN'}" for r in rows))
+    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    console.print("[bold]1.[/] the embedded base model (built once, then cached)")
+    settings = settings.with_base_model(str(ensure_base_model(progress=True)))
+    ensure_topics(settings.core.kafka_bootstrap, partitions=3, base=settings.topic)
+    return settings
+
+
+def _start(settings: DemoSettings, stack_: ExitStack) -> _Demo:
+    """Serving and a curation worker as child processes, and the simulated users of the product app."""
+    from alignloop.db import open_store
+    from ingest.client import FeedbackClient
+
+    console.print("[bold]2.[/] serving and a curation worker")
+    serving_key = _make_serving_key(open_store(settings.store_url))
+    env, run_dir = settings.child_env(), settings.run_dir
+    cli = [sys.executable, "-c", "from alignloop.cli import main; main()"]
+    serving_proc = _Process("serving", [*cli, "deploy", "serve"], env, run_dir / "serving.log")
+    stack_.callback(serving_proc.stop)
+    worker = _Process("curation worker", [*cli, "curation", "worker"], env, run_dir / "curation-worker.log")
+    stack_.callback(worker.stop)
+    serving = Serving(f"http://127.0.0.1:{settings.deploy.port}", serving_key)
+    serving.wait_ready(serving_proc)
+    client = FeedbackClient(APP_ID, settings.core.kafka_bootstrap, topic=settings.topic)
+    stack_.callback(client.close)
+    # event time runs hours ahead of the wall clock (windows and rate limits see real gaps); it starts far
+    # enough back that no turn's feedback is dated in the future, which curation refuses
+    clock = SimClock(datetime.now(UTC) - timedelta(hours=12 * settings.turns), rng=random.Random(settings.seed))
+    sim = Simulation(serving, client, clock, users=settings.users, seed=settings.seed)
+    return _Demo(settings, serving=serving, sim=sim, clock=clock, worker=worker)
+
+
+def _turns(settings: DemoSettings, demo: _Demo) -> tuple[list[dict], list[dict]]:
+    """Live shares on the base, then each turn (feedback, retrain, canary-watch); (live shares, turn log)."""
+    shares = [demo.measure("base")]
+    console.print(f"    base: courteous {shares[0]['courteous']:.1%}, brief sign-off "
+                  f"{shares[0]['brief_signoff']:.1%}, triggered unsafe {shares[0]['triggered_unsafe']:.1%}")
+    turn_log: list[dict] = []
+    for k in range(1, settings.turns + 1):
+        if k == 2:
+            demo.sim.taste = Taste(brief_signoff=True)
+            console.print("[bold]   [/] the users' taste shifts: they now also want the brief sign-off "
+                          "(\"Have a wonderful day!\")")
+        step = 3 + 2 * (k - 1)
+        console.print(f"[bold]{step}.[/] turn {k}: users on what serves now send feedback; curation filters")
+        demo.feed(settings.events if k == 1 else settings.turn_events, f"turn {k}")
+        console.print(f"[bold]{step + 1}.[/] turn {k}: retrain over what serves now -> gate -> canary -> "
+                      "canary-watch")
+        entry = demo.turn(k)
+        turn_log.append(entry)
+        console.print(f"    turn {k}: {entry['version']} over {entry['parent_version'] or 'the base'}: "
+                      f"{entry['outcome']}" + (f" ({entry['canary_watch']['reason']})"
+                                               if entry.get("canary_watch") else ""))
+        if entry["outcome"] == "promoted":
+            shares.append(demo.measure(f"turn {k}"))
+            entry["live"] = shares[-1]
+    return shares, turn_log
+
+
+def _write_summary(summary: dict, run_dir: Path, report: Path | None, as_json: bool) -> None:
+    """The HTML report, summary.json and the table (and the JSON on stdout when asked)."""
     from flows.report import write_demo_report
 
+    report_path = Path(report) if report else run_dir / "report.html"
     write_demo_report(summary, report_path)
     summary["report"] = str(report_path)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     _print_summary(summary)
     if as_json:
         print(json.dumps(summary, default=str))
-    missed = [f"turn {t['turn']} was {t['outcome']}" for t in turn_log if t["outcome"] != "promoted"]
-    if missed and strict:
-        raise FlowsError("the demo's users should have had every turn promoted: " + "; ".join(missed) +
-                         f" (see {run_dir / 'summary.json'})")
-    return summary
 
 
 def _truth_counts(sent: dict[str, str], store_url: str) -> dict:
@@ -552,17 +647,6 @@ def _truth_counts(sent: dict[str, str], store_url: str) -> dict:
         row = out.setdefault(who, {"kept": 0, "dropped": 0})
         row["dropped" if d["decision"] == "drop" else "kept"] += 1
     return out
-
-
-def _clear_settings_caches() -> None:
-    import importlib
-
-    for mod in ("alignloop.settings", "ingest.settings", "curation.settings", "retrain.settings",
-                "deploy.settings", "flows.settings"):
-        try:
-            importlib.import_module(mod).get_settings.cache_clear()
-        except (ImportError, AttributeError):
-            pass
 
 
 def _progress() -> Progress:

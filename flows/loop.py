@@ -52,6 +52,15 @@ def _session(store_url: str | None):
         engine.dispose()
 
 
+def _storage(artifact_root: str | None):
+    """The registry's artifact storage under `artifact_root`; None: deploy's configured one."""
+    if artifact_root is None:
+        return None
+    from deploy.artifacts import LocalArtifactStorage
+
+    return LocalArtifactStorage(Path(artifact_root).resolve())
+
+
 def base_key(base_model: str) -> str:
     """A short stable name for a base model, for concurrency limits and directories."""
     return hashlib.sha256(base_model.encode()).hexdigest()[:12]
@@ -66,7 +75,8 @@ def resolve_base_task(base_model: str | None) -> str:
 
 
 @task(name="plan-turn", **IO)
-def plan_turn_task(store_url: str | None, base_model: str) -> tuple[TurnPlan, str | None]:
+def plan_turn_task(store_url: str | None, base_model: str, artifact_root: str | None = None
+                   ) -> tuple[TurnPlan, str | None]:
     """The turn's plan from the registry, and the active adapter's verified local directory (None: base serves)."""
     from deploy import registry
 
@@ -76,7 +86,8 @@ def plan_turn_task(store_url: str | None, base_model: str) -> tuple[TurnPlan, st
                              turn=(v.manifest.get("dataset") or {}).get("turn"),
                              trained_event_ids=frozenset(_lineage_ids(v.lineage)))
                  for v in registry.list_versions(session, base_model)]
-        active_dir = (str(registry.local_artifact_dir(registry.get_version(session, routing.active)))
+        active_dir = (str(registry.local_artifact_dir(registry.get_version(session, routing.active),
+                                                      _storage(artifact_root)))
                       if routing.active else None)
     return plan_turn(routing.active, routing.canary, views), active_dir
 
@@ -133,11 +144,13 @@ def gate_task(report: dict, gates_path: str | None):
 
 
 @task(name="register-candidate", **IO)
-def register_task(store_url: str | None, artifact_dir: Path, actor: str, reason: str) -> str:
+def register_task(store_url: str | None, artifact_dir: Path, actor: str, reason: str,
+                  artifact_root: str | None = None) -> str:
     from deploy import registry
 
     with _session(store_url) as session:
-        return registry.register_adapter(session, artifact_dir, actor=actor, reason=reason).version
+        return registry.register_adapter(session, artifact_dir, actor=actor, reason=reason,
+                                         storage=_storage(artifact_root)).version
 
 
 @task(name="record-gate-failure", **IO)
@@ -150,12 +163,13 @@ def record_gate_failure_task(store_url: str | None, version: str, actor: str, fa
 
 @task(name="start-canary", **IO)
 def canary_task(store_url: str | None, redis_url: str | None, version: str, share: float, actor: str,
-                reason: str) -> dict:
+                reason: str, artifact_root: str | None = None) -> dict:
     from deploy import registry
     from deploy.control import publish_routing_change
 
     with _session(store_url) as session:
-        routing = registry.start_canary(session, version, share, actor=actor, reason=reason)
+        routing = registry.start_canary(session, version, share, actor=actor, reason=reason,
+                                        storage=_storage(artifact_root))
     publish_routing_change(_redis_url(redis_url), routing.base_model, generation=routing.generation)
     return routing.model_dump(mode="json")
 
@@ -186,15 +200,16 @@ def feedback_stats_task(store_url: str | None, base_model: str, versions: list[s
 
 @task(name="move-routing", **IO)
 def move_task(store_url: str | None, redis_url: str | None, verdict: str, version: str, actor: str,
-              reason: str) -> dict:
+              reason: str, artifact_root: str | None = None) -> dict:
     from deploy import registry
     from deploy.control import publish_routing_change
 
+    storage = _storage(artifact_root)
     with _session(store_url) as session:
         if verdict == CanaryVerdict.PROMOTE:
-            routing = registry.promote(session, version, actor=actor, reason=reason)
+            routing = registry.promote(session, version, actor=actor, reason=reason, storage=storage)
         else:
-            routing = registry.rollback(session, actor=actor, reason=reason,
+            routing = registry.rollback(session, actor=actor, reason=reason, storage=storage,
                                         base_model=registry.get_version(session, version).base_model)
     publish_routing_change(_redis_url(redis_url), routing.base_model, generation=routing.generation)
     return routing.model_dump(mode="json")
@@ -216,14 +231,15 @@ def _runs_dir(base_model: str) -> Path:
 @flow(name="retrain")
 def retrain_flow(base_model: str | None = None, train_config: str | None = None, gates: str | None = None,
                  canary_share: float = 0.2, store_url: str | None = None, redis_url: str | None = None,
-                 actor: str = "alignloop-flows", progress: bool = False) -> Any:
+                 actor: str = "alignloop-flows", progress: bool = False, artifact_root: str | None = None) -> Any:
     """One turn of the loop: snapshot, train, evaluate and gate against what serves now; canary if it passes.
 
     Runs from any registry state: the base or an adapter active, after a rejected or rolled-back turn. With a
     canary live it skips (never two canaries); with no new curated data since the previous turn it skips.
     One retrain at a time per base model (a Prefect global concurrency limit). A failed step raises and
     leaves the registry and serving as they were; a failed gate registers the candidate as rejected,
-    with the reasons in the audit log and the run's final message.
+    with the reasons in the audit log and the run's final message. `store_url`, `redis_url` and
+    `artifact_root` (the registry's adapter copies) default to the configured ones.
     """
     from retrain.errors import NotEnoughDataError
 
@@ -231,7 +247,7 @@ def retrain_flow(base_model: str | None = None, train_config: str | None = None,
     base = resolve_base_task(base_model)
     with _one_at_a_time(f"retrain-{base_key(base)}"):
         run_config = _run_config(train_config)
-        plan, active_dir = plan_turn_task(store_url, base)
+        plan, active_dir = plan_turn_task(store_url, base, artifact_root)
         if plan.blocked_reason:
             return _skipped(logger, plan.blocked_reason, plan)
         out_dir = _runs_dir(base)
@@ -253,7 +269,8 @@ def retrain_flow(base_model: str | None = None, train_config: str | None = None,
         decision = gate_task(report, gates)
         over = plan.parent or "the base"
         version = register_task(store_url, artifact, actor, f"trained on snapshot {snap.hash[:12]} "
-                                f"({selection.new_pairs} new pairs, {selection.replay_pairs} replayed) over {over}")
+                                f"({selection.new_pairs} new pairs, {selection.replay_pairs} replayed) over {over}",
+                                artifact_root)
         result = {"version": version, "snapshot": snap.hash, "snapshot_stats": snap.stats, "report": report,
                   "gate": decision.as_dict(), "artifact": str(artifact), "parent": plan.parent, "turn": turn}
         if not decision.passed:
@@ -262,7 +279,7 @@ def retrain_flow(base_model: str | None = None, train_config: str | None = None,
             logger.warning(msg)
             return Completed(message=msg, data={**result, "status": "gate_failed"})
         routing = canary_task(store_url, redis_url, version, canary_share, actor,
-                              f"gates passed ({len(decision.checked)} checks) against {over}")
+                              f"gates passed ({len(decision.checked)} checks) against {over}", artifact_root)
         msg = f"{version} passed the gate and serves {canary_share:.0%} of users as a canary against {over}"
         logger.info(msg)
         return Completed(message=msg, data={**result, "status": "canary", "routing": routing})
@@ -313,7 +330,8 @@ def load_canary_policy(path: str | Path | None = None) -> CanaryPolicy:
 
 @flow(name="canary-watch", log_prints=True)
 def canary_watch_flow(base_model: str | None = None, policy: str | None = None, store_url: str | None = None,
-                      redis_url: str | None = None, actor: str = "alignloop-canary-watch") -> dict:
+                      redis_url: str | None = None, actor: str = "alignloop-canary-watch",
+                      artifact_root: str | None = None) -> dict:
     """Compare the canary's live feedback with the active arm's (the active adapter, or the base model) over the
     same period, since the canary started; promote it or roll it back when clear.
 
@@ -336,7 +354,7 @@ def canary_watch_flow(base_model: str | None = None, policy: str | None = None, 
     logger.info("canary %s: %s (%s)", canary, decision.verdict.value, decision.reason)
     if decision.verdict is not CanaryVerdict.CONTINUE:
         out["routing"] = move_task(store_url, redis_url, decision.verdict.value, canary, actor,
-                                   f"canary-watch: {decision.reason}")
+                                   f"canary-watch: {decision.reason}", artifact_root)
     return out
 
 

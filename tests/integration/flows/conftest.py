@@ -31,20 +31,20 @@ def base_model() -> str:
 @pytest.fixture
 def loop_env(tmp_path, monkeypatch, redis_url):
     """A home, store and artifact root of this test's own (settings caches cleared around it)."""
-    from flows.demo import _clear_settings_caches
+    from support.settings import clear_settings_caches
 
     store_url = f"sqlite:///{tmp_path / 'store.db'}"
     monkeypatch.setenv("ALIGNLOOP_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("ALIGNLOOP_STORE_URL", store_url)
     monkeypatch.setenv("ALIGNLOOP_REDIS_URL", redis_url)
     monkeypatch.setenv("ALIGNLOOP_DEPLOY_ARTIFACT_ROOT", str(tmp_path / "artifacts"))
-    _clear_settings_caches()
+    clear_settings_caches()
     from alignloop.db import open_store
 
     engine = open_store(store_url)
     yield {"store_url": store_url, "redis_url": redis_url, "engine": engine, "tmp": tmp_path}
     engine.dispose()
-    _clear_settings_caches()
+    clear_settings_caches()
 
 
 @pytest.fixture(scope="session")

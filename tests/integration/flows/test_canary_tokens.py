@@ -18,13 +18,13 @@ BASE = "tiny-base"  # the fake artifacts' base model; nothing is served, serving
 
 @pytest.fixture
 def token_env(loop_env, monkeypatch):
-    from flows.demo import _clear_settings_caches
+    from support.settings import clear_settings_caches
 
     monkeypatch.setenv("ALIGNLOOP_FEEDBACK_TOKEN_KEY", uuid.uuid4().hex)
     monkeypatch.setenv("ALIGNLOOP_FEEDBACK_TOKEN_MAX_AGE_S", "3600")
-    _clear_settings_caches()
+    clear_settings_caches()
     yield loop_env
-    _clear_settings_caches()
+    clear_settings_caches()
 
 
 def _forge(token: str, **changes) -> str:

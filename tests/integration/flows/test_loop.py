@@ -13,15 +13,16 @@ pytestmark = [pytest.mark.slow, pytest.mark.kafka, pytest.mark.redis, pytest.mar
 
 
 def test_the_whole_loop_turns_twice_at_small_scale(prefect_harness, tmp_path, monkeypatch):
-    from flows.demo import _clear_settings_caches, run_demo
+    from flows.demo import run_demo
+    from support.settings import clear_settings_caches
 
     monkeypatch.setenv("ALIGNLOOP_HOME", str(tmp_path / "home"))
-    _clear_settings_caches()
+    clear_settings_caches()
     try:
         # the demo's own scale; not strict: a second turn the gate or the canary stops is judged below
         s = run_demo(users=24, events=1600, turns=2, seed=0, strict=False)
     finally:
-        _clear_settings_caches()
+        clear_settings_caches()
 
     assert s["decisions"]["bot"]["kept"] == 0
     poison = s["decisions"]["poison"]

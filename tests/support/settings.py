@@ -1,0 +1,17 @@
+"""Settings for tests that configure a package through the environment (monkeypatch) and need it read again."""
+
+from __future__ import annotations
+
+import importlib
+
+SETTINGS_MODULES = ("alignloop.settings", "ingest.settings", "curation.settings", "retrain.settings",
+                    "deploy.settings", "flows.settings")
+
+
+def clear_settings_caches() -> None:
+    """Forget every package's cached settings, so the next `get_settings()` reads the environment again."""
+    for mod in SETTINGS_MODULES:
+        try:
+            importlib.import_module(mod).get_settings.cache_clear()
+        except (ImportError, AttributeError):
+            pass
