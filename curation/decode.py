@@ -8,13 +8,12 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from ingest.errors import EventError
-from ingest.events import parse_event
-
 from curation.items import Item, build_item
 from curation.pii import redact_raw, safe_errors
 from curation.reasons import Reason, contract_reason
 from curation.tokens import TokenCheck
+from ingest.errors import EventError
+from ingest.events import parse_event
 
 _APP = re.compile(r"[a-z0-9-]{1,64}")
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")

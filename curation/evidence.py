@@ -54,7 +54,7 @@ class Evidence:
         return self.sections[section].get(key, default)
 
     @classmethod
-    def from_rows(cls, rows: Iterable[tuple[str, str, object]]) -> "Evidence":
+    def from_rows(cls, rows: Iterable[tuple[str, str, object]]) -> Evidence:
         sections: dict[str, dict] = {s: {} for s in SECTIONS}
         for section, key, value in rows:
             sections.setdefault(section, {})[key] = value
@@ -226,7 +226,7 @@ def fit_reliability(items: dict, prior: float, strength: float, iterations: int 
                 best = max(score.values())
                 winners = [lab for lab, s in score.items() if s == best]
                 score[label] += w
-                if len(winners) != 1 or best <= 0 and len(score) == 1:
+                if len(winners) != 1 or (best <= 0 and len(score) == 1):
                     continue
                 seen[u] += 1
                 agree[u] += winners[0] == label

@@ -17,8 +17,16 @@ from datasketch import MinHash
 from curation.items import Item, Key, _digest
 from curation.reasons import Reason
 from curation.settings import Policy
-from curation.text import (inserted_spans, is_refusal, is_trivial_edit, ngrams, normalize, shingles, tokens,
-                           word_difference)
+from curation.text import (
+    inserted_spans,
+    is_refusal,
+    is_trivial_edit,
+    ngrams,
+    normalize,
+    shingles,
+    tokens,
+    word_difference,
+)
 
 _NUM_PERM = 64
 _CACHE_LIMIT = 200_000

@@ -80,7 +80,7 @@ class Item:
                 "pii": list(self.pii), "token": self.token.to_record() if self.token else None}
 
     @classmethod
-    def from_record(cls, r: dict) -> "Item":
+    def from_record(cls, r: dict) -> Item:
         return cls(event_id=r["event_id"], kind=r["kind"], occurred_at=datetime.fromisoformat(r["occurred_at"]),
                    app_id=r["app_id"], user_id=r["user_id"], prompt=tuple((m[0], m[1]) for m in r["prompt"]),
                    ip_hash=r.get("ip_hash"), device_id=r.get("device_id"),

@@ -18,8 +18,15 @@ from datetime import UTC, datetime, timedelta
 
 from curation.agreement import krippendorff_alpha
 from curation.evidence import Changes, Evidence, advance
-from curation.guards import (event_flags, find_brigades, find_duplicates, find_poison, find_rate_abuse,
-                             find_unreliable, vote_of)
+from curation.guards import (
+    event_flags,
+    find_brigades,
+    find_duplicates,
+    find_poison,
+    find_rate_abuse,
+    find_unreliable,
+    vote_of,
+)
 from curation.items import Item, Key
 from curation.pairs import Pair, Unpaired, build_pairs
 from curation.reasons import Reason, decide

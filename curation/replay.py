@@ -119,4 +119,4 @@ def reason_counts(decisions: Iterable[dict]) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-__all__ = ["ReplayResult", "run_replay", "load_lines", "save_jsonl", "reason_counts", "Reason"]
+__all__ = ["Reason", "ReplayResult", "load_lines", "reason_counts", "run_replay", "save_jsonl"]

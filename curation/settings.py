@@ -71,7 +71,7 @@ class Policy(BaseModel):
                                                                "occurrences must fall under to be a payload")
 
     @model_validator(mode="after")
-    def _windows(self) -> "Policy":
+    def _windows(self) -> Policy:
         if self.lookback_s < self.window_s and self.lookback_s:
             from curation.errors import ConfigError
 

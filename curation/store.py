@@ -11,7 +11,7 @@ import json
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 
-from sqlalchemy import Boolean, DateTime, Float, Index, Integer, String, Text, delete, func, select, update
+from sqlalchemy import Boolean, DateTime, Float, Integer, String, Text, delete, func, select, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from curation.evidence import Evidence

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from alignloop.feedback_token import TokenProblem, TokenRejection, verify_feedback_token
-
 from curation.reasons import TOKEN_VERIFIED, Reason
 
 

@@ -15,10 +15,27 @@ from deploy.control import publish_routing_change
 from deploy.errors import ArtifactError, NotFoundError, RegistryError
 from deploy.models import BASE, AdapterVersion, AuditEntry, Routing, Status
 
-__all__ = ["register_adapter", "reject_candidate", "start_canary", "promote", "rollback", "get_routing",
-           "canary_started_at", "list_versions", "get_version", "audit_log", "list_routings", "load_version_artifact",
-           "local_artifact_dir", "default_storage", "publish_routing_change",
-           "AdapterVersion", "Routing", "AuditEntry", "Status"]
+__all__ = [
+    "AdapterVersion",
+    "AuditEntry",
+    "Routing",
+    "Status",
+    "audit_log",
+    "canary_started_at",
+    "default_storage",
+    "get_routing",
+    "get_version",
+    "list_routings",
+    "list_versions",
+    "load_version_artifact",
+    "local_artifact_dir",
+    "promote",
+    "publish_routing_change",
+    "register_adapter",
+    "reject_candidate",
+    "rollback",
+    "start_canary",
+]
 
 
 def default_storage() -> LocalArtifactStorage:

@@ -268,7 +268,7 @@ class ModelHost:
         eos = self.tokenizer.eos_token_id
         finish = "stop" if (eos is not None and len(new) and int(new[-1]) == eos) or len(new) < max_tokens else "length"
         return Completion(text=_CONTROL.sub("", self.tokenizer.decode(new, skip_special_tokens=True)),
-                          prompt_tokens=n_prompt, completion_tokens=int(len(new)), finish_reason=finish)
+                          prompt_tokens=n_prompt, completion_tokens=len(new), finish_reason=finish)
 
     def _generate_batch(self, calls: list[tuple]) -> list[Completion | BaseException]:
         """Several unseeded requests in one left-padded generate call, each row on its own adapter slot."""

@@ -41,7 +41,7 @@ class ArmStats:
         return self.successes + self.failures
 
     @classmethod
-    def from_feedback(cls, stats: dict) -> "ArmStats":
+    def from_feedback(cls, stats: dict) -> ArmStats:
         """From curation's per-version counts: up is a success; down and edits are failures."""
         return cls(successes=int(stats.get("up", 0)), failures=int(stats.get("down", 0)) + int(stats.get("edits", 0)))
 

@@ -84,8 +84,14 @@ def serve(
     """Serve the loop's deployments on a Prefect server (started here unless one is given) until Ctrl-C:
     retrain on cron, the data trigger and canary-watch on intervals, replay on demand."""
     from alignloop.settings import get_settings as core
-    from flows.schedule import (build_deployments, deploy_retrain_to_pool, describe_api, open_prefect_server,
-                                prefect_api, serve_deployments)
+    from flows.schedule import (
+        build_deployments,
+        deploy_retrain_to_pool,
+        describe_api,
+        open_prefect_server,
+        prefect_api,
+        serve_deployments,
+    )
     from flows.settings import get_settings
 
     settings = get_settings().model_copy(update={k: v for k, v in {

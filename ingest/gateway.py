@@ -26,7 +26,6 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from ingest.errors import EventError
-from ingest.sources import END_USER_IP_HEADER, source_hash
 from ingest.events import (
     MAX_EVENT_BYTES,
     decode_json,
@@ -35,6 +34,7 @@ from ingest.events import (
     event_key,
     validate_event,
 )
+from ingest.sources import END_USER_IP_HEADER, source_hash
 
 log = logging.getLogger("ingest.gateway")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from alignloop_sdk.events import FEEDBACK_TOPIC
-
 from ingest.errors import IngestError
 
 __all__ = ["DLQ_TOPIC", "FEEDBACK_TOPIC", "REJECTED_TOPIC", "TOPIC_CONFIGS", "ensure_topics", "topic_names"]

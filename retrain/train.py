@@ -14,7 +14,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from retrain.config import RunConfig, parse_config
@@ -26,7 +26,7 @@ LINEAGE = "lineage.json"
 
 
 def new_version() -> str:
-    return f"a-{datetime.now(timezone.utc):%Y%m%d%H%M%S}-{uuid.uuid4().hex[:8]}"
+    return f"a-{datetime.now(UTC):%Y%m%d%H%M%S}-{uuid.uuid4().hex[:8]}"
 
 
 def sha256_file(path: Path) -> str:
@@ -57,7 +57,7 @@ class RefLogpCache:
         self.misses = 0
 
     @staticmethod
-    def for_base(base_hash: str, adapter_hash: str | None = None) -> "RefLogpCache":
+    def for_base(base_hash: str, adapter_hash: str | None = None) -> RefLogpCache:
         """The cache of one reference: the base, or the base with the adapter a turn continues from."""
         from alignloop.settings import get_settings
 
@@ -244,7 +244,7 @@ def write_artifact(model, staging: Path, *, base_model: str, snapshot: Snapshot,
                     "heldout_pairs": len(snapshot.heldout_pairs), "safety_pairs": len(snapshot.safety_pairs),
                     "turn": turn},
         "config": cfg.as_dict(), "config_hash": cfg.hash, "metrics": metrics, "libraries": library_versions(),
-        "created_at": datetime.now(timezone.utc).isoformat(), "files": files,
+        "created_at": datetime.now(UTC).isoformat(), "files": files,
     }
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
 

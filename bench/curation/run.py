@@ -20,13 +20,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from alignloop.settings import get_settings
-from tests.support.stream.generate import generate
-from tests.support.stream.harness import Workers, expected_ids
-from tests.support.stream.score import score
-from tests.support.feed import publish_lines
 from curation.replay import run_replay
 from curation.settings import Policy
 from ingest.topics import ensure_topics
+from tests.support.feed import publish_lines
+from tests.support.stream.generate import generate
+from tests.support.stream.harness import Workers, expected_ids
+from tests.support.stream.score import score
 
 
 def _topic(bootstrap: str, partitions: int = 6) -> str:

@@ -300,8 +300,8 @@ def main() -> None:
 
     from alignloop.settings import get_settings
     from ingest.events import encode_event
-    from tests.support.kafka_topics import delete_topics
     from ingest.topics import ensure_topics, topic_names
+    from tests.support.kafka_topics import delete_topics
 
     bootstrap = args.bootstrap or get_settings().kafka_bootstrap
     base = f"bench-ingest-{uuid.uuid4().hex[:8]}"

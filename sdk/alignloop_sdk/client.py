@@ -149,7 +149,7 @@ def _memo_partitioner(size: int = 65_536):
 class Delivery:
     """The pending acknowledgement of one event: a future resolving to where Kafka stored it."""
 
-    __slots__ = ("event", "_future")
+    __slots__ = ("_future", "event")
 
     def __init__(self, event: FeedbackEvent, future: Any):
         self.event = event
@@ -292,7 +292,7 @@ class FeedbackClient(_EventBuilder):
 class HttpDelivery:
     """The pending acknowledgement of one event sent through the gateway."""
 
-    __slots__ = ("event", "body", "_done", "_error", "_callbacks")
+    __slots__ = ("_callbacks", "_done", "_error", "body", "event")
 
     def __init__(self, event: FeedbackEvent, body: bytes):
         self.event = event

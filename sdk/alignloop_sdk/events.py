@@ -255,8 +255,7 @@ def _kind_of(value: Any) -> str | None:
 
 
 FeedbackEvent = Annotated[
-    Union[Annotated[RatingEvent, Tag("rating")], Annotated[EditEvent, Tag("edit")],
-          Annotated[ComparisonEvent, Tag("comparison")]],
+    Annotated[RatingEvent, Tag("rating")] | Annotated[EditEvent, Tag("edit")] | Annotated[ComparisonEvent, Tag("comparison")],
     Discriminator(_kind_of, custom_error_type="kind",
                   custom_error_message='`kind` must be "rating", "edit" or "comparison"'),
 ]
@@ -385,7 +384,7 @@ def event_key(event: _EventBase) -> bytes:
         h.update(b"\x00s\x00" + event.session_id.encode())
     else:
         # NUL and SOH never occur in texts (control characters are refused), so they separate unambiguously
-        h.update(b"\x00p\x00" + b"".join(f"{m.role}\x00{m.content}\x01".encode("utf-8") for m in event.prompt))
+        h.update(b"\x00p\x00" + b"".join(f"{m.role}\x00{m.content}\x01".encode() for m in event.prompt))
     return h.hexdigest()[:32].encode()
 
 

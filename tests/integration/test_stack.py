@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import inspect
+
 from support.ports import free_port
 
 

@@ -62,10 +62,9 @@ def test_session_scope_rolls_back_on_error(sqlite_engine):
     from alignloop.db import session_scope, upgrade
 
     upgrade(sqlite_engine)
-    with pytest.raises(RuntimeError):
-        with session_scope(sqlite_engine) as s:
-            s.execute(text("INSERT INTO alignloop_meta (key, value) VALUES ('a', 'b')"))
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), session_scope(sqlite_engine) as s:
+        s.execute(text("INSERT INTO alignloop_meta (key, value) VALUES ('a', 'b')"))
+        raise RuntimeError("boom")
     with session_scope(sqlite_engine) as s:
         assert s.execute(text("SELECT count(*) FROM alignloop_meta")).scalar() == 0
 

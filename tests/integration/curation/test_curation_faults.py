@@ -15,13 +15,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from support.stream.generate import generate
-from support.stream.harness import Workers, read_topic
-from support.feed import key_of, publish_lines
 from curation.replay import run_replay
 from curation.settings import Policy
 from ingest.topics import ensure_topics
+from support.feed import key_of, publish_lines
 from support.ports import free_port
+from support.stream.generate import generate
+from support.stream.harness import Workers, read_topic
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.slow]
 

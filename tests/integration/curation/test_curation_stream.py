@@ -6,14 +6,14 @@ import uuid
 
 import pytest
 
-from support.stream.generate import generate
-from support.stream.score import score
-from support.feed import publish_lines
 from curation.pii import find_pii
 from curation.replay import run_replay
 from curation.settings import Policy
-from support.stream.harness import Workers, expected_ids, read_topic
 from ingest.topics import ensure_topics
+from support.feed import publish_lines
+from support.stream.generate import generate
+from support.stream.harness import Workers, expected_ids, read_topic
+from support.stream.score import score
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.slow]
 

@@ -60,15 +60,15 @@ def test_only_verified_feedback_since_the_canary_started_decides_it(prefect_harn
     from alignloop.db import session_scope
     from alignloop.feedback_token import sign_feedback_token
     from alignloop.settings import get_settings as core_settings
-    from support.stream.harness import Workers
     from curation import query
     from curation.store import DecisionRow
     from deploy import registry
-    from support.models import write_fake_artifact
     from flows.canary import ArmStats, decide_canary
     from flows.loop import canary_watch_flow, load_canary_policy
     from ingest.client import FeedbackClient
     from retrain.corpus import PROMPTS, make_answer
+    from support.models import write_fake_artifact
+    from support.stream.harness import Workers
 
     engine = token_env["engine"]
     with session_scope(engine) as s:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from support.ports import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]

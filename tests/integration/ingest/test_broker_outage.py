@@ -14,9 +14,9 @@ import pytest
 
 from ingest.client import FeedbackClient
 from ingest.errors import DeliveryError
+from ingest.topics import ensure_topics
 from support.kafka_topics import event_ids, read_topic
 from support.ports import free_port
-from ingest.topics import ensure_topics
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

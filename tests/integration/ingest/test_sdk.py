@@ -10,7 +10,6 @@ import pytest
 
 from ingest.client import FeedbackClient
 from ingest.errors import DeliveryError, EventError
-
 from support.kafka_topics import event_ids, read_topic
 
 pytestmark = pytest.mark.kafka

@@ -6,8 +6,7 @@ import uuid
 
 import pytest
 
-from ingest.topics import TOPIC_CONFIGS, FEEDBACK_TOPIC, ensure_topics, topic_names
-
+from ingest.topics import FEEDBACK_TOPIC, TOPIC_CONFIGS, ensure_topics, topic_names
 from support.kafka_topics import delete_topics
 
 pytestmark = pytest.mark.kafka

@@ -7,7 +7,6 @@ from curation.confusables import canonical
 from curation.evidence import Evidence, advance, coordinated_groups, split_appendage, upper_tail
 from curation.pipeline import Staging, apply_retractions, settle_all
 from curation.settings import Policy
-
 from support.items import T0, make
 
 P = Policy()

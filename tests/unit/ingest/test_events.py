@@ -9,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ingest.errors import EventError
 from ingest.events import (
     ComparisonEvent,
     EditEvent,
@@ -19,7 +20,6 @@ from ingest.events import (
     event_key,
     parse_event,
 )
-from ingest.errors import EventError
 from support.events import NOW, events, wire_events
 
 OK = {"schema_version": 1, "kind": "rating", "event_id": "123e4567-e89b-12d3-a456-426614174000",

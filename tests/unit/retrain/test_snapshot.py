@@ -7,8 +7,14 @@ import pytest
 
 from retrain.corpus import chat, make_pairs, make_unpaired
 from retrain.errors import SnapshotError
-from retrain.snapshot import (SnapshotPolicy, build_snapshot, load_records_jsonl, load_snapshot, normalize_prompt,
-                              save_snapshot)
+from retrain.snapshot import (
+    SnapshotPolicy,
+    build_snapshot,
+    load_records_jsonl,
+    load_snapshot,
+    normalize_prompt,
+    save_snapshot,
+)
 
 POLICY = SnapshotPolicy(min_train_pairs=4, min_heldout_pairs=1, heldout_fraction=0.3)
 
