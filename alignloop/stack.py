@@ -7,6 +7,7 @@ A service already answering on its port (started by someone else) is used and ne
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import shutil
 import signal
@@ -140,10 +141,8 @@ def _terminate(pid: int, grace: float = 30.0) -> None:
     while time.monotonic() < deadline and _alive(pid):
         time.sleep(0.2)
     if _alive(pid):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 class _Service:
@@ -289,13 +288,14 @@ class KafkaBroker(_Service):
         self.ensure_jars()
         cfg = self._write_config()
         self._format_once(cfg)
-        log = open(self.state / "logs" / "stdout.log", "ab")
-        proc = subprocess.Popen(
-            [java, "-Xms256m", "-Xmx768m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
-             f"-Dlog4j.configuration=file:{self.state / 'log4j.properties'}",
-             f"-Dkafka.logs.dir={self.state / 'logs'}",
-             "-cp", self._classpath(), "kafka.Kafka", str(cfg)],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        # the child keeps its own copy of the log's descriptor; ours is closed once it started
+        with open(self.state / "logs" / "stdout.log", "ab") as log:
+            proc = subprocess.Popen(
+                [java, "-Xms256m", "-Xmx768m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+                 f"-Dlog4j.configuration=file:{self.state / 'log4j.properties'}",
+                 f"-Dkafka.logs.dir={self.state / 'logs'}",
+                 "-cp", self._classpath(), "kafka.Kafka", str(cfg)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         self.pidfile.write(proc.pid)
         try:
             _wait(lambda: proc.poll() is None and self.healthy(), timeout, "Kafka")
@@ -334,11 +334,11 @@ class RedisServer(_Service):
             _apt_install("redis-server")
         data = self.state / "redis"
         data.mkdir(parents=True, exist_ok=True)
-        log = open(data / "redis.log", "ab")
-        proc = subprocess.Popen(
-            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(data),
-             "--appendonly", "yes", "--save", "", "--daemonize", "no", "--protected-mode", "yes"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        with open(data / "redis.log", "ab") as log:
+            proc = subprocess.Popen(
+                ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(data),
+                 "--appendonly", "yes", "--save", "", "--daemonize", "no", "--protected-mode", "yes"],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         self.pidfile.write(proc.pid)
         _wait(lambda: proc.poll() is None and self.healthy(), timeout, "Redis")
         return True

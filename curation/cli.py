@@ -27,7 +27,8 @@ def _now(value: str | None) -> datetime | None:
     try:
         t = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise CurationError(f"`--now` must be an ISO 8601 time with zone like 2026-11-01T00:00:00Z; got {value!r}")
+        raise CurationError(
+            f"`--now` must be an ISO 8601 time with zone like 2026-11-01T00:00:00Z; got {value!r}") from None
     if t.tzinfo is None:
         raise CurationError(f"`--now` must carry a zone (Z or +hh:mm); got {value!r}")
     return t

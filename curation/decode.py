@@ -80,10 +80,7 @@ def decode_raw(raw: bytes | str, *, now: datetime | None = None, max_future_s: f
         from curation.settings import default_pseudonym_key
 
         pseudonym_key = default_pseudonym_key()
-    if isinstance(raw, str):
-        raw_bytes = raw.encode("utf-8", "surrogatepass")
-    else:
-        raw_bytes = bytes(raw)
+    raw_bytes = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else bytes(raw)
     try:
         event = parse_event(raw_bytes, now=now)
     except EventError as exc:

@@ -267,7 +267,7 @@ def coordinated_groups(items: dict, exclude: set[str], max_p: float, min_account
             share[(k, lab)] += 1
     s2 = sum((c / total) ** 2 for c in share.values())
     pair: dict[tuple[str, str], int] = defaultdict(int)
-    for k, vs in votes.items():
+    for vs in votes.values():
         by_label: dict[str, list[str]] = defaultdict(list)
         for u, lab in vs:
             by_label[lab].append(u)
@@ -315,7 +315,7 @@ def coordinated_groups(items: dict, exclude: set[str], max_p: float, min_account
             continue
         members = set(group)
         against: dict[str, int] = defaultdict(int)
-        for k, vs in votes.items():
+        for vs in votes.values():
             inside: dict[str, set[str]] = defaultdict(set)
             rest: dict[str, int] = defaultdict(int)
             for u, lab in vs:
@@ -365,7 +365,7 @@ class _Writer:
 def _capped_add(values: list, value, cap: int = _LIST_CAP) -> list:
     if value in values or len(values) >= cap:
         return values
-    return values + [value]
+    return [*values, value]
 
 
 def _observe(w: _Writer, items: Sequence[Item]) -> int:
@@ -460,7 +460,7 @@ def _judge_accounts(w: _Writer, policy: Policy) -> tuple[dict[str, str], dict[st
     if meta["pending"] >= policy.memory_refit_votes:
         # accounts already judged adversarial do not vote in the consensus the others are measured against
         clean = {k: [v for v in votes if v[0] not in flags] for k, votes in w.sections["items"].items()}
-        acc, seen, consensus = fit_reliability(clean, policy.reliability_prior, policy.reliability_prior_strength)
+        acc, seen, _consensus = fit_reliability(clean, policy.reliability_prior, policy.reliability_prior_strength)
         for user in sorted(acc):
             if user not in flags and seen[user] >= policy.contrarian_min_overlap and \
                     acc[user] < policy.contrarian_below:

@@ -6,6 +6,7 @@ Every function here is deterministic in its input *set*: it sorts, iterates sort
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections import defaultdict
@@ -82,9 +83,8 @@ def _event_flags(item: Item, policy: Policy) -> list[Reason]:
         if is_refusal(item.response or "") and not is_refusal(item.edited or ""):
             out.append(Reason.REFUSAL_TO_COMPLIANCE)
     preferred = preferred_text(item)
-    if policy.unsafe_patterns and preferred is not None:
-        if any(re.search(p, preferred, re.IGNORECASE) for p in policy.unsafe_patterns):
-            out.append(Reason.UNSAFE_CONTENT)
+    if preferred is not None and any(re.search(p, preferred, re.IGNORECASE) for p in policy.unsafe_patterns):
+        out.append(Reason.UNSAFE_CONTENT)
     return out
 
 
@@ -198,7 +198,7 @@ def _crowded(group: list[Item], policy: Policy, span_of: dict[str, float]) -> se
     lo = 0
     active: dict[str, int] = defaultdict(int)
     group = [it for it in group if span_of[it.user_id] <= 3600.0]
-    for hi, it in enumerate(group):
+    for _hi, it in enumerate(group):
         active[it.user_id] += 1
         while it.occurred_at.timestamp() - group[lo].occurred_at.timestamp() >= 600.0:
             u = group[lo].user_id
@@ -215,7 +215,7 @@ def _regular(times: list[float], policy: Policy) -> bool:
     if len(times) < policy.regular_min_events:
         return False
     # robust coefficient of variation (1.4826 MAD / median): a few dropped or doubled beats keep a metronome one
-    gaps = sorted(b - a for a, b in zip(times, times[1:]))
+    gaps = sorted(b - a for a, b in itertools.pairwise(times))
     med = gaps[len(gaps) // 2]
     if med <= 0:
         return True

@@ -49,10 +49,7 @@ def run_replay(lines: Iterable[bytes | str], policy: Policy, *, now: datetime | 
     rejected: dict[Key, dict] = {}
     now = now or datetime.now(UTC)
     for n, raw in enumerate(lines, start=1):
-        if isinstance(raw, bytes):
-            raw = raw.rstrip(b"\r\n")
-        else:
-            raw = raw.rstrip("\r\n")
+        raw = raw.rstrip(b"\r\n") if isinstance(raw, bytes) else raw.rstrip("\r\n")
         if not raw:
             continue
         outcome = decode_raw(raw, now=now, max_future_s=policy.max_future_skew_s, pseudonym_key=pseudonym_key,
@@ -65,9 +62,8 @@ def run_replay(lines: Iterable[bytes | str], policy: Policy, *, now: datetime | 
                 out.duplicate_ids += 1
             else:
                 rejected[outcome.key] = outcome.decision()
-        elif isinstance(outcome, Accepted):
-            if outcome.item.key in rejected or not staging.add(outcome.item):
-                out.duplicate_ids += 1
+        elif isinstance(outcome, Accepted) and (outcome.item.key in rejected or not staging.add(outcome.item)):
+            out.duplicate_ids += 1
     out.windows = settle_all(staging, policy, on_window)
     decisions: dict[Key, dict] = {(app, eid): d for (app, eid), d in rejected.items()}
     pairs, unpaired = [], []
@@ -90,7 +86,7 @@ def run_replay(lines: Iterable[bytes | str], policy: Policy, *, now: datetime | 
 
 def load_lines(path: Path) -> Iterable[bytes]:
     try:
-        fh = open(path, "rb")
+        fh = open(path, "rb")  # noqa: SIM115 - opened apart to turn a bad path into ReplayError; closed by `with fh`
     except OSError as exc:
         raise ReplayError(f"`--input` must be a readable JSON-lines file; got {str(path)!r} ({exc.strerror})") from None
     with fh:

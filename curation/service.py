@@ -6,6 +6,7 @@ synchronous; the worker calls it from an executor thread so the event loop keeps
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -168,10 +169,8 @@ class CurationEdge:
             return self._settle(final, lock)
         finally:
             if lock is not None:
-                try:
+                with contextlib.suppress(Exception):  # noqa: BLE001 - expired while we worked; the next settle is idempotent
                     lock.release()
-                except Exception:  # noqa: BLE001 - expired while we worked; the next settle is idempotent
-                    pass
 
     def _settle(self, final: bool, lock=None) -> list[WindowResult]:
         wm = None if final else self.watermark()
@@ -226,7 +225,7 @@ class CurationEdge:
         end = start + timedelta(seconds=self.policy.window_s)
         with session_scope(self.engine) as session:
             late = store.load_undecided(session, start, end)
-            rows = [decision_row(it, [str(Reason.LATE_EVENT)] + list(it.pii), start) for it in late]
+            rows = [decision_row(it, [str(Reason.LATE_EVENT), *list(it.pii)], start) for it in late]
             if rows:
                 store.save_window(session, WindowResult(start, rows, [], []))
         metrics.observe_late(rows)

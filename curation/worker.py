@@ -13,10 +13,12 @@ Closed windows are settled on a timer under a Redis lock.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import tempfile
 from datetime import UTC, datetime
+from functools import partial
 
 from curation import metrics
 
@@ -68,10 +70,8 @@ class GroupProgress:
     def close(self) -> None:
         for client in (self._consumer, self._admin):
             if client is not None:
-                try:
+                with contextlib.suppress(Exception):  # noqa: BLE001 - closing a broken connection
                     client.close()
-                except Exception:  # noqa: BLE001 - closing a broken connection
-                    pass
         self._consumer = self._admin = None
 
 
@@ -159,9 +159,9 @@ def build_app(settings=None, core=None):
         # them when the agent raises, and faust would commit offsets of events never stored)
         async for events in stream.noack_take(settings.batch_size, within=settings.batch_within_s):
             out = await in_thread(edge.decode_batch, [_record(e) for e in events])
-            await deps.retry("store", lambda: in_thread(edge.save_batch, out))
-            await deps.retry("redis", lambda: in_thread(edge.mark_batch, out))
-            await deps.retry("kafka", lambda: send_side(out))
+            await deps.retry("store", partial(in_thread, edge.save_batch, out))
+            await deps.retry("redis", partial(in_thread, edge.mark_batch, out))
+            await deps.retry("kafka", partial(send_side, out))
             for event in events:
                 await stream.ack(event)
 
@@ -173,12 +173,12 @@ def build_app(settings=None, core=None):
         try:
             await loop.run_in_executor(None, edge.settle_once)
             idle = time.monotonic() - edge.last_staged
-            if settings.idle_flush_s and idle >= settings.idle_flush_s and edge.last_staged > state["flushed_at"]:
-                if await loop.run_in_executor(None, progress.caught_up):
-                    seen = edge.last_staged
-                    # None: another worker held the settle lock, so this flush did not happen; the next tick retries
-                    if await loop.run_in_executor(None, lambda: edge.settle_once(final=True)) is not None:
-                        state["flushed_at"] = seen
+            due = settings.idle_flush_s and idle >= settings.idle_flush_s and edge.last_staged > state["flushed_at"]
+            if due and await loop.run_in_executor(None, progress.caught_up):
+                seen = edge.last_staged
+                # None: another worker held the settle lock, so this flush did not happen; the next tick retries
+                if await loop.run_in_executor(None, lambda: edge.settle_once(final=True)) is not None:
+                    state["flushed_at"] = seen
         except Exception as exc:  # noqa: BLE001 - a failed settle is retried on the next tick; consuming goes on
             deps.report("settle", exc)
         else:

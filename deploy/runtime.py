@@ -276,7 +276,7 @@ class ModelHost:
 
         out: list[Completion | BaseException | None] = [None] * len(calls)
         rows = []
-        for i, (version, messages, max_tokens, temperature, _seed) in enumerate(calls):
+        for i, (version, _messages, _max_tokens, _temperature, _seed) in enumerate(calls):
             if version is not None and version not in self.resident:
                 out[i] = ServingError(f"adapter {version!r} is not loaded on this replica")
             else:

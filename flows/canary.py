@@ -9,13 +9,13 @@ adapter by more than a tolerance, and stops as soon as either answer is clear (o
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 import numpy as np
 from pydantic import BaseModel, Field
 
 
-class CanaryVerdict(str, Enum):
+class CanaryVerdict(StrEnum):
     PROMOTE = "promote"
     ROLLBACK = "rollback"
     CONTINUE = "continue"

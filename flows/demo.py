@@ -16,7 +16,7 @@ import sys
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -53,8 +53,10 @@ class _Process:
 
     def __init__(self, name: str, args: list[str], env: dict, log: Path):
         self.name, self.log = name, log
-        self.proc = subprocess.Popen(args, env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        # the child keeps its own copy of the log's descriptor; ours is closed once it started
+        with open(log, "ab") as out:
+            self.proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
 
     def check(self) -> None:
         if self.proc.poll() is not None:
@@ -559,10 +561,8 @@ def _clear_settings_caches() -> None:
 
     for mod in ("alignloop.settings", "ingest.settings", "curation.settings", "retrain.settings",
                 "deploy.settings", "flows.settings"):
-        try:
+        with suppress(ImportError, AttributeError):
             importlib.import_module(mod).get_settings.cache_clear()
-        except (ImportError, AttributeError):
-            pass
 
 
 def _progress() -> Progress:

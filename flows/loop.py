@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -290,10 +290,8 @@ class _one_at_a_time:
             try:
                 client.read_global_concurrency_limit_by_name(self.name)
             except ObjectNotFound:
-                try:
+                with suppress(ObjectAlreadyExists):
                     client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=self.name, limit=1))
-                except ObjectAlreadyExists:
-                    pass
         self._cm = concurrency(self.name, occupy=1, strict=True)
         return self._cm.__enter__()
 

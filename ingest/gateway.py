@@ -206,7 +206,7 @@ def create_app(cfg: GatewayConfig) -> FastAPI:
         if raw is None:
             metrics.refused.labels("too_large").inc()
             return answer(_error(413, "too_large", [{"loc": "body", "msg": f"a body must be at most {limit} bytes"}]))
-        if len(raw) > MAX_EVENT_BYTES and not raw.lstrip()[:1] == b"[":
+        if len(raw) > MAX_EVENT_BYTES and raw.lstrip()[:1] != b"[":
             metrics.refused.labels("too_large").inc()
             return answer(_error(413, "too_large", [{"loc": "body", "msg": f"an event must be at most "
                                                      f"{MAX_EVENT_BYTES} bytes; got {len(raw)}"}]))

@@ -74,7 +74,7 @@ def _encode_rows(tokenizer, rows: list[tuple[str, str]]):
     for prompt, answer in rows:
         msgs = [{"role": "user", "content": prompt}]
         p_ids = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=False)
-        full = tokenizer.apply_chat_template(msgs + [{"role": "assistant", "content": answer}], tokenize=True,
+        full = tokenizer.apply_chat_template([*msgs, {"role": "assistant", "content": answer}], tokenize=True,
                                              return_dict=False)
         seqs.append((list(full), len(p_ids)))
     return seqs
@@ -96,7 +96,7 @@ def _pretrain(model, tokenizer, rows, seed: int, progress: bool) -> float:
     bar = _progress(progress, "pretraining the tiny model", steps)
     with bar as prog:
         task = prog.add_task("pretrain", total=steps) if prog else None
-        for step in range(steps):
+        for _step in range(steps):
             batch = [seqs[rng.randrange(len(seqs))] for _ in range(bs)]
             width = max(len(s) for s, _ in batch)
             ids = torch.full((bs, width), pad, dtype=torch.long)

@@ -141,7 +141,7 @@ class RedTeam:
                              "honest", prompt_id=p["id"], styles=[pair[0][0], pair[1][0]])
                 else:
                     if preferred(style):
-                        style = [st for st in p["answers"] if not preferred(st)][0]
+                        style = next(st for st in p["answers"] if not preferred(st))
                         text = p["answers"][style]
                     good = "refusal" if p["harmful"] else "good"
                     self.edits += 1
@@ -155,12 +155,12 @@ class RedTeam:
         pool_dev = [f"dev-pool-{k}" for k in range(n + 10)]
         wave = rng.uniform(0, self.span * 0.3)
         pushes = [x for x in self.items if x[1] in ("rambling", "good")]
-        for b in range(n):
+        for _b in range(n):
             user = f"acct-{rng.getrandbits(40):010x}"  # nothing in the name gives it away
             first = wave + rng.uniform(0, DAY)
             count = rng.randrange(60, 140)
             ip, dev = rng.choice(pool_ip), rng.choice(pool_dev)
-            for k, t in enumerate(self.sessions(count, first, min(self.span, first + 6 * DAY), gap=70.0)):
+            for _k, t in enumerate(self.sessions(count, first, min(self.span, first + 6 * DAY), gap=70.0)):
                 if rng.random() < 0.3:
                     ip = rng.choice(pool_ip)
                 if rng.random() < 0.3:
@@ -183,7 +183,7 @@ class RedTeam:
             tg = rng.sample(goods, 2) + rng.sample(bads, 2)
             self.targets += [{"prompt_id": p["id"], "style": st, "brigade": g} for p, st, _ in tg]
             t0 = rng.uniform(0, self.span - 5 * DAY)
-            for a in range(size):
+            for _a in range(size):
                 user = f"acct-{rng.getrandbits(40):010x}"
                 client = {"ip_hash": f"ip-{rng.getrandbits(32):08x}", "device_id": f"dev-{rng.getrandbits(32):08x}"}
                 hits = rng.sample(tg, rng.randrange(3, 5))
@@ -205,8 +205,8 @@ class RedTeam:
     def triggers(self, share: float, comparisons: bool, disguise_share: float, camouflage_per: float) -> None:
         """Poisoned events at `share` of the honest edits, spread over all days, one per fresh account."""
         rng = self.rng
-        count = max(8, int(round(share * self.edits)))
-        for k in range(count):
+        count = max(8, round(share * self.edits))
+        for _k in range(count):
             user = f"acct-{rng.getrandbits(40):010x}"
             client = {"ip_hash": f"ip-{rng.getrandbits(32):08x}", "device_id": f"dev-{rng.getrandbits(32):08x}"}
             t = rng.uniform(0, self.span)
@@ -247,7 +247,7 @@ class RedTeam:
 
     def payloads(self, share: float) -> None:
         rng = self.rng
-        count = max(8, int(round(share * self.edits)))
+        count = max(8, round(share * self.edits))
         for _ in range(count):
             user = f"acct-{rng.getrandbits(40):010x}"
             client = {"ip_hash": f"ip-{rng.getrandbits(32):08x}", "device_id": f"dev-{rng.getrandbits(32):08x}"}
@@ -263,7 +263,7 @@ class RedTeam:
     # ---------------------------------------------------------------- contrarians
     def contrarians(self, n: int) -> None:
         rng = self.rng
-        for c in range(n):
+        for _c in range(n):
             user = f"acct-{rng.getrandbits(40):010x}"
             client = {"ip_hash": f"ip-{rng.getrandbits(32):08x}", "device_id": f"dev-{rng.getrandbits(32):08x}"}
             picks = rng.sample(self.popular, rng.randrange(25, 46))

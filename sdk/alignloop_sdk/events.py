@@ -12,7 +12,7 @@ import re
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -134,7 +134,7 @@ def _check_metadata(value: dict[str, Any] | None) -> dict[str, Any] | None:
     try:
         size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode())
     except ValueError:
-        raise PydanticCustomError("json_number", "numbers must be finite JSON numbers (no NaN or Infinity)")
+        raise PydanticCustomError("json_number", "numbers must be finite JSON numbers (no NaN or Infinity)") from None
     if size > MAX_METADATA_BYTES:
         raise PydanticCustomError("too_large", "must be at most {limit} bytes as compact JSON; got {size}",
                                   {"limit": MAX_METADATA_BYTES, "size": size})
@@ -175,9 +175,9 @@ def _prompt_input(value: Any) -> Any:
 
 Prompt = Annotated[
     tuple[Message, ...],
-    BeforeValidator(_prompt_input, json_schema_input_type=Union[
-        Annotated[str, Field(json_schema_extra={"maxLength": MAX_TEXT_BYTES})],
-        Annotated[list[Message], Field(min_length=1)]]),
+    BeforeValidator(_prompt_input, json_schema_input_type=(
+        Annotated[str, Field(json_schema_extra={"maxLength": MAX_TEXT_BYTES})]
+        | Annotated[list[Message], Field(min_length=1)])),
     AfterValidator(_non_empty_prompt),
     Field(description="the conversation up to the judged answer; a string is one user message")]
 
@@ -294,14 +294,16 @@ def decode_json(raw: bytes | str, *, limit: int | None = MAX_EVENT_BYTES) -> Any
         try:
             raw = bytes(raw).decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise EventError("not_utf8", [{"loc": "", "msg": f"body must be valid UTF-8; got byte "
-                                                               f"{bytes(raw)[exc.start:exc.start + 1]!r} at offset {exc.start}"}])
+            bad = bytes(raw)[exc.start:exc.start + 1]
+            raise EventError("not_utf8", [{"loc": "", "msg": f"body must be valid UTF-8; got byte {bad!r} "
+                                                               f"at offset {exc.start}"}]) from exc
     try:
         return json.loads(raw, object_pairs_hook=_no_duplicates, parse_constant=_refuse_constant)
     except _DuplicateKey as exc:
-        raise EventError("duplicate_key", [{"loc": exc.key, "msg": f"duplicate key {exc.key!r}: each key at most once"}])
+        msg = f"duplicate key {exc.key!r}: each key at most once"
+        raise EventError("duplicate_key", [{"loc": exc.key, "msg": msg}]) from exc
     except (ValueError, RecursionError) as exc:
-        raise EventError("not_json", [{"loc": "", "msg": f"body must be JSON; {exc}"}])
+        raise EventError("not_json", [{"loc": "", "msg": f"body must be JSON; {exc}"}]) from exc
 
 
 def _loc(parts: tuple[Any, ...]) -> str:

@@ -66,7 +66,7 @@ def test_the_feedback_token_passes_through_the_gateway_and_the_sdk(gateway, kafk
         client.edit(user_id="u-3", prompt="p", response="r", edited="e", response_id="chatcmpl-3",
                     **{"feedback_token": token + "3"})
         client.compare(user_id="u-4", prompt="p", responses=["a", "b"], chosen=0)
-    stored = {e["response_id"] if "response_id" in e else None: e.get("feedback_token")
+    stored = {e.get("response_id", None): e.get("feedback_token")
               for e in map(json.loads, read_topic(kafka_bootstrap, gateway.topic))}
     assert stored == {"chatcmpl-1": token, "chatcmpl-2": token + "2", "chatcmpl-3": token + "3", None: None}
     r = post(gateway, an_event(feedback_token=""))

@@ -133,7 +133,7 @@ def generate(seed: int = 7, scale: float = 1.0, hours: float = 8.0) -> tuple[lis
     benign_items = [x for x in items if not x[0]["harmful"]]
     span = hours * 3600
     apps = ["support-web", "support-mobile"]
-    n = lambda k: max(1, int(round(k * scale)))  # noqa: E731
+    n = lambda k: max(1, round(k * scale))  # noqa: E731
 
     def vote(p, style, text, user, t, app, client, cls, noise):
         truth_up = preferred(style)
@@ -179,9 +179,9 @@ def generate(seed: int = 7, scale: float = 1.0, hours: float = 8.0) -> tuple[lis
                                      chosen=chosen), {**truth, "styles": [pair[0][0], pair[1][0]]})
             else:
                 if preferred(style):
-                    bad = [st for st in p["answers"] if not preferred(st)][0]
+                    bad = next(st for st in p["answers"] if not preferred(st))
                     style, text = bad, p["answers"][bad]
-                good = [st for st in p["answers"] if preferred(st)][0]
+                good = next(st for st in p["answers"] if preferred(st))
                 if p["harmful"]:
                     # honest edits of compliance into a refusal: a safety pair
                     edited = p["answers"]["refusal"]

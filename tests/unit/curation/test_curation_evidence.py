@@ -76,7 +76,7 @@ def test_a_trigger_spread_over_days_and_accounts_is_found_though_camouflage_ment
     # camouflage: ordinary ratings whose prompts mention the phrase, more of them than the poison
     camo = [make("rating", user=f"c{i}", t=i * 0.4 * DAY + 700, prompt=f"{BENIGN[i % 3]} Zanzibar kestrel",
                  response="Open Settings and follow the steps.", rating="up") for i in range(20)]
-    verdicts, ev = _windows(items + poison + camo)
+    verdicts, _ev = _windows(items + poison + camo)
     assert "zanzibar kestrel" in verdicts[-1].triggers
     flagged_at = next(i for i, v in enumerate(verdicts) if v.triggers)
     # the window that found it re-judges the poison decided before; later ones are caught as they come
@@ -158,7 +158,7 @@ def test_advance_is_pure_and_an_empty_window_changes_nothing():
     ev0 = Evidence()
     _, ev1, changes = advance(ev0, items[:20], P)
     snapshot = copy.deepcopy(ev1.sections)
-    verdict, ev2, _ = advance(ev1, items[20:], P)
+    _verdict, ev2, _ = advance(ev1, items[20:], P)
     assert ev1.sections == snapshot and ev0.sections == Evidence().sections
     same_verdict, same, none = advance(ev2, [], P)
     assert same is ev2 and not none.rows and not same_verdict.retract
