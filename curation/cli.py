@@ -72,7 +72,8 @@ def export(
     decisions: Path | None = typer.Option(None, "--decisions", help="write {event_id, decision, reasons} lines"),
     pairs: Path | None = typer.Option(None, "--pairs", help="write preference pairs"),
     unpaired: Path | None = typer.Option(None, "--unpaired", help="write unpaired KTO examples"),
-    dlq: Path | None = typer.Option(None, "--dlq", help="write dead letters ({line: partition:offset, sha256, reason})"),
+    dlq: Path | None = typer.Option(None, "--dlq",
+                                    help="write dead letters ({line: partition:offset, sha256, reason})"),
     store_url: str | None = typer.Option(None, "--store-url", help="SQLAlchemy URL (default: the configured store)"),
     as_json: bool = typer.Option(False, "--json", help="print the counts as JSON"),
 ) -> None:

@@ -1,4 +1,4 @@
-"""The per-event first step shared by the stream and the replay: bytes -> a redacted Item, a rejection or a dead letter."""
+"""The per-event first step of the stream and the replay: bytes -> a redacted Item, a rejection or a dead letter."""
 
 from __future__ import annotations
 

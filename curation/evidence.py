@@ -245,8 +245,8 @@ def coordinated_groups(items: dict, exclude: set[str], max_p: float, min_account
     """Groups of accounts that vote the same way on the same items more than chance, against everyone else.
 
     1. Two accounts are linked when their same-way votes on the same items exceed chance: a Poisson tail
-       under `link_p` (default `max_p`) with mean n_a x n_b x sum of squared (item, label) shares (popular items are shared
-       by honest heavy voters too, and this mean says how much).
+       under `link_p` (default `max_p`) with mean n_a x n_b x sum of squared (item, label) shares (popular items
+       are shared by honest heavy voters too, and this mean says how much).
     2. Members keep at least three links inside their group (a 3-core), so chance links chain nobody.
     3. On each item, the members voting one way (three or more) are tested against the other accounts'
        rate for that label (binomial tail under `max_p`): honest heavy voters co-vote too, but the way

@@ -454,7 +454,8 @@ def find_poison(items: Sequence[Item], policy: Policy) -> tuple[dict[Key, Reason
     across at least as many distinct prompts, that (almost) never appears in the prompts of ratings or in
     model answers, and whose use is enriched in edits and comparisons beyond chance (binomial tail against
     the context's own share of those kinds under `phrase_max_p`). A payload is an n-gram that edits
-    inserted, in at least two and half of the edits of as many accounts, and absent from the background. Events carrying either are dropped.
+    inserted, in at least two and half of the edits of as many accounts, and absent from the background. Events
+    carrying either are dropped.
     """
     shaping_users: dict[str, set[str]] = defaultdict(set)
     shaping_prompts: dict[str, set[str]] = defaultdict(set)

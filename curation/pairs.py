@@ -1,4 +1,4 @@
-"""Pair building: kept events -> TRL conversational preference pairs and unpaired KTO examples, with weights and lineage."""
+"""Pair building: kept events -> TRL conversational preference pairs and unpaired KTO examples, weights, lineage."""
 
 from __future__ import annotations
 
@@ -78,8 +78,8 @@ def build_pairs(items: Sequence[Item], weight_of: Callable[[str], float], policy
     for it in sorted(items, key=lambda i: i.sort_key):
         if it.kind == "edit" and it.response is not None and it.edited is not None:
             pairs.append(Pair(_id("edit", it.app_id, [it.event_id], it.edited, it.response), it.prompt, it.edited,
-                              it.response, round(weight_of(it.user_id), 6), dimension_of([it.edited, it.response], policy),
-                              (it.event_id,), it.occurred_at))
+                              it.response, round(weight_of(it.user_id), 6),
+                              dimension_of([it.edited, it.response], policy), (it.event_id,), it.occurred_at))
         elif it.kind == "comparison" and it.chosen is not None and it.responses:
             comparisons[(it.prompt_key, tuple(sorted(it.responses)))].append(it)
         elif it.kind == "rating" and it.response is not None:

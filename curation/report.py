@@ -43,5 +43,5 @@ def build_report(session: Session) -> dict:
     for app_id, a in apps.items():
         a["keep_rate"] = a["kept"] / a["events"] if a["events"] else 0.0
         a["drift_alarms"] = [starts[i] for i in cusum_alarms(series.get(app_id, []))]
-    return {"rows": store.count_rows(session), "reasons": dict(reasons.most_common()), "apps": dict(sorted(apps.items())),
-            "tokens": dict(sorted(tokens.items())), "windows": windows}
+    return {"rows": store.count_rows(session), "reasons": dict(reasons.most_common()),
+            "apps": dict(sorted(apps.items())), "tokens": dict(sorted(tokens.items())), "windows": windows}

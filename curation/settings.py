@@ -1,4 +1,4 @@
-"""Curation settings (env `ALIGNLOOP_CURATION_<FIELD>`, policy as `ALIGNLOOP_CURATION_POLICY__<FIELD>`); built lazily."""
+"""Curation settings (env `ALIGNLOOP_CURATION_<FIELD>`, policy `ALIGNLOOP_CURATION_POLICY__<FIELD>`); built lazily."""
 
 from __future__ import annotations
 
@@ -31,11 +31,13 @@ class Policy(BaseModel):
     # duplicates
     near_dup_jaccard: float = Field(0.8, gt=0, le=1, description="MinHash Jaccard of 5-gram shingles")
     # trivial edits
-    trivial_edit_distance: float = Field(0.03, ge=0, lt=1, description="normalised edit distance below which an edit is trivial")
+    trivial_edit_distance: float = Field(0.03, ge=0, lt=1,
+                                         description="normalised edit distance below which an edit is trivial")
     # reliability (one-coin Dawid-Skene)
     reliability_prior: float = Field(0.7, gt=0.5, lt=1)
     reliability_prior_strength: float = Field(4.0, gt=0)
-    reliability_min_overlap: int = Field(6, ge=1, description="judged items shared with others before a user can be dropped")
+    reliability_min_overlap: int = Field(6, ge=1,
+                                         description="judged items shared with others before a user can be dropped")
     reliability_drop_below: float = Field(0.4, ge=0, lt=1)
     # brigades (co-action)
     coaction_window_s: int = Field(900, ge=1)
@@ -84,7 +86,8 @@ class CurationSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="ALIGNLOOP_CURATION_", env_nested_delimiter="__", extra="ignore")
 
-    topic: str = Field("alignloop.feedback.v1", description="the feedback topic; rejected/dlq are <topic>.rejected/.dlq")
+    topic: str = Field("alignloop.feedback.v1",
+                       description="the feedback topic; rejected/dlq are <topic>.rejected/.dlq")
     group: str = Field("alignloop-curation", description="the consumer group every worker joins")
     store_url: str | None = Field(None, description="SQLAlchemy URL; default: the core store")
     redis_url: str | None = Field(None, description="default: the core Redis")

@@ -266,7 +266,8 @@ def load_evidence_mark(session: Session) -> object:
 def _pair_row(p: Pair, start: datetime) -> dict:
     j = p.to_json()
     return {"pair_id": p.pair_id, "prompt": json.dumps(j["prompt"], ensure_ascii=False),
-            "chosen": json.dumps(j["chosen"], ensure_ascii=False), "rejected": json.dumps(j["rejected"], ensure_ascii=False),
+            "chosen": json.dumps(j["chosen"], ensure_ascii=False),
+            "rejected": json.dumps(j["rejected"], ensure_ascii=False),
             "weight": p.weight, "dimension": p.dimension, "event_ids": json.dumps(list(p.event_ids)),
             "created_at": naive(p.created_at), "window_start": start}
 

@@ -181,7 +181,8 @@ def evaluate(base_model: str | Path | None, candidate_dir: Path | str, snapshot:
             model = base_model_obj if name == "base" else _merged(base_model_obj, adapters[name])
             for sname, recs in slices.items():
                 prompts_s = [r["prompt"] for r in recs]
-                c, lc = sequence_logps(model, tok, prompts_s, [r["chosen"] for r in recs], max_length=cfg.dpo.max_length)
+                c, lc = sequence_logps(model, tok, prompts_s, [r["chosen"] for r in recs],
+                                       max_length=cfg.dpo.max_length)
                 r_, lr = sequence_logps(model, tok, prompts_s, [r["rejected"] for r in recs],
                                         max_length=cfg.dpo.max_length)
                 logps[(name, sname)] = (c, lc, r_, lr)

@@ -266,18 +266,20 @@ def build_snapshot(pairs: list[dict], unpaired: list[dict], policy: SnapshotPoli
              "train_unpaired": len(u_train), "heldout_unpaired": len(u_held)}
     stats["sizes"] = sizes
     if len(train) < policy.min_train_pairs:
-        raise NotEnoughDataError(f"`min_train_pairs` is {policy.min_train_pairs}; the snapshot has {len(train)} training "
-                            f"pairs after filtering ({stats['input_pairs']} in, sizes {sizes})")
+        raise NotEnoughDataError(f"`min_train_pairs` is {policy.min_train_pairs}; the snapshot has {len(train)} "
+                            f"training pairs after filtering ({stats['input_pairs']} in, sizes {sizes})")
     if len(heldout) < policy.min_heldout_pairs:
         raise NotEnoughDataError(f"`min_heldout_pairs` is {policy.min_heldout_pairs}; the snapshot has {len(heldout)} "
                             f"held-out pairs (raise `heldout_fraction` or add data; sizes {sizes})")
     if len(u_train) < policy.min_train_unpaired:
-        raise NotEnoughDataError(f"`min_train_unpaired` is {policy.min_train_unpaired}; the snapshot has {len(u_train)}")
+        raise NotEnoughDataError(f"`min_train_unpaired` is {policy.min_train_unpaired}; "
+                                 f"the snapshot has {len(u_train)}")
 
+    parts = (train, heldout, safety, u_train, u_held)
     content = _canon({"policy": policy.model_dump(mode="json"),
-                      "parts": [[r["content_hash"] for r in part] for part in (train, heldout, safety, u_train, u_held)],
-                      "lineage": [[r["event_ids"] for r in part] for part in (train, heldout, safety, u_train, u_held)],
-                      "weights": [[r["weight"] for r in part] for part in (train, heldout, safety, u_train, u_held)]})
+                      "parts": [[r["content_hash"] for r in part] for part in parts],
+                      "lineage": [[r["event_ids"] for r in part] for part in parts],
+                      "weights": [[r["weight"] for r in part] for part in parts]})
     return Snapshot(train, heldout, safety, u_train, u_held, hash=_sha(content), stats=stats)
 
 

@@ -187,7 +187,8 @@ def run_training(base_model: str, snapshot: Snapshot, cfg: RunConfig, workdir: P
         trainer_cls.ref_cache = cache
         started = time.perf_counter()
         try:
-            trainer = trainer_cls(model=model, args=args, train_dataset=Dataset.from_list(to_trl_pairs(snapshot.train_pairs)),
+            trainer = trainer_cls(model=model, args=args,
+                                  train_dataset=Dataset.from_list(to_trl_pairs(snapshot.train_pairs)),
                                   processing_class=tokenizer,
                                   peft_config=None if init_adapter else _lora_config(cfg))
         finally:
@@ -198,9 +199,10 @@ def run_training(base_model: str, snapshot: Snapshot, cfg: RunConfig, workdir: P
         if "ref" in getattr(model, "peft_config", {}):  # TRL's frozen reference copy; KTO makes its own
             model.delete_adapter("ref")
         metrics.update(_summarize(trainer.state.log_history, "dpo"))
-        metrics.update({"dpo/train_runtime_s": round(out.metrics["train_runtime"], 2),
+        runtime = out.metrics["train_runtime"]
+        metrics.update({"dpo/train_runtime_s": round(runtime, 2),
                         "dpo/prepare_s": round(prep_s, 2),
-                        "dpo/pairs_per_s": round(len(snapshot.train_pairs) * d.epochs / out.metrics["train_runtime"], 2)})
+                        "dpo/pairs_per_s": round(len(snapshot.train_pairs) * d.epochs / runtime, 2)})
         if cache is not None:
             metrics.update({"dpo/ref_cache_hits": cache.hits, "dpo/ref_cache_misses": cache.misses})
     if use_kto:

@@ -255,7 +255,9 @@ def _kind_of(value: Any) -> str | None:
 
 
 FeedbackEvent = Annotated[
-    Annotated[RatingEvent, Tag("rating")] | Annotated[EditEvent, Tag("edit")] | Annotated[ComparisonEvent, Tag("comparison")],
+    Annotated[RatingEvent, Tag("rating")]
+    | Annotated[EditEvent, Tag("edit")]
+    | Annotated[ComparisonEvent, Tag("comparison")],
     Discriminator(_kind_of, custom_error_type="kind",
                   custom_error_message='`kind` must be "rating", "edit" or "comparison"'),
 ]
@@ -344,7 +346,8 @@ def _translate(exc: ValidationError, data: Mapping[str, Any]) -> EventError:
 def validate_event(data: Any, *, now: datetime | None = None) -> FeedbackEvent:
     """Python values (a decoded JSON object) -> a validated event, or EventError."""
     if not isinstance(data, Mapping):
-        raise EventError("not_object", [{"loc": "", "msg": f"an event must be a JSON object; got {type(data).__name__}"}])
+        msg = f"an event must be a JSON object; got {type(data).__name__}"
+        raise EventError("not_object", [{"loc": "", "msg": msg}])
     try:
         return _ADAPTER.validate_python(data, context={"now": now} if now else None)
     except ValidationError as exc:
@@ -359,11 +362,13 @@ def parse_event(raw: bytes | str | Mapping[str, Any], *, now: datetime | None = 
     """
     if isinstance(raw, Mapping):
         try:
-            size = len(json.dumps(raw, separators=(",", ":"), ensure_ascii=False, default=str).encode("utf-8", "surrogatepass"))
+            text = json.dumps(raw, separators=(",", ":"), ensure_ascii=False, default=str)
+            size = len(text.encode("utf-8", "surrogatepass"))
         except (TypeError, ValueError):
             size = 0
         if size > MAX_EVENT_BYTES:
-            raise EventError("too_large", [{"loc": "", "msg": f"an event must be at most {MAX_EVENT_BYTES} bytes; got {size}"}])
+            msg = f"an event must be at most {MAX_EVENT_BYTES} bytes; got {size}"
+            raise EventError("too_large", [{"loc": "", "msg": msg}])
         return validate_event(raw, now=now)
     return validate_event(decode_json(raw), now=now)
 
