@@ -58,13 +58,14 @@ def replay(
                             on_window=lambda i, n: progress.update(task, completed=i, total=n))
     written = {"decisions": save_jsonl(decisions, result.decisions), "pairs": save_jsonl(pairs, result.pairs),
                "unpaired": save_jsonl(unpaired, result.unpaired), "dlq": save_jsonl(dlq, result.dlq)}
+    reasons = reason_counts(result.decisions)
     summary = {"decisions": len(result.decisions), "pairs": len(result.pairs), "unpaired": len(result.unpaired),
                "dlq": len(result.dlq), "duplicate_event_ids": result.duplicate_ids,
-               "reasons": reason_counts(result.decisions), "written": written}
+               "reasons": reasons, "written": written}
     typer.echo(json.dumps(summary) if as_json else
                f"{summary['decisions']} decisions, {summary['pairs']} pairs, {summary['unpaired']} unpaired, "
                f"{summary['dlq']} dead letters, {result.duplicate_ids} repeated event ids\n"
-               + "\n".join(f"  {k}: {v}" for k, v in summary["reasons"].items()))
+               + "\n".join(f"  {k}: {v}" for k, v in reasons.items()))
 
 
 @app.command("export")

@@ -323,14 +323,14 @@ def coordinated_groups(items: dict, exclude: set[str], max_p: float, min_account
                     inside[lab].add(u)
                 elif u not in exclude:
                     rest[lab] += 1
-            for lab, who in sorted(inside.items()):
-                if len(who) < 3:
+            for lab, voters in sorted(inside.items()):
+                if len(voters) < 3:
                     continue
                 # how likely this many members vote `lab` if they voted like everyone else does on this item
                 p_lab = (rest.get(lab, 0) + 1.0) / (sum(rest.values()) + 2.0)
-                if p_lab < 0.5 and upper_tail(len(who), [p_lab] * (len(who) + sum(
+                if p_lab < 0.5 and upper_tail(len(voters), [p_lab] * (len(voters) + sum(
                         len(o) for lb, o in inside.items() if lb != lab))) <= max_p:
-                    for u in who:
+                    for u in voters:
                         against[u] += 1
         culprits = sorted(u for u, n in against.items() if n >= 2)
         if len(culprits) >= min_accounts:

@@ -386,7 +386,7 @@ def estimate_reliability(items: Sequence[Item], policy: Policy, iterations: int 
         overlap = seen
     consensus = {}
     for key in keys:
-        score: dict[str, float] = defaultdict(float)
+        score = defaultdict(float)
         for u, label in by_key[key]:
             score[label] += _logit(acc[u])
         consensus[key] = sorted(score, key=lambda lab: (-score[lab], lab))[0]

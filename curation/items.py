@@ -6,6 +6,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import overload
 
 from curation.pii import pseudonymise, redact_text
 from curation.reasons import Reason
@@ -104,6 +105,10 @@ def build_item(event, key: bytes, tokens: TokenCheck | None = None) -> Item:
     """
     found: set[Reason] = set()
 
+    @overload
+    def clean(text: str) -> str: ...
+    @overload
+    def clean(text: str | None) -> str | None: ...
     def clean(text: str | None) -> str | None:
         if text is None:
             return None
@@ -111,6 +116,10 @@ def build_item(event, key: bytes, tokens: TokenCheck | None = None) -> Item:
         found.update(hits)
         return out
 
+    @overload
+    def pseudonym(field: str, value: str) -> str: ...
+    @overload
+    def pseudonym(field: str, value: str | None) -> str | None: ...
     def pseudonym(field: str, value: str | None) -> str | None:
         if value is None:
             return None

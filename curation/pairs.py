@@ -88,6 +88,7 @@ def build_pairs(items: Sequence[Item], weight_of: Callable[[str], float], policy
         group = comparisons[key]
         score: dict[str, float] = defaultdict(float)
         for it in group:
+            assert it.responses is not None and it.chosen is not None  # grouped above only when both are set
             score[it.responses[it.chosen]] += weight_of(it.user_id)
         a, b = key[1]
         if score[a] == score[b]:
@@ -97,10 +98,11 @@ def build_pairs(items: Sequence[Item], weight_of: Callable[[str], float], policy
         weight = round(min(1.0, (score[win] - score[lose]) / len(group)), 6)
         pairs.append(Pair(_id("comparison", group[0].app_id, ids, win, lose), group[0].prompt, win, lose, weight,
                           dimension_of([win, lose], policy), ids, max(it.occurred_at for it in group)))
-    for key in sorted(ratings):
-        group = ratings[key]
+    for pkey in sorted(ratings):
+        group = ratings[pkey]
         by_resp: dict[str, list[Item]] = defaultdict(list)
         for it in group:
+            assert it.response is not None  # grouped above only with a response
             by_resp[it.response].append(it)
         net = {r: sum(weight_of(it.user_id) * (1 if it.rating == "up" else -1) for it in its) / len(its)
                for r, its in by_resp.items()}

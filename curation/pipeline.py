@@ -70,15 +70,15 @@ def decision_row(item: Item, reasons: list[str], start: datetime | None) -> dict
     """A decision with the fields the read API needs: canary-watch counts verified feedback by the version
     and serving time its token signed (`adapter_version` is the client's claim, kept for reports)."""
     token = item.token
-    verified = token is not None and token.verified
+    verified = token if token is not None and token.verified else None
     return {"event_id": item.event_id, "decision": str(decide(reasons)), "reasons": reasons, "kind": item.kind,
             "app_id": item.app_id, "user_id": item.user_id, "adapter_version": item.adapter_version,
             "rating": item.rating, "occurred_at": item.occurred_at, "window_start": start,
             "token_status": token.status if token else None,
-            "verified_version": token.version if verified else None,
-            "verified_base_model": token.base_model if verified else None,
-            "served_at": token.served_at if verified else None,
-            "response_id": token.response_id if verified else None}
+            "verified_version": verified.version if verified else None,
+            "verified_base_model": verified.base_model if verified else None,
+            "served_at": verified.served_at if verified else None,
+            "response_id": verified.response_id if verified else None}
 
 
 def settle_window(context: Iterable[Item], start: datetime, policy: Policy,

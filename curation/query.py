@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from typing import overload
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
@@ -16,6 +17,10 @@ from curation.reasons import TOKEN_VERIFIED
 from curation.store import DecisionRow, PairRow, UnpairedRow, naive, pair_json, unpaired_json
 
 
+@overload
+def _t(value: datetime | str) -> datetime: ...
+@overload
+def _t(value: datetime | str | None) -> datetime | None: ...
 def _t(value: datetime | str | None) -> datetime | None:
     if value is None:
         return None
@@ -58,7 +63,7 @@ def _empty_stats() -> dict:
     return {"ratings": 0, "up": 0, "down": 0, "edits": 0, "comparisons": 0, "events": 0}
 
 
-def _tally(stats: dict, kind: str, rating: str | None, n: int = 1) -> None:
+def _tally(stats: dict, kind: str | None, rating: str | None, n: int = 1) -> None:
     stats["events"] += n
     if kind == "rating":
         stats["ratings"] += n
@@ -115,7 +120,7 @@ def load_verified_feedback_stats(session: Session, *, base_model: str, adapter_v
          .order_by(DecisionRow.occurred_at, DecisionRow.event_id))
     if _t(until) is not None:
         q = q.where(DecisionRow.served_at < _t(until))
-    seen: set[str] = set()
+    seen: set[str | None] = set()
     for version, response_id, kind, rating in session.execute(q):
         if response_id in seen:
             continue

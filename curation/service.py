@@ -139,7 +139,7 @@ class CurationEdge:
 
     def mark_batch(self, out: BatchOutcome) -> None:
         """Move the partitions' watermarks to the batch's newest event times (after its events are stored)."""
-        if self.redis is not None:
+        if self._hmax is not None:  # set exactly when there is a Redis client
             for partition, t in out.marks.items():
                 self._hmax(keys=[self._wm_key], args=[partition, f"{t:.6f}"])
 

@@ -8,8 +8,9 @@ take a Session and never commit: the caller's edge owns the transaction.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
+from typing import Any, overload
 
 from sqlalchemy import Boolean, DateTime, Float, Integer, String, Text, delete, func, select, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
@@ -122,6 +123,10 @@ def naive(t: datetime) -> datetime:
     return t.astimezone(UTC).replace(tzinfo=None) if t.tzinfo else t
 
 
+@overload
+def aware(t: datetime) -> datetime: ...
+@overload
+def aware(t: datetime | None) -> datetime | None: ...
 def aware(t: datetime | None) -> datetime | None:
     return t.replace(tzinfo=UTC) if t is not None and t.tzinfo is None else t
 
@@ -134,6 +139,7 @@ def _insert_ignore(session: Session, model, rows: Sequence[dict], keys: list[str
     if not rows:
         return 0
     dialect = session.get_bind().dialect.name
+    insert: Callable[..., Any]  # each dialect's own INSERT, for its ON CONFLICT clause
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     elif dialect == "sqlite":
@@ -150,7 +156,7 @@ def _insert_ignore(session: Session, model, rows: Sequence[dict], keys: list[str
 def save_staged(session: Session, items: Iterable[tuple[Item, str]]) -> int:
     """Stage redacted items (with where each came from); an (app_id, event_id) staged before is left as it was."""
     now = _now()
-    rows = {}
+    rows: dict[Key, dict] = {}
     for item, source in items:
         rows.setdefault(item.key, {"app_id": item.app_id, "event_id": item.event_id,
                                    "occurred_at": naive(item.occurred_at),
@@ -161,7 +167,7 @@ def save_staged(session: Session, items: Iterable[tuple[Item, str]]) -> int:
 
 def save_rejections(session: Session, decisions: Iterable[dict]) -> int:
     now = _now()
-    rows = {}
+    rows: dict[Key, dict] = {}
     for d in decisions:
         app = d.get("app_id") or ""
         rows.setdefault((app, d["event_id"]), {"event_id": d["event_id"], "decision": d["decision"],
@@ -208,12 +214,13 @@ def save_retractions(session: Session, retract: dict[str, str], accounts: dict[s
         rows += [(e, r, w, retract[e]) for e, r, w in session.execute(select(*cols).where(
             DecisionRow.event_id.in_(ids[chunk:chunk + 500]), DecisionRow.decision != "drop"))]
     named = {e for e, *_ in rows}
-    users = sorted(accounts or {})
+    accounts = accounts or {}
+    users = sorted(accounts)
     for chunk in range(0, len(users), 500):
         rows += [(e, r, w, accounts[u]) for e, r, w, u in session.execute(
             select(*cols, DecisionRow.user_id).where(DecisionRow.user_id.in_(users[chunk:chunk + 500]),
                                                      DecisionRow.decision != "drop").order_by(DecisionRow.event_id))
-            if e not in named]
+            if e not in named and u is not None]
     if not rows:
         return 0
     for eid, reasons, _, reason in rows:
@@ -235,6 +242,7 @@ def save_evidence(session: Session, rows: dict[tuple[str, str], object]) -> None
     if not rows:
         return
     dialect = session.get_bind().dialect.name
+    insert: Callable[..., Any]  # each dialect's own INSERT, for its ON CONFLICT clause
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:

@@ -19,6 +19,7 @@ import os
 import tempfile
 from datetime import UTC, datetime
 from functools import partial
+from typing import Any
 
 from curation import metrics
 
@@ -34,8 +35,9 @@ class GroupProgress:
 
     def __init__(self, bootstrap: str, topic: str, group: str, timeout_ms: int = 10000):
         self.bootstrap, self.topic, self.group, self.timeout_ms = bootstrap, topic, group, timeout_ms
-        self._consumer = None
-        self._admin = None
+        # kafka-python ships no types: a KafkaConsumer and a KafkaAdminClient once connected
+        self._consumer: Any = None
+        self._admin: Any = None
 
     def _connect(self) -> None:
         from kafka import KafkaAdminClient, KafkaConsumer

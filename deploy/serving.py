@@ -11,7 +11,7 @@ import uuid
 from collections import defaultdict
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
@@ -25,6 +25,9 @@ from deploy.limits import bound_prompt_text, fit_prompt
 from deploy.models import Routing
 from deploy.routing import choose_evictions, choose_version
 from deploy.settings import DeploySettings
+
+if TYPE_CHECKING:
+    from deploy.control import ControlListener
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +152,7 @@ class Replica:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._loop = threading.Thread(target=self._reconcile_loop, name="deploy-reconcile", daemon=True)
-        self.listener = None
+        self.listener: ControlListener | None = None
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -257,13 +260,13 @@ class Replica:
                              "serving_instead": "the base model" if desired.active in failed else served.active} \
                 if failed else None
             self.metrics.degraded.set(1 if failed else 0)
-            self.last_error = None if not failed else f"degraded: {self.degraded['error']}"[:800]
+            self.last_error = f"degraded: {self.degraded['error']}"[:800] if self.degraded else None
             if current is None or current.generation != desired.generation or recovered:
-                phases["total_s"] = time.perf_counter() - t0
+                phases["total_s"] = total_s = time.perf_counter() - t0
                 self.last_swap = {"generation": desired.generation,
                                   **{k: round(x, 4) if isinstance(x, float) else x for k, x in phases.items()}}
                 self.metrics.swaps.inc()
-                self.metrics.swap_seconds.observe(phases["total_s"])
+                self.metrics.swap_seconds.observe(total_s)
                 log.info("serving generation %s: active=%s canary=%s (%.1f%%)", desired.generation, desired.active,
                          desired.canary, 100 * desired.canary_share)
             self._evict(desired)
@@ -522,7 +525,7 @@ def create_app(settings: DeploySettings | None = None) -> FastAPI:
     return app
 
 
-_CHAT_RESPONSES = {
+_CHAT_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"description": "a field breaks its rule, `max_tokens` past the limit, or the prompt past "
                          "`max_prompt_tokens` (unless `prompt_overflow=truncate`)"},
     401: {"description": "no active serving key in `Authorization: Bearer`"},

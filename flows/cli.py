@@ -7,6 +7,7 @@ import signal
 import threading
 from datetime import datetime
 from pathlib import Path
+from typing import Any, cast
 
 import typer
 
@@ -36,8 +37,10 @@ def run_retrain(
     """
     from flows.loop import retrain_flow
 
-    result = retrain_flow(base_model=base_model, train_config=str(config) if config else None,
-                          gates=str(gates) if gates else None, canary_share=canary_share, progress=True)
+    # the flow returns a Completed state, so the caller gets its data; Prefect's types cannot say that
+    result = cast(dict[str, Any], retrain_flow(base_model=base_model, train_config=str(config) if config else None,
+                                               gates=str(gates) if gates else None, canary_share=canary_share,
+                                               progress=True))
     extra = {"report_dir": result["artifact"] + "-report"} if result.get("artifact") else {}
     _echo({k: v for k, v in result.items() if k != "report"} | extra, as_json)
     if result["status"] == "gate_failed":

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, suppress
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -36,6 +37,9 @@ from flows.simulate import (
     poison_feedback,
     poison_prompt,
 )
+
+if TYPE_CHECKING:
+    from ingest.client import Delivery, FeedbackClient
 
 APP_ID = "demo-support"
 DEMO_RUN = Path(__file__).parent / "configs" / "demo-run.yaml"
@@ -144,7 +148,8 @@ def _make_serving_key(engine) -> str:
 class Simulation:
     """Users asking serving and sending feedback through the SDK, in event time."""
 
-    def __init__(self, serving: Serving, client, clock: SimClock, *, users: int, seed: int, noise: float = 0.1):
+    def __init__(self, serving: Serving, client: FeedbackClient, clock: SimClock, *, users: int, seed: int,
+                 noise: float = 0.1):
         self.serving, self.client, self.clock = serving, client, clock
         self.rng = random.Random(seed)
         self.honest = [f"user-{i:03d}" for i in range(users)]
@@ -154,7 +159,7 @@ class Simulation:
         self.taste = Taste()  # what honest users want; the demo's second turn adds the brief sign-off
         self.sent: dict[str, str] = {}  # event_id -> truth
         self.answers: list[dict] = []   # every served answer with who saw it
-        self.deliveries = []
+        self.deliveries: list[Delivery] = []
         self.refused: list[str] = []
         self.seq = 0
 
@@ -365,8 +370,9 @@ class _Demo:
         from flows.loop import retrain_flow
 
         before = self.serving.health().get("serving") or {}
-        result = retrain_flow(base_model=self.base_model, train_config=str(DEMO_RUN), canary_share=0.5,
-                              store_url=self.store_url, progress=True)
+        # the flow returns a Completed state, so the caller gets its data; Prefect's types cannot say that
+        result = cast(dict[str, Any], retrain_flow(base_model=self.base_model, train_config=str(DEMO_RUN),
+                                                   canary_share=0.5, store_url=self.store_url, progress=True))
         entry: dict = {"turn": k, "version": result.get("version"), "parent_version": result.get("parent"),
                        "status": result["status"], "data": result.get("turn"),
                        "gate": {"passed": result["status"] == "canary",

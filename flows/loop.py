@@ -12,19 +12,26 @@ import json
 from contextlib import contextmanager, suppress
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import yaml
 from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect.cache_policies import NO_CACHE, CachePolicy
 from prefect.states import Completed
 
 from flows.canary import ArmStats, CanaryPolicy, CanaryVerdict, decide_canary
 from flows.errors import FlowsError
 from flows.turns import TurnPlan, VersionView, plan_turn
 
-IO = dict(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
-COMPUTE = dict(retries=0, cache_policy=NO_CACHE)
+
+class _TaskOptions(TypedDict, total=False):
+    retries: int
+    retry_delay_seconds: int
+    cache_policy: CachePolicy
+
+
+IO: _TaskOptions = {"retries": 2, "retry_delay_seconds": 2, "cache_policy": NO_CACHE}
+COMPUTE: _TaskOptions = {"retries": 0, "cache_policy": NO_CACHE}
 
 
 def _store_url(store_url: str | None) -> str:

@@ -204,7 +204,9 @@ def deploy_retrain_to_pool(settings: FlowsSettings, work_pool: str, *, store_url
 
     root = Path(__file__).resolve().parent.parent
     try:
-        deployment_id = retrain_flow.from_source(source=str(root), entrypoint="flows/loop.py:retrain_flow").deploy(
+        # from_source is sync here (no running event loop); Prefect types it as Flow | Coroutine for both uses
+        deployment_id = retrain_flow.from_source(  # type: ignore[union-attr]
+            source=str(root), entrypoint="flows/loop.py:retrain_flow").deploy(
             name="retrain", work_pool_name=work_pool, cron=settings.retrain_cron,
             concurrency_limit=_concurrency_one(),
             parameters=retrain_parameters(settings, store_url=store_url, redis_url=redis_url),

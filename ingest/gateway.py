@@ -383,7 +383,8 @@ async def _send_batches(p, topic: str, encoded: list[tuple[bytes, bytes]], futur
     from aiokafka.partitioner import DefaultPartitioner
 
     partitions = sorted(await p.partitions_for(topic))
-    partitioner, groups = DefaultPartitioner(), {}
+    partitioner = DefaultPartitioner()
+    groups: dict[int, list[int]] = {}
     for i, (_value, key) in enumerate(encoded):
         groups.setdefault(partitioner(key, partitions, partitions), []).append(i)
     for partition, indexes in groups.items():

@@ -57,10 +57,11 @@ class ApiKey:
 
 
 def _plain(row: ApiKeyRow) -> ApiKey:
-    def aware(d: datetime | None) -> datetime | None:  # SQLite hands back naive datetimes
-        return d.replace(tzinfo=UTC) if d is not None and d.tzinfo is None else d
+    def aware(d: datetime) -> datetime:  # SQLite hands back naive datetimes
+        return d.replace(tzinfo=UTC) if d.tzinfo is None else d
 
-    return ApiKey(row.key_id, row.app_id, row.note, aware(row.created_at), aware(row.revoked_at))
+    revoked = row.revoked_at
+    return ApiKey(row.key_id, row.app_id, row.note, aware(row.created_at), aware(revoked) if revoked else None)
 
 
 def digest(key: str) -> str:

@@ -159,7 +159,9 @@ def evaluate(base_model: str | Path | None, candidate_dir: Path | str, snapshot:
     torch.manual_seed(cfg.eval.seed)
 
     base_model_obj, tok = load_base(base)
-    adapters = {"candidate": candidate_dir, "active": Path(active_dir) if active_dir else None}
+    adapters = {"candidate": Path(candidate_dir)}
+    if active_dir:
+        adapters["active"] = Path(active_dir)
     names = [m for m in MODELS if m != "active" or active_dir]
     slices = {"heldout": snapshot.heldout_pairs, "safety": snapshot.safety_pairs}
     prompts = probe_prompts(snapshot, cfg.eval.samples)

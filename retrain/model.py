@@ -13,6 +13,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import TypedDict
 
 from retrain.errors import RetrainError
 
@@ -23,7 +24,22 @@ CHAT_TEMPLATE = (
 )
 SPECIAL_TOKENS = ["<|pad|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
 # the shape and the pretraining recipe; a change here must bump RECIPE_VERSION
-RECIPE = {
+class _Recipe(TypedDict):
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    max_position_embeddings: int
+    answers_per_prompt: int
+    steps: int
+    batch_size: int
+    lr: float
+    warmup: int
+
+
+RECIPE: _Recipe = {
     "vocab_size": 1024, "hidden_size": 192, "intermediate_size": 512, "num_hidden_layers": 4,
     "num_attention_heads": 4, "num_key_value_heads": 4, "max_position_embeddings": 256,
     "answers_per_prompt": 12, "steps": 250, "batch_size": 32, "lr": 3e-3, "warmup": 50,

@@ -16,7 +16,7 @@ import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -115,6 +115,10 @@ def _when(record: dict, index: int) -> datetime | None:
     return _utc(when)
 
 
+@overload
+def _utc(when: datetime) -> datetime: ...
+@overload
+def _utc(when: datetime | None) -> datetime | None: ...
 def _utc(when: datetime | None) -> datetime | None:
     if when is None:
         return None
@@ -250,6 +254,8 @@ def build_snapshot(pairs: list[dict], unpaired: list[dict], policy: SnapshotPoli
     stats["capped"] = {"per_prompt": cap_p1 + cap_u1, "per_cluster": cap_p2 + cap_u2}
     stats["clusters"] = len({r["cluster"] for r in clean_pairs + clean_unp})
 
+    u_train: list[dict]
+    u_held: list[dict]
     train, heldout, safety, u_train, u_held = [], [], [], [], []
     for r in clean_pairs:
         held = _is_heldout(r["cluster"], policy)
@@ -305,7 +311,8 @@ class TurnSelection:
 
 def _split_turn(records: list[dict], since: datetime | None, replay_ids: set[str],
                 replay_max: int) -> tuple[list[dict], list[dict]]:
-    new, old = [], []
+    new: list[dict] = []
+    old: list[dict] = []
     for i, r in enumerate(records):
         when = _when(r, i)
         (new if since is None or when is None or when >= _utc(since) else old).append(r)
@@ -403,5 +410,5 @@ def load_snapshot(path: Path | str) -> Snapshot:
     if not meta_file.is_file():
         raise SnapshotError(f"a snapshot directory must hold snapshot.json; got {str(path)!r}")
     meta = json.loads(meta_file.read_text())
-    parts = [load_records_jsonl(path / name) for name in SNAPSHOT_FILES]
-    return Snapshot(*parts, hash=meta["hash"], stats=meta.get("stats", {}))
+    train, heldout, safety, u_train, u_held = (load_records_jsonl(path / name) for name in SNAPSHOT_FILES)
+    return Snapshot(train, heldout, safety, u_train, u_held, hash=meta["hash"], stats=meta.get("stats", {}))

@@ -90,7 +90,9 @@ def _dpo_trainer_class():
             if cache is None:
                 return super()._precompute_ref_logps(dataset, name, batch_size)
             rows = list(zip(dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"]))
-            keys = [RefLogpCache.key(p, c, r, self.args.max_length) for p, c, r in rows]
+            # a DPOConfig at run time; transformers' Trainer types `args` as the TrainingArguments base
+            max_length = self.args.max_length  # type: ignore[attr-defined]
+            keys = [RefLogpCache.key(p, c, r, max_length) for p, c, r in rows]
             # batched by length: a batch pads to its longest sequence, so similar lengths waste no compute
             missing = sorted((i for i, k in enumerate(keys) if k not in cache.values),
                              key=lambda i: len(rows[i][0]) + max(len(rows[i][1]), len(rows[i][2])))
@@ -207,18 +209,19 @@ def run_training(base_model: str, snapshot: Snapshot, cfg: RunConfig, workdir: P
             metrics.update({"dpo/ref_cache_hits": cache.hits, "dpo/ref_cache_misses": cache.misses})
     if use_kto:
         k = cfg.kto
-        args = KTOConfig(**_common_args(cfg, workdir / "kto", progress), learning_rate=k.learning_rate,
-                         num_train_epochs=k.epochs, per_device_train_batch_size=k.batch_size, beta=k.beta,
-                         desirable_weight=k.desirable_weight, undesirable_weight=k.undesirable_weight,
-                         max_length=k.max_length)
+        kto_args = KTOConfig(**_common_args(cfg, workdir / "kto", progress), learning_rate=k.learning_rate,
+                             num_train_epochs=k.epochs, per_device_train_batch_size=k.batch_size, beta=k.beta,
+                             desirable_weight=k.desirable_weight, undesirable_weight=k.undesirable_weight,
+                             max_length=k.max_length)
         data = Dataset.from_list(to_trl_unpaired(snapshot.train_unpaired))
         # after a DPO stage the model is already a PeftModel: KTO then keeps a frozen copy of the adapter only
         kwargs = {} if snapshot.train_pairs or init_adapter else {"peft_config": _lora_config(cfg)}
-        trainer = KTOTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer, **kwargs)
+        trainer = KTOTrainer(model=model, args=kto_args, train_dataset=data, processing_class=tokenizer, **kwargs)
         out = trainer.train()
         model = trainer.model
         metrics.update(_summarize(trainer.state.log_history, "kto"))
-        metrics["kto/examples_per_s"] = round(len(snapshot.train_unpaired) * k.epochs / out.metrics["train_runtime"], 2)
+        metrics["kto/examples_per_s"] = round(len(snapshot.train_unpaired) * k.epochs / out.metrics["train_runtime"],
+                                              2)
         if "ref" in getattr(model, "peft_config", {}):
             model.delete_adapter("ref")
     model.eval()

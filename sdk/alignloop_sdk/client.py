@@ -408,6 +408,7 @@ class HttpFeedbackClient(_EventBuilder):
         import httpx
 
         attempt = 0
+        error: Exception | None = None
         while chunk:
             body = b"[" + b",".join(d.body for d in chunk) + b"]"
             try:

@@ -143,7 +143,7 @@ def _check_metadata(value: dict[str, Any] | None) -> dict[str, Any] | None:
 
 # ------------------------------------------------------------------ models
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", str_strict=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 class Message(_Frozen):
@@ -221,7 +221,7 @@ class _EventBase(_Frozen):
 
     def __hash__(self) -> int:
         # metadata is a dict, so the default field hash would fail; equal events share an event_id
-        return hash((self.kind, self.event_id))  # type: ignore[attr-defined]
+        return hash((self.kind, self.event_id))
 
 
 class RatingEvent(_EventBase):
@@ -293,10 +293,11 @@ def decode_json(raw: bytes | str, *, limit: int | None = MAX_EVENT_BYTES) -> Any
     if limit is not None and size > limit:
         raise EventError("too_large", [{"loc": "", "msg": f"an event must be at most {limit} bytes; got {size}"}])
     if isinstance(raw, bytes | bytearray):
+        data = bytes(raw)
         try:
-            raw = bytes(raw).decode("utf-8")
+            raw = data.decode("utf-8")
         except UnicodeDecodeError as exc:
-            bad = bytes(raw)[exc.start:exc.start + 1]
+            bad = data[exc.start:exc.start + 1]
             raise EventError("not_utf8", [{"loc": "", "msg": f"body must be valid UTF-8; got byte {bad!r} "
                                                                f"at offset {exc.start}"}]) from exc
     try:
