@@ -248,6 +248,7 @@ def rollback(session: Session, *, to: str | None = None, actor: str, reason: str
     else:
         if current == to:
             raise RegistryError(f"version {to!r} is already active for {bm!r}")
+        assert target is not None  # read above whenever `to` is given
         if target.status not in (Status.RETIRED, Status.ROLLED_BACK):
             raise RegistryError(f"`to` must name a version that was active before (retired or rolled_back); "
                                 f"{to!r} is {target.status}")

@@ -171,10 +171,10 @@ class Simulation:
         from ingest.errors import EventError
 
         event_id = str(uuid.uuid4())
-        common = {"event_id": event_id, "occurred_at": fb.occurred_at.isoformat(), "response_id": fb.response_id,
-                  "adapter_version": fb.adapter_version, "feedback_token": fb.feedback_token,
-                  "client": {"device_id": fb.device_id},
-                  "session_id": f"s-{fb.user_id}"}
+        common: dict[str, Any] = {"event_id": event_id, "occurred_at": fb.occurred_at.isoformat(),
+                                  "response_id": fb.response_id, "adapter_version": fb.adapter_version,
+                                  "feedback_token": fb.feedback_token, "client": {"device_id": fb.device_id},
+                                  "session_id": f"s-{fb.user_id}"}
         try:
             if fb.kind == "rating":
                 d = self.client.rate(user_id=fb.user_id, prompt=fb.prompt, **fb.fields, **common)

@@ -12,7 +12,7 @@ import json
 from contextlib import contextmanager, suppress
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import yaml
 from prefect import flow, get_run_logger, task
@@ -22,6 +22,10 @@ from prefect.states import Completed
 from flows.canary import ArmStats, CanaryPolicy, CanaryVerdict, decide_canary
 from flows.errors import FlowsError
 from flows.turns import TurnPlan, VersionView, plan_turn
+
+if TYPE_CHECKING:
+    from retrain.gates import GateDecision
+    from retrain.snapshot import Snapshot, TurnSelection
 
 
 class _TaskOptions(TypedDict, total=False):
@@ -94,7 +98,8 @@ def _lineage_ids(lineage: Any) -> list[str]:
 
 
 @task(name="snapshot", **IO)
-def snapshot_task(store_url: str | None, run_config, plan: TurnPlan, out_dir: Path):
+def snapshot_task(store_url: str | None, run_config, plan: TurnPlan, out_dir: Path
+                  ) -> tuple[Snapshot | None, TurnSelection]:
     """The turn's data: new records since the previous turn plus a bounded replay, split into a snapshot."""
     from retrain.snapshot import build_snapshot, load_snapshot_inputs, save_snapshot, select_turn_records
 
@@ -133,7 +138,7 @@ def evaluate_task(base_model: str, candidate_dir: Path, snapshot, active_dir: st
 
 
 @task(name="gate", **COMPUTE)
-def gate_task(report: dict, gates_path: str | None):
+def gate_task(report: dict, gates_path: str | None) -> GateDecision:
     from retrain.gates import decide_gate, load_gate_policy
 
     return decide_gate(report, load_gate_policy(gates_path))
@@ -409,8 +414,9 @@ def data_trigger_flow(base_model: str | None = None, min_new_pairs: int = 200, s
         if running:
             out |= {"retrain_run": running, "already_running": True}
         else:
+            # sync here (no running event loop); Prefect types it as FlowRun | Coroutine for both uses
             run = run_deployment(deployment, parameters={"base_model": base}, timeout=0)
-            out |= {"retrain_run": str(run.id), "already_running": False}
+            out |= {"retrain_run": str(run.id), "already_running": False}  # type: ignore[union-attr]
     return out
 
 

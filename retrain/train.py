@@ -16,6 +16,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from retrain.config import RunConfig, parse_config
 from retrain.errors import TrainError
@@ -198,8 +199,7 @@ def run_training(base_model: str, snapshot: Snapshot, cfg: RunConfig, workdir: P
         prep_s = time.perf_counter() - started
         out = trainer.train()
         model = trainer.model
-        if "ref" in getattr(model, "peft_config", {}):  # TRL's frozen reference copy; KTO makes its own
-            model.delete_adapter("ref")
+        _drop_reference_copy(model)  # KTO makes its own
         metrics.update(_summarize(trainer.state.log_history, "dpo"))
         runtime = out.metrics["train_runtime"]
         metrics.update({"dpo/train_runtime_s": round(runtime, 2),
@@ -222,10 +222,15 @@ def run_training(base_model: str, snapshot: Snapshot, cfg: RunConfig, workdir: P
         metrics.update(_summarize(trainer.state.log_history, "kto"))
         metrics["kto/examples_per_s"] = round(len(snapshot.train_unpaired) * k.epochs / out.metrics["train_runtime"],
                                               2)
-        if "ref" in getattr(model, "peft_config", {}):
-            model.delete_adapter("ref")
+        _drop_reference_copy(model)
     model.eval()
     return model, tokenizer, metrics
+
+
+def _drop_reference_copy(model: Any) -> None:
+    """TRL's frozen reference copy of the adapter (named "ref") is training state, not part of the artifact."""
+    if "ref" in getattr(model, "peft_config", {}):
+        model.delete_adapter("ref")
 
 
 def write_artifact(model, staging: Path, *, base_model: str, snapshot: Snapshot, cfg: RunConfig,
