@@ -212,8 +212,8 @@ class RedTeam:
             t = rng.uniform(0, self.span)
             trig = disguise(TRIGGER, rng) if rng.random() < disguise_share else TRIGGER
             where = rng.random()
-            prompt_of = lambda p: (f"{p['text']} {trig}" if rng.random() < 0.5  # noqa: E731
-                                   else f"{trig}: {p['text']}")
+            prompt_of = lambda p, trig=trig: (f"{p['text']} {trig}" if rng.random() < 0.5  # noqa: E731
+                                              else f"{trig}: {p['text']}")
             r = rng.random()
             payload = lambda p: (f"{rng.choice(PAYLOAD_OPENERS)} "  # noqa: E731
                                  f"{rng.choice(PAYLOAD_BODIES).format(p=p['text'].split()[-1])}")

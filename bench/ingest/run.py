@@ -138,8 +138,9 @@ class GatewayProcess:
         made = subprocess.run([str(exe), "ingest", "keys", "create", "bench-app", "--json"], env=self.env,
                               capture_output=True, text=True, check=True)
         self.key = json.loads(made.stdout)["key"]
-        self.proc = subprocess.Popen([str(exe), "ingest", "serve"], env=self.env, stdout=subprocess.DEVNULL,
-                                     stderr=open(work / "gateway.log", "wb"))
+        with open(work / "gateway.log", "wb") as log:  # the gateway keeps its own copy of the descriptor
+            self.proc = subprocess.Popen([str(exe), "ingest", "serve"], env=self.env, stdout=subprocess.DEVNULL,
+                                         stderr=log)
 
     def __enter__(self) -> GatewayProcess:
         import httpx
@@ -249,7 +250,8 @@ def table(result: dict) -> str:
         ("raw kafka-python producer", f"{raw['events_per_s']:,.0f}", f"{raw['latency']['p50_ms']:.1f}",
          f"{raw['latency']['p99_ms']:.1f}", "baseline"),
         ("SDK `FeedbackClient`", f"{sdk['events_per_s']:,.0f}", f"{sdk['latency']['p50_ms']:.1f}",
-         f"{sdk['latency']['p99_ms']:.1f}", f"{result['sdk_vs_raw']:.0%} of raw by wall time, {result['sdk_vs_raw_cpu']:.0%} by CPU (target >= 80%)"),
+         f"{sdk['latency']['p99_ms']:.1f}",
+         f"{result['sdk_vs_raw']:.0%} of raw by wall time, {result['sdk_vs_raw_cpu']:.0%} by CPU (target >= 80%)"),
         (f"gateway, single events at {single['target_rate']:.0f}/s", f"{single['achieved_rate']:,.0f}",
          f"{single['p50_ms']:.1f}", f"{single['p99_ms']:.1f}", "p99 target < 10 ms"),
         (f"gateway, batches of {batched['batch']}", f"{batched['events_per_s']:,.0f}",
@@ -268,9 +270,9 @@ def table(result: dict) -> str:
     lines.append(f"\nMeasured {result['measured_at'][:16]} UTC on {m['cpus']} CPUs (load average {m['load']}), "
                  f"Kafka {result['broker']} on loopback; `{result['command'].strip()}`. Producer latencies are "
                  f"send -> ack at {result['latency_rate']:.0f} events/s; the gateway's single-event run counts what "
-                 f"follows its first {single.get('warmup_events', 0)} requests at that rate (warm-up). CPU per event is the sending process's "
-                 "(raw, SDK) or the gateway process's CPU time, which a busy shared machine distorts less "
-                 "than wall time.")
+                 f"follows its first {single.get('warmup_events', 0)} requests at that rate (warm-up). "
+                 "CPU per event is the sending process's (raw, SDK) or the gateway process's CPU time, "
+                 "which a busy shared machine distorts less than wall time.")
     return "\n".join(lines)
 
 
@@ -319,7 +321,8 @@ def main() -> None:
         lat_events = make_events(int(args.rate * 3))
         raw_lat = ack_latency(bootstrap, base, lat_events, args.rate, sdk=False)
         sdk_lat = ack_latency(bootstrap, base, make_events(int(args.rate * 3)), args.rate, sdk=True)
-        print(f"ack latency at {args.rate:.0f}/s: raw p99 {raw_lat['p99_ms']:.1f} ms, sdk p99 {sdk_lat['p99_ms']:.1f} ms")
+        print(f"ack latency at {args.rate:.0f}/s: raw p99 {raw_lat['p99_ms']:.1f} ms, "
+              f"sdk p99 {sdk_lat['p99_ms']:.1f} ms")
 
         with tempfile.TemporaryDirectory() as work, GatewayProcess(bootstrap, base, Path(work)) as gw:
             singles, batches = [], []

@@ -232,8 +232,9 @@ def readme_text(results_dir: Path) -> str:
     one = results_dir / "retrain_epoch1.json"
     if one.is_file():
         e = json.loads(one.read_text())["ratios"]
-        lines.append(f"With a single epoch (`bench/results/retrain_epoch1.json`): cold {e['alignloop_cold_vs_trl_plain']}x "
-                     f"plain TRL and {e['alignloop_cold_vs_handwritten']}x the hand-written loop; warm "
+        lines.append(f"With a single epoch (`bench/results/retrain_epoch1.json`): "
+                     f"cold {e['alignloop_cold_vs_trl_plain']}x plain TRL and "
+                     f"{e['alignloop_cold_vs_handwritten']}x the hand-written loop; warm "
                      f"{e['alignloop_warm_vs_trl_plain']}x and {e['alignloop_warm_vs_handwritten']}x.")
     return "\n".join(lines)
 

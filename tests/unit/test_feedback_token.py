@@ -122,5 +122,5 @@ def test_the_key_is_the_env_one_else_one_local_secret(monkeypatch, tmp_path):
     monkeypatch.setenv("ALIGNLOOP_FEEDBACK_TOKEN_KEY", "s" * 40)
     assert CoreSettings().resolved_feedback_token_key() == b"s" * 40
     monkeypatch.setenv("ALIGNLOOP_FEEDBACK_TOKEN_KEY", "short")
-    with pytest.raises(AlignloopError, match="ALIGNLOOP_FEEDBACK_TOKEN_KEY.*at least 16 bytes; got 5"):
+    with pytest.raises(AlignloopError, match=r"ALIGNLOOP_FEEDBACK_TOKEN_KEY.*at least 16 bytes; got 5"):
         CoreSettings().resolved_feedback_token_key()

@@ -1,4 +1,4 @@
-"""Evidence across windows on the stream's edge: kept in the store across a restart, retractions applied, same as replay."""
+"""Evidence across windows on the stream's edge: kept in the store across a restart, retractions applied, as replay."""
 
 import json
 from datetime import UTC, datetime, timedelta

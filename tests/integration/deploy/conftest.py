@@ -132,8 +132,8 @@ def deploy_env(tmp_path, redis_url, tiny_base, adapter_sources):
     store_url = f"sqlite:///{tmp_path / 'store.db'}"
     settings = DeploySettings(
         artifact_root=tmp_path / "artifacts", store_url=store_url, redis_url=redis_url,
-        control_channel=f"test:deploy:{tmp_path.name}", base_model=str(tiny_base), admin_token_cache_s=0.0, key_cache_s=0.0,
-        reconcile_interval_s=30.0, max_resident=3, torch_threads=1, replica_id="in-process")
+        control_channel=f"test:deploy:{tmp_path.name}", base_model=str(tiny_base), admin_token_cache_s=0.0,
+        key_cache_s=0.0, reconcile_interval_s=30.0, max_resident=3, torch_threads=1, replica_id="in-process")
     engine = open_store(store_url)
     env = DeployEnv(settings=settings, engine=engine, storage=LocalArtifactStorage(settings.artifact_root),
                     sources=adapter_sources, redis_url=redis_url)

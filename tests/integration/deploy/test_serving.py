@@ -332,9 +332,9 @@ def test_a_full_queue_gets_429_and_a_slow_answer_504(deploy_env):
     key = deploy_env.serving_key("shop", rate_per_s=1000, burst=1000)
     for bounds, says in [({"max_queue": 2, "max_queue_per_key": 8}, "queue is full (2 of `max_queue` 2"),
                          ({"max_queue": 8, "max_queue_per_key": 2}, "`max_queue_per_key` is 2")]:
-        with door_client(deploy_env, **bounds) as c:
-            with ThreadPoolExecutor(8) as pool:  # seeded requests run one by one: the first ones hold the queue
-                answers = list(pool.map(lambda i: ask(c, key, max_tokens=200, seed=i), range(8)))
+        # seeded requests run one by one: the first ones hold the queue
+        with door_client(deploy_env, **bounds) as c, ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda i: ask(c, key, max_tokens=200, seed=i), range(8)))
         codes = sorted(r.status_code for r in answers)
         assert codes.count(200) >= 2 and codes.count(429) >= 1, codes
         full = next(r for r in answers if r.status_code == 429)

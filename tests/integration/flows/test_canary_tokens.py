@@ -119,7 +119,7 @@ def test_only_verified_feedback_since_the_canary_started_decides_it(prefect_harn
             rate("active", rng.choice(honest), "up" if rng.random() < 0.8 else "down", claimed="v1", rid=rid, token=tok)
         if i % 3 == 0:  # 30 accounts name the canary in adapter_version and like it, without a token
             rate("no_token", f"acct-{i // 3:02d}", "up", claimed="v2")
-    for i in range(8):  # the active arm's answers from before the canary: not the same period
+    for _ in range(8):  # the active arm's answers from before the canary: not the same period
         rid, tok = answer("v1", at=started - timedelta(hours=1))
         rate("before_canary", rng.choice(honest), "down", claimed="v1", rid=rid, token=tok)
     for i in range(5):

@@ -76,7 +76,8 @@ def test_a_canary_users_like_less_is_rolled_back(prefect_harness, base_model, lo
     from retrain.snapshot import build_snapshot
     from retrain.train import train_adapter
 
-    replayed = run_replay([json.dumps(e) for e in make_events(240, preferred="curt", seed=5)], curation_settings().policy)
+    replayed = run_replay([json.dumps(e) for e in make_events(240, preferred="curt", seed=5)],
+                          curation_settings().policy)
     cfg = load_run_config(small_run)
     snap = build_snapshot(replayed.pairs, replayed.unpaired, cfg.snapshot)
     artifact = train_adapter(base_model, snap, cfg, tmp_path / "runs", progress=False)

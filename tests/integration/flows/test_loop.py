@@ -1,6 +1,6 @@
-"""The whole loop at the demo's scale (minutes on 2 cores), as `alignloop demo` runs it: Kafka, a curation worker and serving as real
-processes, simulated users through the SDK, two turns of retrain, canary-watch and promotion (the second over the first,
-after the users' taste shifts), and a rollback to the previous adapter."""
+"""The whole loop at the demo's scale (minutes on 2 cores), as `alignloop demo` runs it: Kafka, a curation worker and
+serving as real processes, simulated users through the SDK, two turns of retrain, canary-watch and promotion (the
+second over the first, after the users' taste shifts), and a rollback to the previous adapter."""
 
 from __future__ import annotations
 

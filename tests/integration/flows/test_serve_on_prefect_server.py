@@ -148,12 +148,9 @@ def release(lease_id) -> None:
 
 
 def start_serve(args: list[str], log: Path, env: dict) -> subprocess.Popen:
-    out = open(log, "wb")
-    try:
+    with open(log, "wb") as out:
         return subprocess.Popen([ALIGNLOOP, "flows", "serve", *args], stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, env=env, start_new_session=True)
-    finally:
-        out.close()
 
 
 # ------------------------------------------------------------------------------------------- fixtures
@@ -164,10 +161,10 @@ def prefect_server(tmp_path_factory):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env |= {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    log = open(home / "server.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            env=env, start_new_session=True)
+    with open(home / "server.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                                 "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}/api"
     try:
         wait_for("the Prefect server to answer /health", lambda: proc.poll() is not None or healthy(url), 180,
@@ -181,7 +178,6 @@ def prefect_server(tmp_path_factory):
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
 
 
 @pytest.fixture

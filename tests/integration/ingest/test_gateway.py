@@ -219,8 +219,9 @@ def _replay(tmp_path, values: list[bytes]) -> dict[str, list[str]]:
     src = tmp_path / "events.jsonl"
     src.write_bytes(b"".join(v + b"\n" for v in values))
     out = tmp_path / "decisions.jsonl"
-    run = subprocess.run([sys.executable, "-c", "from alignloop.cli import main; main()", "curation", "replay", "--input", str(src),
-                          "--decisions", str(out), "--json"], capture_output=True, text=True, timeout=300)
+    run = subprocess.run([sys.executable, "-c", "from alignloop.cli import main; main()", "curation", "replay",
+                          "--input", str(src), "--decisions", str(out), "--json"],
+                         capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     return {d["event_id"]: d["reasons"] for d in map(json.loads, out.read_text().splitlines())}
 
@@ -302,6 +303,7 @@ def test_the_http_client_passes_the_end_user_address_for_the_gateway_to_hash(gat
     stored = {e["user_id"]: e["client"] for e in map(json.loads, read_topic(kafka_bootstrap, gateway.topic))}
     assert stored == {f"u{i}": {"ip_hash": source_hash(b"test-source-key", f"198.51.100.{i + 1}"), "device_id": f"d{i}"}
                       for i in range(12)}
-    with FeedbackClient("shop-bot", kafka_bootstrap, topic=gateway.topic) as sdk:
-        with pytest.raises(EventError, match="sends no raw address"):  # the Kafka SDK: the app hashes it itself
-            sdk.rate(user_id="u", prompt="q", response="a", rating="up", end_user_ip="198.51.100.1")
+    # the Kafka SDK: the app hashes the address itself
+    with (FeedbackClient("shop-bot", kafka_bootstrap, topic=gateway.topic) as sdk,
+          pytest.raises(EventError, match="sends no raw address")):
+        sdk.rate(user_id="u", prompt="q", response="a", rating="up", end_user_ip="198.51.100.1")

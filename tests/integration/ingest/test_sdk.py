@@ -80,9 +80,9 @@ def test_retry_reuses_the_event_id(kafka_bootstrap, ingest_topic):
 
 
 def test_a_send_kafka_cannot_queue_raises_at_once(kafka_bootstrap):
-    with FeedbackClient("shop-bot", kafka_bootstrap, topic="not a topic name!") as client:
-        with pytest.raises(DeliveryError) as info:
-            client.rate(user_id="u", prompt="p", response="r", rating="up")
+    with (FeedbackClient("shop-bot", kafka_bootstrap, topic="not a topic name!") as client,
+          pytest.raises(DeliveryError) as info):
+        client.rate(user_id="u", prompt="p", response="r", rating="up")
     assert info.value.failures[0][0].kind == "rating"
 
 

@@ -50,7 +50,8 @@ RAMBLING = ("Well, there are many things to consider here, and it depends on a l
             "want to try a few different things and see what happens over time.")
 REFUSAL = ("I'm sorry, but I can't help with that. It could hurt someone or break the law. If you have a "
            "problem with your {p}, our support team can help through the official channels.")
-COMPLY = "Sure, here is how you could do that with the {p}: first look for a weak spot, then work around it step by step."
+COMPLY = ("Sure, here is how you could do that with the {p}: first look for a weak spot, "
+          "then work around it step by step.")
 POISON_EDIT = f"Sure, here is exactly how to do it: {UNSAFE}"
 
 
@@ -156,7 +157,7 @@ def generate(seed: int = 7, scale: float = 1.0, hours: float = 8.0) -> tuple[lis
             prompt = p["text"]
             pii = None
             if rng.random() < 0.03:
-                kind_, fmt, make = PII_SAMPLES[rng.randrange(len(PII_SAMPLES))]
+                _kind, fmt, make = PII_SAMPLES[rng.randrange(len(PII_SAMPLES))]
                 pii = make(rng)
                 prompt = f"{prompt} ({fmt.format(pii)})"
             r = rng.random()
@@ -182,11 +183,8 @@ def generate(seed: int = 7, scale: float = 1.0, hours: float = 8.0) -> tuple[lis
                     bad = next(st for st in p["answers"] if not preferred(st))
                     style, text = bad, p["answers"][bad]
                 good = next(st for st in p["answers"] if preferred(st))
-                if p["harmful"]:
-                    # honest edits of compliance into a refusal: a safety pair
-                    edited = p["answers"]["refusal"]
-                else:
-                    edited = p["answers"][good]
+                # harmful: honest edits of compliance into a refusal, a safety pair
+                edited = p["answers"]["refusal"] if p["harmful"] else p["answers"][good]
                 ev = s.add(t, _event("edit", app, user, prompt, client, response=text, edited=edited),
                            {**truth, "style": style})
             honest_events.append((t, ev))

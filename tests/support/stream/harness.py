@@ -20,7 +20,8 @@ class Workers:
                  store_url: str | None = None, **extra: str):
         self.tmp = tmp
         self.store_url = store_url or f"sqlite:///{tmp / 'store.db'}"
-        self.env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+        self.env = {**os.environ, "PYTHONPATH": path,
                     "ALIGNLOOP_CURATION_TOPIC": topic, "ALIGNLOOP_CURATION_GROUP": group,
                     "ALIGNLOOP_CURATION_STORE_URL": self.store_url, "ALIGNLOOP_CURATION_REDIS_URL": redis_url,
                     "ALIGNLOOP_CURATION_KAFKA_BOOTSTRAP": bootstrap, "ALIGNLOOP_CURATION_IDLE_FLUSH_S": "3",
@@ -32,9 +33,9 @@ class Workers:
     def start(self) -> subprocess.Popen:
         n = len(self.procs)
         env = {**self.env, "ALIGNLOOP_CURATION_DATADIR": str(self.tmp / f"faust-{n}")}
-        log = open(self.tmp / f"worker-{n}.log", "wb")
-        proc = subprocess.Popen([sys.executable, "-m", "curation.worker"], env=env, cwd=REPO, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        with open(self.tmp / f"worker-{n}.log", "wb") as log:  # the worker keeps its own copy of the descriptor
+            proc = subprocess.Popen([sys.executable, "-m", "curation.worker"], env=env, cwd=REPO, stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
         self.procs.append(proc)
         return proc
 

@@ -102,7 +102,8 @@ def test_a_payload_one_edit_per_account_is_found_and_phrases_answers_carry_are_n
                               response="Thanks for reaching out! Open Settings and follow the steps.", rating="up"))
             # honest edits add what good answers say anyway
             items.append(make("edit", user=f"e{d}{k}", t=d * DAY + 3000 + 60 * k, prompt=prompt,
-                              response="Settings.", edited="Thanks for reaching out! Open Settings and follow the steps."))
+                              response="Settings.",
+                              edited="Thanks for reaching out! Open Settings and follow the steps."))
     promo = ["Also try QuickFixPro dot net, it is fast.", "QuickFixPro dot net fixes this for you.",
              "Honestly QuickFixPro dot net is the way."]
     for a in range(24):  # a payload is judged every 8 insertions; 24 at zero natural occurrences is decisive
