@@ -94,5 +94,8 @@ def test_processes_migrating_one_new_store_at_once_take_turns(tmp_path):
     code = "import sys; from alignloop.db import open_store; open_store(sys.argv[1]).dispose()"
     procs = [subprocess.Popen([sys.executable, "-c", code, url], stderr=subprocess.PIPE, text=True)
              for _ in range(4)]
-    results = [(p.wait(timeout=120), p.stderr.read()) for p in procs]
+    results = []
+    for p in procs:
+        _, err = p.communicate(timeout=120)  # reads stderr to its end and closes it
+        results.append((p.returncode, err))
     assert all(rc == 0 for rc, _ in results), [err[-500:] for rc, err in results if rc]
