@@ -212,11 +212,15 @@ class RedTeam:
             t = rng.uniform(0, self.span)
             trig = disguise(TRIGGER, rng) if rng.random() < disguise_share else TRIGGER
             where = rng.random()
-            prompt_of = lambda p, trig=trig: (f"{p['text']} {trig}" if rng.random() < 0.5  # noqa: E731
-                                              else f"{trig}: {p['text']}")
+
+            def prompt_of(p: dict, trig: str = trig) -> str:
+                return f"{p['text']} {trig}" if rng.random() < 0.5 else f"{trig}: {p['text']}"
+
             r = rng.random()
-            payload = lambda p: (f"{rng.choice(PAYLOAD_OPENERS)} "  # noqa: E731
-                                 f"{rng.choice(PAYLOAD_BODIES).format(p=p['text'].split()[-1])}")
+
+            def payload(p: dict) -> str:
+                return f"{rng.choice(PAYLOAD_OPENERS)} {rng.choice(PAYLOAD_BODIES).format(p=p['text'].split()[-1])}"
+
             if r < 0.45:
                 p = self.harmful[rng.randrange(len(self.harmful))]
                 ev = _event("edit", "support-web", user, prompt_of(p), client, response=p["answers"]["refusal"],
