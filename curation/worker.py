@@ -117,15 +117,16 @@ def build_app(settings=None, core=None):
     import faust
     import redis
 
-    from alignloop.db import open_store
-    from alignloop.settings import get_settings as core_settings
+    from alignloop.core.db import open_store
+    from alignloop.core.settings import get_settings as core_settings
+    from curation.migrations import FOLDER
     from curation.service import CurationEdge
     from curation.settings import get_settings, load_pseudonym_key
 
     settings = settings or get_settings()
     core = core or core_settings()
     bootstrap = settings.kafka_bootstrap or core.kafka_bootstrap
-    engine = open_store(settings.store_url or core.resolved_store_url)
+    engine = open_store(settings.store_url or core.resolved_store_url, branches=[FOLDER])
     rclient = redis.Redis.from_url(settings.redis_url or core.redis_url, decode_responses=True)
     progress = GroupProgress(bootstrap, settings.topic, settings.group)
     edge = CurationEdge(engine, rclient, settings.policy, topic=settings.topic, group=settings.group,

@@ -404,13 +404,14 @@ async def _send_batches(p, topic: str, encoded: list[tuple[bytes, bytes]], futur
 
 def build_config(*, bootstrap: str | None = None, store_url: str | None = None, **overrides: Any) -> GatewayConfig:
     """A GatewayConfig from the core and ingest settings, the API keys read from the store."""
-    from alignloop.db import open_store, session_scope
-    from alignloop.settings import get_settings as core_settings
+    from alignloop.core.db import open_store, session_scope
+    from alignloop.core.settings import get_settings as core_settings
+    from ingest.migrations import FOLDER
     from ingest.settings import get_settings, load_source_key
     from ingest.store import find_app_for_key
 
     core, s = core_settings(), get_settings()
-    engine = open_store(store_url or core.resolved_store_url)
+    engine = open_store(store_url or core.resolved_store_url, branches=[FOLDER])
 
     def find_app(key: str) -> str | None:
         with session_scope(engine) as session:

@@ -1,6 +1,6 @@
 """The error root of the retrain package: every failure it raises on purpose is a RetrainError."""
 
-from alignloop.errors import AlignloopError
+from alignloop.core.errors import AlignloopError
 
 
 class RetrainError(AlignloopError):

@@ -31,7 +31,7 @@ RECIPE = {
 
 
 def model_dir_for(seed: int) -> Path:
-    from alignloop.settings import get_settings
+    from alignloop.core.settings import get_settings
 
     return get_settings().cache_dir / "models" / f"{RECIPE_VERSION}-seed{seed}"
 

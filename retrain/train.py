@@ -59,7 +59,7 @@ class RefLogpCache:
     @staticmethod
     def for_base(base_hash: str, adapter_hash: str | None = None) -> "RefLogpCache":
         """The cache of one reference: the base, or the base with the adapter a turn continues from."""
-        from alignloop.settings import get_settings
+        from alignloop.core.settings import get_settings
 
         name = base_hash[:24] if adapter_hash is None else f"{base_hash[:24]}-{adapter_hash[:16]}"
         return RefLogpCache(get_settings().cache_dir / "ref_logps" / f"{name}.json")

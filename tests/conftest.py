@@ -22,9 +22,17 @@ def unavailable(what: str) -> None:
     pytest.skip(msg)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _stage_migrations_registered() -> None:
+    """The tests' stores are the product's shared store: every stage's branch is registered, as `alignloop` does."""
+    from flows.store import register_stage_migrations
+
+    register_stage_migrations()
+
+
 @pytest.fixture(scope="session")
 def core_settings():
-    from alignloop.settings import get_settings
+    from alignloop.core.settings import get_settings
 
     return get_settings()
 
@@ -123,7 +131,7 @@ def postgres_engine(postgres_url):
     """An engine whose search_path is a fresh schema, dropped after the test."""
     from sqlalchemy import text
 
-    from alignloop.db import make_engine
+    from alignloop.core.db import make_engine
 
     schema = f"t_{uuid.uuid4().hex[:12]}"
     admin = make_engine(postgres_url)
@@ -139,7 +147,7 @@ def postgres_engine(postgres_url):
 
 @pytest.fixture
 def sqlite_engine(tmp_path):
-    from alignloop.db import make_engine
+    from alignloop.core.db import make_engine
 
     engine = make_engine(f"sqlite:///{tmp_path / 'store.db'}")
     yield engine
@@ -149,7 +157,7 @@ def sqlite_engine(tmp_path):
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def store_engine(request):
     """Each test using it runs on the embedded SQLite store and on PostgreSQL, migrated to heads."""
-    from alignloop.db import upgrade
+    from alignloop.core.db import upgrade
 
     engine = request.getfixturevalue(f"{request.param}_engine")
     upgrade(engine)

@@ -19,7 +19,7 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-from alignloop.settings import get_settings
+from alignloop.core.settings import get_settings
 from tests.support.stream.generate import generate
 from tests.support.stream.harness import Workers, expected_ids
 from tests.support.stream.score import score
@@ -151,7 +151,7 @@ def latency(bootstrap: str, rate: int = 1000, seconds: int = 20) -> dict:
     from kafka import KafkaProducer
     from sqlalchemy import select
 
-    from alignloop.db import session_scope
+    from alignloop.core.db import session_scope
     from curation import store
     from tests.support.feed import key_of
 

@@ -298,7 +298,7 @@ def main() -> None:
     parser.add_argument("--no-readme", action="store_true", help="do not rewrite the table in ingest/README.md")
     args = parser.parse_args()
 
-    from alignloop.settings import get_settings
+    from alignloop.core.settings import get_settings
     from ingest.events import encode_event
     from tests.support.kafka_topics import delete_topics
     from ingest.topics import ensure_topics, topic_names

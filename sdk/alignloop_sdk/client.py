@@ -191,7 +191,7 @@ class FeedbackClient(_EventBuilder):
         from kafka import KafkaProducer
         from kafka.errors import KafkaError
 
-        # the same variables the service reads (alignloop.settings, ingest.settings), without importing it
+        # the same variables the service reads (alignloop.core.settings, ingest.settings), without importing it
         bootstrap = bootstrap or os.environ.get("ALIGNLOOP_KAFKA_BOOTSTRAP", DEFAULT_BOOTSTRAP)
         topic = topic or os.environ.get("ALIGNLOOP_INGEST_TOPIC", FEEDBACK_TOPIC)
         self.app_id = app_id

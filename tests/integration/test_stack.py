@@ -119,7 +119,7 @@ def test_redis_round_trip(redis_client):
 
 @pytest.mark.postgres
 def test_migrations_up_and_down_on_postgres(postgres_engine):
-    from alignloop.db import downgrade, upgrade
+    from alignloop.core.db import downgrade, upgrade
 
     upgrade(postgres_engine)
     assert "alignloop_meta" in inspect(postgres_engine).get_table_names()

@@ -33,7 +33,7 @@ def test_help_explains_and_does_not_import_torch(group):
 
 
 def test_settings_come_from_env_prefix(monkeypatch, tmp_path):
-    from alignloop.settings import CoreSettings
+    from alignloop.core.settings import CoreSettings
 
     monkeypatch.setenv("ALIGNLOOP_HOME", str(tmp_path))
     monkeypatch.setenv("ALIGNLOOP_KAFKA_BOOTSTRAP", "127.0.0.1:19999")
@@ -46,7 +46,7 @@ def test_settings_come_from_env_prefix(monkeypatch, tmp_path):
 def test_migrations_up_and_down_on_sqlite(sqlite_engine):
     from alembic.script import ScriptDirectory
 
-    from alignloop.db import alembic_config, current_heads, downgrade, upgrade
+    from alignloop.core.db import alembic_config, current_heads, downgrade, upgrade
 
     upgrade(sqlite_engine)
     assert "alignloop_meta" in inspect(sqlite_engine).get_table_names()
@@ -59,7 +59,7 @@ def test_migrations_up_and_down_on_sqlite(sqlite_engine):
 
 
 def test_session_scope_rolls_back_on_error(sqlite_engine):
-    from alignloop.db import session_scope, upgrade
+    from alignloop.core.db import session_scope, upgrade
 
     upgrade(sqlite_engine)
     with pytest.raises(RuntimeError):
@@ -71,8 +71,8 @@ def test_session_scope_rolls_back_on_error(sqlite_engine):
 
 
 def test_bad_store_url_is_one_line_error(tmp_path):
-    from alignloop.db import open_store
-    from alignloop.errors import StoreError
+    from alignloop.core.db import open_store
+    from alignloop.core.errors import StoreError
 
     with pytest.raises(StoreError, match="migration"):
         open_store("postgresql+psycopg://nobody@127.0.0.1:1/none")
@@ -92,7 +92,7 @@ def test_stack_status_json_is_machine_readable(tmp_path):
 def test_processes_migrating_one_new_store_at_once_take_turns(tmp_path):
     """Workers and replicas that start together on a new SQLite store must not race on CREATE TABLE."""
     url = f"sqlite:///{tmp_path / 'shared.db'}"
-    code = "import sys; from alignloop.db import open_store; open_store(sys.argv[1]).dispose()"
+    code = "import sys; from flows.store import open_shared_store; open_shared_store(sys.argv[1]).dispose()"
     procs = [subprocess.Popen([sys.executable, "-c", code, url], stderr=subprocess.PIPE, text=True)
              for _ in range(4)]
     results = [(p.wait(timeout=120), p.stderr.read()) for p in procs]

@@ -176,7 +176,7 @@ def private_postgres(tmp_path):
     """A PostgreSQL cluster of this test alone (own port and data dir): the test may stop it."""
     import shutil
 
-    from alignloop.stack import PostgresServer
+    from alignloop.core.stack import PostgresServer
 
     port = free_port()
     server = PostgresServer(url=f"postgresql+psycopg://alignloop@127.0.0.1:{port}/alignloop",
@@ -192,7 +192,7 @@ def private_postgres(tmp_path):
 @pytest.fixture
 def private_redis(tmp_path):
     """A redis-server of this test alone (own port and dir): the test may stop it."""
-    from alignloop.stack import RedisServer
+    from alignloop.core.stack import RedisServer
 
     server = RedisServer(url=f"redis://127.0.0.1:{free_port()}/0", state_dir=tmp_path / "redis-state")
     try:

@@ -4,7 +4,7 @@ import json
 
 from sqlalchemy import select
 
-from alignloop.db import session_scope
+from alignloop.core.db import session_scope
 from support.stream.generate import generate
 from curation import query, store
 from curation.pipeline import Staging, settle_all

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from alignloop.db import session_scope
+from alignloop.core.db import session_scope
 from deploy import registry
 from deploy.artifacts import LocalArtifactStorage
 from deploy.errors import ArtifactError, IntegrityError, NotFoundError, RegistryError

@@ -18,7 +18,7 @@ BASE = "tiny-base"  # the fake artifacts' base model; nothing is served, serving
 
 @pytest.fixture
 def token_env(loop_env, monkeypatch):
-    from flows.demo import _clear_settings_caches
+    from alignloop.demo import _clear_settings_caches
 
     monkeypatch.setenv("ALIGNLOOP_FEEDBACK_TOKEN_KEY", uuid.uuid4().hex)
     monkeypatch.setenv("ALIGNLOOP_FEEDBACK_TOKEN_MAX_AGE_S", "3600")
@@ -57,9 +57,9 @@ def _forge(token: str, **changes) -> str:
 def test_only_verified_feedback_since_the_canary_started_decides_it(prefect_harness, token_env, tmp_path,
                                                                    kafka_bootstrap, kafka_group, redis_url,
                                                                    feedback_topic):
-    from alignloop.db import session_scope
-    from alignloop.feedback_token import sign_feedback_token
-    from alignloop.settings import get_settings as core_settings
+    from alignloop.core.db import session_scope
+    from alignloop.core.feedback_token import sign_feedback_token
+    from alignloop.core.settings import get_settings as core_settings
     from support.stream.harness import Workers
     from curation import query
     from curation.store import DecisionRow

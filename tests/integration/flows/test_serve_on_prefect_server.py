@@ -430,7 +430,7 @@ def _run_deployment_now(name: str):
 
 
 def _start_canary(loop_env, src: Path) -> str:
-    from alignloop.db import session_scope
+    from alignloop.core.db import session_scope
     from deploy import registry
 
     with session_scope(loop_env["engine"]) as session:
@@ -440,7 +440,7 @@ def _start_canary(loop_env, src: Path) -> str:
 
 
 def _routing(loop_env, base: str):
-    from alignloop.db import session_scope
+    from alignloop.core.db import session_scope
     from deploy import registry
 
     with session_scope(loop_env["engine"]) as session:

@@ -52,8 +52,8 @@ class Sender:
 
 
 def test_broker_stopped_while_sending(tmp_path):
-    from alignloop.settings import get_settings
-    from alignloop.stack import KafkaBroker
+    from alignloop.core.settings import get_settings
+    from alignloop.core.stack import KafkaBroker
 
     broker = KafkaBroker(version="3.9.1", cache_dir=get_settings().cache_dir, state_dir=tmp_path,
                          port=free_port(), controller_port=free_port())

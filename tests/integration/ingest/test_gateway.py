@@ -83,7 +83,7 @@ def test_without_a_valid_key_401(gateway):
 def test_a_revoked_key_is_refused_within_the_cache_time(gateway):
     import time
 
-    from alignloop.db import session_scope
+    from alignloop.core.db import session_scope
     from ingest.store import revoke_key
 
     assert post(gateway, an_event()).status_code == 200

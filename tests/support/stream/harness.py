@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from alignloop.db import make_engine, session_scope
+from alignloop.core.db import make_engine, session_scope
 from curation import query, store
 
 REPO = Path(__file__).resolve().parents[3]

@@ -39,9 +39,9 @@ class CoreSettings(BaseSettings):
 
     def resolved_feedback_token_key(self) -> bytes:
         """The feedback token key: `ALIGNLOOP_FEEDBACK_TOKEN_KEY`, else the local secret (created on first use)."""
-        from alignloop.errors import AlignloopError
-        from alignloop.feedback_token import MIN_KEY_BYTES
-        from alignloop.keys import load_or_create_secret
+        from alignloop.core.errors import AlignloopError
+        from alignloop.core.feedback_token import MIN_KEY_BYTES
+        from alignloop.core.keys import load_or_create_secret
 
         if self.feedback_token_key is not None:
             value = self.feedback_token_key.get_secret_value()

@@ -6,7 +6,7 @@ import os
 import secrets
 from pathlib import Path
 
-from alignloop.errors import AlignloopError
+from alignloop.core.errors import AlignloopError
 
 
 def secret_path(home: Path, name: str) -> Path:

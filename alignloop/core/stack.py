@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from alignloop.errors import StackError
-from alignloop.settings import CoreSettings
+from alignloop.core.errors import StackError
+from alignloop.core.settings import CoreSettings
 
 KAFKA_POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
   <modelVersion>4.0.0</modelVersion>
