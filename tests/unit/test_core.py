@@ -97,3 +97,44 @@ def test_processes_migrating_one_new_store_at_once_take_turns(tmp_path):
              for _ in range(4)]
     results = [(p.wait(timeout=120), p.stderr.read()) for p in procs]
     assert all(rc == 0 for rc, _ in results), [err[-500:] for rc, err in results if rc]
+
+
+def test_every_package_branch_in_the_tree_is_registered_for_the_shared_store():
+    """A new package with tables must add its migrations folder to flows.store, or the shared store would miss it."""
+    from pathlib import Path
+
+    from flows.store import STAGE_MIGRATIONS
+
+    root = Path(__file__).resolve().parents[2]
+    on_disk = {p.parent.resolve() for p in root.glob("*/migrations/__init__.py")}  # alignloop's is in core/
+    assert on_disk == {p.resolve() for p in STAGE_MIGRATIONS}
+
+
+def _open_with_branches(url: str, packages: str) -> subprocess.CompletedProcess:
+    """A fresh process that opens `url` knowing only the core and `packages`' branches (comma-separated)."""
+    code = ("import importlib, sys\n"
+            "from alignloop.core.db import open_store\n"
+            "folders = [importlib.import_module(p + '.migrations').FOLDER for p in sys.argv[2].split(',') if p]\n"
+            "open_store(sys.argv[1], branches=folders).dispose()")
+    return subprocess.run([sys.executable, "-c", code, url, packages], capture_output=True, text=True, timeout=120)
+
+
+def test_a_store_gets_the_tables_of_the_branches_its_opener_registers(tmp_path):
+    from alignloop.core.db import make_engine
+
+    url = f"sqlite:///{tmp_path / 'ingest-only.db'}"
+    done = _open_with_branches(url, "ingest")
+    assert done.returncode == 0, done.stderr[-800:]
+    engine = make_engine(url)
+    tables = set(inspect(engine).get_table_names())
+    engine.dispose()
+    assert "alignloop_meta" in tables and "ingest_api_keys" in tables
+    assert not any(t.startswith(("curation_", "deploy_")) for t in tables)
+
+
+def test_an_opener_that_misses_a_branch_of_the_shared_store_gets_a_one_line_error(tmp_path):
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    assert _open_with_branches(url, "ingest,curation,deploy").returncode == 0
+    done = _open_with_branches(url, "deploy")  # the store also holds ingest's and curation's heads
+    assert done.returncode != 0
+    assert "StoreError" in done.stderr and "registered branches" in done.stderr
