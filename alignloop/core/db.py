@@ -99,13 +99,27 @@ def _migration_lock(engine: Engine) -> Iterator[None]:
         yield
 
 
+def _registered_heads_applied(engine: Engine, cfg) -> bool:  # noqa: ANN001 - alembic's Config
+    """Whether every registered branch is at its head already; the store may hold other packages' heads too."""
+    from alembic.script import ScriptDirectory
+
+    return set(ScriptDirectory.from_config(cfg).get_heads()) <= current_heads(engine)
+
+
 def upgrade(engine: Engine, revision: str = "heads") -> None:
-    """Bring the store to `revision` (default: every package's newest); concurrent callers take turns."""
+    """Bring the store to `revision` (default: every registered branch's newest); concurrent callers take turns.
+
+    A stage run alone (`python -m curation.worker`) knows only its own branch; on a shared store whose
+    branches are all current it has nothing to do, so the other packages' heads it cannot read are left alone.
+    """
     from alembic import command
 
     try:
         with _migration_lock(engine):
-            command.upgrade(alembic_config(engine), revision)
+            cfg = alembic_config(engine)
+            if revision == "heads" and _registered_heads_applied(engine, cfg):
+                return
+            command.upgrade(cfg, revision)
     except Exception as exc:  # alembic raises many kinds; the CLI needs one line
         hint = ""
         if "Can't locate revision" in str(exc):  # a head of a package branch that this process did not register

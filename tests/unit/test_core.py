@@ -132,9 +132,23 @@ def test_a_store_gets_the_tables_of_the_branches_its_opener_registers(tmp_path):
     assert not any(t.startswith(("curation_", "deploy_")) for t in tables)
 
 
-def test_an_opener_that_misses_a_branch_of_the_shared_store_gets_a_one_line_error(tmp_path):
+def test_a_stage_alone_opens_a_current_shared_store_and_leaves_the_other_heads_alone(tmp_path):
+    """`python -m curation.worker` knows only curation's branch; the shared store also holds ingest's and deploy's."""
+    from alignloop.core.db import current_heads, make_engine
+
     url = f"sqlite:///{tmp_path / 'shared.db'}"
     assert _open_with_branches(url, "ingest,curation,deploy").returncode == 0
-    done = _open_with_branches(url, "deploy")  # the store also holds ingest's and curation's heads
+    engine = make_engine(url)
+    before = current_heads(engine)
+    done = _open_with_branches(url, "curation")
+    assert done.returncode == 0, done.stderr[-800:]
+    assert current_heads(engine) == before
+    engine.dispose()
+
+
+def test_a_stage_alone_that_must_migrate_beside_unknown_heads_gets_a_one_line_error(tmp_path):
+    url = f"sqlite:///{tmp_path / 'ingest-first.db'}"
+    assert _open_with_branches(url, "ingest").returncode == 0
+    done = _open_with_branches(url, "deploy")  # deploy's tables are missing, and ingest's head is unknown to it
     assert done.returncode != 0
     assert "StoreError" in done.stderr and "registered branches" in done.stderr
