@@ -25,7 +25,15 @@ class LoraSection(_Strict):
     r: int = Field(default=16, ge=1)
     alpha: int = Field(default=32, ge=1)
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
-    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"])
+    target_modules: list[str] | dict[str, list[str]] | None = Field(
+        default=None, description="the modules LoRA adapts: a list for any base, or a list per architecture "
+        "(the config's `model_type`: llama, qwen2, ...); an architecture not named gets PEFT's default for it")
+
+    def modules_for(self, model_type: str) -> list[str] | None:
+        """The configured modules for this architecture; None: use PEFT's default for it."""
+        if isinstance(self.target_modules, dict):
+            return self.target_modules.get(model_type)
+        return self.target_modules
 
 
 class DpoSection(_Strict):
@@ -75,6 +83,17 @@ class EvalSection(_Strict):
     seed: int = 0
 
 
+class TrainingSection(_Strict):
+    """Where and how training runs: device, precision and memory options (see `retrain.devices`)."""
+
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field(
+        default="auto", description="auto: CUDA when present, else the CPU")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        default="auto", description="auto: bf16 on a CUDA device that supports it, else fp32")
+    gradient_checkpointing: bool = Field(default=False, description="recompute activations: less memory, slower")
+    gradient_accumulation_steps: int = Field(default=1, ge=1, description="optimizer step every this many batches")
+
+
 class TurnSection(_Strict):
     """How a turn of the loop builds on what serves now (the active adapter, or the base)."""
 
@@ -96,6 +115,7 @@ class RunConfig(_Strict):
     dpo: DpoSection = Field(default_factory=DpoSection)
     kto: KtoSection = Field(default_factory=KtoSection)
     eval: EvalSection = Field(default_factory=EvalSection)
+    training: TrainingSection = Field(default_factory=TrainingSection)
     turns: TurnSection = Field(default_factory=TurnSection)
 
     def as_dict(self) -> dict:
