@@ -48,12 +48,17 @@ class DpoSection(_Strict):
     warmup_steps: int = Field(default=5, ge=0)
     precompute_ref_log_probs: bool = True
     cache_ref_log_probs: bool = Field(default=True, description="keep the base's log-probs on disk across runs")
+    use_weights: bool = Field(default=True, description="each pair's curated weight scales its share of the loss")
 
     @model_validator(mode="after")
     def _check(self):
         bad = [t for t in self.loss_type if t not in DPO_LOSSES]
         if bad or not self.loss_type:
             raise ValueError(f"`dpo.loss_type` entries must be among {sorted(DPO_LOSSES)}; got {self.loss_type}")
+        sorting = sorted({"aot", "aot_unpaired"}.intersection(self.loss_type))
+        if sorting and self.use_weights:
+            raise ValueError(f"`dpo.loss_type` {sorting} sorts pairs across the batch, so `dpo.use_weights` must be "
+                             f"false with it; got {self.loss_type} with use_weights true")
         if self.loss_weights is not None and len(self.loss_weights) != len(self.loss_type):
             raise ValueError(f"`dpo.loss_weights` must have one weight per loss type ({len(self.loss_type)}); "
                              f"got {self.loss_weights}")
@@ -70,6 +75,7 @@ class KtoSection(_Strict):
     desirable_weight: float = Field(default=1.0, gt=0.0)
     undesirable_weight: float = Field(default=1.0, gt=0.0)
     min_examples: int = Field(default=8, ge=1, description="fewer unpaired examples than this: no KTO stage")
+    use_weights: bool = Field(default=True, description="each example's curated weight scales its share of the loss")
 
 
 class EvalSection(_Strict):

@@ -21,6 +21,7 @@ from retrain.config import RunConfig, parse_config
 from retrain.devices import TrainingPlan, probe_capabilities, resolve_training
 from retrain.errors import TrainError
 from retrain.snapshot import Snapshot, to_trl_pairs, to_trl_unpaired
+from retrain.weighting import WEIGHT, weighted
 
 MANIFEST = "manifest.json"
 LINEAGE = "lineage.json"
@@ -127,6 +128,15 @@ def _lora_config(cfg: RunConfig, model):
                       target_modules=modules, task_type="CAUSAL_LM", bias="none")
 
 
+def _dataset(rows: list[dict], records: list[dict], use_weights: bool):
+    """TRL's columns, plus each record's curated weight when the run weighs the loss by it."""
+    from datasets import Dataset
+
+    if use_weights:
+        rows = [{**row, WEIGHT: float(r.get("weight", 1.0))} for row, r in zip(rows, records, strict=True)]
+    return Dataset.from_list(rows)
+
+
 def _summarize(log_history: list[dict], prefix: str) -> dict:
     out: dict = {}
     for entry in log_history:
@@ -157,7 +167,6 @@ def run_training(base_model: str, snapshot: Snapshot, cfg: RunConfig, workdir: P
     `init_adapter`: continue from that adapter's weights (and take it as DPO's reference) instead of a new LoRA.
     """
     import torch
-    from datasets import Dataset
     from transformers import set_seed
     from trl import KTOConfig, KTOTrainer
 
@@ -188,14 +197,15 @@ def run_training(base_model: str, snapshot: Snapshot, cfg: RunConfig, workdir: P
                          label_smoothing=d.label_smoothing, max_length=d.max_length,
                          precompute_ref_log_probs=d.precompute_ref_log_probs,
                          precompute_ref_batch_size=d.batch_size)  # small batches: less padding, cache-friendly on CPU
-        trainer_cls = _dpo_trainer_class()
+        trainer_cls = weighted(_dpo_trainer_class()) if d.use_weights else _dpo_trainer_class()
         adapter_hash = sha256_file(Path(init_adapter) / "adapter_model.safetensors") if init_adapter else None
         cache = RefLogpCache.for_base(hash_model_dir(base_model), adapter_hash) if (
             d.precompute_ref_log_probs and d.cache_ref_log_probs) else None
         trainer_cls.ref_cache = cache
         started = time.perf_counter()
         try:
-            trainer = trainer_cls(model=model, args=args, train_dataset=Dataset.from_list(to_trl_pairs(snapshot.train_pairs)),
+            data = _dataset(to_trl_pairs(snapshot.train_pairs), snapshot.train_pairs, d.use_weights)
+            trainer = trainer_cls(model=model, args=args, train_dataset=data,
                                   processing_class=tokenizer,
                                   peft_config=None if init_adapter else _lora_config(cfg, model))
         finally:
@@ -217,10 +227,11 @@ def run_training(base_model: str, snapshot: Snapshot, cfg: RunConfig, workdir: P
                          num_train_epochs=k.epochs, per_device_train_batch_size=k.batch_size, beta=k.beta,
                          desirable_weight=k.desirable_weight, undesirable_weight=k.undesirable_weight,
                          max_length=k.max_length)
-        data = Dataset.from_list(to_trl_unpaired(snapshot.train_unpaired))
+        data = _dataset(to_trl_unpaired(snapshot.train_unpaired), snapshot.train_unpaired, k.use_weights)
         # after a DPO stage the model is already a PeftModel: KTO then keeps a frozen copy of the adapter only
         kwargs = {} if snapshot.train_pairs or init_adapter else {"peft_config": _lora_config(cfg, model)}
-        trainer = KTOTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer, **kwargs)
+        kto_cls = weighted(KTOTrainer) if k.use_weights else KTOTrainer
+        trainer = kto_cls(model=model, args=args, train_dataset=data, processing_class=tokenizer, **kwargs)
         out = trainer.train()
         model = trainer.model
         metrics.update(_summarize(trainer.state.log_history, "kto"))
