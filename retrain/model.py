@@ -248,10 +248,10 @@ def lora_target_modules(model, configured: list[str] | None) -> list[str]:
 
     Every name must match a linear layer of the model; the error names the architecture and the layers it has.
     """
-    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_DEFAULTS
+    from peft.utils import constants
 
     kind = model.config.model_type
-    modules = list(configured or PEFT_DEFAULTS.get(kind) or [])
+    modules = list(configured or constants.TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(kind) or [])
     if not modules:
         raise UnsupportedModelError(
             f"architecture {kind!r} ({type(model).__name__}) has no default LoRA target modules in PEFT; set "
@@ -268,19 +268,11 @@ def lora_target_modules(model, configured: list[str] | None) -> list[str]:
 def linear_layer_names(model) -> list[str]:
     """The distinct last names of the model's linear layers (what LoRA can adapt), without the output head."""
     import torch
+    from transformers.pytorch_utils import Conv1D  # GPT-2's linear layers
 
-    conv1d = _conv1d_class()
     names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
-             if isinstance(module, torch.nn.Linear) or (conv1d is not None and isinstance(module, conv1d))}
+             if isinstance(module, (torch.nn.Linear, Conv1D))}
     return sorted(names - {"lm_head", "embed_out"})
-
-
-def _conv1d_class():
-    try:
-        from transformers.pytorch_utils import Conv1D
-    except ImportError:  # pragma: no cover - every transformers this project pins has it
-        return None
-    return Conv1D
 
 
 def hash_model_dir(path_or_hub_id: str | Path) -> str:

@@ -82,8 +82,12 @@ class _CollateWithWeights:
 
 def weighted(trainer_cls: type) -> type:
     """A subclass of a TRL DPO/KTO trainer whose loss weighs each row by its dataset's `weight` column."""
+    base: Any = trainer_cls  # TRL's trainers are untyped to mypy
 
-    class Weighted(trainer_cls):  # type: ignore[misc, valid-type]
+    class Weighted(base):
+        data_collator: Any
+        _signature_columns: Any
+
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.data_collator = _CollateWithWeights(self.data_collator)

@@ -9,24 +9,24 @@ from typing import Any
 # the architecture's chat format (the shape of the real family's template) and the token that ends a turn
 TEMPLATES: dict[str, tuple[str, str, list[str]]] = {
     "llama": (
-        "{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n{{ m['content'] }}<|eot_id|>"
-        "{% endfor %}{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}",
+        ("{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n{{ m['content'] }}<|eot_id|>"
+         "{% endfor %}{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"),
         "<|eot_id|>", ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]),
     "qwen2": (
-        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}",
+        ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+         "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"),
         "<|im_end|>", ["<|im_start|>", "<|im_end|>"]),
     "mistral": (
-        "{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
-        "{% else %}{{ m['content'] }}</s>{% endif %}{% endfor %}",
+        ("{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
+         "{% else %}{{ m['content'] }}</s>{% endif %}{% endfor %}"),
         "</s>", ["</s>", "[INST]", "[/INST]"]),
     "gpt_neox": (
-        "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|endoftext|>\n{% endfor %}"
-        "{% if add_generation_prompt %}<|assistant|>\n{% endif %}",
+        ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|endoftext|>\n{% endfor %}"
+         "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"),
         "<|endoftext|>", ["<|endoftext|>", "<|user|>", "<|assistant|>", "<|system|>"]),
     "phi3": (
-        "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
-        "{% if add_generation_prompt %}<|assistant|>\n{% endif %}",
+        ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
+         "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"),
         "<|end|>", ["<|end|>", "<|user|>", "<|assistant|>", "<|system|>"]),
 }
 HIDDEN = 32

@@ -27,8 +27,8 @@ def _trainer(base, tmp_path, kind: str, rows: list[dict]):
 
     torch.manual_seed(0)
     model, tok = load_base(base)
-    common = dict(output_dir=str(tmp_path / kind), use_cpu=True, report_to=[], per_device_train_batch_size=4,
-                  max_length=96, save_strategy="no", disable_tqdm=True, beta=0.1)
+    common = {"output_dir": str(tmp_path / kind), "use_cpu": True, "report_to": [], "per_device_train_batch_size": 4,
+              "max_length": 96, "save_strategy": "no", "disable_tqdm": True, "beta": 0.1}
     if kind == "dpo":
         args, cls = DPOConfig(**common, loss_type=["sigmoid"], precompute_ref_log_probs=True), DPOTrainer
     else:

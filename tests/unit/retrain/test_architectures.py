@@ -5,11 +5,16 @@ from __future__ import annotations
 import json
 
 import pytest
+from support.architectures import TEMPLATES, build_tiny_causal_lm
 
 from retrain.config import parse_config
 from retrain.errors import UnsupportedModelError
-from retrain.model import FALLBACK_CHAT_TEMPLATE, ensure_chat_template, load_base, lora_target_modules
-from support.architectures import TEMPLATES, build_tiny_causal_lm
+from retrain.model import (
+    FALLBACK_CHAT_TEMPLATE,
+    ensure_chat_template,
+    load_base,
+    lora_target_modules,
+)
 
 MSGS = [{"role": "user", "content": "Where is my parcel?"}]
 
