@@ -59,11 +59,15 @@ class RefLogpCache:
         self.misses = 0
 
     @staticmethod
-    def for_base(base_hash: str, adapter_hash: str | None = None) -> "RefLogpCache":
-        """The cache of one reference: the base, or the base with the adapter a turn continues from."""
+    def for_base(base_hash: str, adapter_hash: str | None = None, precision: str = "fp32") -> "RefLogpCache":
+        """The cache of one reference: the base, or the base with the adapter a turn continues from.
+
+        Log-probs computed under bf16/fp16 autocast differ from fp32 ones, so each precision has its own file.
+        """
         from alignloop.settings import get_settings
 
         name = base_hash[:24] if adapter_hash is None else f"{base_hash[:24]}-{adapter_hash[:16]}"
+        name += "" if precision == "fp32" else f"-{precision}"
         return RefLogpCache(get_settings().cache_dir / "ref_logps" / f"{name}.json")
 
     @staticmethod
@@ -199,7 +203,7 @@ def run_training(base_model: str, snapshot: Snapshot, cfg: RunConfig, workdir: P
                          precompute_ref_batch_size=d.batch_size)  # small batches: less padding, cache-friendly on CPU
         trainer_cls = weighted(_dpo_trainer_class()) if d.use_weights else _dpo_trainer_class()
         adapter_hash = sha256_file(Path(init_adapter) / "adapter_model.safetensors") if init_adapter else None
-        cache = RefLogpCache.for_base(hash_model_dir(base_model), adapter_hash) if (
+        cache = RefLogpCache.for_base(hash_model_dir(base_model), adapter_hash, plan.precision) if (
             d.precompute_ref_log_probs and d.cache_ref_log_probs) else None
         trainer_cls.ref_cache = cache
         started = time.perf_counter()

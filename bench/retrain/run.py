@@ -75,7 +75,7 @@ def variant_alignloop(n: int, warm: bool, epochs: float) -> dict:
     snap = Snapshot(rows, [], [], [], [], hash="bench")
     with tempfile.TemporaryDirectory() as tmp:
         cache_file = Path(tmp) / "ref.json"
-        rt.RefLogpCache.for_base = staticmethod(lambda _h: rt.RefLogpCache(cache_file))
+        rt.RefLogpCache.for_base = staticmethod(lambda *_a: rt.RefLogpCache(cache_file))
         if warm:  # fill the cache as an earlier retrain over these pairs would have
             rt.run_training(base, snap, cfg, Path(tmp) / "w0", progress=False)
         t0, c0 = time.perf_counter(), time.process_time()

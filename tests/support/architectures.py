@@ -51,9 +51,10 @@ def _config(architecture: str, vocab: int, tok) -> Any:
     raise ValueError(f"no tiny builder for architecture {architecture!r}; known: {sorted(TEMPLATES)}")
 
 
-def build_tiny_causal_lm(out_dir: str | Path, architecture: str, *, seed: int = 0) -> Path:
-    """A random `<architecture>ForCausalLM` (a few hundred thousand parameters) with a byte-level BPE tokenizer
-    trained on the retrain corpus and the family's chat template; saved with `save_pretrained`."""
+def build_tiny_causal_lm(out_dir: str | Path, architecture: str, *, seed: int = 0, chat_template: bool = True) -> Path:
+    """A random `<architecture>ForCausalLM` (tens of thousands of parameters) with a byte-level BPE tokenizer
+    trained on the retrain corpus and the family's chat template (none: `chat_template=False`); saved with
+    `save_pretrained`."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -67,7 +68,7 @@ def build_tiny_causal_lm(out_dir: str | Path, architecture: str, *, seed: int = 
     tok = build_tokenizer(texts)
     tok.add_special_tokens({"additional_special_tokens": [t for t in specials if t not in tok.get_vocab()]})
     tok.eos_token = eos
-    tok.chat_template = template
+    tok.chat_template = template if chat_template else None
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(_config(architecture, len(tok), tok))
     model.generation_config.pad_token_id = tok.pad_token_id

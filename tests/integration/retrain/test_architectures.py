@@ -14,7 +14,8 @@ from support.architectures import build_tiny_causal_lm
 
 pytestmark = [pytest.mark.slow]
 
-ARCHITECTURES = ["llama", "qwen2", "mistral", "gpt_neox"]
+# the last: a base whose tokenizer has no chat template, trained and served with alignloop's fallback
+ARCHITECTURES = ["llama", "qwen2", "mistral", "gpt_neox", "gpt_neox-no-template"]
 PEFT_TARGETS = {"llama": ["q_proj", "v_proj"], "qwen2": ["q_proj", "v_proj"], "mistral": ["q_proj", "v_proj"],
                 "gpt_neox": ["query_key_value"]}
 # the serving backends the four architectures must pass on; a new backend (vLLM) joins this list with a
@@ -40,9 +41,9 @@ def trained(request, tmp_path_factory) -> dict:
     from retrain.snapshot import build_snapshot
     from retrain.train import train_adapter
 
-    arch = request.param
-    tmp = tmp_path_factory.mktemp(arch)
-    base = build_tiny_causal_lm(tmp / "base", arch)
+    arch, _, variant = request.param.partition("-")
+    tmp = tmp_path_factory.mktemp(request.param)
+    base = build_tiny_causal_lm(tmp / "base", arch, chat_template=variant != "no-template")
     snap = build_snapshot(make_pairs(56, seed=3), [], CONFIG["snapshot"])
     adapter = train_adapter(base, snap, CONFIG, tmp / "adapters", progress=False)
     report = evaluate(base, adapter, snap, config=CONFIG, report_dir=tmp / "report", progress=False)

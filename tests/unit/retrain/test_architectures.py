@@ -83,3 +83,9 @@ def test_a_tokenizer_without_a_template_gets_the_fallback_ended_by_its_eos(bases
     tok.chat_template = own
     ensure_chat_template(tok)
     assert tok.chat_template == own
+
+
+def test_serving_falls_back_to_the_template_retrain_trains_with():
+    from deploy.runtime import FALLBACK_CHAT_TEMPLATE as SERVED
+
+    assert SERVED == FALLBACK_CHAT_TEMPLATE  # deploy cannot import retrain: the two copies must not drift
