@@ -25,3 +25,7 @@ class TrainError(RetrainError):
 
 class ArtifactError(RetrainError):
     """An adapter artifact is missing files or does not match its manifest."""
+
+
+class UnsupportedModelError(RetrainError):
+    """A base model whose architecture alignloop cannot train as given (not a causal LM, no LoRA targets)."""
