@@ -25,6 +25,8 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+from alignloop.kafka_auth import kafka_auth
+
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results" / "ingest.json"
 README = ROOT / "ingest" / "README.md"
@@ -59,7 +61,7 @@ def bench_raw(bootstrap: str, topic: str, events) -> dict:
     from ingest.events import encode_event, event_key
 
     payload = [(encode_event(e), event_key(e)) for e in events]  # encoding is the SDK's work, not the baseline's
-    producer = KafkaProducer(bootstrap_servers=bootstrap, **PRODUCER)
+    producer = KafkaProducer(bootstrap_servers=bootstrap, **kafka_auth(), **PRODUCER)
     producer.send(topic, b"warm-up", b"k").get(timeout=30)
     started, cpu = time.perf_counter(), time.process_time()
     for value, key in payload:
@@ -103,7 +105,7 @@ def ack_latency(bootstrap: str, topic: str, events, rate: float, sdk: bool) -> d
 
         close = client.close
     else:
-        producer = KafkaProducer(bootstrap_servers=bootstrap, **PRODUCER)
+        producer = KafkaProducer(bootstrap_servers=bootstrap, **kafka_auth(), **PRODUCER)
 
         def send(e):
             t = time.perf_counter()
@@ -131,7 +133,11 @@ class GatewayProcess:
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, "ALIGNLOOP_HOME": str(work), "ALIGNLOOP_STORE_URL": f"sqlite:///{work / 'store.db'}",
+        from alignloop.settings import get_settings
+
+        # its own home, the stack's passwords (they live under the stack's home)
+        self.env = {**os.environ, **get_settings().service_credentials_env(), "ALIGNLOOP_HOME": str(work),
+                    "ALIGNLOOP_STORE_URL": f"sqlite:///{work / 'store.db'}",
                     "ALIGNLOOP_KAFKA_BOOTSTRAP": bootstrap, "ALIGNLOOP_INGEST_TOPIC": topic,
                     "ALIGNLOOP_INGEST_PORT": str(self.port)}
         exe = Path(sys.executable).parent / "alignloop"

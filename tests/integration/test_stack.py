@@ -17,6 +17,8 @@ import pytest
 from sqlalchemy import inspect
 from support.ports import free_port
 
+from alignloop.kafka_auth import kafka_auth
+
 
 @pytest.mark.kafka
 def test_kafka_python_message_reaches_aiokafka(kafka_bootstrap, kafka_topic, kafka_group):
@@ -25,7 +27,7 @@ def test_kafka_python_message_reaches_aiokafka(kafka_bootstrap, kafka_topic, kaf
     from aiokafka import AIOKafkaConsumer
     from kafka import KafkaProducer
 
-    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", enable_idempotence=True)
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, **kafka_auth(), acks="all", enable_idempotence=True)
     payloads = [f"m-{i}-{uuid.uuid4().hex}".encode() for i in range(50)]
     for p in payloads:
         producer.send(kafka_topic, p, key=b"k")
@@ -33,7 +35,8 @@ def test_kafka_python_message_reaches_aiokafka(kafka_bootstrap, kafka_topic, kaf
     producer.close()
 
     async def consume() -> list[bytes]:
-        consumer = AIOKafkaConsumer(kafka_topic, bootstrap_servers=kafka_bootstrap, group_id=kafka_group,
+        consumer = AIOKafkaConsumer(kafka_topic, bootstrap_servers=kafka_bootstrap, **kafka_auth(),
+                                    group_id=kafka_group,
                                     auto_offset_reset="earliest")
         await consumer.start()
         got: list[bytes] = []
@@ -79,7 +82,7 @@ FAUST_APP = textwrap.dedent('''
 def test_kafka_python_message_reaches_a_faust_agent(kafka_bootstrap, kafka_topic, kafka_group, tmp_path):
     from kafka import KafkaProducer
 
-    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, **kafka_auth(), acks="all")
     payloads = [f"f-{i}" for i in range(20)]
     for p in payloads:
         producer.send(kafka_topic, p.encode(), key=b"same")
@@ -175,15 +178,15 @@ def test_private_stack_up_twice_survives_sigkill_and_goes_down(tmp_path, core_se
 
         bootstrap = f"127.0.0.1:{kport}"
         topic, group = "durable-topic", "durable-group"
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, **kafka_auth())
         admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])
         admin.close()
-        producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+        producer = KafkaProducer(bootstrap_servers=bootstrap, **kafka_auth(), acks="all", enable_idempotence=True)
         for i in range(100):
             producer.send(topic, str(i).encode(), partition=i % 2)
         producer.flush()
         producer.close()
-        consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+        consumer = KafkaConsumer(bootstrap_servers=bootstrap, **kafka_auth(), group_id=group, enable_auto_commit=False)
         tps = [TopicPartition(topic, 0), TopicPartition(topic, 1)]
         consumer.assign(tps)
         consumer.commit({tps[0]: OffsetAndMetadata(30, "", -1), tps[1]: OffsetAndMetadata(20, "", -1)})
@@ -199,7 +202,7 @@ def test_private_stack_up_twice_survives_sigkill_and_goes_down(tmp_path, core_se
         new_kafka = {r["name"]: r for r in json.loads(back.stdout)}["kafka"]
         assert new_kafka["healthy"] and new_kafka["pid"] != pids["kafka"]
 
-        consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+        consumer = KafkaConsumer(bootstrap_servers=bootstrap, **kafka_auth(), group_id=group, enable_auto_commit=False)
         assert topic in consumer.topics()
         assert consumer.end_offsets(tps) == {tps[0]: 50, tps[1]: 50}
         assert consumer.committed(tps[0]) == 30 and consumer.committed(tps[1]) == 20

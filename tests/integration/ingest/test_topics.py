@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 
 import pytest
 
+from alignloop.kafka_auth import kafka_auth
 from ingest.topics import TOPIC_CONFIGS, FEEDBACK_TOPIC, ensure_topics, topic_names
 
 from support.kafka_topics import delete_topics
@@ -13,24 +15,29 @@ from support.kafka_topics import delete_topics
 pytestmark = pytest.mark.kafka
 
 
-def test_ensure_topics_is_idempotent_and_sets_retention(kafka_bootstrap):
+def test_ensure_topics_is_idempotent_and_sets_retention_and_min_insync_replicas(kafka_bootstrap, monkeypatch):
     from kafka import KafkaAdminClient
     from kafka.admin import ConfigResource, ConfigResourceType
 
+    from alignloop.settings import get_settings
+
+    monkeypatch.setattr(get_settings(), "kafka_min_insync_replicas", 1)  # the one broker: acks=all waits for it
     base = f"test-topics-{uuid.uuid4().hex[:10]}"
     names = list(topic_names(base))
     try:
         assert ensure_topics(kafka_bootstrap, 4, base=base) == {n: "created" for n in names}
         assert ensure_topics(kafka_bootstrap, 9, base=base) == {n: "exists" for n in names}
-        admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+        admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap, **kafka_auth())
         try:
             described = {t["name"]: t for t in admin.describe_topics(names)}
             assert {n: len(described[n]["partitions"]) for n in names} == {n: 4 for n in names}
-            configs = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, base)])
+            configs = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, n) for n in names])
         finally:
             admin.close()
         text = repr(configs)
         assert TOPIC_CONFIGS[FEEDBACK_TOPIC]["retention.ms"] in text
+        isr = [c for c in re.findall(r"min\.insync\.replicas'?,\s*'?(\d+)", text)]
+        assert isr == ["1", "1", "1"], f"min.insync.replicas per topic: {isr} in {text[:400]}"
     finally:
         delete_topics(kafka_bootstrap, names)
 
