@@ -412,7 +412,8 @@ class RedisServer(_Service):
             return False
 
     def healthy(self) -> bool:
-        return self._ping(self.password)
+        """PING with the password works and without it is refused (a server without a password accepts any)."""
+        return self._ping(self.password) and not self._ping(None)
 
     def start(self, timeout: float = 30.0) -> bool:
         if self.healthy():
