@@ -335,7 +335,9 @@ class KafkaBroker(_Service):
     def _format_once(self, cfg: Path) -> None:
         if (self.state / "data" / "meta.properties").exists():
             return
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        cluster_id = "-"
+        while cluster_id.startswith("-"):  # the storage tool's argument parser takes "-..." for an option
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
         done = subprocess.run(
             [self._java(), "-cp", self._classpath(), f"-Dlog4j.configuration=file:{self.state / 'log4j.properties'}",
              "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(cfg)],
@@ -349,6 +351,8 @@ class KafkaBroker(_Service):
 
     def start(self, timeout: float = 90.0) -> bool:
         """Start unless running; True when this call started it (or restarted it with a new config)."""
+        if not (self.password and self.broker_password):
+            raise StackError(f"Kafka on port {self.port} needs the passwords of {self.username!r} and the broker")
         if _alive(self.pidfile.read()):
             if self._config_current():
                 _wait(lambda: _port_open("127.0.0.1", self.port), timeout, "Kafka")
@@ -393,9 +397,7 @@ class RedisServer(_Service):
     def __init__(self, *, url: str, state_dir: Path, password: str | None = None):
         u = urlparse(url)
         self.host, self.port = u.hostname or "127.0.0.1", u.port or 6379
-        self.password = password or u.password
-        if not self.password:
-            raise StackError(f"Redis on port {self.port} needs a password: none in the URL or given")
+        self.password = password or u.password or ""
         self.state = state_dir
         self.pidfile = _PidFile(state_dir / "redis.pid")
 
@@ -416,6 +418,8 @@ class RedisServer(_Service):
         return self._ping(self.password) and not self._ping(None)
 
     def start(self, timeout: float = 30.0) -> bool:
+        if not self.password:
+            raise StackError(f"Redis on port {self.port} needs a password: none in the URL or given")
         if self.healthy():
             return False
         if _alive(self.pidfile.read()):
@@ -456,12 +460,9 @@ class PostgresServer(_Service):
         self.url = url
         self.port = u.port or 5432
         self.user = u.username or "alignloop"
-        self.password = password or (unquote(u.password) if u.password else None)
+        self.password = password or (unquote(u.password) if u.password else "")
         # the superuser's password: a secret of its own, else the client role's (a private test cluster)
         self.superuser_password = superuser_password or self.password
-        if not self.password:
-            raise StackError(f"PostgreSQL on port {self.port} needs a password for role {self.user!r}: "
-                             f"none in the URL or given")
         self.dbname = (u.path or "/alignloop").lstrip("/") or "alignloop"
         as_root = os.geteuid() == 0
         # /root is not traversable by the postgres user, so root keeps the cluster under /var/lib
@@ -516,6 +517,9 @@ class PostgresServer(_Service):
             conn.execute("SELECT pg_reload_conf()")
         _wait(lambda: not self._connects(None), 30, "PostgreSQL (password auth)")
     def start(self, timeout: float = 60.0) -> bool:
+        if not self.password:
+            raise StackError(f"PostgreSQL on port {self.port} needs a password for role {self.user!r}: "
+                             f"none in the URL or given")
         if self.healthy():
             return False
         if not self._bin("pg_ctl"):
@@ -591,14 +595,11 @@ def ensure_secrets(settings: CoreSettings) -> None:
 
 
 def services(settings: CoreSettings) -> list:
+    """The three services; a missing secret (before the first `up`) is empty: such a service is not healthy."""
     state = settings.home / "stack"
 
     def secret(name: str, given=None) -> str:
-        value = settings.secret(name, given)
-        if not value:
-            raise StackError(f"the secret {name!r} is missing under {settings.home / 'secrets'}: "
-                             f"run `alignloop stack up` to create it")
-        return value
+        return settings.secret(name, given) or ""
 
     return [
         KafkaBroker(version=settings.kafka_version, cache_dir=settings.cache_dir, state_dir=state / "kafka",
@@ -628,8 +629,8 @@ def up(settings: CoreSettings, on_progress=lambda name, msg: None) -> list[Servi
 
 
 def down(settings: CoreSettings) -> dict[str, bool]:
-    return {svc.name: svc.stop() for svc in reversed(services(_with_secrets(settings)))}
+    return {svc.name: svc.stop() for svc in reversed(services(settings))}
 
 
 def status(settings: CoreSettings) -> list[ServiceStatus]:
-    return [svc.status() for svc in services(_with_secrets(settings))]
+    return [svc.status() for svc in services(settings)]  # reads the secrets, never creates them

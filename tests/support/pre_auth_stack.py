@@ -252,7 +252,9 @@ class KafkaBroker(_Service):
     def _format_once(self, cfg: Path) -> None:
         if (self.state / "data" / "meta.properties").exists():
             return
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        cluster_id = "-"
+        while cluster_id.startswith("-"):  # the storage tool's argument parser takes "-..." for an option
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
         done = subprocess.run(
             [self._java(), "-cp", self._classpath(), f"-Dlog4j.configuration=file:{self.state / 'log4j.properties'}",
              "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(cfg)],
