@@ -476,15 +476,19 @@ class PostgresServer(_Service):
             return str(found[-1])
         return shutil.which(tool) or ""
 
-    def healthy(self) -> bool:
+    def _select_1(self, password: str | None) -> bool:
         import psycopg
 
         try:
             with psycopg.connect(host="127.0.0.1", port=self.port, user=self.user, dbname=self.dbname,
-                                 password=self.password, connect_timeout=2) as conn:
+                                 password=password or "", connect_timeout=2) as conn:
                 return conn.execute("SELECT 1").fetchone() == (1,)
         except Exception:
             return False
+
+    def healthy(self) -> bool:
+        """SELECT 1 as our role with its password, and refused without it (`trust` accepts any password)."""
+        return self._select_1(self.password) and not self._select_1(None)
 
     def _connects(self, password: str | None) -> bool:
         import psycopg
