@@ -18,11 +18,12 @@ def _sasl(settings: CoreSettings | None) -> tuple[str, str, str, str] | None:
     return protocol, s.kafka_sasl_mechanism, s.kafka_username, password
 
 
-def kafka_auth(settings: CoreSettings | None = None) -> dict:
-    """kwargs for kafka-python and aiokafka clients (both take the same names): `{}` on a PLAINTEXT broker."""
+def kafka_auth(settings: CoreSettings | None = None) -> dict[str, str]:
+    """kwargs for kafka-python and aiokafka clients and the SDK's FeedbackClient (all take the same names); on a
+    broker without SASL only `security_protocol`, so the SDK does not fall back to its SASL default."""
     sasl = _sasl(settings)
     if sasl is None:
-        return {}
+        return {"security_protocol": (settings or get_settings()).kafka_security_protocol.upper()}
     protocol, mechanism, user, password = sasl
     return {"security_protocol": protocol, "sasl_mechanism": mechanism, "sasl_plain_username": user,
             "sasl_plain_password": password}

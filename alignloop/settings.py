@@ -51,9 +51,23 @@ class CoreSettings(BaseSettings):
     def _credentials_into_urls(self) -> "CoreSettings":
         # every client reads `redis_url`/`postgres_url`, so the password goes into the URL once, here;
         # a URL that already names a password (a managed service) is used as it is
-        self.redis_url = _with_password(self.redis_url, self.secret("redis", self.redis_password))
-        self.postgres_url = _with_password(self.postgres_url, self.secret("postgres", self.postgres_password))
+        self.redis_url = self.with_redis_password(self.redis_url)
+        self.postgres_url = self.with_store_password(self.postgres_url)
+        if self.store_url:
+            self.store_url = self.with_store_password(self.store_url)
         return self
+
+    def with_redis_password(self, url: str) -> str:
+        """`url` with the Redis password put in, unless it names one (or there is none)."""
+        return _with_password(url, self.secret("redis", self.redis_password))
+
+    def with_store_password(self, url: str) -> str:
+        """A PostgreSQL `url` with the PostgreSQL password put in, unless it names one; other stores as given.
+
+        Flows take URLs without passwords as run parameters (Prefect stores those) and put them back here."""
+        if not url.startswith("postgresql"):
+            return url
+        return _with_password(url, self.secret("postgres", self.postgres_password))
 
     def secret(self, name: str, given: SecretStr | None = None) -> str | None:
         """`given` (from env), else the stack's secret file <home>/secrets/<name>, else None. Never creates one."""
@@ -94,6 +108,15 @@ class CoreSettings(BaseSettings):
     @property
     def kafka_port(self) -> int:
         return int(self.kafka_bootstrap.rsplit(":", 1)[1])
+
+
+def without_password(url: str) -> str:
+    """`url` with its password (if any) left out: for logs, and for what others store (Prefect parameters)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user, host = parts.username or "", parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"{user}@{host}" if user else host))
 
 
 def _with_password(url: str, password: str | None) -> str:

@@ -446,6 +446,7 @@ def _run_demo(*, users: int, events: int, turns: int, turn_events: int, seed: in
     _clear_settings_caches()
 
     from alignloop.db import open_store
+    from alignloop.kafka_auth import kafka_auth
     from ingest.client import FeedbackClient
     from ingest.topics import ensure_topics
     from retrain.model import ensure_base_model
@@ -477,7 +478,7 @@ def _run_demo(*, users: int, events: int, turns: int, turn_events: int, seed: in
         stack_.callback(worker.stop)
         serving = Serving(f"http://127.0.0.1:{port}", serving_key)
         serving.wait_ready(serving_proc)
-        client = FeedbackClient(APP_ID, core.kafka_bootstrap, topic=topic)
+        client = FeedbackClient(APP_ID, core.kafka_bootstrap, topic=topic, **kafka_auth(core))
         stack_.callback(client.close)
         # event time runs hours ahead of the wall clock (windows and rate limits see real gaps); it starts far
         # enough back that no turn's feedback is dated in the future, which curation refuses

@@ -77,7 +77,7 @@ def bench_sdk(bootstrap: str, topic: str, events) -> dict:
     """The SDK as an app uses it: send(event) for validated models (encode, key, a Delivery each), then flush."""
     from ingest.client import FeedbackClient
 
-    client = FeedbackClient("bench-app", bootstrap, topic=topic, linger_ms=5, batch_size=64 * 1024)
+    client = FeedbackClient("bench-app", bootstrap, topic=topic, linger_ms=5, batch_size=64 * 1024, **kafka_auth())
     client.send(events[0]).result(timeout=30)
     started, cpu = time.perf_counter(), time.process_time()
     for e in events[1:]:
@@ -98,7 +98,7 @@ def ack_latency(bootstrap: str, topic: str, events, rate: float, sdk: bool) -> d
 
     latencies: list[float] = []
     if sdk:
-        client = FeedbackClient("bench-app", bootstrap, topic=topic, linger_ms=5)
+        client = FeedbackClient("bench-app", bootstrap, topic=topic, linger_ms=5, **kafka_auth())
         def send(e):
             t = time.perf_counter()
             client.send(e).add_done_callback(lambda _d: latencies.append(time.perf_counter() - t))

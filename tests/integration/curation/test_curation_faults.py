@@ -214,6 +214,7 @@ def test_postgres_down_for_10_s_loses_no_event(tmp_path, curation_topic, kafka_g
 
 
 def test_redis_down_for_10_s_loses_no_event(tmp_path, curation_topic, kafka_group, kafka_bootstrap, private_redis):
+    redis_url = f"redis://:{private_redis.password}@{private_redis.host}:{private_redis.port}/0"
     _stream_through_an_outage(tmp_path, topic=curation_topic, group=kafka_group, bootstrap=kafka_bootstrap,
-                              redis_url=f"redis://:{private_redis.password}@{private_redis.host}:{private_redis.port}/0", store_url=None,
+                              redis_url=redis_url, store_url=None,
                               stop=private_redis.stop, start=private_redis.start, dependency="redis")
