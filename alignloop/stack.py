@@ -170,6 +170,10 @@ class _Service:
     def describe(self) -> str:
         raise NotImplementedError
 
+    def problem(self) -> str:
+        """Why it is not healthy, in a few words."""
+        return "not answering"
+
     def _stop_pid(self, pid: int) -> None:
         _terminate(pid, grace=self.stop_grace_s)
 
@@ -187,7 +191,7 @@ class _Service:
         pid = self.pidfile.read()
         ours = _alive(pid)
         ok = self.healthy()
-        return ServiceStatus(self.name, ok, pid if ours else None, ours, self.describe() if ok else "not answering")
+        return ServiceStatus(self.name, ok, pid if ours else None, ours, self.describe() if ok else self.problem())
 
 
 class KafkaBroker(_Service):
@@ -389,6 +393,13 @@ class KafkaBroker(_Service):
     def describe(self) -> str:
         return f"KRaft {self.version} on {self.bootstrap} (SASL/{self.mechanism})"
 
+    def problem(self) -> str:
+        if not _port_open("127.0.0.1", self.port):
+            return "not answering"
+        if not self.password:
+            return "answering, but no `kafka` secret yet: run `stack up`"
+        return f"answering, but refuses user {self.username!r} over SASL/{self.mechanism} (no auth yet? `stack up`)"
+
 
 class RedisServer(_Service):
     name = "redis"
@@ -447,6 +458,11 @@ class RedisServer(_Service):
 
     def describe(self) -> str:
         return f"PING ok on {self.host}:{self.port} (password)"
+
+    def problem(self) -> str:
+        if self._ping(None):
+            return "answering without a password: run `stack up`"
+        return "not answering with the password" if self.password else "no secret yet, or not answering: `stack up`"
 
 
 class PostgresServer(_Service):
@@ -587,6 +603,11 @@ class PostgresServer(_Service):
 
     def describe(self) -> str:
         return f"SELECT 1 ok on 127.0.0.1:{self.port}/{self.dbname} (scram-sha-256)"
+
+    def problem(self) -> str:
+        if self._select_1(None):
+            return "answering without a password (trust): run `stack up`"
+        return "not answering with the password" if self.password else "no secret yet, or not answering: `stack up`"
 
 
 SECRETS = ("kafka", "kafka-broker", "redis", "postgres", "postgres-superuser")
