@@ -272,12 +272,20 @@ def table(result: dict) -> str:
     lines += [f"| {' | '.join(r)} |" for r in rows]
     m = result["machine"]
     lines.append(f"\nMeasured {result['measured_at'][:16]} UTC on {m['cpus']} CPUs (load average {m['load']}), "
-                 f"Kafka {result['broker']} on loopback; `{result['command'].strip()}`. Producer latencies are "
+                 f"Kafka {result['broker']} on loopback{_login(result)}; `{result['command'].strip()}`. "
+                 "Producer latencies are "
                  f"send -> ack at {result['latency_rate']:.0f} events/s; the gateway's single-event run counts what "
                  f"follows its first {single.get('warmup_events', 0)} requests at that rate (warm-up). CPU per event is the sending process's "
                  "(raw, SDK) or the gateway process's CPU time, which a busy shared machine distorts less "
                  "than wall time.")
     return "\n".join(lines)
+
+
+def _login(result: dict) -> str:
+    login = result.get("kafka_login") or {}
+    if "sasl_mechanism" not in login:
+        return ""
+    return f" (every client logged in over {login['security_protocol']}/{login['sasl_mechanism']})"
 
 
 def write_readme(text: str) -> None:
@@ -359,6 +367,8 @@ def main() -> None:
         "measured_at": datetime.now(UTC).isoformat(),
         "command": "python bench/ingest/run.py " + " ".join(a for a in sys.argv[1:] if a != "--no-readme"),
         "broker": get_settings().kafka_version,
+        # every client here logs in as the settings say (the stack's SASL/SCRAM); the password is not recorded
+        "kafka_login": {k: v for k, v in kafka_auth().items() if k in ("security_protocol", "sasl_mechanism")},
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "load": " ".join(f"{x:.1f}" for x in os.getloadavg())},
         "latency_rate": args.rate,
