@@ -81,6 +81,7 @@ class _Producer:
 
     def __init__(self, cfg: GatewayConfig):
         self.cfg = cfg
+        self._auth = kafka_auth()  # here, so a gateway without the Kafka password stops at start, not per request
         self._producer = None
         self._lock = asyncio.Lock()
 
@@ -92,7 +93,7 @@ class _Producer:
                 from aiokafka import AIOKafkaProducer
 
                 producer = AIOKafkaProducer(
-                    bootstrap_servers=self.cfg.bootstrap, **kafka_auth(), acks="all", enable_idempotence=True,
+                    bootstrap_servers=self.cfg.bootstrap, **self._auth, acks="all", enable_idempotence=True,
                     linger_ms=self.cfg.linger_ms, max_batch_size=256 * 1024,
                     request_timeout_ms=max(1000, int(self.cfg.produce_timeout_s * 1000)),
                     client_id="alignloop-gateway", **self.cfg.producer_config)
