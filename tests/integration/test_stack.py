@@ -213,6 +213,39 @@ def _assert_each_service_refuses_a_client_without_the_secret(env: dict) -> None:
         assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
+def _rotate_the_client_secrets(env: dict, old) -> dict:
+    """Rotation as the README says: delete the client secrets, `stack up`; the old passwords are refused after.
+
+    Returns the services' pids after (Redis restarts; Kafka and PostgreSQL change the credential in place)."""
+    import psycopg
+    import redis
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    home = Path(env["ALIGNLOOP_HOME"])
+    for name in ("kafka", "redis", "postgres"):
+        (home / "secrets" / name).unlink()
+    up = _cli(env, "stack", "up", "--json")
+    assert up.returncode == 0, up.stderr
+    rows = {r["name"]: r for r in json.loads(up.stdout)}
+    assert all(r["healthy"] for r in rows.values()), rows
+    _assert_each_service_refuses_a_client_without_the_secret(env)
+    new = _private_settings(env)
+    assert (old.redis_url, old.postgres_url) != (new.redis_url, new.postgres_url)
+    with pytest.raises((KafkaError, ValueError, OSError)):
+        admin = KafkaAdminClient(bootstrap_servers=old.kafka_bootstrap, request_timeout_ms=5000,
+                                 api_version_auto_timeout_ms=5000, **kafka_auth(old))
+        try:
+            admin.list_topics()
+        finally:
+            admin.close()
+    with pytest.raises(redis.exceptions.AuthenticationError):
+        redis.Redis.from_url(old.redis_url, socket_timeout=3).ping()
+    with pytest.raises(psycopg.OperationalError, match="password"):
+        psycopg.connect(old.postgres_url.replace("+psycopg", ""), connect_timeout=3).close()
+    return {name: r["pid"] for name, r in rows.items()}
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -227,7 +260,8 @@ def _pid_alive(pid: int) -> bool:
 @pytest.mark.postgres
 @pytest.mark.slow
 def test_private_stack_up_twice_survives_sigkill_and_goes_down(tmp_path, core_settings):
-    """`stack up` twice, three healthy services, a SIGKILLed broker back with topics and offsets, `down` clean."""
+    """`stack up` twice, three healthy services, a SIGKILLed broker back with topics and offsets, the client
+    secrets rotated, `down` clean."""
     from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
     from kafka.admin import NewTopic
     from kafka.structs import OffsetAndMetadata
@@ -283,6 +317,7 @@ def test_private_stack_up_twice_survives_sigkill_and_goes_down(tmp_path, core_se
         assert consumer.committed(tps[0]) == 30 and consumer.committed(tps[1]) == 20
         consumer.close()
         pids["kafka"] = new_kafka["pid"]
+        pids.update(_rotate_the_client_secrets(env, old=_private_settings(env)))
     finally:
         down = _cli(env, "stack", "down")
     assert down.returncode == 0, down.stderr
