@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from alignloop.errors import AlignloopError
 from alignloop.settings import CoreSettings, get_settings
+
+if TYPE_CHECKING:
+    import faust
 
 
 def _sasl(settings: CoreSettings | None) -> tuple[str, str, str, str] | None:
@@ -29,7 +34,7 @@ def kafka_auth(settings: CoreSettings | None = None) -> dict[str, str]:
             "sasl_plain_password": password}
 
 
-def faust_credentials(settings: CoreSettings | None = None):
+def faust_credentials(settings: CoreSettings | None = None) -> faust.SASLCredentials | None:
     """`broker_credentials` for a faust App (None on a PLAINTEXT broker)."""
     sasl = _sasl(settings)
     if sasl is None:

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from pydantic import SecretStr
+
 from alignloop.errors import StackError
 from alignloop.keys import load_or_create_secret
 from alignloop.settings import CoreSettings
@@ -174,13 +176,17 @@ class _Service:
         """Why it is not healthy, in a few words."""
         return "not answering"
 
+    def start(self, timeout: float = 60.0) -> bool:
+        """Start (or converge) it unless it is healthy; True when this call started it."""
+        raise NotImplementedError
+
     def _stop_pid(self, pid: int) -> None:
         _terminate(pid, grace=self.stop_grace_s)
 
     def stop(self) -> bool:
         """Stop the process `start` recorded; False when nothing of ours runs."""
         pid = self.pidfile.read()
-        if not _alive(pid):
+        if pid is None or not _alive(pid):
             self.pidfile.clear()
             return False
         self._stop_pid(pid)
@@ -299,7 +305,7 @@ class KafkaBroker(_Service):
         return {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": self.mechanism,
                 "sasl_plain_username": self.username, "sasl_plain_password": self.password}
 
-    def _answers(self, **auth) -> bool:
+    def _answers(self, **auth: str) -> bool:
         from kafka import KafkaAdminClient  # the metadata request is the real health check
 
         try:
@@ -619,11 +625,11 @@ def ensure_secrets(settings: CoreSettings) -> None:
         load_or_create_secret(settings.home, name)
 
 
-def services(settings: CoreSettings) -> list:
+def services(settings: CoreSettings) -> list[_Service]:
     """The three services; a missing secret (before the first `up`) is empty: such a service is not healthy."""
     state = settings.home / "stack"
 
-    def secret(name: str, given=None) -> str:
+    def secret(name: str, given: SecretStr | None = None) -> str:
         return settings.secret(name, given) or ""
 
     return [
