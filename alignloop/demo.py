@@ -446,6 +446,7 @@ def _run_demo(*, users: int, events: int, turns: int, turn_events: int, seed: in
                        "ALIGNLOOP_DEPLOY_ARTIFACT_ROOT": str(run_dir / "artifacts")})
     _clear_settings_caches()
 
+    from alignloop.core.kafka_auth import kafka_auth
     from flows.store import open_shared_store
     from ingest.client import FeedbackClient
     from ingest.topics import ensure_topics
@@ -478,7 +479,7 @@ def _run_demo(*, users: int, events: int, turns: int, turn_events: int, seed: in
         stack_.callback(worker.stop)
         serving = Serving(f"http://127.0.0.1:{port}", serving_key)
         serving.wait_ready(serving_proc)
-        client = FeedbackClient(APP_ID, core.kafka_bootstrap, topic=topic)
+        client = FeedbackClient(APP_ID, core.kafka_bootstrap, topic=topic, **kafka_auth(core))
         stack_.callback(client.close)
         # event time runs hours ahead of the wall clock (windows and rate limits see real gaps); it starts far
         # enough back that no turn's feedback is dated in the future, which curation refuses

@@ -18,6 +18,7 @@ import os
 import tempfile
 from datetime import UTC, datetime
 
+from alignloop.core.kafka_auth import faust_credentials, kafka_auth
 from curation import metrics
 
 log = logging.getLogger("curation.worker")
@@ -39,8 +40,10 @@ class GroupProgress:
         from kafka import KafkaAdminClient, KafkaConsumer
 
         if self._consumer is None:
-            self._consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, request_timeout_ms=self.timeout_ms)
-            self._admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=self.timeout_ms)
+            self._consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, request_timeout_ms=self.timeout_ms,
+                                           **kafka_auth())
+            self._admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=self.timeout_ms,
+                                           **kafka_auth())
 
     def partitions(self) -> int | None:
         """How many partitions the topic has (None when it does not exist)."""
@@ -133,7 +136,8 @@ def build_app(settings=None, core=None):
                         partitions=progress.partitions(), pseudonym_key=load_pseudonym_key(settings, core.home))
     datadir = settings.datadir or tempfile.mkdtemp(prefix="curation-faust-")
     app = faust.App(
-        settings.group, broker=f"kafka://{bootstrap}", store="memory://", datadir=datadir,
+        settings.group, broker=f"kafka://{bootstrap}", broker_credentials=faust_credentials(core),
+        store="memory://", datadir=datadir,
         value_serializer="raw", key_serializer="raw", web_enabled=settings.web_port > 0,
         web_port=settings.web_port or 6066, web_host="127.0.0.1", topic_disable_leader=True,
         topic_allow_declare=False, consumer_auto_offset_reset="earliest",

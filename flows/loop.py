@@ -30,13 +30,15 @@ COMPUTE = dict(retries=0, cache_policy=NO_CACHE)
 def _store_url(store_url: str | None) -> str:
     from alignloop.core.settings import get_settings
 
-    return store_url or get_settings().resolved_store_url
+    # a run parameter names where the store is, never its password (Prefect keeps parameters): that comes from
+    # the settings of the process that runs the flow
+    return get_settings().with_store_password(store_url) if store_url else get_settings().resolved_store_url
 
 
 def _redis_url(redis_url: str | None) -> str:
     from alignloop.core.settings import get_settings
 
-    return redis_url or get_settings().redis_url
+    return get_settings().with_redis_password(redis_url) if redis_url else get_settings().redis_url
 
 
 @contextmanager

@@ -25,6 +25,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from alignloop.core.kafka_auth import kafka_auth
 from ingest.errors import EventError
 from ingest.sources import END_USER_IP_HEADER, source_hash
 from ingest.events import (
@@ -80,6 +81,7 @@ class _Producer:
 
     def __init__(self, cfg: GatewayConfig):
         self.cfg = cfg
+        self._auth = kafka_auth()  # here, so a gateway without the Kafka password stops at start, not per request
         self._producer = None
         self._lock = asyncio.Lock()
 
@@ -91,7 +93,7 @@ class _Producer:
                 from aiokafka import AIOKafkaProducer
 
                 producer = AIOKafkaProducer(
-                    bootstrap_servers=self.cfg.bootstrap, acks="all", enable_idempotence=True,
+                    bootstrap_servers=self.cfg.bootstrap, **self._auth, acks="all", enable_idempotence=True,
                     linger_ms=self.cfg.linger_ms, max_batch_size=256 * 1024,
                     request_timeout_ms=max(1000, int(self.cfg.produce_timeout_s * 1000)),
                     client_id="alignloop-gateway", **self.cfg.producer_config)

@@ -15,6 +15,14 @@ def secret_path(home: Path, name: str) -> Path:
     return Path(home) / "secrets" / name
 
 
+def read_secret(home: Path, name: str) -> str | None:
+    """The secret `name` when it exists and is not empty, else None (clients read; only `stack up` creates)."""
+    try:
+        return secret_path(home, name).read_text().strip() or None
+    except OSError:
+        return None
+
+
 def load_or_create_secret(home: Path, name: str, *, nbytes: int = 32) -> str:
     """The secret `name` (hex), created once with O_EXCL so processes starting together agree on one value."""
     path = secret_path(home, name)

@@ -19,6 +19,7 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+from alignloop.core.kafka_auth import kafka_auth
 from alignloop.core.settings import get_settings
 from tests.support.stream.generate import generate
 from tests.support.stream.harness import Workers, expected_ids
@@ -38,7 +39,7 @@ def _topic(bootstrap: str, partitions: int = 6) -> str:
 def _drop_topic(bootstrap: str, base: str) -> None:
     from kafka import KafkaAdminClient
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, **kafka_auth())
     try:
         admin.delete_topics([base, f"{base}.rejected", f"{base}.dlq"])
     except Exception:  # noqa: BLE001 - cleanup only
@@ -109,7 +110,7 @@ async def _bare_loop(bootstrap: str, topic: str, n: int) -> float:
     from curation.decode import Accepted, decode_raw
     from curation.pipeline import Staging, settle_all
 
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, **kafka_auth(), auto_offset_reset="earliest",
                                 group_id=f"bare-{uuid.uuid4().hex[:8]}", enable_auto_commit=False)
     await consumer.start()
     staging, seen, t0 = Staging(), 0, None
@@ -163,7 +164,7 @@ def latency(bootstrap: str, rate: int = 1000, seconds: int = 20) -> dict:
         try:
             w.start()
             time.sleep(15)  # the worker joins the group before the clock starts
-            producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=2)
+            producer = KafkaProducer(bootstrap_servers=bootstrap, **kafka_auth(), acks="all", linger_ms=2)
             base = []
             for raw in generate(seed=33, scale=0.3, hours=1.0)[0]:
                 try:

@@ -11,6 +11,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from alignloop.core.kafka_auth import kafka_auth
+
 pytestmark = [pytest.mark.slow, pytest.mark.kafka, pytest.mark.redis]
 
 BASE = "tiny-base"  # the fake artifacts' base model; nothing is served, serving's signing is tested in deploy
@@ -36,7 +38,7 @@ def feedback_topic(kafka_bootstrap):
     base = f"test-tokens-{uuid.uuid4().hex[:10]}"
     ensure_topics(kafka_bootstrap, partitions=3, base=base, replication_factor=1)
     yield base
-    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap, **kafka_auth())
     try:
         admin.delete_topics([base, f"{base}.rejected", f"{base}.dlq"])
     except Exception:  # noqa: BLE001 - cleanup only; names are unique
