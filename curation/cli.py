@@ -12,11 +12,12 @@ app = typer.Typer(help=__import__("curation").__doc__, no_args_is_help=True)
 
 
 def _engine(store_url: str | None):
-    from alignloop.db import open_store
-    from alignloop.settings import get_settings as core_settings
+    from alignloop.core.db import open_store
+    from alignloop.core.settings import get_settings as core_settings
+    from curation.migrations import FOLDER
     from curation.settings import get_settings
 
-    return open_store(store_url or get_settings().store_url or core_settings().resolved_store_url)
+    return open_store(store_url or get_settings().store_url or core_settings().resolved_store_url, branches=[FOLDER])
 
 
 def _now(value: str | None) -> datetime | None:
@@ -79,7 +80,7 @@ def export(
     as_json: bool = typer.Option(False, "--json", help="print the counts as JSON"),
 ) -> None:
     """Write the store's decisions, pairs, unpaired examples and dead letters in the replay's formats."""
-    from alignloop.db import session_scope
+    from alignloop.core.db import session_scope
     from curation import query, store
     from curation.replay import save_jsonl
 
@@ -100,7 +101,7 @@ def settle(
     """Settle the windows whose context is complete (all open ones with --final), as the worker's timer does."""
     import redis
 
-    from alignloop.settings import get_settings as core_settings
+    from alignloop.core.settings import get_settings as core_settings
     from curation.service import CurationEdge
     from curation.settings import get_settings
 
@@ -129,7 +130,7 @@ def report(
     as_json: bool = typer.Option(False, "--json", help="print machine-readable JSON"),
 ) -> None:
     """Counts by reason, keep rate per app, Krippendorff's alpha per window and drift alarms, from the store."""
-    from alignloop.db import session_scope
+    from alignloop.core.db import session_scope
     from curation.report import build_report
 
     with session_scope(_engine(store_url)) as session:

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine
 
-from alignloop.db import session_scope
+from alignloop.core.db import session_scope
 from curation import metrics, store
 from curation.decode import Accepted, DeadLetter, Rejected, decode_raw
 from curation.evidence import Evidence

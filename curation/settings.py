@@ -120,13 +120,13 @@ def load_pseudonym_key(settings: CurationSettings, home) -> bytes:
     """
     if settings.pseudonym_key is not None and settings.pseudonym_key.get_secret_value():
         return settings.pseudonym_key.get_secret_value().encode()
-    from alignloop.keys import load_or_create_secret
+    from alignloop.core.keys import load_or_create_secret
 
     return load_or_create_secret(home, "curation-pseudonym-key").encode()
 
 
 @lru_cache
 def default_pseudonym_key() -> bytes:
-    from alignloop.settings import get_settings as core_settings
+    from alignloop.core.settings import get_settings as core_settings
 
     return load_pseudonym_key(get_settings(), core_settings().home)

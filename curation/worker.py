@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
+from alignloop.core.kafka_auth import faust_credentials, kafka_auth
 from curation import metrics
 
 log = logging.getLogger("curation.worker")
@@ -43,8 +44,10 @@ class GroupProgress:
         from kafka import KafkaAdminClient, KafkaConsumer
 
         if self._consumer is None:
-            self._consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, request_timeout_ms=self.timeout_ms)
-            self._admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=self.timeout_ms)
+            self._consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, request_timeout_ms=self.timeout_ms,
+                                           **kafka_auth())
+            self._admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=self.timeout_ms,
+                                           **kafka_auth())
 
     def partitions(self) -> int | None:
         """How many partitions the topic has (None when it does not exist)."""
@@ -119,22 +122,24 @@ def build_app(settings=None, core=None):
     import faust
     import redis
 
-    from alignloop.db import open_store
-    from alignloop.settings import get_settings as core_settings
+    from alignloop.core.db import open_store
+    from alignloop.core.settings import get_settings as core_settings
+    from curation.migrations import FOLDER
     from curation.service import CurationEdge
     from curation.settings import get_settings, load_pseudonym_key
 
     settings = settings or get_settings()
     core = core or core_settings()
     bootstrap = settings.kafka_bootstrap or core.kafka_bootstrap
-    engine = open_store(settings.store_url or core.resolved_store_url)
+    engine = open_store(settings.store_url or core.resolved_store_url, branches=[FOLDER])
     rclient = redis.Redis.from_url(settings.redis_url or core.redis_url, decode_responses=True)
     progress = GroupProgress(bootstrap, settings.topic, settings.group)
     edge = CurationEdge(engine, rclient, settings.policy, topic=settings.topic, group=settings.group,
                         partitions=progress.partitions(), pseudonym_key=load_pseudonym_key(settings, core.home))
     datadir = settings.datadir or tempfile.mkdtemp(prefix="curation-faust-")
     app = faust.App(
-        settings.group, broker=f"kafka://{bootstrap}", store="memory://", datadir=datadir,
+        settings.group, broker=f"kafka://{bootstrap}", broker_credentials=faust_credentials(core),
+        store="memory://", datadir=datadir,
         value_serializer="raw", key_serializer="raw", web_enabled=settings.web_port > 0,
         web_port=settings.web_port or 6066, web_host="127.0.0.1", topic_disable_leader=True,
         topic_allow_declare=False, consumer_auto_offset_reset="earliest",

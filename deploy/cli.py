@@ -26,10 +26,11 @@ def _actor() -> str:
 
 
 def _engine():
-    from alignloop.db import open_store
+    from alignloop.core.db import open_store
+    from deploy.migrations import FOLDER
     from deploy.settings import get_settings
 
-    return open_store(get_settings().resolved_store_url())
+    return open_store(get_settings().resolved_store_url(), branches=[FOLDER])
 
 
 def _echo_json(obj) -> None:
@@ -55,7 +56,7 @@ def _publish(routing) -> None:
 
 
 def _move(fn, as_json: bool) -> None:
-    from alignloop.db import session_scope
+    from alignloop.core.db import session_scope
 
     engine = _engine()
     try:
@@ -75,7 +76,7 @@ def _move(fn, as_json: bool) -> None:
 @app.command("list")
 def list_cmd(base_model: str | None = _BASE, as_json: bool = _JSON) -> None:
     """Registered adapter versions with their status, and where each base model's traffic goes."""
-    from alignloop.db import session_scope
+    from alignloop.core.db import session_scope
     from deploy import registry
 
     engine = _engine()
@@ -105,7 +106,7 @@ def list_cmd(base_model: str | None = _BASE, as_json: bool = _JSON) -> None:
 @app.command("show")
 def show_cmd(version: str, as_json: bool = _JSON) -> None:
     """One version's manifest, lineage and status."""
-    from alignloop.db import session_scope
+    from alignloop.core.db import session_scope
     from deploy import registry
 
     engine = _engine()
@@ -119,7 +120,7 @@ def show_cmd(version: str, as_json: bool = _JSON) -> None:
 def register_cmd(artifact_dir: Path = typer.Argument(..., help="adapter directory written by retrain"),
                  reason: str = _REASON, as_json: bool = _JSON) -> None:
     """Verify an adapter directory (sha256 of every file, safetensors only) and copy it in as a candidate."""
-    from alignloop.db import session_scope
+    from alignloop.core.db import session_scope
     from deploy import registry
 
     engine = _engine()
@@ -168,7 +169,7 @@ def rollback_cmd(to: str | None = typer.Option(None, "--to", help="a previously 
 @app.command("audit")
 def audit_cmd(limit: int = typer.Option(50, "--limit", help="newest N entries"), as_json: bool = _JSON) -> None:
     """The append-only audit log: who moved what, when and why."""
-    from alignloop.db import session_scope
+    from alignloop.core.db import session_scope
     from deploy import registry
 
     engine = _engine()
@@ -197,7 +198,7 @@ app.add_typer(tokens_app, name="tokens")
 def tokens_create(name: str = typer.Argument(..., help="who uses it (goes to the audit log as the actor)"),
                   as_json: bool = _JSON) -> None:
     """Make an admin token for NAME and print it once (the registry keeps its SHA-256 only)."""
-    from alignloop.db import session_scope
+    from alignloop.core.db import session_scope
     from deploy.tokens import create_admin_token
 
     engine = _engine()
@@ -214,7 +215,7 @@ def tokens_create(name: str = typer.Argument(..., help="who uses it (goes to the
 @tokens_app.command("list")
 def tokens_list(as_json: bool = _JSON) -> None:
     """Admin tokens without their secrets: id, name, who made it and when, revoked or not."""
-    from alignloop.db import session_scope
+    from alignloop.core.db import session_scope
     from deploy.tokens import list_admin_tokens
 
     engine = _engine()
@@ -233,7 +234,7 @@ def tokens_list(as_json: bool = _JSON) -> None:
 def tokens_revoke(name_or_id: str = typer.Argument(..., help="a token id, or a name: all its active tokens"),
                   as_json: bool = _JSON) -> None:
     """Revoke admin tokens; replicas refuse them within `ADMIN_TOKEN_CACHE_S` seconds."""
-    from alignloop.db import session_scope
+    from alignloop.core.db import session_scope
     from deploy.tokens import revoke_admin_token
 
     engine = _engine()
@@ -259,7 +260,7 @@ def keys_create(name: str = typer.Argument(..., help="the caller (an app or serv
                                                  "ALIGNLOOP_DEPLOY_KEY_BURST"),
                 as_json: bool = _JSON) -> None:
     """Make a serving key for NAME and print it once (the registry keeps its SHA-256 only)."""
-    from alignloop.db import session_scope
+    from alignloop.core.db import session_scope
     from deploy.keys import create_serving_key
 
     engine = _engine()
@@ -276,7 +277,7 @@ def keys_create(name: str = typer.Argument(..., help="the caller (an app or serv
 @keys_app.command("list")
 def keys_list(as_json: bool = _JSON) -> None:
     """Serving keys without their secrets: id, name, own rate, who made it and when, revoked or not."""
-    from alignloop.db import session_scope
+    from alignloop.core.db import session_scope
     from deploy.keys import list_serving_keys
 
     engine = _engine()
@@ -296,7 +297,7 @@ def keys_list(as_json: bool = _JSON) -> None:
 def keys_revoke(name_or_id: str = typer.Argument(..., help="a key id, or a name: all its active keys"),
                 as_json: bool = _JSON) -> None:
     """Revoke serving keys; replicas refuse them within `KEY_CACHE_S` seconds."""
-    from alignloop.db import session_scope
+    from alignloop.core.db import session_scope
     from deploy.keys import revoke_serving_key
 
     engine = _engine()

@@ -81,7 +81,7 @@ class KeyCheck:
         self._seen: dict[str, tuple[ServingKey | None, float]] = {}
 
     def lookup(self, key: str) -> ServingKey | None:
-        from alignloop.db import session_scope
+        from alignloop.core.db import session_scope
 
         if not _KEY.fullmatch(key):
             return None

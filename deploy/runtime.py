@@ -32,6 +32,12 @@ PRIORITY_CONTROL = 0
 PRIORITY_REQUEST = 1
 BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
 MAX_BATCH = 16
+# a base whose tokenizer has no chat template is served with the template retrain trains it with
+# (retrain.model.FALLBACK_CHAT_TEMPLATE: deploy imports nothing from retrain; a test keeps the two equal)
+FALLBACK_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}{{ eos_token }}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
 # a sampled token can decode to a control character; what serving returns is text a client can store
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
@@ -83,8 +89,10 @@ class ModelHost:
             self.base = AutoModelForCausalLM.from_pretrained(base_model).to(device).eval()  # type: ignore[arg-type]
         except (OSError, ValueError) as exc:
             raise ServingError(f"base model {base_model!r} could not be loaded: {exc}") from exc
-        if self.tokenizer.chat_template is None:
-            raise ServingError(f"base model {base_model!r}: tokenizer has no chat_template")
+        if not self.tokenizer.chat_template:
+            if self.tokenizer.eos_token is None:
+                raise ServingError(f"base model {base_model!r}: tokenizer has neither a chat_template nor an EOS token")
+            self.tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE  # the one retrain trained it with
         self.device = device
         # the most characters one token can stand for (a token's text is never shorter than what it covers)
         self.max_token_chars = max((len(t) for t in self.tokenizer.get_vocab()), default=1)

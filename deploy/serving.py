@@ -18,7 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from alignloop.feedback_token import sign_feedback_token
+from alignloop.core.feedback_token import sign_feedback_token
 from deploy.admission import Door, read_json_body
 from deploy.errors import DeployError, NotFoundError, RefusedError, RegistryError, ServingError
 from deploy.limits import bound_prompt_text, fit_prompt
@@ -123,15 +123,16 @@ class Replica:
     def __init__(self, settings: DeploySettings) -> None:
         if not settings.base_model:
             raise ServingError("`ALIGNLOOP_DEPLOY_BASE_MODEL` must name the base model directory to serve; got nothing")
-        from alignloop.db import open_store
-        from alignloop.settings import get_settings as core_settings
+        from alignloop.core.db import open_store
+        from alignloop.core.settings import get_settings as core_settings
         from deploy.artifacts import LocalArtifactStorage
+        from deploy.migrations import FOLDER
         from deploy.runtime import ModelHost
 
         self.settings = settings
         self.base_model = settings.base_model
         self.token_key = core_settings().resolved_feedback_token_key()  # curation verifies with the same key
-        self.engine = open_store(settings.resolved_store_url())
+        self.engine = open_store(settings.resolved_store_url(), branches=[FOLDER])
         self.storage = LocalArtifactStorage(settings.resolved_artifact_root())
         self.metrics = Metrics()
         self.host = ModelHost(settings.base_model, device=settings.device, torch_threads=settings.torch_threads)
@@ -198,7 +199,7 @@ class Replica:
     # ------------------------------------------------------------ reconcile: load, then flip
     def reconcile(self) -> bool:
         """Bring this replica to the registry's routing. Returns True when it serves the desired routing."""
-        from alignloop.db import session_scope
+        from alignloop.core.db import session_scope
         from deploy import registry
         from deploy.runtime import prepare_adapter
 
@@ -459,7 +460,7 @@ def create_app(settings: DeploySettings | None = None) -> FastAPI:
                             headers={"WWW-Authenticate": "Bearer"} if exc.status == 401 else None)
 
     async def _move(rep: Replica, fn) -> dict:
-        from alignloop.db import session_scope
+        from alignloop.core.db import session_scope
         from deploy.control import publish_routing_change
 
         def run():
@@ -479,7 +480,7 @@ def create_app(settings: DeploySettings | None = None) -> FastAPI:
 
     @app.get("/admin/versions", dependencies=[Depends(admin)])
     async def admin_list(rep: Replica = Depends(replica)) -> dict:
-        from alignloop.db import session_scope
+        from alignloop.core.db import session_scope
         from deploy import registry
 
         def run():
@@ -492,7 +493,7 @@ def create_app(settings: DeploySettings | None = None) -> FastAPI:
 
     @app.get("/admin/audit", dependencies=[Depends(admin)])
     async def admin_audit(limit: int = 100, rep: Replica = Depends(replica)) -> dict:
-        from alignloop.db import session_scope
+        from alignloop.core.db import session_scope
         from deploy import registry
 
         def run():

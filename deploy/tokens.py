@@ -90,7 +90,7 @@ class TokenCheck:
         """The active token's name, or None."""
         import time
 
-        from alignloop.db import session_scope
+        from alignloop.core.db import session_scope
 
         key, now = digest(token), time.monotonic()
         hit = self._names.get(key)
@@ -107,7 +107,7 @@ class TokenCheck:
         """Whether any token is active (the admin API is off without one)."""
         import time
 
-        from alignloop.db import session_scope
+        from alignloop.core.db import session_scope
 
         now = time.monotonic()
         if self._enabled[1] <= now:

@@ -39,23 +39,26 @@ COMPUTE: _TaskOptions = {"retries": 0, "cache_policy": NO_CACHE}
 
 
 def _store_url(store_url: str | None) -> str:
-    from alignloop.settings import get_settings
+    from alignloop.core.settings import get_settings
 
-    return store_url or get_settings().resolved_store_url
+    # a run parameter names where the store is, never its password (Prefect keeps parameters): that comes from
+    # the settings of the process that runs the flow
+    return get_settings().with_store_password(store_url) if store_url else get_settings().resolved_store_url
 
 
 def _redis_url(redis_url: str | None) -> str:
-    from alignloop.settings import get_settings
+    from alignloop.core.settings import get_settings
 
-    return redis_url or get_settings().redis_url
+    return get_settings().with_redis_password(redis_url) if redis_url else get_settings().redis_url
 
 
 @contextmanager
 def _session(store_url: str | None):
     """One transaction on the store for one task: the task owns it, domain functions never commit."""
-    from alignloop.db import open_store, session_scope
+    from alignloop.core.db import session_scope
+    from flows.store import open_shared_store
 
-    engine = open_store(_store_url(store_url))
+    engine = open_shared_store(_store_url(store_url))
     try:
         with session_scope(engine) as session:
             yield session
@@ -220,7 +223,7 @@ def _run_config(train_config: str | None):
 
 
 def _runs_dir(base_model: str) -> Path:
-    from alignloop.settings import get_settings
+    from alignloop.core.settings import get_settings
 
     return get_settings().home / "retrain" / base_key(base_model)
 
@@ -379,7 +382,7 @@ def replay_flow(out_dir: str, topic: str | None = None, start_offsets: dict[int,
                 end_offsets: dict[int, int] | None = None, start_time: datetime | None = None,
                 end_time: datetime | None = None, bootstrap: str | None = None) -> dict:
     """Re-curate a Kafka offset or time range through curation's replay path (after filters change)."""
-    from alignloop.settings import get_settings
+    from alignloop.core.settings import get_settings
     from curation.settings import get_settings as curation_settings
 
     lines = read_kafka_range_task(bootstrap or get_settings().kafka_bootstrap, topic or curation_settings().topic,

@@ -154,15 +154,18 @@ def _concurrency_one():
 def retrain_parameters(settings: FlowsSettings, *, store_url: str | None = None,
                        redis_url: str | None = None) -> dict:
     """What a retrain run gets: base model, run config and gates (absolute paths), canary share, and where
-    the store and Redis are when it runs somewhere else (a work pool's worker)."""
+    the store and Redis are when it runs somewhere else (a work pool's worker). Prefect stores parameters,
+    so the URLs go without passwords: the run takes those from its own settings."""
+    from alignloop.core.settings import without_password
+
     params = {"base_model": settings.base_model,
               "train_config": str(Path(settings.train_config).resolve()) if settings.train_config else None,
               "gates": str(Path(settings.gates).resolve()) if settings.gates else None,
               "canary_share": settings.canary_share, "actor": settings.actor}
     if store_url:
-        params["store_url"] = store_url
+        params["store_url"] = without_password(store_url)
     if redis_url:
-        params["redis_url"] = redis_url
+        params["redis_url"] = without_password(redis_url)
     return params
 
 

@@ -25,6 +25,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from alignloop.core.kafka_auth import kafka_auth
 from ingest.errors import EventError
 from ingest.events import (
     MAX_EVENT_BYTES,
@@ -80,6 +81,7 @@ class _Producer:
 
     def __init__(self, cfg: GatewayConfig):
         self.cfg = cfg
+        self._auth = kafka_auth()  # here, so a gateway without the Kafka password stops at start, not per request
         self._producer = None
         self._lock = asyncio.Lock()
 
@@ -91,7 +93,7 @@ class _Producer:
                 from aiokafka import AIOKafkaProducer
 
                 producer = AIOKafkaProducer(
-                    bootstrap_servers=self.cfg.bootstrap, acks="all", enable_idempotence=True,
+                    bootstrap_servers=self.cfg.bootstrap, **self._auth, acks="all", enable_idempotence=True,
                     linger_ms=self.cfg.linger_ms, max_batch_size=256 * 1024,
                     request_timeout_ms=max(1000, int(self.cfg.produce_timeout_s * 1000)),
                     client_id="alignloop-gateway", **self.cfg.producer_config)
@@ -405,13 +407,14 @@ async def _send_batches(p, topic: str, encoded: list[tuple[bytes, bytes]], futur
 
 def build_config(*, bootstrap: str | None = None, store_url: str | None = None, **overrides: Any) -> GatewayConfig:
     """A GatewayConfig from the core and ingest settings, the API keys read from the store."""
-    from alignloop.db import open_store, session_scope
-    from alignloop.settings import get_settings as core_settings
+    from alignloop.core.db import open_store, session_scope
+    from alignloop.core.settings import get_settings as core_settings
+    from ingest.migrations import FOLDER
     from ingest.settings import get_settings, load_source_key
     from ingest.store import find_app_for_key
 
     core, s = core_settings(), get_settings()
-    engine = open_store(store_url or core.resolved_store_url)
+    engine = open_store(store_url or core.resolved_store_url, branches=[FOLDER])
 
     def find_app(key: str) -> str | None:
         with session_scope(engine) as session:

@@ -23,7 +23,7 @@ class RetrainSettings(BaseSettings):
     seed: int = 0
 
     def resolved_artifacts_dir(self) -> Path:
-        from alignloop.settings import get_settings as core
+        from alignloop.core.settings import get_settings as core
 
         return self.artifacts_dir or core().home / "adapters"
 

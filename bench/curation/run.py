@@ -20,7 +20,8 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-from alignloop.settings import get_settings
+from alignloop.core.kafka_auth import kafka_auth
+from alignloop.core.settings import get_settings
 from curation.replay import run_replay
 from curation.settings import Policy
 from ingest.topics import ensure_topics
@@ -39,7 +40,7 @@ def _topic(bootstrap: str, partitions: int = 6) -> str:
 def _drop_topic(bootstrap: str, base: str) -> None:
     from kafka import KafkaAdminClient
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, **kafka_auth())
     try:
         admin.delete_topics([base, f"{base}.rejected", f"{base}.dlq"])
     except Exception:  # noqa: BLE001 - cleanup only
@@ -110,7 +111,7 @@ async def _bare_loop(bootstrap: str, topic: str, n: int) -> float:
     from curation.decode import Accepted, decode_raw
     from curation.pipeline import Staging, settle_all
 
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, **kafka_auth(), auto_offset_reset="earliest",
                                 group_id=f"bare-{uuid.uuid4().hex[:8]}", enable_auto_commit=False)
     await consumer.start()
     staging, seen, t0 = Staging(), 0, None
@@ -152,7 +153,7 @@ def latency(bootstrap: str, rate: int = 1000, seconds: int = 20) -> dict:
     from kafka import KafkaProducer
     from sqlalchemy import select
 
-    from alignloop.db import session_scope
+    from alignloop.core.db import session_scope
     from curation import store
     from tests.support.feed import key_of
 
@@ -164,7 +165,7 @@ def latency(bootstrap: str, rate: int = 1000, seconds: int = 20) -> dict:
         try:
             w.start()
             time.sleep(15)  # the worker joins the group before the clock starts
-            producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=2)
+            producer = KafkaProducer(bootstrap_servers=bootstrap, **kafka_auth(), acks="all", linger_ms=2)
             base = []
             for raw in generate(seed=33, scale=0.3, hours=1.0)[0]:
                 try:

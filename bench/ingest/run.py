@@ -25,6 +25,8 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+from alignloop.core.kafka_auth import kafka_auth
+
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results" / "ingest.json"
 README = ROOT / "ingest" / "README.md"
@@ -59,7 +61,7 @@ def bench_raw(bootstrap: str, topic: str, events) -> dict:
     from ingest.events import encode_event, event_key
 
     payload = [(encode_event(e), event_key(e)) for e in events]  # encoding is the SDK's work, not the baseline's
-    producer = KafkaProducer(bootstrap_servers=bootstrap, **PRODUCER)
+    producer = KafkaProducer(bootstrap_servers=bootstrap, **kafka_auth(), **PRODUCER)
     producer.send(topic, b"warm-up", b"k").get(timeout=30)
     started, cpu = time.perf_counter(), time.process_time()
     for value, key in payload:
@@ -75,7 +77,7 @@ def bench_sdk(bootstrap: str, topic: str, events) -> dict:
     """The SDK as an app uses it: send(event) for validated models (encode, key, a Delivery each), then flush."""
     from ingest.client import FeedbackClient
 
-    client = FeedbackClient("bench-app", bootstrap, topic=topic, linger_ms=5, batch_size=64 * 1024)
+    client = FeedbackClient("bench-app", bootstrap, topic=topic, linger_ms=5, batch_size=64 * 1024, **kafka_auth())
     client.send(events[0]).result(timeout=30)
     started, cpu = time.perf_counter(), time.process_time()
     for e in events[1:]:
@@ -96,14 +98,14 @@ def ack_latency(bootstrap: str, topic: str, events, rate: float, sdk: bool) -> d
 
     latencies: list[float] = []
     if sdk:
-        client = FeedbackClient("bench-app", bootstrap, topic=topic, linger_ms=5)
+        client = FeedbackClient("bench-app", bootstrap, topic=topic, linger_ms=5, **kafka_auth())
         def send(e):
             t = time.perf_counter()
             client.send(e).add_done_callback(lambda _d: latencies.append(time.perf_counter() - t))
 
         close = client.close
     else:
-        producer = KafkaProducer(bootstrap_servers=bootstrap, **PRODUCER)
+        producer = KafkaProducer(bootstrap_servers=bootstrap, **kafka_auth(), **PRODUCER)
 
         def send(e):
             t = time.perf_counter()
@@ -131,7 +133,11 @@ class GatewayProcess:
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, "ALIGNLOOP_HOME": str(work), "ALIGNLOOP_STORE_URL": f"sqlite:///{work / 'store.db'}",
+        from alignloop.core.settings import get_settings
+
+        # its own home, the stack's passwords (they live under the stack's home)
+        self.env = {**os.environ, **get_settings().service_credentials_env(), "ALIGNLOOP_HOME": str(work),
+                    "ALIGNLOOP_STORE_URL": f"sqlite:///{work / 'store.db'}",
                     "ALIGNLOOP_KAFKA_BOOTSTRAP": bootstrap, "ALIGNLOOP_INGEST_TOPIC": topic,
                     "ALIGNLOOP_INGEST_PORT": str(self.port)}
         exe = Path(sys.executable).parent / "alignloop"
@@ -268,12 +274,20 @@ def table(result: dict) -> str:
     lines += [f"| {' | '.join(r)} |" for r in rows]
     m = result["machine"]
     lines.append(f"\nMeasured {result['measured_at'][:16]} UTC on {m['cpus']} CPUs (load average {m['load']}), "
-                 f"Kafka {result['broker']} on loopback; `{result['command'].strip()}`. Producer latencies are "
+                 f"Kafka {result['broker']} on loopback{_login(result)}; `{result['command'].strip()}`. "
+                 "Producer latencies are "
                  f"send -> ack at {result['latency_rate']:.0f} events/s; the gateway's single-event run counts what "
                  f"follows its first {single.get('warmup_events', 0)} requests at that rate (warm-up). "
                  "CPU per event is the sending process's (raw, SDK) or the gateway process's CPU time, "
                  "which a busy shared machine distorts less than wall time.")
     return "\n".join(lines)
+
+
+def _login(result: dict) -> str:
+    login = result.get("kafka_login") or {}
+    if "sasl_mechanism" not in login:
+        return ""
+    return f" (every client logged in over {login['security_protocol']}/{login['sasl_mechanism']})"
 
 
 def write_readme(text: str) -> None:
@@ -300,7 +314,7 @@ def main() -> None:
     parser.add_argument("--no-readme", action="store_true", help="do not rewrite the table in ingest/README.md")
     args = parser.parse_args()
 
-    from alignloop.settings import get_settings
+    from alignloop.core.settings import get_settings
     from ingest.events import encode_event
     from ingest.topics import ensure_topics, topic_names
     from tests.support.kafka_topics import delete_topics
@@ -356,6 +370,8 @@ def main() -> None:
         "measured_at": datetime.now(UTC).isoformat(),
         "command": "python bench/ingest/run.py " + " ".join(a for a in sys.argv[1:] if a != "--no-readme"),
         "broker": get_settings().kafka_version,
+        # every client here logs in as the settings say (the stack's SASL/SCRAM); the password is not recorded
+        "kafka_login": {k: v for k, v in kafka_auth().items() if k in ("security_protocol", "sasl_mechanism")},
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "load": " ".join(f"{x:.1f}" for x in os.getloadavg())},
         "latency_rate": args.rate,

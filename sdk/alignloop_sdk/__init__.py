@@ -7,7 +7,7 @@
 Depends on pydantic, httpx and kafka-python only; the service (`ingest`, `curation`, ...) re-exports these.
 """
 
-from alignloop_sdk.client import Delivery, FeedbackClient, HttpDelivery, HttpFeedbackClient
+from alignloop_sdk.client import Delivery, FeedbackClient, HttpDelivery, HttpFeedbackClient, kafka_security
 from alignloop_sdk.errors import AlignloopError, DeliveryError, EventError, GatewayError, IngestError
 from alignloop_sdk.events import (
     FEEDBACK_TOPIC,
@@ -32,5 +32,5 @@ __all__ = [
     "FEEDBACK_TOPIC", "SCHEMA_VERSION", "AlignloopError", "ClientInfo", "ComparisonEvent", "Delivery", "DeliveryError",
     "EditEvent", "EventError", "FeedbackClient", "FeedbackEvent", "GatewayError", "HttpDelivery",
     "HttpFeedbackClient", "IngestError", "Message", "RatingEvent", "encode_event", "event_json_schema", "event_key",
-    "new_event_id", "parse_event", "validate_event",
+    "kafka_security", "new_event_id", "parse_event", "validate_event",
 ]

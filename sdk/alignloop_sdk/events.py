@@ -41,7 +41,7 @@ MAX_METADATA_BYTES = 4 * 1024
 MAX_METADATA_DEPTH = 8
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 MAX_AHEAD = timedelta(days=1)
-MAX_TOKEN_CHARS = 2048  # alignloop.feedback_token.MAX_TOKEN_CHARS; the SDK stands alone, so the number is repeated
+MAX_TOKEN_CHARS = 2048  # alignloop.core.feedback_token.MAX_TOKEN_CHARS; the SDK stands alone, so the number is repeated
 
 # Unicode Cc except tab, LF, CR; lone surrogates (JSON `\ud800`) are not valid UTF-8 either.
 _BAD_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")

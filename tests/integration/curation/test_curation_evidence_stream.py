@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from alignloop.db import session_scope
+from alignloop.core.db import session_scope
 from curation import query, store
 from curation.replay import run_replay
 from curation.service import CurationEdge, Record

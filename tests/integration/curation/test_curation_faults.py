@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from alignloop.core.kafka_auth import kafka_auth
 from curation.replay import run_replay
 from curation.settings import Policy
 from ingest.topics import ensure_topics
@@ -33,7 +34,7 @@ def curation_topic(kafka_bootstrap):
     base = f"test-curfault-{uuid.uuid4().hex[:10]}"
     ensure_topics(kafka_bootstrap, partitions=3, base=base, replication_factor=1)
     yield base
-    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap, **kafka_auth())
     try:
         admin.delete_topics([base, f"{base}.rejected", f"{base}.dlq"])
     except Exception:  # noqa: BLE001 - cleanup only; names are unique
@@ -53,7 +54,8 @@ def _publish_paced(bootstrap: str, topic: str, lines, seconds: float, make=None)
     """Send `lines` evenly over `seconds` (or build each with `make(i, now)` when it is sent); returns what was sent."""
     from kafka import KafkaProducer
 
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5)
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5,
+                             **kafka_auth())
     sent: list[str] = []
     chunks = max(1, int(seconds / 0.25))
     step = max(1, -(-len(lines) // chunks))
@@ -176,10 +178,10 @@ def private_postgres(tmp_path):
     """A PostgreSQL cluster of this test alone (own port and data dir): the test may stop it."""
     import shutil
 
-    from alignloop.stack import PostgresServer
+    from alignloop.core.stack import PostgresServer
 
     port = free_port()
-    server = PostgresServer(url=f"postgresql+psycopg://alignloop@127.0.0.1:{port}/alignloop",
+    server = PostgresServer(url=f"postgresql+psycopg://alignloop:{uuid.uuid4().hex}@127.0.0.1:{port}/alignloop",
                             state_dir=tmp_path / "pg-state")
     try:
         server.start()
@@ -192,9 +194,10 @@ def private_postgres(tmp_path):
 @pytest.fixture
 def private_redis(tmp_path):
     """A redis-server of this test alone (own port and dir): the test may stop it."""
-    from alignloop.stack import RedisServer
+    from alignloop.core.stack import RedisServer
 
-    server = RedisServer(url=f"redis://127.0.0.1:{free_port()}/0", state_dir=tmp_path / "redis-state")
+    server = RedisServer(url=f"redis://:{uuid.uuid4().hex}@127.0.0.1:{free_port()}/0",
+                         state_dir=tmp_path / "redis-state")
     try:
         server.start()
         yield server
@@ -211,6 +214,7 @@ def test_postgres_down_for_10_s_loses_no_event(tmp_path, curation_topic, kafka_g
 
 
 def test_redis_down_for_10_s_loses_no_event(tmp_path, curation_topic, kafka_group, kafka_bootstrap, private_redis):
+    redis_url = f"redis://:{private_redis.password}@{private_redis.host}:{private_redis.port}/0"
     _stream_through_an_outage(tmp_path, topic=curation_topic, group=kafka_group, bootstrap=kafka_bootstrap,
-                              redis_url=f"redis://{private_redis.host}:{private_redis.port}/0", store_url=None,
+                              redis_url=redis_url, store_url=None,
                               stop=private_redis.stop, start=private_redis.start, dependency="redis")

@@ -2,7 +2,7 @@
 
 
 
-from alignloop.db import session_scope
+from alignloop.core.db import session_scope
 from curation import query, store
 from curation.decode import Accepted, decode_raw
 from curation.pipeline import Staging, settle_all

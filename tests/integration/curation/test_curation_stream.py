@@ -6,6 +6,7 @@ import uuid
 
 import pytest
 
+from alignloop.core.kafka_auth import kafka_auth
 from curation.pii import find_pii
 from curation.replay import run_replay
 from curation.settings import Policy
@@ -25,7 +26,7 @@ def curation_topic(kafka_bootstrap):
     base = f"test-curation-{uuid.uuid4().hex[:10]}"
     ensure_topics(kafka_bootstrap, partitions=3, base=base, replication_factor=1)
     yield base
-    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap, **kafka_auth())
     try:
         admin.delete_topics([base, f"{base}.rejected", f"{base}.dlq"])
     except Exception:  # noqa: BLE001 - cleanup only; names are unique

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from alignloop.db import session_scope
+from alignloop.core.db import session_scope
 from deploy import registry
 from deploy.artifacts import LocalArtifactStorage
 from deploy.errors import ArtifactError, IntegrityError, NotFoundError, RegistryError

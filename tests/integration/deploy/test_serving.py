@@ -80,8 +80,8 @@ def test_canary_is_sticky_per_user_and_near_its_share(client, deploy_env, refere
 def test_every_answer_carries_a_token_signed_over_the_version_that_answered(client, deploy_env, reference_texts):
     from datetime import UTC, datetime, timedelta
 
-    from alignloop.feedback_token import VerifiedToken, verify_feedback_token
-    from alignloop.settings import get_settings as core_settings
+    from alignloop.core.feedback_token import VerifiedToken, verify_feedback_token
+    from alignloop.core.settings import get_settings as core_settings
 
     key = core_settings().resolved_feedback_token_key()
     base = chat(client)
@@ -281,7 +281,7 @@ def test_chat_needs_an_active_serving_key_stored_hashed(deploy_env):
         assert ask(c, key[:-1] + ("A" if key[-1] != "A" else "B")).status_code == 401
         assert ask(c, deploy_env.admin_token("ops")).status_code == 401  # an admin token is no serving key
         assert ask(c, key).status_code == 200
-        from alignloop.db import session_scope
+        from alignloop.core.db import session_scope
         from deploy.keys import revoke_serving_key
 
         with session_scope(deploy_env.engine) as s:

@@ -11,6 +11,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from alignloop.core.kafka_auth import kafka_auth
+
 pytestmark = [pytest.mark.slow, pytest.mark.kafka, pytest.mark.redis]
 
 BASE = "tiny-base"  # the fake artifacts' base model; nothing is served, serving's signing is tested in deploy
@@ -18,7 +20,7 @@ BASE = "tiny-base"  # the fake artifacts' base model; nothing is served, serving
 
 @pytest.fixture
 def token_env(loop_env, monkeypatch):
-    from flows.demo import _clear_settings_caches
+    from alignloop.demo import _clear_settings_caches
 
     monkeypatch.setenv("ALIGNLOOP_FEEDBACK_TOKEN_KEY", uuid.uuid4().hex)
     monkeypatch.setenv("ALIGNLOOP_FEEDBACK_TOKEN_MAX_AGE_S", "3600")
@@ -36,7 +38,7 @@ def feedback_topic(kafka_bootstrap):
     base = f"test-tokens-{uuid.uuid4().hex[:10]}"
     ensure_topics(kafka_bootstrap, partitions=3, base=base, replication_factor=1)
     yield base
-    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap, **kafka_auth())
     try:
         admin.delete_topics([base, f"{base}.rejected", f"{base}.dlq"])
     except Exception:  # noqa: BLE001 - cleanup only; names are unique
@@ -57,9 +59,9 @@ def _forge(token: str, **changes) -> str:
 def test_only_verified_feedback_since_the_canary_started_decides_it(prefect_harness, token_env, tmp_path,
                                                                    kafka_bootstrap, kafka_group, redis_url,
                                                                    feedback_topic):
-    from alignloop.db import session_scope
-    from alignloop.feedback_token import sign_feedback_token
-    from alignloop.settings import get_settings as core_settings
+    from alignloop.core.db import session_scope
+    from alignloop.core.feedback_token import sign_feedback_token
+    from alignloop.core.settings import get_settings as core_settings
     from curation import query
     from curation.store import DecisionRow
     from deploy import registry

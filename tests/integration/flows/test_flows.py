@@ -13,7 +13,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.redis]
 
 def test_opposite_style_stops_at_the_gate(prefect_harness, base_model, loop_env, make_events, curate_events,
                                           small_run):
-    from alignloop.db import session_scope
+    from alignloop.core.db import session_scope
     from deploy import registry
     from flows.loop import retrain_flow
 
@@ -65,7 +65,7 @@ def test_a_canary_users_like_less_is_rolled_back(prefect_harness, base_model, lo
 
     from fastapi.testclient import TestClient
 
-    from alignloop.db import session_scope
+    from alignloop.core.db import session_scope
     from curation.replay import run_replay
     from curation.settings import get_settings as curation_settings
     from deploy import registry

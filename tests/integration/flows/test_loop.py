@@ -13,7 +13,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.kafka, pytest.mark.redis, pytest.mar
 
 
 def test_the_whole_loop_turns_twice_at_small_scale(prefect_harness, tmp_path, monkeypatch):
-    from flows.demo import _clear_settings_caches, run_demo
+    from alignloop.demo import _clear_settings_caches, run_demo
 
     monkeypatch.setenv("ALIGNLOOP_HOME", str(tmp_path / "home"))
     _clear_settings_caches()

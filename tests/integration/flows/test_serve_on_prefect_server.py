@@ -4,6 +4,7 @@ the data trigger starts one retrain however many triggers fire, canary-watch jud
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -14,6 +15,7 @@ import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -316,6 +318,8 @@ def test_work_pool_hands_retrain_to_a_process_worker_with_config_gates_and_urls(
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.workers.process import ProcessWorker
 
+    from alignloop.core.settings import without_password
+
     url, log, worker_log = prefect_server["url"], tmp_path / "serve.log", tmp_path / "worker.log"
     pool, base = f"pool-{uuid.uuid4().hex[:8]}", str(tmp_path / "some-base")  # the run fails before loading it
     gates = Path(__file__).resolve().parents[3] / "retrain" / "configs" / "gates.yaml"
@@ -340,7 +344,10 @@ def test_work_pool_hands_retrain_to_a_process_worker_with_config_gates_and_urls(
             assert dep.parameters["train_config"] == str(unsnapshottable_config)
             assert dep.parameters["gates"] == str(gates)
             assert dep.parameters["store_url"] == loop_env["store_url"]
-            assert dep.parameters["redis_url"] == loop_env["redis_url"]
+            # Prefect keeps parameters: the Redis URL goes without its password, the run takes it from settings
+            assert dep.parameters["redis_url"] == without_password(loop_env["redis_url"])
+            password = urlsplit(loop_env["redis_url"]).password
+            assert password and password not in json.dumps(dep.parameters)
             assert dep.parameters["base_model"] == base
             # the rest is served by `flows serve` itself
             wait_for("the served data trigger", lambda: _deployment("data-trigger/data-trigger"), 60, log=log)
@@ -427,7 +434,7 @@ def _run_deployment_now(name: str):
 
 
 def _start_canary(loop_env, src: Path) -> str:
-    from alignloop.db import session_scope
+    from alignloop.core.db import session_scope
     from deploy import registry
 
     with session_scope(loop_env["engine"]) as session:
@@ -437,7 +444,7 @@ def _start_canary(loop_env, src: Path) -> str:
 
 
 def _routing(loop_env, base: str):
-    from alignloop.db import session_scope
+    from alignloop.core.db import session_scope
     from deploy import registry
 
     with session_scope(loop_env["engine"]) as session:

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
+from alignloop.core.kafka_auth import kafka_auth
 from ingest.client import HttpFeedbackClient
 from ingest.errors import EventError
 from support.gateway import LiveGateway, gateway_config
@@ -83,7 +84,7 @@ def test_without_a_valid_key_401(gateway):
 def test_a_revoked_key_is_refused_within_the_cache_time(gateway):
     import time
 
-    from alignloop.db import session_scope
+    from alignloop.core.db import session_scope
     from ingest.store import revoke_key
 
     assert post(gateway, an_event()).status_code == 200
@@ -188,7 +189,8 @@ def test_a_conversation_lands_in_one_partition_through_the_sdk_and_the_gateway(g
     big = [an_event(session_id=sessions[i % 12], response="r" * 3000) for i in range(200)]  # > one 256 KiB batch
     r = post(gateway, big)
     assert r.status_code == 200 and r.json()["accepted"] == 200
-    consumer = KafkaConsumer(gateway.topic, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest",
+    consumer = KafkaConsumer(gateway.topic, bootstrap_servers=kafka_bootstrap, **kafka_auth(),
+                             auto_offset_reset="earliest",
                              consumer_timeout_ms=5000, group_id=None)
     try:
         where: dict[str, set[int]] = {}

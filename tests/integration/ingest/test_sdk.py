@@ -8,6 +8,7 @@ from collections import Counter, defaultdict
 
 import pytest
 
+from alignloop.core.kafka_auth import kafka_auth
 from ingest.client import FeedbackClient
 from ingest.errors import DeliveryError, EventError
 from support.kafka_topics import event_ids, read_topic
@@ -94,7 +95,7 @@ def test_a_refused_delivery_reaches_the_future_the_callback_and_flush(kafka_boot
     from support.kafka_topics import delete_topics
 
     topic = f"test-tiny-{uuid.uuid4().hex[:10]}"
-    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap, **kafka_auth())
     admin.create_topics({topic: {"num_partitions": 1, "replication_factor": 1,
                                  "configs": {"max.message.bytes": "300"}}})
     admin.close()

@@ -18,7 +18,7 @@ def replayed():
 
 
 def test_store_and_files_give_the_same_snapshot(store_engine, replayed):
-    from alignloop.db import session_scope
+    from alignloop.core.db import session_scope
     from curation.store import save_window
     from retrain.snapshot import SnapshotPolicy, build_snapshot, load_snapshot_inputs
 

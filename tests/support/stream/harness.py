@@ -9,7 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from alignloop.db import make_engine, session_scope
+from alignloop.core.db import make_engine, session_scope
+from alignloop.core.kafka_auth import kafka_auth
 from curation import query, store
 
 REPO = Path(__file__).resolve().parents[3]
@@ -115,7 +116,7 @@ def expected_ids(lines: list[str]) -> int:
 def read_topic(bootstrap: str, topic: str, timeout_ms: int = 5000) -> list[bytes]:
     from kafka import KafkaConsumer
 
-    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, **kafka_auth(), auto_offset_reset="earliest",
                              consumer_timeout_ms=timeout_ms, group_id=None)
     try:
         return [m.value for m in consumer]

@@ -1,4 +1,4 @@
-"""The local stack on loopback: Apache Kafka (KRaft, jars from Maven Central), Redis and PostgreSQL.
+"""The stack as `stack up` ran it before service auth (a copy, for the migration test): no passwords anywhere.
 
 `up` is idempotent and records the pid of every process it starts; `down` stops only those pids.
 A service already answering on its port (started by someone else) is used and never stopped.
@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import TypeGuard
 from urllib.parse import urlparse
 
-from alignloop.errors import StackError
-from alignloop.settings import CoreSettings
+from alignloop.core.errors import StackError
+from alignloop.core.settings import CoreSettings
 
 KAFKA_POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
   <modelVersion>4.0.0</modelVersion>
@@ -252,7 +252,9 @@ class KafkaBroker(_Service):
     def _format_once(self, cfg: Path) -> None:
         if (self.state / "data" / "meta.properties").exists():
             return
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        cluster_id = "-"
+        while cluster_id.startswith("-"):  # the storage tool's argument parser takes "-..." for an option
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
         done = subprocess.run(
             [self._java(), "-cp", self._classpath(), f"-Dlog4j.configuration=file:{self.state / 'log4j.properties'}",
              "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(cfg)],

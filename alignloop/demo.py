@@ -135,7 +135,7 @@ class Serving:
 
 def _make_serving_key(engine) -> str:
     """The demo's own serving key (its simulated app is the one caller), with room for its 16 parallel users."""
-    from alignloop.db import session_scope
+    from alignloop.core.db import session_scope
     from deploy.keys import create_serving_key
 
     try:
@@ -266,7 +266,7 @@ def trigger_rate(serving: Serving, n: int, *, seed: int, users: list[str]) -> fl
 
 
 def _count_decisions(store_url: str) -> tuple[int, dict[str, int]]:
-    from alignloop.db import make_engine, session_scope
+    from alignloop.core.db import make_engine, session_scope
     from curation import query
 
     engine = make_engine(store_url)
@@ -404,11 +404,12 @@ class _Demo:
 
     def rollback(self) -> dict:
         """On-call's one command, timed until serving follows."""
-        from alignloop.db import open_store, session_scope
+        from alignloop.core.db import session_scope
         from deploy import registry
         from deploy.control import publish_routing_change
+        from flows.store import open_shared_store
 
-        engine = open_store(self.store_url)
+        engine = open_shared_store(self.store_url)
         try:
             t0 = time.monotonic()
             with session_scope(engine) as session:
@@ -429,8 +430,8 @@ class _Demo:
 
 def _run_demo(*, users: int, events: int, turns: int, turn_events: int, seed: int, report: Path | None,
               as_json: bool, strict: bool) -> dict:
-    from alignloop import stack
-    from alignloop.settings import get_settings as core_settings
+    from alignloop.core import stack
+    from alignloop.core.settings import get_settings as core_settings
 
     t_start = time.monotonic()
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network here to send it to
@@ -453,7 +454,8 @@ def _run_demo(*, users: int, events: int, turns: int, turn_events: int, seed: in
                        "ALIGNLOOP_DEPLOY_ARTIFACT_ROOT": str(run_dir / "artifacts")})
     _clear_settings_caches()
 
-    from alignloop.db import open_store
+    from alignloop.core.kafka_auth import kafka_auth
+    from flows.store import open_shared_store
     from ingest.client import FeedbackClient
     from ingest.topics import ensure_topics
     from retrain.model import ensure_base_model
@@ -463,7 +465,7 @@ def _run_demo(*, users: int, events: int, turns: int, turn_events: int, seed: in
     os.environ["ALIGNLOOP_DEPLOY_BASE_MODEL"] = base_model
     os.environ["ALIGNLOOP_FLOWS_BASE_MODEL"] = base_model
     _clear_settings_caches()
-    serving_key = _make_serving_key(open_store(store_url))
+    serving_key = _make_serving_key(open_shared_store(store_url))
     ensure_topics(core.kafka_bootstrap, partitions=3, base=topic)
 
     port = _free_port()
@@ -485,7 +487,7 @@ def _run_demo(*, users: int, events: int, turns: int, turn_events: int, seed: in
         stack_.callback(worker.stop)
         serving = Serving(f"http://127.0.0.1:{port}", serving_key)
         serving.wait_ready(serving_proc)
-        client = FeedbackClient(APP_ID, core.kafka_bootstrap, topic=topic)
+        client = FeedbackClient(APP_ID, core.kafka_bootstrap, topic=topic, **kafka_auth(core))
         stack_.callback(client.close)
         # event time runs hours ahead of the wall clock (windows and rate limits see real gaps); it starts far
         # enough back that no turn's feedback is dated in the future, which curation refuses
@@ -545,7 +547,7 @@ def _run_demo(*, users: int, events: int, turns: int, turn_events: int, seed: in
 
 def _truth_counts(sent: dict[str, str], store_url: str) -> dict:
     """Kept and dropped events by who really sent them (the simulation's ground truth)."""
-    from alignloop.db import make_engine, session_scope
+    from alignloop.core.db import make_engine, session_scope
     from curation import query
 
     engine = make_engine(store_url)
@@ -565,7 +567,7 @@ def _truth_counts(sent: dict[str, str], store_url: str) -> dict:
 def _clear_settings_caches() -> None:
     import importlib
 
-    for mod in ("alignloop.settings", "ingest.settings", "curation.settings", "retrain.settings",
+    for mod in ("alignloop.core.settings", "ingest.settings", "curation.settings", "retrain.settings",
                 "deploy.settings", "flows.settings"):
         with suppress(ImportError, AttributeError):
             importlib.import_module(mod).get_settings.cache_clear()
