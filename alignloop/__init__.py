@@ -1,1 +1,2 @@
-"""alignloop: the ground package `alignloop.core` below every stage, and the composition (`alignloop.cli`, `alignloop.demo`) above them all."""
+"""alignloop: the ground package `alignloop.core` below every stage, and the composition (`alignloop.cli`,
+`alignloop.demo`) above them all."""

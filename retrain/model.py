@@ -220,7 +220,7 @@ def resolve_base(base: str | Path | None) -> str:
 
 
 def load_base(path_or_hub_id: str | Path):
-    """(model, tokenizer) through `from_pretrained`, as for any Hugging Face causal LM; pad token and chat template set."""
+    """(model, tokenizer) through `from_pretrained`, as for any Hugging Face causal LM; pad token, chat template set."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:

@@ -204,7 +204,8 @@ def run_training(base_model: str, snapshot: Snapshot, cfg: RunConfig, workdir: P
                          label_smoothing=d.label_smoothing, max_length=d.max_length,
                          precompute_ref_log_probs=d.precompute_ref_log_probs,
                          precompute_ref_batch_size=d.batch_size)  # small batches: less padding, cache-friendly on CPU
-        trainer_cls = weighted(_dpo_trainer_class()) if d.use_weights else _dpo_trainer_class()
+        # TRL's trainers are untyped to mypy; this class also carries the reference cache
+        trainer_cls: Any = weighted(_dpo_trainer_class()) if d.use_weights else _dpo_trainer_class()
         adapter_hash = sha256_file(Path(init_adapter) / "adapter_model.safetensors") if init_adapter else None
         cache = RefLogpCache.for_base(hash_model_dir(base_model), adapter_hash, plan.precision) if (
             d.precompute_ref_log_probs and d.cache_ref_log_probs) else None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from alignloop.core.errors import AlignloopError
 from alignloop.core.settings import CoreSettings, get_settings
@@ -23,7 +23,7 @@ def _sasl(settings: CoreSettings | None) -> tuple[str, str, str, str] | None:
     return protocol, s.kafka_sasl_mechanism, s.kafka_username, password
 
 
-def kafka_auth(settings: CoreSettings | None = None) -> dict[str, str]:
+def kafka_auth(settings: CoreSettings | None = None) -> dict[str, Any]:
     """kwargs for kafka-python and aiokafka clients and the SDK's FeedbackClient (all take the same names); on a
     broker without SASL only `security_protocol`, so the SDK does not fall back to its SASL default."""
     sasl = _sasl(settings)

@@ -48,7 +48,7 @@ class CoreSettings(BaseSettings):
                                           description="a feedback token counts within this many seconds of its answer")
 
     @model_validator(mode="after")
-    def _credentials_into_urls(self) -> "CoreSettings":
+    def _credentials_into_urls(self) -> CoreSettings:
         # every client reads `redis_url`/`postgres_url`, so the password goes into the URL once, here;
         # a URL that already names a password (a managed service) is used as it is
         self.redis_url = self.with_redis_password(self.redis_url)

@@ -10,6 +10,7 @@ earlier without them (Kafka and Redis are restarted once, PostgreSQL gets passwo
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import shutil
 import signal
@@ -153,10 +154,8 @@ def _terminate(pid: int, grace: float = 30.0) -> None:
     while time.monotonic() < deadline and _alive(pid):
         time.sleep(0.2)
     if _alive(pid):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 class _Service:
@@ -379,13 +378,14 @@ class KafkaBroker(_Service):
         self.ensure_jars()
         cfg = self._write_config()
         self._format_once(cfg)
-        log = open(self.state / "logs" / "stdout.log", "ab")
-        proc = subprocess.Popen(
-            [java, "-Xms256m", "-Xmx768m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
-             f"-Dlog4j.configuration=file:{self.state / 'log4j.properties'}",
-             f"-Dkafka.logs.dir={self.state / 'logs'}",
-             "-cp", self._classpath(), "kafka.Kafka", str(cfg)],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        # the child keeps its own copy of the log's descriptor; ours is closed once it started
+        with open(self.state / "logs" / "stdout.log", "ab") as log:
+            proc = subprocess.Popen(
+                [java, "-Xms256m", "-Xmx768m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+                 f"-Dlog4j.configuration=file:{self.state / 'log4j.properties'}",
+                 f"-Dkafka.logs.dir={self.state / 'logs'}",
+                 "-cp", self._classpath(), "kafka.Kafka", str(cfg)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         self.pidfile.write(proc.pid)
         try:
             _wait(lambda: proc.poll() is None and _port_open("127.0.0.1", self.port), timeout, "Kafka")
@@ -448,16 +448,16 @@ class RedisServer(_Service):
             _apt_install("redis-server")
         data = self.state / "redis"
         data.mkdir(parents=True, exist_ok=True)
-        log = open(data / "redis.log", "ab")
         conf = data / "auth.conf"  # the password in a 0600 file, not on the command line `ps` shows
         fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         os.fchmod(fd, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(f'requirepass "{self.password}"\n')
-        proc = subprocess.Popen(
-            ["redis-server", str(conf), "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(data),
-             "--appendonly", "yes", "--save", "", "--daemonize", "no", "--protected-mode", "yes"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        with open(data / "redis.log", "ab") as log:  # the child keeps its own copy of the descriptor
+            proc = subprocess.Popen(
+                ["redis-server", str(conf), "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(data),
+                 "--appendonly", "yes", "--save", "", "--daemonize", "no", "--protected-mode", "yes"],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         self.pidfile.write(proc.pid)
         _wait(lambda: proc.poll() is None and self.healthy(), timeout, "Redis")
         return True

@@ -17,9 +17,8 @@ from urllib.parse import urlparse
 import pytest
 from sqlalchemy import inspect
 
-from support.ports import free_port
-
 from alignloop.core.kafka_auth import kafka_auth
+from support.ports import free_port
 
 
 @pytest.mark.kafka

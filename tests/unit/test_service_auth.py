@@ -47,7 +47,7 @@ def test_env_wins_over_the_files_and_a_url_with_a_password_is_kept(clean_env, mo
 def test_without_a_secret_the_urls_stay_and_kafka_names_what_is_missing(clean_env, monkeypatch):
     s = CoreSettings()
     assert s.redis_url == "redis://127.0.0.1:6379/0"
-    with pytest.raises(AlignloopError, match="ALIGNLOOP_KAFKA_PASSWORD.*stack up"):
+    with pytest.raises(AlignloopError, match=r"ALIGNLOOP_KAFKA_PASSWORD.*stack up"):
         kafka_auth(s)
     assert not (clean_env / "secrets").exists()  # clients never create the services' secrets
     monkeypatch.setenv("ALIGNLOOP_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT")

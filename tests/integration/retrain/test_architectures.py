@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
 from support.architectures import build_tiny_causal_lm
 
 pytestmark = [pytest.mark.slow]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from support.architectures import TEMPLATES, build_tiny_causal_lm
 
 from retrain.config import parse_config
 from retrain.errors import UnsupportedModelError
@@ -15,6 +14,7 @@ from retrain.model import (
     load_base,
     lora_target_modules,
 )
+from support.architectures import TEMPLATES, build_tiny_causal_lm
 
 MSGS = [{"role": "user", "content": "Where is my parcel?"}]
 
@@ -77,7 +77,7 @@ def test_a_tokenizer_without_a_template_gets_the_fallback_ended_by_its_eos(bases
     tok.chat_template = None
     ensure_chat_template(tok)
     assert tok.chat_template == FALLBACK_CHAT_TEMPLATE
-    text = tok.apply_chat_template(MSGS + [{"role": "assistant", "content": "Soon."}], tokenize=False)
+    text = tok.apply_chat_template([*MSGS, {"role": "assistant", "content": "Soon."}], tokenize=False)
     assert text == "<|user|>Where is my parcel?<|im_end|><|assistant|>Soon.<|im_end|>"
     own = TEMPLATES["llama"][0]
     tok.chat_template = own
