@@ -22,7 +22,7 @@ from curation.evidence import Evidence
 from curation.items import Item, Key
 from curation.pipeline import WindowResult, context_bounds, decision_row, ready_at, settle_window, window_start
 from curation.reasons import Reason
-from curation.settings import Policy
+from curation.settings import Policy, policy_hash
 from curation.tokens import TokenCheck
 
 # Atomic "max" on a hash field: a partition's watermark only moves forward, whoever writes it.
@@ -129,7 +129,7 @@ class CurationEdge:
         a retry after a failed commit, or a redelivered batch, writes nothing twice)."""
         with session_scope(self.engine) as session:
             staged = store.save_staged(session, out.items)
-            store.save_rejections(session, out.rejections)
+            store.save_rejections(session, out.rejections, policy_hash(self.policy))
             store.save_dead_letters(session, out.dead_rows)
         out.staged, out.replayed_ids = staged, len(out.items) - staged
         if out.items:
@@ -173,6 +173,28 @@ class CurationEdge:
                 except Exception:  # noqa: BLE001 - expired while we worked; the next settle is idempotent
                     pass
 
+    def recurate(self, since: datetime, policy: Policy, *, wait_s: float = 60):
+        """Re-decide the stored events from `since` under `policy` (`curation.recurate`) while holding the settle
+        lock, so no worker settles meanwhile; None when another worker held the lock for `wait_s` seconds.
+        Workers reload the evidence it rebuilt on their next settle; restart them with the new policy file."""
+        from curation.recurate import recurate
+
+        lock = None
+        if self.redis is not None:
+            lock = self.redis.lock(self._lock_key, timeout=3600, blocking=True, blocking_timeout=wait_s)
+            if not lock.acquire():
+                return None
+        try:
+            result = recurate(self.engine, policy, since)
+            self._evidence, self._items = None, {}
+            return result
+        finally:
+            if lock is not None:
+                try:
+                    lock.release()
+                except Exception:  # noqa: BLE001 - expired while we worked
+                    pass
+
     def _settle(self, final: bool, lock=None) -> list[WindowResult]:
         wm = None if final else self.watermark()
         with session_scope(self.engine) as session:
@@ -210,6 +232,7 @@ class CurationEdge:
         t0 = time.monotonic()
         result = settle_window(self._context(start), start, self.policy, self._load_evidence())
         with session_scope(self.engine) as session:
+            store.save_policy(session, self.policy)
             store.save_window(session, result)  # decisions, pairs, re-judged events and evidence: one transaction
         self._evidence = result.evidence
         metrics.observe_window(result, time.monotonic() - t0)
@@ -226,9 +249,10 @@ class CurationEdge:
         end = start + timedelta(seconds=self.policy.window_s)
         with session_scope(self.engine) as session:
             late = store.load_undecided(session, start, end)
-            rows = [decision_row(it, [str(Reason.LATE_EVENT)] + list(it.pii), start) for it in late]
+            phash = policy_hash(self.policy)
+            rows = [decision_row(it, [str(Reason.LATE_EVENT)] + list(it.pii), start, phash) for it in late]
             if rows:
-                store.save_window(session, WindowResult(start, rows, [], []))
+                store.save_window(session, WindowResult(start, rows, [], [], policy_hash=phash))
         metrics.observe_late(rows)
 
     def _prune(self, next_start: datetime) -> None:

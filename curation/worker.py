@@ -120,7 +120,7 @@ def build_app(settings=None, core=None):
     from alignloop.db import open_store
     from alignloop.settings import get_settings as core_settings
     from curation.service import CurationEdge
-    from curation.settings import get_settings, load_pseudonym_key
+    from curation.settings import active_policy, get_settings, load_pseudonym_key
 
     settings = settings or get_settings()
     core = core or core_settings()
@@ -128,7 +128,7 @@ def build_app(settings=None, core=None):
     engine = open_store(settings.store_url or core.resolved_store_url)
     rclient = redis.Redis.from_url(settings.redis_url or core.redis_url, decode_responses=True)
     progress = GroupProgress(bootstrap, settings.topic, settings.group)
-    edge = CurationEdge(engine, rclient, settings.policy, topic=settings.topic, group=settings.group,
+    edge = CurationEdge(engine, rclient, active_policy(settings), topic=settings.topic, group=settings.group,
                         partitions=progress.partitions(), pseudonym_key=load_pseudonym_key(settings, core.home))
     datadir = settings.datadir or tempfile.mkdtemp(prefix="curation-faust-")
     app = faust.App(
