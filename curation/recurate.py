@@ -97,6 +97,9 @@ def recurate(engine: Engine, policy: Policy, since: datetime, *,
         store.save_policy(session, policy)
         for part in (resettled, rejudged):  # one statement each: their rows carry different fields
             store.supersede_decisions(session, part, rec.recuration_id)
+        # events this policy drops that the last one kept go to `.rejected` too (a worker sends them)
+        store.queue_rejected(session, [d for d in rows if d["decision"] == "drop" and current.get(
+            (d["app_id"], d["event_id"]), {"decision": "keep"})["decision"] != "drop"], "recurated")
         store.save_built(session, redone)
         rec.pairs_retired, rec.unpaired_retired = (
             _retire(session, model, rec, keep, dropped) for model, keep in ((store.PairRow, live[0]),

@@ -18,6 +18,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from curation.evidence import Evidence
 from curation.items import Item, Key
 from curation.pairs import Pair, Unpaired
+from curation.pii import redact_json
 from curation.pipeline import WindowResult
 
 
@@ -151,6 +152,16 @@ class RecurationRow(Base):
     summary: Mapped[str] = mapped_column(Text)
 
 
+class OutboxRow(Base):
+    """A guard drop waiting to go to `<topic>.rejected` (written with the decision, sent and deleted by a worker)."""
+
+    __tablename__ = "curation_outbox"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(128))
+    message: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
 class DeadLetterRow(Base):
     __tablename__ = "curation_dead_letters"
     source: Mapped[str] = mapped_column(String(64), primary_key=True)  # topic:partition:offset or line:N
@@ -179,8 +190,13 @@ def _now() -> datetime:
 
 
 def _insert_ignore(session: Session, model, rows: Sequence[dict], keys: list[str]) -> int:
+    return len(_insert_new(session, model, rows, keys))
+
+
+def _insert_new(session: Session, model, rows: Sequence[dict], keys: list[str]) -> list[tuple]:
+    """Insert the rows whose keys are not there yet; returns the keys of the rows inserted."""
     if not rows:
-        return 0
+        return []
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
@@ -189,9 +205,9 @@ def _insert_ignore(session: Session, model, rows: Sequence[dict], keys: list[str
     else:  # pragma: no cover - the store is SQLite or PostgreSQL
         raise NotImplementedError(dialect)
     table = model.__table__
-    stmt = insert(table).on_conflict_do_nothing(index_elements=keys).returning(table.c[keys[0]])
-    # Core, not the ORM bulk path: RETURNING tells how many rows were new (the rest were already there)
-    return len(session.connection().execute(stmt, list(rows)).all())
+    stmt = insert(table).on_conflict_do_nothing(index_elements=keys).returning(*(table.c[k] for k in keys))
+    # Core, not the ORM bulk path: RETURNING tells which rows were new (the rest were already there)
+    return [tuple(r) for r in session.connection().execute(stmt, list(rows)).all()]
 
 
 # ------------------------------------------------------------------ writes
@@ -220,6 +236,46 @@ def save_rejections(session: Session, decisions: Iterable[dict], policy_hash: st
     return _insert_ignore(session, DecisionRow, list(rows.values()), _KEY)
 
 
+def queue_rejected(session: Session, drops: Sequence[dict], stage: str) -> int:
+    """Put guard drops in the outbox for `<topic>.rejected` (keyed by event id): each with its reasons and its
+    staged record (texts redacted and ids pseudonymised at staging) and `stage` (settle, rejudged, recurated);
+    every string of the message is redacted again, as a refused event's are, so nothing a PII pattern matches
+    (an id or a time can) leaves. Drops without an app are looked up
+    by event id in every app, as re-judgements name them."""
+    if not drops:
+        return 0
+    by_id: dict[str, list[tuple[str, str]]] = {}
+    ids = sorted({d["event_id"] for d in drops})
+    for chunk in range(0, len(ids), 500):
+        for app, eid, record in session.execute(select(StagedEvent.app_id, StagedEvent.event_id, StagedEvent.record)
+                                                .where(StagedEvent.event_id.in_(ids[chunk:chunk + 500]))):
+            by_id.setdefault(eid, []).append((app, record))
+    now, rows = _now(), []
+    for d in drops:
+        for app, record in by_id.get(d["event_id"], []):
+            if d.get("app_id") not in (None, app):
+                continue
+            w = d.get("window_start")
+            message = {"event_id": d["event_id"], "app_id": app, "reasons": list(d["reasons"]), "stage": stage,
+                       "window_start": aware(naive(w)).isoformat() if w is not None else None,
+                       "policy_hash": d.get("policy_hash"), "event": json.loads(record)}
+            rows.append({"key": d["event_id"], "created_at": now,
+                         "message": json.dumps(redact_json(message)[0], ensure_ascii=False)})
+    if rows:
+        session.connection().execute(OutboxRow.__table__.insert(), rows)
+    return len(rows)
+
+
+def load_outbox(session: Session, limit: int = 500) -> list[tuple[int, str, str]]:
+    """The oldest guard drops waiting for `.rejected`: (id, key, message)."""
+    return [tuple(r) for r in session.execute(select(OutboxRow.id, OutboxRow.key, OutboxRow.message)
+                                              .order_by(OutboxRow.id).limit(limit))]
+
+
+def delete_outbox(session: Session, ids: Sequence[int]) -> None:
+    session.execute(delete(OutboxRow).where(OutboxRow.id.in_(list(ids))))
+
+
 def save_dead_letters(session: Session, rows: Iterable[dict]) -> int:
     now = _now()
     out = {r["source"]: {**r, "stored_at": now} for r in rows}
@@ -230,10 +286,12 @@ def save_window(session: Session, result: WindowResult) -> None:
     """The decisions, pairs and unpaired examples of one settled window, and the window's own row."""
     now = _now()
     start = naive(result.start)
-    _insert_ignore(session, DecisionRow, [
+    new = set(_insert_new(session, DecisionRow, [
         {**d, "reasons": json.dumps(d["reasons"]), "occurred_at": naive(d["occurred_at"]), "window_start": start,
          "served_at": naive(d["served_at"]) if d.get("served_at") else None,
-         "decided_at": now} for d in result.decisions], _KEY)
+         "decided_at": now} for d in result.decisions], _KEY))
+    queue_rejected(session, [d for d in result.decisions if d["decision"] == "drop"
+                             and (d["app_id"], d["event_id"]) in new], "settle")
     _insert_ignore(session, PairRow, [_pair_row(p, start) for p in result.pairs], ["pair_id"])
     _insert_ignore(session, UnpairedRow, [_unpaired_row(u, start) for u in result.unpaired], ["example_id"])
     _insert_ignore(session, WindowRow, [{
@@ -241,12 +299,13 @@ def save_window(session: Session, result: WindowResult) -> None:
         "kept": sum(d["decision"] != "drop" for d in result.decisions),
         "signals": json.dumps(result.signals, default=str), "policy_hash": result.policy_hash}], ["window_start"])
     if result.retract or result.retract_accounts:
-        save_retractions(session, result.retract, result.retract_accounts)
+        save_retractions(session, result.retract, result.retract_accounts, result.policy_hash)
     if result.changes is not None:
         save_evidence(session, result.changes.rows)
 
 
-def save_retractions(session: Session, retract: dict[str, str], accounts: dict[str, str] | None = None) -> int:
+def save_retractions(session: Session, retract: dict[str, str], accounts: dict[str, str] | None = None,
+                     policy_hash: str | None = None) -> int:
     """Earlier events re-judged: kept decisions become drops with the new reason; the pairs and unpaired
     examples built from them are retired (the replay drops them in `pipeline.apply_retractions`): events
     named one by one first, then every kept event of the accounts named."""
@@ -267,9 +326,11 @@ def save_retractions(session: Session, retract: dict[str, str], accounts: dict[s
         return 0
     for eid, reasons, _, reason in rows:
         session.execute(update(DecisionRow).where(DecisionRow.event_id == eid).values(
-            decision="drop", reasons=json.dumps([*json.loads(reasons), reason])))
+            decision="drop", reasons=json.dumps([*json.loads(reasons), reason]), policy_hash=policy_hash))
     gone = {eid for eid, *_ in rows}
     since = min(w for _, _, w, _ in rows if w is not None)
+    queue_rejected(session, [{"event_id": e, "reasons": [*json.loads(r), reason], "window_start": w,
+                              "policy_hash": policy_hash} for e, r, w, reason in rows], "rejudged")
     # the rows that can hold these events were built in their windows or later
     retire_built_from(session, gone, since, "retract")
     return len(gone)
@@ -381,9 +442,17 @@ def load_undecided(session: Session, lo: datetime, hi: datetime) -> list[Item]:
 
 
 def count_rows(session: Session) -> dict[str, int]:
-    return {name: session.scalar(select(func.count()).select_from(model)) or 0
-            for name, model in (("staged", StagedEvent), ("decisions", DecisionRow), ("pairs", PairRow),
-                                ("unpaired", UnpairedRow), ("windows", WindowRow), ("dead_letters", DeadLetterRow))}
+    return {name: count_table(session, name) for name in _COUNTED}
+
+
+def count_table(session: Session, name: str) -> int:
+    """Rows of one of curation's tables by its short name (staged, decisions, ..., windows, outbox)."""
+    return session.scalar(select(func.count()).select_from(_COUNTED[name])) or 0
+
+
+_COUNTED: dict[str, type[Base]] = dict((("staged", StagedEvent), ("decisions", DecisionRow), ("pairs", PairRow),
+                 ("unpaired", UnpairedRow), ("windows", WindowRow), ("dead_letters", DeadLetterRow),
+                 ("outbox", OutboxRow)))
 
 
 def load_decisions(session: Session) -> list[dict]:

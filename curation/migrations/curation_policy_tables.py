@@ -1,4 +1,5 @@
-"""curation policy: policy hash on windows and decisions, superseded decisions, retired pairs, recurations.
+"""curation policy: policy hash on windows and decisions, superseded decisions, retired pairs, recurations, and
+the outbox of guard drops for the `.rejected` topic.
 
 Revision ID: curation_policy
 """
@@ -50,10 +51,17 @@ def upgrade() -> None:
         sa.Column("policy_hash", sa.String(64), nullable=False),
         sa.Column("summary", sa.Text, nullable=False),
     )
+    op.create_table(
+        "curation_outbox",
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("key", sa.String(128), nullable=False),
+        sa.Column("message", sa.Text, nullable=False),
+        sa.Column("created_at", sa.DateTime, nullable=False),
+    )
 
 
 def downgrade() -> None:
-    for name in ("curation_recurations", "curation_decision_history", "curation_policies"):
+    for name in ("curation_outbox", "curation_recurations", "curation_decision_history", "curation_policies"):
         op.drop_table(name)
     for table in ("curation_unpaired", "curation_pairs"):
         op.drop_index(f"ix_{table}_retired_at", table)
