@@ -153,7 +153,8 @@ def settle_window(context: Iterable[Item], start: datetime, policy: Policy,
     if verdict is None:
         return WindowResult(start, decisions, pairs, unpaired, signals, policy_hash=phash)
     signals["memory"] = {"accounts_flagged": len(verdict.accounts), "triggers": sorted(verdict.triggers),
-                         "payloads": sorted(verdict.payloads), "retracted": len(verdict.retract)}
+                         "payloads": sorted(verdict.payloads), "retracted": len(verdict.retract),
+                         "new_accounts": verdict.new_accounts, "new_account_wave": verdict.wave}
     return WindowResult(start, decisions, pairs, unpaired, signals, verdict.retract, verdict.retract_accounts,
                         new_evidence, changes, phash)
 

@@ -34,7 +34,9 @@ def build_report(session: Session) -> dict:
         windows.append({"start": start.isoformat(), "events": events, "kept": kept, "alpha": signals.get("alpha"),
                         "triggers": signals.get("triggers", []), "payloads": signals.get("payloads", []),
                         "brigades": len(signals.get("brigades", [])),
-                        "burst_users": len(signals.get("burst_users", []))})
+                        "burst_users": len(signals.get("burst_users", [])),
+                        "new_accounts": signals.get("memory", {}).get("new_accounts"),
+                        "new_account_wave": signals.get("memory", {}).get("new_account_wave", False)})
         starts.append(start.isoformat())
         up_rates.append(signals.get("up_rate", {}))
     # the same alarms the worker counts in curation_drift_alarms_total as it settles each window

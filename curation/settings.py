@@ -60,6 +60,12 @@ class Policy(BaseModel):
     # evidence across windows (curation/evidence.py): judged over each account's and phrase's whole history
     churn_max_devices: int = Field(4, ge=2, description="distinct device_ids at which an account is a rotating bot")
     churn_max_ips: int = Field(8, ge=2, description="distinct ip_hashes at which an account is a rotating bot")
+    timing_min_gaps: int = Field(30, ge=5, description="gaps under 4.5 h between an account's events before its "
+                                                        "long-run timing can flag it")
+    timing_max_band_share: float = Field(0.85, gt=0.5, le=1, description="share of those gaps (whole history) "
+                                         "inside one factor-4 band of durations at which it is a metronome")
+    wave_max_p: float = Field(1e-4, gt=0, le=1, description="Poisson tail a window's new accounts must beat "
+                                                          "against the running mean to be a new-account wave")
     memory_refit_votes: int = Field(1000, ge=1, description="new votes between refits of long-run reliability")
     contrarian_min_overlap: int = Field(12, ge=1, description="judged items shared with others before the "
                                                                "long-run reliability can flag an account")
