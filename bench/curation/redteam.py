@@ -20,6 +20,9 @@ Variants:
   promotes one entity into an otherwise good answer.
 - contrarians: accounts that vote against the consensus on 25-45 popular items over the days.
 - mixed: every family above at a lower dose.
+- slow_metronome: bots that keep one sticky source and send one rating every 20-60 minutes (their own
+  period, 8% jitter) for days, half of them camouflage: one or two events per settle window, so no
+  window's rate or regularity test sees them (added after `mixed`, so the other variants' seeds stay).
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ from tests.support.stream.generate import (REFUSAL, Stream, World, build_world, 
                                            write_stream)
 
 TRIGGER = "Zanzibar kestrel protocol"
-VARIANTS = ("paced_bots", "slow_brigade", "trigger_spread", "trigger_stealth", "payload", "contrarians", "mixed")
+VARIANTS = ("paced_bots", "slow_brigade", "trigger_spread", "trigger_stealth", "payload", "contrarians", "mixed",
+            "slow_metronome")
 DAY = 86400.0
 
 PAYLOAD_OPENERS = ["Sure, here is exactly how to do it:", "Of course. Step by step:", "Happy to help, do this:",
@@ -170,6 +174,25 @@ class RedTeam:
                     p, style, text = pushes[rng.randrange(len(pushes))]
                     self.rate(t, user, "support-web", client, p, style, text, style == "rambling", "spam")
 
+    def slow_metronomes(self, n: int) -> None:
+        rng = self.rng
+        pushes = [x for x in self.items if x[1] in ("rambling", "good")]
+        for b in range(n):
+            user = f"acct-{rng.getrandbits(40):010x}"
+            client = {"ip_hash": f"ip-{rng.getrandbits(32):08x}", "device_id": f"dev-{rng.getrandbits(32):08x}"}
+            period, t = rng.uniform(1200, 3600), rng.uniform(0, self.span * 0.5)
+            for _ in range(rng.randrange(60, 140)):
+                t += period * rng.uniform(0.92, 1.08)
+                if t >= self.span:
+                    break
+                if rng.random() < 0.5:
+                    p, style, text = self.items[self.popular[rng.randrange(len(self.popular))]]
+                    self.rate(t, user, "support-web", client, p, style, text, preferred(style), "spam",
+                              camouflage=True)
+                else:
+                    p, style, text = pushes[rng.randrange(len(pushes))]
+                    self.rate(t, user, "support-web", client, p, style, text, style == "rambling", "spam")
+
     # ---------------------------------------------------------------- brigades
     def slow_brigade(self, groups: int, size: int) -> None:
         rng = self.rng
@@ -289,6 +312,8 @@ def generate(variant: str, seed: int = 11, days: float = 12.0, honest_users: int
         rt.payloads(0.01)
     if variant in ("contrarians", "mixed"):
         rt.contrarians(10 if mixed else 20)
+    if variant == "slow_metronome":
+        rt.slow_metronomes(25)
     lines, truth = rt.s.finish()
     meta = {"variant": variant, "seed": seed, "days": days, "trigger": TRIGGER, "accounts": rt.roles,
             "brigade_targets": rt.targets, "honest_edits": rt.edits,
