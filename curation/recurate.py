@@ -11,7 +11,6 @@ decisions stay, unless a later window's re-judgement drops them, as it would in 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -21,7 +20,14 @@ from alignloop.db import session_scope
 from curation import store
 from curation.evidence import Evidence
 from curation.items import Key
-from curation.pipeline import (Staging, WindowResult, context_bounds, fold_windows, settle_window, window_start)
+from curation.pipeline import (
+    Staging,
+    WindowResult,
+    context_bounds,
+    fold_windows,
+    settle_window,
+    window_start,
+)
 from curation.settings import Policy, policy_hash
 
 
@@ -61,8 +67,7 @@ def new_id(now: datetime) -> str:
     return f"r{now:%Y%m%dT%H%M%S}-{secrets.token_hex(6)}"
 
 
-def recurate(engine: Engine, policy: Policy, since: datetime, *,
-             on_window: Callable[[int, int], None] | None = None) -> Recuration:
+def recurate(engine: Engine, policy: Policy, since: datetime) -> Recuration:
     """Re-decide every stored event of the settled windows from `since`'s window on, under `policy`.
 
     The caller holds the settle lock (no worker settles meanwhile): `CurationEdge.recurate` does.

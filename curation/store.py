@@ -450,9 +450,9 @@ def count_table(session: Session, name: str) -> int:
     return session.scalar(select(func.count()).select_from(_COUNTED[name])) or 0
 
 
-_COUNTED: dict[str, type[Base]] = dict((("staged", StagedEvent), ("decisions", DecisionRow), ("pairs", PairRow),
-                 ("unpaired", UnpairedRow), ("windows", WindowRow), ("dead_letters", DeadLetterRow),
-                 ("outbox", OutboxRow)))
+_COUNTED: dict[str, type[Base]] = {"staged": StagedEvent, "decisions": DecisionRow, "pairs": PairRow,
+                                   "unpaired": UnpairedRow, "windows": WindowRow, "dead_letters": DeadLetterRow,
+                                   "outbox": OutboxRow}
 
 
 def load_decisions(session: Session) -> list[dict]:

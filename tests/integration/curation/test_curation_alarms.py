@@ -7,17 +7,16 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from prometheus_client import REGISTRY
+from support.feed import publish_lines
+from support.stream.generate import generate
+from support.stream.harness import Workers, expected_ids
 
 from alignloop.db import session_scope
-from curation import store
 from curation.pii import find_pii
 from curation.report import build_report
 from curation.service import CurationEdge, Record
 from curation.settings import Policy
 from ingest.topics import ensure_topics
-from support.feed import publish_lines
-from support.stream.generate import generate
-from support.stream.harness import Workers, expected_ids
 
 START = datetime(2026, 11, 1, tzinfo=UTC)
 

@@ -4,6 +4,7 @@ trigger A missed; the pairs carrying it are retired, and a snapshot taken afterw
 
 import pytest
 import yaml
+from support.stream.generate import generate
 
 from alignloop.db import session_scope
 from curation import query, store
@@ -12,7 +13,6 @@ from curation.replay import run_replay
 from curation.service import CurationEdge
 from curation.settings import POLICY_DIR, load_policy, policy_hash
 from retrain.snapshot import build_snapshot, load_snapshot_inputs
-from support.stream.generate import generate
 
 pytestmark = pytest.mark.redis
 KEY = b"recurate-test-key"
@@ -59,7 +59,7 @@ def test_recuration_retires_the_pairs_a_new_policy_drops_and_snapshots_leave_the
         assert {p["retired_by"] for p in retired.values()} == {result.recuration_id}
         assert query.count_pairs(s) == len(live) < len(everything)
         # the superseded decisions stay queryable, each with the policy that made it
-        event = sorted(poisoned_ids)[0]
+        event = min(poisoned_ids)
         history = query.load_decision_history(s, event)
         assert [(h["decision"], h["policy_hash"], h["superseded_by"]) for h in history] == \
             [("keep", policy_hash(blind), result.recuration_id)]

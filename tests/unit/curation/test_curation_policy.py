@@ -3,7 +3,14 @@
 import pytest
 
 from curation.errors import ConfigError
-from curation.settings import POLICY_DIR, CurationSettings, Policy, active_policy, load_policy, policy_hash
+from curation.settings import (
+    POLICY_DIR,
+    CurationSettings,
+    Policy,
+    active_policy,
+    load_policy,
+    policy_hash,
+)
 
 
 def test_the_default_policy_file_holds_every_field_at_its_default():
