@@ -21,8 +21,9 @@ Variants:
 - contrarians: accounts that vote against the consensus on 25-45 popular items over the days.
 - mixed: every family above at a lower dose.
 - slow_metronome: bots that keep one sticky source and send one rating every 20-60 minutes (their own
-  period, 8% jitter) for days, half of them camouflage: one or two events per settle window, so no
-  window's rate or regularity test sees them (added after `mixed`, so the other variants' seeds stay).
+  period, 8% jitter) for days, half of them camouflage: one or two events per settle window, so a window's
+  regularity test (12 events in its 5-hour context) sees only the fastest (added after `mixed`, so the other
+  variants' seeds stay).
 """
 
 from __future__ import annotations
