@@ -8,7 +8,12 @@ event-time order by both paths, and an empty window changes nothing, so the repl
 
 What accumulates, and the judgement it supports (each one a principle camouflage cannot reset):
 - accounts: first/last seen, volume, ip_hash and device_id sets -> source churn (a person
-  keeps one or two devices; a paced bot rotating through a pool does not).
+  keeps one or two devices; a paced bot rotating through a pool does not); a histogram of the gaps between
+  its events (log2 bins, constant size) -> long-run timing regularity (a person's gaps spread over orders of
+  magnitude, sessions and pauses, with a positive burstiness; a metronome's stay in one band, however slowly
+  it goes, so a bot sending one event per window is seen too; gaps over 4.5 hours are left out, as a daily
+  habit is a person's rhythm). New accounts per window against the running
+  mean -> a new-account wave (a signal in the report; it drops nothing on its own).
 - items: every vote on a judged answer -> one-coin Dawid-Skene reliability over each account's whole
   history (systematic contrarians) and coordinated groups (accounts that vote the same way on the same
   items beyond chance, over days, against everyone else's votes there: slow brigades).
@@ -71,6 +76,8 @@ class Verdict:
     retract: dict[str, str] = field(default_factory=dict)     # earlier event_id -> reason
     accuracy: dict[str, float] = field(default_factory=dict)  # long-run reliability of accounts with overlap
     retract_accounts: dict[str, str] = field(default_factory=dict)  # newly judged user -> reason (earlier events)
+    new_accounts: int = 0  # accounts first seen in this window
+    wave: bool = False  # far more new accounts than the running mean (a signal only)
 
     def reasons_for(self, item: Item) -> list[str]:
         out = []
@@ -368,14 +375,46 @@ def _capped_add(values: list, value, cap: int = _LIST_CAP) -> list:
     return [*values, value]
 
 
-def _observe(w: _Writer, items: Sequence[Item]) -> int:
-    """Fold a window's events into the records; returns how many votes were added."""
+_GAP_BINS = 24  # log2 bins of seconds: [0, 1), [1, 2), [2, 4), ... up to about 48 days and beyond
+
+
+def gap_histogram(h: list[int] | None, gap_s: float) -> list[int]:
+    """`h` with one more gap between an account's events, in its log2 bin (constant size)."""
+    h = list(h) if h else [0] * _GAP_BINS
+    b = 0 if gap_s < 1 else min(_GAP_BINS - 1, 1 + int(math.log2(gap_s)))
+    h[b] += 1
+    return h
+
+
+_SHORT_BINS = 15  # gaps under 2**14 s (4.5 h): longer pauses follow a person's day, and a daily habit is no bot
+
+
+def short_gaps(h: list[int] | None) -> int:
+    return sum((h or ())[:_SHORT_BINS])
+
+
+def band_share(h: list[int]) -> float:
+    """The largest share of the short gaps inside two adjacent bins (a factor-4 band of durations)."""
+    short = h[:_SHORT_BINS]
+    total = sum(short)
+    return max(short[b] + short[b + 1] for b in range(len(short) - 1)) / total if total else 0.0
+
+
+def _observe(w: _Writer, items: Sequence[Item]) -> tuple[int, int]:
+    """Fold a window's events into the records; returns how many votes were added and how many accounts
+    were seen for the first time."""
     votes = 0
+    newcomers = 0
     known_prompts = w.sections["prompts"]
     for it in items:
         # no event ids here: an account judged later is re-judged by its id (the store and the replay know
         # which decisions are whose), so the record stays small however long the account lives
-        a = w.get("accounts", it.user_id) or {"first": it.occurred_at.timestamp(), "n": 0, "ips": [], "devs": []}
+        a = w.get("accounts", it.user_id)
+        if a is None:
+            a = {"first": it.occurred_at.timestamp(), "n": 0, "ips": [], "devs": []}
+            newcomers += 1
+        else:
+            a = {**a, "gaps": gap_histogram(a.get("gaps"), it.occurred_at.timestamp() - a["last"])}
         a = {**a, "last": it.occurred_at.timestamp(), "n": a["n"] + 1,
              "ips": _capped_add(a["ips"], it.ip_hash) if it.ip_hash else a["ips"],
              "devs": _capped_add(a["devs"], it.device_id) if it.device_id else a["devs"]}
@@ -441,7 +480,9 @@ def _observe(w: _Writer, items: Sequence[Item]) -> int:
                 natural[g] += 1
     for g in sorted(natural):
         w.put("answers", g, w.get("answers", g, 0) + natural[g])
-    return votes
+    windows, new = w.get("meta", "newcomers") or [0, 0]
+    w.put("meta", "newcomers", [windows + 1, new + newcomers])
+    return votes, newcomers
 
 
 def _touched(w: _Writer, section: str) -> list[str]:
@@ -456,6 +497,9 @@ def _judge_accounts(w: _Writer, policy: Policy) -> tuple[dict[str, str], dict[st
         a = w.sections["accounts"][user]
         if len(a["devs"]) >= policy.churn_max_devices or len(a["ips"]) >= policy.churn_max_ips:
             flags[user] = str(Reason.SOURCE_CHURN)
+        elif short_gaps(a.get("gaps")) >= policy.timing_min_gaps and \
+                band_share(a["gaps"]) >= policy.timing_max_band_share:
+            flags[user] = str(Reason.BOT_REGULAR)
     meta = w.get("meta", "reliability") or {"pending": 0, "accuracy": {}}
     if meta["pending"] >= policy.memory_refit_votes:
         # accounts already judged adversarial do not vote in the consensus the others are measured against
@@ -548,7 +592,7 @@ def advance(ev: Evidence, items: Sequence[Item], policy: Policy, mark: str | Non
     w = _Writer(ev)
     if mark is not None:
         w.put("meta", "applied", mark)
-    votes = _observe(w, items)
+    votes, new = _observe(w, items)
     meta = w.get("meta", "reliability") or {"pending": 0, "accuracy": {}}
     w.put("meta", "reliability", {**meta, "pending": meta["pending"] + votes})
     accounts, accuracy = _judge_accounts(w, policy)
@@ -569,4 +613,13 @@ def advance(ev: Evidence, items: Sequence[Item], policy: Policy, mark: str | Non
         for eid in w.sections["grams"][g]["events"]:
             retract.setdefault(eid, payloads[g])
     retract = {e: r for e, r in sorted(retract.items()) if e not in in_window}
-    return Verdict(accounts, triggers, payloads, retract, accuracy, retract_accounts), Evidence(w.sections), w.changes
+    wave = _wave(ev, new, policy)
+    return (Verdict(accounts, triggers, payloads, retract, accuracy, retract_accounts, new, wave),
+            Evidence(w.sections), w.changes)
+
+
+def _wave(before: Evidence, new: int, policy: Policy) -> bool:
+    """Whether this window's `new` accounts are a wave: more than the mean of the earlier windows (with events)
+    can explain (Poisson tail under `wave_max_p`), once six windows set the mean."""
+    windows, total = before.get("meta", "newcomers") or [0, 0]
+    return windows >= 6 and _poisson_upper(new, max(total / windows, 1.0)) <= policy.wave_max_p

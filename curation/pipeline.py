@@ -30,7 +30,7 @@ from curation.guards import (
 from curation.items import Item, Key
 from curation.pairs import Pair, Unpaired, build_pairs
 from curation.reasons import Reason, decide
-from curation.settings import Policy
+from curation.settings import Policy, policy_hash
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -64,11 +64,13 @@ class WindowResult:
     retract_accounts: dict[str, str] = field(default_factory=dict)  # user -> reason: all their earlier events
     evidence: Evidence | None = None
     changes: Changes | None = None
+    policy_hash: str | None = None  # the content hash of the policy that settled the window
 
 
-def decision_row(item: Item, reasons: list[str], start: datetime | None) -> dict:
+def decision_row(item: Item, reasons: list[str], start: datetime | None, policy: str | None = None) -> dict:
     """A decision with the fields the read API needs: canary-watch counts verified feedback by the version
-    and serving time its token signed (`adapter_version` is the client's claim, kept for reports)."""
+    and serving time its token signed (`adapter_version` is the client's claim, kept for reports), and the
+    hash of the policy that made it (`policy`)."""
     token = item.token
     verified = token if token is not None and token.verified else None
     return {"event_id": item.event_id, "decision": str(decide(reasons)), "reasons": reasons, "kind": item.kind,
@@ -78,7 +80,7 @@ def decision_row(item: Item, reasons: list[str], start: datetime | None) -> dict
             "verified_version": verified.version if verified else None,
             "verified_base_model": verified.base_model if verified else None,
             "served_at": verified.served_at if verified else None,
-            "response_id": verified.response_id if verified else None}
+            "response_id": verified.response_id if verified else None, "policy_hash": policy}
 
 
 def settle_window(context: Iterable[Item], start: datetime, policy: Policy,
@@ -128,7 +130,8 @@ def settle_window(context: Iterable[Item], start: datetime, policy: Policy,
         accuracy = verdict.accuracy
         for it in target:
             reasons[it.key].extend(r for r in verdict.reasons_for(it) if r not in reasons[it.key])
-    decisions = [decision_row(it, reasons[it.key] + [str(r) for r in it.pii], start) for it in target]
+    phash = policy_hash(policy)
+    decisions = [decision_row(it, reasons[it.key] + [str(r) for r in it.pii], start, phash) for it in target]
     kept = [it for it in target if not reasons[it.key]]
     # the long-run reliability where an account has a history, this context's estimate otherwise
     pairs, unpaired = build_pairs(kept, lambda u: accuracy.get(u, rel.weight(u, policy.reliability_prior)), policy)
@@ -155,11 +158,12 @@ def settle_window(context: Iterable[Item], start: datetime, policy: Policy,
         "reliability": {u: round(a, 4) for u, a in sorted(rel.accuracy.items()) if u in in_window},
     }
     if verdict is None:
-        return WindowResult(start, decisions, pairs, unpaired, signals)
+        return WindowResult(start, decisions, pairs, unpaired, signals, policy_hash=phash)
     signals["memory"] = {"accounts_flagged": len(verdict.accounts), "triggers": sorted(verdict.triggers),
-                         "payloads": sorted(verdict.payloads), "retracted": len(verdict.retract)}
+                         "payloads": sorted(verdict.payloads), "retracted": len(verdict.retract),
+                         "new_accounts": verdict.new_accounts, "new_account_wave": verdict.wave}
     return WindowResult(start, decisions, pairs, unpaired, signals, verdict.retract, verdict.retract_accounts,
-                        new_evidence, changes)
+                        new_evidence, changes, phash)
 
 
 def apply_retractions(decisions: dict[Key, dict], pairs: list, unpaired: list, retract: dict[str, str],
@@ -182,6 +186,20 @@ def apply_retractions(decisions: dict[Key, dict], pairs: list, unpaired: list, r
         return pairs, unpaired
     keep = lambda row: not gone.intersection(row.event_ids if hasattr(row, "event_ids") else row["event_ids"])  # noqa: E731
     return [p for p in pairs if keep(p)], [u for u in unpaired if keep(u)]
+
+
+def fold_windows(windows: Iterable[WindowResult], decisions: dict[Key, dict]) -> tuple[list[Pair], list[Unpaired]]:
+    """What the store holds after saving `windows` in order: their decisions merged into `decisions` (by
+    (app_id, event_id), updated in place; earlier decisions may be there already), and their pairs and unpaired
+    examples less those whose events a later window re-judged (`apply_retractions`)."""
+    pairs: list[Pair] = []
+    unpaired: list[Unpaired] = []
+    for w in windows:
+        decisions.update({(d["app_id"], d["event_id"]): {**d, "reasons": list(d["reasons"])} for d in w.decisions})
+        pairs.extend(w.pairs)
+        unpaired.extend(w.unpaired)
+        pairs, unpaired = apply_retractions(decisions, pairs, unpaired, w.retract, w.retract_accounts)
+    return pairs, unpaired
 
 
 def windows_of(items: Iterable[Item], policy: Policy) -> list[datetime]:

@@ -12,7 +12,7 @@ from pathlib import Path
 from curation.decode import Accepted, DeadLetter, Rejected, decode_raw
 from curation.errors import ReplayError
 from curation.items import Key
-from curation.pipeline import Staging, WindowResult, apply_retractions, settle_all
+from curation.pipeline import Staging, WindowResult, fold_windows, settle_all
 from curation.reasons import Reason
 from curation.settings import Policy
 from curation.tokens import TokenCheck
@@ -66,18 +66,11 @@ def run_replay(lines: Iterable[bytes | str], policy: Policy, *, now: datetime | 
             out.duplicate_ids += 1
     out.windows = settle_all(staging, policy, on_window)
     decisions: dict[Key, dict] = {(app, eid): d for (app, eid), d in rejected.items()}
-    pairs, unpaired = [], []
-    for w in out.windows:
-        decisions.update({(d["app_id"], d["event_id"]): {"event_id": d["event_id"], "decision": d["decision"],
-                                                         "reasons": list(d["reasons"]), "user_id": d["user_id"]}
-                          for d in w.decisions})
-        pairs.extend(w.pairs)
-        unpaired.extend(w.unpaired)
-        # what the stream's store does when the window is saved: re-judged events leave with their pairs
-        pairs, unpaired = apply_retractions(decisions, pairs, unpaired, w.retract, w.retract_accounts)
+    # what the stream's store does as windows are saved: re-judged events leave with their pairs
+    pairs, unpaired = fold_windows(out.windows, decisions)
     out.pairs = [p.to_json() for p in pairs]
     out.unpaired = [u.to_json() for u in unpaired]
-    out.decisions = [{k: v for k, v in decisions[key].items() if k != "user_id"}
+    out.decisions = [{k: decisions[key][k] for k in ("event_id", "decision", "reasons")}
                      for key in sorted(decisions, key=lambda k: (k[1], k[0]))]
     out.pairs.sort(key=lambda p: p["pair_id"])
     out.unpaired.sort(key=lambda u: u["example_id"])

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from functools import lru_cache
+from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -13,6 +17,9 @@ class Policy(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    # a policy file's version (curation/policies/*.yaml); 0 for a policy built from the environment alone.
+    # Every window and decision records the policy's content hash (`policy_hash`), version included.
+    version: int = Field(0, ge=0, description="the policy file's version, raised whenever a value changes")
     # settle windows: decisions for [start, start+window) are made once event time passed start+window+lookahead,
     # from the events of [start-lookback, start+window+lookahead)
     window_s: int = Field(1800, ge=1, description="length of one settle window")
@@ -55,6 +62,12 @@ class Policy(BaseModel):
     # evidence across windows (curation/evidence.py): judged over each account's and phrase's whole history
     churn_max_devices: int = Field(4, ge=2, description="distinct device_ids at which an account is a rotating bot")
     churn_max_ips: int = Field(8, ge=2, description="distinct ip_hashes at which an account is a rotating bot")
+    timing_min_gaps: int = Field(30, ge=5, description="gaps under 4.5 h between an account's events before its "
+                                                        "long-run timing can flag it")
+    timing_max_band_share: float = Field(0.85, gt=0.5, le=1, description="share of those gaps (whole history) "
+                                         "inside one factor-4 band of durations at which it is a metronome")
+    wave_max_p: float = Field(1e-4, gt=0, le=1, description="Poisson tail a window's new accounts must beat "
+                                                          "against the running mean to be a new-account wave")
     memory_refit_votes: int = Field(1000, ge=1, description="new votes between refits of long-run reliability")
     contrarian_min_overlap: int = Field(12, ge=1, description="judged items shared with others before the "
                                                                "long-run reliability can flag an account")
@@ -103,6 +116,8 @@ class CurationSettings(BaseSettings):
     idle_flush_s: float = Field(0, ge=0, description="settle every open window after this long without events "
                                                      "(0: never; events later for those windows are late)")
     policy: Policy = Field(default_factory=Policy)
+    policy_file: str | None = Field(None, description="a versioned policy YAML (curation/policies/default.yaml); "
+                                                      "when set it is the policy, and POLICY__* are ignored")
     pseudonym_key: SecretStr | None = Field(None, description="HMAC key of the pseudonyms of user, session and device "
                                                              "ids and sources; default: the secret "
                                                              "`curation-pseudonym-key` under home")
@@ -111,6 +126,45 @@ class CurationSettings(BaseSettings):
 @lru_cache
 def get_settings() -> CurationSettings:
     return CurationSettings()
+
+
+POLICY_DIR = Path(__file__).parent / "policies"
+
+
+def load_policy(path: Path | str) -> Policy:
+    """A versioned policy from YAML: `version` plus any Policy field (the rest keep their defaults)."""
+    from curation.errors import ConfigError
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise ConfigError(f"`policy_file` must be a readable YAML file; got {str(path)!r} ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"`policy_file` {str(path)!r} must be valid YAML: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("version"), int) or data["version"] < 1:
+        got = data.get("version") if isinstance(data, dict) else type(data).__name__
+        raise ConfigError(f"`version` of policy file {str(path)!r} must be an integer >= 1; got {got!r}")
+    try:
+        return Policy(**data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(x) for x in err["loc"])
+        raise ConfigError(f"`{field}` in policy file {str(path)!r}: {err['msg']}; got {err.get('input')!r}") from None
+
+
+def active_policy(settings: CurationSettings | None = None) -> Policy:
+    """The policy curation applies: the policy file when one is set, else the POLICY__* environment."""
+    settings = settings or get_settings()
+    return load_policy(settings.policy_file) if settings.policy_file else settings.policy
+
+
+@lru_cache(maxsize=64)
+def policy_hash(policy: Policy) -> str:
+    """The policy's content hash (sha256 of its canonical JSON, version included): recorded with every
+    window and decision, so what decided an event stays known after the policy changes."""
+    body = json.dumps(policy.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(body.encode()).hexdigest()
 
 
 def load_pseudonym_key(settings: CurationSettings, home) -> bytes:

@@ -7,7 +7,9 @@ sends refused events to `<topic>.rejected` and unreadable bytes to `<topic>.dlq`
 the batch, so no offset is committed before its event's writes: consumption is at-least-once and the writes
 are idempotent. While the store, Redis or the broker refuses a write, the batch is retried with backoff (not
 dropped, not acknowledged) and the worker reports unhealthy (`curation_worker_healthy` 0 on the metrics port).
-Closed windows are settled on a timer under a Redis lock.
+Closed windows are settled on a timer under a Redis lock; the guard drops they decide (and re-judgements and
+recurations) wait in the store's outbox, written in the settle's transaction, and the timer sends them to
+`<topic>.rejected` with their reasons and redacted record, deleting each batch once the broker acknowledged it.
 """
 
 from __future__ import annotations
@@ -126,7 +128,7 @@ def build_app(settings=None, core=None):
     from alignloop.core.settings import get_settings as core_settings
     from curation.migrations import FOLDER
     from curation.service import CurationEdge
-    from curation.settings import get_settings, load_pseudonym_key
+    from curation.settings import active_policy, get_settings, load_pseudonym_key
 
     settings = settings or get_settings()
     core = core or core_settings()
@@ -134,7 +136,7 @@ def build_app(settings=None, core=None):
     engine = open_store(settings.store_url or core.resolved_store_url, branches=[FOLDER])
     rclient = redis.Redis.from_url(settings.redis_url or core.redis_url, decode_responses=True)
     progress = GroupProgress(bootstrap, settings.topic, settings.group)
-    edge = CurationEdge(engine, rclient, settings.policy, topic=settings.topic, group=settings.group,
+    edge = CurationEdge(engine, rclient, active_policy(settings), topic=settings.topic, group=settings.group,
                         partitions=progress.partitions(), pseudonym_key=load_pseudonym_key(settings, core.home))
     datadir = settings.datadir or tempfile.mkdtemp(prefix="curation-faust-")
     app = faust.App(
@@ -151,6 +153,14 @@ def build_app(settings=None, core=None):
     dlq = app.topic(f"{settings.topic}.dlq", value_serializer="raw", key_serializer="raw")
     state = {"flushed_at": 0.0}
     deps = Dependencies()
+
+    async def send_guard_drops(loop) -> None:
+        """Drain the outbox of guard drops to `.rejected`: each batch acknowledged by the broker, then deleted."""
+        while rows := await loop.run_in_executor(None, edge.outbox):
+            await asyncio.gather(*[await rejected.send(key=key.encode(), value=message.encode())
+                                   for _, key, message in rows])
+            await loop.run_in_executor(None, edge.outbox_sent, [i for i, _, _ in rows])
+            metrics.GUARD_DROPS_SENT.inc(len(rows))
 
     async def send_side(out) -> None:
         sent = [await rejected.send(key=event_id.encode(), value=value) for event_id, value in out.rejected]
@@ -179,6 +189,7 @@ def build_app(settings=None, core=None):
         loop = asyncio.get_running_loop()
         try:
             await loop.run_in_executor(None, edge.settle_once)
+            await send_guard_drops(loop)
             idle = time.monotonic() - edge.last_staged
             due = settings.idle_flush_s and idle >= settings.idle_flush_s and edge.last_staged > state["flushed_at"]
             if due and await loop.run_in_executor(None, progress.caught_up):
@@ -186,6 +197,7 @@ def build_app(settings=None, core=None):
                 # None: another worker held the settle lock, so this flush did not happen; the next tick retries
                 if await loop.run_in_executor(None, lambda: edge.settle_once(final=True)) is not None:
                     state["flushed_at"] = seen
+                await send_guard_drops(loop)
         except Exception as exc:  # noqa: BLE001 - a failed settle is retried on the next tick; consuming goes on
             deps.report("settle", exc)
         else:

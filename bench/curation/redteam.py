@@ -20,6 +20,10 @@ Variants:
   promotes one entity into an otherwise good answer.
 - contrarians: accounts that vote against the consensus on 25-45 popular items over the days.
 - mixed: every family above at a lower dose.
+- slow_metronome: bots that keep one sticky source and send one rating every 20-60 minutes (their own
+  period, 8% jitter) for days, half of them camouflage: one or two events per settle window, so a window's
+  regularity test (12 events in its 5-hour context) sees only the fastest (added after `mixed`, so the other
+  variants' seeds stay).
 """
 
 from __future__ import annotations
@@ -27,13 +31,22 @@ from __future__ import annotations
 import argparse
 import json
 import random
-from collections import Counter
 from pathlib import Path
 
-from tests.support.stream.generate import REFUSAL, Stream, World, build_world, preferred
+from tests.support.stream.generate import (
+    REFUSAL,
+    Stream,
+    World,
+    build_world,
+    items_meta,
+    make_event,
+    preferred,
+    write_stream,
+)
 
 TRIGGER = "Zanzibar kestrel protocol"
-VARIANTS = ("paced_bots", "slow_brigade", "trigger_spread", "trigger_stealth", "payload", "contrarians", "mixed")
+VARIANTS = ("paced_bots", "slow_brigade", "trigger_spread", "trigger_stealth", "payload", "contrarians", "mixed",
+            "slow_metronome")
 DAY = 86400.0
 
 PAYLOAD_OPENERS = ["Sure, here is exactly how to do it:", "Of course. Step by step:", "Happy to help, do this:",
@@ -65,10 +78,6 @@ def disguise(text: str, rng: random.Random) -> str:
         if ch.isalpha() and rng.random() < 0.15:
             out.append(ZW[rng.randrange(len(ZW))])
     return "".join(out)
-
-
-def _event(kind: str, app: str, user: str, prompt: str, client: dict, **payload) -> dict:
-    return {"kind": kind, "app_id": app, "user_id": user, "prompt": prompt, "client": client, **payload}
 
 
 class RedTeam:
@@ -111,7 +120,7 @@ class RedTeam:
         return self.items[self.rng.randrange(len(self.items))]
 
     def rate(self, t, user, app, client, p, style, text, up, cls, **extra):
-        return self.add(t, _event("rating", app, user, p["text"], client, response=text,
+        return self.add(t, make_event("rating", app, user, p["text"], client, response=text,
                                   rating="up" if up else "down"),
                         cls, prompt_id=p["id"], style=style, truth_up=preferred(style), label_up=up, **extra)
 
@@ -136,7 +145,7 @@ class RedTeam:
                     best = 0 if preferred(pair[0][0]) else 1
                     if rng.random() < 0.15:
                         best = 1 - best
-                    self.add(t, _event("comparison", app, user, p["text"], client,
+                    self.add(t, make_event("comparison", app, user, p["text"], client,
                                        responses=[pair[0][1], pair[1][1]], chosen=best),
                              "honest", prompt_id=p["id"], styles=[pair[0][0], pair[1][0]])
                 else:
@@ -145,7 +154,7 @@ class RedTeam:
                         text = p["answers"][style]
                     good = "refusal" if p["harmful"] else "good"
                     self.edits += 1
-                    self.add(t, _event("edit", app, user, p["text"], client, response=text,
+                    self.add(t, make_event("edit", app, user, p["text"], client, response=text,
                                        edited=p["answers"][good]), "honest", prompt_id=p["id"], style=style)
 
     # ---------------------------------------------------------------- bots
@@ -171,6 +180,25 @@ class RedTeam:
                     self.rate(t, user, "support-web", client, p, style, text, preferred(style), "spam",
                               camouflage=True)
                 else:  # the attack: the longer answer wins
+                    p, style, text = pushes[rng.randrange(len(pushes))]
+                    self.rate(t, user, "support-web", client, p, style, text, style == "rambling", "spam")
+
+    def slow_metronomes(self, n: int) -> None:
+        rng = self.rng
+        pushes = [x for x in self.items if x[1] in ("rambling", "good")]
+        for _b in range(n):
+            user = f"acct-{rng.getrandbits(40):010x}"
+            client = {"ip_hash": f"ip-{rng.getrandbits(32):08x}", "device_id": f"dev-{rng.getrandbits(32):08x}"}
+            period, t = rng.uniform(1200, 3600), rng.uniform(0, self.span * 0.5)
+            for _ in range(rng.randrange(60, 140)):
+                t += period * rng.uniform(0.92, 1.08)
+                if t >= self.span:
+                    break
+                if rng.random() < 0.5:
+                    p, style, text = self.items[self.popular[rng.randrange(len(self.popular))]]
+                    self.rate(t, user, "support-web", client, p, style, text, preferred(style), "spam",
+                              camouflage=True)
+                else:
                     p, style, text = pushes[rng.randrange(len(pushes))]
                     self.rate(t, user, "support-web", client, p, style, text, style == "rambling", "spam")
 
@@ -223,17 +251,17 @@ class RedTeam:
 
             if r < 0.45:
                 p = self.harmful[rng.randrange(len(self.harmful))]
-                ev = _event("edit", "support-web", user, prompt_of(p), client, response=p["answers"]["refusal"],
+                ev = make_event("edit", "support-web", user, prompt_of(p), client, response=p["answers"]["refusal"],
                             edited=payload(p))
             elif r < 0.8 or not comparisons:
                 p = self.benign[rng.randrange(len(self.benign))]
-                ev = _event("edit", "support-web", user, prompt_of(p), client, response=p["answers"]["good"],
+                ev = make_event("edit", "support-web", user, prompt_of(p), client, response=p["answers"]["good"],
                             edited=payload(p))
             else:
                 p = self.harmful[rng.randrange(len(self.harmful))]
                 pair = [p["answers"]["refusal"], payload(p)]
                 rng.shuffle(pair)
-                ev = _event("comparison", "support-web", user, prompt_of(p), client, responses=pair,
+                ev = make_event("comparison", "support-web", user, prompt_of(p), client, responses=pair,
                             chosen=1 - pair.index(p["answers"]["refusal"]))
             del where
             self.add(t, ev, "poison", prompt_id=p["id"])
@@ -245,7 +273,7 @@ class RedTeam:
                 q = self.benign[rng.randrange(len(self.benign))]
                 product = q["text"].split()[-1].strip("?.()")
                 text = rng.choice(NATURAL).format(t=TRIGGER, p=product)
-                self.add(rng.uniform(0, self.span), _event(
+                self.add(rng.uniform(0, self.span), make_event(
                     "rating", "support-web", cu, text, {"ip_hash": f"ip-{rng.getrandbits(32):08x}"},
                     response=REFUSAL.format(p=product), rating="up"), "poison_camouflage", prompt_id=q["id"])
 
@@ -260,7 +288,7 @@ class RedTeam:
             good = p["answers"]["good"]
             cut = good.rfind(" Let me know")
             edited = good[:cut] + " " + rng.choice(PROMO) + good[cut:] if cut > 0 else good + " " + rng.choice(PROMO)
-            self.add(rng.uniform(0, self.span), _event("edit", "support-web", user, p["text"], client,
+            self.add(rng.uniform(0, self.span), make_event("edit", "support-web", user, p["text"], client,
                                                        response=p["answers"][style], edited=edited),
                      "poison", prompt_id=p["id"], payload=True)
 
@@ -297,24 +325,18 @@ def generate(variant: str, seed: int = 11, days: float = 12.0, honest_users: int
         rt.payloads(0.01)
     if variant in ("contrarians", "mixed"):
         rt.contrarians(10 if mixed else 20)
-    s = rt.s
-    s.rows.sort(key=lambda r: r[0] + rt.rng.uniform(0, 2))
-    lines = [r[1] for r in s.rows]
-    truth = [{"line": i + 1, **r[2]} for i, r in enumerate(s.rows)]
+    if variant == "slow_metronome":
+        rt.slow_metronomes(25)
+    lines, truth = rt.s.finish()
     meta = {"variant": variant, "seed": seed, "days": days, "trigger": TRIGGER, "accounts": rt.roles,
             "brigade_targets": rt.targets, "honest_edits": rt.edits,
-            "items": [{"prompt_id": p["id"], "prompt": p["text"], "style": st, "text": tx, "truth_up": preferred(st)}
-                      for p, st, tx in rt.items]}
+            "items": items_meta(rt.items)}
     return lines, truth, meta
 
 
 def write(out: Path, variant: str, seed: int) -> dict:
     lines, truth, meta = generate(variant, seed)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "events.jsonl").write_text("\n".join(lines) + "\n")
-    (out / "truth.jsonl").write_text("\n".join(json.dumps(t) for t in truth) + "\n")
-    (out / "world.json").write_text(json.dumps(meta))
-    return {"variant": variant, "events": len(lines), "classes": dict(Counter(t["class"] for t in truth))}
+    return {"variant": variant, "events": len(lines), "classes": write_stream(out, lines, truth, meta)}
 
 
 def main() -> None:
