@@ -248,6 +248,7 @@ class KafkaBroker(_Service):
         data = self.state / "data"
         plain = ("org.apache.kafka.common.security.plain.PlainLoginModule required "
                  f'username="broker" password="{self.broker_password}" user_broker="{self.broker_password}";')
+        scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
         props = {
             "process.roles": "broker,controller",
             "node.id": "1",
@@ -261,8 +262,7 @@ class KafkaBroker(_Service):
             "sasl.mechanism.controller.protocol": "PLAIN",
             "listener.name.client.sasl.enabled.mechanisms": f"{self.mechanism},PLAIN",
             "listener.name.client.plain.sasl.jaas.config": plain,
-            f"listener.name.client.{self.mechanism.lower()}.sasl.jaas.config":
-                "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+            f"listener.name.client.{self.mechanism.lower()}.sasl.jaas.config": scram,
             "listener.name.controller.sasl.enabled.mechanisms": "PLAIN",
             "listener.name.controller.plain.sasl.jaas.config": plain,
             "min.insync.replicas": str(self.min_insync_replicas),
