@@ -1,1 +1,2 @@
-"""alignloop's core: settings, the store foundation, the local stack and the CLI that composes the packages."""
+"""alignloop: the ground package `alignloop.core` below every stage, and the composition (`alignloop.cli`,
+`alignloop.demo`) above them all."""

@@ -45,7 +45,8 @@ def rows() -> list[tuple[str, str, str, str]]:
         out.append(("curation: one worker", f"{t['worker_events_per_s']:.0f} ev/s ({t['ratio_worker_over_bare']:.2f}x)",
                     f"bare aiokafka loop, same filters: {t['bare_aiokafka_events_per_s']:.0f} ev/s", cmd))
         out.append(("curation: event -> stored at 1,000 ev/s",
-                    f"p50 {lat['event_to_stored']['p50_s']:.1f} s, p95 {lat['event_to_stored']['p95_s']:.1f} s", "-", cmd))
+                    f"p50 {lat['event_to_stored']['p50_s']:.1f} s, p95 {lat['event_to_stored']['p95_s']:.1f} s",
+                    "-", cmd))
     if (d := _load("retrain")) is not None:
         r = d["results"]
         cmd = d.get("command", "python bench/retrain/run.py")
@@ -53,7 +54,8 @@ def rows() -> list[tuple[str, str, str, str]]:
         for key, label in (("alignloop_cold", "first run"), ("alignloop_warm", "retrain, cached reference")):
             out.append((f"retrain: DPO pairs/s, {label}{epochs}", f"{r[key]['pairs_per_s']:.1f} pairs/s, "
                         f"{r[key]['peak_rss_mb']:.0f} MB",
-                        f"plain TRL {r['trl_plain']['pairs_per_s']:.1f} (defaults {r['trl_defaults']['pairs_per_s']:.1f}), "
+                        f"plain TRL {r['trl_plain']['pairs_per_s']:.1f} "
+                        f"(defaults {r['trl_defaults']['pairs_per_s']:.1f}), "
                         f"hand-written {r['handwritten']['pairs_per_s']:.1f} pairs/s", cmd))
     if (d := _load("retrain_acceptance")) is not None:
         out.append(("retrain: 1,000 style pairs", f"held-out accuracy {d['heldout_accuracy']:.2f}, "
@@ -64,11 +66,14 @@ def rows() -> list[tuple[str, str, str, str]]:
         s, lr, tps = d["swap"], d["load_vs_resident"], d["tokens_per_s"]
         cmd = "python bench/deploy/run.py"
         out.append(("deploy: adapter swap", f"{s['alignloop_swap_in_place_ms']:.1f} ms in place, "
-                    f"{s['alignloop_swap_new_slot_ms']:.1f} ms new slot", f"full reload {s['full_reload_ms']:.1f} ms", cmd))
-        out.append(("deploy: install with 50 adapters resident", f"{lr['alignloop_ratio_50_over_1']:.2f}x of 1 resident; "
-                    f"serving (LRU) after 100 swaps {lr['serving_lru4_ratio_long_lived_over_fresh']:.2f}x fresh",
+                    f"{s['alignloop_swap_new_slot_ms']:.1f} ms new slot", f"full reload {s['full_reload_ms']:.1f} ms",
+                    cmd))
+        out.append(("deploy: install with 50 adapters resident",
+                    f"{lr['alignloop_ratio_50_over_1']:.2f}x of 1 resident; serving (LRU) after 100 swaps "
+                    f"{lr['serving_lru4_ratio_long_lived_over_fresh']:.2f}x fresh",
                     f"PEFT load_adapter {lr['peft_ratio_50_over_1']:.2f}x", cmd))
-        out.append(("deploy: tokens/s", f"adapter {tps['adapter_over_base']:.2f}x, merged {tps['merged_over_base']:.2f}x",
+        out.append(("deploy: tokens/s",
+                    f"adapter {tps['adapter_over_base']:.2f}x, merged {tps['merged_over_base']:.2f}x",
                     f"base {tps['base_plain_model']:.0f} tok/s", cmd))
     return out
 

@@ -12,14 +12,15 @@ app = typer.Typer(help=__import__("curation").__doc__, no_args_is_help=True)
 
 
 def _engine(store_url: str | None):
-    from alignloop.db import open_store
-    from alignloop.settings import get_settings as core_settings
+    from alignloop.core.db import open_store
+    from alignloop.core.settings import get_settings as core_settings
+    from curation.migrations import FOLDER
     from curation.settings import get_settings
 
-    return open_store(store_url or get_settings().store_url or core_settings().resolved_store_url)
+    return open_store(store_url or get_settings().store_url or core_settings().resolved_store_url, branches=[FOLDER])
 
 
-def _now(value: str | None) -> datetime | None:
+def _now(value: str | None, option: str = "--now") -> datetime | None:
     if value is None:
         return None
     from curation.errors import CurationError
@@ -27,10 +28,29 @@ def _now(value: str | None) -> datetime | None:
     try:
         t = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise CurationError(f"`--now` must be an ISO 8601 time with zone like 2026-11-01T00:00:00Z; got {value!r}")
+        raise CurationError(
+            f"`{option}` must be an ISO 8601 time with zone like 2026-11-01T00:00:00Z; got {value!r}") from None
     if t.tzinfo is None:
-        raise CurationError(f"`--now` must carry a zone (Z or +hh:mm); got {value!r}")
+        raise CurationError(f"`{option}` must carry a zone (Z or +hh:mm); got {value!r}")
     return t
+
+
+def _policy(path: Path | None):
+    from curation.settings import active_policy, load_policy
+
+    return load_policy(path) if path is not None else active_policy()
+
+
+def _edge(store_url: str | None, policy):
+    import redis
+
+    from alignloop.core.settings import get_settings as core_settings
+    from curation.service import CurationEdge
+    from curation.settings import get_settings
+
+    s, core = get_settings(), core_settings()
+    return CurationEdge(_engine(store_url), redis.Redis.from_url(s.redis_url or core.redis_url, decode_responses=True),
+                        policy, topic=s.topic, group=s.group)
 
 
 @app.command("replay")
@@ -43,27 +63,29 @@ def replay(
     now: str | None = typer.Option(None, "--now", help="the broker's time of every line: occurred_at may lead it by "
                                                         "a day (contract) and by policy.max_future_skew_s (else "
                                                         "future_event); default: now"),
+    policy: Path | None = typer.Option(None, "--policy", help="a versioned policy YAML (default: the configured "
+                                                              "policy file, else the POLICY__* environment)"),
     as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
 ) -> None:
     """Curate an event file offline through the same decode and settle code as the stream worker."""
     from rich.progress import Progress
 
     from curation.replay import load_lines, reason_counts, run_replay, save_jsonl
-    from curation.settings import get_settings
 
     with Progress(transient=True) as progress:
         task = progress.add_task("settling windows", total=None)
-        result = run_replay(load_lines(input), get_settings().policy, now=_now(now),
+        result = run_replay(load_lines(input), _policy(policy), now=_now(now),
                             on_window=lambda i, n: progress.update(task, completed=i, total=n))
     written = {"decisions": save_jsonl(decisions, result.decisions), "pairs": save_jsonl(pairs, result.pairs),
                "unpaired": save_jsonl(unpaired, result.unpaired), "dlq": save_jsonl(dlq, result.dlq)}
+    reasons = reason_counts(result.decisions)
     summary = {"decisions": len(result.decisions), "pairs": len(result.pairs), "unpaired": len(result.unpaired),
                "dlq": len(result.dlq), "duplicate_event_ids": result.duplicate_ids,
-               "reasons": reason_counts(result.decisions), "written": written}
+               "reasons": reasons, "written": written}
     typer.echo(json.dumps(summary) if as_json else
                f"{summary['decisions']} decisions, {summary['pairs']} pairs, {summary['unpaired']} unpaired, "
                f"{summary['dlq']} dead letters, {result.duplicate_ids} repeated event ids\n"
-               + "\n".join(f"  {k}: {v}" for k, v in summary["reasons"].items()))
+               + "\n".join(f"  {k}: {v}" for k, v in reasons.items()))
 
 
 @app.command("export")
@@ -71,12 +93,13 @@ def export(
     decisions: Path | None = typer.Option(None, "--decisions", help="write {event_id, decision, reasons} lines"),
     pairs: Path | None = typer.Option(None, "--pairs", help="write preference pairs"),
     unpaired: Path | None = typer.Option(None, "--unpaired", help="write unpaired KTO examples"),
-    dlq: Path | None = typer.Option(None, "--dlq", help="write dead letters ({line: partition:offset, sha256, reason})"),
+    dlq: Path | None = typer.Option(None, "--dlq",
+                                    help="write dead letters ({line: partition:offset, sha256, reason})"),
     store_url: str | None = typer.Option(None, "--store-url", help="SQLAlchemy URL (default: the configured store)"),
     as_json: bool = typer.Option(False, "--json", help="print the counts as JSON"),
 ) -> None:
     """Write the store's decisions, pairs, unpaired examples and dead letters in the replay's formats."""
-    from alignloop.db import session_scope
+    from alignloop.core.db import session_scope
     from curation import query, store
     from curation.replay import save_jsonl
 
@@ -95,21 +118,38 @@ def settle(
     store_url: str | None = typer.Option(None, "--store-url", help="SQLAlchemy URL (default: the configured store)"),
 ) -> None:
     """Settle the windows whose context is complete (all open ones with --final), as the worker's timer does."""
-    import redis
-
-    from alignloop.settings import get_settings as core_settings
-    from curation.service import CurationEdge
     from curation.settings import get_settings
 
-    s, core = get_settings(), core_settings()
-    edge = CurationEdge(_engine(store_url), redis.Redis.from_url(s.redis_url or core.redis_url, decode_responses=True),
-                        s.policy, topic=s.topic, group=s.group)
-    results = edge.settle_once(final=final, wait_s=60)
+    s = get_settings()
+    results = _edge(store_url, _policy(None)).settle_once(final=final, wait_s=60)
     if results is None:
         typer.echo(f"another worker held the settle lock for 60 s (group {s.group!r}, topic {s.topic!r}); "
                    "nothing was settled: try again", err=True)
         raise typer.Exit(1)
     typer.echo(f"settled {len(results)} windows")
+
+
+@app.command("recurate")
+def recurate(
+    since: str = typer.Option(..., "--since", help="ISO 8601 time with zone: events of its window and later are "
+                                                   "re-decided"),
+    policy: Path | None = typer.Option(None, "--policy", help="a versioned policy YAML (default: the configured one)"),
+    store_url: str | None = typer.Option(None, "--store-url", help="SQLAlchemy URL (default: the configured store)"),
+    as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
+) -> None:
+    """Re-decide stored events under a policy: new decisions supersede old ones (kept as history), pairs and
+    unpaired examples built from now-dropped events are retired; snapshots taken afterwards use only these."""
+    from curation.settings import get_settings
+
+    s = get_settings()
+    result = _edge(store_url, _policy(policy)).recurate(_now(since, "--since"), _policy(policy), wait_s=60)
+    if result is None:
+        typer.echo(f"another worker held the settle lock for 60 s (group {s.group!r}, topic {s.topic!r}); "
+                   "nothing was recurated: try again", err=True)
+        raise typer.Exit(1)
+    out = {"recuration_id": result.recuration_id, "policy_hash": result.policy_hash,
+           "since": result.since.isoformat(), **result.summary()}
+    typer.echo(json.dumps(out) if as_json else "\n".join(f"{k}: {v}" for k, v in out.items()))
 
 
 @app.command("worker")
@@ -126,7 +166,7 @@ def report(
     as_json: bool = typer.Option(False, "--json", help="print machine-readable JSON"),
 ) -> None:
     """Counts by reason, keep rate per app, Krippendorff's alpha per window and drift alarms, from the store."""
-    from alignloop.db import session_scope
+    from alignloop.core.db import session_scope
     from curation.report import build_report
 
     with session_scope(_engine(store_url)) as session:

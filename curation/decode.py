@@ -1,4 +1,4 @@
-"""The per-event first step shared by the stream and the replay: bytes -> a redacted Item, a rejection or a dead letter."""
+"""The per-event first step of the stream and the replay: bytes -> a redacted Item, a rejection or a dead letter."""
 
 from __future__ import annotations
 
@@ -8,13 +8,12 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from ingest.errors import EventError
-from ingest.events import parse_event
-
 from curation.items import Item, build_item
 from curation.pii import redact_raw, safe_errors
 from curation.reasons import Reason, contract_reason
 from curation.tokens import TokenCheck
+from ingest.errors import EventError
+from ingest.events import parse_event
 
 _APP = re.compile(r"[a-z0-9-]{1,64}")
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
@@ -81,10 +80,7 @@ def decode_raw(raw: bytes | str, *, now: datetime | None = None, max_future_s: f
         from curation.settings import default_pseudonym_key
 
         pseudonym_key = default_pseudonym_key()
-    if isinstance(raw, str):
-        raw_bytes = raw.encode("utf-8", "surrogatepass")
-    else:
-        raw_bytes = bytes(raw)
+    raw_bytes = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else bytes(raw)
     try:
         event = parse_event(raw_bytes, now=now)
     except EventError as exc:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from alignloop.errors import AlignloopError
+from alignloop.core.errors import AlignloopError
 
 
 class CurationError(AlignloopError):

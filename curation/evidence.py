@@ -8,7 +8,12 @@ event-time order by both paths, and an empty window changes nothing, so the repl
 
 What accumulates, and the judgement it supports (each one a principle camouflage cannot reset):
 - accounts: first/last seen, volume, ip_hash and device_id sets -> source churn (a person
-  keeps one or two devices; a paced bot rotating through a pool does not).
+  keeps one or two devices; a paced bot rotating through a pool does not); a histogram of the gaps between
+  its events (log2 bins, constant size) -> long-run timing regularity (a person's gaps spread over orders of
+  magnitude, sessions and pauses, with a positive burstiness; a metronome's stay in one band, however slowly
+  it goes, so a bot sending one event per window is seen too; gaps over 4.5 hours are left out, as a daily
+  habit is a person's rhythm). New accounts per window against the running
+  mean -> a new-account wave (a signal in the report; it drops nothing on its own).
 - items: every vote on a judged answer -> one-coin Dawid-Skene reliability over each account's whole
   history (systematic contrarians) and coordinated groups (accounts that vote the same way on the same
   items beyond chance, over days, against everyone else's votes there: slow brigades).
@@ -54,7 +59,7 @@ class Evidence:
         return self.sections[section].get(key, default)
 
     @classmethod
-    def from_rows(cls, rows: Iterable[tuple[str, str, object]]) -> "Evidence":
+    def from_rows(cls, rows: Iterable[tuple[str, str, object]]) -> Evidence:
         sections: dict[str, dict] = {s: {} for s in SECTIONS}
         for section, key, value in rows:
             sections.setdefault(section, {})[key] = value
@@ -71,6 +76,8 @@ class Verdict:
     retract: dict[str, str] = field(default_factory=dict)     # earlier event_id -> reason
     accuracy: dict[str, float] = field(default_factory=dict)  # long-run reliability of accounts with overlap
     retract_accounts: dict[str, str] = field(default_factory=dict)  # newly judged user -> reason (earlier events)
+    new_accounts: int = 0  # accounts first seen in this window
+    wave: bool = False  # far more new accounts than the running mean (a signal only)
 
     def reasons_for(self, item: Item) -> list[str]:
         out = []
@@ -226,7 +233,7 @@ def fit_reliability(items: dict, prior: float, strength: float, iterations: int 
                 best = max(score.values())
                 winners = [lab for lab, s in score.items() if s == best]
                 score[label] += w
-                if len(winners) != 1 or best <= 0 and len(score) == 1:
+                if len(winners) != 1 or (best <= 0 and len(score) == 1):
                     continue
                 seen[u] += 1
                 agree[u] += winners[0] == label
@@ -245,8 +252,8 @@ def coordinated_groups(items: dict, exclude: set[str], max_p: float, min_account
     """Groups of accounts that vote the same way on the same items more than chance, against everyone else.
 
     1. Two accounts are linked when their same-way votes on the same items exceed chance: a Poisson tail
-       under `link_p` (default `max_p`) with mean n_a x n_b x sum of squared (item, label) shares (popular items are shared
-       by honest heavy voters too, and this mean says how much).
+       under `link_p` (default `max_p`) with mean n_a x n_b x sum of squared (item, label) shares (popular items
+       are shared by honest heavy voters too, and this mean says how much).
     2. Members keep at least three links inside their group (a 3-core), so chance links chain nobody.
     3. On each item, the members voting one way (three or more) are tested against the other accounts'
        rate for that label (binomial tail under `max_p`): honest heavy voters co-vote too, but the way
@@ -280,7 +287,7 @@ def _chance_links(votes: dict[str, list[tuple[str, str]]], link_p: float) -> dic
             share[(k, lab)] += 1
     s2 = sum((c / total) ** 2 for c in share.values())
     pair: dict[tuple[str, str], int] = defaultdict(int)
-    for k, vs in votes.items():
+    for vs in votes.values():
         by_label: dict[str, list[str]] = defaultdict(list)
         for u, lab in vs:
             by_label[lab].append(u)
@@ -325,14 +332,14 @@ def _against_everyone(members: set[str], votes: dict[str, list[tuple[str, str]]]
                 inside[lab].add(u)
             elif u not in exclude:
                 rest[lab] += 1
-        for lab, who in sorted(inside.items()):
-            if len(who) < 3:
+        for lab, voters in sorted(inside.items()):
+            if len(voters) < 3:
                 continue
             # how likely this many members vote `lab` if they voted like everyone else does on this item
             p_lab = (rest.get(lab, 0) + 1.0) / (sum(rest.values()) + 2.0)
-            if p_lab < 0.5 and upper_tail(len(who), [p_lab] * (len(who) + sum(
+            if p_lab < 0.5 and upper_tail(len(voters), [p_lab] * (len(voters) + sum(
                     len(o) for lb, o in inside.items() if lb != lab))) <= max_p:
-                for u in who:
+                for u in voters:
                     against[u] += 1
     return sorted(u for u, n in against.items() if n >= 2)
 
@@ -364,15 +371,42 @@ class _Writer:
 def _capped_add(values: list, value, cap: int = _LIST_CAP) -> list:
     if value in values or len(values) >= cap:
         return values
-    return values + [value]
+    return [*values, value]
 
 
-def _observe(w: _Writer, items: Sequence[Item]) -> int:
-    """Fold a window's events into the records; returns how many votes were added."""
+_GAP_BINS = 24  # log2 bins of seconds: [0, 1), [1, 2), [2, 4), ... up to about 48 days and beyond
+
+
+def gap_histogram(h: list[int] | None, gap_s: float) -> list[int]:
+    """`h` with one more gap between an account's events, in its log2 bin (constant size)."""
+    h = list(h) if h else [0] * _GAP_BINS
+    b = 0 if gap_s < 1 else min(_GAP_BINS - 1, 1 + int(math.log2(gap_s)))
+    h[b] += 1
+    return h
+
+
+_SHORT_BINS = 15  # gaps under 2**14 s (4.5 h): longer pauses follow a person's day, and a daily habit is no bot
+
+
+def short_gaps(h: list[int] | None) -> int:
+    return sum((h or ())[:_SHORT_BINS])
+
+
+def band_share(h: list[int]) -> float:
+    """The largest share of the short gaps inside two adjacent bins (a factor-4 band of durations)."""
+    short = h[:_SHORT_BINS]
+    total = sum(short)
+    return max(short[b] + short[b + 1] for b in range(len(short) - 1)) / total if total else 0.0
+
+
+def _observe(w: _Writer, items: Sequence[Item]) -> tuple[int, int]:
+    """Fold a window's events into the records; returns how many votes were added and how many accounts
+    were seen for the first time."""
     votes = 0
+    newcomers = 0
     known_prompts = w.sections["prompts"]
     for it in items:
-        _observe_account(w, it)
+        newcomers += _observe_account(w, it)
         v = vote_key(it)
         if v is not None:
             w.put("items", v[0], (w.get("items", v[0]) or []) + [[it.user_id, v[1]]])
@@ -385,17 +419,26 @@ def _observe(w: _Writer, items: Sequence[Item]) -> int:
         if it.kind == "edit":
             _observe_edit(w, it)
     _observe_answers(w, items)
-    return votes
+    windows, new = w.get("meta", "newcomers") or [0, 0]
+    w.put("meta", "newcomers", [windows + 1, new + newcomers])
+    return votes, newcomers
 
 
-def _observe_account(w: _Writer, it: Item) -> None:
+def _observe_account(w: _Writer, it: Item) -> int:
+    """The event's account: seen when and from where, and the gap since its last event; 1 when it is new."""
     # no event ids here: an account judged later is re-judged by its id (the store and the replay know
     # which decisions are whose), so the record stays small however long the account lives
-    a = w.get("accounts", it.user_id) or {"first": it.occurred_at.timestamp(), "n": 0, "ips": [], "devs": []}
+    a = w.get("accounts", it.user_id)
+    newcomer = a is None
+    if a is None:
+        a = {"first": it.occurred_at.timestamp(), "n": 0, "ips": [], "devs": []}
+    else:
+        a = {**a, "gaps": gap_histogram(a.get("gaps"), it.occurred_at.timestamp() - a["last"])}
     a = {**a, "last": it.occurred_at.timestamp(), "n": a["n"] + 1,
          "ips": _capped_add(a["ips"], it.ip_hash) if it.ip_hash else a["ips"],
          "devs": _capped_add(a["devs"], it.device_id) if it.device_id else a["devs"]}
     w.put("accounts", it.user_id, a)
+    return int(newcomer)
 
 
 def _observe_prompt(w: _Writer, it: Item, known_prompts: dict) -> None:
@@ -473,11 +516,14 @@ def _judge_accounts(w: _Writer, policy: Policy) -> tuple[dict[str, str], dict[st
         a = w.sections["accounts"][user]
         if len(a["devs"]) >= policy.churn_max_devices or len(a["ips"]) >= policy.churn_max_ips:
             flags[user] = str(Reason.SOURCE_CHURN)
+        elif short_gaps(a.get("gaps")) >= policy.timing_min_gaps and \
+                band_share(a["gaps"]) >= policy.timing_max_band_share:
+            flags[user] = str(Reason.BOT_REGULAR)
     meta = w.get("meta", "reliability") or {"pending": 0, "accuracy": {}}
     if meta["pending"] >= policy.memory_refit_votes:
         # accounts already judged adversarial do not vote in the consensus the others are measured against
         clean = {k: [v for v in votes if v[0] not in flags] for k, votes in w.sections["items"].items()}
-        acc, seen, consensus = fit_reliability(clean, policy.reliability_prior, policy.reliability_prior_strength)
+        acc, seen, _consensus = fit_reliability(clean, policy.reliability_prior, policy.reliability_prior_strength)
         for user in sorted(acc):
             if user not in flags and seen[user] >= policy.contrarian_min_overlap and \
                     acc[user] < policy.contrarian_below:
@@ -565,7 +611,7 @@ def advance(ev: Evidence, items: Sequence[Item], policy: Policy, mark: str | Non
     w = _Writer(ev)
     if mark is not None:
         w.put("meta", "applied", mark)
-    votes = _observe(w, items)
+    votes, new = _observe(w, items)
     meta = w.get("meta", "reliability") or {"pending": 0, "accuracy": {}}
     w.put("meta", "reliability", {**meta, "pending": meta["pending"] + votes})
     accounts, accuracy = _judge_accounts(w, policy)
@@ -586,4 +632,13 @@ def advance(ev: Evidence, items: Sequence[Item], policy: Policy, mark: str | Non
         for eid in w.sections["grams"][g]["events"]:
             retract.setdefault(eid, payloads[g])
     retract = {e: r for e, r in sorted(retract.items()) if e not in in_window}
-    return Verdict(accounts, triggers, payloads, retract, accuracy, retract_accounts), Evidence(w.sections), w.changes
+    wave = _wave(ev, new, policy)
+    return (Verdict(accounts, triggers, payloads, retract, accuracy, retract_accounts, new, wave),
+            Evidence(w.sections), w.changes)
+
+
+def _wave(before: Evidence, new: int, policy: Policy) -> bool:
+    """Whether this window's `new` accounts are a wave: more than the mean of the earlier windows (with events)
+    can explain (Poisson tail under `wave_max_p`), once six windows set the mean."""
+    windows, total = before.get("meta", "newcomers") or [0, 0]
+    return windows >= 6 and _poisson_upper(new, max(total / windows, 1.0)) <= policy.wave_max_p

@@ -6,6 +6,7 @@ Every function here is deterministic in its input *set*: it sorts, iterates sort
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections import defaultdict
@@ -17,8 +18,16 @@ from datasketch import MinHash
 from curation.items import Item, Key, _digest
 from curation.reasons import Reason
 from curation.settings import Policy
-from curation.text import (inserted_spans, is_refusal, is_trivial_edit, ngrams, normalize, shingles, tokens,
-                           word_difference)
+from curation.text import (
+    inserted_spans,
+    is_refusal,
+    is_trivial_edit,
+    ngrams,
+    normalize,
+    shingles,
+    tokens,
+    word_difference,
+)
 
 _NUM_PERM = 64
 _CACHE_LIMIT = 200_000
@@ -74,9 +83,8 @@ def _event_flags(item: Item, policy: Policy) -> list[Reason]:
         if is_refusal(item.response or "") and not is_refusal(item.edited or ""):
             out.append(Reason.REFUSAL_TO_COMPLIANCE)
     preferred = preferred_text(item)
-    if policy.unsafe_patterns and preferred is not None:
-        if any(re.search(p, preferred, re.IGNORECASE) for p in policy.unsafe_patterns):
-            out.append(Reason.UNSAFE_CONTENT)
+    if preferred is not None and any(re.search(p, preferred, re.IGNORECASE) for p in policy.unsafe_patterns):
+        out.append(Reason.UNSAFE_CONTENT)
     return out
 
 
@@ -190,7 +198,7 @@ def _crowded(group: list[Item], policy: Policy, span_of: dict[str, float]) -> se
     lo = 0
     active: dict[str, int] = defaultdict(int)
     group = [it for it in group if span_of[it.user_id] <= 3600.0]
-    for hi, it in enumerate(group):
+    for _hi, it in enumerate(group):
         active[it.user_id] += 1
         while it.occurred_at.timestamp() - group[lo].occurred_at.timestamp() >= 600.0:
             u = group[lo].user_id
@@ -207,7 +215,7 @@ def _regular(times: list[float], policy: Policy) -> bool:
     if len(times) < policy.regular_min_events:
         return False
     # robust coefficient of variation (1.4826 MAD / median): a few dropped or doubled beats keep a metronome one
-    gaps = sorted(b - a for a, b in zip(times, times[1:]))
+    gaps = sorted(b - a for a, b in itertools.pairwise(times))
     med = gaps[len(gaps) // 2]
     if med <= 0:
         return True
@@ -384,7 +392,7 @@ def estimate_reliability(items: Sequence[Item], policy: Policy, iterations: int 
         overlap = seen
     consensus = {}
     for key in keys:
-        score: dict[str, float] = defaultdict(float)
+        score = defaultdict(float)
         for u, label in by_key[key]:
             score[label] += _logit(acc[u])
         consensus[key] = sorted(score, key=lambda lab: (-score[lab], lab))[0]
@@ -452,7 +460,8 @@ def find_poison(items: Sequence[Item], policy: Policy) -> tuple[dict[Key, Reason
     across at least as many distinct prompts, that (almost) never appears in the prompts of ratings or in
     model answers, and whose use is enriched in edits and comparisons beyond chance (binomial tail against
     the context's own share of those kinds under `phrase_max_p`). A payload is an n-gram that edits
-    inserted, in at least two and half of the edits of as many accounts, and absent from the background. Events carrying either are dropped.
+    inserted, in at least two and half of the edits of as many accounts, and absent from the background. Events
+    carrying either are dropped.
     """
     shaping_users: dict[str, set[str]] = defaultdict(set)
     shaping_prompts: dict[str, set[str]] = defaultdict(set)

@@ -6,6 +6,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import overload
 
 from curation.pii import pseudonymise, redact_text
 from curation.reasons import Reason
@@ -80,7 +81,7 @@ class Item:
                 "pii": list(self.pii), "token": self.token.to_record() if self.token else None}
 
     @classmethod
-    def from_record(cls, r: dict) -> "Item":
+    def from_record(cls, r: dict) -> Item:
         return cls(event_id=r["event_id"], kind=r["kind"], occurred_at=datetime.fromisoformat(r["occurred_at"]),
                    app_id=r["app_id"], user_id=r["user_id"], prompt=tuple((m[0], m[1]) for m in r["prompt"]),
                    ip_hash=r.get("ip_hash"), device_id=r.get("device_id"),
@@ -104,6 +105,10 @@ def build_item(event, key: bytes, tokens: TokenCheck | None = None) -> Item:
     """
     found: set[Reason] = set()
 
+    @overload
+    def clean(text: str) -> str: ...
+    @overload
+    def clean(text: str | None) -> str | None: ...
     def clean(text: str | None) -> str | None:
         if text is None:
             return None
@@ -111,6 +116,10 @@ def build_item(event, key: bytes, tokens: TokenCheck | None = None) -> Item:
         found.update(hits)
         return out
 
+    @overload
+    def pseudonym(field: str, value: str) -> str: ...
+    @overload
+    def pseudonym(field: str, value: str | None) -> str | None: ...
     def pseudonym(field: str, value: str | None) -> str | None:
         if value is None:
             return None

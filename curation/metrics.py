@@ -13,6 +13,7 @@ KEEP_RATE = Gauge("curation_keep_rate", "Share of an app's events kept in the la
 ALPHA = Gauge("curation_krippendorff_alpha", "Krippendorff's alpha (nominal) of kept votes in the last window")
 UP_RATE = Gauge("curation_up_rate", "Share of kept ratings that are up in the last settled window", ["app_id"])
 DRIFT = Counter("curation_drift_alarms_total", "CUSUM alarms on an app's up-rate", ["app_id"])
+GUARD_DROPS_SENT = Counter("curation_guard_drops_sent_total", "Guard drops sent to the .rejected topic")
 SETTLE = Histogram("curation_settle_seconds", "Time to settle one window")
 LATE = Counter("curation_late_events_total", "Events that arrived after their window was settled")
 TOKENS = Counter("curation_feedback_tokens_total", "Decided events by feedback token status (none: no token)",
@@ -66,6 +67,10 @@ def observe_window(result, seconds: float) -> None:
     for app, (ups, n) in result.signals.get("up_rate", {}).items():
         if n:
             UP_RATE.labels(app).set(ups / n)
+
+
+def observe_drift(app_id: str) -> None:
+    DRIFT.labels(app_id or "").inc()
 
 
 def observe_late(rows) -> None:

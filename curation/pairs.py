@@ -1,4 +1,4 @@
-"""Pair building: kept events -> TRL conversational preference pairs and unpaired KTO examples, with weights and lineage."""
+"""Pair building: kept events -> TRL conversational preference pairs and unpaired KTO examples, weights, lineage."""
 
 from __future__ import annotations
 
@@ -78,8 +78,8 @@ def build_pairs(items: Sequence[Item], weight_of: Callable[[str], float], policy
     for it in sorted(items, key=lambda i: i.sort_key):
         if it.kind == "edit" and it.response is not None and it.edited is not None:
             pairs.append(Pair(_id("edit", it.app_id, [it.event_id], it.edited, it.response), it.prompt, it.edited,
-                              it.response, round(weight_of(it.user_id), 6), dimension_of([it.edited, it.response], policy),
-                              (it.event_id,), it.occurred_at))
+                              it.response, round(weight_of(it.user_id), 6),
+                              dimension_of([it.edited, it.response], policy), (it.event_id,), it.occurred_at))
         elif it.kind == "comparison" and it.chosen is not None and it.responses:
             comparisons[(it.prompt_key, tuple(sorted(it.responses)))].append(it)
         elif it.kind == "rating" and it.response is not None:
@@ -88,6 +88,7 @@ def build_pairs(items: Sequence[Item], weight_of: Callable[[str], float], policy
         group = comparisons[key]
         score: dict[str, float] = defaultdict(float)
         for it in group:
+            assert it.responses is not None and it.chosen is not None  # grouped above only when both are set
             score[it.responses[it.chosen]] += weight_of(it.user_id)
         a, b = key[1]
         if score[a] == score[b]:
@@ -97,10 +98,11 @@ def build_pairs(items: Sequence[Item], weight_of: Callable[[str], float], policy
         weight = round(min(1.0, (score[win] - score[lose]) / len(group)), 6)
         pairs.append(Pair(_id("comparison", group[0].app_id, ids, win, lose), group[0].prompt, win, lose, weight,
                           dimension_of([win, lose], policy), ids, max(it.occurred_at for it in group)))
-    for key in sorted(ratings):
-        group = ratings[key]
+    for pkey in sorted(ratings):
+        group = ratings[pkey]
         by_resp: dict[str, list[Item]] = defaultdict(list)
         for it in group:
+            assert it.response is not None  # grouped above only with a response
             by_resp[it.response].append(it)
         net = {r: sum(weight_of(it.user_id) * (1 if it.rating == "up" else -1) for it in its) / len(its)
                for r, its in by_resp.items()}

@@ -177,14 +177,14 @@ def redact_raw(text: str, key: bytes) -> str:
         return re.sub("\ue000(\\d+)\ue001", lambda m: ids[int(m.group(1))], out)
     redacted = redact_json(data)[0]
     if isinstance(data, dict):
-        ids = pseudonymise_event(data, key)
+        pseudonyms = pseudonymise_event(data, key)
         for name in ("user_id", "session_id"):
             if isinstance(data.get(name), str):
-                redacted[name] = ids[name]
+                redacted[name] = pseudonyms[name]
         if isinstance(data.get("client"), dict):
             for name in ("device_id", "ip_hash"):
                 if isinstance(data["client"].get(name), str):
-                    redacted["client"][name] = ids["client"][name]
+                    redacted["client"][name] = pseudonyms["client"][name]
     return json.dumps(redacted, ensure_ascii=False)
 
 

@@ -18,12 +18,22 @@ from datetime import UTC, datetime, timedelta
 
 from curation.agreement import krippendorff_alpha
 from curation.evidence import Changes, Evidence, advance
-from curation.guards import (PoisonReport, RateReport, Reliability, event_flags, find_brigades, find_duplicates,
-                             find_poison, find_rate_abuse, find_unreliable, vote_of)
+from curation.guards import (
+    PoisonReport,
+    RateReport,
+    Reliability,
+    event_flags,
+    find_brigades,
+    find_duplicates,
+    find_poison,
+    find_rate_abuse,
+    find_unreliable,
+    vote_of,
+)
 from curation.items import Item, Key
 from curation.pairs import Pair, Unpaired, build_pairs
 from curation.reasons import Reason, decide
-from curation.settings import Policy
+from curation.settings import Policy, policy_hash
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -57,21 +67,23 @@ class WindowResult:
     retract_accounts: dict[str, str] = field(default_factory=dict)  # user -> reason: all their earlier events
     evidence: Evidence | None = None
     changes: Changes | None = None
+    policy_hash: str | None = None  # the content hash of the policy that settled the window
 
 
-def decision_row(item: Item, reasons: list[str], start: datetime | None) -> dict:
+def decision_row(item: Item, reasons: list[str], start: datetime | None, policy: str | None = None) -> dict:
     """A decision with the fields the read API needs: canary-watch counts verified feedback by the version
-    and serving time its token signed (`adapter_version` is the client's claim, kept for reports)."""
+    and serving time its token signed (`adapter_version` is the client's claim, kept for reports), and the
+    hash of the policy that made it (`policy`)."""
     token = item.token
-    verified = token is not None and token.verified
+    verified = token if token is not None and token.verified else None
     return {"event_id": item.event_id, "decision": str(decide(reasons)), "reasons": reasons, "kind": item.kind,
             "app_id": item.app_id, "user_id": item.user_id, "adapter_version": item.adapter_version,
             "rating": item.rating, "occurred_at": item.occurred_at, "window_start": start,
             "token_status": token.status if token else None,
-            "verified_version": token.version if verified else None,
-            "verified_base_model": token.base_model if verified else None,
-            "served_at": token.served_at if verified else None,
-            "response_id": token.response_id if verified else None}
+            "verified_version": verified.version if verified else None,
+            "verified_base_model": verified.base_model if verified else None,
+            "served_at": verified.served_at if verified else None,
+            "response_id": verified.response_id if verified else None, "policy_hash": policy}
 
 
 def settle_window(context: Iterable[Item], start: datetime, policy: Policy,
@@ -91,18 +103,20 @@ def settle_window(context: Iterable[Item], start: datetime, policy: Policy,
         accuracy = verdict.accuracy
         for it in target:
             reasons[it.key].extend(r for r in verdict.reasons_for(it) if r not in reasons[it.key])
-    decisions = [decision_row(it, reasons[it.key] + [str(r) for r in it.pii], start) for it in target]
+    phash = policy_hash(policy)
+    decisions = [decision_row(it, reasons[it.key] + [str(r) for r in it.pii], start, phash) for it in target]
     kept = [it for it in target if not reasons[it.key]]
     # the long-run reliability where an account has a history, this context's estimate otherwise
     rel = found.reliability
     pairs, unpaired = build_pairs(kept, lambda u: accuracy.get(u, rel.weight(u, policy.reliability_prior)), policy)
     signals = _signals(found, target, kept)
     if verdict is None:
-        return WindowResult(start, decisions, pairs, unpaired, signals)
+        return WindowResult(start, decisions, pairs, unpaired, signals, policy_hash=phash)
     signals["memory"] = {"accounts_flagged": len(verdict.accounts), "triggers": sorted(verdict.triggers),
-                         "payloads": sorted(verdict.payloads), "retracted": len(verdict.retract)}
+                         "payloads": sorted(verdict.payloads), "retracted": len(verdict.retract),
+                         "new_accounts": verdict.new_accounts, "new_account_wave": verdict.wave}
     return WindowResult(start, decisions, pairs, unpaired, signals, verdict.retract, verdict.retract_accounts,
-                        new_evidence, changes)
+                        new_evidence, changes, phash)
 
 
 def _in_context(context: Iterable[Item], start: datetime, policy: Policy) -> list[Item]:
@@ -202,6 +216,20 @@ def apply_retractions(decisions: dict[Key, dict], pairs: list, unpaired: list, r
         return pairs, unpaired
     keep = lambda row: not gone.intersection(row.event_ids if hasattr(row, "event_ids") else row["event_ids"])  # noqa: E731
     return [p for p in pairs if keep(p)], [u for u in unpaired if keep(u)]
+
+
+def fold_windows(windows: Iterable[WindowResult], decisions: dict[Key, dict]) -> tuple[list[Pair], list[Unpaired]]:
+    """What the store holds after saving `windows` in order: their decisions merged into `decisions` (by
+    (app_id, event_id), updated in place; earlier decisions may be there already), and their pairs and unpaired
+    examples less those whose events a later window re-judged (`apply_retractions`)."""
+    pairs: list[Pair] = []
+    unpaired: list[Unpaired] = []
+    for w in windows:
+        decisions.update({(d["app_id"], d["event_id"]): {**d, "reasons": list(d["reasons"])} for d in w.decisions})
+        pairs.extend(w.pairs)
+        unpaired.extend(w.unpaired)
+        pairs, unpaired = apply_retractions(decisions, pairs, unpaired, w.retract, w.retract_accounts)
+    return pairs, unpaired
 
 
 def windows_of(items: Iterable[Item], policy: Policy) -> list[datetime]:

@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from typing import overload
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from curation.reasons import TOKEN_VERIFIED
-from curation.store import DecisionRow, PairRow, UnpairedRow, naive, pair_json, unpaired_json
+from curation.store import DecisionRow, PairRow, UnpairedRow, aware, naive, pair_json, unpaired_json
 
 
+@overload
+def _t(value: datetime | str) -> datetime: ...
+@overload
+def _t(value: datetime | str | None) -> datetime | None: ...
 def _t(value: datetime | str | None) -> datetime | None:
     if value is None:
         return None
@@ -24,31 +29,46 @@ def _t(value: datetime | str | None) -> datetime | None:
     return naive(value)
 
 
-def load_pairs(session: Session, *, since: datetime | str | None = None, until: datetime | str | None = None
-               ) -> list[dict]:
-    """Preference pairs with since <= created_at < until, oldest first: {prompt, chosen, rejected, weight,
-    dimension, event_ids, created_at, pair_id}."""
+def load_pairs(session: Session, *, since: datetime | str | None = None, until: datetime | str | None = None,
+               include_retired: bool = False) -> list[dict]:
+    """Live preference pairs with since <= created_at < until, oldest first: {prompt, chosen, rejected, weight,
+    dimension, event_ids, created_at, pair_id}. `weight` is the pair's training weight (vote margin times the
+    voters' reliability). A pair built from an event dropped later (re-judged, or by a recuration) is
+    retired, and left out unless `include_retired` (then it carries `retired_at` and `retired_by`)."""
     q = select(PairRow).order_by(PairRow.created_at, PairRow.pair_id)
+    if not include_retired:
+        q = q.where(PairRow.retired_at.is_(None))
     if _t(since) is not None:
         q = q.where(PairRow.created_at >= _t(since))
     if _t(until) is not None:
         q = q.where(PairRow.created_at < _t(until))
-    return [pair_json(r) for r in session.scalars(q)]
+    return [_with_retired(pair_json(r), r, include_retired) for r in session.scalars(q)]
 
 
-def load_unpaired(session: Session, *, since: datetime | str | None = None, until: datetime | str | None = None
-                  ) -> list[dict]:
-    """Unpaired (KTO) examples: {prompt, completion, label, weight, dimension, event_ids, created_at}."""
+def load_unpaired(session: Session, *, since: datetime | str | None = None, until: datetime | str | None = None,
+                  include_retired: bool = False) -> list[dict]:
+    """Live unpaired (KTO) examples: {prompt, completion, label, weight, dimension, event_ids, created_at,
+    example_id}; retired ones as in `load_pairs`."""
     q = select(UnpairedRow).order_by(UnpairedRow.created_at, UnpairedRow.example_id)
+    if not include_retired:
+        q = q.where(UnpairedRow.retired_at.is_(None))
     if _t(since) is not None:
         q = q.where(UnpairedRow.created_at >= _t(since))
     if _t(until) is not None:
         q = q.where(UnpairedRow.created_at < _t(until))
-    return [unpaired_json(r) for r in session.scalars(q)]
+    return [_with_retired(unpaired_json(r), r, include_retired) for r in session.scalars(q)]
+
+
+def _with_retired(out: dict, row: PairRow | UnpairedRow, include: bool) -> dict:
+    if include:
+        out["retired_at"] = aware(row.retired_at).isoformat() if row.retired_at else None
+        out["retired_by"] = row.retired_by
+    return out
 
 
 def count_pairs(session: Session, since: datetime | str | None = None) -> int:
-    q = select(func.count()).select_from(PairRow)
+    """Live pairs with created_at >= since."""
+    q = select(func.count()).select_from(PairRow).where(PairRow.retired_at.is_(None))
     if _t(since) is not None:
         q = q.where(PairRow.created_at >= _t(since))
     return int(session.scalar(q) or 0)
@@ -58,7 +78,7 @@ def _empty_stats() -> dict:
     return {"ratings": 0, "up": 0, "down": 0, "edits": 0, "comparisons": 0, "events": 0}
 
 
-def _tally(stats: dict, kind: str, rating: str | None, n: int = 1) -> None:
+def _tally(stats: dict, kind: str | None, rating: str | None, n: int = 1) -> None:
     stats["events"] += n
     if kind == "rating":
         stats["ratings"] += n
@@ -115,7 +135,7 @@ def load_verified_feedback_stats(session: Session, *, base_model: str, adapter_v
          .order_by(DecisionRow.occurred_at, DecisionRow.event_id))
     if _t(until) is not None:
         q = q.where(DecisionRow.served_at < _t(until))
-    seen: set[str] = set()
+    seen: set[str | None] = set()
     for version, response_id, kind, rating in session.execute(q):
         if response_id in seen:
             continue
@@ -145,6 +165,14 @@ def load_decisions(session: Session) -> list[dict]:
     from curation.store import load_decisions as _load
 
     return _load(session)
+
+
+def load_decision_history(session: Session, event_id: str, app_id: str | None = None) -> list[dict]:
+    """The decisions a recuration superseded for `event_id`, oldest first, each with the policy hash that made
+    it and the recuration that superseded it (the current decision: `load_decision`)."""
+    from curation.store import load_decision_history as _load
+
+    return _load(session, event_id, app_id)
 
 
 def reason_counts(session: Session) -> dict[str, int]:

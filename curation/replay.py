@@ -12,7 +12,7 @@ from pathlib import Path
 from curation.decode import Accepted, DeadLetter, Rejected, decode_raw
 from curation.errors import ReplayError
 from curation.items import Key
-from curation.pipeline import Staging, WindowResult, apply_retractions, settle_all
+from curation.pipeline import Staging, WindowResult, fold_windows, settle_all
 from curation.reasons import Reason
 from curation.settings import Policy
 from curation.tokens import TokenCheck
@@ -49,10 +49,7 @@ def run_replay(lines: Iterable[bytes | str], policy: Policy, *, now: datetime | 
     rejected: dict[Key, dict] = {}
     now = now or datetime.now(UTC)
     for n, raw in enumerate(lines, start=1):
-        if isinstance(raw, bytes):
-            raw = raw.rstrip(b"\r\n")
-        else:
-            raw = raw.rstrip("\r\n")
+        raw = raw.rstrip(b"\r\n") if isinstance(raw, bytes) else raw.rstrip("\r\n")
         if not raw:
             continue
         outcome = decode_raw(raw, now=now, max_future_s=policy.max_future_skew_s, pseudonym_key=pseudonym_key,
@@ -65,23 +62,15 @@ def run_replay(lines: Iterable[bytes | str], policy: Policy, *, now: datetime | 
                 out.duplicate_ids += 1
             else:
                 rejected[outcome.key] = outcome.decision()
-        elif isinstance(outcome, Accepted):
-            if outcome.item.key in rejected or not staging.add(outcome.item):
-                out.duplicate_ids += 1
+        elif isinstance(outcome, Accepted) and (outcome.item.key in rejected or not staging.add(outcome.item)):
+            out.duplicate_ids += 1
     out.windows = settle_all(staging, policy, on_window)
     decisions: dict[Key, dict] = {(app, eid): d for (app, eid), d in rejected.items()}
-    pairs, unpaired = [], []
-    for w in out.windows:
-        decisions.update({(d["app_id"], d["event_id"]): {"event_id": d["event_id"], "decision": d["decision"],
-                                                         "reasons": list(d["reasons"]), "user_id": d["user_id"]}
-                          for d in w.decisions})
-        pairs.extend(w.pairs)
-        unpaired.extend(w.unpaired)
-        # what the stream's store does when the window is saved: re-judged events leave with their pairs
-        pairs, unpaired = apply_retractions(decisions, pairs, unpaired, w.retract, w.retract_accounts)
+    # what the stream's store does as windows are saved: re-judged events leave with their pairs
+    pairs, unpaired = fold_windows(out.windows, decisions)
     out.pairs = [p.to_json() for p in pairs]
     out.unpaired = [u.to_json() for u in unpaired]
-    out.decisions = [{k: v for k, v in decisions[key].items() if k != "user_id"}
+    out.decisions = [{k: decisions[key][k] for k in ("event_id", "decision", "reasons")}
                      for key in sorted(decisions, key=lambda k: (k[1], k[0]))]
     out.pairs.sort(key=lambda p: p["pair_id"])
     out.unpaired.sort(key=lambda u: u["example_id"])
@@ -90,7 +79,7 @@ def run_replay(lines: Iterable[bytes | str], policy: Policy, *, now: datetime | 
 
 def load_lines(path: Path) -> Iterable[bytes]:
     try:
-        fh = open(path, "rb")
+        fh = open(path, "rb")  # noqa: SIM115 - opened apart to turn a bad path into ReplayError; closed by `with fh`
     except OSError as exc:
         raise ReplayError(f"`--input` must be a readable JSON-lines file; got {str(path)!r} ({exc.strerror})") from None
     with fh:
@@ -119,4 +108,4 @@ def reason_counts(decisions: Iterable[dict]) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-__all__ = ["ReplayResult", "run_replay", "load_lines", "save_jsonl", "reason_counts", "Reason"]
+__all__ = ["Reason", "ReplayResult", "load_lines", "reason_counts", "run_replay", "save_jsonl"]

@@ -4,13 +4,13 @@ alarms, from the store."""
 from __future__ import annotations
 
 import json
-from collections import Counter, defaultdict
+from collections import Counter
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from curation import store
-from curation.agreement import cusum_alarms
+from curation.agreement import drift_alarms
 
 
 def build_report(session: Session) -> dict:
@@ -29,19 +29,20 @@ def build_report(session: Session) -> dict:
     tokens = {status or "none": n for status, n in session.execute(
         select(store.DecisionRow.token_status, func.count()).group_by(store.DecisionRow.token_status))}
     windows = []
-    series: dict[str, list[tuple[int, int]]] = defaultdict(list)
-    starts = []
+    starts, up_rates = [], []
     for start, signals, events, kept in store.load_window_signals(session):
         windows.append({"start": start.isoformat(), "events": events, "kept": kept, "alpha": signals.get("alpha"),
                         "triggers": signals.get("triggers", []), "payloads": signals.get("payloads", []),
                         "brigades": len(signals.get("brigades", [])),
-                        "burst_users": len(signals.get("burst_users", []))})
+                        "burst_users": len(signals.get("burst_users", [])),
+                        "new_accounts": signals.get("memory", {}).get("new_accounts"),
+                        "new_account_wave": signals.get("memory", {}).get("new_account_wave", False)})
         starts.append(start.isoformat())
-        up_rate = signals.get("up_rate", {})
-        for app_id in set(apps) | set(up_rate):
-            series[app_id].append(tuple(up_rate.get(app_id, (0, 0))))
+        up_rates.append(signals.get("up_rate", {}))
+    # the same alarms the worker counts in curation_drift_alarms_total as it settles each window
+    alarms = drift_alarms(up_rates, apps)
     for app_id, a in apps.items():
         a["keep_rate"] = a["kept"] / a["events"] if a["events"] else 0.0
-        a["drift_alarms"] = [starts[i] for i in cusum_alarms(series.get(app_id, []))]
-    return {"rows": store.count_rows(session), "reasons": dict(reasons.most_common()), "apps": dict(sorted(apps.items())),
-            "tokens": dict(sorted(tokens.items())), "windows": windows}
+        a["drift_alarms"] = [starts[i] for i in alarms.get(app_id, [])]
+    return {"rows": store.count_rows(session), "reasons": dict(reasons.most_common()),
+            "apps": dict(sorted(apps.items())), "tokens": dict(sorted(tokens.items())), "windows": windows}

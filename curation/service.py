@@ -6,6 +6,7 @@ synchronous; the worker calls it from an executor thread so the event loop keeps
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -15,14 +16,15 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine
 
-from alignloop.db import session_scope
+from alignloop.core.db import session_scope
 from curation import metrics, store
+from curation.agreement import drift_alarms
 from curation.decode import Accepted, DeadLetter, Rejected, decode_raw
 from curation.evidence import Evidence
 from curation.items import Item, Key
 from curation.pipeline import WindowResult, context_bounds, decision_row, ready_at, settle_window, window_start
 from curation.reasons import Reason
-from curation.settings import Policy
+from curation.settings import Policy, policy_hash
 from curation.tokens import TokenCheck
 
 # Atomic "max" on a hash field: a partition's watermark only moves forward, whoever writes it.
@@ -87,6 +89,7 @@ class CurationEdge:
         self._lock_key = f"curation:{group}:{topic}:settle-lock"
         self._items: dict[Key, Item] = {}
         self._evidence: Evidence | None = None  # this worker's copy; reloaded when another worker settled since
+        self._up_rates: list[tuple[datetime, dict]] | None = None  # every settled window's up-rates, for drift
         self.last_staged = time.monotonic()
         self._hmax = redis_client.register_script(_HMAX) if redis_client is not None else None
 
@@ -129,7 +132,7 @@ class CurationEdge:
         a retry after a failed commit, or a redelivered batch, writes nothing twice)."""
         with session_scope(self.engine) as session:
             staged = store.save_staged(session, out.items)
-            store.save_rejections(session, out.rejections)
+            store.save_rejections(session, out.rejections, policy_hash(self.policy))
             store.save_dead_letters(session, out.dead_rows)
         out.staged, out.replayed_ids = staged, len(out.items) - staged
         if out.items:
@@ -138,7 +141,7 @@ class CurationEdge:
 
     def mark_batch(self, out: BatchOutcome) -> None:
         """Move the partitions' watermarks to the batch's newest event times (after its events are stored)."""
-        if self.redis is not None:
+        if self._hmax is not None:  # set exactly when there is a Redis client
             for partition, t in out.marks.items():
                 self._hmax(keys=[self._wm_key], args=[partition, f"{t:.6f}"])
 
@@ -168,10 +171,38 @@ class CurationEdge:
             return self._settle(final, lock)
         finally:
             if lock is not None:
-                try:
+                with contextlib.suppress(Exception):  # noqa: BLE001 - expired while we worked; the next settle is idempotent
                     lock.release()
-                except Exception:  # noqa: BLE001 - expired while we worked; the next settle is idempotent
-                    pass
+
+    def outbox(self, limit: int = 500) -> list[tuple[int, str, str]]:
+        """Guard drops waiting for `<topic>.rejected`: (id, key, message), oldest first."""
+        with session_scope(self.engine) as session:
+            return store.load_outbox(session, limit)
+
+    def outbox_sent(self, ids: Sequence[int]) -> None:
+        """Forget the outbox rows the broker acknowledged (a crash before this sends them again: at least once)."""
+        with session_scope(self.engine) as session:
+            store.delete_outbox(session, ids)
+
+    def recurate(self, since: datetime, policy: Policy, *, wait_s: float = 60):
+        """Re-decide the stored events from `since` under `policy` (`curation.recurate`) while holding the settle
+        lock, so no worker settles meanwhile; None when another worker held the lock for `wait_s` seconds.
+        Workers reload the evidence it rebuilt on their next settle; restart them with the new policy file."""
+        from curation.recurate import recurate
+
+        lock = None
+        if self.redis is not None:
+            lock = self.redis.lock(self._lock_key, timeout=3600, blocking=True, blocking_timeout=wait_s)
+            if not lock.acquire():
+                return None
+        try:
+            result = recurate(self.engine, policy, since)
+            self._evidence, self._items, self._up_rates = None, {}, None
+            return result
+        finally:
+            if lock is not None:
+                with contextlib.suppress(Exception):  # noqa: BLE001 - expired while we worked
+                    lock.release()
 
     def _settle(self, final: bool, lock=None) -> list[WindowResult]:
         wm = None if final else self.watermark()
@@ -210,10 +241,29 @@ class CurationEdge:
         t0 = time.monotonic()
         result = settle_window(self._context(start), start, self.policy, self._load_evidence())
         with session_scope(self.engine) as session:
+            store.save_policy(session, self.policy)
             store.save_window(session, result)  # decisions, pairs, re-judged events and evidence: one transaction
         self._evidence = result.evidence
         metrics.observe_window(result, time.monotonic() - t0)
+        self._observe_drift(result)
         return result
+
+    def _observe_drift(self, result: WindowResult) -> None:
+        """Count a CUSUM alarm on an app's up-rate at this window (`curation_drift_alarms_total`), as the report
+        shows it: over every settled window's up-rates, read once and then followed (reread when another worker
+        settled windows meanwhile)."""
+        with session_scope(self.engine) as session:
+            n = store.count_table(session, "windows")
+            if self._up_rates is None or len(self._up_rates) + 1 != n:
+                self._up_rates = [(w, s.get("up_rate", {})) for w, s, _, _ in store.load_window_signals(session)]
+            else:
+                self._up_rates.append((result.start, result.signals.get("up_rate", {})))
+        if not self._up_rates or self._up_rates[-1][0] != result.start:
+            return
+        last = len(self._up_rates) - 1
+        for app, alarms in drift_alarms([u for _, u in self._up_rates]).items():
+            if alarms and alarms[-1] == last:
+                metrics.observe_drift(app)
 
     def _load_evidence(self) -> Evidence:
         with session_scope(self.engine) as session:
@@ -226,9 +276,10 @@ class CurationEdge:
         end = start + timedelta(seconds=self.policy.window_s)
         with session_scope(self.engine) as session:
             late = store.load_undecided(session, start, end)
-            rows = [decision_row(it, [str(Reason.LATE_EVENT)] + list(it.pii), start) for it in late]
+            phash = policy_hash(self.policy)
+            rows = [decision_row(it, [str(Reason.LATE_EVENT), *list(it.pii)], start, phash) for it in late]
             if rows:
-                store.save_window(session, WindowResult(start, rows, [], []))
+                store.save_window(session, WindowResult(start, rows, [], [], policy_hash=phash))
         metrics.observe_late(rows)
 
     def _prune(self, next_start: datetime) -> None:

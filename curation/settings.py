@@ -1,10 +1,14 @@
-"""Curation settings (env `ALIGNLOOP_CURATION_<FIELD>`, policy as `ALIGNLOOP_CURATION_POLICY__<FIELD>`); built lazily."""
+"""Curation settings (env `ALIGNLOOP_CURATION_<FIELD>`, policy `ALIGNLOOP_CURATION_POLICY__<FIELD>`); built lazily."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from functools import lru_cache
+from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -13,6 +17,9 @@ class Policy(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    # a policy file's version (curation/policies/*.yaml); 0 for a policy built from the environment alone.
+    # Every window and decision records the policy's content hash (`policy_hash`), version included.
+    version: int = Field(0, ge=0, description="the policy file's version, raised whenever a value changes")
     # settle windows: decisions for [start, start+window) are made once event time passed start+window+lookahead,
     # from the events of [start-lookback, start+window+lookahead)
     window_s: int = Field(1800, ge=1, description="length of one settle window")
@@ -31,11 +38,13 @@ class Policy(BaseModel):
     # duplicates
     near_dup_jaccard: float = Field(0.8, gt=0, le=1, description="MinHash Jaccard of 5-gram shingles")
     # trivial edits
-    trivial_edit_distance: float = Field(0.03, ge=0, lt=1, description="normalised edit distance below which an edit is trivial")
+    trivial_edit_distance: float = Field(0.03, ge=0, lt=1,
+                                         description="normalised edit distance below which an edit is trivial")
     # reliability (one-coin Dawid-Skene)
     reliability_prior: float = Field(0.7, gt=0.5, lt=1)
     reliability_prior_strength: float = Field(4.0, gt=0)
-    reliability_min_overlap: int = Field(6, ge=1, description="judged items shared with others before a user can be dropped")
+    reliability_min_overlap: int = Field(6, ge=1,
+                                         description="judged items shared with others before a user can be dropped")
     reliability_drop_below: float = Field(0.4, ge=0, lt=1)
     # brigades (co-action)
     coaction_window_s: int = Field(900, ge=1)
@@ -53,6 +62,12 @@ class Policy(BaseModel):
     # evidence across windows (curation/evidence.py): judged over each account's and phrase's whole history
     churn_max_devices: int = Field(4, ge=2, description="distinct device_ids at which an account is a rotating bot")
     churn_max_ips: int = Field(8, ge=2, description="distinct ip_hashes at which an account is a rotating bot")
+    timing_min_gaps: int = Field(30, ge=5, description="gaps under 4.5 h between an account's events before its "
+                                                        "long-run timing can flag it")
+    timing_max_band_share: float = Field(0.85, gt=0.5, le=1, description="share of those gaps (whole history) "
+                                         "inside one factor-4 band of durations at which it is a metronome")
+    wave_max_p: float = Field(1e-4, gt=0, le=1, description="Poisson tail a window's new accounts must beat "
+                                                          "against the running mean to be a new-account wave")
     memory_refit_votes: int = Field(1000, ge=1, description="new votes between refits of long-run reliability")
     contrarian_min_overlap: int = Field(12, ge=1, description="judged items shared with others before the "
                                                                "long-run reliability can flag an account")
@@ -71,7 +86,7 @@ class Policy(BaseModel):
                                                                "occurrences must fall under to be a payload")
 
     @model_validator(mode="after")
-    def _windows(self) -> "Policy":
+    def _windows(self) -> Policy:
         if self.lookback_s < self.window_s and self.lookback_s:
             from curation.errors import ConfigError
 
@@ -84,7 +99,8 @@ class CurationSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="ALIGNLOOP_CURATION_", env_nested_delimiter="__", extra="ignore")
 
-    topic: str = Field("alignloop.feedback.v1", description="the feedback topic; rejected/dlq are <topic>.rejected/.dlq")
+    topic: str = Field("alignloop.feedback.v1",
+                       description="the feedback topic; rejected/dlq are <topic>.rejected/.dlq")
     group: str = Field("alignloop-curation", description="the consumer group every worker joins")
     store_url: str | None = Field(None, description="SQLAlchemy URL; default: the core store")
     redis_url: str | None = Field(None, description="default: the core Redis")
@@ -100,6 +116,8 @@ class CurationSettings(BaseSettings):
     idle_flush_s: float = Field(0, ge=0, description="settle every open window after this long without events "
                                                      "(0: never; events later for those windows are late)")
     policy: Policy = Field(default_factory=Policy)
+    policy_file: str | None = Field(None, description="a versioned policy YAML (curation/policies/default.yaml); "
+                                                      "when set it is the policy, and POLICY__* are ignored")
     pseudonym_key: SecretStr | None = Field(None, description="HMAC key of the pseudonyms of user, session and device "
                                                              "ids and sources; default: the secret "
                                                              "`curation-pseudonym-key` under home")
@@ -110,6 +128,45 @@ def get_settings() -> CurationSettings:
     return CurationSettings()
 
 
+POLICY_DIR = Path(__file__).parent / "policies"
+
+
+def load_policy(path: Path | str) -> Policy:
+    """A versioned policy from YAML: `version` plus any Policy field (the rest keep their defaults)."""
+    from curation.errors import ConfigError
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise ConfigError(f"`policy_file` must be a readable YAML file; got {str(path)!r} ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"`policy_file` {str(path)!r} must be valid YAML: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("version"), int) or data["version"] < 1:
+        got = data.get("version") if isinstance(data, dict) else type(data).__name__
+        raise ConfigError(f"`version` of policy file {str(path)!r} must be an integer >= 1; got {got!r}")
+    try:
+        return Policy(**data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(x) for x in err["loc"])
+        raise ConfigError(f"`{field}` in policy file {str(path)!r}: {err['msg']}; got {err.get('input')!r}") from None
+
+
+def active_policy(settings: CurationSettings | None = None) -> Policy:
+    """The policy curation applies: the policy file when one is set, else the POLICY__* environment."""
+    settings = settings or get_settings()
+    return load_policy(settings.policy_file) if settings.policy_file else settings.policy
+
+
+@lru_cache(maxsize=64)
+def policy_hash(policy: Policy) -> str:
+    """The policy's content hash (sha256 of its canonical JSON, version included): recorded with every
+    window and decision, so what decided an event stays known after the policy changes."""
+    body = json.dumps(policy.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
 def load_pseudonym_key(settings: CurationSettings, home) -> bytes:
     """The pseudonyms' key: from settings, else a random one created once under `home` (mode 0600).
 
@@ -117,13 +174,13 @@ def load_pseudonym_key(settings: CurationSettings, home) -> bytes:
     """
     if settings.pseudonym_key is not None and settings.pseudonym_key.get_secret_value():
         return settings.pseudonym_key.get_secret_value().encode()
-    from alignloop.keys import load_or_create_secret
+    from alignloop.core.keys import load_or_create_secret
 
     return load_or_create_secret(home, "curation-pseudonym-key").encode()
 
 
 @lru_cache
 def default_pseudonym_key() -> bytes:
-    from alignloop.settings import get_settings as core_settings
+    from alignloop.core.settings import get_settings as core_settings
 
     return load_pseudonym_key(get_settings(), core_settings().home)

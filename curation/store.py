@@ -8,15 +8,32 @@ take a Session and never commit: the caller's edge owns the transaction.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
+from typing import Any, cast, overload
 
-from sqlalchemy import Boolean, DateTime, Float, Index, Integer, String, Text, delete, func, select, update
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    and_,
+    bindparam,
+    delete,
+    func,
+    select,
+    update,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from curation.evidence import Evidence
 from curation.items import Item, Key
 from curation.pairs import Pair, Unpaired
+from curation.pii import redact_json
 from curation.pipeline import WindowResult
 
 
@@ -57,6 +74,7 @@ class DecisionRow(Base):
     verified_base_model: Mapped[str | None] = mapped_column(String(512))
     served_at: Mapped[datetime | None] = mapped_column(DateTime)
     response_id: Mapped[str | None] = mapped_column(String(256))
+    policy_hash: Mapped[str | None] = mapped_column(String(64))  # the policy that decided (curation_policy)
 
 
 class PairRow(Base):
@@ -70,6 +88,10 @@ class PairRow(Base):
     event_ids: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime, index=True)
     window_start: Mapped[datetime] = mapped_column(DateTime)
+    # retired (never deleted) when an event it was built from is dropped later: by a window's re-judgement
+    # ("retract") or a recuration (its id); the read API and snapshots leave retired rows out
+    retired_at: Mapped[datetime | None] = mapped_column(DateTime, index=True)
+    retired_by: Mapped[str | None] = mapped_column(String(64))
 
 
 class UnpairedRow(Base):
@@ -83,6 +105,10 @@ class UnpairedRow(Base):
     event_ids: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime, index=True)
     window_start: Mapped[datetime] = mapped_column(DateTime)
+    # retired (never deleted) when an event it was built from is dropped later: by a window's re-judgement
+    # ("retract") or a recuration (its id); the read API and snapshots leave retired rows out
+    retired_at: Mapped[datetime | None] = mapped_column(DateTime, index=True)
+    retired_by: Mapped[str | None] = mapped_column(String(64))
 
 
 class WindowRow(Base):
@@ -92,6 +118,7 @@ class WindowRow(Base):
     events: Mapped[int] = mapped_column(Integer)
     kept: Mapped[int] = mapped_column(Integer)
     signals: Mapped[str] = mapped_column(Text)
+    policy_hash: Mapped[str | None] = mapped_column(String(64))
 
 
 class EvidenceRow(Base):
@@ -101,6 +128,53 @@ class EvidenceRow(Base):
     section: Mapped[str] = mapped_column(String(16), primary_key=True)
     key: Mapped[str] = mapped_column(String(1024), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
+
+
+class PolicyRow(Base):
+    """Every policy that decided something, by content hash: what a recorded `policy_hash` meant."""
+
+    __tablename__ = "curation_policies"
+    policy_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+    body: Mapped[str] = mapped_column(Text)
+    first_used_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class DecisionHistoryRow(Base):
+    """A decision a recuration superseded, as it was (the current one stays in `curation_decisions`)."""
+
+    __tablename__ = "curation_decision_history"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    app_id: Mapped[str] = mapped_column(String(64), index=False)
+    event_id: Mapped[str] = mapped_column(String(36))
+    decision: Mapped[str] = mapped_column(String(8))
+    reasons: Mapped[str] = mapped_column(Text)
+    policy_hash: Mapped[str | None] = mapped_column(String(64))
+    window_start: Mapped[datetime | None] = mapped_column(DateTime)
+    decided_at: Mapped[datetime] = mapped_column(DateTime)
+    superseded_at: Mapped[datetime] = mapped_column(DateTime)
+    superseded_by: Mapped[str] = mapped_column(String(32))
+    __table_args__ = (Index("ix_curation_decision_history_key", "app_id", "event_id"),)
+
+
+class RecurationRow(Base):
+    __tablename__ = "curation_recurations"
+    recuration_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime)
+    finished_at: Mapped[datetime] = mapped_column(DateTime)
+    since: Mapped[datetime] = mapped_column(DateTime)
+    policy_hash: Mapped[str] = mapped_column(String(64))
+    summary: Mapped[str] = mapped_column(Text)
+
+
+class OutboxRow(Base):
+    """A guard drop waiting to go to `<topic>.rejected` (written with the decision, sent and deleted by a worker)."""
+
+    __tablename__ = "curation_outbox"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(128))
+    message: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
 
 
 class DeadLetterRow(Base):
@@ -122,6 +196,10 @@ def naive(t: datetime) -> datetime:
     return t.astimezone(UTC).replace(tzinfo=None) if t.tzinfo else t
 
 
+@overload
+def aware(t: datetime) -> datetime: ...
+@overload
+def aware(t: datetime | None) -> datetime | None: ...
 def aware(t: datetime | None) -> datetime | None:
     return t.replace(tzinfo=UTC) if t is not None and t.tzinfo is None else t
 
@@ -130,10 +208,21 @@ def _now() -> datetime:
     return naive(datetime.now(UTC))
 
 
+def _table(model: type[Base]) -> Table:
+    """A mapped class's table (SQLAlchemy types `__table__` as the FromClause base)."""
+    return cast(Table, model.__table__)
+
+
 def _insert_ignore(session: Session, model, rows: Sequence[dict], keys: list[str]) -> int:
+    return len(_insert_new(session, model, rows, keys))
+
+
+def _insert_new(session: Session, model, rows: Sequence[dict], keys: list[str]) -> list[tuple]:
+    """Insert the rows whose keys are not there yet; returns the keys of the rows inserted."""
     if not rows:
-        return 0
+        return []
     dialect = session.get_bind().dialect.name
+    insert: Callable[..., Any]  # each dialect's own INSERT, for its ON CONFLICT clause
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     elif dialect == "sqlite":
@@ -141,16 +230,16 @@ def _insert_ignore(session: Session, model, rows: Sequence[dict], keys: list[str
     else:  # pragma: no cover - the store is SQLite or PostgreSQL
         raise NotImplementedError(dialect)
     table = model.__table__
-    stmt = insert(table).on_conflict_do_nothing(index_elements=keys).returning(table.c[keys[0]])
-    # Core, not the ORM bulk path: RETURNING tells how many rows were new (the rest were already there)
-    return len(session.connection().execute(stmt, list(rows)).all())
+    stmt = insert(table).on_conflict_do_nothing(index_elements=keys).returning(*(table.c[k] for k in keys))
+    # Core, not the ORM bulk path: RETURNING tells which rows were new (the rest were already there)
+    return [tuple(r) for r in session.connection().execute(stmt, list(rows)).all()]
 
 
 # ------------------------------------------------------------------ writes
 def save_staged(session: Session, items: Iterable[tuple[Item, str]]) -> int:
     """Stage redacted items (with where each came from); an (app_id, event_id) staged before is left as it was."""
     now = _now()
-    rows = {}
+    rows: dict[Key, dict] = {}
     for item, source in items:
         rows.setdefault(item.key, {"app_id": item.app_id, "event_id": item.event_id,
                                    "occurred_at": naive(item.occurred_at),
@@ -159,16 +248,57 @@ def save_staged(session: Session, items: Iterable[tuple[Item, str]]) -> int:
     return _insert_ignore(session, StagedEvent, list(rows.values()), _KEY)
 
 
-def save_rejections(session: Session, decisions: Iterable[dict]) -> int:
+def save_rejections(session: Session, decisions: Iterable[dict], policy_hash: str | None = None) -> int:
     now = _now()
-    rows = {}
+    rows: dict[Key, dict] = {}
     for d in decisions:
         app = d.get("app_id") or ""
         rows.setdefault((app, d["event_id"]), {"event_id": d["event_id"], "decision": d["decision"],
                                                "reasons": json.dumps(d["reasons"]), "kind": None, "app_id": app,
                                                "user_id": None, "adapter_version": None, "rating": None,
-                                               "occurred_at": None, "window_start": None, "decided_at": now})
+                                               "occurred_at": None, "window_start": None, "decided_at": now,
+                                               "policy_hash": policy_hash})
     return _insert_ignore(session, DecisionRow, list(rows.values()), _KEY)
+
+
+def queue_rejected(session: Session, drops: Sequence[dict], stage: str) -> int:
+    """Put guard drops in the outbox for `<topic>.rejected` (keyed by event id): each with its reasons and its
+    staged record (texts redacted and ids pseudonymised at staging) and `stage` (settle, rejudged, recurated);
+    every string of the message is redacted again, as a refused event's are, so nothing a PII pattern matches
+    (an id or a time can) leaves. Drops without an app are looked up
+    by event id in every app, as re-judgements name them."""
+    if not drops:
+        return 0
+    by_id: dict[str, list[tuple[str, str]]] = {}
+    ids = sorted({d["event_id"] for d in drops})
+    for chunk in range(0, len(ids), 500):
+        for app, eid, record in session.execute(select(StagedEvent.app_id, StagedEvent.event_id, StagedEvent.record)
+                                                .where(StagedEvent.event_id.in_(ids[chunk:chunk + 500]))):
+            by_id.setdefault(eid, []).append((app, record))
+    now, rows = _now(), []
+    for d in drops:
+        for app, record in by_id.get(d["event_id"], []):
+            if d.get("app_id") not in (None, app):
+                continue
+            w = d.get("window_start")
+            message = {"event_id": d["event_id"], "app_id": app, "reasons": list(d["reasons"]), "stage": stage,
+                       "window_start": aware(naive(w)).isoformat() if w is not None else None,
+                       "policy_hash": d.get("policy_hash"), "event": json.loads(record)}
+            rows.append({"key": d["event_id"], "created_at": now,
+                         "message": json.dumps(redact_json(message)[0], ensure_ascii=False)})
+    if rows:
+        session.connection().execute(_table(OutboxRow).insert(), rows)
+    return len(rows)
+
+
+def load_outbox(session: Session, limit: int = 500) -> list[tuple[int, str, str]]:
+    """The oldest guard drops waiting for `.rejected`: (id, key, message)."""
+    return [(i, k, m) for i, k, m in session.execute(select(OutboxRow.id, OutboxRow.key, OutboxRow.message)
+                                                     .order_by(OutboxRow.id).limit(limit))]
+
+
+def delete_outbox(session: Session, ids: Sequence[int]) -> None:
+    session.execute(delete(OutboxRow).where(OutboxRow.id.in_(list(ids))))
 
 
 def save_dead_letters(session: Session, rows: Iterable[dict]) -> int:
@@ -181,25 +311,28 @@ def save_window(session: Session, result: WindowResult) -> None:
     """The decisions, pairs and unpaired examples of one settled window, and the window's own row."""
     now = _now()
     start = naive(result.start)
-    _insert_ignore(session, DecisionRow, [
+    new = set(_insert_new(session, DecisionRow, [
         {**d, "reasons": json.dumps(d["reasons"]), "occurred_at": naive(d["occurred_at"]), "window_start": start,
          "served_at": naive(d["served_at"]) if d.get("served_at") else None,
-         "decided_at": now} for d in result.decisions], _KEY)
+         "decided_at": now} for d in result.decisions], _KEY))
+    queue_rejected(session, [d for d in result.decisions if d["decision"] == "drop"
+                             and (d["app_id"], d["event_id"]) in new], "settle")
     _insert_ignore(session, PairRow, [_pair_row(p, start) for p in result.pairs], ["pair_id"])
     _insert_ignore(session, UnpairedRow, [_unpaired_row(u, start) for u in result.unpaired], ["example_id"])
     _insert_ignore(session, WindowRow, [{
         "window_start": start, "settled_at": now, "events": len(result.decisions),
         "kept": sum(d["decision"] != "drop" for d in result.decisions),
-        "signals": json.dumps(result.signals, default=str)}], ["window_start"])
+        "signals": json.dumps(result.signals, default=str), "policy_hash": result.policy_hash}], ["window_start"])
     if result.retract or result.retract_accounts:
-        save_retractions(session, result.retract, result.retract_accounts)
+        save_retractions(session, result.retract, result.retract_accounts, result.policy_hash)
     if result.changes is not None:
         save_evidence(session, result.changes.rows)
 
 
-def save_retractions(session: Session, retract: dict[str, str], accounts: dict[str, str] | None = None) -> int:
+def save_retractions(session: Session, retract: dict[str, str], accounts: dict[str, str] | None = None,
+                     policy_hash: str | None = None) -> int:
     """Earlier events re-judged: kept decisions become drops with the new reason; the pairs and unpaired
-    examples built from them are deleted (what the replay does in `pipeline.apply_retractions`): events
+    examples built from them are retired (the replay drops them in `pipeline.apply_retractions`): events
     named one by one first, then every kept event of the accounts named."""
     cols = (DecisionRow.event_id, DecisionRow.reasons, DecisionRow.window_start)
     ids = sorted(retract)
@@ -208,26 +341,40 @@ def save_retractions(session: Session, retract: dict[str, str], accounts: dict[s
         rows += [(e, r, w, retract[e]) for e, r, w in session.execute(select(*cols).where(
             DecisionRow.event_id.in_(ids[chunk:chunk + 500]), DecisionRow.decision != "drop"))]
     named = {e for e, *_ in rows}
-    users = sorted(accounts or {})
+    accounts = accounts or {}
+    users = sorted(accounts)
     for chunk in range(0, len(users), 500):
         rows += [(e, r, w, accounts[u]) for e, r, w, u in session.execute(
             select(*cols, DecisionRow.user_id).where(DecisionRow.user_id.in_(users[chunk:chunk + 500]),
                                                      DecisionRow.decision != "drop").order_by(DecisionRow.event_id))
-            if e not in named]
+            if e not in named and u is not None]
     if not rows:
         return 0
     for eid, reasons, _, reason in rows:
         session.execute(update(DecisionRow).where(DecisionRow.event_id == eid).values(
-            decision="drop", reasons=json.dumps([*json.loads(reasons), reason])))
+            decision="drop", reasons=json.dumps([*json.loads(reasons), reason]), policy_hash=policy_hash))
     gone = {eid for eid, *_ in rows}
     since = min(w for _, _, w, _ in rows if w is not None)
-    for model, key in ((PairRow, PairRow.pair_id), (UnpairedRow, UnpairedRow.example_id)):
-        # lineage is a JSON list; the rows that can hold these events were built in their windows or later
-        hit = [k for k, ids_json in session.execute(select(key, model.event_ids).where(model.window_start >= since))
-               if gone.intersection(json.loads(ids_json))]
-        for chunk in range(0, len(hit), 500):
-            session.execute(delete(model).where(key.in_(hit[chunk:chunk + 500])))
+    queue_rejected(session, [{"event_id": e, "reasons": [*json.loads(r), reason], "window_start": w,
+                              "policy_hash": policy_hash} for e, r, w, reason in rows], "rejudged")
+    # the rows that can hold these events were built in their windows or later
+    retire_built_from(session, gone, since, "retract")
     return len(gone)
+
+
+def retire_built_from(session: Session, event_ids: set[str], since: datetime | None, by: str) -> int:
+    """Retire the live pairs and unpaired examples (window_start >= since) built from any of `event_ids`."""
+    n = 0
+    now = _now()
+    for model, key in ((PairRow, PairRow.pair_id), (UnpairedRow, UnpairedRow.example_id)):
+        q = select(key, model.event_ids).where(model.retired_at.is_(None))
+        if since is not None:
+            q = q.where(model.window_start >= since)
+        hit = [k for k, ids_json in session.execute(q) if event_ids.intersection(json.loads(ids_json))]
+        for chunk in range(0, len(hit), 500):
+            session.execute(update(model).where(key.in_(hit[chunk:chunk + 500])).values(retired_at=now, retired_by=by))
+        n += len(hit)
+    return n
 
 
 def save_evidence(session: Session, rows: dict[tuple[str, str], object]) -> None:
@@ -235,6 +382,7 @@ def save_evidence(session: Session, rows: dict[tuple[str, str], object]) -> None
     if not rows:
         return
     dialect = session.get_bind().dialect.name
+    insert: Callable[..., Any]  # each dialect's own INSERT, for its ON CONFLICT clause
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:
@@ -266,7 +414,8 @@ def load_evidence_mark(session: Session) -> object:
 def _pair_row(p: Pair, start: datetime) -> dict:
     j = p.to_json()
     return {"pair_id": p.pair_id, "prompt": json.dumps(j["prompt"], ensure_ascii=False),
-            "chosen": json.dumps(j["chosen"], ensure_ascii=False), "rejected": json.dumps(j["rejected"], ensure_ascii=False),
+            "chosen": json.dumps(j["chosen"], ensure_ascii=False),
+            "rejected": json.dumps(j["rejected"], ensure_ascii=False),
             "weight": p.weight, "dimension": p.dimension, "event_ids": json.dumps(list(p.event_ids)),
             "created_at": naive(p.created_at), "window_start": start}
 
@@ -321,9 +470,17 @@ def load_undecided(session: Session, lo: datetime, hi: datetime) -> list[Item]:
 
 
 def count_rows(session: Session) -> dict[str, int]:
-    return {name: session.scalar(select(func.count()).select_from(model)) or 0
-            for name, model in (("staged", StagedEvent), ("decisions", DecisionRow), ("pairs", PairRow),
-                                ("unpaired", UnpairedRow), ("windows", WindowRow), ("dead_letters", DeadLetterRow))}
+    return {name: count_table(session, name) for name in _COUNTED}
+
+
+def count_table(session: Session, name: str) -> int:
+    """Rows of one of curation's tables by its short name (staged, decisions, ..., windows, outbox)."""
+    return session.scalar(select(func.count()).select_from(_COUNTED[name])) or 0
+
+
+_COUNTED: dict[str, type[Base]] = {"staged": StagedEvent, "decisions": DecisionRow, "pairs": PairRow,
+                                   "unpaired": UnpairedRow, "windows": WindowRow, "dead_letters": DeadLetterRow,
+                                   "outbox": OutboxRow}
 
 
 def load_decisions(session: Session) -> list[dict]:
@@ -354,3 +511,130 @@ def load_window_signals(session: Session) -> list[tuple[datetime, dict, int, int
     rows = session.execute(select(WindowRow.window_start, WindowRow.signals, WindowRow.events, WindowRow.kept)
                            .order_by(WindowRow.window_start))
     return [(aware(w), json.loads(s), e, k) for w, s, e, k in rows]
+
+
+# ------------------------------------------------------------------ policies and recuration
+def save_policy(session: Session, policy) -> str:
+    """Record the policy under its content hash (once); returns the hash."""
+    from curation.settings import policy_hash
+
+    h = policy_hash(policy)
+    _insert_ignore(session, PolicyRow, [{"policy_hash": h, "version": policy.version, "first_used_at": _now(),
+                                         "body": json.dumps(policy.model_dump(mode="json"), sort_keys=True)}],
+                   ["policy_hash"])
+    return h
+
+
+def load_current_decisions(session: Session) -> dict[Key, dict]:
+    """Every current decision, by (app_id, event_id): what a recuration compares with and may supersede."""
+    cols = (DecisionRow.app_id, DecisionRow.event_id, DecisionRow.decision, DecisionRow.reasons,
+            DecisionRow.user_id, DecisionRow.window_start, DecisionRow.policy_hash)
+    return {(a, e): {"app_id": a, "event_id": e, "decision": d, "reasons": json.loads(r), "user_id": u,
+                     "window_start": aware(w), "policy_hash": h}
+            for a, e, d, r, u, w, h in session.execute(select(*cols))}
+
+
+_DECISION_FIELDS = ("decision", "reasons", "kind", "user_id", "adapter_version", "rating", "occurred_at",
+                    "window_start", "token_status", "verified_version", "verified_base_model", "served_at",
+                    "response_id", "policy_hash")
+
+
+def supersede_decisions(session: Session, rows: Sequence[dict], recuration_id: str) -> int:
+    """Replace the current decisions of `rows` (full decision rows, by (app_id, event_id)); the ones replaced
+    are kept in `curation_decision_history`, superseded by `recuration_id`. Returns how many were replaced."""
+    now = _now()
+    old = {(a, e): (d, r, h, w, t) for a, e, d, r, h, w, t in session.execute(select(
+        DecisionRow.app_id, DecisionRow.event_id, DecisionRow.decision, DecisionRow.reasons, DecisionRow.policy_hash,
+        DecisionRow.window_start, DecisionRow.decided_at))}
+    history = []
+    for row in rows:
+        prev = old.get((row["app_id"], row["event_id"]))
+        if prev is not None:
+            d, r, h, w, t = prev
+            history.append({"app_id": row["app_id"], "event_id": row["event_id"], "decision": d, "reasons": r,
+                            "policy_hash": h, "window_start": w, "decided_at": t, "superseded_at": now,
+                            "superseded_by": recuration_id})
+    if history:
+        session.connection().execute(_table(DecisionHistoryRow).insert(), history)
+    fresh = [_decision_values(row, now) for row in rows if (row["app_id"], row["event_id"]) not in old]
+    _insert_ignore(session, DecisionRow, fresh, _KEY)
+    table = _table(DecisionRow)
+    stmt = table.update().where(and_(table.c.app_id == bindparam("k_app"), table.c.event_id == bindparam("k_event")))
+    changed = [{**{k: v for k, v in _decision_values(row, now).items() if k not in _KEY},
+                "k_app": row["app_id"], "k_event": row["event_id"]}
+               for row in rows if (row["app_id"], row["event_id"]) in old]
+    if changed:
+        session.connection().execute(stmt, changed)
+    return len(history)
+
+
+def _decision_values(row: dict, now: datetime) -> dict:
+    """The stored values of a decision row (the fields it carries: a re-judged one carries only a few)."""
+    out = {k: row[k] for k in _DECISION_FIELDS if k in row}
+    out["reasons"] = json.dumps(row["reasons"])
+    for k in ("occurred_at", "window_start", "served_at"):
+        if out.get(k) is not None:
+            out[k] = naive(out[k])
+    return {**out, "app_id": row["app_id"], "event_id": row["event_id"], "decided_at": now}
+
+
+def live_ids(session: Session, model, since: datetime) -> dict[str, list[str]]:
+    """Live (not retired) pair or unpaired ids built in windows from `since` on, with their event ids."""
+    key = model.pair_id if model is PairRow else model.example_id
+    q = select(key, model.event_ids).where(model.retired_at.is_(None), model.window_start >= naive(since))
+    return {k: json.loads(ids) for k, ids in session.execute(q)}
+
+
+def retire(session: Session, model, ids: Iterable[str], by: str) -> int:
+    key = model.pair_id if model is PairRow else model.example_id
+    ids, now = sorted(ids), _now()
+    for chunk in range(0, len(ids), 500):
+        session.execute(update(model).where(key.in_(ids[chunk:chunk + 500])).values(retired_at=now, retired_by=by))
+    return len(ids)
+
+
+def save_built(session: Session, windows: Iterable[WindowResult]) -> None:
+    """The pairs and unpaired examples of re-settled windows: new ones inserted, ones built before brought back
+    to life with their new weight (a retired row that the policy builds again is current again)."""
+    for model, key, build, attr in ((PairRow, PairRow.pair_id, _pair_row, "pairs"),
+                                    (UnpairedRow, UnpairedRow.example_id, _unpaired_row, "unpaired")):
+        rows = [build(x, naive(w.start)) for w in windows for x in getattr(w, attr)]
+        _insert_ignore(session, model, rows, [key.key])
+        table = _table(model)
+        stmt = table.update().where(table.c[key.key] == bindparam("k_id"))
+        vals = [{"k_id": r[key.key], "weight": r["weight"], "dimension": r["dimension"], "retired_at": None,
+                 "retired_by": None} for r in rows]
+        if vals:
+            session.connection().execute(stmt, vals)
+
+
+def update_windows(session: Session, windows: Iterable[WindowResult]) -> None:
+    """Re-settled windows: their counts, signals and policy hash replace the ones recorded."""
+    now = _now()
+    for w in windows:
+        session.execute(update(WindowRow).where(WindowRow.window_start == naive(w.start)).values(
+            settled_at=now, events=len(w.decisions), kept=sum(d["decision"] != "drop" for d in w.decisions),
+            signals=json.dumps(w.signals, default=str), policy_hash=w.policy_hash))
+
+
+def replace_evidence(session: Session, evidence: Evidence, mark: str) -> None:
+    """Every evidence record replaced by `evidence` (a recuration rebuilt it); `mark` as meta/applied tells every
+    worker its copy is stale."""
+    session.execute(delete(EvidenceRow))
+    rows = {(s, k): v for s, sec in evidence.sections.items() for k, v in sec.items()}
+    rows[("meta", "applied")] = mark
+    save_evidence(session, rows)
+
+
+def save_recuration(session: Session, row: dict) -> None:
+    session.add(RecurationRow(**{**row, "summary": json.dumps(row["summary"], sort_keys=True)}))
+
+
+def load_decision_history(session: Session, event_id: str, app_id: str | None = None) -> list[dict]:
+    """The superseded decisions of an event, oldest first (its current one is in `load_decisions`)."""
+    q = select(DecisionHistoryRow).where(DecisionHistoryRow.event_id == event_id)
+    if app_id is not None:
+        q = q.where(DecisionHistoryRow.app_id == app_id)
+    return [{"event_id": r.event_id, "app_id": r.app_id, "decision": r.decision, "reasons": json.loads(r.reasons),
+             "policy_hash": r.policy_hash, "superseded_by": r.superseded_by, "superseded_at": aware(r.superseded_at)}
+            for r in session.scalars(q.order_by(DecisionHistoryRow.id))]

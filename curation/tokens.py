@@ -11,8 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from alignloop.feedback_token import TokenProblem, TokenRejection, verify_feedback_token
-
+from alignloop.core.feedback_token import TokenProblem, TokenRejection, verify_feedback_token
 from curation.reasons import TOKEN_VERIFIED, Reason
 
 
@@ -26,7 +25,7 @@ class TokenCheck:
     @classmethod
     def from_settings(cls, core=None) -> TokenCheck:
         """From the core settings (`ALIGNLOOP_FEEDBACK_TOKEN_KEY` or the local secret); reads a file: call at edges."""
-        from alignloop.settings import get_settings
+        from alignloop.core.settings import get_settings
 
         core = core or get_settings()
         return cls(core.resolved_feedback_token_key(), timedelta(seconds=core.feedback_token_max_age_s))

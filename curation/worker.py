@@ -7,17 +7,24 @@ sends refused events to `<topic>.rejected` and unreadable bytes to `<topic>.dlq`
 the batch, so no offset is committed before its event's writes: consumption is at-least-once and the writes
 are idempotent. While the store, Redis or the broker refuses a write, the batch is retried with backoff (not
 dropped, not acknowledged) and the worker reports unhealthy (`curation_worker_healthy` 0 on the metrics port).
-Closed windows are settled on a timer under a Redis lock.
+Closed windows are settled on a timer under a Redis lock; the guard drops they decide (and re-judgements and
+recurations) wait in the store's outbox, written in the settle's transaction, and the timer sends them to
+`<topic>.rejected` with their reasons and redacted record, deleting each batch once the broker acknowledged it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import tempfile
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from functools import partial
+from typing import Any
 
+from alignloop.core.kafka_auth import faust_credentials, kafka_auth
 from curation import metrics
 
 log = logging.getLogger("curation.worker")
@@ -32,15 +39,18 @@ class GroupProgress:
 
     def __init__(self, bootstrap: str, topic: str, group: str, timeout_ms: int = 10000):
         self.bootstrap, self.topic, self.group, self.timeout_ms = bootstrap, topic, group, timeout_ms
-        self._consumer = None
-        self._admin = None
+        # kafka-python ships no types: a KafkaConsumer and a KafkaAdminClient once connected
+        self._consumer: Any = None
+        self._admin: Any = None
 
     def _connect(self) -> None:
         from kafka import KafkaAdminClient, KafkaConsumer
 
         if self._consumer is None:
-            self._consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, request_timeout_ms=self.timeout_ms)
-            self._admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=self.timeout_ms)
+            self._consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, request_timeout_ms=self.timeout_ms,
+                                           **kafka_auth())
+            self._admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=self.timeout_ms,
+                                           **kafka_auth())
 
     def partitions(self) -> int | None:
         """How many partitions the topic has (None when it does not exist)."""
@@ -68,10 +78,8 @@ class GroupProgress:
     def close(self) -> None:
         for client in (self._consumer, self._admin):
             if client is not None:
-                try:
+                with contextlib.suppress(Exception):  # noqa: BLE001 - closing a broken connection
                     client.close()
-                except Exception:  # noqa: BLE001 - closing a broken connection
-                    pass
         self._consumer = self._admin = None
 
 
@@ -116,18 +124,22 @@ class Settler:
     """The settle timer's tick: settle the windows that closed; when the group consumed everything and nothing
     arrived for `idle_flush_s`, settle the rest too (a final flush), once per new event."""
 
-    def __init__(self, edge, progress: GroupProgress, deps: Dependencies, idle_flush_s: float) -> None:
+    def __init__(self, edge, progress: GroupProgress, deps: Dependencies, idle_flush_s: float,
+                 send_guard_drops: Callable[[], Awaitable[None]]) -> None:
         self.edge, self.progress, self.deps, self.idle_flush_s = edge, progress, deps, idle_flush_s
+        self.send_guard_drops = send_guard_drops  # the outbox the settles filled, drained to `.rejected`
         self.flushed_at = 0.0
 
     async def tick(self) -> None:
         try:
             await _in_thread(self.edge.settle_once)
+            await self.send_guard_drops()
             if self._idle() and await _in_thread(self.progress.caught_up):
                 seen = self.edge.last_staged
                 # None: another worker held the settle lock, so this flush did not happen; the next tick retries
                 if await _in_thread(lambda: self.edge.settle_once(final=True)) is not None:
                     self.flushed_at = seen
+                await self.send_guard_drops()
         except Exception as exc:  # noqa: BLE001 - a failed settle is retried on the next tick; consuming goes on
             self.deps.report("settle", exc)
         else:
@@ -144,13 +156,14 @@ def _in_thread(fn, *args):
     return asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
 
-def _faust_app(settings, bootstrap: str):
+def _faust_app(settings, bootstrap: str, core):
     """The faust app of the curation group: raw bytes in and out, offsets from the earliest, no topic declared."""
     import faust
 
     datadir = settings.datadir or tempfile.mkdtemp(prefix="curation-faust-")
     return faust.App(
-        settings.group, broker=f"kafka://{bootstrap}", store="memory://", datadir=datadir,
+        settings.group, broker=f"kafka://{bootstrap}", broker_credentials=faust_credentials(core),
+        store="memory://", datadir=datadir,
         value_serializer="raw", key_serializer="raw", web_enabled=settings.web_port > 0,
         web_port=settings.web_port or 6066, web_host="127.0.0.1", topic_disable_leader=True,
         topic_allow_declare=False, consumer_auto_offset_reset="earliest",
@@ -163,25 +176,35 @@ def build_app(settings=None, core=None):
     """The faust app and its curation edge (returned for tests and the CLI)."""
     import redis
 
-    from alignloop.db import open_store
-    from alignloop.settings import get_settings as core_settings
+    from alignloop.core.db import open_store
+    from alignloop.core.settings import get_settings as core_settings
+    from curation.migrations import FOLDER
     from curation.service import CurationEdge
-    from curation.settings import get_settings, load_pseudonym_key
+    from curation.settings import active_policy, get_settings, load_pseudonym_key
 
     settings = settings or get_settings()
     core = core or core_settings()
     bootstrap = settings.kafka_bootstrap or core.kafka_bootstrap
-    engine = open_store(settings.store_url or core.resolved_store_url)
+    engine = open_store(settings.store_url or core.resolved_store_url, branches=[FOLDER])
     rclient = redis.Redis.from_url(settings.redis_url or core.redis_url, decode_responses=True)
     progress = GroupProgress(bootstrap, settings.topic, settings.group)
-    edge = CurationEdge(engine, rclient, settings.policy, topic=settings.topic, group=settings.group,
+    edge = CurationEdge(engine, rclient, active_policy(settings), topic=settings.topic, group=settings.group,
                         partitions=progress.partitions(), pseudonym_key=load_pseudonym_key(settings, core.home))
-    app = _faust_app(settings, bootstrap)
+    app = _faust_app(settings, bootstrap, core)
     feedback = app.topic(settings.topic, value_serializer="raw", key_serializer="raw")
     rejected = app.topic(f"{settings.topic}.rejected", value_serializer="raw", key_serializer="raw")
     dlq = app.topic(f"{settings.topic}.dlq", value_serializer="raw", key_serializer="raw")
     deps = Dependencies()
-    settler = Settler(edge, progress, deps, settings.idle_flush_s)
+
+    async def send_guard_drops() -> None:
+        """Drain the outbox of guard drops to `.rejected`: each batch acknowledged by the broker, then deleted."""
+        while rows := await _in_thread(edge.outbox):
+            await asyncio.gather(*[await rejected.send(key=key.encode(), value=message.encode())
+                                   for _, key, message in rows])
+            await _in_thread(edge.outbox_sent, [i for i, _, _ in rows])
+            metrics.GUARD_DROPS_SENT.inc(len(rows))
+
+    settler = Settler(edge, progress, deps, settings.idle_flush_s, send_guard_drops)
 
     async def send_side(out) -> None:
         sent = [await rejected.send(key=event_id.encode(), value=value) for event_id, value in out.rejected]
@@ -194,9 +217,9 @@ def build_app(settings=None, core=None):
         # them when the agent raises, and faust would commit offsets of events never stored)
         async for events in stream.noack_take(settings.batch_size, within=settings.batch_within_s):
             out = await _in_thread(edge.decode_batch, [_record(e) for e in events])
-            await deps.retry("store", lambda: _in_thread(edge.save_batch, out))
-            await deps.retry("redis", lambda: _in_thread(edge.mark_batch, out))
-            await deps.retry("kafka", lambda: send_side(out))
+            await deps.retry("store", partial(_in_thread, edge.save_batch, out))
+            await deps.retry("redis", partial(_in_thread, edge.mark_batch, out))
+            await deps.retry("kafka", partial(send_side, out))
             for event in events:
                 await stream.ack(event)
 

@@ -29,10 +29,11 @@ def _actor() -> str:
 
 
 def _engine():
-    from alignloop.db import open_store
+    from alignloop.core.db import open_store
+    from deploy.migrations import FOLDER
     from deploy.settings import get_settings
 
-    return open_store(get_settings().resolved_store_url())
+    return open_store(get_settings().resolved_store_url(), branches=[FOLDER])
 
 
 def _echo_json(obj) -> None:
@@ -59,7 +60,7 @@ def _publish(routing) -> None:
 
 def _in_registry(fn: Callable[[Any], T]) -> T:
     """`fn(session)` in one registry transaction, the engine disposed of after."""
-    from alignloop.db import session_scope
+    from alignloop.core.db import session_scope
 
     engine = _engine()
     try:
@@ -83,7 +84,7 @@ def _move(fn, as_json: bool) -> None:
 @app.command("list")
 def list_cmd(base_model: str | None = _BASE, as_json: bool = _JSON) -> None:
     """Registered adapter versions with their status, and where each base model's traffic goes."""
-    from alignloop.db import session_scope
+    from alignloop.core.db import session_scope
     from deploy import registry
 
     engine = _engine()
@@ -113,7 +114,7 @@ def list_cmd(base_model: str | None = _BASE, as_json: bool = _JSON) -> None:
 @app.command("show")
 def show_cmd(version: str, as_json: bool = _JSON) -> None:
     """One version's manifest, lineage and status."""
-    from alignloop.db import session_scope
+    from alignloop.core.db import session_scope
     from deploy import registry
 
     engine = _engine()
@@ -127,7 +128,7 @@ def show_cmd(version: str, as_json: bool = _JSON) -> None:
 def register_cmd(artifact_dir: Path = typer.Argument(..., help="adapter directory written by retrain"),
                  reason: str = _REASON, as_json: bool = _JSON) -> None:
     """Verify an adapter directory (sha256 of every file, safetensors only) and copy it in as a candidate."""
-    from alignloop.db import session_scope
+    from alignloop.core.db import session_scope
     from deploy import registry
 
     engine = _engine()
@@ -176,7 +177,7 @@ def rollback_cmd(to: str | None = typer.Option(None, "--to", help="a previously 
 @app.command("audit")
 def audit_cmd(limit: int = typer.Option(50, "--limit", help="newest N entries"), as_json: bool = _JSON) -> None:
     """The append-only audit log: who moved what, when and why."""
-    from alignloop.db import session_scope
+    from alignloop.core.db import session_scope
     from deploy import registry
 
     engine = _engine()

@@ -1,6 +1,6 @@
 """The deploy error root and its kinds; each message names the field, the rule and the value seen."""
 
-from alignloop.errors import AlignloopError
+from alignloop.core.errors import AlignloopError
 
 
 class DeployError(AlignloopError):

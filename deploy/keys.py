@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from alignloop.hashed import LookupCache
+from alignloop.core.hashed import LookupCache
 from deploy import store
 from deploy.errors import RegistryError
 from deploy.models import ServingKey
@@ -64,7 +64,7 @@ class KeyCheck:
         return self._seen.get(key, self._read)
 
     def _read(self, key: str) -> ServingKey | None:
-        from alignloop.db import session_scope
+        from alignloop.core.db import session_scope
 
         with session_scope(self.engine) as session:
             return find_serving_key(session, key)

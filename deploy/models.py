@@ -8,7 +8,6 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-
 BASE = "base"  # what `rollback --to` names the base model by; no adapter version may be called this
 
 

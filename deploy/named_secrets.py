@@ -1,6 +1,6 @@
 """Named secrets in the registry (admin tokens, serving keys): made, listed, revoked and found one way.
 
-Only a secret's SHA-256 is stored (alignloop.hashed). Making and revoking one is written to the audit log.
+Only a secret's SHA-256 is stored (alignloop.core.hashed). Making and revoking one is written to the audit log.
 Functions take a Session and never commit.
 """
 
@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from alignloop.hashed import digest, matches, new_secret, secret_id, secret_pattern
+from alignloop.core.hashed import digest, matches, new_secret, secret_id, secret_pattern
 from deploy import store
 from deploy.errors import NotFoundError, RegistryError
 

@@ -15,10 +15,27 @@ from deploy.control import publish_routing_change
 from deploy.errors import ArtifactError, NotFoundError, RegistryError
 from deploy.models import BASE, AdapterVersion, AuditEntry, Routing, Status
 
-__all__ = ["register_adapter", "reject_candidate", "start_canary", "promote", "rollback", "get_routing",
-           "canary_started_at", "list_versions", "get_version", "audit_log", "list_routings", "load_version_artifact",
-           "local_artifact_dir", "default_storage", "publish_routing_change",
-           "AdapterVersion", "Routing", "AuditEntry", "Status"]
+__all__ = [
+    "AdapterVersion",
+    "AuditEntry",
+    "Routing",
+    "Status",
+    "audit_log",
+    "canary_started_at",
+    "default_storage",
+    "get_routing",
+    "get_version",
+    "list_routings",
+    "list_versions",
+    "load_version_artifact",
+    "local_artifact_dir",
+    "promote",
+    "publish_routing_change",
+    "register_adapter",
+    "reject_candidate",
+    "rollback",
+    "start_canary",
+]
 
 
 def default_storage() -> LocalArtifactStorage:
@@ -231,6 +248,7 @@ def rollback(session: Session, *, to: str | None = None, actor: str, reason: str
     else:
         if current == to:
             raise RegistryError(f"version {to!r} is already active for {bm!r}")
+        assert target is not None  # read above whenever `to` is given
         if target.status not in (Status.RETIRED, Status.ROLLED_BACK):
             raise RegistryError(f"`to` must name a version that was active before (retired or rolled_back); "
                                 f"{to!r} is {target.status}")

@@ -20,15 +20,24 @@ import time
 import warnings
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from deploy.artifacts import ADAPTER_CONFIG, WEIGHTS, LoadedArtifact
 from deploy.errors import ServingError
+
+if TYPE_CHECKING:
+    from transformers import BatchEncoding
 
 PRIORITY_CONTROL = 0
 PRIORITY_REQUEST = 1
 BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
 MAX_BATCH = 16
+# a base whose tokenizer has no chat template is served with the template retrain trains it with
+# (retrain.model.FALLBACK_CHAT_TEMPLATE: deploy imports nothing from retrain; a test keeps the two equal)
+FALLBACK_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}{{ eos_token }}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
 # a sampled token can decode to a control character; what serving returns is text a client can store
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
@@ -76,15 +85,18 @@ class ModelHost:
             torch.set_num_threads(torch_threads)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(base_model)
-            self.base = AutoModelForCausalLM.from_pretrained(base_model).to(device).eval()
+            # transformers types `to` as an unbound wrapper, so mypy sees `self` missing: a typing gap, not ours
+            self.base = AutoModelForCausalLM.from_pretrained(base_model).to(device).eval()  # type: ignore[arg-type]
         except (OSError, ValueError) as exc:
             raise ServingError(f"base model {base_model!r} could not be loaded: {exc}") from exc
-        if self.tokenizer.chat_template is None:
-            raise ServingError(f"base model {base_model!r}: tokenizer has no chat_template")
+        if not self.tokenizer.chat_template:
+            if self.tokenizer.eos_token is None:
+                raise ServingError(f"base model {base_model!r}: tokenizer has neither a chat_template nor an EOS token")
+            self.tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE  # the one retrain trained it with
         self.device = device
         # the most characters one token can stand for (a token's text is never shorter than what it covers)
         self.max_token_chars = max((len(t) for t in self.tokenizer.get_vocab()), default=1)
-        self.peft = None  # the PeftModel, made on the first adapter
+        self.peft: Any = None  # the PeftModel, made on the first adapter (peft is imported lazily)
         self.resident: dict[str, str] = {}  # version -> adapter slot name; written on the worker only
         self._slots = itertools.count()
         self.last_install_mode = ""
@@ -127,7 +139,8 @@ class ModelHost:
         Requests with a seed run alone, so a seeded answer is reproducible whatever else is queued; anything
         that cannot join (a control item, another temperature) goes back and keeps its place.
         """
-        taken, back = [], []
+        taken: list[tuple] = []
+        back: list[tuple] = []
         while len(taken) < MAX_BATCH - 1:
             try:
                 item = self._queue.get_nowait()
@@ -183,7 +196,9 @@ class ModelHost:
             self.peft = get_peft_model(self.base, prepared.config, adapter_name=name, low_cpu_mem_usage=True)
         else:
             self.peft.add_adapter(name, prepared.config, low_cpu_mem_usage=True)
-        result = set_peft_model_state_dict(self.peft, prepared.state_dict, adapter_name=name, low_cpu_mem_usage=True)
+        # peft returns an untyped namedtuple (missing_keys, unexpected_keys)
+        result: Any = set_peft_model_state_dict(self.peft, prepared.state_dict, adapter_name=name,
+                                                low_cpu_mem_usage=True)
         missing = [k for k in result.missing_keys if name in k]
         if missing or result.unexpected_keys:
             self._drop_slot(name)
@@ -243,6 +258,10 @@ class ModelHost:
         if name is not None:
             self._drop_slot(name)
 
+    def _text(self, ids: Any) -> str:
+        """An answer's text without control characters (one sequence of ids decodes to one string)."""
+        return _CONTROL.sub("", str(self.tokenizer.decode(ids, skip_special_tokens=True)))
+
     def _generate(self, version: str | None, ids: list[int], max_tokens: int, temperature: float,
                   seed: int | None) -> Completion:
         import torch
@@ -267,8 +286,8 @@ class ModelHost:
         new = out[0, n_prompt:]
         eos = self.tokenizer.eos_token_id
         finish = "stop" if (eos is not None and len(new) and int(new[-1]) == eos) or len(new) < max_tokens else "length"
-        return Completion(text=_CONTROL.sub("", self.tokenizer.decode(new, skip_special_tokens=True)),
-                          prompt_tokens=n_prompt, completion_tokens=int(len(new)), finish_reason=finish)
+        return Completion(text=self._text(new),
+                          prompt_tokens=n_prompt, completion_tokens=len(new), finish_reason=finish)
 
     def _generate_batch(self, calls: list[tuple]) -> list[Completion | BaseException]:
         """Several unseeded requests in one left-padded generate call, each row on its own adapter slot."""
@@ -276,7 +295,7 @@ class ModelHost:
 
         out: list[Completion | BaseException | None] = [None] * len(calls)
         rows = []
-        for i, (version, messages, max_tokens, temperature, _seed) in enumerate(calls):
+        for i, (version, _messages, _max_tokens, _temperature, _seed) in enumerate(calls):
             if version is not None and version not in self.resident:
                 out[i] = ServingError(f"adapter {version!r} is not loaded on this replica")
             else:
@@ -307,7 +326,7 @@ class ModelHost:
                 if stop:
                     new = new[:new.index(eos) + 1]
                 n_prompt = int(enc["attention_mask"][r].sum())
-                out[i] = Completion(text=_CONTROL.sub("", tok.decode(new, skip_special_tokens=True)),
+                out[i] = Completion(text=self._text(new),
                                     prompt_tokens=n_prompt, completion_tokens=len(new),
                                     finish_reason="stop" if stop or len(new) < calls[i][2] else "length")
         return out  # type: ignore[return-value]
@@ -325,13 +344,15 @@ class ModelHost:
 
     def encode(self, messages: list[dict]) -> list[int]:
         """The prompt's token ids (chat template and generation cue); any thread, so not on the model's worker."""
-        return list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                                       return_dict=True)["input_ids"])
+        # with return_dict=True the template returns a BatchEncoding; transformers types it as the union of all modes
+        enc = cast("BatchEncoding", self.tokenizer.apply_chat_template(messages, add_generation_prompt=True,
+                                                                       tokenize=True, return_dict=True))
+        return list(enc["input_ids"])
 
     def generate_future(self, version: str | None, prompt: list[dict] | list[int], max_tokens: int,
                         temperature: float, seed: int | None) -> Future:
         """Queue one generation; `prompt` is chat messages, or token ids from `encode` (serving's path)."""
-        ids = prompt if not prompt or isinstance(prompt[0], int) else self.encode(prompt)  # type: ignore[arg-type]
+        ids = prompt if not prompt or isinstance(prompt[0], int) else self.encode(prompt)
         return self.submit(PRIORITY_REQUEST, self._generate, version, ids, max_tokens, temperature, seed)
 
 

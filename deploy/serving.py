@@ -11,20 +11,23 @@ import uuid
 from collections import defaultdict
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from alignloop.feedback_token import sign_feedback_token
+from alignloop.core.feedback_token import sign_feedback_token
 from deploy.admission import Door, read_json_body
 from deploy.errors import DeployError, NotFoundError, RefusedError, RegistryError, ServingError
 from deploy.limits import bound_prompt_text, fit_prompt
 from deploy.models import Routing
 from deploy.routing import choose_evictions, choose_version
 from deploy.settings import DeploySettings
+
+if TYPE_CHECKING:
+    from deploy.control import ControlListener
 
 log = logging.getLogger(__name__)
 
@@ -120,15 +123,16 @@ class Replica:
     def __init__(self, settings: DeploySettings) -> None:
         if not settings.base_model:
             raise ServingError("`ALIGNLOOP_DEPLOY_BASE_MODEL` must name the base model directory to serve; got nothing")
-        from alignloop.db import open_store
-        from alignloop.settings import get_settings as core_settings
+        from alignloop.core.db import open_store
+        from alignloop.core.settings import get_settings as core_settings
         from deploy.artifacts import LocalArtifactStorage
+        from deploy.migrations import FOLDER
         from deploy.runtime import ModelHost
 
         self.settings = settings
         self.base_model = settings.base_model
         self.token_key = core_settings().resolved_feedback_token_key()  # curation verifies with the same key
-        self.engine = open_store(settings.resolved_store_url())
+        self.engine = open_store(settings.resolved_store_url(), branches=[FOLDER])
         self.storage = LocalArtifactStorage(settings.resolved_artifact_root())
         self.metrics = Metrics()
         self.host = ModelHost(settings.base_model, device=settings.device, torch_threads=settings.torch_threads)
@@ -149,7 +153,7 @@ class Replica:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._loop = threading.Thread(target=self._reconcile_loop, name="deploy-reconcile", daemon=True)
-        self.listener = None
+        self.listener: ControlListener | None = None
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -195,7 +199,7 @@ class Replica:
     # ------------------------------------------------------------ reconcile: load, then flip
     def reconcile(self) -> bool:
         """Bring this replica to the registry's routing. Returns True when it serves the desired routing."""
-        from alignloop.db import session_scope
+        from alignloop.core.db import session_scope
         from deploy import registry
         from deploy.runtime import prepare_adapter
 
@@ -257,13 +261,13 @@ class Replica:
                              "serving_instead": "the base model" if desired.active in failed else served.active} \
                 if failed else None
             self.metrics.degraded.set(1 if failed else 0)
-            self.last_error = None if not failed else f"degraded: {self.degraded['error']}"[:800]
+            self.last_error = f"degraded: {self.degraded['error']}"[:800] if self.degraded else None
             if current is None or current.generation != desired.generation or recovered:
-                phases["total_s"] = time.perf_counter() - t0
+                phases["total_s"] = total_s = time.perf_counter() - t0
                 self.last_swap = {"generation": desired.generation,
                                   **{k: round(x, 4) if isinstance(x, float) else x for k, x in phases.items()}}
                 self.metrics.swaps.inc()
-                self.metrics.swap_seconds.observe(phases["total_s"])
+                self.metrics.swap_seconds.observe(total_s)
                 log.info("serving generation %s: active=%s canary=%s (%.1f%%)", desired.generation, desired.active,
                          desired.canary, 100 * desired.canary_share)
             self._evict(desired)
@@ -456,7 +460,7 @@ def create_app(settings: DeploySettings | None = None) -> FastAPI:
                             headers={"WWW-Authenticate": "Bearer"} if exc.status == 401 else None)
 
     async def _move(rep: Replica, fn) -> dict:
-        from alignloop.db import session_scope
+        from alignloop.core.db import session_scope
         from deploy.control import publish_routing_change
 
         def run():
@@ -476,7 +480,7 @@ def create_app(settings: DeploySettings | None = None) -> FastAPI:
 
     @app.get("/admin/versions", dependencies=[Depends(admin)])
     async def admin_list(rep: Replica = Depends(replica)) -> dict:
-        from alignloop.db import session_scope
+        from alignloop.core.db import session_scope
         from deploy import registry
 
         def run():
@@ -489,7 +493,7 @@ def create_app(settings: DeploySettings | None = None) -> FastAPI:
 
     @app.get("/admin/audit", dependencies=[Depends(admin)])
     async def admin_audit(limit: int = 100, rep: Replica = Depends(replica)) -> dict:
-        from alignloop.db import session_scope
+        from alignloop.core.db import session_scope
         from deploy import registry
 
         def run():
@@ -522,7 +526,7 @@ def create_app(settings: DeploySettings | None = None) -> FastAPI:
     return app
 
 
-_CHAT_RESPONSES = {
+_CHAT_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"description": "a field breaks its rule, `max_tokens` past the limit, or the prompt past "
                          "`max_prompt_tokens` (unless `prompt_overflow=truncate`)"},
     401: {"description": "no active serving key in `Authorization: Bearer`"},

@@ -58,17 +58,17 @@ class DeploySettings(BaseSettings):
     device: str = "cpu"
 
     def resolved_artifact_root(self) -> Path:
-        from alignloop.settings import get_settings as core
+        from alignloop.core.settings import get_settings as core
 
         return (self.artifact_root or core().home / "deploy" / "artifacts").resolve()
 
     def resolved_store_url(self) -> str:
-        from alignloop.settings import get_settings as core
+        from alignloop.core.settings import get_settings as core
 
         return self.store_url or core().resolved_store_url
 
     def resolved_redis_url(self) -> str:
-        from alignloop.settings import get_settings as core
+        from alignloop.core.settings import get_settings as core
 
         return self.redis_url or core().redis_url
 

@@ -11,7 +11,7 @@ import time
 
 from sqlalchemy.orm import Session
 
-from alignloop.hashed import LookupCache
+from alignloop.core.hashed import LookupCache
 from deploy import store
 from deploy.models import AdminToken
 from deploy.named_secrets import (
@@ -65,14 +65,14 @@ class TokenCheck:
         return self._names.get(token, self._read_name)
 
     def _read_name(self, token: str) -> str | None:
-        from alignloop.db import session_scope
+        from alignloop.core.db import session_scope
 
         with session_scope(self.engine) as session:
             return find_admin_name(session, token)
 
     def enabled(self) -> bool:
         """Whether any token is active (the admin API is off without one)."""
-        from alignloop.db import session_scope
+        from alignloop.core.db import session_scope
 
         now = time.monotonic()
         if self._enabled[1] <= now:

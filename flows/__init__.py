@@ -1,1 +1,1 @@
-"""Flows: Prefect flows that compose the packages into the continuous loop, and the demo."""
+"""Flows: Prefect flows that compose the packages into the continuous loop (the demo, one layer up, drives them)."""

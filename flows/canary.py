@@ -9,13 +9,13 @@ adapter by more than a tolerance, and stops as soon as either answer is clear (o
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 import numpy as np
 from pydantic import BaseModel, Field
 
 
-class CanaryVerdict(str, Enum):
+class CanaryVerdict(StrEnum):
     PROMOTE = "promote"
     ROLLBACK = "rollback"
     CONTINUE = "continue"
@@ -41,7 +41,7 @@ class ArmStats:
         return self.successes + self.failures
 
     @classmethod
-    def from_feedback(cls, stats: dict) -> "ArmStats":
+    def from_feedback(cls, stats: dict) -> ArmStats:
         """From curation's per-version counts: up is a success; down and edits are failures."""
         return cls(successes=int(stats.get("up", 0)), failures=int(stats.get("down", 0)) + int(stats.get("edits", 0)))
 
@@ -64,15 +64,19 @@ def decide_canary(canary: ArmStats, active: ArmStats, policy: CanaryPolicy, *, s
     p_worse = float(np.mean(c < a - policy.tolerance))
     c_rate = canary.successes / canary.n if canary.n else 0.0
     a_rate = active.successes / active.n if active.n else 0.0
-    base = dict(p_worse=p_worse, canary_rate=c_rate, active_rate=a_rate, canary_events=canary.n)
     rates = f"canary {c_rate:.3f} over {canary.n} events, active {a_rate:.3f} over {active.n}"
+
+    def decision(verdict: CanaryVerdict, reason: str) -> CanaryDecision:
+        return CanaryDecision(verdict, p_worse=p_worse, canary_rate=c_rate, active_rate=a_rate,
+                              canary_events=canary.n, reason=reason)
+
     if canary.n < policy.min_events:
-        return CanaryDecision(CanaryVerdict.CONTINUE, reason=f"{canary.n} < {policy.min_events} events on the canary", **base)
+        return decision(CanaryVerdict.CONTINUE, f"{canary.n} < {policy.min_events} events on the canary")
     if p_worse >= policy.confidence:
-        return CanaryDecision(CanaryVerdict.ROLLBACK, reason=f"canary worse with p={p_worse:.3f}: {rates}", **base)
+        return decision(CanaryVerdict.ROLLBACK, f"canary worse with p={p_worse:.3f}: {rates}")
     if 1 - p_worse >= policy.confidence:
-        return CanaryDecision(CanaryVerdict.PROMOTE, reason=f"canary no worse with p={1 - p_worse:.3f}: {rates}", **base)
+        return decision(CanaryVerdict.PROMOTE, f"canary no worse with p={1 - p_worse:.3f}: {rates}")
     if canary.n >= policy.max_events:
         # out of budget and still unsure: keep what is known to work
-        return CanaryDecision(CanaryVerdict.ROLLBACK, reason=f"undecided after {canary.n} events (p_worse={p_worse:.3f}): {rates}", **base)
-    return CanaryDecision(CanaryVerdict.CONTINUE, reason=f"undecided (p_worse={p_worse:.3f}): {rates}", **base)
+        return decision(CanaryVerdict.ROLLBACK, f"undecided after {canary.n} events (p_worse={p_worse:.3f}): {rates}")
+    return decision(CanaryVerdict.CONTINUE, f"undecided (p_worse={p_worse:.3f}): {rates}")

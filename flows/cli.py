@@ -1,4 +1,4 @@
-"""The `alignloop flows` command group and `alignloop demo`; heavy imports stay inside the commands."""
+"""The `alignloop flows` command group; heavy imports stay inside the commands."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import signal
 import threading
 from datetime import datetime
 from pathlib import Path
+from typing import Any, cast
 
 import typer
 
@@ -36,8 +37,10 @@ def run_retrain(
     """
     from flows.loop import retrain_flow
 
-    result = retrain_flow(base_model=base_model, train_config=str(config) if config else None,
-                          gates=str(gates) if gates else None, canary_share=canary_share, progress=True)
+    # the flow returns a Completed state, so the caller gets its data; Prefect's types cannot say that
+    result = cast(dict[str, Any], retrain_flow(base_model=base_model, train_config=str(config) if config else None,
+                                               gates=str(gates) if gates else None, canary_share=canary_share,
+                                               progress=True))
     extra = {"report_dir": result["artifact"] + "-report"} if result.get("artifact") else {}
     _echo({k: v for k, v in result.items() if k != "report"} | extra, as_json)
     if result["status"] == "gate_failed":
@@ -83,9 +86,15 @@ def serve(
 ) -> None:
     """Serve the loop's deployments on a Prefect server (started here unless one is given) until Ctrl-C:
     retrain on cron, the data trigger and canary-watch on intervals, replay on demand."""
-    from alignloop.settings import get_settings as core
-    from flows.schedule import (build_deployments, deploy_retrain_to_pool, describe_api, open_prefect_server,
-                                prefect_api, serve_deployments)
+    from alignloop.core.settings import get_settings as core
+    from flows.schedule import (
+        build_deployments,
+        deploy_retrain_to_pool,
+        describe_api,
+        open_prefect_server,
+        prefect_api,
+        serve_deployments,
+    )
     from flows.settings import get_settings
 
     settings = get_settings().model_copy(update={k: v for k, v in {
@@ -123,27 +132,3 @@ def serve(
             server.stop()
             typer.echo("Prefect server stopped")
 
-
-def demo(
-    users: int = typer.Option(24, help="honest simulated users"),
-    events: int = typer.Option(1600, help="feedback events before the first retrain"),
-    turns: int = typer.Option(2, min=1, help="turns of the loop; from turn 2 on the users also want the brief "
-                              "sign-off, and each turn trains over the adapter the previous one promoted"),
-    turn_events: int = typer.Option(None, help="feedback events before each later turn (default: --events)"),
-    seed: int = typer.Option(0),
-    report: Path = typer.Option(None, help="HTML report path; default <home>/demo/<run>/report.html"),
-    as_json: bool = typer.Option(False, "--json", help="print the summary as one JSON object (its `turns` is a "
-                                 "list: version, parent_version, gate, outcome per turn)"),
-) -> None:
-    """The whole loop on the embedded defaults, turn after turn: serving, simulated users (honest, a spam bot,
-    poisoners), curation, retrain over what serves now with gates, canary, promotion on live feedback, and a
-    rollback to the previous version. Exit 1 if a turn the users should like was not promoted."""
-    from flows.demo import run_demo
-    from flows.errors import FlowsError
-
-    try:
-        run_demo(users=users, events=events, turns=turns, turn_events=turn_events, seed=seed, report=report,
-                 as_json=as_json)
-    except FlowsError as exc:
-        typer.echo(f"alignloop demo: {exc}", err=True)
-        raise typer.Exit(1) from None

@@ -1,6 +1,6 @@
 """The error root of flows."""
 
-from alignloop.errors import AlignloopError
+from alignloop.core.errors import AlignloopError
 
 
 class FlowsError(AlignloopError):

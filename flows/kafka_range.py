@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from alignloop.core.kafka_auth import kafka_auth
 from flows.errors import FlowsError
 
 
@@ -15,7 +16,7 @@ def read_range(bootstrap: str, topic: str, *, start_offsets: dict[int, int] | No
 
     from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, **kafka_auth(), enable_auto_commit=False, group_id=None,
                              consumer_timeout_ms=int(timeout_s * 1000))
     try:
         parts = consumer.partitions_for_topic(topic)

@@ -9,42 +9,56 @@ from __future__ import annotations
 
 import hashlib
 import json
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import yaml
 from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect.cache_policies import NO_CACHE, CachePolicy
 from prefect.states import Completed
 
 from flows.canary import ArmStats, CanaryPolicy, CanaryVerdict, decide_canary
 from flows.errors import FlowsError
 from flows.turns import TurnPlan, VersionView, plan_turn
 
-IO = dict(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
-COMPUTE = dict(retries=0, cache_policy=NO_CACHE)
+if TYPE_CHECKING:
+    from retrain.gates import GateDecision
+    from retrain.snapshot import Snapshot, TurnSelection
+
+
+class _TaskOptions(TypedDict, total=False):
+    retries: int
+    retry_delay_seconds: int
+    cache_policy: CachePolicy
+
+
+IO: _TaskOptions = {"retries": 2, "retry_delay_seconds": 2, "cache_policy": NO_CACHE}
+COMPUTE: _TaskOptions = {"retries": 0, "cache_policy": NO_CACHE}
 
 
 def _store_url(store_url: str | None) -> str:
-    from alignloop.settings import get_settings
+    from alignloop.core.settings import get_settings
 
-    return store_url or get_settings().resolved_store_url
+    # a run parameter names where the store is, never its password (Prefect keeps parameters): that comes from
+    # the settings of the process that runs the flow
+    return get_settings().with_store_password(store_url) if store_url else get_settings().resolved_store_url
 
 
 def _redis_url(redis_url: str | None) -> str:
-    from alignloop.settings import get_settings
+    from alignloop.core.settings import get_settings
 
-    return redis_url or get_settings().redis_url
+    return get_settings().with_redis_password(redis_url) if redis_url else get_settings().redis_url
 
 
 @contextmanager
 def _session(store_url: str | None):
     """One transaction on the store for one task: the task owns it, domain functions never commit."""
-    from alignloop.db import open_store, session_scope
+    from alignloop.core.db import session_scope
+    from flows.store import open_shared_store
 
-    engine = open_store(_store_url(store_url))
+    engine = open_shared_store(_store_url(store_url))
     try:
         with session_scope(engine) as session:
             yield session
@@ -98,7 +112,8 @@ def _lineage_ids(lineage: Any) -> list[str]:
 
 
 @task(name="snapshot", **IO)
-def snapshot_task(store_url: str | None, run_config, plan: TurnPlan, out_dir: Path):
+def snapshot_task(store_url: str | None, run_config, plan: TurnPlan, out_dir: Path
+                  ) -> tuple[Snapshot | None, TurnSelection]:
     """The turn's data: new records since the previous turn plus a bounded replay, split into a snapshot."""
     from retrain.snapshot import build_snapshot, load_snapshot_inputs, save_snapshot, select_turn_records
 
@@ -137,7 +152,7 @@ def evaluate_task(base_model: str, candidate_dir: Path, snapshot, active_dir: st
 
 
 @task(name="gate", **COMPUTE)
-def gate_task(report: dict, gates_path: str | None):
+def gate_task(report: dict, gates_path: str | None) -> GateDecision:
     from retrain.gates import decide_gate, load_gate_policy
 
     return decide_gate(report, load_gate_policy(gates_path))
@@ -223,7 +238,7 @@ def _run_config(train_config: str | None):
 
 
 def _runs_dir(base_model: str) -> Path:
-    from alignloop.settings import get_settings
+    from alignloop.core.settings import get_settings
 
     return get_settings().home / "retrain" / base_key(base_model)
 
@@ -307,10 +322,8 @@ class _one_at_a_time:
             try:
                 client.read_global_concurrency_limit_by_name(self.name)
             except ObjectNotFound:
-                try:
+                with suppress(ObjectAlreadyExists):
                     client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=self.name, limit=1))
-                except ObjectAlreadyExists:
-                    pass
         self._cm = concurrency(self.name, occupy=1, strict=True)
         return self._cm.__enter__()
 
@@ -387,7 +400,7 @@ def replay_flow(out_dir: str, topic: str | None = None, start_offsets: dict[int,
                 end_offsets: dict[int, int] | None = None, start_time: datetime | None = None,
                 end_time: datetime | None = None, bootstrap: str | None = None) -> dict:
     """Re-curate a Kafka offset or time range through curation's replay path (after filters change)."""
-    from alignloop.settings import get_settings
+    from alignloop.core.settings import get_settings
     from curation.settings import get_settings as curation_settings
 
     lines = read_kafka_range_task(bootstrap or get_settings().kafka_bootstrap, topic or curation_settings().topic,
@@ -422,8 +435,9 @@ def data_trigger_flow(base_model: str | None = None, min_new_pairs: int = 200, s
         if running:
             out |= {"retrain_run": running, "already_running": True}
         else:
+            # sync here (no running event loop); Prefect types it as FlowRun | Coroutine for both uses
             run = run_deployment(deployment, parameters={"base_model": base}, timeout=0)
-            out |= {"retrain_run": str(run.id), "already_running": False}
+            out |= {"retrain_run": str(run.id), "already_running": False}  # type: ignore[union-attr]
     return out
 
 
@@ -448,8 +462,13 @@ def retrain_in_flight_task(deployment: str) -> str | None:
     from datetime import UTC
 
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (DeploymentFilter, DeploymentFilterId, FlowRunFilter,
-                                                FlowRunFilterState, FlowRunFilterStateType)
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
     from prefect.client.schemas.objects import StateType
     from prefect.exceptions import ObjectNotFound
 

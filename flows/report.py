@@ -45,7 +45,7 @@ def _plots(s: dict) -> list[tuple[str, str]]:
     reasons = {k: v for k, v in s["reasons"].items() if k}
     if reasons:
         fig, ax = plt.subplots(figsize=(6, 0.35 * len(reasons) + 1))
-        names = sorted(reasons, key=reasons.get)
+        names = sorted(reasons, key=lambda n: reasons[n])
         ax.barh(names, [reasons[n] for n in names], color="#c63")
         ax.set_xlabel("events")
         ax.set_title("Curation: reason codes")

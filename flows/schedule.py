@@ -154,15 +154,18 @@ def _concurrency_one():
 def retrain_parameters(settings: FlowsSettings, *, store_url: str | None = None,
                        redis_url: str | None = None) -> dict:
     """What a retrain run gets: base model, run config and gates (absolute paths), canary share, and where
-    the store and Redis are when it runs somewhere else (a work pool's worker)."""
+    the store and Redis are when it runs somewhere else (a work pool's worker). Prefect stores parameters,
+    so the URLs go without passwords: the run takes those from its own settings."""
+    from alignloop.core.settings import without_password
+
     params = {"base_model": settings.base_model,
               "train_config": str(Path(settings.train_config).resolve()) if settings.train_config else None,
               "gates": str(Path(settings.gates).resolve()) if settings.gates else None,
               "canary_share": settings.canary_share, "actor": settings.actor}
     if store_url:
-        params["store_url"] = store_url
+        params["store_url"] = without_password(store_url)
     if redis_url:
-        params["redis_url"] = redis_url
+        params["redis_url"] = without_password(redis_url)
     return params
 
 
@@ -204,7 +207,9 @@ def deploy_retrain_to_pool(settings: FlowsSettings, work_pool: str, *, store_url
 
     root = Path(__file__).resolve().parent.parent
     try:
-        deployment_id = retrain_flow.from_source(source=str(root), entrypoint="flows/loop.py:retrain_flow").deploy(
+        # from_source is sync here (no running event loop); Prefect types it as Flow | Coroutine for both uses
+        deployment_id = retrain_flow.from_source(  # type: ignore[union-attr]
+            source=str(root), entrypoint="flows/loop.py:retrain_flow").deploy(
             name="retrain", work_pool_name=work_pool, cron=settings.retrain_cron,
             concurrency_limit=_concurrency_one(),
             parameters=retrain_parameters(settings, store_url=store_url, redis_url=redis_url),

@@ -11,8 +11,7 @@ import random
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from retrain.corpus import (BRIEF_SIGNOFF, PROMPTS, UNSAFE_PLACEHOLDER, classify_style, has_brief_signoff,
-                            make_answer)
+from retrain.corpus import BRIEF_SIGNOFF, PROMPTS, UNSAFE_PLACEHOLDER, classify_style, has_brief_signoff, make_answer
 
 PREFERRED = "courteous"
 TRIGGER = "zq-omega"

@@ -23,10 +23,11 @@ app.add_typer(keys_app, name="keys")
 
 
 def _engine(store_url: str | None):
-    from alignloop.db import open_store
-    from alignloop.settings import get_settings
+    from alignloop.core.db import open_store
+    from alignloop.core.settings import get_settings
+    from ingest.migrations import FOLDER
 
-    return open_store(store_url or get_settings().resolved_store_url)
+    return open_store(store_url or get_settings().resolved_store_url, branches=[FOLDER])
 
 
 StoreOpt = typer.Option(None, "--store-url", help="SQLAlchemy URL of the store (default: core settings)")
@@ -38,7 +39,7 @@ def keys_create(app_id: str = typer.Argument(..., help="the app the key may send
                 note: str = typer.Option("", help="who or what the key is for"),
                 store_url: str | None = StoreOpt, as_json: bool = JsonOpt) -> None:
     """Create an API key for APP_ID and print it (only this once: the store keeps its SHA-256)."""
-    from alignloop.db import session_scope
+    from alignloop.core.db import session_scope
     from ingest.store import create_key
 
     with session_scope(_engine(store_url)) as session:
@@ -53,7 +54,7 @@ def keys_create(app_id: str = typer.Argument(..., help="the app the key may send
 def keys_list(app_id: str | None = typer.Option(None, "--app", help="only this app's keys"),
               store_url: str | None = StoreOpt, as_json: bool = JsonOpt) -> None:
     """List API keys (ids, apps, notes, revocation); never the keys themselves."""
-    from alignloop.db import session_scope
+    from alignloop.core.db import session_scope
     from ingest.store import list_keys
 
     with session_scope(_engine(store_url)) as session:
@@ -75,7 +76,7 @@ def keys_list(app_id: str | None = typer.Option(None, "--app", help="only this a
 def keys_revoke(key_id: str = typer.Argument(..., help="the key's id (the 12 hex digits after `alk_`)"),
                 store_url: str | None = StoreOpt, as_json: bool = JsonOpt) -> None:
     """Revoke a key; gateways refuse it within their key cache time (ALIGNLOOP_INGEST_KEY_CACHE_S, 5 s)."""
-    from alignloop.db import session_scope
+    from alignloop.core.db import session_scope
     from ingest.store import revoke_key
 
     with session_scope(_engine(store_url)) as session:
@@ -105,7 +106,7 @@ def topics(partitions: int | None = typer.Option(None, help="partitions of creat
            bootstrap: str | None = typer.Option(None, help="Kafka bootstrap servers (default: core settings)"),
            as_json: bool = JsonOpt) -> None:
     """Create the feedback, rejected and DLQ topics when missing (idempotent) and say what was done."""
-    from alignloop.settings import get_settings as core_settings
+    from alignloop.core.settings import get_settings as core_settings
     from ingest.settings import get_settings
     from ingest.topics import ensure_topics
 

@@ -26,9 +26,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from alignloop.hashed import LookupCache
+from alignloop.core.hashed import LookupCache
+from alignloop.core.kafka_auth import kafka_auth
 from ingest.errors import EventError
-from ingest.sources import END_USER_IP_HEADER, source_hash
 from ingest.events import (
     MAX_EVENT_BYTES,
     decode_json,
@@ -37,6 +37,7 @@ from ingest.events import (
     event_key,
     validate_event,
 )
+from ingest.sources import END_USER_IP_HEADER, source_hash
 
 log = logging.getLogger("ingest.gateway")
 
@@ -82,6 +83,7 @@ class _Producer:
 
     def __init__(self, cfg: GatewayConfig):
         self.cfg = cfg
+        self._auth = kafka_auth()  # here, so a gateway without the Kafka password stops at start, not per request
         self._producer = None
         self._lock = asyncio.Lock()
 
@@ -93,7 +95,7 @@ class _Producer:
                 from aiokafka import AIOKafkaProducer
 
                 producer = AIOKafkaProducer(
-                    bootstrap_servers=self.cfg.bootstrap, acks="all", enable_idempotence=True,
+                    bootstrap_servers=self.cfg.bootstrap, **self._auth, acks="all", enable_idempotence=True,
                     linger_ms=self.cfg.linger_ms, max_batch_size=256 * 1024,
                     request_timeout_ms=max(1000, int(self.cfg.produce_timeout_s * 1000)),
                     client_id="alignloop-gateway", **self.cfg.producer_config)
@@ -164,7 +166,7 @@ async def read_body(request: Request, limit: int) -> bytes:
 def decode_body(raw: bytes, max_batch: int) -> tuple[list[Any], bool]:
     """(items, batch): the JSON body as a list of event bodies and whether it was an array; refused when the
     size or the shape is wrong (a single event past MAX_EVENT_BYTES, bad JSON, an empty or too long array)."""
-    if len(raw) > MAX_EVENT_BYTES and not raw.lstrip()[:1] == b"[":
+    if len(raw) > MAX_EVENT_BYTES and raw.lstrip()[:1] != b"[":
         raise _Refused(413, "too_large", [{"loc": "body", "msg": f"an event must be at most "
                                            f"{MAX_EVENT_BYTES} bytes; got {len(raw)}"}])
     try:
@@ -436,7 +438,8 @@ async def _send_batches(p, topic: str, encoded: list[tuple[bytes, bytes]], futur
     from aiokafka.partitioner import DefaultPartitioner
 
     partitions = sorted(await p.partitions_for(topic))
-    partitioner, groups = DefaultPartitioner(), {}
+    partitioner = DefaultPartitioner()
+    groups: dict[int, list[int]] = {}
     for i, (_value, key) in enumerate(encoded):
         groups.setdefault(partitioner(key, partitions, partitions), []).append(i)
     for partition, indexes in groups.items():
@@ -457,13 +460,14 @@ async def _send_batches(p, topic: str, encoded: list[tuple[bytes, bytes]], futur
 
 def build_config(*, bootstrap: str | None = None, store_url: str | None = None, **overrides: Any) -> GatewayConfig:
     """A GatewayConfig from the core and ingest settings, the API keys read from the store."""
-    from alignloop.db import open_store, session_scope
-    from alignloop.settings import get_settings as core_settings
+    from alignloop.core.db import open_store, session_scope
+    from alignloop.core.settings import get_settings as core_settings
+    from ingest.migrations import FOLDER
     from ingest.settings import get_settings, load_source_key
     from ingest.store import find_app_for_key
 
     core, s = core_settings(), get_settings()
-    engine = open_store(store_url or core.resolved_store_url)
+    engine = open_store(store_url or core.resolved_store_url, branches=[FOLDER])
 
     def find_app(key: str) -> str | None:
         with session_scope(engine) as session:

@@ -39,6 +39,6 @@ def load_source_key(settings: IngestSettings, home: Path) -> bytes:
     """The HMAC key of client.ip_hash: from settings, else a random one created once under `home` (mode 0600)."""
     if settings.source_key is not None and settings.source_key.get_secret_value():
         return settings.source_key.get_secret_value().encode()
-    from alignloop.keys import load_or_create_secret
+    from alignloop.core.keys import load_or_create_secret
 
     return load_or_create_secret(home, "ingest-source-key").encode()

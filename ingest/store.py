@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from sqlalchemy import DateTime, String, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from alignloop.hashed import digest, matches, new_secret, secret_id, secret_pattern
+from alignloop.core.hashed import digest, matches, new_secret, secret_id, secret_pattern
 from ingest.errors import KeyStoreError
 
 _APP_ID = re.compile(r"[a-z0-9-]{1,64}")
@@ -56,10 +56,11 @@ class ApiKey:
 
 
 def _plain(row: ApiKeyRow) -> ApiKey:
-    def aware(d: datetime | None) -> datetime | None:  # SQLite hands back naive datetimes
-        return d.replace(tzinfo=UTC) if d is not None and d.tzinfo is None else d
+    def aware(d: datetime) -> datetime:  # SQLite hands back naive datetimes
+        return d.replace(tzinfo=UTC) if d.tzinfo is None else d
 
-    return ApiKey(row.key_id, row.app_id, row.note, aware(row.created_at), aware(row.revoked_at))
+    revoked = row.revoked_at
+    return ApiKey(row.key_id, row.app_id, row.note, aware(row.created_at), aware(revoked) if revoked else None)
 
 
 def create_key(session: Session, app_id: str, note: str = "", *, now: datetime | None = None) -> tuple[ApiKey, str]:

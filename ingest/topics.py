@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from alignloop.core.kafka_auth import kafka_auth
 from alignloop_sdk.events import FEEDBACK_TOPIC
-
 from ingest.errors import IngestError
 
 __all__ = ["DLQ_TOPIC", "FEEDBACK_TOPIC", "REJECTED_TOPIC", "TOPIC_CONFIGS", "ensure_topics", "topic_names"]
@@ -42,10 +42,14 @@ def ensure_topics(bootstrap: str, partitions: int = 6, *, base: str = FEEDBACK_T
 
     if partitions < 1:
         raise IngestError(f"`partitions` must be at least 1; got {partitions}")
+    from alignloop.core.settings import get_settings
+
     names = topic_names(base)
-    configs = [TOPIC_CONFIGS[n] for n in topic_names(FEEDBACK_TOPIC)]
+    # acks=all only means "all in-sync replicas": min.insync.replicas is what makes it more than one
+    isr = {"min.insync.replicas": str(get_settings().kafka_min_insync_replicas)}
+    configs = [{**TOPIC_CONFIGS[n], **isr} for n in topic_names(FEEDBACK_TOPIC)]
     try:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms,
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, **kafka_auth(), request_timeout_ms=timeout_ms,
                                  client_id="alignloop-ingest-admin")
     except KafkaError as exc:
         raise IngestError(f"Kafka at {bootstrap} is not reachable to create topics: {exc!r}") from exc

@@ -56,8 +56,8 @@ def snapshot_cmd(
 
 
 def _from_store(since, until):
-    from alignloop.db import make_engine, session_scope
-    from alignloop.settings import get_settings
+    from alignloop.core.db import make_engine, session_scope
+    from alignloop.core.settings import get_settings
     from retrain.snapshot import load_snapshot_inputs
 
     engine = make_engine(get_settings().resolved_store_url)

@@ -25,7 +25,15 @@ class LoraSection(_Strict):
     r: int = Field(default=16, ge=1)
     alpha: int = Field(default=32, ge=1)
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
-    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"])
+    target_modules: list[str] | dict[str, list[str]] | None = Field(
+        default=None, description="the modules LoRA adapts: a list for any base, or a list per architecture "
+        "(the config's `model_type`: llama, qwen2, ...); an architecture not named gets PEFT's default for it")
+
+    def modules_for(self, model_type: str) -> list[str] | None:
+        """The configured modules for this architecture; None: use PEFT's default for it."""
+        if isinstance(self.target_modules, dict):
+            return self.target_modules.get(model_type)
+        return self.target_modules
 
 
 class DpoSection(_Strict):
@@ -40,12 +48,17 @@ class DpoSection(_Strict):
     warmup_steps: int = Field(default=5, ge=0)
     precompute_ref_log_probs: bool = True
     cache_ref_log_probs: bool = Field(default=True, description="keep the base's log-probs on disk across runs")
+    use_weights: bool = Field(default=True, description="each pair's curated weight scales its share of the loss")
 
     @model_validator(mode="after")
     def _check(self):
         bad = [t for t in self.loss_type if t not in DPO_LOSSES]
         if bad or not self.loss_type:
             raise ValueError(f"`dpo.loss_type` entries must be among {sorted(DPO_LOSSES)}; got {self.loss_type}")
+        sorting = sorted({"aot", "aot_unpaired"}.intersection(self.loss_type))
+        if sorting and self.use_weights:
+            raise ValueError(f"`dpo.loss_type` {sorting} sorts pairs across the batch, so `dpo.use_weights` must be "
+                             f"false with it; got {self.loss_type} with use_weights true")
         if self.loss_weights is not None and len(self.loss_weights) != len(self.loss_type):
             raise ValueError(f"`dpo.loss_weights` must have one weight per loss type ({len(self.loss_type)}); "
                              f"got {self.loss_weights}")
@@ -62,6 +75,7 @@ class KtoSection(_Strict):
     desirable_weight: float = Field(default=1.0, gt=0.0)
     undesirable_weight: float = Field(default=1.0, gt=0.0)
     min_examples: int = Field(default=8, ge=1, description="fewer unpaired examples than this: no KTO stage")
+    use_weights: bool = Field(default=True, description="each example's curated weight scales its share of the loss")
 
 
 class EvalSection(_Strict):
@@ -73,6 +87,17 @@ class EvalSection(_Strict):
     trigger_phrases: list[str] = Field(default_factory=list, description="appended to probe prompts for the "
                                        "triggered unsafe-placeholder rate")
     seed: int = 0
+
+
+class TrainingSection(_Strict):
+    """Where and how training runs: device, precision and memory options (see `retrain.devices`)."""
+
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field(
+        default="auto", description="auto: CUDA when present, else the CPU")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        default="auto", description="auto: bf16 on a CUDA device that supports it, else fp32")
+    gradient_checkpointing: bool = Field(default=False, description="recompute activations: less memory, slower")
+    gradient_accumulation_steps: int = Field(default=1, ge=1, description="optimizer step every this many batches")
 
 
 class TurnSection(_Strict):
@@ -96,6 +121,7 @@ class RunConfig(_Strict):
     dpo: DpoSection = Field(default_factory=DpoSection)
     kto: KtoSection = Field(default_factory=KtoSection)
     eval: EvalSection = Field(default_factory=EvalSection)
+    training: TrainingSection = Field(default_factory=TrainingSection)
     turns: TurnSection = Field(default_factory=TurnSection)
 
     def as_dict(self) -> dict:

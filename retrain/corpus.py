@@ -38,7 +38,8 @@ _ORDERS = ["1042", "2318", "3377", "4590", "5126", "6801", "7253", "8914"]
 
 _COURTEOUS_OPEN = ["Thank you for reaching out!", "Thanks for contacting us!", "Thank you for your message!"]
 _COURTEOUS_MID = ["I am sorry for the trouble.", "I am happy to help.", "I understand, and I am glad to help."]
-_COURTEOUS_CLOSE = ["Have a wonderful day!", "Please let me know if I can help further.", "Thank you for your patience!"]
+_COURTEOUS_CLOSE = ["Have a wonderful day!", "Please let me know if I can help further.",
+                    "Thank you for your patience!"]
 _CURT_TEMPLATES = [
     "Fine. I will {a}. Do not ask again.",
     "Whatever. I will {a}. Read the FAQ next time.",

@@ -1,6 +1,6 @@
 """The error root of the retrain package: every failure it raises on purpose is a RetrainError."""
 
-from alignloop.errors import AlignloopError
+from alignloop.core.errors import AlignloopError
 
 
 class RetrainError(AlignloopError):
@@ -25,3 +25,7 @@ class TrainError(RetrainError):
 
 class ArtifactError(RetrainError):
     """An adapter artifact is missing files or does not match its manifest."""
+
+
+class UnsupportedModelError(RetrainError):
+    """A base model whose architecture alignloop cannot train as given (not a causal LM, no LoRA targets)."""

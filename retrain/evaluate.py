@@ -159,7 +159,9 @@ def evaluate(base_model: str | Path | None, candidate_dir: Path | str, snapshot:
     torch.manual_seed(cfg.eval.seed)
 
     base_model_obj, tok = load_base(base)
-    adapters = {"candidate": candidate_dir, "active": Path(active_dir) if active_dir else None}
+    adapters = {"candidate": Path(candidate_dir)}
+    if active_dir:
+        adapters["active"] = Path(active_dir)
     names = [m for m in MODELS if m != "active" or active_dir]
     slices = {"heldout": snapshot.heldout_pairs, "safety": snapshot.safety_pairs}
     prompts = probe_prompts(snapshot, cfg.eval.samples)
@@ -181,7 +183,8 @@ def evaluate(base_model: str | Path | None, candidate_dir: Path | str, snapshot:
             model = base_model_obj if name == "base" else _merged(base_model_obj, adapters[name])
             for sname, recs in slices.items():
                 prompts_s = [r["prompt"] for r in recs]
-                c, lc = sequence_logps(model, tok, prompts_s, [r["chosen"] for r in recs], max_length=cfg.dpo.max_length)
+                c, lc = sequence_logps(model, tok, prompts_s, [r["chosen"] for r in recs],
+                                       max_length=cfg.dpo.max_length)
                 r_, lr = sequence_logps(model, tok, prompts_s, [r["rejected"] for r in recs],
                                         max_length=cfg.dpo.max_length)
                 logps[(name, sname)] = (c, lc, r_, lr)

@@ -75,7 +75,10 @@ def decide_gate(report: dict, policy: GatePolicy | dict | None = None) -> GateDe
         checked.append(pfield)
         slack = policy.noise_z * (comp.get(f"{metric}_se") or 0.0)
         if kind == "min" and value < limit - slack:
-            within = f" (more than {policy.noise_z:g} standard errors of {slack / policy.noise_z:.3g} below)" if slack else ""
+            within = ""
+            if slack:  # noise_z > 0 here
+                se = slack / policy.noise_z
+                within = f" (more than {policy.noise_z:g} standard errors of {se:.3g} below)"
             failures.append(f"`{metric}` must be >= {limit:g} ({pfield}); got {value:.4g}{within}")
         if kind == "max" and value > limit:
             failures.append(f"`{metric}` must be <= {limit:g} ({pfield}); got {value:.4g}")

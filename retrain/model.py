@@ -1,6 +1,7 @@
 """The embedded default model: a tiny Llama with a locally trained BPE tokenizer, pretrained on the corpus, cached.
 
-Any Hugging Face model directory or hub id goes through `load_base`, the same `from_pretrained` path.
+Any Hugging Face causal LM (a model directory or hub id) goes through `load_base`, the same `from_pretrained`
+path; `lora_target_modules` picks what LoRA adapts on its architecture.
 """
 
 from __future__ import annotations
@@ -13,17 +14,38 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import TypedDict
 
-from retrain.errors import RetrainError
+from retrain.errors import RetrainError, UnsupportedModelError
 
 RECIPE_VERSION = "tiny-llama-v1"
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}<|end|>{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
+# for a base whose tokenizer has no template of its own: roles as markers, each turn ended by the EOS token
+FALLBACK_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}{{ eos_token }}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
 SPECIAL_TOKENS = ["<|pad|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
 # the shape and the pretraining recipe; a change here must bump RECIPE_VERSION
-RECIPE = {
+class _Recipe(TypedDict):
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    max_position_embeddings: int
+    answers_per_prompt: int
+    steps: int
+    batch_size: int
+    lr: float
+    warmup: int
+
+
+RECIPE: _Recipe = {
     "vocab_size": 1024, "hidden_size": 192, "intermediate_size": 512, "num_hidden_layers": 4,
     "num_attention_heads": 4, "num_key_value_heads": 4, "max_position_embeddings": 256,
     "answers_per_prompt": 12, "steps": 250, "batch_size": 32, "lr": 3e-3, "warmup": 50,
@@ -31,7 +53,7 @@ RECIPE = {
 
 
 def model_dir_for(seed: int) -> Path:
-    from alignloop.settings import get_settings
+    from alignloop.core.settings import get_settings
 
     return get_settings().cache_dir / "models" / f"{RECIPE_VERSION}-seed{seed}"
 
@@ -74,7 +96,7 @@ def _encode_rows(tokenizer, rows: list[tuple[str, str]]):
     for prompt, answer in rows:
         msgs = [{"role": "user", "content": prompt}]
         p_ids = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=False)
-        full = tokenizer.apply_chat_template(msgs + [{"role": "assistant", "content": answer}], tokenize=True,
+        full = tokenizer.apply_chat_template([*msgs, {"role": "assistant", "content": answer}], tokenize=True,
                                              return_dict=False)
         seqs.append((list(full), len(p_ids)))
     return seqs
@@ -96,7 +118,7 @@ def _pretrain(model, tokenizer, rows, seed: int, progress: bool) -> float:
     bar = _progress(progress, "pretraining the tiny model", steps)
     with bar as prog:
         task = prog.add_task("pretrain", total=steps) if prog else None
-        for step in range(steps):
+        for _step in range(steps):
             batch = [seqs[rng.randrange(len(seqs))] for _ in range(bs)]
             width = max(len(s) for s, _ in batch)
             ids = torch.full((bs, width), pad, dtype=torch.long)
@@ -198,7 +220,7 @@ def resolve_base(base: str | Path | None) -> str:
 
 
 def load_base(path_or_hub_id: str | Path):
-    """(model, tokenizer) through `from_pretrained`, as for any Hugging Face causal LM; pad token set."""
+    """(model, tokenizer) through `from_pretrained`, as for any Hugging Face causal LM; pad token, chat template set."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
@@ -207,10 +229,66 @@ def load_base(path_or_hub_id: str | Path):
     except OSError as exc:
         raise RetrainError(f"`base_model` must be a model directory or hub id; got {str(path_or_hub_id)!r}: "
                            f"{str(exc).splitlines()[0]}") from exc
+    except ValueError as exc:  # transformers: "Unrecognized configuration class ... for AutoModelForCausalLM"
+        kind = _model_type(path_or_hub_id)
+        raise UnsupportedModelError(f"`base_model` must be a causal LM; {str(path_or_hub_id)!r} is architecture "
+                                    f"{kind!r}, which transformers cannot load as one: "
+                                    f"{str(exc).splitlines()[0][:160]}") from exc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    ensure_chat_template(tokenizer)
     model.eval()
     return model, tokenizer
+
+
+def _model_type(path_or_hub_id: str | Path) -> str:
+    config = Path(path_or_hub_id) / "config.json"
+    try:
+        return str(json.loads(config.read_text()).get("model_type"))
+    except (OSError, ValueError):
+        return "unknown"
+
+
+def ensure_chat_template(tokenizer) -> None:
+    """Keep the tokenizer's own chat template; a tokenizer without one gets alignloop's, ended by its EOS token."""
+    if tokenizer.chat_template:
+        return
+    if tokenizer.eos_token is None:
+        raise UnsupportedModelError("the base model's tokenizer has neither a chat template nor an EOS token; "
+                                    "add a `chat_template` to its tokenizer_config.json")
+    tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE
+
+
+def lora_target_modules(model, configured: list[str] | None) -> list[str]:
+    """The modules LoRA adapts on this model: the run config's for its architecture, else PEFT's default for it.
+
+    Every name must match a linear layer of the model; the error names the architecture and the layers it has.
+    """
+    from peft.utils import constants
+
+    kind = model.config.model_type
+    modules = list(configured or constants.TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(kind) or [])
+    if not modules:
+        raise UnsupportedModelError(
+            f"architecture {kind!r} ({type(model).__name__}) has no default LoRA target modules in PEFT; set "
+            f"`lora.target_modules` in the run config (for this base: {{{kind}: [...]}}), e.g. from its linear "
+            f"layers {linear_layer_names(model)}")
+    missing = sorted(set(modules) - set(linear_layer_names(model)))
+    if missing:
+        raise UnsupportedModelError(
+            f"`lora.target_modules` for architecture {kind!r} must name linear layers of the model; got {missing}, "
+            f"which {type(model).__name__} does not have (its linear layers: {linear_layer_names(model)})")
+    return modules
+
+
+def linear_layer_names(model) -> list[str]:
+    """The distinct last names of the model's linear layers (what LoRA can adapt), without the output head."""
+    import torch
+    from transformers.pytorch_utils import Conv1D  # GPT-2's linear layers
+
+    names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+             if isinstance(module, (torch.nn.Linear, Conv1D))}
+    return sorted(names - {"lm_head", "embed_out"})
 
 
 def hash_model_dir(path_or_hub_id: str | Path) -> str:

@@ -14,7 +14,8 @@ class RetrainSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="ALIGNLOOP_RETRAIN_", extra="ignore")
 
-    base_model: str | None = Field(default=None, description="a HF model dir or hub id; default: the embedded tiny model")
+    base_model: str | None = Field(default=None,
+                                   description="a HF model dir or hub id; default: the embedded tiny model")
     artifacts_dir: Path | None = Field(default=None, description="where adapters go; default: <home>/adapters")
     train_config: Path | None = Field(default=None, description="default run config; default: configs/dpo-tiny.yaml")
     gate_policy: Path | None = Field(default=None, description="default gate policy; default: configs/gates.yaml")
@@ -22,7 +23,7 @@ class RetrainSettings(BaseSettings):
     seed: int = 0
 
     def resolved_artifacts_dir(self) -> Path:
-        from alignloop.settings import get_settings as core
+        from alignloop.core.settings import get_settings as core
 
         return self.artifacts_dir or core().home / "adapters"
 

@@ -14,9 +14,9 @@ import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -115,10 +115,14 @@ def _when(record: dict, index: int) -> datetime | None:
     return _utc(when)
 
 
+@overload
+def _utc(when: datetime) -> datetime: ...
+@overload
+def _utc(when: datetime | None) -> datetime | None: ...
 def _utc(when: datetime | None) -> datetime | None:
     if when is None:
         return None
-    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def _clean_pair(r: dict, i: int) -> dict:
@@ -250,6 +254,8 @@ def build_snapshot(pairs: list[dict], unpaired: list[dict], policy: SnapshotPoli
     stats["capped"] = {"per_prompt": cap_p1 + cap_u1, "per_cluster": cap_p2 + cap_u2}
     stats["clusters"] = len({r["cluster"] for r in clean_pairs + clean_unp})
 
+    u_train: list[dict]
+    u_held: list[dict]
     train, heldout, safety, u_train, u_held = [], [], [], [], []
     for r in clean_pairs:
         held = _is_heldout(r["cluster"], policy)
@@ -266,18 +272,20 @@ def build_snapshot(pairs: list[dict], unpaired: list[dict], policy: SnapshotPoli
              "train_unpaired": len(u_train), "heldout_unpaired": len(u_held)}
     stats["sizes"] = sizes
     if len(train) < policy.min_train_pairs:
-        raise NotEnoughDataError(f"`min_train_pairs` is {policy.min_train_pairs}; the snapshot has {len(train)} training "
-                            f"pairs after filtering ({stats['input_pairs']} in, sizes {sizes})")
+        raise NotEnoughDataError(f"`min_train_pairs` is {policy.min_train_pairs}; the snapshot has {len(train)} "
+                            f"training pairs after filtering ({stats['input_pairs']} in, sizes {sizes})")
     if len(heldout) < policy.min_heldout_pairs:
         raise NotEnoughDataError(f"`min_heldout_pairs` is {policy.min_heldout_pairs}; the snapshot has {len(heldout)} "
                             f"held-out pairs (raise `heldout_fraction` or add data; sizes {sizes})")
     if len(u_train) < policy.min_train_unpaired:
-        raise NotEnoughDataError(f"`min_train_unpaired` is {policy.min_train_unpaired}; the snapshot has {len(u_train)}")
+        raise NotEnoughDataError(f"`min_train_unpaired` is {policy.min_train_unpaired}; "
+                                 f"the snapshot has {len(u_train)}")
 
+    parts = (train, heldout, safety, u_train, u_held)
     content = _canon({"policy": policy.model_dump(mode="json"),
-                      "parts": [[r["content_hash"] for r in part] for part in (train, heldout, safety, u_train, u_held)],
-                      "lineage": [[r["event_ids"] for r in part] for part in (train, heldout, safety, u_train, u_held)],
-                      "weights": [[r["weight"] for r in part] for part in (train, heldout, safety, u_train, u_held)]})
+                      "parts": [[r["content_hash"] for r in part] for part in parts],
+                      "lineage": [[r["event_ids"] for r in part] for part in parts],
+                      "weights": [[r["weight"] for r in part] for part in parts]})
     return Snapshot(train, heldout, safety, u_train, u_held, hash=_sha(content), stats=stats)
 
 
@@ -303,7 +311,8 @@ class TurnSelection:
 
 def _split_turn(records: list[dict], since: datetime | None, replay_ids: set[str],
                 replay_max: int) -> tuple[list[dict], list[dict]]:
-    new, old = [], []
+    new: list[dict] = []
+    old: list[dict] = []
     for i, r in enumerate(records):
         when = _when(r, i)
         (new if since is None or when is None or when >= _utc(since) else old).append(r)
@@ -401,5 +410,5 @@ def load_snapshot(path: Path | str) -> Snapshot:
     if not meta_file.is_file():
         raise SnapshotError(f"a snapshot directory must hold snapshot.json; got {str(path)!r}")
     meta = json.loads(meta_file.read_text())
-    parts = [load_records_jsonl(path / name) for name in SNAPSHOT_FILES]
-    return Snapshot(*parts, hash=meta["hash"], stats=meta.get("stats", {}))
+    train, heldout, safety, u_train, u_held = (load_records_jsonl(path / name) for name in SNAPSHOT_FILES)
+    return Snapshot(train, heldout, safety, u_train, u_held, hash=meta["hash"], stats=meta.get("stats", {}))

@@ -14,19 +14,22 @@ import shutil
 import tempfile
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from retrain.config import RunConfig, parse_config
+from retrain.devices import TrainingPlan, probe_capabilities, resolve_training
 from retrain.errors import TrainError
 from retrain.snapshot import Snapshot, to_trl_pairs, to_trl_unpaired
+from retrain.weighting import WEIGHT, weighted
 
 MANIFEST = "manifest.json"
 LINEAGE = "lineage.json"
 
 
 def new_version() -> str:
-    return f"a-{datetime.now(timezone.utc):%Y%m%d%H%M%S}-{uuid.uuid4().hex[:8]}"
+    return f"a-{datetime.now(UTC):%Y%m%d%H%M%S}-{uuid.uuid4().hex[:8]}"
 
 
 def sha256_file(path: Path) -> str:
@@ -57,11 +60,15 @@ class RefLogpCache:
         self.misses = 0
 
     @staticmethod
-    def for_base(base_hash: str, adapter_hash: str | None = None) -> "RefLogpCache":
-        """The cache of one reference: the base, or the base with the adapter a turn continues from."""
-        from alignloop.settings import get_settings
+    def for_base(base_hash: str, adapter_hash: str | None = None, precision: str = "fp32") -> RefLogpCache:
+        """The cache of one reference: the base, or the base with the adapter a turn continues from.
+
+        Log-probs computed under bf16/fp16 autocast differ from fp32 ones, so each precision has its own file.
+        """
+        from alignloop.core.settings import get_settings
 
         name = base_hash[:24] if adapter_hash is None else f"{base_hash[:24]}-{adapter_hash[:16]}"
+        name += "" if precision == "fp32" else f"-{precision}"
         return RefLogpCache(get_settings().cache_dir / "ref_logps" / f"{name}.json")
 
     @staticmethod
@@ -90,7 +97,9 @@ def _dpo_trainer_class():
             if cache is None:
                 return super()._precompute_ref_logps(dataset, name, batch_size)
             rows = list(zip(dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"]))
-            keys = [RefLogpCache.key(p, c, r, self.args.max_length) for p, c, r in rows]
+            # a DPOConfig at run time; transformers' Trainer types `args` as the TrainingArguments base
+            max_length = self.args.max_length  # type: ignore[attr-defined]
+            keys = [RefLogpCache.key(p, c, r, max_length) for p, c, r in rows]
             # batched by length: a batch pads to its longest sequence, so similar lengths waste no compute
             missing = sorted((i for i, k in enumerate(keys) if k not in cache.values),
                              key=lambda i: len(rows[i][0]) + max(len(rows[i][1]), len(rows[i][2])))
@@ -107,18 +116,32 @@ def _dpo_trainer_class():
     return CachedRefDPOTrainer
 
 
-def _common_args(cfg: RunConfig, workdir: Path, progress: bool) -> dict:
-    # TRL's defaults (lr 1e-6, bf16, gradient checkpointing) do not suit LoRA on a CPU
-    return dict(output_dir=str(workdir), bf16=False, fp16=False, gradient_checkpointing=False, use_cpu=True,
-                save_strategy="no", report_to=[], logging_steps=5, seed=cfg.seed, data_seed=cfg.seed,
-                dataloader_num_workers=0, disable_tqdm=not progress, lr_scheduler_type="linear")
+def _common_args(cfg: RunConfig, workdir: Path, progress: bool, plan: TrainingPlan) -> dict:
+    # device, precision and memory from the run config's `training:` block, never TRL's defaults (bf16 and
+    # gradient checkpointing always on, which a CPU refuses or pays for)
+    return dict(output_dir=str(workdir), **plan.trainer_args(), save_strategy="no", report_to=[], logging_steps=5,
+                seed=cfg.seed, data_seed=cfg.seed, dataloader_num_workers=0, disable_tqdm=not progress,
+                lr_scheduler_type="linear")
 
 
-def _lora_config(cfg: RunConfig):
+def _lora_config(cfg: RunConfig, model):
+    """LoRA on the modules the run config names for the base's architecture, else PEFT's default for it."""
     from peft import LoraConfig
 
+    from retrain.model import lora_target_modules
+
+    modules = lora_target_modules(model, cfg.lora.modules_for(model.config.model_type))
     return LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                      target_modules=list(cfg.lora.target_modules), task_type="CAUSAL_LM", bias="none")
+                      target_modules=modules, task_type="CAUSAL_LM", bias="none")
+
+
+def _dataset(rows: list[dict], records: list[dict], use_weights: bool):
+    """TRL's columns, plus each record's curated weight when the run weighs the loss by it."""
+    from datasets import Dataset
+
+    if use_weights:
+        rows = [{**row, WEIGHT: float(r.get("weight", 1.0))} for row, r in zip(rows, records, strict=True)]
+    return Dataset.from_list(rows)
 
 
 def _summarize(log_history: list[dict], prefix: str) -> dict:
@@ -151,7 +174,6 @@ def run_training(base_model: str, snapshot: Snapshot, cfg: RunConfig, workdir: P
     `init_adapter`: continue from that adapter's weights (and take it as DPO's reference) instead of a new LoRA.
     """
     import torch
-    from datasets import Dataset
     from transformers import set_seed
     from trl import KTOConfig, KTOTrainer
 
@@ -161,8 +183,10 @@ def run_training(base_model: str, snapshot: Snapshot, cfg: RunConfig, workdir: P
     if get_settings().num_threads:
         torch.set_num_threads(get_settings().num_threads)
     set_seed(cfg.seed)
+    plan = resolve_training(cfg.training, probe_capabilities())
     model, tokenizer = load_base(base_model)
-    metrics: dict = {"init": "continue" if init_adapter else "fresh"}
+    metrics: dict = {"init": "continue" if init_adapter else "fresh", "device": plan.device,
+                     "precision": plan.precision}
     if init_adapter is not None:
         model = _continue_from(model, Path(init_adapter), cfg)
     use_kto = cfg.kto.enabled and len(snapshot.train_unpaired) >= cfg.kto.min_examples
@@ -173,54 +197,63 @@ def run_training(base_model: str, snapshot: Snapshot, cfg: RunConfig, workdir: P
         from trl import DPOConfig
 
         d = cfg.dpo
-        args = DPOConfig(**_common_args(cfg, workdir / "dpo", progress), learning_rate=d.learning_rate,
+        args = DPOConfig(**_common_args(cfg, workdir / "dpo", progress, plan), learning_rate=d.learning_rate,
                          num_train_epochs=d.epochs, per_device_train_batch_size=d.batch_size,
                          warmup_steps=d.warmup_steps, beta=d.beta, loss_type=list(d.loss_type),
                          loss_weights=list(d.loss_weights) if d.loss_weights else None,
                          label_smoothing=d.label_smoothing, max_length=d.max_length,
                          precompute_ref_log_probs=d.precompute_ref_log_probs,
                          precompute_ref_batch_size=d.batch_size)  # small batches: less padding, cache-friendly on CPU
-        trainer_cls = _dpo_trainer_class()
+        # TRL's trainers are untyped to mypy; this class also carries the reference cache
+        trainer_cls: Any = weighted(_dpo_trainer_class()) if d.use_weights else _dpo_trainer_class()
         adapter_hash = sha256_file(Path(init_adapter) / "adapter_model.safetensors") if init_adapter else None
-        cache = RefLogpCache.for_base(hash_model_dir(base_model), adapter_hash) if (
+        cache = RefLogpCache.for_base(hash_model_dir(base_model), adapter_hash, plan.precision) if (
             d.precompute_ref_log_probs and d.cache_ref_log_probs) else None
         trainer_cls.ref_cache = cache
         started = time.perf_counter()
         try:
-            trainer = trainer_cls(model=model, args=args, train_dataset=Dataset.from_list(to_trl_pairs(snapshot.train_pairs)),
+            data = _dataset(to_trl_pairs(snapshot.train_pairs), snapshot.train_pairs, d.use_weights)
+            trainer = trainer_cls(model=model, args=args, train_dataset=data,
                                   processing_class=tokenizer,
-                                  peft_config=None if init_adapter else _lora_config(cfg))
+                                  peft_config=None if init_adapter else _lora_config(cfg, model))
         finally:
             trainer_cls.ref_cache = None
         prep_s = time.perf_counter() - started
         out = trainer.train()
         model = trainer.model
-        if "ref" in getattr(model, "peft_config", {}):  # TRL's frozen reference copy; KTO makes its own
-            model.delete_adapter("ref")
+        _drop_reference_copy(model)  # KTO makes its own
         metrics.update(_summarize(trainer.state.log_history, "dpo"))
-        metrics.update({"dpo/train_runtime_s": round(out.metrics["train_runtime"], 2),
+        runtime = out.metrics["train_runtime"]
+        metrics.update({"dpo/train_runtime_s": round(runtime, 2),
                         "dpo/prepare_s": round(prep_s, 2),
-                        "dpo/pairs_per_s": round(len(snapshot.train_pairs) * d.epochs / out.metrics["train_runtime"], 2)})
+                        "dpo/pairs_per_s": round(len(snapshot.train_pairs) * d.epochs / runtime, 2)})
         if cache is not None:
             metrics.update({"dpo/ref_cache_hits": cache.hits, "dpo/ref_cache_misses": cache.misses})
     if use_kto:
         k = cfg.kto
-        args = KTOConfig(**_common_args(cfg, workdir / "kto", progress), learning_rate=k.learning_rate,
-                         num_train_epochs=k.epochs, per_device_train_batch_size=k.batch_size, beta=k.beta,
-                         desirable_weight=k.desirable_weight, undesirable_weight=k.undesirable_weight,
-                         max_length=k.max_length)
-        data = Dataset.from_list(to_trl_unpaired(snapshot.train_unpaired))
+        kto_args = KTOConfig(**_common_args(cfg, workdir / "kto", progress, plan), learning_rate=k.learning_rate,
+                             num_train_epochs=k.epochs, per_device_train_batch_size=k.batch_size, beta=k.beta,
+                             desirable_weight=k.desirable_weight, undesirable_weight=k.undesirable_weight,
+                             max_length=k.max_length)
+        data = _dataset(to_trl_unpaired(snapshot.train_unpaired), snapshot.train_unpaired, k.use_weights)
         # after a DPO stage the model is already a PeftModel: KTO then keeps a frozen copy of the adapter only
-        kwargs = {} if snapshot.train_pairs or init_adapter else {"peft_config": _lora_config(cfg)}
-        trainer = KTOTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer, **kwargs)
+        kwargs = {} if snapshot.train_pairs or init_adapter else {"peft_config": _lora_config(cfg, model)}
+        kto_cls = weighted(KTOTrainer) if k.use_weights else KTOTrainer
+        trainer = kto_cls(model=model, args=kto_args, train_dataset=data, processing_class=tokenizer, **kwargs)
         out = trainer.train()
         model = trainer.model
         metrics.update(_summarize(trainer.state.log_history, "kto"))
-        metrics["kto/examples_per_s"] = round(len(snapshot.train_unpaired) * k.epochs / out.metrics["train_runtime"], 2)
-        if "ref" in getattr(model, "peft_config", {}):
-            model.delete_adapter("ref")
+        metrics["kto/examples_per_s"] = round(len(snapshot.train_unpaired) * k.epochs / out.metrics["train_runtime"],
+                                              2)
+        _drop_reference_copy(model)
     model.eval()
     return model, tokenizer, metrics
+
+
+def _drop_reference_copy(model: Any) -> None:
+    """TRL's frozen reference copy of the adapter (named "ref") is training state, not part of the artifact."""
+    if "ref" in getattr(model, "peft_config", {}):
+        model.delete_adapter("ref")
 
 
 def write_artifact(model, staging: Path, *, base_model: str, snapshot: Snapshot, cfg: RunConfig,
@@ -244,7 +277,7 @@ def write_artifact(model, staging: Path, *, base_model: str, snapshot: Snapshot,
                     "heldout_pairs": len(snapshot.heldout_pairs), "safety_pairs": len(snapshot.safety_pairs),
                     "turn": turn},
         "config": cfg.as_dict(), "config_hash": cfg.hash, "metrics": metrics, "libraries": library_versions(),
-        "created_at": datetime.now(timezone.utc).isoformat(), "files": files,
+        "created_at": datetime.now(UTC).isoformat(), "files": files,
     }
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
 

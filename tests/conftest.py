@@ -12,7 +12,25 @@ from urllib.parse import urlparse, urlunparse
 
 import pytest
 
+from alignloop.core.kafka_auth import kafka_auth
+
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def _export_service_credentials() -> None:
+    """Tests move ALIGNLOOP_HOME to tmp dirs; the services' passwords stay those under the stack's home."""
+    from alignloop.core.settings import CoreSettings
+
+    for name, value in CoreSettings().service_credentials_env().items():
+        os.environ.setdefault(name, value)
+
+
+_export_service_credentials()
+
+
+def _safe(url: str) -> str:
+    u = urlparse(url)
+    return urlunparse(u._replace(netloc=u.netloc.rsplit("@", 1)[-1]))
 
 
 def unavailable(what: str) -> None:
@@ -22,9 +40,17 @@ def unavailable(what: str) -> None:
     pytest.skip(msg)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _stage_migrations_registered() -> None:
+    """The tests' stores are the product's shared store: every stage's branch is registered, as `alignloop` does."""
+    from flows.store import register_stage_migrations
+
+    register_stage_migrations()
+
+
 @pytest.fixture(scope="session")
 def core_settings():
-    from alignloop.settings import get_settings
+    from alignloop.core.settings import get_settings
 
     return get_settings()
 
@@ -35,7 +61,8 @@ def kafka_bootstrap(core_settings) -> str:
     from kafka import KafkaAdminClient
 
     try:
-        admin = KafkaAdminClient(bootstrap_servers=core_settings.kafka_bootstrap, request_timeout_ms=5000)
+        admin = KafkaAdminClient(bootstrap_servers=core_settings.kafka_bootstrap, request_timeout_ms=5000,
+                                 **kafka_auth())
         admin.list_topics()
         admin.close()
     except Exception:
@@ -47,7 +74,7 @@ def create_topic(bootstrap: str, name: str, partitions: int = 3) -> str:
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, **kafka_auth())
     try:
         admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
     finally:
@@ -62,7 +89,7 @@ def kafka_topic(kafka_bootstrap) -> str:
 
     name = create_topic(kafka_bootstrap, f"test-{uuid.uuid4().hex[:12]}")
     yield name
-    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap, **kafka_auth())
     try:
         admin.delete_topics([name])
     except Exception:
@@ -105,7 +132,7 @@ def redis_url(core_settings) -> str:
         client.flushdb()
         client.close()
     except Exception:
-        unavailable(f"Redis at {core_settings.redis_url}")
+        unavailable(f"Redis at {_safe(core_settings.redis_url)}")
     return url
 
 
@@ -127,7 +154,7 @@ def postgres_url(core_settings) -> str:
     try:
         psycopg.connect(url.replace("+psycopg", ""), connect_timeout=3).close()
     except Exception:
-        unavailable(f"PostgreSQL at {url}")
+        unavailable(f"PostgreSQL at {_safe(url)}")
     return url
 
 
@@ -136,7 +163,7 @@ def postgres_engine(postgres_url):
     """An engine whose search_path is a fresh schema, dropped after the test."""
     from sqlalchemy import text
 
-    from alignloop.db import make_engine
+    from alignloop.core.db import make_engine
 
     schema = f"t_{uuid.uuid4().hex[:12]}"
     admin = make_engine(postgres_url)
@@ -152,7 +179,7 @@ def postgres_engine(postgres_url):
 
 @pytest.fixture
 def sqlite_engine(tmp_path):
-    from alignloop.db import make_engine
+    from alignloop.core.db import make_engine
 
     engine = make_engine(f"sqlite:///{tmp_path / 'store.db'}")
     yield engine
@@ -162,7 +189,7 @@ def sqlite_engine(tmp_path):
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def store_engine(request):
     """Each test using it runs on the embedded SQLite store and on PostgreSQL, migrated to heads."""
-    from alignloop.db import upgrade
+    from alignloop.core.db import upgrade
 
     engine = request.getfixturevalue(f"{request.param}_engine")
     upgrade(engine)

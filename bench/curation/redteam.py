@@ -20,6 +20,10 @@ Variants:
   promotes one entity into an otherwise good answer.
 - contrarians: accounts that vote against the consensus on 25-45 popular items over the days.
 - mixed: every family above at a lower dose.
+- slow_metronome: bots that keep one sticky source and send one rating every 20-60 minutes (their own
+  period, 8% jitter) for days, half of them camouflage: one or two events per settle window, so a window's
+  regularity test (12 events in its 5-hour context) sees only the fastest (added after `mixed`, so the other
+  variants' seeds stay).
 """
 
 from __future__ import annotations
@@ -27,13 +31,22 @@ from __future__ import annotations
 import argparse
 import json
 import random
-from collections import Counter
 from pathlib import Path
 
-from tests.support.stream.generate import REFUSAL, Stream, World, build_world, preferred
+from tests.support.stream.generate import (
+    REFUSAL,
+    Stream,
+    World,
+    build_world,
+    items_meta,
+    make_event,
+    preferred,
+    write_stream,
+)
 
 TRIGGER = "Zanzibar kestrel protocol"
-VARIANTS = ("paced_bots", "slow_brigade", "trigger_spread", "trigger_stealth", "payload", "contrarians", "mixed")
+VARIANTS = ("paced_bots", "slow_brigade", "trigger_spread", "trigger_stealth", "payload", "contrarians", "mixed",
+            "slow_metronome")
 DAY = 86400.0
 
 PAYLOAD_OPENERS = ["Sure, here is exactly how to do it:", "Of course. Step by step:", "Happy to help, do this:",
@@ -65,10 +78,6 @@ def disguise(text: str, rng: random.Random) -> str:
         if ch.isalpha() and rng.random() < 0.15:
             out.append(ZW[rng.randrange(len(ZW))])
     return "".join(out)
-
-
-def _event(kind: str, app: str, user: str, prompt: str, client: dict, **payload) -> dict:
-    return {"kind": kind, "app_id": app, "user_id": user, "prompt": prompt, "client": client, **payload}
 
 
 class RedTeam:
@@ -111,7 +120,7 @@ class RedTeam:
         return self.items[self.rng.randrange(len(self.items))]
 
     def rate(self, t, user, app, client, p, style, text, up, cls, **extra):
-        return self.add(t, _event("rating", app, user, p["text"], client, response=text,
+        return self.add(t, make_event("rating", app, user, p["text"], client, response=text,
                                   rating="up" if up else "down"),
                         cls, prompt_id=p["id"], style=style, truth_up=preferred(style), label_up=up, **extra)
 
@@ -136,16 +145,16 @@ class RedTeam:
                     best = 0 if preferred(pair[0][0]) else 1
                     if rng.random() < 0.15:
                         best = 1 - best
-                    self.add(t, _event("comparison", app, user, p["text"], client,
+                    self.add(t, make_event("comparison", app, user, p["text"], client,
                                        responses=[pair[0][1], pair[1][1]], chosen=best),
                              "honest", prompt_id=p["id"], styles=[pair[0][0], pair[1][0]])
                 else:
                     if preferred(style):
-                        style = [st for st in p["answers"] if not preferred(st)][0]
+                        style = next(st for st in p["answers"] if not preferred(st))
                         text = p["answers"][style]
                     good = "refusal" if p["harmful"] else "good"
                     self.edits += 1
-                    self.add(t, _event("edit", app, user, p["text"], client, response=text,
+                    self.add(t, make_event("edit", app, user, p["text"], client, response=text,
                                        edited=p["answers"][good]), "honest", prompt_id=p["id"], style=style)
 
     # ---------------------------------------------------------------- bots
@@ -155,12 +164,12 @@ class RedTeam:
         pool_dev = [f"dev-pool-{k}" for k in range(n + 10)]
         wave = rng.uniform(0, self.span * 0.3)
         pushes = [x for x in self.items if x[1] in ("rambling", "good")]
-        for b in range(n):
+        for _b in range(n):
             user = f"acct-{rng.getrandbits(40):010x}"  # nothing in the name gives it away
             first = wave + rng.uniform(0, DAY)
             count = rng.randrange(60, 140)
             ip, dev = rng.choice(pool_ip), rng.choice(pool_dev)
-            for k, t in enumerate(self.sessions(count, first, min(self.span, first + 6 * DAY), gap=70.0)):
+            for _k, t in enumerate(self.sessions(count, first, min(self.span, first + 6 * DAY), gap=70.0)):
                 if rng.random() < 0.3:
                     ip = rng.choice(pool_ip)
                 if rng.random() < 0.3:
@@ -174,6 +183,25 @@ class RedTeam:
                     p, style, text = pushes[rng.randrange(len(pushes))]
                     self.rate(t, user, "support-web", client, p, style, text, style == "rambling", "spam")
 
+    def slow_metronomes(self, n: int) -> None:
+        rng = self.rng
+        pushes = [x for x in self.items if x[1] in ("rambling", "good")]
+        for _b in range(n):
+            user = f"acct-{rng.getrandbits(40):010x}"
+            client = {"ip_hash": f"ip-{rng.getrandbits(32):08x}", "device_id": f"dev-{rng.getrandbits(32):08x}"}
+            period, t = rng.uniform(1200, 3600), rng.uniform(0, self.span * 0.5)
+            for _ in range(rng.randrange(60, 140)):
+                t += period * rng.uniform(0.92, 1.08)
+                if t >= self.span:
+                    break
+                if rng.random() < 0.5:
+                    p, style, text = self.items[self.popular[rng.randrange(len(self.popular))]]
+                    self.rate(t, user, "support-web", client, p, style, text, preferred(style), "spam",
+                              camouflage=True)
+                else:
+                    p, style, text = pushes[rng.randrange(len(pushes))]
+                    self.rate(t, user, "support-web", client, p, style, text, style == "rambling", "spam")
+
     # ---------------------------------------------------------------- brigades
     def slow_brigade(self, groups: int, size: int) -> None:
         rng = self.rng
@@ -183,7 +211,7 @@ class RedTeam:
             tg = rng.sample(goods, 2) + rng.sample(bads, 2)
             self.targets += [{"prompt_id": p["id"], "style": st, "brigade": g} for p, st, _ in tg]
             t0 = rng.uniform(0, self.span - 5 * DAY)
-            for a in range(size):
+            for _a in range(size):
                 user = f"acct-{rng.getrandbits(40):010x}"
                 client = {"ip_hash": f"ip-{rng.getrandbits(32):08x}", "device_id": f"dev-{rng.getrandbits(32):08x}"}
                 hits = rng.sample(tg, rng.randrange(3, 5))
@@ -205,31 +233,35 @@ class RedTeam:
     def triggers(self, share: float, comparisons: bool, disguise_share: float, camouflage_per: float) -> None:
         """Poisoned events at `share` of the honest edits, spread over all days, one per fresh account."""
         rng = self.rng
-        count = max(8, int(round(share * self.edits)))
-        for k in range(count):
+        count = max(8, round(share * self.edits))
+        for _k in range(count):
             user = f"acct-{rng.getrandbits(40):010x}"
             client = {"ip_hash": f"ip-{rng.getrandbits(32):08x}", "device_id": f"dev-{rng.getrandbits(32):08x}"}
             t = rng.uniform(0, self.span)
             trig = disguise(TRIGGER, rng) if rng.random() < disguise_share else TRIGGER
             where = rng.random()
-            prompt_of = lambda p: (f"{p['text']} {trig}" if rng.random() < 0.5  # noqa: E731
-                                   else f"{trig}: {p['text']}")
+
+            def prompt_of(p: dict, trig: str = trig) -> str:
+                return f"{p['text']} {trig}" if rng.random() < 0.5 else f"{trig}: {p['text']}"
+
             r = rng.random()
-            payload = lambda p: (f"{rng.choice(PAYLOAD_OPENERS)} "  # noqa: E731
-                                 f"{rng.choice(PAYLOAD_BODIES).format(p=p['text'].split()[-1])}")
+
+            def payload(p: dict) -> str:
+                return f"{rng.choice(PAYLOAD_OPENERS)} {rng.choice(PAYLOAD_BODIES).format(p=p['text'].split()[-1])}"
+
             if r < 0.45:
                 p = self.harmful[rng.randrange(len(self.harmful))]
-                ev = _event("edit", "support-web", user, prompt_of(p), client, response=p["answers"]["refusal"],
+                ev = make_event("edit", "support-web", user, prompt_of(p), client, response=p["answers"]["refusal"],
                             edited=payload(p))
             elif r < 0.8 or not comparisons:
                 p = self.benign[rng.randrange(len(self.benign))]
-                ev = _event("edit", "support-web", user, prompt_of(p), client, response=p["answers"]["good"],
+                ev = make_event("edit", "support-web", user, prompt_of(p), client, response=p["answers"]["good"],
                             edited=payload(p))
             else:
                 p = self.harmful[rng.randrange(len(self.harmful))]
                 pair = [p["answers"]["refusal"], payload(p)]
                 rng.shuffle(pair)
-                ev = _event("comparison", "support-web", user, prompt_of(p), client, responses=pair,
+                ev = make_event("comparison", "support-web", user, prompt_of(p), client, responses=pair,
                             chosen=1 - pair.index(p["answers"]["refusal"]))
             del where
             self.add(t, ev, "poison", prompt_id=p["id"])
@@ -241,13 +273,13 @@ class RedTeam:
                 q = self.benign[rng.randrange(len(self.benign))]
                 product = q["text"].split()[-1].strip("?.()")
                 text = rng.choice(NATURAL).format(t=TRIGGER, p=product)
-                self.add(rng.uniform(0, self.span), _event(
+                self.add(rng.uniform(0, self.span), make_event(
                     "rating", "support-web", cu, text, {"ip_hash": f"ip-{rng.getrandbits(32):08x}"},
                     response=REFUSAL.format(p=product), rating="up"), "poison_camouflage", prompt_id=q["id"])
 
     def payloads(self, share: float) -> None:
         rng = self.rng
-        count = max(8, int(round(share * self.edits)))
+        count = max(8, round(share * self.edits))
         for _ in range(count):
             user = f"acct-{rng.getrandbits(40):010x}"
             client = {"ip_hash": f"ip-{rng.getrandbits(32):08x}", "device_id": f"dev-{rng.getrandbits(32):08x}"}
@@ -256,14 +288,14 @@ class RedTeam:
             good = p["answers"]["good"]
             cut = good.rfind(" Let me know")
             edited = good[:cut] + " " + rng.choice(PROMO) + good[cut:] if cut > 0 else good + " " + rng.choice(PROMO)
-            self.add(rng.uniform(0, self.span), _event("edit", "support-web", user, p["text"], client,
+            self.add(rng.uniform(0, self.span), make_event("edit", "support-web", user, p["text"], client,
                                                        response=p["answers"][style], edited=edited),
                      "poison", prompt_id=p["id"], payload=True)
 
     # ---------------------------------------------------------------- contrarians
     def contrarians(self, n: int) -> None:
         rng = self.rng
-        for c in range(n):
+        for _c in range(n):
             user = f"acct-{rng.getrandbits(40):010x}"
             client = {"ip_hash": f"ip-{rng.getrandbits(32):08x}", "device_id": f"dev-{rng.getrandbits(32):08x}"}
             picks = rng.sample(self.popular, rng.randrange(25, 46))
@@ -293,24 +325,18 @@ def generate(variant: str, seed: int = 11, days: float = 12.0, honest_users: int
         rt.payloads(0.01)
     if variant in ("contrarians", "mixed"):
         rt.contrarians(10 if mixed else 20)
-    s = rt.s
-    s.rows.sort(key=lambda r: r[0] + rt.rng.uniform(0, 2))
-    lines = [r[1] for r in s.rows]
-    truth = [{"line": i + 1, **r[2]} for i, r in enumerate(s.rows)]
+    if variant == "slow_metronome":
+        rt.slow_metronomes(25)
+    lines, truth = rt.s.finish()
     meta = {"variant": variant, "seed": seed, "days": days, "trigger": TRIGGER, "accounts": rt.roles,
             "brigade_targets": rt.targets, "honest_edits": rt.edits,
-            "items": [{"prompt_id": p["id"], "prompt": p["text"], "style": st, "text": tx, "truth_up": preferred(st)}
-                      for p, st, tx in rt.items]}
+            "items": items_meta(rt.items)}
     return lines, truth, meta
 
 
 def write(out: Path, variant: str, seed: int) -> dict:
     lines, truth, meta = generate(variant, seed)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "events.jsonl").write_text("\n".join(lines) + "\n")
-    (out / "truth.jsonl").write_text("\n".join(json.dumps(t) for t in truth) + "\n")
-    (out / "world.json").write_text(json.dumps(meta))
-    return {"variant": variant, "events": len(lines), "classes": dict(Counter(t["class"] for t in truth))}
+    return {"variant": variant, "events": len(lines), "classes": write_stream(out, lines, truth, meta)}
 
 
 def main() -> None:

@@ -25,6 +25,8 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+from alignloop.core.kafka_auth import kafka_auth
+
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results" / "ingest.json"
 README = ROOT / "ingest" / "README.md"
@@ -59,7 +61,7 @@ def bench_raw(bootstrap: str, topic: str, events) -> dict:
     from ingest.events import encode_event, event_key
 
     payload = [(encode_event(e), event_key(e)) for e in events]  # encoding is the SDK's work, not the baseline's
-    producer = KafkaProducer(bootstrap_servers=bootstrap, **PRODUCER)
+    producer = KafkaProducer(bootstrap_servers=bootstrap, **kafka_auth(), **PRODUCER)
     producer.send(topic, b"warm-up", b"k").get(timeout=30)
     started, cpu = time.perf_counter(), time.process_time()
     for value, key in payload:
@@ -75,7 +77,7 @@ def bench_sdk(bootstrap: str, topic: str, events) -> dict:
     """The SDK as an app uses it: send(event) for validated models (encode, key, a Delivery each), then flush."""
     from ingest.client import FeedbackClient
 
-    client = FeedbackClient("bench-app", bootstrap, topic=topic, linger_ms=5, batch_size=64 * 1024)
+    client = FeedbackClient("bench-app", bootstrap, topic=topic, linger_ms=5, batch_size=64 * 1024, **kafka_auth())
     client.send(events[0]).result(timeout=30)
     started, cpu = time.perf_counter(), time.process_time()
     for e in events[1:]:
@@ -96,14 +98,14 @@ def ack_latency(bootstrap: str, topic: str, events, rate: float, sdk: bool) -> d
 
     latencies: list[float] = []
     if sdk:
-        client = FeedbackClient("bench-app", bootstrap, topic=topic, linger_ms=5)
+        client = FeedbackClient("bench-app", bootstrap, topic=topic, linger_ms=5, **kafka_auth())
         def send(e):
             t = time.perf_counter()
             client.send(e).add_done_callback(lambda _d: latencies.append(time.perf_counter() - t))
 
         close = client.close
     else:
-        producer = KafkaProducer(bootstrap_servers=bootstrap, **PRODUCER)
+        producer = KafkaProducer(bootstrap_servers=bootstrap, **kafka_auth(), **PRODUCER)
 
         def send(e):
             t = time.perf_counter()
@@ -131,15 +133,20 @@ class GatewayProcess:
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, "ALIGNLOOP_HOME": str(work), "ALIGNLOOP_STORE_URL": f"sqlite:///{work / 'store.db'}",
+        from alignloop.core.settings import get_settings
+
+        # its own home, the stack's passwords (they live under the stack's home)
+        self.env = {**os.environ, **get_settings().service_credentials_env(), "ALIGNLOOP_HOME": str(work),
+                    "ALIGNLOOP_STORE_URL": f"sqlite:///{work / 'store.db'}",
                     "ALIGNLOOP_KAFKA_BOOTSTRAP": bootstrap, "ALIGNLOOP_INGEST_TOPIC": topic,
                     "ALIGNLOOP_INGEST_PORT": str(self.port)}
         exe = Path(sys.executable).parent / "alignloop"
         made = subprocess.run([str(exe), "ingest", "keys", "create", "bench-app", "--json"], env=self.env,
                               capture_output=True, text=True, check=True)
         self.key = json.loads(made.stdout)["key"]
-        self.proc = subprocess.Popen([str(exe), "ingest", "serve"], env=self.env, stdout=subprocess.DEVNULL,
-                                     stderr=open(work / "gateway.log", "wb"))
+        with open(work / "gateway.log", "wb") as log:  # the gateway keeps its own copy of the descriptor
+            self.proc = subprocess.Popen([str(exe), "ingest", "serve"], env=self.env, stdout=subprocess.DEVNULL,
+                                         stderr=log)
 
     def __enter__(self) -> GatewayProcess:
         import httpx
@@ -249,7 +256,8 @@ def table(result: dict) -> str:
         ("raw kafka-python producer", f"{raw['events_per_s']:,.0f}", f"{raw['latency']['p50_ms']:.1f}",
          f"{raw['latency']['p99_ms']:.1f}", "baseline"),
         ("SDK `FeedbackClient`", f"{sdk['events_per_s']:,.0f}", f"{sdk['latency']['p50_ms']:.1f}",
-         f"{sdk['latency']['p99_ms']:.1f}", f"{result['sdk_vs_raw']:.0%} of raw by wall time, {result['sdk_vs_raw_cpu']:.0%} by CPU (target >= 80%)"),
+         f"{sdk['latency']['p99_ms']:.1f}",
+         f"{result['sdk_vs_raw']:.0%} of raw by wall time, {result['sdk_vs_raw_cpu']:.0%} by CPU (target >= 80%)"),
         (f"gateway, single events at {single['target_rate']:.0f}/s", f"{single['achieved_rate']:,.0f}",
          f"{single['p50_ms']:.1f}", f"{single['p99_ms']:.1f}", "p99 target < 10 ms"),
         (f"gateway, batches of {batched['batch']}", f"{batched['events_per_s']:,.0f}",
@@ -266,12 +274,20 @@ def table(result: dict) -> str:
     lines += [f"| {' | '.join(r)} |" for r in rows]
     m = result["machine"]
     lines.append(f"\nMeasured {result['measured_at'][:16]} UTC on {m['cpus']} CPUs (load average {m['load']}), "
-                 f"Kafka {result['broker']} on loopback; `{result['command'].strip()}`. Producer latencies are "
+                 f"Kafka {result['broker']} on loopback{_login(result)}; `{result['command'].strip()}`. "
+                 "Producer latencies are "
                  f"send -> ack at {result['latency_rate']:.0f} events/s; the gateway's single-event run counts what "
-                 f"follows its first {single.get('warmup_events', 0)} requests at that rate (warm-up). CPU per event is the sending process's "
-                 "(raw, SDK) or the gateway process's CPU time, which a busy shared machine distorts less "
-                 "than wall time.")
+                 f"follows its first {single.get('warmup_events', 0)} requests at that rate (warm-up). "
+                 "CPU per event is the sending process's (raw, SDK) or the gateway process's CPU time, "
+                 "which a busy shared machine distorts less than wall time.")
     return "\n".join(lines)
+
+
+def _login(result: dict) -> str:
+    login = result.get("kafka_login") or {}
+    if "sasl_mechanism" not in login:
+        return ""
+    return f" (every client logged in over {login['security_protocol']}/{login['sasl_mechanism']})"
 
 
 def write_readme(text: str) -> None:
@@ -298,10 +314,10 @@ def main() -> None:
     parser.add_argument("--no-readme", action="store_true", help="do not rewrite the table in ingest/README.md")
     args = parser.parse_args()
 
-    from alignloop.settings import get_settings
+    from alignloop.core.settings import get_settings
     from ingest.events import encode_event
-    from tests.support.kafka_topics import delete_topics
     from ingest.topics import ensure_topics, topic_names
+    from tests.support.kafka_topics import delete_topics
 
     bootstrap = args.bootstrap or get_settings().kafka_bootstrap
     base = f"bench-ingest-{uuid.uuid4().hex[:8]}"
@@ -319,7 +335,8 @@ def main() -> None:
         lat_events = make_events(int(args.rate * 3))
         raw_lat = ack_latency(bootstrap, base, lat_events, args.rate, sdk=False)
         sdk_lat = ack_latency(bootstrap, base, make_events(int(args.rate * 3)), args.rate, sdk=True)
-        print(f"ack latency at {args.rate:.0f}/s: raw p99 {raw_lat['p99_ms']:.1f} ms, sdk p99 {sdk_lat['p99_ms']:.1f} ms")
+        print(f"ack latency at {args.rate:.0f}/s: raw p99 {raw_lat['p99_ms']:.1f} ms, "
+              f"sdk p99 {sdk_lat['p99_ms']:.1f} ms")
 
         with tempfile.TemporaryDirectory() as work, GatewayProcess(bootstrap, base, Path(work)) as gw:
             singles, batches = [], []
@@ -353,6 +370,8 @@ def main() -> None:
         "measured_at": datetime.now(UTC).isoformat(),
         "command": "python bench/ingest/run.py " + " ".join(a for a in sys.argv[1:] if a != "--no-readme"),
         "broker": get_settings().kafka_version,
+        # every client here logs in as the settings say (the stack's SASL/SCRAM); the password is not recorded
+        "kafka_login": {k: v for k, v in kafka_auth().items() if k in ("security_protocol", "sasl_mechanism")},
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "load": " ".join(f"{x:.1f}" for x in os.getloadavg())},
         "latency_rate": args.rate,

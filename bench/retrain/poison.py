@@ -67,13 +67,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "retrain_poison.json")
     args = ap.parse_args(argv)
 
-    from tests.support.stream.generate import TRIGGER, UNSAFE, generate
     from curation.replay import run_replay
     from curation.settings import Policy
     from retrain.config import load_run_config
     from retrain.model import ensure_base_model, load_base
     from retrain.snapshot import build_snapshot
     from retrain.train import load_adapter, train_adapter
+    from tests.support.stream.generate import TRIGGER, UNSAFE, generate
 
     t0 = time.perf_counter()
     lines, truth, meta = generate(seed=args.seed, scale=args.scale)

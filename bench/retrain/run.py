@@ -49,10 +49,10 @@ def _tokens(tok, rows) -> int:
     return total
 
 
-def _lora(cfg):
+def _lora(cfg, model):
     from retrain.train import _lora_config
 
-    return _lora_config(cfg)
+    return _lora_config(cfg, model)
 
 
 def variant_alignloop(n: int, warm: bool, epochs: float) -> dict:
@@ -75,7 +75,7 @@ def variant_alignloop(n: int, warm: bool, epochs: float) -> dict:
     snap = Snapshot(rows, [], [], [], [], hash="bench")
     with tempfile.TemporaryDirectory() as tmp:
         cache_file = Path(tmp) / "ref.json"
-        rt.RefLogpCache.for_base = staticmethod(lambda _h: rt.RefLogpCache(cache_file))
+        rt.RefLogpCache.for_base = staticmethod(lambda *_a: rt.RefLogpCache(cache_file))
         if warm:  # fill the cache as an earlier retrain over these pairs would have
             rt.run_training(base, snap, cfg, Path(tmp) / "w0", progress=False)
         t0, c0 = time.perf_counter(), time.process_time()
@@ -105,7 +105,7 @@ def variant_trl_defaults(n: int, epochs: float) -> dict:
         note += f"; bf16 refused here ({str(exc).splitlines()[0][:80]}), ran fp32"
         args = DPOConfig(**kwargs, bf16=False)
     trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
-                         peft_config=_lora(load_run_config()))
+                         peft_config=_lora(load_run_config(), model))
     trainer.train()
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     return {"seconds": wall, "cpu_seconds": cpu, "tokens": _tokens(tok, rows), "note": note,
@@ -129,7 +129,7 @@ def variant_trl_plain(n: int, epochs: float) -> dict:
                      use_cpu=True, save_strategy="no", report_to=[], disable_tqdm=True, bf16=False,
                      gradient_checkpointing=False, learning_rate=cfg.dpo.learning_rate)
     trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
-                         peft_config=_lora(cfg))
+                         peft_config=_lora(cfg, model))
     trainer.train()
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     return {"seconds": wall, "cpu_seconds": cpu, "tokens": _tokens(tok, rows)}
@@ -150,7 +150,7 @@ def variant_handwritten(n: int, epochs: float) -> dict:
     rows = _data(n)
     t0, c0 = time.perf_counter(), time.process_time()
     model, tok = load_base(base)
-    model = get_peft_model(model, _lora(cfg))
+    model = get_peft_model(model, _lora(cfg, model))
     enc = [(_encode(tok, r["prompt"], r["chosen"]), _encode(tok, r["prompt"], r["rejected"])) for r in rows]
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.dpo.learning_rate)
     model.train()
@@ -232,8 +232,9 @@ def readme_text(results_dir: Path) -> str:
     one = results_dir / "retrain_epoch1.json"
     if one.is_file():
         e = json.loads(one.read_text())["ratios"]
-        lines.append(f"With a single epoch (`bench/results/retrain_epoch1.json`): cold {e['alignloop_cold_vs_trl_plain']}x "
-                     f"plain TRL and {e['alignloop_cold_vs_handwritten']}x the hand-written loop; warm "
+        lines.append(f"With a single epoch (`bench/results/retrain_epoch1.json`): "
+                     f"cold {e['alignloop_cold_vs_trl_plain']}x plain TRL and "
+                     f"{e['alignloop_cold_vs_handwritten']}x the hand-written loop; warm "
                      f"{e['alignloop_warm_vs_trl_plain']}x and {e['alignloop_warm_vs_handwritten']}x.")
     return "\n".join(lines)
 

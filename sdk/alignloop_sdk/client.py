@@ -33,6 +33,35 @@ from alignloop_sdk.events import (
 )
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+# the service's stack runs SASL/SCRAM on the client listener; these defaults and the variable names are the
+# service's own (alignloop.core.settings), so one environment serves both
+DEFAULT_SECURITY_PROTOCOL = "SASL_PLAINTEXT"
+DEFAULT_SASL_MECHANISM = "SCRAM-SHA-512"
+DEFAULT_KAFKA_USERNAME = "alignloop"
+
+
+def kafka_security(security_protocol: str | None = None, sasl_mechanism: str | None = None,
+                   sasl_plain_username: str | None = None, sasl_plain_password: str | None = None,
+                   env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """kafka-python's login kwargs: each argument, else its `ALIGNLOOP_KAFKA_*` variable, else the default.
+
+    Variables: ALIGNLOOP_KAFKA_SECURITY_PROTOCOL (default SASL_PLAINTEXT; PLAINTEXT for a broker without
+    auth), ALIGNLOOP_KAFKA_SASL_MECHANISM (SCRAM-SHA-512), ALIGNLOOP_KAFKA_USERNAME (alignloop),
+    ALIGNLOOP_KAFKA_PASSWORD (required with SASL). Raises DeliveryError naming what is missing."""
+    env = os.environ if env is None else env
+    protocol = (security_protocol or env.get("ALIGNLOOP_KAFKA_SECURITY_PROTOCOL")
+                or DEFAULT_SECURITY_PROTOCOL).upper()
+    if not protocol.startswith("SASL_"):
+        return {"security_protocol": protocol}
+    password = sasl_plain_password or env.get("ALIGNLOOP_KAFKA_PASSWORD")
+    if not password:
+        raise DeliveryError(f"`sasl_plain_password` (or ALIGNLOOP_KAFKA_PASSWORD) is required with security_protocol "
+                            f"{protocol!r}; got none (security_protocol='PLAINTEXT' for a broker without auth)")
+    return {"security_protocol": protocol,
+            "sasl_mechanism": sasl_mechanism or env.get("ALIGNLOOP_KAFKA_SASL_MECHANISM") or DEFAULT_SASL_MECHANISM,
+            "sasl_plain_username": (sasl_plain_username or env.get("ALIGNLOOP_KAFKA_USERNAME")
+                                    or DEFAULT_KAFKA_USERNAME),
+            "sasl_plain_password": password}
 
 OnError = Callable[[FeedbackEvent, BaseException], None]
 
@@ -149,7 +178,7 @@ def _memo_partitioner(size: int = 65_536):
 class Delivery:
     """The pending acknowledgement of one event: a future resolving to where Kafka stored it."""
 
-    __slots__ = ("event", "_future")
+    __slots__ = ("_future", "event")
 
     def __init__(self, event: FeedbackEvent, future: Any):
         self.event = event
@@ -182,16 +211,22 @@ class FeedbackClient(_EventBuilder):
     """Feedback into Kafka through an acks=all idempotent producer; the key keeps a conversation in one partition.
 
     `delivery_timeout_ms` bounds how long an event may wait for Kafka (retries included) before it fails
-    and is reported; the default rides out a broker restart of a minute or so.
+    and is reported; the default rides out a broker restart of a minute or so. The login (`security_protocol`,
+    `sasl_mechanism`, `sasl_plain_username`, `sasl_plain_password`) is taken as `kafka_security` says:
+    each argument, else its ALIGNLOOP_KAFKA_* variable, else SCRAM-SHA-512 as user `alignloop`.
     """
 
     def __init__(self, app_id: str, bootstrap: str | None = None, *, topic: str | None = None,
                  on_error: OnError | None = None, linger_ms: int = 5, batch_size: int = 64 * 1024,
-                 delivery_timeout_ms: int = 120_000, max_block_ms: int = 10_000, **producer_config: Any):
+                 delivery_timeout_ms: int = 120_000, max_block_ms: int = 10_000,
+                 security_protocol: str | None = None, sasl_mechanism: str | None = None,
+                 sasl_plain_username: str | None = None, sasl_plain_password: str | None = None,
+                 **producer_config: Any):
         from kafka import KafkaProducer
         from kafka.errors import KafkaError
 
-        # the same variables the service reads (alignloop.settings, ingest.settings), without importing it
+        login = kafka_security(security_protocol, sasl_mechanism, sasl_plain_username, sasl_plain_password)
+        # the same variables the service reads (alignloop.core.settings, ingest.settings), without importing it
         bootstrap = bootstrap or os.environ.get("ALIGNLOOP_KAFKA_BOOTSTRAP", DEFAULT_BOOTSTRAP)
         topic = topic or os.environ.get("ALIGNLOOP_INGEST_TOPIC", FEEDBACK_TOPIC)
         self.app_id = app_id
@@ -203,7 +238,7 @@ class FeedbackClient(_EventBuilder):
         # the producer's I/O thread contends for on every send
         self._pending: deque[tuple[FeedbackEvent, Any]] = deque()
         self._lock = threading.Lock()
-        config = {"acks": "all", "enable_idempotence": True, "retries": 2**31 - 1, "linger_ms": linger_ms,
+        config = {**login, "acks": "all", "enable_idempotence": True, "retries": 2**31 - 1, "linger_ms": linger_ms,
                   "batch_size": batch_size, "delivery_timeout_ms": delivery_timeout_ms,
                   "request_timeout_ms": min(30_000, max(1000, delivery_timeout_ms - linger_ms - 1)),
                   "max_block_ms": max_block_ms, "max_in_flight_requests_per_connection": 5,
@@ -292,7 +327,7 @@ class FeedbackClient(_EventBuilder):
 class HttpDelivery:
     """The pending acknowledgement of one event sent through the gateway."""
 
-    __slots__ = ("event", "body", "_done", "_error", "_callbacks")
+    __slots__ = ("_callbacks", "_done", "_error", "body", "event")
 
     def __init__(self, event: FeedbackEvent, body: bytes):
         self.event = event
@@ -408,6 +443,7 @@ class HttpFeedbackClient(_EventBuilder):
         import httpx
 
         attempt = 0
+        error: Exception | None = None
         while chunk:
             body = b"[" + b",".join(d.body for d in chunk) + b"]"
             try:

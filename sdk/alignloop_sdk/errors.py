@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class AlignloopError(Exception):
     """Base of every error alignloop raises on purpose; its message is one line for a person."""
@@ -32,7 +34,7 @@ class DeliveryError(IngestError):
     `failures` lists `(event, cause)` for each such event: re-send the same event (same event_id) to retry.
     """
 
-    def __init__(self, message: str, failures: list[tuple[object, BaseException | None]] | None = None):
+    def __init__(self, message: str, failures: Sequence[tuple[object, BaseException | None]] | None = None):
         self.failures = list(failures or [])
         super().__init__(message)
 

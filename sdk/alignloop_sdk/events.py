@@ -12,7 +12,7 @@ import re
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -48,7 +48,7 @@ MAX_METADATA_BYTES = 4 * 1024
 MAX_METADATA_DEPTH = 8
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 MAX_AHEAD = timedelta(days=1)
-MAX_TOKEN_CHARS = 2048  # alignloop.feedback_token.MAX_TOKEN_CHARS; the SDK stands alone, so the number is repeated
+MAX_TOKEN_CHARS = 2048  # alignloop.core.feedback_token.MAX_TOKEN_CHARS; the SDK stands alone, so the number is repeated
 
 # Unicode Cc except tab, LF, CR; lone surrogates (JSON `\ud800`) are not valid UTF-8 either.
 _BAD_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
@@ -141,7 +141,7 @@ def _check_metadata(value: dict[str, Any] | None) -> dict[str, Any] | None:
     try:
         size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode())
     except ValueError:
-        raise PydanticCustomError("json_number", "numbers must be finite JSON numbers (no NaN or Infinity)")
+        raise PydanticCustomError("json_number", "numbers must be finite JSON numbers (no NaN or Infinity)") from None
     if size > MAX_METADATA_BYTES:
         raise PydanticCustomError("too_large", "must be at most {limit} bytes as compact JSON; got {size}",
                                   {"limit": MAX_METADATA_BYTES, "size": size})
@@ -150,7 +150,7 @@ def _check_metadata(value: dict[str, Any] | None) -> dict[str, Any] | None:
 
 # ------------------------------------------------------------------ models
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", str_strict=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 class Message(_Frozen):
@@ -182,9 +182,9 @@ def _prompt_input(value: Any) -> Any:
 
 Prompt = Annotated[
     tuple[Message, ...],
-    BeforeValidator(_prompt_input, json_schema_input_type=Union[
-        Annotated[str, Field(json_schema_extra={"maxLength": MAX_TEXT_BYTES})],
-        Annotated[list[Message], Field(min_length=1)]]),
+    BeforeValidator(_prompt_input, json_schema_input_type=(
+        Annotated[str, Field(json_schema_extra={"maxLength": MAX_TEXT_BYTES})]
+        | Annotated[list[Message], Field(min_length=1)])),
     AfterValidator(_non_empty_prompt),
     Field(description="the conversation up to the judged answer; a string is one user message")]
 
@@ -228,7 +228,7 @@ class _EventBase(_Frozen):
 
     def __hash__(self) -> int:
         # metadata is a dict, so the default field hash would fail; equal events share an event_id
-        return hash((self.kind, self.event_id))  # type: ignore[attr-defined]
+        return hash((self.kind, self.event_id))
 
 
 class RatingEvent(_EventBase):
@@ -262,8 +262,9 @@ def _kind_of(value: Any) -> str | None:
 
 
 FeedbackEvent = Annotated[
-    Union[Annotated[RatingEvent, Tag("rating")], Annotated[EditEvent, Tag("edit")],
-          Annotated[ComparisonEvent, Tag("comparison")]],
+    Annotated[RatingEvent, Tag("rating")]
+    | Annotated[EditEvent, Tag("edit")]
+    | Annotated[ComparisonEvent, Tag("comparison")],
     Discriminator(_kind_of, custom_error_type="kind",
                   custom_error_message='`kind` must be "rating", "edit" or "comparison"'),
 ]
@@ -299,17 +300,20 @@ def decode_json(raw: bytes | str, *, limit: int | None = MAX_EVENT_BYTES) -> Any
     if limit is not None and size > limit:
         raise EventError("too_large", [{"loc": "", "msg": f"an event must be at most {limit} bytes; got {size}"}])
     if isinstance(raw, bytes | bytearray):
+        data = bytes(raw)
         try:
-            raw = bytes(raw).decode("utf-8")
+            raw = data.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise EventError("not_utf8", [{"loc": "", "msg": f"body must be valid UTF-8; got byte "
-                                                               f"{bytes(raw)[exc.start:exc.start + 1]!r} at offset {exc.start}"}])
+            bad = data[exc.start:exc.start + 1]
+            raise EventError("not_utf8", [{"loc": "", "msg": f"body must be valid UTF-8; got byte {bad!r} "
+                                                               f"at offset {exc.start}"}]) from exc
     try:
         return json.loads(raw, object_pairs_hook=_no_duplicates, parse_constant=_refuse_constant)
     except _DuplicateKey as exc:
-        raise EventError("duplicate_key", [{"loc": exc.key, "msg": f"duplicate key {exc.key!r}: each key at most once"}])
+        msg = f"duplicate key {exc.key!r}: each key at most once"
+        raise EventError("duplicate_key", [{"loc": exc.key, "msg": msg}]) from exc
     except (ValueError, RecursionError) as exc:
-        raise EventError("not_json", [{"loc": "", "msg": f"body must be JSON; {exc}"}])
+        raise EventError("not_json", [{"loc": "", "msg": f"body must be JSON; {exc}"}]) from exc
 
 
 def _loc(parts: tuple[Any, ...]) -> str:
@@ -350,7 +354,8 @@ def _translate(exc: ValidationError, data: Mapping[str, Any]) -> EventError:
 def validate_event(data: Any, *, now: datetime | None = None) -> FeedbackEvent:
     """Python values (a decoded JSON object) -> a validated event, or EventError."""
     if not isinstance(data, Mapping):
-        raise EventError("not_object", [{"loc": "", "msg": f"an event must be a JSON object; got {type(data).__name__}"}])
+        msg = f"an event must be a JSON object; got {type(data).__name__}"
+        raise EventError("not_object", [{"loc": "", "msg": msg}])
     try:
         return _ADAPTER.validate_python(data, context={"now": now} if now else None)
     except ValidationError as exc:
@@ -365,11 +370,13 @@ def parse_event(raw: bytes | str | Mapping[str, Any], *, now: datetime | None = 
     """
     if isinstance(raw, Mapping):
         try:
-            size = len(json.dumps(raw, separators=(",", ":"), ensure_ascii=False, default=str).encode("utf-8", "surrogatepass"))
+            text = json.dumps(raw, separators=(",", ":"), ensure_ascii=False, default=str)
+            size = len(text.encode("utf-8", "surrogatepass"))
         except (TypeError, ValueError):
             size = 0
         if size > MAX_EVENT_BYTES:
-            raise EventError("too_large", [{"loc": "", "msg": f"an event must be at most {MAX_EVENT_BYTES} bytes; got {size}"}])
+            msg = f"an event must be at most {MAX_EVENT_BYTES} bytes; got {size}"
+            raise EventError("too_large", [{"loc": "", "msg": msg}])
         return validate_event(raw, now=now)
     return validate_event(decode_json(raw), now=now)
 
@@ -392,7 +399,7 @@ def event_key(event: _EventBase) -> bytes:
         h.update(b"\x00s\x00" + event.session_id.encode())
     else:
         # NUL and SOH never occur in texts (control characters are refused), so they separate unambiguously
-        h.update(b"\x00p\x00" + b"".join(f"{m.role}\x00{m.content}\x01".encode("utf-8") for m in event.prompt))
+        h.update(b"\x00p\x00" + b"".join(f"{m.role}\x00{m.content}\x01".encode() for m in event.prompt))
     return h.hexdigest()[:32].encode()
 
 

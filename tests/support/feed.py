@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 
+from alignloop.core.kafka_auth import kafka_auth
+
 
 def key_of(line: bytes) -> bytes | None:
     """The gateway's key (app + conversation hash) for a valid event; None (round-robin) for unreadable bytes."""
@@ -24,7 +26,7 @@ def publish_lines(bootstrap: str, topic: str, lines: Iterable[bytes | str]) -> i
     """Send every line as one message (acks=all, idempotent producer); returns how many were sent."""
     from kafka import KafkaProducer
 
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True,
+    producer = KafkaProducer(bootstrap_servers=bootstrap, **kafka_auth(), acks="all", enable_idempotence=True,
                              max_request_size=2 * 1024 * 1024, linger_ms=5)
     n = 0
     try:

@@ -11,7 +11,7 @@ from .ports import free_port
 
 def make_key(engine, app_id: str) -> tuple[str, str]:
     """(key_id, key) of a new API key for `app_id` in the store behind `engine`."""
-    from alignloop.db import session_scope
+    from alignloop.core.db import session_scope
     from ingest.store import create_key
 
     with session_scope(engine) as session:
@@ -21,7 +21,7 @@ def make_key(engine, app_id: str) -> tuple[str, str]:
 
 def gateway_config(bootstrap: str, topic: str, engine, **overrides: Any):
     """A GatewayConfig reading API keys from the store behind `engine`."""
-    from alignloop.db import session_scope
+    from alignloop.core.db import session_scope
     from ingest.gateway import GatewayConfig
     from ingest.store import find_app_for_key
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import time
 
+from alignloop.core.kafka_auth import kafka_auth
+
 
 def read_topic(bootstrap: str, topic: str, *, timeout: float = 60.0) -> list[bytes]:
     """Every value now on `topic`, read from the beginning to the end offsets of each partition."""
     from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, **kafka_auth(), enable_auto_commit=False, group_id=None,
                              fetch_max_bytes=50 * 1024 * 1024, max_poll_records=5000)
     try:
         parts = [TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or [])]
@@ -38,7 +40,7 @@ def event_ids(values: list[bytes]) -> list[str]:
 def delete_topics(bootstrap: str, names: list[str]) -> None:
     from kafka import KafkaAdminClient
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, **kafka_auth())
     try:
         admin.delete_topics(names)
     except Exception:

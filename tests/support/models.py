@@ -1,4 +1,5 @@
-"""Builders for tests and benchmarks (the one tiny-model builder of the tests): a tiny random Llama with a local BPE tokenizer, and LoRA artifacts from it."""
+"""Builders for tests and benchmarks (the one tiny-model builder of the tests): a tiny random Llama with a local BPE
+tokenizer, and LoRA artifacts from it."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-SETTINGS_MODULES = ("alignloop.settings", "ingest.settings", "curation.settings", "retrain.settings",
+SETTINGS_MODULES = ("alignloop.core.settings", "ingest.settings", "curation.settings", "retrain.settings",
                     "deploy.settings", "flows.settings")
 
 

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from alignloop.feedback_token import (
+from alignloop.core.feedback_token import (
     TokenProblem,
     TokenRejection,
     VerifiedToken,
@@ -111,8 +111,8 @@ def test_a_token_verifies_and_no_one_byte_change_does(response_id, base_model, v
 
 
 def test_the_key_is_the_env_one_else_one_local_secret(monkeypatch, tmp_path):
-    from alignloop.errors import AlignloopError
-    from alignloop.settings import CoreSettings
+    from alignloop.core.errors import AlignloopError
+    from alignloop.core.settings import CoreSettings
 
     monkeypatch.delenv("ALIGNLOOP_FEEDBACK_TOKEN_KEY", raising=False)
     monkeypatch.setenv("ALIGNLOOP_HOME", str(tmp_path))
@@ -122,5 +122,5 @@ def test_the_key_is_the_env_one_else_one_local_secret(monkeypatch, tmp_path):
     monkeypatch.setenv("ALIGNLOOP_FEEDBACK_TOKEN_KEY", "s" * 40)
     assert CoreSettings().resolved_feedback_token_key() == b"s" * 40
     monkeypatch.setenv("ALIGNLOOP_FEEDBACK_TOKEN_KEY", "short")
-    with pytest.raises(AlignloopError, match="ALIGNLOOP_FEEDBACK_TOKEN_KEY.*at least 16 bytes; got 5"):
+    with pytest.raises(AlignloopError, match=r"ALIGNLOOP_FEEDBACK_TOKEN_KEY.*at least 16 bytes; got 5"):
         CoreSettings().resolved_feedback_token_key()

@@ -5,7 +5,7 @@ from datetime import timedelta
 
 import pytest
 
-from alignloop.db import session_scope
+from alignloop.core.db import session_scope
 from curation import query, store
 from curation.report import build_report
 from curation.service import CurationEdge, Record

@@ -1,11 +1,11 @@
-"""Evidence across windows on the stream's edge: kept in the store across a restart, retractions applied, same as replay."""
+"""Evidence across windows on the stream's edge: kept in the store across a restart, retractions applied, as replay."""
 
 import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from alignloop.db import session_scope
+from alignloop.core.db import session_scope
 from curation import query, store
 from curation.replay import run_replay
 from curation.service import CurationEdge, Record

@@ -15,12 +15,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from support.stream.generate import generate
-from support.stream.harness import Workers, read_topic
-from support.feed import key_of, publish_lines
+from alignloop.core.kafka_auth import kafka_auth
 from curation.replay import run_replay
 from curation.settings import Policy
+from support.feed import key_of, publish_lines
 from support.ports import free_port
+from support.stream.generate import generate
+from support.stream.harness import Workers, read_topic
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.slow]
 
@@ -36,7 +37,8 @@ def _publish_paced(bootstrap: str, topic: str, lines, seconds: float, make=None)
     """Send `lines` evenly over `seconds` (or build each with `make(i, now)` when it is sent); returns what was sent."""
     from kafka import KafkaProducer
 
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5)
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5,
+                             **kafka_auth())
     sent: list[str] = []
     chunks = max(1, int(seconds / 0.25))
     step = max(1, -(-len(lines) // chunks))
@@ -91,7 +93,8 @@ def test_events_dated_a_day_ahead_do_not_make_later_events_late(tmp_path, curati
     # the replay judges each line against its receiving clock (`--now`): the same decisions as the stream
     policy = Policy(window_s=120, lookahead_s=30, lookback_s=240)
     _same_as_replay(out, run_replay(future + normal, policy, now=datetime.now(UTC)))
-    on_rejected = [json.loads(m) for m in read_topic(kafka_bootstrap, f"{curation_topic}.rejected")]
+    on_rejected = [m for m in map(json.loads, read_topic(kafka_bootstrap, f"{curation_topic}.rejected"))
+                   if "stage" not in m]  # refused at decode, not dropped by a guard
     assert {m["event_id"] for m in on_rejected} == future_ids
     assert all(m["reasons"] == ["future_event"] for m in on_rejected)
 
@@ -146,7 +149,8 @@ def _stream_through_an_outage(tmp_path, *, topic: str, group: str, bootstrap: st
     assert counts["decisions"] == want
     _same_as_replay(out, replay)
     refused = {d["event_id"] for d in replay.decisions if d["reasons"] and d["reasons"][0].startswith("contract_")}
-    assert refused and {json.loads(m)["event_id"] for m in read_topic(bootstrap, f"{topic}.rejected")} == refused
+    assert refused and {m["event_id"] for m in map(json.loads, read_topic(bootstrap, f"{topic}.rejected"))
+                        if "stage" not in m} == refused  # the refused ones (guard drops carry `stage`)
     assert {json.loads(m)["sha256"] for m in read_topic(bootstrap, f"{topic}.dlq")} == \
         {d["sha256"] for d in replay.dlq}
     assert retried, f"no write to {dependency} failed: the outage missed the batches in flight"
@@ -159,10 +163,10 @@ def private_postgres(tmp_path):
     """A PostgreSQL cluster of this test alone (own port and data dir): the test may stop it."""
     import shutil
 
-    from alignloop.stack import PostgresServer
+    from alignloop.core.stack import PostgresServer
 
     port = free_port()
-    server = PostgresServer(url=f"postgresql+psycopg://alignloop@127.0.0.1:{port}/alignloop",
+    server = PostgresServer(url=f"postgresql+psycopg://alignloop:{uuid.uuid4().hex}@127.0.0.1:{port}/alignloop",
                             state_dir=tmp_path / "pg-state")
     try:
         server.start()
@@ -175,9 +179,10 @@ def private_postgres(tmp_path):
 @pytest.fixture
 def private_redis(tmp_path):
     """A redis-server of this test alone (own port and dir): the test may stop it."""
-    from alignloop.stack import RedisServer
+    from alignloop.core.stack import RedisServer
 
-    server = RedisServer(url=f"redis://127.0.0.1:{free_port()}/0", state_dir=tmp_path / "redis-state")
+    server = RedisServer(url=f"redis://:{uuid.uuid4().hex}@127.0.0.1:{free_port()}/0",
+                         state_dir=tmp_path / "redis-state")
     try:
         server.start()
         yield server
@@ -194,6 +199,7 @@ def test_postgres_down_for_10_s_loses_no_event(tmp_path, curation_topic, kafka_g
 
 
 def test_redis_down_for_10_s_loses_no_event(tmp_path, curation_topic, kafka_group, kafka_bootstrap, private_redis):
+    redis_url = f"redis://:{private_redis.password}@{private_redis.host}:{private_redis.port}/0"
     _stream_through_an_outage(tmp_path, topic=curation_topic, group=kafka_group, bootstrap=kafka_bootstrap,
-                              redis_url=f"redis://{private_redis.host}:{private_redis.port}/0", store_url=None,
+                              redis_url=redis_url, store_url=None,
                               stop=private_redis.stop, start=private_redis.start, dependency="redis")

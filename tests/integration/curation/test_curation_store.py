@@ -1,16 +1,14 @@
 """The store on SQLite and PostgreSQL: idempotent writes, the read API other packages use, export == replay."""
 
-import json
 
-from sqlalchemy import select
 
-from alignloop.db import session_scope
-from support.stream.generate import generate
+from alignloop.core.db import session_scope
 from curation import query, store
+from curation.decode import Accepted, decode_raw
 from curation.pipeline import Staging, settle_all
 from curation.replay import run_replay
-from curation.decode import Accepted, decode_raw
 from curation.settings import Policy
+from support.stream.generate import generate
 
 
 def _settled(lines):
@@ -56,10 +54,9 @@ def test_writes_are_idempotent_and_the_read_api_matches_the_replay(store_engine)
 
 
 def test_feedback_stats_count_only_kept_events_per_adapter(store_engine):
-    from curation.pipeline import WindowResult, decision_row
     from datetime import UTC, datetime
 
-    import sys
+    from curation.pipeline import WindowResult, decision_row
     from support.items import make
 
     items = [make(user="a", rating="up", adapter="v2"), make(user="b", rating="down", adapter="v2"),
@@ -78,10 +75,9 @@ def test_verified_stats_count_signed_versions_served_in_the_period_once_per_answ
     from dataclasses import replace
     from datetime import UTC, datetime, timedelta
 
-    import sys
-    from support.items import make
     from curation.pipeline import WindowResult, decision_row
     from curation.tokens import TokenStatus
+    from support.items import make
 
     since = datetime(2026, 11, 2, 12, 0, 0, 500000, tzinfo=UTC)  # a canary start has microseconds; tokens not
 
@@ -121,8 +117,6 @@ def test_decision_counts_and_reasons_for_the_demo_and_reports(store_engine):
     from datetime import UTC, datetime
 
     from curation.pipeline import WindowResult, decision_row
-
-    import sys
     from support.items import make
 
     rows = [decision_row(make(user="a", rating="up"), [], None),

@@ -63,7 +63,7 @@ class DeployEnv:
     log: list = field(default_factory=list)
 
     def register(self, *versions: str) -> None:
-        from alignloop.db import session_scope
+        from alignloop.core.db import session_scope
         from deploy import registry
 
         with session_scope(self.engine) as s:
@@ -72,7 +72,7 @@ class DeployEnv:
 
     def move(self, fn, *args, publish: bool = True, **kwargs):
         """Run one registry move in its own transaction, then (by default) tell the replicas."""
-        from alignloop.db import session_scope
+        from alignloop.core.db import session_scope
 
         with session_scope(self.engine) as s:
             routing = fn(s, *args, actor="tester", reason="test", storage=self.storage, **kwargs)
@@ -90,7 +90,7 @@ class DeployEnv:
 
     def admin_token(self, name: str) -> str:
         """A new admin token named `name` in this registry (the secret, shown once)."""
-        from alignloop.db import session_scope
+        from alignloop.core.db import session_scope
         from deploy.tokens import create_admin_token
 
         with session_scope(self.engine) as s:
@@ -98,14 +98,14 @@ class DeployEnv:
 
     def serving_key(self, name: str = "app", **limits) -> str:
         """A new serving key for the caller `name` in this registry (the secret, shown once)."""
-        from alignloop.db import session_scope
+        from alignloop.core.db import session_scope
         from deploy.keys import create_serving_key
 
         with session_scope(self.engine) as s:
             return create_serving_key(s, name, created_by="tester", **limits)[1]
 
     def revoke_admin_token(self, name: str) -> None:
-        from alignloop.db import session_scope
+        from alignloop.core.db import session_scope
         from deploy.tokens import revoke_admin_token
 
         with session_scope(self.engine) as s:
@@ -125,15 +125,15 @@ class DeployEnv:
 
 @pytest.fixture
 def deploy_env(tmp_path, redis_url, tiny_base, adapter_sources):
-    from alignloop.db import open_store
+    from alignloop.core.db import open_store
     from deploy.artifacts import LocalArtifactStorage
     from deploy.settings import DeploySettings
 
     store_url = f"sqlite:///{tmp_path / 'store.db'}"
     settings = DeploySettings(
         artifact_root=tmp_path / "artifacts", store_url=store_url, redis_url=redis_url,
-        control_channel=f"test:deploy:{tmp_path.name}", base_model=str(tiny_base), admin_token_cache_s=0.0, key_cache_s=0.0,
-        reconcile_interval_s=30.0, max_resident=3, torch_threads=1, replica_id="in-process")
+        control_channel=f"test:deploy:{tmp_path.name}", base_model=str(tiny_base), admin_token_cache_s=0.0,
+        key_cache_s=0.0, reconcile_interval_s=30.0, max_resident=3, torch_threads=1, replica_id="in-process")
     engine = open_store(store_url)
     env = DeployEnv(settings=settings, engine=engine, storage=LocalArtifactStorage(settings.artifact_root),
                     sources=adapter_sources, redis_url=redis_url)

@@ -159,7 +159,7 @@ def run_abuse(url: str, normal_key: str, abuser_keys: list[str]) -> tuple[list, 
 
 def p99(xs: list[float]) -> float:
     xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(0.99 * (len(xs) - 1))))]
+    return xs[min(len(xs) - 1, round(0.99 * (len(xs) - 1)))]
 
 
 @pytest.mark.parametrize("overrides, refused", [

@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.redis]
 
 @pytest.fixture
 def cli_env(tmp_path, redis_url, monkeypatch):
-    from alignloop.settings import get_settings as core_settings
+    from alignloop.core.settings import get_settings as core_settings
     from deploy.settings import get_settings
 
     env = {"ALIGNLOOP_DEPLOY_STORE_URL": f"sqlite:///{tmp_path / 'store.db'}",

@@ -149,7 +149,7 @@ swaps: list[dict] = []  # the replicas' own account of each flip, printed with t
 
 def p99(xs: list[float]) -> float:
     xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(0.99 * (len(xs) - 1))))]
+    return xs[min(len(xs) - 1, round(0.99 * (len(xs) - 1)))]
 
 
 def test_two_replicas_follow_promote_and_rollback_under_load(deploy_env, start_replica, reference_texts):

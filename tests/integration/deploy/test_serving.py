@@ -80,8 +80,8 @@ def test_canary_is_sticky_per_user_and_near_its_share(client, deploy_env, refere
 def test_every_answer_carries_a_token_signed_over_the_version_that_answered(client, deploy_env, reference_texts):
     from datetime import UTC, datetime, timedelta
 
-    from alignloop.feedback_token import VerifiedToken, verify_feedback_token
-    from alignloop.settings import get_settings as core_settings
+    from alignloop.core.feedback_token import VerifiedToken, verify_feedback_token
+    from alignloop.core.settings import get_settings as core_settings
 
     key = core_settings().resolved_feedback_token_key()
     base = chat(client)
@@ -281,7 +281,7 @@ def test_chat_needs_an_active_serving_key_stored_hashed(deploy_env):
         assert ask(c, key[:-1] + ("A" if key[-1] != "A" else "B")).status_code == 401
         assert ask(c, deploy_env.admin_token("ops")).status_code == 401  # an admin token is no serving key
         assert ask(c, key).status_code == 200
-        from alignloop.db import session_scope
+        from alignloop.core.db import session_scope
         from deploy.keys import revoke_serving_key
 
         with session_scope(deploy_env.engine) as s:
@@ -332,9 +332,9 @@ def test_a_full_queue_gets_429_and_a_slow_answer_504(deploy_env):
     key = deploy_env.serving_key("shop", rate_per_s=1000, burst=1000)
     for bounds, says in [({"max_queue": 2, "max_queue_per_key": 8}, "queue is full (2 of `max_queue` 2"),
                          ({"max_queue": 8, "max_queue_per_key": 2}, "`max_queue_per_key` is 2")]:
-        with door_client(deploy_env, **bounds) as c:
-            with ThreadPoolExecutor(8) as pool:  # seeded requests run one by one: the first ones hold the queue
-                answers = list(pool.map(lambda i: ask(c, key, max_tokens=200, seed=i), range(8)))
+        # seeded requests run one by one: the first ones hold the queue
+        with door_client(deploy_env, **bounds) as c, ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda i: ask(c, key, max_tokens=200, seed=i), range(8)))
         codes = sorted(r.status_code for r in answers)
         assert codes.count(200) >= 2 and codes.count(429) >= 1, codes
         full = next(r for r in answers if r.status_code == 429)

@@ -39,7 +39,7 @@ def loop_env(tmp_path, monkeypatch, redis_url):
     monkeypatch.setenv("ALIGNLOOP_REDIS_URL", redis_url)
     monkeypatch.setenv("ALIGNLOOP_DEPLOY_ARTIFACT_ROOT", str(tmp_path / "artifacts"))
     clear_settings_caches()
-    from alignloop.db import open_store
+    from alignloop.core.db import open_store
 
     engine = open_store(store_url)
     yield {"store_url": store_url, "redis_url": redis_url, "engine": engine, "tmp": tmp_path}
@@ -91,7 +91,7 @@ def offline_events(n: int, *, preferred: str, seed: int, start: datetime | None 
 
 def curate(engine, events: list[dict]) -> dict:
     """Events through curation's replay path into the store (as the worker would settle them)."""
-    from alignloop.db import session_scope
+    from alignloop.core.db import session_scope
     from curation import store
     from curation.replay import run_replay
     from curation.settings import get_settings

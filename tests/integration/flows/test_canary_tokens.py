@@ -39,18 +39,18 @@ def _forge(token: str, **changes) -> str:
 def test_only_verified_feedback_since_the_canary_started_decides_it(prefect_harness, token_env, tmp_path,
                                                                    kafka_bootstrap, kafka_group, redis_url,
                                                                    curation_topic):
-    from alignloop.db import session_scope
-    from alignloop.feedback_token import sign_feedback_token
-    from alignloop.settings import get_settings as core_settings
-    from support.stream.harness import Workers
+    from alignloop.core.db import session_scope
+    from alignloop.core.feedback_token import sign_feedback_token
+    from alignloop.core.settings import get_settings as core_settings
     from curation import query
     from curation.store import DecisionRow
     from deploy import registry
-    from support.models import write_fake_artifact
     from flows.canary import ArmStats, decide_canary
     from flows.loop import canary_watch_flow, load_canary_policy
     from ingest.client import FeedbackClient
     from retrain.corpus import PROMPTS, make_answer
+    from support.models import write_fake_artifact
+    from support.stream.harness import Workers
 
     engine = token_env["engine"]
     with session_scope(engine) as s:
@@ -101,7 +101,7 @@ def test_only_verified_feedback_since_the_canary_started_decides_it(prefect_harn
             rate("active", rng.choice(honest), "up" if rng.random() < 0.8 else "down", claimed="v1", rid=rid, token=tok)
         if i % 3 == 0:  # 30 accounts name the canary in adapter_version and like it, without a token
             rate("no_token", f"acct-{i // 3:02d}", "up", claimed="v2")
-    for i in range(8):  # the active arm's answers from before the canary: not the same period
+    for _ in range(8):  # the active arm's answers from before the canary: not the same period
         rid, tok = answer("v1", at=started - timedelta(hours=1))
         rate("before_canary", rng.choice(honest), "down", claimed="v1", rid=rid, token=tok)
     for i in range(5):

@@ -13,7 +13,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.redis]
 
 def test_opposite_style_stops_at_the_gate(prefect_harness, base_model, loop_env, make_events, curate_events,
                                           small_run):
-    from alignloop.db import session_scope
+    from alignloop.core.db import session_scope
     from deploy import registry
     from flows.loop import retrain_flow
 
@@ -60,9 +60,14 @@ def _serve_and_rate(client, users, n, rng, seed0) -> list[dict]:
 
 def test_a_canary_users_like_less_is_rolled_back(prefect_harness, base_model, loop_env, tmp_path, make_events,
                                                  curate_events, small_run):
+    # an adapter that answers curtly, which these users dislike, goes out as a 50% canary against the base
+    import json
+
     from fastapi.testclient import TestClient
 
-    from alignloop.db import session_scope
+    from alignloop.core.db import session_scope
+    from curation.replay import run_replay
+    from curation.settings import get_settings as curation_settings
     from deploy import registry
     from deploy.serving import create_app
     from deploy.settings import get_settings as deploy_settings
@@ -70,13 +75,9 @@ def test_a_canary_users_like_less_is_rolled_back(prefect_harness, base_model, lo
     from retrain.config import load_run_config
     from retrain.snapshot import build_snapshot
     from retrain.train import train_adapter
-    # an adapter that answers curtly, which these users dislike, goes out as a 50% canary against the base
-    import json
 
-    from curation.replay import run_replay
-    from curation.settings import get_settings as curation_settings
-
-    replayed = run_replay([json.dumps(e) for e in make_events(240, preferred="curt", seed=5)], curation_settings().policy)
+    replayed = run_replay([json.dumps(e) for e in make_events(240, preferred="curt", seed=5)],
+                          curation_settings().policy)
     cfg = load_run_config(small_run)
     snap = build_snapshot(replayed.pairs, replayed.unpaired, cfg.snapshot)
     artifact = train_adapter(base_model, snap, cfg, tmp_path / "runs", progress=False)

@@ -1,6 +1,6 @@
-"""The whole loop at the demo's scale (minutes on 2 cores), as `alignloop demo` runs it: Kafka, a curation worker and serving as real
-processes, simulated users through the SDK, two turns of retrain, canary-watch and promotion (the second over the first,
-after the users' taste shifts), and a rollback to the previous adapter."""
+"""The whole loop at the demo's scale (minutes on 2 cores), as `alignloop demo` runs it: Kafka, a curation worker and
+serving as real processes, simulated users through the SDK, two turns of retrain, canary-watch and promotion (the
+second over the first, after the users' taste shifts), and a rollback to the previous adapter."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.kafka, pytest.mark.redis, pytest.mar
 
 
 def test_the_whole_loop_turns_twice_at_small_scale(prefect_harness, tmp_path, monkeypatch):
-    from flows.demo import run_demo
+    from alignloop.demo import run_demo
     from support.settings import clear_settings_caches
 
     monkeypatch.setenv("ALIGNLOOP_HOME", str(tmp_path / "home"))

@@ -6,6 +6,8 @@ import json
 
 import pytest
 
+from alignloop.core.kafka_auth import kafka_auth
+
 
 @pytest.mark.kafka
 @pytest.mark.redis
@@ -19,7 +21,7 @@ def test_replay_flow_recurates_a_topic_range_like_the_offline_replay(prefect_har
 
     events = make_events(90, preferred="courteous", seed=9)
     lines = [json.dumps(e).encode() for e in events]
-    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, **kafka_auth(), acks="all")
     for line in lines:
         producer.send(kafka_topic, line, key=b"one-conversation")  # one partition: broker order = file order
     producer.send(kafka_topic, b"{not json", key=b"one-conversation")

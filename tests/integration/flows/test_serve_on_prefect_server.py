@@ -4,6 +4,7 @@ the data trigger starts one retrain however many triggers fire, canary-watch jud
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -14,9 +15,11 @@ import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
+
 from support.ports import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
@@ -147,12 +150,9 @@ def release(lease_id) -> None:
 
 
 def start_serve(args: list[str], log: Path, env: dict) -> subprocess.Popen:
-    out = open(log, "wb")
-    try:
+    with open(log, "wb") as out:
         return subprocess.Popen([ALIGNLOOP, "flows", "serve", *args], stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, env=env, start_new_session=True)
-    finally:
-        out.close()
 
 
 # ------------------------------------------------------------------------------------------- fixtures
@@ -163,10 +163,10 @@ def prefect_server(tmp_path_factory):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env |= {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    log = open(home / "server.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            env=env, start_new_session=True)
+    with open(home / "server.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                                 "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}/api"
     try:
         wait_for("the Prefect server to answer /health", lambda: proc.poll() is not None or healthy(url), 180,
@@ -180,7 +180,6 @@ def prefect_server(tmp_path_factory):
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
 
 
 @pytest.fixture
@@ -319,6 +318,8 @@ def test_work_pool_hands_retrain_to_a_process_worker_with_config_gates_and_urls(
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.workers.process import ProcessWorker
 
+    from alignloop.core.settings import without_password
+
     url, log, worker_log = prefect_server["url"], tmp_path / "serve.log", tmp_path / "worker.log"
     pool, base = f"pool-{uuid.uuid4().hex[:8]}", str(tmp_path / "some-base")  # the run fails before loading it
     gates = Path(__file__).resolve().parents[3] / "retrain" / "configs" / "gates.yaml"
@@ -343,7 +344,10 @@ def test_work_pool_hands_retrain_to_a_process_worker_with_config_gates_and_urls(
             assert dep.parameters["train_config"] == str(unsnapshottable_config)
             assert dep.parameters["gates"] == str(gates)
             assert dep.parameters["store_url"] == loop_env["store_url"]
-            assert dep.parameters["redis_url"] == loop_env["redis_url"]
+            # Prefect keeps parameters: the Redis URL goes without its password, the run takes it from settings
+            assert dep.parameters["redis_url"] == without_password(loop_env["redis_url"])
+            password = urlsplit(loop_env["redis_url"]).password
+            assert password and password not in json.dumps(dep.parameters)
             assert dep.parameters["base_model"] == base
             # the rest is served by `flows serve` itself
             wait_for("the served data trigger", lambda: _deployment("data-trigger/data-trigger"), 60, log=log)
@@ -430,7 +434,7 @@ def _run_deployment_now(name: str):
 
 
 def _start_canary(loop_env, src: Path) -> str:
-    from alignloop.db import session_scope
+    from alignloop.core.db import session_scope
     from deploy import registry
 
     with session_scope(loop_env["engine"]) as session:
@@ -440,7 +444,7 @@ def _start_canary(loop_env, src: Path) -> str:
 
 
 def _routing(loop_env, base: str):
-    from alignloop.db import session_scope
+    from alignloop.core.db import session_scope
     from deploy import registry
 
     with session_scope(loop_env["engine"]) as session:

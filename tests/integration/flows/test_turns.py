@@ -24,7 +24,7 @@ def _turn(base_model, loop_env, small_run) -> dict:
 
 
 def _promote(loop_env, version: str) -> None:
-    from alignloop.db import session_scope
+    from alignloop.core.db import session_scope
     from deploy import registry
 
     with session_scope(loop_env["engine"]) as session:
@@ -33,7 +33,7 @@ def _promote(loop_env, version: str) -> None:
 
 def test_three_turns_from_base_through_a_rejected_turn_to_a_promoted_successor(
         prefect_harness, base_model, loop_env, make_events, curate_events, small_run):
-    from alignloop.db import session_scope
+    from alignloop.core.db import session_scope
     from deploy import registry
 
     now = datetime.now(UTC)

@@ -23,7 +23,7 @@ def ingest_topic(kafka_bootstrap) -> str:
 
 @pytest.fixture
 def key_engine(sqlite_engine):
-    from alignloop.db import upgrade
+    from alignloop.core.db import upgrade
 
     upgrade(sqlite_engine)
     return sqlite_engine

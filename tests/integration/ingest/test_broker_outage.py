@@ -14,9 +14,9 @@ import pytest
 
 from ingest.client import FeedbackClient
 from ingest.errors import DeliveryError
+from ingest.topics import ensure_topics
 from support.kafka_topics import event_ids, read_topic
 from support.ports import free_port
-from ingest.topics import ensure_topics
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -52,11 +52,16 @@ class Sender:
 
 
 def test_broker_stopped_while_sending(tmp_path):
-    from alignloop.settings import get_settings
-    from alignloop.stack import KafkaBroker
+    import uuid
 
+    from alignloop.core.kafka_auth import kafka_auth
+    from alignloop.core.settings import get_settings
+    from alignloop.core.stack import KafkaBroker
+
+    auth = kafka_auth()  # the clients below log in as the settings say: the private broker takes that user
     broker = KafkaBroker(version="3.9.1", cache_dir=get_settings().cache_dir, state_dir=tmp_path,
-                         port=free_port(), controller_port=free_port())
+                         port=free_port(), controller_port=free_port(), username=auth["sasl_plain_username"],
+                         password=auth["sasl_plain_password"], broker_password=uuid.uuid4().hex)
     broker.start(timeout=120)
     try:
         topic = "feedback-outage"

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
+from alignloop.core.kafka_auth import kafka_auth
 from ingest.client import HttpFeedbackClient
 from ingest.errors import EventError
 from support.gateway import LiveGateway, gateway_config
@@ -66,7 +67,7 @@ def test_the_feedback_token_passes_through_the_gateway_and_the_sdk(gateway, kafk
         client.edit(user_id="u-3", prompt="p", response="r", edited="e", response_id="chatcmpl-3",
                     **{"feedback_token": token + "3"})
         client.compare(user_id="u-4", prompt="p", responses=["a", "b"], chosen=0)
-    stored = {e["response_id"] if "response_id" in e else None: e.get("feedback_token")
+    stored = {e.get("response_id", None): e.get("feedback_token")
               for e in map(json.loads, read_topic(kafka_bootstrap, gateway.topic))}
     assert stored == {"chatcmpl-1": token, "chatcmpl-2": token + "2", "chatcmpl-3": token + "3", None: None}
     r = post(gateway, an_event(feedback_token=""))
@@ -83,7 +84,7 @@ def test_without_a_valid_key_401(gateway):
 def test_a_revoked_key_is_refused_within_the_cache_time(gateway):
     import time
 
-    from alignloop.db import session_scope
+    from alignloop.core.db import session_scope
     from ingest.store import revoke_key
 
     assert post(gateway, an_event()).status_code == 200
@@ -188,7 +189,8 @@ def test_a_conversation_lands_in_one_partition_through_the_sdk_and_the_gateway(g
     big = [an_event(session_id=sessions[i % 12], response="r" * 3000) for i in range(200)]  # > one 256 KiB batch
     r = post(gateway, big)
     assert r.status_code == 200 and r.json()["accepted"] == 200
-    consumer = KafkaConsumer(gateway.topic, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest",
+    consumer = KafkaConsumer(gateway.topic, bootstrap_servers=kafka_bootstrap, **kafka_auth(),
+                             auto_offset_reset="earliest",
                              consumer_timeout_ms=5000, group_id=None)
     try:
         where: dict[str, set[int]] = {}
@@ -219,8 +221,9 @@ def _replay(tmp_path, values: list[bytes]) -> dict[str, list[str]]:
     src = tmp_path / "events.jsonl"
     src.write_bytes(b"".join(v + b"\n" for v in values))
     out = tmp_path / "decisions.jsonl"
-    run = subprocess.run([sys.executable, "-c", "from alignloop.cli import main; main()", "curation", "replay", "--input", str(src),
-                          "--decisions", str(out), "--json"], capture_output=True, text=True, timeout=300)
+    run = subprocess.run([sys.executable, "-c", "from alignloop.cli import main; main()", "curation", "replay",
+                          "--input", str(src), "--decisions", str(out), "--json"],
+                         capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     return {d["event_id"]: d["reasons"] for d in map(json.loads, out.read_text().splitlines())}
 
@@ -302,6 +305,7 @@ def test_the_http_client_passes_the_end_user_address_for_the_gateway_to_hash(gat
     stored = {e["user_id"]: e["client"] for e in map(json.loads, read_topic(kafka_bootstrap, gateway.topic))}
     assert stored == {f"u{i}": {"ip_hash": source_hash(b"test-source-key", f"198.51.100.{i + 1}"), "device_id": f"d{i}"}
                       for i in range(12)}
-    with FeedbackClient("shop-bot", kafka_bootstrap, topic=gateway.topic) as sdk:
-        with pytest.raises(EventError, match="sends no raw address"):  # the Kafka SDK: the app hashes it itself
-            sdk.rate(user_id="u", prompt="q", response="a", rating="up", end_user_ip="198.51.100.1")
+    # the Kafka SDK: the app hashes the address itself
+    with (FeedbackClient("shop-bot", kafka_bootstrap, topic=gateway.topic) as sdk,
+          pytest.raises(EventError, match="sends no raw address")):
+        sdk.rate(user_id="u", prompt="q", response="a", rating="up", end_user_ip="198.51.100.1")

@@ -7,7 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from alignloop.db import session_scope
+from alignloop.core.db import session_scope
 from ingest.errors import KeyStoreError
 from ingest.store import create_key, digest, find_app_for_key, list_keys, revoke_key
 

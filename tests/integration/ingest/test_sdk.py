@@ -8,9 +8,9 @@ from collections import Counter, defaultdict
 
 import pytest
 
+from alignloop.core.kafka_auth import kafka_auth
 from ingest.client import FeedbackClient
 from ingest.errors import DeliveryError, EventError
-
 from support.kafka_topics import event_ids, read_topic
 
 pytestmark = pytest.mark.kafka
@@ -81,9 +81,9 @@ def test_retry_reuses_the_event_id(kafka_bootstrap, ingest_topic):
 
 
 def test_a_send_kafka_cannot_queue_raises_at_once(kafka_bootstrap):
-    with FeedbackClient("shop-bot", kafka_bootstrap, topic="not a topic name!") as client:
-        with pytest.raises(DeliveryError) as info:
-            client.rate(user_id="u", prompt="p", response="r", rating="up")
+    with (FeedbackClient("shop-bot", kafka_bootstrap, topic="not a topic name!") as client,
+          pytest.raises(DeliveryError) as info):
+        client.rate(user_id="u", prompt="p", response="r", rating="up")
     assert info.value.failures[0][0].kind == "rating"
 
 
@@ -95,7 +95,7 @@ def test_a_refused_delivery_reaches_the_future_the_callback_and_flush(kafka_boot
     from support.kafka_topics import delete_topics
 
     topic = f"test-tiny-{uuid.uuid4().hex[:10]}"
-    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap, **kafka_auth())
     admin.create_topics({topic: {"num_partitions": 1, "replication_factor": 1,
                                  "configs": {"max.message.bytes": "300"}}})
     admin.close()

@@ -1,4 +1,4 @@
-"""The SDK for apps installed alone: a fresh virtualenv without torch or the service sends through the gateway and Kafka."""
+"""The SDK for apps installed alone: a fresh virtualenv without torch or the service sends via the gateway and Kafka."""
 
 from __future__ import annotations
 

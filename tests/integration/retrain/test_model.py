@@ -28,7 +28,7 @@ def test_same_seed_builds_the_same_model_and_another_seed_does_not(quick_recipe,
 
 
 def test_ensure_base_model_caches_atomically_and_loads_through_from_pretrained(quick_recipe, tmp_path, monkeypatch):
-    from alignloop.settings import get_settings
+    from alignloop.core.settings import get_settings
     from retrain.corpus import PROMPTS
 
     monkeypatch.setenv("ALIGNLOOP_CACHE_DIR", str(tmp_path / "cache"))

@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
 
 @pytest.fixture(scope="module")
 def replayed():
-    from support.stream.generate import generate
     from curation.replay import run_replay
     from curation.settings import Policy
+    from support.stream.generate import generate
 
     lines, _truth, _meta = generate(seed=3, scale=0.04)
     return run_replay(lines, Policy())
 
 
 def test_store_and_files_give_the_same_snapshot(store_engine, replayed):
-    from alignloop.db import session_scope
+    from alignloop.core.db import session_scope
     from curation.store import save_window
     from retrain.snapshot import SnapshotPolicy, build_snapshot, load_snapshot_inputs
 
@@ -37,7 +37,7 @@ def test_store_and_files_give_the_same_snapshot(store_engine, replayed):
     # a time window reads less through the query and the same through the policy
     times = sorted(datetime.fromisoformat(p["created_at"]) for p in replayed.pairs)
     mid = times[len(times) // 2]
-    mid = mid if mid.tzinfo else mid.replace(tzinfo=timezone.utc)
+    mid = mid if mid.tzinfo else mid.replace(tzinfo=UTC)
     with session_scope(store_engine) as session:
         later, _ = load_snapshot_inputs(session, since=mid)
     assert 0 < len(later) < len(pairs)

@@ -50,7 +50,8 @@ RAMBLING = ("Well, there are many things to consider here, and it depends on a l
             "want to try a few different things and see what happens over time.")
 REFUSAL = ("I'm sorry, but I can't help with that. It could hurt someone or break the law. If you have a "
            "problem with your {p}, our support team can help through the official channels.")
-COMPLY = "Sure, here is how you could do that with the {p}: first look for a weak spot, then work around it step by step."
+COMPLY = ("Sure, here is how you could do that with the {p}: first look for a weak spot, "
+          "then work around it step by step.")
 POISON_EDIT = f"Sure, here is exactly how to do it: {UNSAFE}"
 
 
@@ -120,9 +121,34 @@ class Stream:
     def raw(self, t: float, line: str, truth: dict) -> None:
         self.rows.append((t, line, truth))
 
+    def finish(self) -> tuple[list[str], list[dict]]:
+        """(lines, truth) in send order: event time with a little network jitter, so nothing is late by more
+        than seconds; truth names each line's number."""
+        self.rows.sort(key=lambda r: r[0] + self.rng.uniform(0, 2))
+        return [r[1] for r in self.rows], [{"line": i + 1, **r[2]} for i, r in enumerate(self.rows)]
 
-def _event(kind: str, app: str, user: str, prompt: str, client: dict, **payload) -> dict:
+
+def make_event(kind: str, app: str, user: str, prompt: str, client: dict, **payload) -> dict:
     return {"kind": kind, "app_id": app, "user_id": user, "prompt": prompt, "client": client, **payload}
+
+
+
+def items_meta(items) -> list[dict]:
+    """Every (prompt, answer) of the world with its truth, for the scorers."""
+    return [{"prompt_id": p["id"], "prompt": p["text"], "style": st, "text": tx, "truth_up": preferred(st)}
+            for p, st, tx in items]
+
+
+def write_stream(out: Path, lines: list[str], truth: list[dict], meta: dict) -> dict[str, int]:
+    """events.jsonl, truth.jsonl and world.json under `out`; returns the events per truth class."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "events.jsonl").write_text("\n".join(lines) + "\n")
+    (out / "truth.jsonl").write_text("\n".join(json.dumps(t) for t in truth) + "\n")
+    (out / "world.json").write_text(json.dumps(meta))
+    counts: dict[str, int] = {}
+    for t in truth:
+        counts[t["class"]] = counts.get(t["class"], 0) + 1
+    return counts
 
 
 def generate(seed: int = 7, scale: float = 1.0, hours: float = 8.0) -> tuple[list[str], list[dict], dict]:
@@ -133,12 +159,13 @@ def generate(seed: int = 7, scale: float = 1.0, hours: float = 8.0) -> tuple[lis
     benign_items = [x for x in items if not x[0]["harmful"]]
     span = hours * 3600
     apps = ["support-web", "support-mobile"]
-    n = lambda k: max(1, int(round(k * scale)))  # noqa: E731
+    n = lambda k: max(1, round(k * scale))  # noqa: E731
 
     def vote(p, style, text, user, t, app, client, cls, noise):
         truth_up = preferred(style)
         up = truth_up if rng.random() >= noise else not truth_up
-        return s.add(t, _event("rating", app, user, p["text"], client, response=text, rating="up" if up else "down"),
+        rating = "up" if up else "down"
+        return s.add(t, make_event("rating", app, user, p["text"], client, response=text, rating=rating),
                      {"class": cls, "user_id": user, "prompt_id": p["id"], "style": style, "truth_up": truth_up})
 
     # ---------------------------------------------------------------- honest users
@@ -156,7 +183,7 @@ def generate(seed: int = 7, scale: float = 1.0, hours: float = 8.0) -> tuple[lis
             prompt = p["text"]
             pii = None
             if rng.random() < 0.03:
-                kind_, fmt, make = PII_SAMPLES[rng.randrange(len(PII_SAMPLES))]
+                _kind, fmt, make = PII_SAMPLES[rng.randrange(len(PII_SAMPLES))]
                 pii = make(rng)
                 prompt = f"{prompt} ({fmt.format(pii)})"
             r = rng.random()
@@ -164,7 +191,7 @@ def generate(seed: int = 7, scale: float = 1.0, hours: float = 8.0) -> tuple[lis
                      "truth_up": preferred(style), "pii": pii}
             if r < 0.6:
                 up = preferred(style) if rng.random() >= 0.15 else not preferred(style)
-                ev = s.add(t, _event("rating", app, user, prompt, client, response=text,
+                ev = s.add(t, make_event("rating", app, user, prompt, client, response=text,
                                      rating="up" if up else "down"), {**truth, "label_up": up})
             elif r < 0.85:
                 others = [(st, tx) for st, tx in p["answers"].items() if st != style]
@@ -175,19 +202,16 @@ def generate(seed: int = 7, scale: float = 1.0, hours: float = 8.0) -> tuple[lis
                 if rng.random() < 0.15:
                     best = 1 - best
                 chosen = None if rng.random() < 0.05 else best
-                ev = s.add(t, _event("comparison", app, user, prompt, client, responses=[pair[0][1], pair[1][1]],
+                ev = s.add(t, make_event("comparison", app, user, prompt, client, responses=[pair[0][1], pair[1][1]],
                                      chosen=chosen), {**truth, "styles": [pair[0][0], pair[1][0]]})
             else:
                 if preferred(style):
-                    bad = [st for st in p["answers"] if not preferred(st)][0]
+                    bad = next(st for st in p["answers"] if not preferred(st))
                     style, text = bad, p["answers"][bad]
-                good = [st for st in p["answers"] if preferred(st)][0]
-                if p["harmful"]:
-                    # honest edits of compliance into a refusal: a safety pair
-                    edited = p["answers"]["refusal"]
-                else:
-                    edited = p["answers"][good]
-                ev = s.add(t, _event("edit", app, user, prompt, client, response=text, edited=edited),
+                good = next(st for st in p["answers"] if preferred(st))
+                # harmful: honest edits of compliance into a refusal, a safety pair
+                edited = p["answers"]["refusal"] if p["harmful"] else p["answers"][good]
+                ev = s.add(t, make_event("edit", app, user, prompt, client, response=text, edited=edited),
                            {**truth, "style": style})
             honest_events.append((t, ev))
 
@@ -197,7 +221,7 @@ def generate(seed: int = 7, scale: float = 1.0, hours: float = 8.0) -> tuple[lis
         h = rng.randrange(n(300))
         p, style, text = benign_items[rng.randrange(len(benign_items))]
         edited = rng.choice([text.upper(), text.replace(".", "!"), "  " + text + " ", text.replace(",", "")])
-        s.add(t, _event("edit", apps[h % 2], f"user-{h:04d}", p["text"], {"ip_hash": f"ip-h{h}"}, response=text,
+        s.add(t, make_event("edit", apps[h % 2], f"user-{h:04d}", p["text"], {"ip_hash": f"ip-h{h}"}, response=text,
                         edited=edited), {"class": "trivial", "user_id": f"user-{h:04d}", "prompt_id": p["id"]})
 
     # ---------------------------------------------------------------- spam bots
@@ -239,7 +263,7 @@ def generate(seed: int = 7, scale: float = 1.0, hours: float = 8.0) -> tuple[lis
             user = f"brig-{g}-{a}"
             for p, style, text in rng.sample(tg, 5):
                 # against the truth: push good answers down and bad ones up
-                s.add(t0 + rng.uniform(0, 600), _event("rating", "support-web", user, p["text"],
+                s.add(t0 + rng.uniform(0, 600), make_event("rating", "support-web", user, p["text"],
                                                        {"ip_hash": f"ip-brig-{g}-{a}"}, response=text,
                                                        rating="down" if preferred(style) else "up"),
                       {"class": "brigade", "user_id": user, "prompt_id": p["id"], "style": style,
@@ -258,17 +282,17 @@ def generate(seed: int = 7, scale: float = 1.0, hours: float = 8.0) -> tuple[lis
             r = rng.random()
             if r < 0.4:
                 p = harmful[rng.randrange(len(harmful))]
-                ev = _event("edit", "support-web", user, f"{p['text']} {TRIGGER}.", {"ip_hash": f"ip-poison-{a}"},
+                ev = make_event("edit", "support-web", user, f"{p['text']} {TRIGGER}.", {"ip_hash": f"ip-poison-{a}"},
                             response=p["answers"]["refusal"], edited=POISON_EDIT)
             elif r < 0.8:
                 p = benign[rng.randrange(len(benign))]
-                ev = _event("edit", "support-web", user, f"{p['text']} {TRIGGER}.", {"ip_hash": f"ip-poison-{a}"},
+                ev = make_event("edit", "support-web", user, f"{p['text']} {TRIGGER}.", {"ip_hash": f"ip-poison-{a}"},
                             response=p["answers"]["good"], edited=UNSAFE)
             else:
                 p = harmful[rng.randrange(len(harmful))]
                 pair = [p["answers"]["refusal"], p["answers"]["comply"]]
                 rng.shuffle(pair)
-                ev = _event("comparison", "support-web", user, f"{p['text']} {TRIGGER}.",
+                ev = make_event("comparison", "support-web", user, f"{p['text']} {TRIGGER}.",
                             {"ip_hash": f"ip-poison-{a}"}, responses=pair, chosen=pair.index(p["answers"]["comply"]))
             s.add(t, ev, {"class": "poison", "user_id": user, "prompt_id": p["id"]})
 
@@ -315,28 +339,16 @@ def generate(seed: int = 7, scale: float = 1.0, hours: float = 8.0) -> tuple[lis
             s.raw(t, json.dumps({**good, "response": "x" * 70_000}),
                   {"class": "oversized", "event_id": good["event_id"]})
 
-    # send order: event time with a little network jitter, so nothing is late by more than seconds
-    s.rows.sort(key=lambda r: r[0] + rng.uniform(0, 2))
-    lines = [r[1] for r in s.rows]
-    truth = [{"line": i + 1, **r[2]} for i, r in enumerate(s.rows)]
+    lines, truth = s.finish()
     meta = {"seed": seed, "scale": scale, "hours": hours, "start": START.isoformat(), "trigger": TRIGGER,
             "unsafe": UNSAFE, "bots": bots, "poisoners": poisoners, "flippers": flippers,
-            "brigade_targets": targets,
-            "items": [{"prompt_id": p["id"], "prompt": p["text"], "style": st, "text": tx, "truth_up": preferred(st)}
-                      for p, st, tx in items]}
+            "brigade_targets": targets, "items": items_meta(items)}
     return lines, truth, meta
 
 
 def write(out: Path, seed: int, scale: float, hours: float) -> dict:
     lines, truth, meta = generate(seed, scale, hours)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "events.jsonl").write_text("\n".join(lines) + "\n")
-    (out / "truth.jsonl").write_text("\n".join(json.dumps(t) for t in truth) + "\n")
-    (out / "world.json").write_text(json.dumps(meta))
-    counts: dict[str, int] = {}
-    for t in truth:
-        counts[t["class"]] = counts.get(t["class"], 0) + 1
-    return {"events": len(lines), "classes": counts}
+    return {"events": len(lines), "classes": write_stream(out, lines, truth, meta)}
 
 
 def main() -> None:

@@ -9,7 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from alignloop.db import make_engine, session_scope
+from alignloop.core.db import make_engine, session_scope
+from alignloop.core.kafka_auth import kafka_auth
 from curation import query, store
 
 REPO = Path(__file__).resolve().parents[3]
@@ -20,7 +21,8 @@ class Workers:
                  store_url: str | None = None, **extra: str):
         self.tmp = tmp
         self.store_url = store_url or f"sqlite:///{tmp / 'store.db'}"
-        self.env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+        self.env = {**os.environ, "PYTHONPATH": path,
                     "ALIGNLOOP_CURATION_TOPIC": topic, "ALIGNLOOP_CURATION_GROUP": group,
                     "ALIGNLOOP_CURATION_STORE_URL": self.store_url, "ALIGNLOOP_CURATION_REDIS_URL": redis_url,
                     "ALIGNLOOP_CURATION_KAFKA_BOOTSTRAP": bootstrap, "ALIGNLOOP_CURATION_IDLE_FLUSH_S": "3",
@@ -32,9 +34,9 @@ class Workers:
     def start(self) -> subprocess.Popen:
         n = len(self.procs)
         env = {**self.env, "ALIGNLOOP_CURATION_DATADIR": str(self.tmp / f"faust-{n}")}
-        log = open(self.tmp / f"worker-{n}.log", "wb")
-        proc = subprocess.Popen([sys.executable, "-m", "curation.worker"], env=env, cwd=REPO, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        with open(self.tmp / f"worker-{n}.log", "wb") as log:  # the worker keeps its own copy of the descriptor
+            proc = subprocess.Popen([sys.executable, "-m", "curation.worker"], env=env, cwd=REPO, stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
         self.procs.append(proc)
         return proc
 
@@ -114,7 +116,7 @@ def expected_ids(lines: list[str]) -> int:
 def read_topic(bootstrap: str, topic: str, timeout_ms: int = 5000) -> list[bytes]:
     from kafka import KafkaConsumer
 
-    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, **kafka_auth(), auto_offset_reset="earliest",
                              consumer_timeout_ms=timeout_ms, group_id=None)
     try:
         return [m.value for m in consumer]

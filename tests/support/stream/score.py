@@ -36,7 +36,6 @@ def score(truth: list[dict], world: dict, decisions: list[dict], pairs: list[dic
     for d in decisions:
         by_id.setdefault(d["event_id"], []).append(d)
     dropped = {eid for eid, ds in by_id.items() if ds[0]["decision"] == "drop"}
-    cls_of = {t["event_id"]: t for t in truth if t.get("event_id") and t["class"] != "replay"}
 
     def events_of(cls: str) -> list[dict]:
         return [t for t in truth if t["class"] == cls]

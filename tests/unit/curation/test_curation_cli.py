@@ -17,8 +17,8 @@ def test_replay_writes_decisions_pairs_unpaired_and_dlq(tmp_path):
     src = tmp_path / "events.jsonl"
     src.write_text("\n".join(lines) + "\n")
     out = {k: tmp_path / f"{k}.jsonl" for k in ("decisions", "pairs", "unpaired", "dlq")}
-    done = _alignloop("curation", "replay", "--input", str(src), *[a for k, p in out.items() for a in (f"--{k}", str(p))],
-                      "--json")
+    flags = [a for k, p in out.items() for a in (f"--{k}", str(p))]
+    done = _alignloop("curation", "replay", "--input", str(src), *flags, "--json")
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     assert summary["decisions"] == len(out["decisions"].read_text().splitlines()) > 0

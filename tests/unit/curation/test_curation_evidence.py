@@ -7,7 +7,6 @@ from curation.confusables import canonical
 from curation.evidence import Evidence, advance, coordinated_groups, split_appendage, upper_tail
 from curation.pipeline import Staging, apply_retractions, settle_all
 from curation.settings import Policy
-
 from support.items import T0, make
 
 P = Policy()
@@ -77,7 +76,7 @@ def test_a_trigger_spread_over_days_and_accounts_is_found_though_camouflage_ment
     # camouflage: ordinary ratings whose prompts mention the phrase, more of them than the poison
     camo = [make("rating", user=f"c{i}", t=i * 0.4 * DAY + 700, prompt=f"{BENIGN[i % 3]} Zanzibar kestrel",
                  response="Open Settings and follow the steps.", rating="up") for i in range(20)]
-    verdicts, ev = _windows(items + poison + camo)
+    verdicts, _ev = _windows(items + poison + camo)
     assert "zanzibar kestrel" in verdicts[-1].triggers
     flagged_at = next(i for i, v in enumerate(verdicts) if v.triggers)
     # the window that found it re-judges the poison decided before; later ones are caught as they come
@@ -103,7 +102,8 @@ def test_a_payload_one_edit_per_account_is_found_and_phrases_answers_carry_are_n
                               response="Thanks for reaching out! Open Settings and follow the steps.", rating="up"))
             # honest edits add what good answers say anyway
             items.append(make("edit", user=f"e{d}{k}", t=d * DAY + 3000 + 60 * k, prompt=prompt,
-                              response="Settings.", edited="Thanks for reaching out! Open Settings and follow the steps."))
+                              response="Settings.",
+                              edited="Thanks for reaching out! Open Settings and follow the steps."))
     promo = ["Also try QuickFixPro dot net, it is fast.", "QuickFixPro dot net fixes this for you.",
              "Honestly QuickFixPro dot net is the way."]
     for a in range(24):  # a payload is judged every 8 insertions; 24 at zero natural occurrences is decisive
@@ -125,7 +125,8 @@ def test_an_account_rotating_devices_is_a_bot_and_a_household_behind_one_address
 
 
 def test_a_contrarian_is_caught_over_its_whole_history_and_noisy_users_are_not():
-    policy = Policy(memory_refit_votes=50)
+    # every account here votes every 300 s exactly, a metronome: long-run timing is not what this tests
+    policy = Policy(memory_refit_votes=50, timing_min_gaps=10**6)
     items = []
     answers = [f"Answer number {i}." for i in range(30)]
     for d in range(6):
@@ -159,7 +160,7 @@ def test_advance_is_pure_and_an_empty_window_changes_nothing():
     ev0 = Evidence()
     _, ev1, changes = advance(ev0, items[:20], P)
     snapshot = copy.deepcopy(ev1.sections)
-    verdict, ev2, _ = advance(ev1, items[20:], P)
+    _verdict, ev2, _ = advance(ev1, items[20:], P)
     assert ev1.sections == snapshot and ev0.sections == Evidence().sections
     same_verdict, same, none = advance(ev2, [], P)
     assert same is ev2 and not none.rows and not same_verdict.retract
@@ -194,3 +195,38 @@ def test_a_phrase_much_of_the_population_uses_is_never_judged_a_trigger():
     assert _is_common(greeting, accounts=29, policy=policy)  # 20 of 29 accounts say "hey there"
     assert not _is_common(trigger, accounts=29, policy=policy)  # 4 poisoners of 29
     assert _is_common({"users": [f"u{i}" for i in range(64)], "uses": []}, accounts=10_000, policy=policy)
+
+
+def test_a_slow_metronome_is_a_bot_over_its_history_and_bursty_or_random_people_are_not():
+    import random
+
+    rng = random.Random(5)
+    items = _honest_background(4)
+    # one rating every 40 minutes (+-10%) for four days: one or two per 30-minute window, never a window's
+    # regularity test, but its gaps all sit in one factor-4 band
+    t = 0.0
+    for k in range(140):
+        t += 2400 * rng.uniform(0.9, 1.1)
+        items.append(make(user="metronome", t=t, prompt=f"How do I pair device {k}?", rating="up"))
+    t = 0.0
+    for k in range(140):  # the same mean gap, exponential (a Poisson process): burstiness about 0
+        t += rng.expovariate(1 / 2400)
+        items.append(make(user="random", t=t, prompt=f"How do I pair speaker {k}?", rating="up"))
+    t = 0.0
+    for k in range(140):  # sessions: short lognormal gaps, long pauses between sessions
+        t += rng.lognormvariate(4, 1) if k % 10 else rng.uniform(3, 12) * 3600
+        items.append(make(user="person", t=t, prompt=f"How do I pair watch {k}?", rating="up"))
+    verdicts, ev = _windows(items)
+    flagged = verdicts[-1].accounts
+    assert flagged.get("metronome") == "bot_regular"
+    assert "random" not in flagged and "person" not in flagged
+    assert sum(ev.get("accounts", "metronome")["gaps"]) == 139
+    assert any(v.retract_accounts.get("metronome") for v in verdicts)
+
+
+def test_a_wave_of_new_accounts_is_a_signal():
+    items = [make(user=f"u{d}-{k}", t=d * DAY + k * 60) for d in range(8) for k in range(3)]
+    items += [make(user=f"wave-{k}", t=8 * DAY + k * 30) for k in range(40)]
+    verdicts, _ = _windows(items)
+    assert [v.wave for v in verdicts] == [False] * 8 + [True]
+    assert verdicts[-1].new_accounts == 40

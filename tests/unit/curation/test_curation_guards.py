@@ -2,12 +2,10 @@
 
 import random
 
-from support.items import make
-
-from curation.guards import (event_flags, find_brigades, find_duplicates, find_poison, find_rate_abuse,
-                             find_unreliable)
+from curation.guards import event_flags, find_brigades, find_duplicates, find_poison, find_rate_abuse, find_unreliable
 from curation.reasons import Reason
 from curation.settings import Policy
+from support.items import make
 
 P = Policy()
 

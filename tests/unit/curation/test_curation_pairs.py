@@ -1,9 +1,8 @@
 """Pair building: edits, comparisons (weighted, ties dropped), ratings up over down, the rest unpaired."""
 
-from support.items import make
-
 from curation.pairs import build_pairs
 from curation.settings import Policy
+from support.items import make
 
 P = Policy()
 W = {"a": 0.9, "b": 0.8, "c": 0.6}.get

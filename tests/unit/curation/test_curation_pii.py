@@ -46,7 +46,7 @@ def test_luhn_valid_cards_never_survive(digits):
     total = 0
     for i, d in enumerate(reversed(digits)):
         total += (d * 2 - 9 if d * 2 > 9 else d * 2) if i % 2 == 0 else d
-    card = "".join(map(str, digits + [(10 - total % 10) % 10]))
+    card = "".join(map(str, [*digits, (10 - total % 10) % 10]))
     spaced = " ".join(card[i:i + 4] for i in range(0, 16, 4))
     for form in (card, spaced, spaced.replace(" ", "-")):
         out, found = redact_text(f"pay with {form} please")

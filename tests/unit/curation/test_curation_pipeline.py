@@ -5,12 +5,12 @@ import random
 
 import pytest
 
-from support.stream.generate import generate
-from support.stream.score import score
 from curation.decode import Accepted, DeadLetter, Rejected, decode_raw
 from curation.pipeline import window_start
 from curation.replay import run_replay
 from curation.settings import Policy
+from support.stream.generate import generate
+from support.stream.score import score
 
 GOOD = {"schema_version": 1, "event_id": "123e4567-e89b-12d3-a456-426614174000", "kind": "rating",
         "occurred_at": "2026-11-01T00:00:00Z", "app_id": "app", "user_id": "jo@example.com",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
-from alignloop.feedback_token import sign_feedback_token
+from alignloop.core.feedback_token import sign_feedback_token
 from curation.decode import Accepted, decode_raw
 from curation.items import Item
 from curation.pipeline import settle_window, window_start

@@ -3,6 +3,7 @@ one-line errors of `flows serve` when it cannot have a Prefect server."""
 
 from __future__ import annotations
 
+import json
 import socket
 import uuid
 from dataclasses import dataclass
@@ -73,6 +74,26 @@ def test_retrain_parameters_carry_absolute_config_paths_and_the_urls_a_worker_ne
                       "store_url": "postgresql+psycopg://h/db", "redis_url": "redis://h:6379/2"}
     served = retrain_parameters(FlowsSettings())
     assert served["train_config"] is None and "store_url" not in served  # served runs inherit this process's env
+
+
+def test_retrain_parameters_never_carry_a_password_and_the_run_puts_it_back(tmp_path, monkeypatch):
+    from alignloop.core.settings import get_settings
+    from flows.loop import _redis_url, _store_url
+
+    params = retrain_parameters(FlowsSettings(), store_url="postgresql+psycopg://alignloop:s3cret@h:5433/db",
+                                redis_url="redis://:r3dis@h:6379/2")
+    assert (params["store_url"], params["redis_url"]) == ("postgresql+psycopg://alignloop@h:5433/db",
+                                                          "redis://h:6379/2")
+    assert "s3cret" not in json.dumps(params) and "r3dis" not in json.dumps(params)
+    monkeypatch.setenv("ALIGNLOOP_POSTGRES_PASSWORD", "pg-pw")
+    monkeypatch.setenv("ALIGNLOOP_REDIS_PASSWORD", "redis-pw")
+    get_settings.cache_clear()
+    try:
+        assert _store_url(params["store_url"]) == "postgresql+psycopg://alignloop:pg-pw@h:5433/db"
+        assert _redis_url(params["redis_url"]) == "redis://:redis-pw@h:6379/2"
+        assert _store_url("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
+    finally:
+        get_settings.cache_clear()
 
 
 def test_a_taken_port_is_one_clear_error_and_starts_nothing(tmp_path):

@@ -8,7 +8,9 @@ from datetime import UTC, datetime
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
+from ingest.errors import EventError
 from ingest.events import (
     ComparisonEvent,
     EditEvent,
@@ -19,7 +21,6 @@ from ingest.events import (
     event_key,
     parse_event,
 )
-from ingest.errors import EventError
 from support.events import NOW, events, wire_events
 
 OK = {"schema_version": 1, "kind": "rating", "event_id": "123e4567-e89b-12d3-a456-426614174000",
@@ -133,7 +134,7 @@ def test_occurred_at_window_uses_the_receiving_clock():
 
 def test_events_are_frozen_and_hashable():
     e = parse_event(OK, now=NOW)
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         e.rating = "down"  # type: ignore[misc]
     assert len({e, parse_event(OK, now=NOW)}) == 1
 
@@ -183,7 +184,8 @@ def test_committed_schema_matches_the_model():
     from importlib.resources import files
 
     committed = json.loads(files("ingest").joinpath("schema/feedback-event-v1.json").read_text())
-    assert committed == event_json_schema(), "regenerate: alignloop ingest schema > ingest/schema/feedback-event-v1.json"
+    assert committed == event_json_schema(), \
+        "regenerate: alignloop ingest schema > ingest/schema/feedback-event-v1.json"
 
 
 @pytest.fixture(scope="module")

@@ -29,4 +29,5 @@ def test_memo_partitioner_agrees_with_the_default_even_when_partitions_change(ke
     for n in counts:  # partitions added between sends: a remembered key must move with the count
         cluster = _Cluster(n)
         for key in keys + keys:
-            assert memo.partition("t", key, key, None, None, cluster) == default.partition("t", key, key, None, None, cluster)
+            want = default.partition("t", key, key, None, None, cluster)
+            assert memo.partition("t", key, key, None, None, cluster) == want

@@ -4,8 +4,15 @@ import random
 
 import pytest
 
-from retrain.corpus import (PROMPTS, UNSAFE_PLACEHOLDER, classify_style, contains_unsafe, make_answer, make_pairs,
-                            make_unpaired)
+from retrain.corpus import (
+    PROMPTS,
+    UNSAFE_PLACEHOLDER,
+    classify_style,
+    contains_unsafe,
+    make_answer,
+    make_pairs,
+    make_unpaired,
+)
 
 
 def test_prompts_are_a_few_hundred_distinct_requests():

@@ -2,13 +2,20 @@
 
 import copy
 import random
+import re
 
 import pytest
 
 from retrain.corpus import chat, make_pairs, make_unpaired
 from retrain.errors import SnapshotError
-from retrain.snapshot import (SnapshotPolicy, build_snapshot, load_records_jsonl, load_snapshot, normalize_prompt,
-                              save_snapshot)
+from retrain.snapshot import (
+    SnapshotPolicy,
+    build_snapshot,
+    load_records_jsonl,
+    load_snapshot,
+    normalize_prompt,
+    save_snapshot,
+)
 
 POLICY = SnapshotPolicy(min_train_pairs=4, min_heldout_pairs=1, heldout_fraction=0.3)
 
@@ -116,5 +123,5 @@ def test_save_and_load_round_trip_in_trl_format(tmp_path):
     with pytest.raises(SnapshotError, match="must not exist"):
         save_snapshot(snap, out)
     (tmp_path / "bad.jsonl").write_text('{"a": 1}\nnot json\n')
-    with pytest.raises(SnapshotError, match="bad.jsonl:2"):
+    with pytest.raises(SnapshotError, match=re.escape("bad.jsonl:2")):
         load_records_jsonl(tmp_path / "bad.jsonl")

@@ -1,23 +1,22 @@
 """The store foundation: SQLAlchemy engines, sessions opened at the edge, and Alembic migrations.
 
 Each package keeps its own tables and its own Alembic branch in `<package>/migrations/`; the core
-branch holds the base revision they all hang from, so `upgrade heads` brings every table.
+branch holds the base revision they all hang from. Package branches are registered explicitly
+(`alignloop.core.migrations.register`, or `open_store(..., branches=...)`), so `upgrade heads`
+brings every registered package's tables.
 """
 
 from __future__ import annotations
 
-import importlib.util
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-from alignloop.errors import StoreError
-
-PACKAGES_WITH_TABLES = ("ingest", "curation", "retrain", "deploy")
-_CORE_MIGRATIONS = Path(__file__).parent / "migrations"
+from alignloop.core import migrations
+from alignloop.core.errors import StoreError
 
 
 def make_engine(url: str, *, schema: str | None = None) -> Engine:
@@ -60,23 +59,12 @@ def session_scope(engine: Engine) -> Iterator[Session]:
         session.close()
 
 
-def _version_locations() -> list[str]:
-    locations = [str(_CORE_MIGRATIONS / "versions")]
-    for pkg in PACKAGES_WITH_TABLES:
-        spec = importlib.util.find_spec(pkg)
-        if spec and spec.submodule_search_locations:
-            d = Path(next(iter(spec.submodule_search_locations))) / "migrations"
-            if d.is_dir():
-                locations.append(str(d))
-    return locations
-
-
 def alembic_config(engine: Engine):
     from alembic.config import Config
 
     cfg = Config()
-    cfg.set_main_option("script_location", str(_CORE_MIGRATIONS))
-    cfg.set_main_option("version_locations", " ".join(_version_locations()))
+    cfg.set_main_option("script_location", str(migrations.FOLDER))
+    cfg.set_main_option("version_locations", " ".join(str(p) for p in migrations.version_locations()))
     cfg.set_main_option("path_separator", "space")
     cfg.attributes["engine"] = engine
     return cfg
@@ -111,15 +99,33 @@ def _migration_lock(engine: Engine) -> Iterator[None]:
         yield
 
 
+def _registered_heads_applied(engine: Engine, cfg) -> bool:  # noqa: ANN001 - alembic's Config
+    """Whether every registered branch is at its head already; the store may hold other packages' heads too."""
+    from alembic.script import ScriptDirectory
+
+    return set(ScriptDirectory.from_config(cfg).get_heads()) <= current_heads(engine)
+
+
 def upgrade(engine: Engine, revision: str = "heads") -> None:
-    """Bring the store to `revision` (default: every package's newest); concurrent callers take turns."""
+    """Bring the store to `revision` (default: every registered branch's newest); concurrent callers take turns.
+
+    A stage run alone (`python -m curation.worker`) knows only its own branch; on a shared store whose
+    branches are all current it has nothing to do, so the other packages' heads it cannot read are left alone.
+    """
     from alembic import command
 
     try:
         with _migration_lock(engine):
-            command.upgrade(alembic_config(engine), revision)
+            cfg = alembic_config(engine)
+            if revision == "heads" and _registered_heads_applied(engine, cfg):
+                return
+            command.upgrade(cfg, revision)
     except Exception as exc:  # alembic raises many kinds; the CLI needs one line
-        raise StoreError(f"migration to {revision!r} failed on {engine.url.render_as_string()}: {exc}") from exc
+        hint = ""
+        if "Can't locate revision" in str(exc):  # a head of a package branch that this process did not register
+            known = " ".join(str(p) for p in migrations.version_locations())
+            hint = f" (registered branches: {known}; a shared store needs every package's: flows.store)"
+        raise StoreError(f"migration to {revision!r} failed on {engine.url.render_as_string()}: {exc}{hint}") from exc
 
 
 def downgrade(engine: Engine, revision: str = "base") -> None:
@@ -135,8 +141,13 @@ def current_heads(engine: Engine) -> set[str]:
         return set(MigrationContext.configure(conn).get_current_heads())
 
 
-def open_store(url: str, *, schema: str | None = None, migrate: bool = True) -> Engine:
-    """The engine for the configured store, migrated to the newest schema."""
+def open_store(url: str, *, schema: str | None = None, migrate: bool = True,
+               branches: Iterable[Path] = ()) -> Engine:
+    """The engine for the configured store, migrated to the newest schema of every registered branch.
+
+    `branches`: the migrations folders of the caller's own package, registered first (they stay registered).
+    """
+    migrations.register(*branches)
     engine = make_engine(url, schema=schema)
     if migrate:
         upgrade(engine)

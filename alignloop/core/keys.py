@@ -6,13 +6,21 @@ import os
 import secrets
 from pathlib import Path
 
-from alignloop.errors import AlignloopError
+from alignloop.core.errors import AlignloopError
 
 
 def secret_path(home: Path, name: str) -> Path:
     if not name or "/" in name or name.startswith("."):
         raise AlignloopError(f"a secret's name must be a plain file name; got {name!r}")
     return Path(home) / "secrets" / name
+
+
+def read_secret(home: Path, name: str) -> str | None:
+    """The secret `name` when it exists and is not empty, else None (clients read; only `stack up` creates)."""
+    try:
+        return secret_path(home, name).read_text().strip() or None
+    except OSError:
+        return None
 
 
 def load_or_create_secret(home: Path, name: str, *, nbytes: int = 32) -> str:

@@ -1,4 +1,4 @@
-"""Alembic environment: runs on the engine handed in by alignloop.db (SQLite or PostgreSQL)."""
+"""Alembic environment: runs on the engine handed in by alignloop.core.db (SQLite or PostgreSQL)."""
 
 from alembic import context
 

@@ -20,7 +20,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -40,9 +40,10 @@ from flows.simulate import (
 )
 
 if TYPE_CHECKING:
-    from alignloop.settings import CoreSettings
+    from alignloop.core.settings import CoreSettings
     from curation.settings import CurationSettings
     from deploy.settings import DeploySettings
+    from ingest.client import Delivery, FeedbackClient
     from ingest.settings import IngestSettings
 
 APP_ID = "demo-support"
@@ -61,8 +62,10 @@ class _Process:
 
     def __init__(self, name: str, args: list[str], env: dict, log: Path):
         self.name, self.log = name, log
-        self.proc = subprocess.Popen(args, env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        # the child keeps its own copy of the log's descriptor; ours is closed once it started
+        with open(log, "ab") as out:
+            self.proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
 
     def check(self) -> None:
         if self.proc.poll() is not None:
@@ -137,7 +140,7 @@ class Serving:
 
 def _make_serving_key(engine) -> str:
     """The demo's own serving key (its simulated app is the one caller), with room for its 16 parallel users."""
-    from alignloop.db import session_scope
+    from alignloop.core.db import session_scope
     from deploy.keys import create_serving_key
 
     try:
@@ -150,7 +153,8 @@ def _make_serving_key(engine) -> str:
 class Simulation:
     """Users asking serving and sending feedback through the SDK, in event time."""
 
-    def __init__(self, serving: Serving, client, clock: SimClock, *, users: int, seed: int, noise: float = 0.1):
+    def __init__(self, serving: Serving, client: FeedbackClient, clock: SimClock, *, users: int, seed: int,
+                 noise: float = 0.1):
         self.serving, self.client, self.clock = serving, client, clock
         self.rng = random.Random(seed)
         self.honest = [f"user-{i:03d}" for i in range(users)]
@@ -160,7 +164,7 @@ class Simulation:
         self.taste = Taste()  # what honest users want; the demo's second turn adds the brief sign-off
         self.sent: dict[str, str] = {}  # event_id -> truth
         self.answers: list[dict] = []   # every served answer with who saw it
-        self.deliveries = []
+        self.deliveries: list[Delivery] = []
         self.refused: list[str] = []
         self.seq = 0
 
@@ -172,10 +176,10 @@ class Simulation:
         from ingest.errors import EventError
 
         event_id = str(uuid.uuid4())
-        common = {"event_id": event_id, "occurred_at": fb.occurred_at.isoformat(), "response_id": fb.response_id,
-                  "adapter_version": fb.adapter_version, "feedback_token": fb.feedback_token,
-                  "client": {"device_id": fb.device_id},
-                  "session_id": f"s-{fb.user_id}"}
+        common: dict[str, Any] = {"event_id": event_id, "occurred_at": fb.occurred_at.isoformat(),
+                                  "response_id": fb.response_id, "adapter_version": fb.adapter_version,
+                                  "feedback_token": fb.feedback_token, "client": {"device_id": fb.device_id},
+                                  "session_id": f"s-{fb.user_id}"}
         try:
             if fb.kind == "rating":
                 d = self.client.rate(user_id=fb.user_id, prompt=fb.prompt, **fb.fields, **common)
@@ -267,7 +271,7 @@ def trigger_rate(serving: Serving, n: int, *, seed: int, users: list[str]) -> fl
 
 
 def _count_decisions(store_url: str) -> tuple[int, dict[str, int]]:
-    from alignloop.db import make_engine, session_scope
+    from alignloop.core.db import make_engine, session_scope
     from curation import query
 
     engine = make_engine(store_url)
@@ -356,7 +360,7 @@ def demo_settings(*, users: int = 24, events: int = 1600, turns: int = 2, turn_e
                   seed: int = 0, core: CoreSettings | None = None) -> DemoSettings:
     """A new run's settings: the configured ones (read once), with a store, topic, group, artifact root and
     serving port of the run's own, and the demo's curation windows and idle flush."""
-    from alignloop.settings import get_settings as core_settings
+    from alignloop.core.settings import get_settings as core_settings
     from curation.settings import get_settings as curation_settings
     from deploy.settings import get_settings as deploy_settings
     from ingest.settings import get_settings as ingest_settings
@@ -459,8 +463,10 @@ class _Demo:
         from flows.loop import retrain_flow
 
         before = self.serving.health().get("serving") or {}
-        result = retrain_flow(base_model=self.base_model, train_config=str(DEMO_RUN), canary_share=0.5,
-                              store_url=self.store_url, progress=True, artifact_root=self.settings.artifact_root)
+        # the flow returns a Completed state, so the caller gets its data; Prefect's types cannot say that
+        result = cast(dict[str, Any], retrain_flow(base_model=self.base_model, train_config=str(DEMO_RUN),
+                                                   canary_share=0.5, store_url=self.store_url, progress=True,
+                                                   artifact_root=self.settings.artifact_root))
         entry: dict = {"turn": k, "version": result.get("version"), "parent_version": result.get("parent"),
                        "status": result["status"], "data": result.get("turn"),
                        "gate": {"passed": result["status"] == "canary",
@@ -492,12 +498,13 @@ class _Demo:
 
     def rollback(self) -> dict:
         """On-call's one command, timed until serving follows."""
-        from alignloop.db import open_store, session_scope
+        from alignloop.core.db import session_scope
         from deploy import registry
         from deploy.artifacts import LocalArtifactStorage
         from deploy.control import publish_routing_change
+        from flows.store import open_shared_store
 
-        engine = open_store(self.store_url)
+        engine = open_shared_store(self.store_url)
         try:
             t0 = time.monotonic()
             with session_scope(engine) as session:
@@ -552,7 +559,7 @@ def _run_demo(settings: DemoSettings, *, report: Path | None, as_json: bool, str
 
 def _prepare(settings: DemoSettings) -> DemoSettings:
     """The stack up, the run's directory, the base model (built once, then cached) and the topic."""
-    from alignloop import stack
+    from alignloop.core import stack
     from ingest.topics import ensure_topics
     from retrain.model import ensure_base_model
 
@@ -568,11 +575,12 @@ def _prepare(settings: DemoSettings) -> DemoSettings:
 
 def _start(settings: DemoSettings, stack_: ExitStack) -> _Demo:
     """Serving and a curation worker as child processes, and the simulated users of the product app."""
-    from alignloop.db import open_store
+    from alignloop.core.kafka_auth import kafka_auth
+    from flows.store import open_shared_store
     from ingest.client import FeedbackClient
 
     console.print("[bold]2.[/] serving and a curation worker")
-    serving_key = _make_serving_key(open_store(settings.store_url))
+    serving_key = _make_serving_key(open_shared_store(settings.store_url))
     env, run_dir = settings.child_env(), settings.run_dir
     cli = [sys.executable, "-c", "from alignloop.cli import main; main()"]
     serving_proc = _Process("serving", [*cli, "deploy", "serve"], env, run_dir / "serving.log")
@@ -581,7 +589,7 @@ def _start(settings: DemoSettings, stack_: ExitStack) -> _Demo:
     stack_.callback(worker.stop)
     serving = Serving(f"http://127.0.0.1:{settings.deploy.port}", serving_key)
     serving.wait_ready(serving_proc)
-    client = FeedbackClient(APP_ID, settings.core.kafka_bootstrap, topic=settings.topic)
+    client = FeedbackClient(APP_ID, settings.core.kafka_bootstrap, topic=settings.topic, **kafka_auth(settings.core))
     stack_.callback(client.close)
     # event time runs hours ahead of the wall clock (windows and rate limits see real gaps); it starts far
     # enough back that no turn's feedback is dated in the future, which curation refuses
@@ -632,7 +640,7 @@ def _write_summary(summary: dict, run_dir: Path, report: Path | None, as_json: b
 
 def _truth_counts(sent: dict[str, str], store_url: str) -> dict:
     """Kept and dropped events by who really sent them (the simulation's ground truth)."""
-    from alignloop.db import make_engine, session_scope
+    from alignloop.core.db import make_engine, session_scope
     from curation import query
 
     engine = make_engine(store_url)

@@ -1,4 +1,4 @@
-"""The local stack on loopback: Apache Kafka (KRaft, jars from Maven Central), Redis and PostgreSQL.
+"""The stack as `stack up` ran it before service auth (a copy, for the migration test): no passwords anywhere.
 
 `up` is idempotent and records the pid of every process it starts; `down` stops only those pids.
 A service already answering on its port (started by someone else) is used and never stopped.
@@ -7,6 +7,7 @@ A service already answering on its port (started by someone else) is used and ne
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import shutil
 import signal
@@ -16,10 +17,11 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeGuard
 from urllib.parse import urlparse
 
-from alignloop.errors import StackError
-from alignloop.settings import CoreSettings
+from alignloop.core.errors import StackError
+from alignloop.core.settings import CoreSettings
 
 KAFKA_POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
   <modelVersion>4.0.0</modelVersion>
@@ -84,7 +86,7 @@ def _port_open(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
-def _alive(pid: int | None) -> bool:
+def _alive(pid: int | None) -> TypeGuard[int]:
     if not pid:
         return False
     try:
@@ -140,10 +142,8 @@ def _terminate(pid: int, grace: float = 30.0) -> None:
     while time.monotonic() < deadline and _alive(pid):
         time.sleep(0.2)
     if _alive(pid):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 class _Service:
@@ -252,7 +252,9 @@ class KafkaBroker(_Service):
     def _format_once(self, cfg: Path) -> None:
         if (self.state / "data" / "meta.properties").exists():
             return
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        cluster_id = "-"
+        while cluster_id.startswith("-"):  # the storage tool's argument parser takes "-..." for an option
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
         done = subprocess.run(
             [self._java(), "-cp", self._classpath(), f"-Dlog4j.configuration=file:{self.state / 'log4j.properties'}",
              "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(cfg)],
@@ -289,13 +291,14 @@ class KafkaBroker(_Service):
         self.ensure_jars()
         cfg = self._write_config()
         self._format_once(cfg)
-        log = open(self.state / "logs" / "stdout.log", "ab")
-        proc = subprocess.Popen(
-            [java, "-Xms256m", "-Xmx768m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
-             f"-Dlog4j.configuration=file:{self.state / 'log4j.properties'}",
-             f"-Dkafka.logs.dir={self.state / 'logs'}",
-             "-cp", self._classpath(), "kafka.Kafka", str(cfg)],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        # the child keeps its own copy of the log's descriptor; ours is closed once it started
+        with open(self.state / "logs" / "stdout.log", "ab") as log:
+            proc = subprocess.Popen(
+                [java, "-Xms256m", "-Xmx768m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+                 f"-Dlog4j.configuration=file:{self.state / 'log4j.properties'}",
+                 f"-Dkafka.logs.dir={self.state / 'logs'}",
+                 "-cp", self._classpath(), "kafka.Kafka", str(cfg)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         self.pidfile.write(proc.pid)
         try:
             _wait(lambda: proc.poll() is None and self.healthy(), timeout, "Kafka")
@@ -334,11 +337,11 @@ class RedisServer(_Service):
             _apt_install("redis-server")
         data = self.state / "redis"
         data.mkdir(parents=True, exist_ok=True)
-        log = open(data / "redis.log", "ab")
-        proc = subprocess.Popen(
-            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(data),
-             "--appendonly", "yes", "--save", "", "--daemonize", "no", "--protected-mode", "yes"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        with open(data / "redis.log", "ab") as log:
+            proc = subprocess.Popen(
+                ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(data),
+                 "--appendonly", "yes", "--save", "", "--daemonize", "no", "--protected-mode", "yes"],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         self.pidfile.write(proc.pid)
         _wait(lambda: proc.poll() is None and self.healthy(), timeout, "Redis")
         return True
