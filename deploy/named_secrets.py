@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic
 
 from sqlalchemy.orm import Session
 
@@ -20,12 +20,12 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 
 
 @dataclass(frozen=True)
-class SecretKind:
+class SecretKind(Generic[store.SecretRowT]):
     """One kind of named secret: its prefix, its words in messages and the audit, its table and columns."""
 
     prefix: str  # a secret is `<prefix>_<id>_<random>`
     noun: str  # "admin token": in messages, audit reasons and (with _) audit actions
-    row_type: type[store.SecretRow]
+    row_type: type[store.SecretRowT]
     id_attr: str
     hash_attr: str
     pattern: re.Pattern[str] = field(init=False)
@@ -38,8 +38,10 @@ class SecretKind:
         return self.noun.replace(" ", "_")
 
 
-ADMIN_TOKEN = SecretKind("ada", "admin token", store.AdminTokenRow, "token_id", "token_sha256")
-SERVING_KEY = SecretKind("ask", "serving key", store.ServingKeyRow, "key_id", "key_sha256")
+ADMIN_TOKEN: SecretKind[store.AdminTokenRow] = SecretKind(
+    "ada", "admin token", store.AdminTokenRow, "token_id", "token_sha256")
+SERVING_KEY: SecretKind[store.ServingKeyRow] = SecretKind(
+    "ask", "serving key", store.ServingKeyRow, "key_id", "key_sha256")
 
 
 def check_name(name: object, why: str = "") -> None:
@@ -48,8 +50,8 @@ def check_name(name: object, why: str = "") -> None:
         raise RegistryError(f"`name` must match [A-Za-z0-9][A-Za-z0-9._@-]{{0,63}}{why}; got {name!r}")
 
 
-def create_secret(session: Session, kind: SecretKind, name: str, *, created_by: str,
-                  **columns: Any) -> tuple[store.SecretRow, str]:
+def create_secret(session: Session, kind: SecretKind[store.SecretRowT], name: str, *, created_by: str,
+                  **columns: Any) -> tuple[store.SecretRowT, str]:
     """A new secret of `kind` for `name` (its other columns given); returns (its row, the secret to show once)."""
     new_id, secret = new_secret(kind.prefix)
     row = kind.row_type(**{kind.id_attr: new_id, kind.hash_attr: digest(secret)}, name=name,
@@ -60,8 +62,8 @@ def create_secret(session: Session, kind: SecretKind, name: str, *, created_by: 
     return row, secret
 
 
-def revoke_secrets(session: Session, kind: SecretKind, name_or_id: str, *, revoked_by: str
-                   ) -> list[store.SecretRow]:
+def revoke_secrets(session: Session, kind: SecretKind[store.SecretRowT], name_or_id: str, *, revoked_by: str
+                   ) -> list[store.SecretRowT]:
     """Revoke the secret with this id, else every active one with this name; revoking twice keeps the first time."""
     row = store.get_secret_row(session, kind.row_type, name_or_id)
     rows = [row] if row is not None else store.select_secret_rows(session, kind.row_type, name=name_or_id,
@@ -79,7 +81,7 @@ def revoke_secrets(session: Session, kind: SecretKind, name_or_id: str, *, revok
     return rows
 
 
-def find_secret_row(session: Session, kind: SecretKind, secret: str) -> store.SecretRow | None:
+def find_secret_row(session: Session, kind: SecretKind[store.SecretRowT], secret: str) -> store.SecretRowT | None:
     """The active secret's row, or None for an unknown, malformed or revoked one."""
     found_id = secret_id(kind.pattern, secret)
     if found_id is None:

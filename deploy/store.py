@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from typing import TypeVar
 
-from sqlalchemy import DateTime, Float, ForeignKey, Integer, String, Text, func, select
+from sqlalchemy import DateTime, Float, ForeignKey, Integer, String, Text, func, inspect, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from deploy.models import AdapterVersion, AdminToken, AuditEntry, Routing, ServingKey
@@ -195,6 +196,7 @@ def count_versions(session: Session) -> int:
 
 # ------------------------------------------------------------------ named secrets (admin tokens, serving keys)
 SecretRow = AdminTokenRow | ServingKeyRow
+SecretRowT = TypeVar("SecretRowT", AdminTokenRow, ServingKeyRow)  # one kind of secret at a time
 
 
 def to_admin_token(row: AdminTokenRow) -> AdminToken:
@@ -212,14 +214,14 @@ def add_secret_row(session: Session, row: SecretRow) -> None:
     session.flush()
 
 
-def get_secret_row(session: Session, row_type: type[SecretRow], secret_id: str) -> SecretRow | None:
+def get_secret_row(session: Session, row_type: type[SecretRowT], secret_id: str) -> SecretRowT | None:
     return session.get(row_type, secret_id)
 
 
-def select_secret_rows(session: Session, row_type: type[SecretRow], *, name: str | None = None,
-                       active_only: bool = False) -> list[SecretRow]:
+def select_secret_rows(session: Session, row_type: type[SecretRowT], *, name: str | None = None,
+                       active_only: bool = False) -> list[SecretRowT]:
     """The rows of one kind of secret, oldest first (then by id), of one name and only active ones if asked."""
-    q = select(row_type).order_by(row_type.created_at, *row_type.__table__.primary_key.columns)
+    q = select(row_type).order_by(row_type.created_at, *inspect(row_type).primary_key)
     if name is not None:
         q = q.where(row_type.name == name)
     if active_only:

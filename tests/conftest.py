@@ -101,9 +101,8 @@ def kafka_topic(kafka_bootstrap) -> str:
 @pytest.fixture
 def curation_topic(kafka_bootstrap) -> str:
     """A fresh feedback topic with its .rejected and .dlq (3 partitions, made by ensure_topics), deleted afterwards."""
-    from support.kafka_topics import delete_topics
-
     from ingest.topics import ensure_topics, topic_names
+    from support.kafka_topics import delete_topics
 
     base = f"test-feedback-{uuid.uuid4().hex[:10]}"
     ensure_topics(kafka_bootstrap, partitions=3, base=base, replication_factor=1)

@@ -10,11 +10,12 @@ Depends on pydantic, httpx and kafka-python only; the service (`ingest`, `curati
 from alignloop_sdk import events as _events
 from alignloop_sdk.client import Delivery, FeedbackClient, HttpDelivery, HttpFeedbackClient, kafka_security
 from alignloop_sdk.errors import AlignloopError, DeliveryError, EventError, GatewayError, IngestError
-from alignloop_sdk.events import *  # the v1 event contract, as its module lists it
+from alignloop_sdk.events import *  # noqa: F403 - the v1 event contract, as its module lists it
 
 __version__ = "0.1.0"
 
-__all__ = _events.__all__ + [
+__all__ = [
+    *_events.__all__,
     "AlignloopError", "Delivery", "DeliveryError", "EventError", "FeedbackClient", "GatewayError",
     "HttpDelivery", "HttpFeedbackClient", "IngestError", "kafka_security",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from contextlib import suppress
 
 SETTINGS_MODULES = ("alignloop.core.settings", "ingest.settings", "curation.settings", "retrain.settings",
                     "deploy.settings", "flows.settings")
@@ -11,7 +12,5 @@ SETTINGS_MODULES = ("alignloop.core.settings", "ingest.settings", "curation.sett
 def clear_settings_caches() -> None:
     """Forget every package's cached settings, so the next `get_settings()` reads the environment again."""
     for mod in SETTINGS_MODULES:
-        try:
+        with suppress(ImportError, AttributeError):
             importlib.import_module(mod).get_settings.cache_clear()
-        except (ImportError, AttributeError):
-            pass
