@@ -9,11 +9,11 @@ import pytest
 from prometheus_client import REGISTRY
 
 from alignloop.core.db import session_scope
+from alignloop.core.kafka_auth import kafka_auth
 from curation.pii import find_pii
 from curation.report import build_report
 from curation.service import CurationEdge, Record
 from curation.settings import Policy
-from ingest.topics import ensure_topics
 from support.feed import publish_lines
 from support.stream.generate import generate
 from support.stream.harness import Workers, expected_ids
@@ -47,22 +47,6 @@ def test_a_drift_alarm_counts_in_prometheus_and_shows_in_the_report(store_engine
         alarms = build_report(s)["apps"]["app-drift"]["drift_alarms"]
     assert alarms and alarms[0] == (START + timedelta(minutes=50)).isoformat()
     assert drift() - before == len(alarms)
-
-
-@pytest.fixture
-def curation_topic(kafka_bootstrap):
-    from kafka import KafkaAdminClient
-
-    base = f"test-curalarm-{uuid.uuid4().hex[:10]}"
-    ensure_topics(kafka_bootstrap, partitions=3, base=base, replication_factor=1)
-    yield base
-    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    try:
-        admin.delete_topics([base, f"{base}.rejected", f"{base}.dlq"])
-    except Exception:  # noqa: BLE001 - cleanup only; names are unique
-        pass
-    finally:
-        admin.close()
 
 
 @pytest.mark.kafka
@@ -100,7 +84,7 @@ def _read_keyed(bootstrap: str, topic: str) -> list[tuple[bytes, bytes]]:
     from kafka import KafkaConsumer
 
     consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                             consumer_timeout_ms=5000, group_id=None)
+                             consumer_timeout_ms=5000, group_id=None, **kafka_auth())
     try:
         return [(m.key, m.value) for m in consumer]
     finally:
