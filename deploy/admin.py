@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse
@@ -66,10 +66,14 @@ async def _move(rep: Replica, fn: Callable[[Session], Routing]) -> dict[str, Any
     try:
         heard = await asyncio.to_thread(publish_routing_change, s.resolved_redis_url(), routing.base_model,
                                         channel=s.control_channel, generation=routing.generation)
-    except Exception as exc:  # committed already; replicas catch up on their next reconcile
+    except Exception as exc:  # noqa: BLE001 - committed already; replicas catch up on their next reconcile
         log.warning("routing change not published (%s); replicas follow within %ss", exc, s.reconcile_interval_s)
     rep.wake()
     return {"routing": routing.model_dump(mode="json"), "replicas_notified": heard}
+
+
+ReplicaDep = Annotated[Replica, Depends(_replica)]
+ActorDep = Annotated[str, Depends(admin_actor)]
 
 
 def admin_routes() -> APIRouter:
@@ -78,32 +82,32 @@ def admin_routes() -> APIRouter:
     router = APIRouter(prefix="/admin")
 
     @router.get("/versions", dependencies=[Depends(admin_actor)])
-    async def admin_list(rep: Replica = Depends(_replica)) -> dict[str, Any]:
+    async def admin_list(rep: ReplicaDep) -> dict[str, Any]:
         versions, routings = await _in_session(rep, lambda s: (
             [v.summary() for v in registry.list_versions(s)],
             [r.model_dump(mode="json") for r in registry.list_routings(s)]))
         return {"versions": versions, "routing": routings}
 
     @router.get("/audit", dependencies=[Depends(admin_actor)])
-    async def admin_audit(limit: int = 100, rep: Replica = Depends(_replica)) -> dict[str, Any]:
+    async def admin_audit(rep: ReplicaDep, limit: int = 100) -> dict[str, Any]:
         return {"audit": await _in_session(rep, lambda s: [e.model_dump(mode="json")
                                                             for e in registry.audit_log(s, limit)])}
 
     @router.post("/promote")
-    async def admin_promote(body: PromoteBody, rep: Replica = Depends(_replica),
-                            actor: str = Depends(admin_actor)) -> dict[str, Any]:
+    async def admin_promote(body: PromoteBody, rep: ReplicaDep,
+                            actor: ActorDep) -> dict[str, Any]:
         return await _move(rep, lambda s: registry.promote(s, body.version, actor=actor, reason=body.reason,
                                                            base_model=rep.base_model, storage=rep.storage))
 
     @router.post("/canary")
-    async def admin_canary(body: CanaryBody, rep: Replica = Depends(_replica),
-                           actor: str = Depends(admin_actor)) -> dict[str, Any]:
+    async def admin_canary(body: CanaryBody, rep: ReplicaDep,
+                           actor: ActorDep) -> dict[str, Any]:
         return await _move(rep, lambda s: registry.start_canary(s, body.version, body.share, actor=actor,
                                                                 reason=body.reason, storage=rep.storage))
 
     @router.post("/rollback")
-    async def admin_rollback(body: RollbackBody, rep: Replica = Depends(_replica),
-                             actor: str = Depends(admin_actor)) -> dict[str, Any]:
+    async def admin_rollback(body: RollbackBody, rep: ReplicaDep,
+                             actor: ActorDep) -> dict[str, Any]:
         return await _move(rep, lambda s: registry.rollback(s, to=body.to, actor=actor, reason=body.reason,
                                                             base_model=rep.base_model, storage=rep.storage))
 

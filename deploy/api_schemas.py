@@ -7,7 +7,14 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 # OpenAI request fields the router does not implement: asking for them is a 400 naming the field, never a silent
 # answer that ignored them. A field sent with its neutral value (tools=[], logprobs=false, ...) passes.

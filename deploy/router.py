@@ -19,9 +19,24 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from alignloop.feedback_token import sign_feedback_token
 from deploy.admission import Door, read_json_body
-from deploy.api_schemas import (DONE_EVENT, ChatRequest, Completion, Stamp, chat_answer, chunk_event, error_body,
-                                model_entry, usage)
-from deploy.errors import DeployError, NotFoundError, RefusedError, RegistryError, ServingError
+from deploy.api_schemas import (
+    DONE_EVENT,
+    ChatRequest,
+    Completion,
+    Stamp,
+    chat_answer,
+    chunk_event,
+    error_body,
+    model_entry,
+    usage,
+)
+from deploy.errors import (
+    DeployError,
+    NotFoundError,
+    RefusedError,
+    RegistryError,
+    ServingError,
+)
 from deploy.limits import bound_prompt_text, fit_prompt
 from deploy.replica import Replica
 from deploy.settings import DeploySettings
@@ -168,7 +183,7 @@ async def _stream_events(rep: Replica, req: ChatRequest, stamp: Stamp, ids: list
         rep.metrics.requests.labels(adapter_version=str(version), outcome="timeout").inc()
         yield f"data: {_error_json(_timeout(rep.settings))}\n\n"
         return
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - the status line is sent: the error goes in the stream
         rep.metrics.requests.labels(adapter_version=str(version), outcome="error").inc()
         log.warning("stream %s failed: %s", stamp.response_id, exc)
         yield f"data: {_error_json(exc)}\n\n"

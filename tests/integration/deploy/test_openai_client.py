@@ -4,9 +4,9 @@ top_p, seed, n=1, models.list(), and a 400 naming the field for what is not supp
 from __future__ import annotations
 
 import pytest
+from support.models import PROMPT, wait_for
 
 from deploy import registry
-from support.models import PROMPT, wait_for
 
 pytestmark = [pytest.mark.redis]
 
@@ -15,9 +15,9 @@ pytestmark = [pytest.mark.redis]
 def router(request, deploy_env):
     """(openai client, base URL, backend) for a router on one backend; the vLLM servers are shared per session."""
     import openai
+    from support.servers import serve_in_thread
 
     from deploy.serving import create_app
-    from support.servers import serve_in_thread
 
     update = {"model_name": "tiny", "max_queue_per_key": deploy_env.settings.max_queue}
     if request.param == "vllm":
@@ -91,8 +91,8 @@ def test_models_list_names_the_base_and_the_served_versions(router, deploy_env):
     deploy_env.register("v1", "v2")
     deploy_env.move(registry.promote, "v1")
     deploy_env.move(registry.start_canary, "v2", 0.5)
-    listed = wait_for(lambda: (lambda d: d if len(d) == 3 else None)(client.models.list().data), timeout=30,
-                      interval=0.1)
+    wait_for(lambda: len(client.models.list().data) == 3, timeout=30, interval=0.1)
+    listed = client.models.list().data
     assert [(m.id, m.model_extra["role"]) for m in listed] == [("tiny", "base"), ("v1", "active"), ("v2", "canary")]
     answer = client.chat.completions.create(model="v2", messages=PROMPT, max_tokens=4, user="anyone")
     assert answer.model_extra["adapter_version"] == "v2"  # a served version asked by name answers itself

@@ -8,12 +8,13 @@ import asyncio
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Self
 
 import httpx
 import pytest
+from support.models import PROMPT, wait_for
 
 from deploy import registry
-from support.models import PROMPT, wait_for
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 CLIENTS = 20
@@ -38,14 +39,14 @@ class Traffic:
             try:
                 r = await http.post(f"{self.url}/v1/chat/completions", json=body)
                 self.answers.append((sent, user, r.status_code, r.json()))
-            except Exception as exc:  # a failed request is a result here, counted by the test
+            except Exception as exc:  # noqa: BLE001 - a failed request is a result here, counted by the test
                 self.answers.append((sent, user, None, repr(exc)))
 
     async def _run(self) -> None:
         async with httpx.AsyncClient(headers={"Authorization": f"Bearer {self.key}"}, timeout=60) as http:
             await asyncio.gather(*(self._client(i, http) for i in range(CLIENTS)))
 
-    def __enter__(self) -> Traffic:
+    def __enter__(self) -> Self:
         self.thread = threading.Thread(target=asyncio.run, args=(self._run(),), daemon=True)
         self.thread.start()
         return self
@@ -102,10 +103,22 @@ def _reference(servers, base, sources: dict, versions: list[str]) -> dict[str | 
     return out
 
 
+def _closest(text: str, reference: dict[str | None, str]) -> str | None:
+    """The version whose reference answer `text` follows furthest (vLLM's batched float32 sums can flip a late
+    greedy token under load, so an exact match is too strict; the weights show in the first tokens)."""
+    def shared(a: str, b: str) -> int:
+        return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+    ranked = sorted(reference, key=lambda v: shared(text, reference[v]), reverse=True)
+    best, second = (shared(text, reference[v]) for v in ranked[:2])
+    return ranked[0] if best > second else None  # a tie names no version, and fails
+
+
 @pytest.fixture
 def vllm_router(deploy_env, vllm_servers):
-    from deploy.serving import create_app
     from support.servers import serve_in_thread
+
+    from deploy.serving import create_app
 
     settings = deploy_env.settings.model_copy(update={
         **vllm_servers.router_settings(), "model_name": "tiny", "reconcile_interval_s": 1.0,
@@ -147,7 +160,7 @@ def test_two_vllm_servers_follow_canary_promote_and_rollback_under_load(deploy_e
     assert len(traffic.answers) > 100
     for _, user, _, body in traffic.answers:
         version, generation = body["adapter_version"], body["routing_generation"]
-        assert body["choices"][0]["message"]["content"] == reference[version], (version, body)
+        assert _closest(body["choices"][0]["message"]["content"], reference) == version, (version, body, reference)
         if generation in routings and routings[generation] is not None:
             from deploy.routing import choose_version
 

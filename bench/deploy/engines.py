@@ -1,0 +1,204 @@
+"""Serving engines side by side: tokens/s through alignloop's router on vLLM vs vLLM direct, embedded vs vLLM,
+and the adapter swap time on vLLM, in one run.
+
+    python bench/deploy/engines.py            # writes bench/results/deploy_engines.json
+    python bench/deploy/engines.py --quick    # fewer rounds, for a smoke run
+
+Needs Redis (`alignloop stack up`) and the vLLM environment (`alignloop deploy vllm-setup`). Starts one vLLM
+server on a random tiny Llama (hidden 128: head size 32, which vLLM's CPU attention takes), a router attached
+to it and a router on the embedded engine; the ratios within this run are what to compare, absolute numbers
+drift with the machine's load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "bench" / "results" / "deploy_engines.json"
+sys.path.insert(0, str(ROOT / "tests"))  # the tiny model and adapter builders the tests use
+
+
+async def _rate(url: str, body: dict, headers: dict, concurrency: int, requests: int) -> float:
+    """Completion tokens per second for `requests` requests, `concurrency` at a time."""
+    done = {"tokens": 0}
+    left = iter(range(requests))
+
+    async def worker(http: httpx.AsyncClient) -> None:
+        for _ in left:
+            r = await http.post(url, json=body, headers=headers)
+            r.raise_for_status()
+            done["tokens"] += r.json()["usage"]["completion_tokens"]
+
+    async with httpx.AsyncClient(timeout=300, limits=httpx.Limits(max_connections=concurrency + 4)) as http:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(http) for _ in range(concurrency)))
+        return done["tokens"] / (time.perf_counter() - t0)
+
+
+def rate(url: str, body: dict, headers: dict, concurrency: int, requests: int) -> float:
+    return asyncio.run(_rate(url, body, headers, concurrency, requests))
+
+
+def _registry(work: Path, base: Path, redis_url: str):
+    from support.models import AdapterFactory
+
+    from alignloop.db import open_store, session_scope
+    from deploy import registry
+    from deploy.artifacts import LocalArtifactStorage
+    from deploy.keys import create_serving_key
+    from deploy.settings import DeploySettings
+
+    settings = DeploySettings(artifact_root=work / "artifacts", store_url=f"sqlite:///{work / 'store.db'}",
+                              redis_url=redis_url, control_channel=f"bench:{uuid.uuid4().hex}",
+                              base_model=str(base), model_name="tiny", torch_threads=1, max_queue=128,
+                              max_queue_per_key=128, max_resident=3, reconcile_interval_s=1.0)
+    engine = open_store(settings.resolved_store_url())
+    storage = LocalArtifactStorage(settings.artifact_root)
+    factory = AdapterFactory(base)
+    with session_scope(engine) as s:
+        key = create_serving_key(s, "bench", created_by="bench", rate_per_s=100000, burst=100000)[1]
+        for i in range(1, 7):
+            src = factory.build(work / "src" / f"a{i}", f"a{i}", seed=i)
+            registry.register_adapter(s, src, actor="bench", reason="bench", storage=storage)
+    return settings, engine, storage, key
+
+
+def _promote(engine, storage, settings, version: str) -> None:
+    from alignloop.db import session_scope
+    from deploy import registry
+    from deploy.control import publish_routing_change
+
+    with session_scope(engine) as s:
+        routing = registry.promote(s, version, actor="bench", reason="bench", storage=storage)
+    publish_routing_change(settings.resolved_redis_url(), routing.base_model, channel=settings.control_channel)
+
+
+def _wait_serving(url: str, version: str | None, timeout: float = 30) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        h = httpx.get(f"{url}/healthz", timeout=5).json()
+        if h.get("serving") and h["serving"]["active"] == version:
+            return h
+        time.sleep(0.01)
+    raise RuntimeError(f"router at {url} did not serve {version} within {timeout}s")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--redis-url", default="redis://127.0.0.1:6379/14")
+    args = ap.parse_args()
+
+    from support.models import PROMPT, build_tiny_base_model
+    from support.ports import free_port
+    from support.servers import serve_in_thread
+
+    from deploy.serving import create_app
+    from deploy.settings import DeploySettings
+    from deploy.vllm_env import VllmLaunch, start_vllm, wait_vllm_ready
+
+    new_tokens, rounds = 48, (1 if args.quick else 3)
+    per = {1: 4 if args.quick else 8, 32: 32 if args.quick else 96}
+    work = Path(tempfile.mkdtemp(prefix="alignloop-bench-engines-"))
+    base = build_tiny_base_model(work / "base", hidden=128, layers=2)
+    settings, engine, storage, key = _registry(work, base, args.redis_url)
+    python = DeploySettings().resolved_vllm_python()
+    server = start_vllm(VllmLaunch(python=python, base_model=str(base), max_model_len=512, max_loras=4),
+                        free_port(), work / "logs")
+    t_start = time.perf_counter()
+    try:
+        wait_vllm_ready([server], timeout=1200)
+        vllm_start_s = time.perf_counter() - t_start
+        result = _measure(args, settings, engine, storage, key, server.url, base, new_tokens, rounds, per,
+                          create_app, serve_in_thread, PROMPT)
+    finally:
+        server.stop()
+    result["vllm_start_s"] = round(vllm_start_s, 1)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+def _measure(args, settings, engine, storage, key, vllm_url, base, new_tokens, rounds, per, create_app,
+             serve_in_thread, prompt) -> dict:
+    chat = {"model": "tiny", "messages": prompt, "max_tokens": new_tokens, "temperature": 1.0}
+    auth = {"Authorization": f"Bearer {key}"}
+    vllm_settings = settings.model_copy(update={"backend": "vllm", "vllm_urls": [vllm_url],
+                                                "vllm_lora_root": Path(tempfile.mkdtemp()) / "loras"})
+    samples: dict[str, list[float]] = {}
+    with serve_in_thread(create_app(vllm_settings)) as via_vllm, serve_in_thread(create_app(settings)) as embedded:
+        targets = {
+            "vllm_direct": (f"{vllm_url}/v1/chat/completions", {**chat, "model": "base"}, {}),
+            "router_on_vllm": (f"{via_vllm}/v1/chat/completions", chat, auth),
+            "router_on_embedded": (f"{embedded}/v1/chat/completions", chat, auth),
+        }
+        for name, (url, body, headers) in targets.items():
+            rate(url, body, headers, 4, 4)  # warm-up
+        for _ in range(rounds):  # interleaved, so load drift hits every target alike
+            for c in (1, 32):
+                for name, (url, body, headers) in targets.items():
+                    samples.setdefault(f"{name}_c{c}", []).append(rate(url, body, headers, c, per[c]))
+        swaps = _swaps(settings, engine, storage, via_vllm, vllm_url, 3 if args.quick else 8)
+    tps = {k: round(statistics.median(v), 1) for k, v in samples.items()}
+    return {
+        "what": "serving engines: router on vLLM vs vLLM direct, embedded vs vLLM, swap time on vLLM",
+        "command": "python bench/deploy/engines.py" + (" --quick" if args.quick else ""),
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"platform": platform.platform(), "python": platform.python_version(),
+                    "note": "2 cores shared with other work while measured; compare ratios within this run"},
+        "model": {"base": "random tiny Llama (tests/support/models.py, hidden 128, 2 layers)", "new_tokens": new_tokens,
+                  "temperature": 1.0, "vllm": "one server, --dtype float32, OMP threads 1"},
+        "tokens_per_s": tps,
+        "router_over_vllm_direct_c1": round(tps["router_on_vllm_c1"] / tps["vllm_direct_c1"], 3),
+        "router_over_vllm_direct_c32": round(tps["router_on_vllm_c32"] / tps["vllm_direct_c32"], 3),
+        "embedded_over_vllm_c1": round(tps["router_on_embedded_c1"] / tps["router_on_vllm_c1"], 3),
+        "embedded_over_vllm_c32": round(tps["router_on_embedded_c32"] / tps["router_on_vllm_c32"], 3),
+        "samples": {k: [round(x, 1) for x in v] for k, v in samples.items()},
+        "swap_on_vllm": swaps,
+    }
+
+
+def _swaps(settings, engine, storage, router_url: str, vllm_url: str, n: int) -> dict:
+    """Promote through the registry n times: publish -> the router serves it (verify, copy, load on vLLM, flip);
+    and vLLM's own unload + load of an adapter, for scale."""
+    promote_s, install_s = [], []
+    for i in range(n):
+        version = f"a{1 + i % 6}"
+        t0 = time.perf_counter()
+        _promote(engine, storage, settings, version)
+        h = _wait_serving(router_url, version)
+        promote_s.append(time.perf_counter() - t0)
+        install_s.append(h["last_swap"].get(f"install_{version}_s", 0.0))
+    raw = []
+    src = str(Path(storage.root) / "a1")
+    for i in range(n):
+        t0 = time.perf_counter()
+        httpx.post(f"{vllm_url}/v1/load_lora_adapter", json={"lora_name": f"raw{i}", "lora_path": src}).raise_for_status()
+        httpx.post(f"{vllm_url}/v1/unload_lora_adapter", json={"lora_name": f"raw{i}"}).raise_for_status()
+        raw.append(time.perf_counter() - t0)
+    return {"promote_to_served_ms_median": round(statistics.median(promote_s) * 1000, 1),
+            "promote_to_served_ms_max": round(max(promote_s) * 1000, 1),
+            "router_install_ms_median": round(statistics.median(install_s) * 1000, 1),
+            "vllm_load_plus_unload_ms_median": round(statistics.median(raw) * 1000, 1),
+            "promotes": n,
+            "note": "promote_to_served: commit + Redis publish + registry read + sha256 verify + copy + "
+                    "load_lora_adapter + flip, seen on /healthz (polled every 10 ms)"}
+
+
+if __name__ == "__main__":
+    threading.current_thread().name = "bench"
+    main()
