@@ -46,6 +46,17 @@ class ChatMessage(BaseModel):
     def _developer_is_system(cls, v: str) -> str:
         return "system" if v == "developer" else v  # newer clients call the system prompt "developer"
 
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text_parts(cls, v: Any) -> Any:
+        """Content as a list of parts (newer clients): text parts joined; any other part is a 400."""
+        if not isinstance(v, list):
+            return v
+        kinds = [p.get("type") if isinstance(p, dict) else type(p).__name__ for p in v]
+        if any(k != "text" for k in kinds):
+            raise ValueError(f"only text content parts are supported; got parts of type {kinds!r}")
+        return "".join(str(p.get("text", "")) for p in v)
+
 
 class ChatRequest(BaseModel):
     """One chat completion request; fields an OpenAI client sends that change nothing here are ignored."""
