@@ -163,7 +163,7 @@ async def _stream(rep: Replica, door: Door, caller: Any, req: ChatRequest) -> St
             await queue_slot.__aexit__(None, None, None)
 
     return StreamingResponse(events(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Alignloop-Adapter-Version": str(version)})
+                             headers={"Cache-Control": "no-cache", "X-Alignloop-Adapter-Version": version or "base"})
 
 
 async def _stream_events(rep: Replica, req: ChatRequest, stamp: Stamp, ids: list[int]) -> AsyncIterator[str]:

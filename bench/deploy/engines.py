@@ -19,7 +19,6 @@ import platform
 import statistics
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -105,14 +104,12 @@ def main() -> None:
 
     from support.models import PROMPT, build_tiny_base_model
     from support.ports import free_port
-    from support.servers import serve_in_thread
 
-    from deploy.serving import create_app
     from deploy.settings import DeploySettings
     from deploy.vllm_env import VllmLaunch, start_vllm, wait_vllm_ready
 
-    new_tokens, rounds = 48, (1 if args.quick else 3)
-    per = {1: 4 if args.quick else 8, 32: 32 if args.quick else 96}
+    new_tokens, rounds = 48, (1 if args.quick else 5)
+    per = {1: 4 if args.quick else 16, 32: 32 if args.quick else 96}
     work = Path(tempfile.mkdtemp(prefix="alignloop-bench-engines-"))
     base = build_tiny_base_model(work / "base", hidden=128, layers=2)
     settings, engine, storage, key = _registry(work, base, args.redis_url)
@@ -123,8 +120,8 @@ def main() -> None:
     try:
         wait_vllm_ready([server], timeout=1200)
         vllm_start_s = time.perf_counter() - t_start
-        result = _measure(args, settings, engine, storage, key, server.url, base, new_tokens, rounds, per,
-                          create_app, serve_in_thread, PROMPT)
+        result = _measure(args, settings, engine, storage, key, server.url, base, new_tokens, rounds, per, work,
+                          PROMPT)
     finally:
         server.stop()
     result["vllm_start_s"] = round(vllm_start_s, 1)
@@ -133,26 +130,64 @@ def main() -> None:
     print(json.dumps(result, indent=2))
 
 
-def _measure(args, settings, engine, storage, key, vllm_url, base, new_tokens, rounds, per, create_app,
-             serve_in_thread, prompt) -> dict:
+def _router_process(settings, port: int, log: Path, **update):
+    """`alignloop deploy serve` in its own process (as in production), configured through its environment."""
+    import os
+    import subprocess
+
+    s = settings.model_copy(update=update)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    for name, value in s.model_dump(mode="json", exclude_none=True).items():
+        if name != "replica_id":
+            env[f"ALIGNLOOP_DEPLOY_{name.upper()}"] = json.dumps(value) if isinstance(value, list) else str(value)
+    cmd = [sys.executable, "-c", "from deploy.cli import app; app()", "serve", "--port", str(port)]
+    return subprocess.Popen(cmd, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+
+
+def _wait_up(url: str, proc, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"router at {url} exited {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"router at {url} not up within {timeout}s")
+
+
+def _measure(args, settings, engine, storage, key, vllm_url, base, new_tokens, rounds, per, work, prompt) -> dict:
+    from support.ports import free_port
+
     chat = {"model": "tiny", "messages": prompt, "max_tokens": new_tokens, "temperature": 1.0}
     auth = {"Authorization": f"Bearer {key}"}
-    vllm_settings = settings.model_copy(update={"backend": "vllm", "vllm_urls": [vllm_url],
-                                                "vllm_lora_root": Path(tempfile.mkdtemp()) / "loras"})
+    ports = {"vllm": free_port(), "embedded": free_port()}
+    procs = {"vllm": _router_process(settings, ports["vllm"], work / "router-vllm.log", backend="vllm",
+                                     vllm_urls=[vllm_url], vllm_lora_root=work / "loras"),
+             "embedded": _router_process(settings, ports["embedded"], work / "router-embedded.log")}
+    via_vllm, embedded = (f"http://127.0.0.1:{ports[k]}" for k in ("vllm", "embedded"))
     samples: dict[str, list[float]] = {}
-    with serve_in_thread(create_app(vllm_settings)) as via_vllm, serve_in_thread(create_app(settings)) as embedded:
+    try:
+        for k, p in procs.items():
+            _wait_up(f"http://127.0.0.1:{ports[k]}", p)
         targets = {
             "vllm_direct": (f"{vllm_url}/v1/chat/completions", {**chat, "model": "base"}, {}),
             "router_on_vllm": (f"{via_vllm}/v1/chat/completions", chat, auth),
             "router_on_embedded": (f"{embedded}/v1/chat/completions", chat, auth),
         }
-        for name, (url, body, headers) in targets.items():
-            rate(url, body, headers, 4, 4)  # warm-up
+        for url, body, headers in targets.values():
+            rate(url, body, headers, 4, 8)  # warm-up
         for _ in range(rounds):  # interleaved, so load drift hits every target alike
             for c in (1, 32):
                 for name, (url, body, headers) in targets.items():
                     samples.setdefault(f"{name}_c{c}", []).append(rate(url, body, headers, c, per[c]))
         swaps = _swaps(settings, engine, storage, via_vllm, vllm_url, 3 if args.quick else 8)
+    finally:
+        for p in procs.values():
+            p.terminate()
+            p.wait(timeout=30)
     tps = {k: round(statistics.median(v), 1) for k, v in samples.items()}
     return {
         "what": "serving engines: router on vLLM vs vLLM direct, embedded vs vLLM, swap time on vLLM",
@@ -160,6 +195,7 @@ def _measure(args, settings, engine, storage, key, vllm_url, base, new_tokens, r
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
                     "note": "2 cores shared with other work while measured; compare ratios within this run"},
+        "setup": "each router is `alignloop deploy serve` in its own process; the clients are this process",
         "model": {"base": "random tiny Llama (tests/support/models.py, hidden 128, 2 layers)", "new_tokens": new_tokens,
                   "temperature": 1.0, "vllm": "one server, --dtype float32, OMP threads 1"},
         "tokens_per_s": tps,
@@ -200,5 +236,4 @@ def _swaps(settings, engine, storage, router_url: str, vllm_url: str, n: int) ->
 
 
 if __name__ == "__main__":
-    threading.current_thread().name = "bench"
     main()

@@ -125,12 +125,12 @@ def vllm_router(deploy_env, vllm_servers):
         "max_queue": 64, "max_queue_per_key": 64})
     key = deploy_env.serving_key("load", rate_per_s=10000, burst=10000)
     with serve_in_thread(create_app(settings)) as url:
-        yield url, key
+        yield url, key, settings
 
 
 def test_two_vllm_servers_follow_canary_promote_and_rollback_under_load(deploy_env, vllm_router, vllm_servers,
                                                                         tiny_base):
-    url, key = vllm_router
+    url, key, _ = vllm_router
     deploy_env.register("v1", "v2", "v3")
     reference = _reference(vllm_servers, tiny_base, deploy_env.sources, ["v1", "v2"])
     assert len(set(reference.values())) == 3, f"versions must answer differently to be told apart: {reference}"
@@ -171,11 +171,25 @@ def test_two_vllm_servers_follow_canary_promote_and_rollback_under_load(deploy_e
     assert times[-1] <= 1.0, f"a server took {times[-1]:.2f}s to hold a promoted version: {swaps}"
 
 
+def test_versions_past_max_resident_are_unloaded_from_every_server(deploy_env, vllm_router, vllm_servers):
+    url, _, settings = vllm_router
+    deploy_env.register("v1", "v2", "v3", "v4", "v5")
+    for v in ("v1", "v2", "v3", "v4", "v5"):
+        _swap_time(deploy_env, url, registry.promote, v)
+    wait_for(lambda: all(len(s["loaded"]) == deploy_env.settings.max_resident
+                         for s in _health(url)["backend"]["servers"]), timeout=10, interval=0.1)
+    for server in vllm_servers.urls:
+        names = sorted(m["id"] for m in httpx.get(f"{server}/v1/models").json()["data"] if m["id"] != "base")
+        assert [n.split("@")[0] for n in names] == ["v3", "v4", "v5"], names  # least recently used went first
+    copies = {p.name.split("@")[0] for p in settings.vllm_lora_root.glob("*/*@*")}
+    assert copies == {"v3", "v4", "v5"}, copies
+
+
 def test_a_restarted_vllm_server_gets_its_adapters_back_and_no_request_fails(deploy_env, vllm_router, vllm_servers,
                                                                               tiny_base, tmp_path):
     from deploy.vllm_env import wait_vllm_ready
 
-    url, key = vllm_router
+    url, key, _ = vllm_router
     deploy_env.register("v1")
     _swap_time(deploy_env, url, registry.promote, "v1")
     victim = vllm_servers.processes[1]
