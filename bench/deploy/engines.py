@@ -183,11 +183,13 @@ def _measure(args, settings, engine, storage, key, vllm_url, base, new_tokens, r
             for c in (1, 32):
                 for name, (url, body, headers) in targets.items():
                     samples.setdefault(f"{name}_c{c}", []).append(rate(url, body, headers, c, per[c]))
-        swaps = _swaps(settings, engine, storage, via_vllm, vllm_url, 3 if args.quick else 8)
+        swaps = _promotes(settings, engine, storage, via_vllm, 3 if args.quick else 8)
     finally:
         for p in procs.values():
             p.terminate()
             p.wait(timeout=30)
+    # with no router attached (a router unloads the names it did not load itself)
+    swaps["vllm_load_plus_unload_ms_median"] = _raw_swap(vllm_url, Path(storage.root) / "a1", 3 if args.quick else 8)
     tps = {k: round(statistics.median(v), 1) for k, v in samples.items()}
     return {
         "what": "serving engines: router on vLLM vs vLLM direct, embedded vs vLLM, swap time on vLLM",
@@ -208,9 +210,8 @@ def _measure(args, settings, engine, storage, key, vllm_url, base, new_tokens, r
     }
 
 
-def _swaps(settings, engine, storage, router_url: str, vllm_url: str, n: int) -> dict:
-    """Promote through the registry n times: publish -> the router serves it (verify, copy, load on vLLM, flip);
-    and vLLM's own unload + load of an adapter, for scale."""
+def _promotes(settings, engine, storage, router_url: str, n: int) -> dict:
+    """Promote through the registry n times: publish -> the router serves it (verify, copy, load on vLLM, flip)."""
     promote_s, install_s = [], []
     for i in range(n):
         version = f"a{1 + i % 6}"
@@ -219,20 +220,24 @@ def _swaps(settings, engine, storage, router_url: str, vllm_url: str, n: int) ->
         h = _wait_serving(router_url, version)
         promote_s.append(time.perf_counter() - t0)
         install_s.append(h["last_swap"].get(f"install_{version}_s", 0.0))
-    raw = []
-    src = str(Path(storage.root) / "a1")
-    for i in range(n):
-        t0 = time.perf_counter()
-        httpx.post(f"{vllm_url}/v1/load_lora_adapter", json={"lora_name": f"raw{i}", "lora_path": src}).raise_for_status()
-        httpx.post(f"{vllm_url}/v1/unload_lora_adapter", json={"lora_name": f"raw{i}"}).raise_for_status()
-        raw.append(time.perf_counter() - t0)
     return {"promote_to_served_ms_median": round(statistics.median(promote_s) * 1000, 1),
             "promote_to_served_ms_max": round(max(promote_s) * 1000, 1),
             "router_install_ms_median": round(statistics.median(install_s) * 1000, 1),
-            "vllm_load_plus_unload_ms_median": round(statistics.median(raw) * 1000, 1),
             "promotes": n,
             "note": "promote_to_served: commit + Redis publish + registry read + sha256 verify + copy + "
                     "load_lora_adapter + flip, seen on /healthz (polled every 10 ms)"}
+
+
+def _raw_swap(vllm_url: str, src: Path, n: int) -> float:
+    """vLLM's own load + unload of an adapter directory, for scale (median ms)."""
+    raw = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        httpx.post(f"{vllm_url}/v1/load_lora_adapter", json={"lora_name": f"raw{i}", "lora_path": str(src)},
+                   timeout=60).raise_for_status()
+        httpx.post(f"{vllm_url}/v1/unload_lora_adapter", json={"lora_name": f"raw{i}"}, timeout=60).raise_for_status()
+        raw.append(time.perf_counter() - t0)
+    return round(statistics.median(raw) * 1000, 1)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from deploy.settings import DeploySettings
 log = logging.getLogger(__name__)
 BASE_NAME = "base"  # the served model name of the base on every server alignloop starts
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_OURS = re.compile(r".+@[0-9a-f]{12}")  # the LoRA names alignloop gives: version@manifest sha256 prefix
 
 
 @dataclass
@@ -105,8 +106,9 @@ class VllmBackend:
             with self._lock:
                 server.up = True
                 server.loaded = {by_name[n]: n for n in names if n in by_name}
-            for stale in names - by_name.keys():  # loaded by an earlier router: not verified by this one
-                self._post(server, "unload_lora_adapter", {"lora_name": stale})
+            for stale in names - by_name.keys():
+                if _OURS.fullmatch(stale):  # an earlier router's: not verified by this one; others' are left alone
+                    self._post(server, "unload_lora_adapter", {"lora_name": stale})
 
     def install(self, version: str, artifact: LoadedArtifact, reuse: str | None) -> tuple[float, str]:
         """Write the verified bytes to each server's own directory and load them there; all reachable servers or
