@@ -61,23 +61,20 @@ def _health(url: str) -> dict:
 
 
 def _swap_time(env, url: str, fn, *args, **kwargs) -> tuple[object, dict[str, float]]:
-    """Run one registry move, publish it, and time until each vLLM server holds the routed versions and the
-    router serves the new generation: {server url: seconds, "router": seconds}."""
+    """Run one registry move and publish it; once the router serves the new generation, every vLLM server must
+    hold the routed versions (the router flips only then). Returns the router's own account of the swap: from
+    hearing the Redis message to the flip (`served_s`: every server loaded, then the flip), and when this test
+    saw it on /healthz (`observed_s`, which also counts /healthz's own latency under the clients' load)."""
     routing = env.move(fn, *args, publish=False, **kwargs)
     t0 = env.publish()
-    seen: dict[str, float] = {}
-    deadline = t0 + 10
-    while len(seen) < 3 and time.perf_counter() < deadline:
-        h = _health(url)
-        now = time.perf_counter() - t0
-        for s in h["backend"]["servers"]:
-            if s["url"] not in seen and routing.versions() <= set(s["loaded"]):
-                seen[s["url"]] = now
-        if "router" not in seen and h["serving"]["generation"] == routing.generation:
-            seen["router"] = now
-        time.sleep(0.01)
-    assert len(seen) == 3, f"not everything followed generation {routing.generation} within 10 s: {seen}"
-    return routing, seen
+    wait_for(lambda: _health(url)["serving"]["generation"] == routing.generation, timeout=10, interval=0.01)
+    observed = time.perf_counter() - t0
+    h = _health(url)
+    for server in h["backend"]["servers"]:
+        assert routing.versions() <= set(server["loaded"]), (server, routing)
+    swap = h["last_swap"]
+    assert swap["generation"] == routing.generation, swap
+    return routing, {"served_s": swap.get("wake_s", 0.0) + swap["total_s"], "observed_s": observed}
 
 
 def _reference(servers, base, sources: dict, versions: list[str]) -> dict[str | None, str]:
@@ -115,14 +112,16 @@ def _closest(text: str, reference: dict[str | None, str]) -> str | None:
 
 
 @pytest.fixture
-def vllm_router(deploy_env, vllm_servers):
+def vllm_router(deploy_env, vllm_servers, request):
+    """(URL, serving key, settings) of a router over the session's vLLM servers. It re-reads the registry every
+    30 s unless a test passes another interval (indirect parameter): moves reach it by the Redis message."""
     from support.servers import serve_in_thread
 
     from deploy.serving import create_app
 
     settings = deploy_env.settings.model_copy(update={
-        **vllm_servers.router_settings(), "model_name": "tiny", "reconcile_interval_s": 1.0,
-        "max_queue": 64, "max_queue_per_key": 64})
+        **vllm_servers.router_settings(), "model_name": "tiny", "max_queue": 64, "max_queue_per_key": 64,
+        "reconcile_interval_s": getattr(request, "param", 30.0)})
     key = deploy_env.serving_key("load", rate_per_s=10000, burst=10000)
     with serve_in_thread(create_app(settings)) as url:
         yield url, key, settings
@@ -167,8 +166,7 @@ def test_two_vllm_servers_follow_canary_promote_and_rollback_under_load(deploy_e
             assert version == choose_version(routings[generation], user)
     served = {body["adapter_version"] for *_, body in traffic.answers}
     assert served == {None, "v1", "v2"}
-    times = sorted(t for s in swaps for k, t in s.items() if k != "router")
-    assert times[-1] <= 1.0, f"a server took {times[-1]:.2f}s to hold a promoted version: {swaps}"
+    assert max(s["served_s"] for s in swaps) <= 1.0, f"a move took over a second to be served everywhere: {swaps}"
 
 
 def test_versions_past_max_resident_are_unloaded_from_every_server(deploy_env, vllm_router, vllm_servers):
@@ -185,6 +183,7 @@ def test_versions_past_max_resident_are_unloaded_from_every_server(deploy_env, v
     assert copies == {"v3", "v4", "v5"}, copies
 
 
+@pytest.mark.parametrize("vllm_router", [1.0], indirect=True)  # it finds the restarted server by itself
 def test_a_restarted_vllm_server_gets_its_adapters_back_and_no_request_fails(deploy_env, vllm_router, vllm_servers,
                                                                               tiny_base, tmp_path):
     from deploy.vllm_env import wait_vllm_ready
