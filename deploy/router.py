@@ -32,6 +32,7 @@ from deploy.api_schemas import (
 )
 from deploy.errors import (
     DeployError,
+    EngineError,
     NotFoundError,
     RefusedError,
     RegistryError,
@@ -50,6 +51,8 @@ CHAT_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"description": "no active serving key in `Authorization: Bearer`"},
     413: {"description": "body past `max_body_bytes`"},
     429: {"description": "the key is over its rate, or the queue (or the key's share of it) is full; see Retry-After"},
+    502: {"description": "the engine failed the request (vLLM backend; a failing server is retried on another first)"},
+    503: {"description": "not ready yet, or no engine server can take the request (vLLM backend)"},
     504: {"description": "not answered within `request_timeout_s`"},
 }
 
@@ -249,11 +252,13 @@ async def _bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:
 async def _deploy_error(request: Request, exc: DeployError) -> JSONResponse:
     if isinstance(exc, RefusedError):
         return _refused(request, exc)
+    if isinstance(exc, EngineError):
+        return JSONResponse(status_code=exc.status, content=error_body(str(exc), "engine_error"))
     if isinstance(exc, NotFoundError):
         status = 404
     elif isinstance(exc, RegistryError):
         status = 409
-    elif isinstance(exc, ServingError) and str(exc).startswith(("replica not ready", "engine unavailable")):
+    elif isinstance(exc, ServingError) and str(exc).startswith("replica not ready"):
         status = 503
     else:
         status = 400

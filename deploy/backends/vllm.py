@@ -26,7 +26,7 @@ import httpx
 
 from deploy.api_schemas import Completion, Sampling
 from deploy.artifacts import MANIFEST, LoadedArtifact
-from deploy.errors import ServingError
+from deploy.errors import EngineError, ServingError
 from deploy.settings import DeploySettings
 
 log = logging.getLogger(__name__)
@@ -159,8 +159,8 @@ class VllmBackend:
         with self._lock:
             fit = [s for s in self.servers if s.up and s.url not in tried and (version is None or version in s.loaded)]
             if not fit:
-                raise ServingError(f"engine unavailable: no reachable vLLM server holds "
-                                   f"{'the base' if version is None else repr(version)}")
+                raise EngineError(503, f"engine unavailable: no reachable vLLM server holds "
+                                       f"{'the base' if version is None else repr(version)}")
             turn = next(self._turn)
             server = min(fit, key=lambda s: (s.in_flight, (self.servers.index(s) - turn) % len(self.servers)))
             server.in_flight += 1
@@ -198,14 +198,13 @@ class VllmBackend:
             try:
                 r = await self._client().post(f"{server.url}/v1/completions",
                                               json=self._body(model, ids, sampling, stream=False))
-            except httpx.TransportError as exc:  # not answered: nothing was returned, so asking again is safe
+                _raise_for_engine(server, r.status_code, r.text)
+            except (httpx.TransportError, _EngineDown) as exc:  # nothing returned yet: asking again is safe
                 self._failed(server, exc)
                 tried.add(server.url)
                 continue
             finally:
                 server.in_flight -= 1
-            if r.status_code != 200:
-                raise ServingError(f"vLLM at {server.url} answered {r.status_code}: {r.text[:300]}")
             out = r.json()
             choice, used = out["choices"][0], out["usage"]
             return Completion(text=_CONTROL.sub("", choice["text"]), prompt_tokens=used["prompt_tokens"],
@@ -222,10 +221,10 @@ class VllmBackend:
                     started = True
                     yield piece
                 return
-            except httpx.TransportError as exc:
+            except (httpx.TransportError, _EngineDown) as exc:
                 self._failed(server, exc)
                 if started:  # text already went to the client: it cannot be taken back
-                    raise ServingError(f"vLLM at {server.url} failed mid-answer: {exc}") from exc
+                    raise EngineError(502, f"vLLM at {server.url} failed mid-answer: {exc}") from exc
                 tried.add(server.url)
             finally:
                 server.in_flight -= 1
@@ -237,7 +236,7 @@ class VllmBackend:
         body = self._body(model, ids, sampling, stream=True)
         async with self._client().stream("POST", f"{server.url}/v1/completions", json=body) as r:
             if r.status_code != 200:
-                raise ServingError(f"vLLM at {server.url} answered {r.status_code}: {(await r.aread())[:300]!r}")
+                _raise_for_engine(server, r.status_code, (await r.aread()).decode(errors="replace"))
             async for line in r.aiter_lines():
                 if not line.startswith("data: ") or line == "data: [DONE]":
                     continue
@@ -264,6 +263,17 @@ class VllmBackend:
         for s in self.servers:
             if s.process is not None:
                 s.process.stop()
+
+
+class _EngineDown(Exception):
+    """A server answered 5xx (shutting down, out of memory): the request goes to another server."""
+
+
+def _raise_for_engine(server: EngineServer, status: int, text: str) -> None:
+    if status >= 500:
+        raise _EngineDown(f"{status}: {text[:200]}")
+    if status != 200:  # the request itself: asking another server would get the same answer
+        raise EngineError(502, f"vLLM at {server.url} answered {status}: {text[:300]}")
 
 
 def _dir_name(url: str) -> str:
