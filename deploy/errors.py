@@ -34,3 +34,11 @@ class RefusedError(ServingError):
     def __init__(self, status: int, message: str, *, retry_after: str | None = None) -> None:
         super().__init__(message)
         self.status, self.retry_after = status, retry_after
+
+
+class EngineError(ServingError):
+    """The engine behind the router failed (502) or none of its servers can take the request (503)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
