@@ -27,9 +27,9 @@ class Replica:
         if not settings.base_model:
             raise ServingError("`ALIGNLOOP_DEPLOY_BASE_MODEL` must name the base model directory to serve; got nothing")
         from alignloop.core.db import open_store
-        from deploy.migrations import FOLDER
         from alignloop.core.settings import get_settings as core_settings
         from deploy.artifacts import LocalArtifactStorage
+        from deploy.migrations import FOLDER
 
         self.settings = settings
         self.base_model = settings.base_model

@@ -288,7 +288,7 @@ class ModelHost:
 
         out: list[Completion | BaseException | None] = [None] * len(calls)
         rows = []
-        for i, (version, messages, max_tokens, temperature, _seed, _top_p) in enumerate(calls):
+        for i, (version, _messages, _max_tokens, _temperature, _seed, _top_p) in enumerate(calls):
             if version is not None and version not in self.resident:
                 out[i] = ServingError(f"adapter {version!r} is not loaded on this replica")
             else:
@@ -345,7 +345,7 @@ class ModelHost:
     def generate_future(self, version: str | None, prompt: list[dict] | list[int], max_tokens: int,
                         temperature: float, seed: int | None, top_p: float = 1.0) -> Future:
         """Queue one generation; `prompt` is chat messages, or token ids from `encode` (serving's path)."""
-        ids = prompt if not prompt or isinstance(prompt[0], int) else self.encode(prompt)  # type: ignore[arg-type]
+        ids = prompt if not prompt or isinstance(prompt[0], int) else self.encode(prompt)
         return self.submit(PRIORITY_REQUEST, self._generate, version, ids, max_tokens, temperature, seed, top_p)
 
 

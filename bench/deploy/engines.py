@@ -52,13 +52,12 @@ def rate(url: str, body: dict, headers: dict, concurrency: int, requests: int) -
 
 
 def _registry(work: Path, base: Path, redis_url: str):
-    from support.models import AdapterFactory
-
     from alignloop.core.db import open_store, session_scope
     from deploy import registry
     from deploy.artifacts import LocalArtifactStorage
     from deploy.keys import create_serving_key
     from deploy.settings import DeploySettings
+    from support.models import AdapterFactory
 
     settings = DeploySettings(artifact_root=work / "artifacts", store_url=f"sqlite:///{work / 'store.db'}",
                               redis_url=redis_url, control_channel=f"bench:{uuid.uuid4().hex}",
@@ -102,11 +101,10 @@ def main() -> None:
     ap.add_argument("--redis-url", default="redis://127.0.0.1:6379/14")
     args = ap.parse_args()
 
-    from support.models import PROMPT, build_tiny_base_model
-    from support.ports import free_port
-
     from deploy.settings import DeploySettings
     from deploy.vllm_env import VllmLaunch, start_vllm, wait_vllm_ready
+    from support.models import PROMPT, build_tiny_base_model
+    from support.ports import free_port
 
     new_tokens, rounds = 48, (1 if args.quick else 5)
     per = {1: 4 if args.quick else 16, 32: 32 if args.quick else 96}

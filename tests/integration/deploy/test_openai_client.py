@@ -4,9 +4,9 @@ top_p, seed, n=1, models.list(), and a 400 naming the field for what is not supp
 from __future__ import annotations
 
 import pytest
-from support.models import PROMPT, wait_for
 
 from deploy import registry
+from support.models import PROMPT, wait_for
 
 pytestmark = [pytest.mark.redis]
 
@@ -15,9 +15,9 @@ pytestmark = [pytest.mark.redis]
 def router(request, deploy_env):
     """(openai client, base URL, backend) for a router on one backend; the vLLM servers are shared per session."""
     import openai
-    from support.servers import serve_in_thread
 
     from deploy.serving import create_app
+    from support.servers import serve_in_thread
 
     update = {"model_name": "tiny", "max_queue_per_key": deploy_env.settings.max_queue}
     if request.param == "vllm":

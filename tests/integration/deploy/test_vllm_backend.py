@@ -12,9 +12,9 @@ from typing import Self
 
 import httpx
 import pytest
-from support.models import PROMPT, wait_for
 
 from deploy import registry
+from support.models import PROMPT, wait_for
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 CLIENTS = 20
@@ -115,9 +115,8 @@ def _closest(text: str, reference: dict[str | None, str]) -> str | None:
 def vllm_router(deploy_env, vllm_servers, request):
     """(URL, serving key, settings) of a router over the session's vLLM servers. It re-reads the registry every
     30 s unless a test passes another interval (indirect parameter): moves reach it by the Redis message."""
-    from support.servers import serve_in_thread
-
     from deploy.serving import create_app
+    from support.servers import serve_in_thread
 
     settings = deploy_env.settings.model_copy(update={
         **vllm_servers.router_settings(), "model_name": "tiny", "max_queue": 64, "max_queue_per_key": 64,
