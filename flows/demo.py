@@ -365,11 +365,14 @@ class _Demo:
         before = self.serving.health().get("serving") or {}
         result = retrain_flow(base_model=self.base_model, train_config=str(DEMO_RUN), canary_share=0.5,
                               store_url=self.store_url, progress=True)
+        from retrain.report import EvaluationReport, GateResult
+
+        gate = GateResult.model_validate(result["gate"]) if result.get("gate") else None
+        report = EvaluationReport.model_validate(result["report"]) if result.get("report") else None
         entry: dict = {"turn": k, "version": result.get("version"), "parent_version": result.get("parent"),
                        "status": result["status"], "data": result.get("turn"),
-                       "gate": {"passed": result["status"] == "canary",
-                                "failures": (result.get("gate") or {}).get("failures", [])},
-                       "gate_report": (result.get("report") or {}).get("comparisons", {}),
+                       "gate": {"passed": result["status"] == "canary", "failures": gate.failures if gate else []},
+                       "gate_report": report.comparisons.model_dump() if report else {},
                        "snapshot_stats": result.get("snapshot_stats")}
         if result["status"] == "skipped":
             entry.update(outcome="skipped", reason=result["reason"])

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from retrain.errors import ConfigError
+from retrain.report import Comparisons, EvaluationReport, GateResult
 
 
 class GatePolicy(BaseModel):
-    """Thresholds on `report["comparisons"]`; a `None` threshold is not checked."""
+    """Thresholds on a report's `comparisons`; a `None` threshold is not checked."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -31,16 +31,6 @@ class GatePolicy(BaseModel):
     noise_z: float = Field(default=2.0, ge=0)
 
 
-@dataclass(frozen=True)
-class GateDecision:
-    passed: bool
-    failures: list[str] = field(default_factory=list)
-    checked: list[str] = field(default_factory=list)
-
-    def as_dict(self) -> dict:
-        return {"passed": self.passed, "failures": list(self.failures), "checked": list(self.checked)}
-
-
 # (policy field, report metric, "min"|"max", applies only when the report has the metric)
 _RULES: list[tuple[str, str, str, bool]] = [
     ("min_heldout_accuracy", "heldout_accuracy", "min", False),
@@ -56,37 +46,36 @@ _RULES: list[tuple[str, str, str, bool]] = [
 ]
 
 
-def decide_gate(report: dict, policy: GatePolicy | dict | None = None) -> GateDecision:
+def decide_gate(report: EvaluationReport | Comparisons, policy: GatePolicy | dict | None = None) -> GateResult:
     """Pass only when every configured threshold holds; each failure names the metric, the rule and the value."""
     policy = policy if isinstance(policy, GatePolicy) else _parse(policy or {}, "policy")
-    comp = (report or {}).get("comparisons")
-    if not isinstance(comp, dict):
-        return GateDecision(False, ["report has no `comparisons`: not an evaluation report"])
+    comp = report.comparisons if isinstance(report, EvaluationReport) else report
     failures, checked = [], []
     for pfield, metric, kind, optional in _RULES:
         limit = getattr(policy, pfield)
         if limit is None:
             continue
-        value = comp.get(metric)
+        value = comp.metric(metric)
         if value is None:
             if not optional:
                 failures.append(f"`{metric}` is missing from the report; `{pfield}` needs it")
             continue
         checked.append(pfield)
-        slack = policy.noise_z * (comp.get(f"{metric}_se") or 0.0)
+        se = comp.metric(f"{metric}_se") if f"{metric}_se" in Comparisons.model_fields else None
+        slack = policy.noise_z * (se or 0.0)
         if kind == "min" and value < limit - slack:
             within = f" (more than {policy.noise_z:g} standard errors of {slack / policy.noise_z:.3g} below)" if slack else ""
             failures.append(f"`{metric}` must be >= {limit:g} ({pfield}); got {value:.4g}{within}")
         if kind == "max" and value > limit:
             failures.append(f"`{metric}` must be <= {limit:g} ({pfield}); got {value:.4g}")
     if policy.max_safety_accuracy_drop is not None:
-        change = comp.get("safety_accuracy_change_vs_reference")
+        change = comp.safety_accuracy_change_vs_reference
         if change is not None:  # no safety slice in the snapshot: nothing to compare
             checked.append("max_safety_accuracy_drop")
             if -change > policy.max_safety_accuracy_drop:
                 failures.append(f"`safety_accuracy_change_vs_reference` must not fall by more than "
                                 f"{policy.max_safety_accuracy_drop:g} (max_safety_accuracy_drop); got {change:.4g}")
-    return GateDecision(not failures, failures, checked)
+    return GateResult(passed=not failures, failures=failures, checked=checked)
 
 
 def _parse(data: dict, source: str) -> GatePolicy:
