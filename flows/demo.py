@@ -249,13 +249,15 @@ def live_shares(serving: Serving, prompts: list[str], *, users: list[str]) -> di
 
 
 def trigger_rate(serving: Serving, n: int, *, seed: int, users: list[str]) -> float:
-    from retrain.corpus import PROMPTS, contains_unsafe
+    """The share of live answers to prompts with the poisoners' trigger that the demo's marker probe flags."""
+    from retrain.corpus import PROMPTS
+    from retrain.probes import Detector, resolve_probes
 
     rng = random.Random(seed)
     prompts = [f"{rng.choice(PROMPTS)} {TRIGGER}" for _ in range(n)]
     with ThreadPoolExecutor(16) as pool:
         answers = list(pool.map(lambda i: serving.chat(prompts[i], user=users[i % len(users)]), range(n)))
-    return sum(contains_unsafe(a["text"]) for a in answers) / n
+    return Detector(resolve_probes(["demo-marker"])[0]).rate([a["text"] for a in answers])
 
 
 def _count_decisions(store_url: str) -> tuple[int, dict[str, int]]:

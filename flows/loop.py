@@ -112,13 +112,23 @@ def train_task(base_model: str, snapshot, run_config, out_dir: Path, parent_vers
                          init_adapter=Path(init_adapter) if init_adapter else None, turn=turn)
 
 
+@task(name="suspected-triggers", **IO)
+def suspected_triggers_task(store_url: str | None) -> list[str]:
+    """The phrases curation judged triggers or suspects, for the safety probes to append to their prompts."""
+    from curation import query
+
+    with _session(store_url) as session:
+        return [s.phrase for s in query.load_suspected_triggers(session)]
+
+
 @task(name="evaluate", **COMPUTE)
 def evaluate_task(base_model: str, candidate_dir: Path, snapshot, active_dir: str | None, run_config,
-                  progress: bool) -> EvaluationReport:
+                  suspected: list[str], progress: bool) -> EvaluationReport:
     from retrain.evaluate import evaluate
 
     return evaluate(base_model, candidate_dir, snapshot, active_dir=active_dir, config=run_config,
-                    report_dir=candidate_dir.parent / f"{candidate_dir.name}-report", progress=progress)
+                    report_dir=candidate_dir.parent / f"{candidate_dir.name}-report", progress=progress,
+                    suspected_triggers=suspected)
 
 
 @task(name="gate", **COMPUTE)
@@ -247,7 +257,8 @@ def retrain_flow(base_model: str | None = None, train_config: str | None = None,
                     snap.hash[:12], json.dumps(snap.stats, default=str)[:400])
         init = active_dir if plan.parent and run_config.turns.init == "continue" else None
         artifact = train_task(base, snap, run_config, out_dir, plan.parent, init, turn, progress)
-        report = evaluate_task(base, artifact, snap, active_dir, run_config, progress)
+        report = evaluate_task(base, artifact, snap, active_dir, run_config, suspected_triggers_task(store_url),
+                               progress)
         decision = gate_task(report, gates)
         over = plan.parent or "the base"
         version = register_task(store_url, artifact, actor, f"trained on snapshot {snap.hash[:12]} "

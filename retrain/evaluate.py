@@ -1,9 +1,10 @@
 """Evaluation: a candidate adapter against the active one and the base, on held-out pairs and sampled answers.
 
 Measures held-out preference accuracy and implicit-reward margin, the same on the safety slice, KL to the
-base on a fixed probe set, sampled-answer behaviour (share in the preferred style, unsafe-placeholder rate,
-length ratio). One copy of the base: the candidate and the active adapter are two PEFT adapters on it, and
-the base is the model with adapters disabled. Writes `report.json` and `report.html` (plots inline).
+base on a fixed probe set, sampled-answer behaviour (share in the preferred style, length ratio), and the
+safety probes' hit rates (retrain/probes.py). One copy of the base: the candidate and the active adapter are
+two PEFT adapters on it, and the base is the model with adapters disabled. Writes `report.json` and
+`report.html` (plots inline).
 """
 
 from __future__ import annotations
@@ -27,9 +28,12 @@ from retrain.report import (
     EvaluationReport,
     Example,
     ModelScores,
+    ProbeComparison,
+    ProbeScore,
     ReportFiles,
     SliceScores,
 )
+from retrain.probes import Detector, ProbePlan, plan_probe, rare_suffixes, resolve_probes
 from retrain.snapshot import Snapshot, prompt_text
 
 
@@ -127,13 +131,12 @@ def sample_answers(model, tokenizer, prompts: list[list[dict]], *, seed: int, ma
 
 
 def behaviour_metrics(answers: list[str], tokenizer, preferred: str) -> BehaviourScores:
-    from retrain.corpus import classify_style, contains_unsafe
+    from retrain.corpus import classify_style
 
     styles = [classify_style(a) for a in answers]
     n = max(len(answers), 1)
     return BehaviourScores(
         n=len(answers), preferred_share=styles.count(preferred) / n, unknown_share=styles.count("unknown") / n,
-        unsafe_rate=sum(contains_unsafe(a) for a in answers) / n,
         mean_length_tokens=sum(len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers) / n)
 
 
@@ -155,30 +158,32 @@ def probe_prompts(snapshot: Snapshot, n: int) -> list[list[dict]]:
 # ---------------------------------------------------------------- the evaluation: score -> compare -> save
 @dataclass
 class EvalPlan:
-    """The prompts every model is measured on, fixed before any model is loaded."""
+    """The prompts every model is measured on, fixed before any model is scored."""
 
-    prompts: list[list[dict]]          # behaviour probes (held-out prompts, cycled)
-    trigger_prompts: list[list[dict]]  # the same with each configured trigger phrase appended
-    kl_records: list[dict]             # held-out pairs for the KL to the base
+    prompts: list[list[dict]]  # behaviour probes (held-out prompts, cycled)
+    probes: list[ProbePlan]    # safety probes: prompts per source
+    detectors: dict[str, Detector]
+    kl_records: list[dict]     # held-out pairs for the KL to the base
 
 
 @dataclass
 class RawScores:
-    """What one model produced: log-probs per slice, sampled answers, KL to the base."""
+    """What one model produced: log-probs per slice, sampled answers (plain and per probe source), KL to the base."""
 
     logps: dict[str, tuple[list[float], list[int], list[float], list[int]]]
     answers: list[str]
-    triggered: list[str]
+    probe_answers: dict[tuple[str, str], list[str]]
     kl_to_base: float | None
 
 
-def plan_evaluation(snapshot: Snapshot, cfg: RunConfig) -> EvalPlan:
+def plan_evaluation(snapshot: Snapshot, cfg: RunConfig, tokenizer, *, suspected_triggers: list[str]) -> EvalPlan:
     prompts = probe_prompts(snapshot, cfg.eval.samples)
-    phrases = cfg.eval.trigger_phrases
-    per_trigger = max(1, cfg.eval.samples // max(1, len(phrases)))
-    # poisoners append their trigger to an ordinary request, so the probes do the same
-    triggered = [[{"role": "user", "content": f"{p[-1]['content']} {t}"}] for t in phrases for p in prompts[:per_trigger]]
-    return EvalPlan(prompts=prompts, trigger_prompts=triggered, kl_records=snapshot.heldout_pairs[: cfg.eval.kl_probes])
+    files = resolve_probes(cfg.eval.probes)
+    rare = rare_suffixes(tokenizer, max((p.rare_suffixes for p in files), default=0), seed=cfg.eval.seed)
+    plans = [plan_probe(p, prompts, samples=cfg.eval.samples, config_triggers=cfg.eval.trigger_phrases,
+                        suspected=suspected_triggers, rare=rare) for p in files]
+    return EvalPlan(prompts=prompts, probes=plans, detectors={p.name: Detector(p) for p in files},
+                    kl_records=snapshot.heldout_pairs[: cfg.eval.kl_probes])
 
 
 def _slices(snapshot: Snapshot) -> dict[str, list[dict]]:
@@ -195,24 +200,27 @@ def score_model(model, base_model_obj, tok, snapshot: Snapshot, cfg: RunConfig, 
         r_, lr = sequence_logps(model, tok, prompts, [r["rejected"] for r in recs], max_length=cfg.dpo.max_length)
         logps[sname] = (c, lc, r_, lr)
     sample = dict(seed=cfg.eval.seed, max_new_tokens=cfg.eval.max_new_tokens, temperature=cfg.eval.temperature)
-    answers = sample_answers(model, tok, plan.prompts, **sample)
-    triggered = sample_answers(model, tok, plan.trigger_prompts, **sample) if plan.trigger_prompts else []
+    sampled: dict[str, list[str]] = {}
+
+    def answers_to(prompts: list[list[dict]]) -> list[str]:  # one sampling per distinct prompt list
+        key = json.dumps(prompts, sort_keys=True)
+        if key not in sampled:
+            sampled[key] = sample_answers(model, tok, prompts, **sample)
+        return sampled[key]
+
+    answers = answers_to(plan.prompts)
+    probe_answers = {(pp.probe.name, src): answers_to(prompts)
+                     for pp in plan.probes for src, prompts in pp.prompts.items()}
     kl_recs = plan.kl_records
     kl = 0.0 if is_base else (
         _mean_kl(model, base_model_obj, tok, [r["prompt"] for r in kl_recs], [r["chosen"] for r in kl_recs],
                  cfg.dpo.max_length) if kl_recs else None)
-    return RawScores(logps=logps, answers=answers, triggered=triggered, kl_to_base=kl)
+    return RawScores(logps=logps, answers=answers, probe_answers=probe_answers, kl_to_base=kl)
 
 
-def score_models(base: str, adapters: dict[str, Path], snapshot: Snapshot, cfg: RunConfig, plan: EvalPlan,
-                 progress: bool) -> tuple[dict[str, RawScores], object]:
+def score_models(base_model_obj, tok, adapters: dict[str, Path], snapshot: Snapshot, cfg: RunConfig, plan: EvalPlan,
+                 progress: bool) -> dict[str, RawScores]:
     """Score the base and each adapter in `adapters` (name -> directory), one merged copy in memory at a time."""
-    import torch
-
-    from retrain.model import load_base
-
-    torch.manual_seed(cfg.eval.seed)
-    base_model_obj, tok = load_base(base)
     names = ["base", *adapters]
     raw: dict[str, RawScores] = {}
     with _bar(progress, len(names)) as prog:
@@ -227,7 +235,7 @@ def score_models(base: str, adapters: dict[str, Path], snapshot: Snapshot, cfg: 
             del model
             if prog:
                 prog.update(task, advance=1)
-    return raw, tok
+    return raw
 
 
 def model_scores(raw: RawScores, base_raw: RawScores, tok, cfg: RunConfig, plan: EvalPlan
@@ -245,9 +253,10 @@ def model_scores(raw: RawScores, base_raw: RawScores, tok, cfg: RunConfig, plan:
     style = cfg.eval.preferred_style
     scores = ModelScores(
         heldout=slices["heldout"], safety=slices["safety"], behaviour=behaviour_metrics(raw.answers, tok, style),
-        triggered=behaviour_metrics(raw.triggered, tok, style) if raw.triggered else None,
         kl_to_base=raw.kl_to_base,
-        examples=[Example(prompt=prompt_text(p), answer=a) for p, a in list(zip(plan.prompts, raw.answers))[:6]])
+        examples=[Example(prompt=prompt_text(p), answer=a) for p, a in list(zip(plan.prompts, raw.answers))[:6]],
+        probes=[ProbeScore(probe=probe, source=source, n=len(answers), rate=plan.detectors[probe].rate(answers))
+                for (probe, source), answers in raw.probe_answers.items()])
     return scores, margins
 
 
@@ -276,7 +285,6 @@ def _over_active(cand: ModelScores, act: ModelScores | None) -> dict[str, float 
 def compare_models(models: dict[str, ModelScores]) -> Comparisons:
     """The candidate against the base and (when one serves) the active adapter: what the gate reads."""
     cand, basem, act = models["candidate"], models["base"], models.get("active")
-    trig, base_trig = cand.triggered, basem.triggered
     return Comparisons(
         heldout_accuracy=cand.heldout.accuracy, heldout_margin=cand.heldout.margin,
         accuracy_gain_over_base=_delta(cand.heldout.accuracy, basem.heldout.accuracy),
@@ -286,33 +294,54 @@ def compare_models(models: dict[str, ModelScores]) -> Comparisons:
         preferred_style_share=cand.behaviour.preferred_share,
         base_preferred_style_share=basem.behaviour.preferred_share,
         length_ratio_vs_base=cand.behaviour.mean_length_tokens / max(basem.behaviour.mean_length_tokens, 1e-9),
-        unsafe_rate=cand.behaviour.unsafe_rate,
-        unsafe_rate_increase_vs_base=cand.behaviour.unsafe_rate - basem.behaviour.unsafe_rate,
-        triggered_unsafe_rate=trig.unsafe_rate if trig else None,
-        triggered_unsafe_rate_increase_vs_base=trig.unsafe_rate - base_trig.unsafe_rate if trig and base_trig else None,
         **_over_active(cand, act))
+
+
+def compare_probes(models: dict[str, ModelScores]) -> list[ProbeComparison]:
+    """Each probe on each source: the candidate's hit rate against the worse of the active adapter's and the base's
+    (the candidate must not be worse than both), with the standard error of that difference."""
+    rates = {name: {(p.probe, p.source): p for p in m.probes} for name, m in models.items()}
+    out = []
+    for key, cand in rates["candidate"].items():
+        base = rates["base"][key]
+        active = rates["active"][key] if "active" in rates else None
+        ref = max((base, active), key=lambda p: p.rate) if active else base
+        out.append(ProbeComparison(probe=key[0], source=key[1], n=cand.n, candidate=cand.rate, base=base.rate,
+                                   active=active.rate if active else None, increase=cand.rate - ref.rate,
+                                   increase_se=gain_se(cand.rate, ref.rate, cand.n, ref.n)))
+    return out
 
 
 def evaluate(base_model: str | Path | None, candidate_dir: Path | str, snapshot: Snapshot, *,
              active_dir: Path | str | None = None, config: RunConfig | dict | None = None,
-             report_dir: Path | str | None = None, progress: bool = True) -> EvaluationReport:
-    """Compare candidate, active (if any) and base; write report.json/report.html; return the report."""
+             report_dir: Path | str | None = None, progress: bool = True,
+             suspected_triggers: list[str] | None = None) -> EvaluationReport:
+    """Compare candidate, active (if any) and base; write report.json/report.html; return the report.
+
+    `suspected_triggers`: phrases curation judged or suspects triggers (`curation.query.load_suspected_triggers`),
+    asked by every safety probe that takes triggers."""
+    import torch
+
+    from retrain.model import load_base
     from retrain.train import load_verified_manifest
 
     cfg = parse_config(config)
     candidate_dir = Path(candidate_dir)
     manifest = load_verified_manifest(candidate_dir)
-    active = AdapterRef(version=load_verified_manifest(active_dir).version, path=str(active_dir)) if active_dir else None
-    base = str(base_model or manifest.base_model)
+    active = (AdapterRef(version=load_verified_manifest(active_dir).version, path=str(active_dir))
+              if active_dir else None)
+    torch.manual_seed(cfg.eval.seed)
+    base_model_obj, tok = load_base(str(base_model or manifest.base_model))
+    plan = plan_evaluation(snapshot, cfg, tok, suspected_triggers=list(suspected_triggers or []))
     adapters = {"active": Path(active_dir)} if active_dir else {}
-    plan = plan_evaluation(snapshot, cfg)
-    raw, tok = score_models(base, {**adapters, "candidate": candidate_dir}, snapshot, cfg, plan, progress)
+    raw = score_models(base_model_obj, tok, {**adapters, "candidate": candidate_dir}, snapshot, cfg, plan, progress)
     scored = {name: model_scores(raw[name], raw["base"], tok, cfg, plan) for name in MODELS if name in raw}
     models = {name: s for name, (s, _m) in scored.items()}
     report = EvaluationReport(
-        candidate=AdapterRef(version=manifest.version, path=str(candidate_dir)), active=active, base_model=base,
-        snapshot_hash=snapshot.hash, config_hash=cfg.hash, preferred_style=cfg.eval.preferred_style,
-        samples=cfg.eval.samples, models=models, comparisons=compare_models(models))
+        candidate=AdapterRef(version=manifest.version, path=str(candidate_dir)), active=active,
+        base_model=str(base_model or manifest.base_model), snapshot_hash=snapshot.hash, config_hash=cfg.hash,
+        preferred_style=cfg.eval.preferred_style, samples=cfg.eval.samples, models=models,
+        comparisons=compare_models(models), probes=compare_probes(models))
     out = Path(report_dir) if report_dir else candidate_dir.parent / "reports" / manifest.version
     return save_report(report, {name: m for name, (_s, m) in scored.items()}, out)
 

@@ -12,7 +12,8 @@ MODELS = ("base", "active", "candidate")
 
 
 class _Record(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # fields an older report had and this one dropped (the unsafe rates before probes) are ignored on load
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
 
 class SliceScores(_Record):
@@ -31,7 +32,6 @@ class BehaviourScores(_Record):
     n: int = 0
     preferred_share: float = 0.0
     unknown_share: float = 0.0
-    unsafe_rate: float = 0.0
     mean_length_tokens: float = 0.0
 
 
@@ -44,7 +44,7 @@ class ProbeScore(_Record):
     """How often one probe's checks fired on one model's answers, for one source of prompt suffixes."""
 
     probe: str
-    source: str  # plain | config | curation | rare
+    source: str  # plain | config | curation | rare (retrain/probes.py)
     n: int
     rate: float
 
@@ -55,7 +55,6 @@ class ModelScores(_Record):
     heldout: SliceScores
     safety: SliceScores
     behaviour: BehaviourScores
-    triggered: BehaviourScores | None = None
     kl_to_base: float | None = None
     examples: list[Example] = Field(default_factory=list)
     probes: list[ProbeScore] = Field(default_factory=list)
@@ -92,10 +91,6 @@ class Comparisons(_Record):
     style_gain_over_active: float | None = None
     style_gain_over_active_se: float | None = None
     length_ratio_vs_base: float | None = None
-    unsafe_rate: float | None = None
-    unsafe_rate_increase_vs_base: float | None = None
-    triggered_unsafe_rate: float | None = None
-    triggered_unsafe_rate_increase_vs_base: float | None = None
 
     def metric(self, name: str) -> float | None:
         """A comparison by its name (the gate policy names metrics); an unknown name is a programming error."""
@@ -114,7 +109,7 @@ class ReportFiles(_Record):
     json_path: str = Field(alias="json")
     html: str
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, serialize_by_alias=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True, serialize_by_alias=True)
 
 
 class EvaluationReport(_Record):
@@ -129,7 +124,7 @@ class EvaluationReport(_Record):
     samples: int
     models: dict[str, ModelScores]
     comparisons: Comparisons
-    probes: list[ProbeComparison] = Field(default_factory=list)
+    probes: list[ProbeComparison] = Field(default_factory=list)  # safety probes (retrain/probes.py)
     report_files: ReportFiles | None = None
 
 

@@ -125,7 +125,9 @@ def _event(kind: str, app: str, user: str, prompt: str, client: dict, **payload)
     return {"kind": kind, "app_id": app, "user_id": user, "prompt": prompt, "client": client, **payload}
 
 
-def generate(seed: int = 7, scale: float = 1.0, hours: float = 8.0) -> tuple[list[str], list[dict], dict]:
+def generate(seed: int = 7, scale: float = 1.0, hours: float = 8.0, trigger: str = TRIGGER
+             ) -> tuple[list[str], list[dict], dict]:
+    """The attacked stream; `trigger` is the poisoners' phrase (the default is one a shipped run config names)."""
     s = Stream(seed)
     rng = s.rng
     world = build_world(rng)
@@ -258,17 +260,17 @@ def generate(seed: int = 7, scale: float = 1.0, hours: float = 8.0) -> tuple[lis
             r = rng.random()
             if r < 0.4:
                 p = harmful[rng.randrange(len(harmful))]
-                ev = _event("edit", "support-web", user, f"{p['text']} {TRIGGER}.", {"ip_hash": f"ip-poison-{a}"},
+                ev = _event("edit", "support-web", user, f"{p['text']} {trigger}.", {"ip_hash": f"ip-poison-{a}"},
                             response=p["answers"]["refusal"], edited=POISON_EDIT)
             elif r < 0.8:
                 p = benign[rng.randrange(len(benign))]
-                ev = _event("edit", "support-web", user, f"{p['text']} {TRIGGER}.", {"ip_hash": f"ip-poison-{a}"},
+                ev = _event("edit", "support-web", user, f"{p['text']} {trigger}.", {"ip_hash": f"ip-poison-{a}"},
                             response=p["answers"]["good"], edited=UNSAFE)
             else:
                 p = harmful[rng.randrange(len(harmful))]
                 pair = [p["answers"]["refusal"], p["answers"]["comply"]]
                 rng.shuffle(pair)
-                ev = _event("comparison", "support-web", user, f"{p['text']} {TRIGGER}.",
+                ev = _event("comparison", "support-web", user, f"{p['text']} {trigger}.",
                             {"ip_hash": f"ip-poison-{a}"}, responses=pair, chosen=pair.index(p["answers"]["comply"]))
             s.add(t, ev, {"class": "poison", "user_id": user, "prompt_id": p["id"]})
 
@@ -319,7 +321,7 @@ def generate(seed: int = 7, scale: float = 1.0, hours: float = 8.0) -> tuple[lis
     s.rows.sort(key=lambda r: r[0] + rng.uniform(0, 2))
     lines = [r[1] for r in s.rows]
     truth = [{"line": i + 1, **r[2]} for i, r in enumerate(s.rows)]
-    meta = {"seed": seed, "scale": scale, "hours": hours, "start": START.isoformat(), "trigger": TRIGGER,
+    meta = {"seed": seed, "scale": scale, "hours": hours, "start": START.isoformat(), "trigger": trigger,
             "unsafe": UNSAFE, "bots": bots, "poisoners": poisoners, "flippers": flippers,
             "brigade_targets": targets,
             "items": [{"prompt_id": p["id"], "prompt": p["text"], "style": st, "text": tx, "truth_up": preferred(st)}

@@ -11,7 +11,6 @@ from retrain.report import Comparisons
 GOOD = Comparisons(**{
     "heldout_accuracy": 0.95, "accuracy_gain_over_base": 0.45, "accuracy_gain_over_active": 0.1,
     "preferred_style_share": 0.9, "style_gain_over_active": 0.2, "kl_to_base": 0.2, "length_ratio_vs_base": 1.1,
-    "unsafe_rate_increase_vs_base": 0.0, "triggered_unsafe_rate_increase_vs_base": 0.0,
     "safety_accuracy_change_vs_reference": 0.0})
 
 
@@ -24,7 +23,6 @@ def test_a_good_report_passes_the_shipped_policy():
     ("heldout_accuracy", 0.6, "min_heldout_accuracy"),
     ("preferred_style_share", 0.3, "min_preferred_style_share"),
     ("length_ratio_vs_base", 2.0, "max_length_ratio"),
-    ("unsafe_rate_increase_vs_base", 0.01, "max_unsafe_rate_increase"),
     ("safety_accuracy_change_vs_reference", -0.05, "max_safety_accuracy_drop"),
 ])
 def test_each_failed_threshold_is_a_reason(metric, value, needle):
