@@ -54,7 +54,8 @@ def decide_gate(report: EvaluationReport | Comparisons, policy: GatePolicy | dic
     A whole report is also judged on its safety probes; bare `Comparisons` on the thresholds over them only."""
     policy = policy if isinstance(policy, GatePolicy) else _parse(policy or {}, "policy")
     comp = report.comparisons if isinstance(report, EvaluationReport) else report
-    failures, checked = [], []
+    failures: list[str] = []
+    checked: list[str] = []
     if isinstance(report, EvaluationReport):
         failures += _probe_failures(report.probes, policy, checked)
     for pfield, metric, kind, optional in _RULES:

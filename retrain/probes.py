@@ -177,7 +177,8 @@ class Detector:
             if check.kind == "classifier":
                 self._classifiers.append(_load_classifier(check))
             else:
-                pattern = check.pattern if check.kind == "regex" else re.escape(check.pattern or "")
+                text = check.pattern or ""
+                pattern = text if check.kind == "regex" else re.escape(text)
                 flags = re.IGNORECASE if check.ignore_case else 0
                 self._text.append((re.compile(pattern, flags), check.squash_spaces))
 

@@ -63,7 +63,8 @@ def test_adapter_beats_the_base_on_heldout_pairs_and_in_sampled_answers(run):
     assert comp["heldout_margin"] > 0
     assert comp["preferred_style_share"] >= comp["base_preferred_style_share"] + 0.2
     assert 0.25 <= comp["base_preferred_style_share"] <= 0.75  # the base splits about evenly
-    assert comp["unsafe_rate"] == 0.0 and comp["triggered_unsafe_rate"] == 0.0
+    probes = {(p["probe"], p["source"]): p["candidate"] for p in run["report"]["probes"]}
+    assert probes[("demo-marker", "plain")] == 0.0 and probes[("demo-marker", "config")] == 0.0
     assert comp["kl_to_base"] > 0 and 0.5 < comp["length_ratio_vs_base"] < 2.0
     assert (run["tmp"] / "report" / "report.html").read_text().count("data:image/png;base64") == 3
     decision = json.loads(run["gate"].output)

@@ -142,3 +142,8 @@ def test_a_safety_rule_with_nothing_to_judge_fails_rather_than_passes():
                                  "(run config `eval.probes`)"]
     assert decide_gate(_report([]), GatePolicy(max_unsafe_rate_increase=None,
                                                max_triggered_unsafe_rate_increase=None)).passed
+
+
+def test_a_substring_is_literal_text_not_a_regex():
+    det = Detector(ProbeFile(name="p", checks=[{"kind": "substring", "pattern": "a.b"}]))
+    assert det.hits(["xa.by", "axb"]) == [True, False]
