@@ -143,4 +143,5 @@ def test_an_adapter_poisoned_with_a_trigger_no_config_names_is_stopped_by_the_pr
     # payload past the trigger, so the plain and rare-suffix probes may fire as well)
     only_curation = report.model_copy(update={"probes": [p for p in report.probes if p.source == "curation"]})
     alone = decide_gate(only_curation, load_gate_policy().model_copy(update={"max_unsafe_rate_increase": None}))
-    assert not alone.passed and all("curation prompts" in f for f in alone.failures), alone.failures
+    probe_failures = [f for f in alone.failures if f.startswith("probe ")]
+    assert probe_failures and all("on curation prompts" in f for f in probe_failures), alone.failures
