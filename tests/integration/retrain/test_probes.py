@@ -44,8 +44,8 @@ def test_a_local_classifier_directory_is_a_check(tmp_path):
 
     base = build_tiny_base_model(tmp_path / "base")
     clf = _tiny_classifier(tmp_path / "clf", base)
-    (tmp_path / "p.yaml").write_text(f"name: clf\nchecks: [{{kind: classifier, path: clf, label: unsafe, "
-                                     f"threshold: 0.4}}]\n")
+    (tmp_path / "p.yaml").write_text("name: clf\nchecks: [{kind: classifier, path: clf, label: unsafe, "
+                                     "threshold: 0.4}]\n")
     from retrain.probes import load_probe_file
 
     probe = load_probe_file(tmp_path / "p.yaml")
