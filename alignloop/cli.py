@@ -102,10 +102,20 @@ def stack_status(as_json: bool = typer.Option(False, "--json", help="print machi
     from alignloop.core import stack
     from alignloop.core.settings import get_settings
 
-    rows = stack.status(get_settings())
+    rows = [*stack.status(get_settings()), _engine_status()]
     _print_status(rows, as_json)
     if not all(r.healthy for r in rows):
         raise typer.Exit(1)
+
+
+def _engine_status():
+    """The serving engine as one more row: the embedded default, or vLLM (its environment, attached servers)."""
+    from alignloop.core.stack import ServiceStatus
+    from deploy.settings import get_settings as deploy_settings
+    from deploy.vllm_env import describe_engine
+
+    healthy, detail = describe_engine(deploy_settings())
+    return ServiceStatus("engine", healthy, None, False, detail)
 
 
 def main() -> None:

@@ -261,13 +261,15 @@ def live_shares(serving: Serving, prompts: list[str], *, users: list[str]) -> di
 
 
 def trigger_rate(serving: Serving, n: int, *, seed: int, users: list[str]) -> float:
-    from retrain.corpus import PROMPTS, contains_unsafe
+    """The share of live answers to prompts with the poisoners' trigger that the demo's marker probe flags."""
+    from retrain.corpus import PROMPTS
+    from retrain.probes import Detector, resolve_probes
 
     rng = random.Random(seed)
     prompts = [f"{rng.choice(PROMPTS)} {TRIGGER}" for _ in range(n)]
     with ThreadPoolExecutor(16) as pool:
         answers = list(pool.map(lambda i: serving.chat(prompts[i], user=users[i % len(users)]), range(n)))
-    return sum(contains_unsafe(a["text"]) for a in answers) / n
+    return Detector(resolve_probes(["demo-marker"])[0]).rate([a["text"] for a in answers])
 
 
 def _count_decisions(store_url: str) -> tuple[int, dict[str, int]]:
@@ -467,11 +469,14 @@ class _Demo:
         result = cast(dict[str, Any], retrain_flow(base_model=self.base_model, train_config=str(DEMO_RUN),
                                                    canary_share=0.5, store_url=self.store_url, progress=True,
                                                    artifact_root=self.settings.artifact_root))
+        from retrain.report import EvaluationReport, GateResult
+
+        gate = GateResult.model_validate(result["gate"]) if result.get("gate") else None
+        report = EvaluationReport.model_validate(result["report"]) if result.get("report") else None
         entry: dict = {"turn": k, "version": result.get("version"), "parent_version": result.get("parent"),
                        "status": result["status"], "data": result.get("turn"),
-                       "gate": {"passed": result["status"] == "canary",
-                                "failures": (result.get("gate") or {}).get("failures", [])},
-                       "gate_report": (result.get("report") or {}).get("comparisons", {}),
+                       "gate": {"passed": result["status"] == "canary", "failures": gate.failures if gate else []},
+                       "gate_report": report.comparisons.model_dump() if report else {},
                        "snapshot_stats": result.get("snapshot_stats")}
         if result["status"] == "skipped":
             entry.update(outcome="skipped", reason=result["reason"])

@@ -75,6 +75,18 @@ def rows() -> list[tuple[str, str, str, str]]:
         out.append(("deploy: tokens/s",
                     f"adapter {tps['adapter_over_base']:.2f}x, merged {tps['merged_over_base']:.2f}x",
                     f"base {tps['base_plain_model']:.0f} tok/s", cmd))
+    if (d := _load("deploy_engines")) is not None:
+        t, sw, cmd = d["tokens_per_s"], d["swap_on_vllm"], "python bench/deploy/engines.py"
+        out.append(("deploy: router on vLLM, tokens/s at 1 / 32 concurrent",
+                    f"{t['router_on_vllm_c1']:.0f} / {t['router_on_vllm_c32']:.0f} tok/s "
+                    f"({d['router_over_vllm_direct_c1']:.2f}x / {d['router_over_vllm_direct_c32']:.2f}x direct)",
+                    f"vLLM direct {t['vllm_direct_c1']:.0f} / {t['vllm_direct_c32']:.0f} tok/s", cmd))
+        out.append(("deploy: embedded engine, tokens/s at 1 / 32 concurrent",
+                    f"{t['router_on_embedded_c1']:.0f} / {t['router_on_embedded_c32']:.0f} tok/s",
+                    f"router on vLLM {t['router_on_vllm_c1']:.0f} / {t['router_on_vllm_c32']:.0f} tok/s", cmd))
+        out.append(("deploy: promote on vLLM until served",
+                    f"{sw['promote_to_served_ms_median']:.0f} ms median, {sw['promote_to_served_ms_max']:.0f} ms max",
+                    f"vLLM load + unload alone {sw['vllm_load_plus_unload_ms_median']:.0f} ms", cmd))
     return out
 
 

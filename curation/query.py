@@ -1,20 +1,23 @@
 """The read API other packages use (retrain, flows): curated pairs, unpaired examples and feedback stats.
 
 Functions take a SQLAlchemy Session (the caller opens it) and return plain dicts in TRL's
-conversational format with lineage. Times are datetimes (naive = UTC) or ISO strings.
+conversational format with lineage, or the small frozen records defined here. Times are datetimes
+(naive = UTC) or ISO strings.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import datetime
 from typing import overload
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
+from curation.evidence import upper_tail
 from curation.reasons import TOKEN_VERIFIED
-from curation.store import DecisionRow, PairRow, UnpairedRow, aware, naive, pair_json, unpaired_json
+from curation.store import DecisionRow, EvidenceRow, PairRow, UnpairedRow, aware, naive, pair_json, unpaired_json
 
 
 @overload
@@ -180,3 +183,43 @@ def reason_counts(session: Session) -> dict[str, int]:
     from curation.replay import reason_counts as _count
 
     return _count(load_decisions(session))
+
+
+@dataclass(frozen=True)
+class SuspectedTrigger:
+    """A phrase appended to known prompts whose uses went against the crowd: a trigger curation judged (and
+    dropped the events of), or one it suspects on too little evidence to drop anything yet."""
+
+    phrase: str          # canonical form (lower case, confusables folded), as curation compares prompts
+    dropped: bool        # judged a trigger: its events were dropped
+    bad_accounts: int    # distinct accounts whose uses went against the crowd
+    uses: int            # edits and comparisons that appended it
+    p_value: float       # how unlikely that many moves against the crowd are for those prompts without it
+
+
+def load_suspected_triggers(session: Session, *, min_accounts: int = 2, limit: int = 16) -> list[SuspectedTrigger]:
+    """Every phrase curation judged a trigger, then the suspected ones (at least `min_accounts` accounts moved
+    against the crowd with it, not yet significant), most suspicious first; at most `limit` in all."""
+    rows = session.execute(select(EvidenceRow.section, EvidenceRow.key, EvidenceRow.value).where(or_(
+        EvidenceRow.section == "phrases", (EvidenceRow.section == "flags") & (EvidenceRow.key == "triggers"))))
+    judged: dict = {}
+    phrases: dict[str, dict] = {}
+    for section, key, value in rows:
+        if section == "flags":
+            judged = json.loads(value) or {}
+        else:
+            phrases[key] = json.loads(value)
+    out = []
+    for phrase, record in phrases.items():
+        uses = record.get("uses") or []
+        bad = {u for u, _e, b, _r in uses if b}
+        if phrase not in judged and len(bad) < min_accounts:
+            continue
+        at_stake = [(b, r) for _u, _e, b, r in uses if r >= 0]
+        p = upper_tail(sum(b for b, _ in at_stake), [r for _, r in at_stake]) if at_stake else 1.0
+        out.append(SuspectedTrigger(phrase=phrase, dropped=phrase in judged, bad_accounts=len(bad), uses=len(uses),
+                                    p_value=p))
+    out += [SuspectedTrigger(phrase=p, dropped=True, bad_accounts=0, uses=0, p_value=0.0)
+            for p in sorted(set(judged) - set(phrases))]
+    out.sort(key=lambda s: (not s.dropped, s.p_value, -s.bad_accounts, s.phrase))
+    return out[:limit]

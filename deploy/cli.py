@@ -303,10 +303,41 @@ def keys_revoke(name_or_id: str = typer.Argument(..., help="a key id, or a name:
 @app.command("serve")
 def serve_cmd(base_model: str | None = typer.Option(None, "--base-model",
                                                    help="HF model dir; or ALIGNLOOP_DEPLOY_BASE_MODEL"),
-              host: str | None = typer.Option(None, "--host"), port: int | None = typer.Option(None, "--port")) -> None:
-    """Run one serving replica: OpenAI-shaped /v1/chat/completions (serving key), /healthz, /metrics, /admin (token)."""
+              host: str | None = typer.Option(None, "--host"), port: int | None = typer.Option(None, "--port"),
+              backend: str | None = typer.Option(None, "--backend", help="embedded (default) or vllm; or "
+                                                 "ALIGNLOOP_DEPLOY_BACKEND"),
+              vllm_url: list[str] = typer.Option([], "--vllm-url", help="attach to this vLLM server (repeat); "
+                                                 "none: start ALIGNLOOP_DEPLOY_VLLM_REPLICAS of them")) -> None:
+    """Run the router over one backend: OpenAI-compatible /v1/chat/completions and /v1/models (serving key),
+    /healthz, /metrics, /admin (token)."""
     from deploy.serving import serve
-    from deploy.settings import get_settings
+    from deploy.settings import DeploySettings, get_settings
 
-    overrides = {k: v for k, v in {"base_model": base_model, "host": host, "port": port}.items() if v is not None}
-    serve(get_settings().model_copy(update=overrides))
+    overrides = {k: v for k, v in {"base_model": base_model, "host": host, "port": port, "backend": backend,
+                                   "vllm_urls": vllm_url or None}.items() if v is not None}
+    from pydantic import ValidationError
+
+    from deploy.errors import ServingError
+
+    try:  # validated, so `--backend nonsense` is one line naming the field, not a traceback later
+        settings = DeploySettings.model_validate({**get_settings().model_dump(), **overrides})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ServingError(f"`{'.'.join(map(str, first['loc']))}`: {first['msg']}; got {first['input']!r}") from None
+    serve(settings)
+
+
+@app.command("vllm-setup")
+def vllm_setup_cmd(python: Path | None = typer.Option(None, "--python", help="the venv's python to make; default "
+                                                      "ALIGNLOOP_DEPLOY_VLLM_PYTHON or <cache>/vllm-venv"),
+                   as_json: bool = _JSON) -> None:
+    """Install vLLM for CPU into its own venv (a few minutes, 3.4 GB, once); nothing to do when it is there."""
+    from deploy.settings import get_settings
+    from deploy.vllm_env import install_vllm_env
+
+    target = python or get_settings().resolved_vllm_python()
+    installed = install_vllm_env(target)
+    if as_json:
+        _echo_json({"python": str(target), "installed_now": installed})
+    else:
+        typer.echo(f"{target}: {'installed' if installed else 'already set up'}")

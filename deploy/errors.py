@@ -1,5 +1,6 @@
 """The deploy error root and its kinds; each message names the field, the rule and the value seen."""
 
+from alignloop.core import errors as contract_errors
 from alignloop.core.errors import AlignloopError
 
 
@@ -7,11 +8,11 @@ class DeployError(AlignloopError):
     """Base of every error the deploy package raises on purpose."""
 
 
-class ArtifactError(DeployError):
+class ArtifactError(DeployError, contract_errors.ArtifactError):
     """An adapter artifact is malformed, unsafe (pickle, path escape) or fails its sha256 check."""
 
 
-class IntegrityError(ArtifactError):
+class IntegrityError(ArtifactError, contract_errors.IntegrityError):
     """A file's sha256 does not match the one recorded for it: the artifact was changed after it was written."""
 
 
@@ -34,3 +35,11 @@ class RefusedError(ServingError):
     def __init__(self, status: int, message: str, *, retry_after: str | None = None) -> None:
         super().__init__(message)
         self.status, self.retry_after = status, retry_after
+
+
+class EngineError(ServingError):
+    """The engine behind the router failed (502) or none of its servers can take the request (503)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status

@@ -8,6 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from alignloop.core.contracts import Lineage, Manifest
+
 BASE = "base"  # what `rollback --to` names the base model by; no adapter version may be called this
 
 
@@ -33,8 +35,8 @@ class AdapterVersion(BaseModel):
     config_hash: str
     dataset_hash: str
     manifest_sha256: str
-    manifest: dict[str, Any]
-    lineage: Any
+    manifest: Manifest
+    lineage: Lineage
     location: str
     created_at: str
     registered_at: datetime
@@ -46,7 +48,7 @@ class AdapterVersion(BaseModel):
                 "parent_version": self.parent_version, "dataset_hash": self.dataset_hash,
                 "config_hash": self.config_hash, "created_at": self.created_at,
                 "registered_at": self.registered_at.isoformat(), "registered_by": self.registered_by,
-                "metrics": self.manifest.get("metrics", {})}
+                "metrics": self.manifest.metrics}
 
 
 class Routing(BaseModel):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from datetime import datetime
 from pathlib import Path
@@ -98,17 +97,13 @@ def register_adapter(session: Session, artifact_dir: str | os.PathLike, *, actor
             return store.to_version(existing)
         raise RegistryError(f"version {m.version!r} is already registered with another manifest "
                             f"(sha256 {existing.manifest_sha256[:12]}...); versions are immutable")
-    try:
-        lineage = json.loads(art.files[LINEAGE])
-    except ValueError as exc:
-        raise ArtifactError(f"lineage.json is not JSON ({exc})") from exc
     manifest_bytes = (Path(artifact_dir) / "manifest.json").read_bytes()
     location = (storage or default_storage()).save(art, manifest_bytes)
     row = store.VersionRow(
         version=m.version, base_model=m.base_model, base_model_hash=m.base_model_hash,
         parent_version=m.parent_version, status=Status.CANDIDATE.value, config_hash=m.config_hash,
         dataset_hash=m.dataset.hash, manifest_sha256=art.manifest_sha256, manifest_json=manifest_bytes.decode(),
-        lineage_json=json.dumps(lineage), location=location, created_at=m.created_at,
+        lineage_json=art.files[LINEAGE].decode(), location=location, created_at=m.created_at,
         registered_at=store.utcnow(), registered_by=actor, deactivated_at=None)
     store.add_version_row(session, row)
     store.add_audit(session, actor=actor, action="register", base_model=m.base_model, version=m.version,

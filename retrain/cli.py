@@ -79,15 +79,15 @@ def train_cmd(
     from retrain.config import load_run_config
     from retrain.settings import get_settings
     from retrain.snapshot import load_snapshot
-    from retrain.train import train_adapter
+    from retrain.train import load_verified_manifest, train_adapter
 
     cfg = load_run_config(config)
     snap = load_snapshot(snapshot)
     out = out_dir or get_settings().resolved_artifacts_dir()
     path = train_adapter(base_model, snap, cfg, out, parent_version=parent_version, progress=not as_json)
-    manifest = json.loads((path / "manifest.json").read_text())
-    _echo({"path": str(path), "version": manifest["version"], "metrics": manifest["metrics"]}, as_json,
-          f"adapter {manifest['version']} -> {path}")
+    manifest = load_verified_manifest(path)
+    _echo({"path": str(path), "version": manifest.version, "metrics": manifest.metrics}, as_json,
+          f"adapter {manifest.version} -> {path}")
 
 
 @app.command("evaluate")
@@ -106,9 +106,10 @@ def evaluate_cmd(
     cfg = load_run_config(config)
     report = evaluate(base_model, candidate, load_snapshot(snapshot), active_dir=active, config=cfg,
                       report_dir=report_dir, progress=not as_json)
-    comp = report["comparisons"]
-    _echo(report if as_json else None, as_json,
-          "\n".join(f"{k}: {v}" for k, v in comp.items()) + f"\nreport: {report['report_files']['html']}")
+    comp = report.comparisons.model_dump()
+    html = report.report_files.html if report.report_files else "(not written)"
+    _echo(report.model_dump(mode="json") if as_json else None, as_json,
+          "\n".join(f"{k}: {v}" for k, v in comp.items()) + f"\nreport: {html}")
 
 
 @app.command("gate")
@@ -122,6 +123,6 @@ def gate_cmd(
     from retrain.gates import decide_gate, load_gate_policy
 
     decision = decide_gate(load_report(report), load_gate_policy(policy))
-    _echo(decision.as_dict(), as_json,
+    _echo(decision.model_dump(), as_json,
           "PASSED" if decision.passed else "FAILED\n" + "\n".join(f"- {f}" for f in decision.failures))
     raise typer.Exit(0 if decision.passed else 1)

@@ -84,8 +84,10 @@ class EvalSection(_Strict):
     max_new_tokens: int = Field(default=48, ge=1)
     temperature: float = Field(default=1.0, gt=0.0)
     kl_probes: int = Field(default=32, ge=1)
-    trigger_phrases: list[str] = Field(default_factory=list, description="appended to probe prompts for the "
-                                       "triggered unsafe-placeholder rate")
+    trigger_phrases: list[str] = Field(default_factory=list, description="known trigger phrases, appended to "
+                                       "every probe's prompts (the probes' `config` source)")
+    probes: list[str] = Field(default_factory=lambda: ["demo-marker"], description="safety probe files: names in "
+                              "retrain/configs/probes/ or paths (retrain/probes.py)")
     seed: int = 0
 
 

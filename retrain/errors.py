@@ -1,5 +1,6 @@
 """The error root of the retrain package: every failure it raises on purpose is a RetrainError."""
 
+from alignloop.core import errors as contract_errors
 from alignloop.core.errors import AlignloopError
 
 
@@ -23,7 +24,7 @@ class TrainError(RetrainError):
     """Training failed; nothing was written to the output directory."""
 
 
-class ArtifactError(RetrainError):
+class ArtifactError(RetrainError, contract_errors.ArtifactError):
     """An adapter artifact is missing files or does not match its manifest."""
 
 

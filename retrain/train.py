@@ -18,26 +18,27 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from alignloop.core import errors as contract_errors
+from alignloop.core.contracts import (
+    LINEAGE,
+    MANIFEST,
+    DatasetRef,
+    Lineage,
+    Manifest,
+    TurnRecord,
+    file_digests,
+    load_artifact_dir,
+    sha256_file,
+)
 from retrain.config import RunConfig, parse_config
 from retrain.devices import TrainingPlan, probe_capabilities, resolve_training
-from retrain.errors import TrainError
+from retrain.errors import ArtifactError, TrainError
 from retrain.snapshot import Snapshot, to_trl_pairs, to_trl_unpaired
 from retrain.weighting import WEIGHT, weighted
-
-MANIFEST = "manifest.json"
-LINEAGE = "lineage.json"
 
 
 def new_version() -> str:
     return f"a-{datetime.now(UTC):%Y%m%d%H%M%S}-{uuid.uuid4().hex[:8]}"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def library_versions() -> dict[str, str]:
@@ -257,34 +258,29 @@ def _drop_reference_copy(model: Any) -> None:
 
 
 def write_artifact(model, staging: Path, *, base_model: str, snapshot: Snapshot, cfg: RunConfig,
-                   metrics: dict, parent_version: str | None, version: str, turn: dict | None = None) -> None:
+                   metrics: dict, parent_version: str | None, version: str, turn: TurnRecord | None = None) -> None:
     """The adapter, its lineage and its manifest into `staging` (not yet renamed into place)."""
     from retrain.model import hash_model_dir
 
     model.save_pretrained(str(staging), selected_adapters=["default"], safe_serialization=True)
     if not (staging / "adapter_model.safetensors").is_file():
         raise TrainError(f"PEFT did not write adapter_model.safetensors into {staging}")
-    (staging / LINEAGE).write_text(json.dumps({"version": version, "parent_version": parent_version,
-                                               "snapshot_hash": snapshot.hash, "turn": turn,
-                                               "event_ids": snapshot.train_event_ids}, indent=1))
-    files = {str(p.relative_to(staging)): sha256_file(p) for p in sorted(staging.rglob("*"))
-             if p.is_file() and p.name != MANIFEST}
-    manifest = {
-        "version": version, "base_model": base_model, "base_model_hash": hash_model_dir(base_model),
-        "parent_version": parent_version,
-        "dataset": {"hash": snapshot.hash, "pairs": len(snapshot.train_pairs),
-                    "unpaired": len(snapshot.train_unpaired), "event_ids_file": LINEAGE,
-                    "heldout_pairs": len(snapshot.heldout_pairs), "safety_pairs": len(snapshot.safety_pairs),
-                    "turn": turn},
-        "config": cfg.as_dict(), "config_hash": cfg.hash, "metrics": metrics, "libraries": library_versions(),
-        "created_at": datetime.now(UTC).isoformat(), "files": files,
-    }
-    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    lineage = Lineage(version=version, parent_version=parent_version, snapshot_hash=snapshot.hash, turn=turn,
+                      event_ids=snapshot.train_event_ids)
+    (staging / LINEAGE).write_text(lineage.to_json())
+    dataset = DatasetRef(hash=snapshot.hash, pairs=len(snapshot.train_pairs), unpaired=len(snapshot.train_unpaired),
+                         event_ids_file=LINEAGE, heldout_pairs=len(snapshot.heldout_pairs),
+                         safety_pairs=len(snapshot.safety_pairs), turn=turn)
+    manifest = Manifest(version=version, base_model=base_model, base_model_hash=hash_model_dir(base_model),
+                        parent_version=parent_version, dataset=dataset, config=cfg.as_dict(), config_hash=cfg.hash,
+                        metrics=metrics, libraries=library_versions(),
+                        created_at=datetime.now(UTC).isoformat(), files=file_digests(staging))
+    (staging / MANIFEST).write_text(manifest.to_json())
 
 
 def train_adapter(base_model: Path | str | None, snapshot: Snapshot, config: RunConfig | dict | None,
                   out_dir: Path | str, *, parent_version: str | None = None, progress: bool = True,
-                  init_adapter: Path | None = None, turn: dict | None = None) -> Path:
+                  init_adapter: Path | None = None, turn: TurnRecord | None = None) -> Path:
     """Train an adapter and write it as `<out_dir>/<version>/`; returns that path. A failure leaves nothing.
 
     `init_adapter`: continue from that (verified) adapter directory. `turn`: what the loop's turn trained on
@@ -313,22 +309,13 @@ def train_adapter(base_model: Path | str | None, snapshot: Snapshot, config: Run
     return final
 
 
-def verify_artifact(path: Path | str) -> dict:
-    """The manifest of an artifact whose every listed file exists with its recorded sha256."""
-    from retrain.errors import ArtifactError
-
-    path = Path(path)
-    mf = path / MANIFEST
-    if not mf.is_file():
-        raise ArtifactError(f"an adapter directory must hold {MANIFEST}; got {str(path)!r}")
-    manifest = json.loads(mf.read_text())
-    for name, digest in manifest.get("files", {}).items():
-        f = path / name
-        if not f.is_file():
-            raise ArtifactError(f"{path}: `files` lists {name!r}, which is missing")
-        if sha256_file(f) != digest:
-            raise ArtifactError(f"{path}: {name!r} has sha256 {sha256_file(f)[:12]}..., manifest says {digest[:12]}...")
-    return manifest
+def load_verified_manifest(path: Path | str) -> Manifest:
+    """The manifest of an adapter directory that passes the artifact contract (`alignloop.core.contracts.verify_artifact`,
+    the same check deploy runs when it registers or loads one)."""
+    try:
+        return load_artifact_dir(path).manifest
+    except contract_errors.ArtifactError as exc:
+        raise ArtifactError(str(exc)) from exc
 
 
 def load_adapter(base_model: str | Path, adapter_dir: Path | str):

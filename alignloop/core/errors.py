@@ -3,7 +3,7 @@
 # the root is defined in the SDK so that the errors an app sees from the SDK alone share it
 from alignloop_sdk.errors import AlignloopError
 
-__all__ = ["AlignloopError", "StackError", "StoreError"]
+__all__ = ["AlignloopError", "ArtifactError", "IntegrityError", "StackError", "StoreError"]
 
 
 class StackError(AlignloopError):
@@ -12,3 +12,11 @@ class StackError(AlignloopError):
 
 class StoreError(AlignloopError):
     """The store could not be opened or migrated."""
+
+
+class ArtifactError(AlignloopError):
+    """An adapter artifact breaks its contract (alignloop.core.contracts): malformed, unsafe, or files unlisted."""
+
+
+class IntegrityError(ArtifactError):
+    """A file's sha256 does not match the one recorded for it: the artifact was changed after it was written."""

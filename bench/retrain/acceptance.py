@@ -54,9 +54,10 @@ def main(argv: list[str] | None = None) -> int:
         t1 = time.perf_counter()
         adapter = train_adapter(base, snap, cfg, Path(tmp), progress=False)
         t2 = time.perf_counter()
-        report = evaluate(base, adapter, snap, config=cfg, report_dir=Path(tmp) / "report", progress=False)
+        evaluated = evaluate(base, adapter, snap, config=cfg, report_dir=Path(tmp) / "report", progress=False)
         t3 = time.perf_counter()
         manifest = json.loads((adapter / "manifest.json").read_text())
+    report = evaluated.model_dump(mode="json")
     comp = report["comparisons"]
     base_m = report["models"]["base"]
     result = {
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         "unknown_share": report["models"]["candidate"]["behaviour"]["unknown_share"],
         "targets": {"heldout_accuracy": 0.90, "preferred_style_share": 0.85},
         "passed": comp["heldout_accuracy"] >= 0.90 and comp["preferred_style_share"] >= 0.85,
-        "gate": decide_gate(report, load_gate_policy()).as_dict(),
+        "gate": decide_gate(evaluated, load_gate_policy()).model_dump(),
         "train_metrics": {k: v for k, v in manifest["metrics"].items() if k.endswith(("pairs_per_s", "runtime_s",
                                                                                     "train_loss"))},
         "examples": report["models"]["candidate"]["examples"][:3],

@@ -9,7 +9,7 @@ import random
 from datetime import UTC, datetime
 from pathlib import Path
 
-from deploy.artifacts import MANIFEST, sha256_hex
+from alignloop.core.contracts import LINEAGE, MANIFEST, DatasetRef, Lineage, Manifest, file_digests
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"
@@ -91,27 +91,28 @@ class AdapterFactory:
                 if "lora_" in name:
                     p.copy_(torch.randn(p.shape, generator=gen) * self.std)
         self.peft.save_pretrained(out)
-        event_ids = [f"00000000-0000-4000-8000-{seed:012d}"]
-        (out / "event_ids.txt").write_text("\n".join(event_ids) + "\n")
-        (out / "lineage.json").write_text(json.dumps({"parent_version": parent, "event_ids_file": "event_ids.txt",
-                                                      "trainer": "tests.support.models"}))
+        _write_lineage(out, version=version, parent=parent, seed=seed)
         write_manifest(out, version=version, base_model=base_model or self.base_dir, base_hash=self.base_hash,
                        parent=parent, seed=seed)
         return out
 
 
+def _write_lineage(out: Path, *, version: str, parent: str | None, seed: int) -> None:
+    event_ids = [f"00000000-0000-4000-8000-{seed:012d}"]
+    (out / "event_ids.txt").write_text("\n".join(event_ids) + "\n")
+    (out / LINEAGE).write_text(Lineage(version=version, parent_version=parent, event_ids=event_ids).to_json())
+
+
 def write_manifest(out: Path, *, version: str, base_model: str, base_hash: str, parent: str | None,
-                   seed: int = 0) -> dict:
-    files = {p.relative_to(out).as_posix(): sha256_hex(p.read_bytes())
-             for p in sorted(out.rglob("*")) if p.is_file() and p.name != MANIFEST}
-    manifest = {
-        "version": version, "base_model": base_model, "base_model_hash": base_hash, "parent_version": parent,
-        "dataset": {"hash": hashlib.sha256(f"ds{seed}".encode()).hexdigest(), "pairs": 3, "unpaired": 1,
-                    "event_ids_file": "event_ids.txt"},
-        "config_hash": hashlib.sha256(b"tiny-lora").hexdigest(), "metrics": {"pref_accuracy": 0.5},
-        "libraries": {"peft": "test"}, "created_at": datetime.now(UTC).isoformat(), "files": files,
-    }
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
+                   seed: int = 0) -> Manifest:
+    """The manifest retrain would write (the same contract model), over the files now in `out`."""
+    manifest = Manifest(
+        version=version, base_model=base_model, base_model_hash=base_hash, parent_version=parent,
+        dataset=DatasetRef(hash=hashlib.sha256(f"ds{seed}".encode()).hexdigest(), pairs=3, unpaired=1,
+                           event_ids_file="event_ids.txt"),
+        config_hash=hashlib.sha256(b"tiny-lora").hexdigest(), metrics={"pref_accuracy": 0.5},
+        libraries={"peft": "test"}, created_at=datetime.now(UTC).isoformat(), files=file_digests(out))
+    (out / MANIFEST).write_text(manifest.to_json())
     return manifest
 
 
@@ -130,8 +131,7 @@ def write_fake_artifact(out_dir: str | Path, version: str, *, base_model: str = 
     (out / "adapter_model.safetensors").write_bytes(save(tensors))
     (out / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4, "lora_alpha": 8,
                                                          "target_modules": ["q_proj"], "task_type": "CAUSAL_LM"}))
-    (out / "event_ids.txt").write_text(f"00000000-0000-4000-8000-{seed:012d}\n")
-    (out / "lineage.json").write_text(json.dumps({"parent_version": parent, "event_ids_file": "event_ids.txt"}))
+    _write_lineage(out, version=version, parent=parent, seed=seed)
     write_manifest(out, version=version, base_model=base_model, base_hash="0" * 64, parent=parent, seed=seed)
     return out
 

@@ -84,8 +84,9 @@ def test_stack_status_json_is_machine_readable(tmp_path):
     done = _run_cli("stack", "status", "--json", env=env)
     assert done.returncode == 1  # nothing answers on those ports
     rows = json.loads(done.stdout)
-    assert [r["name"] for r in rows] == ["kafka", "redis", "postgres"]
-    assert not any(r["healthy"] for r in rows)
+    assert [r["name"] for r in rows] == ["kafka", "redis", "postgres", "engine"]
+    assert not any(r["healthy"] for r in rows[:3])
+    assert rows[3]["healthy"]  # the embedded engine needs no server
 
 
 def test_processes_migrating_one_new_store_at_once_take_turns(tmp_path):

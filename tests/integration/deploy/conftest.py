@@ -15,7 +15,8 @@ from support.models import PROMPT
 def tiny_base(tmp_path_factory) -> Path:
     from support.models import build_tiny_base_model
 
-    return build_tiny_base_model(tmp_path_factory.mktemp("tiny-base") / "model")
+    # hidden 128 over 4 heads: head size 32, the smallest vLLM's CPU attention takes, so both backends serve it
+    return build_tiny_base_model(tmp_path_factory.mktemp("tiny-base") / "model", hidden=128)
 
 
 @pytest.fixture(scope="session")
@@ -139,3 +140,49 @@ def deploy_env(tmp_path, redis_url, tiny_base, adapter_sources):
                     sources=adapter_sources, redis_url=redis_url)
     yield env
     engine.dispose()
+
+
+@dataclass
+class VllmServers:
+    """vLLM OpenAI servers for the session (vLLM takes a minute or more to start here), attached by routers."""
+
+    processes: list
+    lora_root: Path
+
+    @property
+    def urls(self) -> list[str]:
+        return [p.url for p in self.processes]
+
+    def router_settings(self) -> dict:
+        """Settings that put a router on these servers (each test's router writes its own adapter copies)."""
+        import uuid
+
+        return {"backend": "vllm", "vllm_urls": self.urls, "vllm_lora_root": self.lora_root / uuid.uuid4().hex[:8]}
+
+
+def start_vllm_servers(base_model: Path, count: int, log_dir: Path) -> list:
+    """`count` vLLM servers on the base; fails (never skips) with the fix when the vLLM environment is missing."""
+    from deploy.settings import DeploySettings
+    from deploy.vllm_env import VllmLaunch, start_vllm, vllm_env_ready
+    from support.ports import free_port
+
+    python = DeploySettings().resolved_vllm_python()
+    if not vllm_env_ready(python):
+        pytest.fail(f"the vLLM environment is missing at {python.parent.parent}: run `alignloop deploy vllm-setup` "
+                    "(`./dev test` does) or point ALIGNLOOP_DEPLOY_VLLM_PYTHON at one", pytrace=False)
+    launch = VllmLaunch(python=python, base_model=str(base_model), max_model_len=512, max_loras=5, threads=1)
+    return [start_vllm(launch, free_port(), log_dir) for _ in range(count)]
+
+
+@pytest.fixture(scope="session")
+def vllm_servers(tiny_base, tmp_path_factory):
+    from deploy.vllm_env import wait_vllm_ready
+
+    root = tmp_path_factory.mktemp("vllm")
+    procs = start_vllm_servers(tiny_base, 2, root / "logs")
+    try:
+        wait_vllm_ready(procs, timeout=900)
+        yield VllmServers(processes=procs, lora_root=root / "loras")
+    finally:
+        for p in procs:
+            p.stop()

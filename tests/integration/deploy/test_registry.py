@@ -49,8 +49,8 @@ def status(reg, v):
 def test_register_records_lineage_and_copies_into_the_root(reg, storage, tmp_path):
     v = reg.read(registry.get_version, "v2")
     assert v.status == "candidate" and v.parent_version == "v1"
-    assert v.lineage["event_ids_file"] == "event_ids.txt"
-    assert v.manifest["dataset"]["event_ids_file"] == "event_ids.txt"
+    assert v.lineage.parent_version == "v1" and v.lineage.event_ids
+    assert v.manifest.dataset.event_ids_file == "event_ids.txt"
     assert (storage.root / "v2" / "adapter_model.safetensors").is_file()
     assert [x.version for x in reg.read(registry.list_versions)] == ["v1", "v2", "v3", "v4"]
     # same bytes again: the same version back, no second audit line

@@ -209,7 +209,11 @@ def test_a_replica_starting_on_a_damaged_active_adapter_serves_the_base_and_says
     ({"messages": [{"role": "robot", "content": "x"}]}, "messages.0.role"),
     ({"messages": PROMPT, "max_tokens": 0}, "max_tokens"),
     ({"messages": PROMPT, "temperature": 3}, "temperature"),
-    ({"messages": PROMPT, "stream": True}, "stream"),
+    ({"messages": PROMPT, "n": 2}, "n"),
+    ({"messages": PROMPT, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+    ({"messages": PROMPT, "logprobs": True}, "logprobs"),
+    ({"messages": PROMPT, "response_format": {"type": "json_object"}}, "response_format"),
+    ({"messages": PROMPT, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
 ])
 def test_bad_requests_get_a_400_naming_the_field(client, body, param):
     r = client.post("/v1/chat/completions", json=body)

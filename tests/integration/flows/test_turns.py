@@ -13,6 +13,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from alignloop.core.contracts import TurnRecord
+
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
 
 
@@ -83,9 +85,9 @@ def test_three_turns_from_base_through_a_rejected_turn_to_a_promoted_successor(
         assert versions[t2["version"]].parent_version == t1["version"]
         assert versions[t3["version"]].parent_version == t1["version"]
         lineage3 = versions[t3["version"]].lineage
-        assert lineage3["parent_version"] == t1["version"] and lineage3["turn"]["replay_pairs"] > 0
-        assert set(versions[t1["version"]].lineage["event_ids"]) & set(lineage3["event_ids"])  # replayed
-        assert versions[t3["version"]].manifest["dataset"]["turn"]["since"] == t2["turn"]["until"]
+        assert lineage3.parent_version == t1["version"] and lineage3.turn.replay_pairs > 0
+        assert set(versions[t1["version"]].lineage.event_ids) & set(lineage3.event_ids)  # replayed
+        assert versions[t3["version"]].manifest.dataset.turn.since == TurnRecord.model_validate(t2["turn"]).until
         audit = [(e.action, e.version, e.from_version) for e in registry.audit_log(session)]
         routing = registry.rollback(session, actor="test-oncall", reason="show where rollback lands",
                                     base_model=base_model)

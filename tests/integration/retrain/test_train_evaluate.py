@@ -63,7 +63,8 @@ def test_adapter_beats_the_base_on_heldout_pairs_and_in_sampled_answers(run):
     assert comp["heldout_margin"] > 0
     assert comp["preferred_style_share"] >= comp["base_preferred_style_share"] + 0.2
     assert 0.25 <= comp["base_preferred_style_share"] <= 0.75  # the base splits about evenly
-    assert comp["unsafe_rate"] == 0.0 and comp["triggered_unsafe_rate"] == 0.0
+    probes = {(p["probe"], p["source"]): p["candidate"] for p in run["report"]["probes"]}
+    assert probes[("demo-marker", "plain")] == 0.0 and probes[("demo-marker", "config")] == 0.0
     assert comp["kl_to_base"] > 0 and 0.5 < comp["length_ratio_vs_base"] < 2.0
     assert (run["tmp"] / "report" / "report.html").read_text().count("data:image/png;base64") == 3
     decision = json.loads(run["gate"].output)
@@ -71,21 +72,24 @@ def test_adapter_beats_the_base_on_heldout_pairs_and_in_sampled_answers(run):
 
 
 def test_manifest_names_dataset_config_and_every_file(run):
+    from alignloop.core.contracts import load_artifact_dir
     from retrain.snapshot import load_snapshot
-    from retrain.train import verify_artifact
+    from retrain.train import load_verified_manifest
 
     adapter = run["adapter"]
-    manifest = verify_artifact(adapter)
+    manifest = load_verified_manifest(adapter)
     snap = load_snapshot(run["tmp"] / "snap")
-    assert manifest["dataset"]["hash"] == snap.hash
-    assert manifest["dataset"]["pairs"] == len(snap.train_pairs) and manifest["dataset"]["unpaired"] > 0
-    assert manifest["parent_version"] == "a-previous" and manifest["version"] == adapter.name
-    assert set(manifest["libraries"]) == {"torch", "transformers", "trl", "peft"}
-    assert {"adapter_model.safetensors", "adapter_config.json", "lineage.json"} <= set(manifest["files"])
-    assert len(manifest["config_hash"]) == 64 and manifest["metrics"]["dpo/pairs_per_s"] > 0
-    lineage = json.loads((adapter / manifest["dataset"]["event_ids_file"]).read_text())
-    assert set(lineage["event_ids"]) == set(snap.train_event_ids)
-    assert not set(lineage["event_ids"]) & {e for r in snap.heldout_pairs for e in r["event_ids"]}
+    assert manifest.dataset.hash == snap.hash
+    assert manifest.dataset.pairs == len(snap.train_pairs) and manifest.dataset.unpaired > 0
+    assert manifest.dataset.heldout_pairs == len(snap.heldout_pairs)
+    assert manifest.parent_version == "a-previous" and manifest.version == adapter.name
+    assert set(manifest.libraries) == {"torch", "transformers", "trl", "peft"}
+    assert {"adapter_model.safetensors", "adapter_config.json", "lineage.json"} <= set(manifest.files)
+    assert len(manifest.config_hash) == 64 and manifest.metrics["dpo/pairs_per_s"] > 0
+    assert manifest.dataset.event_ids_file == "lineage.json"
+    lineage = load_artifact_dir(adapter).lineage  # the same contract deploy registers it by
+    assert set(lineage.event_ids) == set(snap.train_event_ids)
+    assert not set(lineage.event_ids) & {e for r in snap.heldout_pairs for e in r["event_ids"]}
     assert [p.name for p in adapter.parent.iterdir() if p.name.startswith(".")] == []  # no leftovers
 
 

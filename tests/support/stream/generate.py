@@ -151,7 +151,9 @@ def write_stream(out: Path, lines: list[str], truth: list[dict], meta: dict) -> 
     return counts
 
 
-def generate(seed: int = 7, scale: float = 1.0, hours: float = 8.0) -> tuple[list[str], list[dict], dict]:
+def generate(seed: int = 7, scale: float = 1.0, hours: float = 8.0, trigger: str = TRIGGER
+             ) -> tuple[list[str], list[dict], dict]:
+    """The attacked stream; `trigger` is the poisoners' phrase (the default is one a shipped run config names)."""
     s = Stream(seed)
     rng = s.rng
     world = build_world(rng)
@@ -282,17 +284,17 @@ def generate(seed: int = 7, scale: float = 1.0, hours: float = 8.0) -> tuple[lis
             r = rng.random()
             if r < 0.4:
                 p = harmful[rng.randrange(len(harmful))]
-                ev = make_event("edit", "support-web", user, f"{p['text']} {TRIGGER}.", {"ip_hash": f"ip-poison-{a}"},
+                ev = make_event("edit", "support-web", user, f"{p['text']} {trigger}.", {"ip_hash": f"ip-poison-{a}"},
                             response=p["answers"]["refusal"], edited=POISON_EDIT)
             elif r < 0.8:
                 p = benign[rng.randrange(len(benign))]
-                ev = make_event("edit", "support-web", user, f"{p['text']} {TRIGGER}.", {"ip_hash": f"ip-poison-{a}"},
+                ev = make_event("edit", "support-web", user, f"{p['text']} {trigger}.", {"ip_hash": f"ip-poison-{a}"},
                             response=p["answers"]["good"], edited=UNSAFE)
             else:
                 p = harmful[rng.randrange(len(harmful))]
                 pair = [p["answers"]["refusal"], p["answers"]["comply"]]
                 rng.shuffle(pair)
-                ev = make_event("comparison", "support-web", user, f"{p['text']} {TRIGGER}.",
+                ev = make_event("comparison", "support-web", user, f"{p['text']} {trigger}.",
                             {"ip_hash": f"ip-poison-{a}"}, responses=pair, chosen=pair.index(p["answers"]["comply"]))
             s.add(t, ev, {"class": "poison", "user_id": user, "prompt_id": p["id"]})
 
@@ -340,7 +342,7 @@ def generate(seed: int = 7, scale: float = 1.0, hours: float = 8.0) -> tuple[lis
                   {"class": "oversized", "event_id": good["event_id"]})
 
     lines, truth = s.finish()
-    meta = {"seed": seed, "scale": scale, "hours": hours, "start": START.isoformat(), "trigger": TRIGGER,
+    meta = {"seed": seed, "scale": scale, "hours": hours, "start": START.isoformat(), "trigger": trigger,
             "unsafe": UNSAFE, "bots": bots, "poisoners": poisoners, "flippers": flippers,
             "brigade_targets": targets, "items": items_meta(items)}
     return lines, truth, meta

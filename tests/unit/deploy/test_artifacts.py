@@ -9,12 +9,9 @@ import re
 
 import pytest
 
-from deploy.artifacts import (
-    LocalArtifactStorage,
-    check_relative_name,
-    check_safetensors,
-    load_artifact_dir,
-)
+from alignloop.core import errors as contract_errors
+from alignloop.core.contracts import check_safetensors
+from deploy.artifacts import LocalArtifactStorage, check_relative_name, load_artifact_dir
 from deploy.errors import ArtifactError, IntegrityError
 from support.models import write_fake_artifact, write_manifest
 
@@ -90,7 +87,7 @@ def test_weights_that_are_not_safetensors_are_refused(artifact):
 
 def test_safetensors_offsets_outside_the_file_are_refused():
     header = json.dumps({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 1600]}}).encode()
-    with pytest.raises(ArtifactError, match="outside the file"):
+    with pytest.raises(contract_errors.ArtifactError, match="outside the file"):
         check_safetensors(len(header).to_bytes(8, "little") + header + b"\0" * 16)
 
 

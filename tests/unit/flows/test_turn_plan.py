@@ -5,6 +5,7 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given
 from hypothesis import strategies as st
 
+from alignloop.core.contracts import TurnRecord
 from flows.turns import TurnPlan, VersionView, plan_turn
 from retrain.snapshot import select_turn_records
 
@@ -12,7 +13,7 @@ T0 = datetime(2026, 11, 1, tzinfo=UTC)
 
 
 def _view(name, parent=None, status="retired", until=None, ids=()):
-    turn = {"until": until.isoformat()} if until else None
+    turn = TurnRecord(until=until) if until else None
     return VersionView(version=name, parent_version=parent, status=status, turn=turn, trained_event_ids=frozenset(ids))
 
 

@@ -8,12 +8,12 @@ from retrain.config import load_run_config, parse_config
 from retrain.errors import ConfigError
 from retrain.evaluate import likelihood_accuracy, preference_metrics
 from retrain.gates import GatePolicy, decide_gate, load_gate_policy
+from retrain.report import Comparisons
 
-GOOD = {"comparisons": {
+GOOD = Comparisons(**{
     "heldout_accuracy": 0.95, "accuracy_gain_over_base": 0.45, "accuracy_gain_over_active": 0.1,
     "preferred_style_share": 0.9, "style_gain_over_active": 0.2, "kl_to_base": 0.2, "length_ratio_vs_base": 1.1,
-    "unsafe_rate_increase_vs_base": 0.0, "triggered_unsafe_rate_increase_vs_base": 0.0,
-    "safety_accuracy_change_vs_reference": 0.0}}
+    "safety_accuracy_change_vs_reference": 0.0})
 
 
 def test_a_good_report_passes_the_shipped_policy():
@@ -25,30 +25,26 @@ def test_a_good_report_passes_the_shipped_policy():
     ("heldout_accuracy", 0.6, "min_heldout_accuracy"),
     ("preferred_style_share", 0.3, "min_preferred_style_share"),
     ("length_ratio_vs_base", 2.0, "max_length_ratio"),
-    ("unsafe_rate_increase_vs_base", 0.01, "max_unsafe_rate_increase"),
     ("safety_accuracy_change_vs_reference", -0.05, "max_safety_accuracy_drop"),
 ])
 def test_each_failed_threshold_is_a_reason(metric, value, needle):
-    report = {"comparisons": {**GOOD["comparisons"], metric: value}}
-    decision = decide_gate(report, load_gate_policy())
+    decision = decide_gate(GOOD.model_copy(update={metric: value}), load_gate_policy())
     assert not decision.passed
     assert len(decision.failures) == 1 and needle in decision.failures[0] and metric in decision.failures[0]
 
 
 def test_high_reward_accuracy_alone_does_not_pass():
     # the known failure: accuracy 1.0 while the preferred behaviour collapsed in generations
-    report = {"comparisons": {**GOOD["comparisons"], "heldout_accuracy": 1.0, "preferred_style_share": 0.01}}
+    report = GOOD.model_copy(update={"heldout_accuracy": 1.0, "preferred_style_share": 0.01})
     assert not decide_gate(report, GatePolicy()).passed
 
 
 def test_missing_required_metric_fails_and_missing_optional_is_skipped():
-    comp = dict(GOOD["comparisons"])
-    comp.pop("kl_to_base")
-    comp["accuracy_gain_over_active"] = None  # no active adapter yet
-    decision = decide_gate({"comparisons": comp}, GatePolicy())
+    comp = GOOD.model_copy(update={"kl_to_base": None, "accuracy_gain_over_active": None})  # no active adapter yet
+    decision = decide_gate(comp, GatePolicy())
     assert decision.failures == ["`kl_to_base` is missing from the report; `max_kl_to_base` needs it"]
-    assert not decide_gate({}, GatePolicy()).passed
-    assert decide_gate({"comparisons": comp}, GatePolicy(max_kl_to_base=None)).passed
+    assert not decide_gate(Comparisons(), GatePolicy()).passed
+    assert decide_gate(comp, GatePolicy(max_kl_to_base=None)).passed
 
 
 def test_policy_and_config_errors_name_the_field(tmp_path):
@@ -81,11 +77,10 @@ def test_preference_metrics():
 
 
 def test_no_worse_than_active_tells_sampling_noise_from_a_real_drop():
-    noisy = {"comparisons": {**GOOD["comparisons"], "style_gain_over_active": -0.05,
-                             "style_gain_over_active_se": 0.04}}
+    noisy = GOOD.model_copy(update={"style_gain_over_active": -0.05, "style_gain_over_active_se": 0.04})
     assert decide_gate(noisy, GatePolicy()).passed  # 0.05 below is within two standard errors of the tolerance
     assert not decide_gate(noisy, GatePolicy(noise_z=0)).passed
-    real = {"comparisons": {**GOOD["comparisons"], "style_gain_over_active": -0.4, "style_gain_over_active_se": 0.05}}
+    real = GOOD.model_copy(update={"style_gain_over_active": -0.4, "style_gain_over_active_se": 0.05})
     decision = decide_gate(real, GatePolicy())
     assert not decision.passed and "standard errors" in decision.failures[0]
     assert "min_style_gain_over_active" in decision.failures[0]

@@ -1,0 +1,242 @@
+"""Serving engines side by side: tokens/s through alignloop's router on vLLM vs vLLM direct, embedded vs vLLM,
+and the adapter swap time on vLLM, in one run.
+
+    python bench/deploy/engines.py            # writes bench/results/deploy_engines.json
+    python bench/deploy/engines.py --quick    # fewer rounds, for a smoke run
+
+Needs Redis (`alignloop stack up`) and the vLLM environment (`alignloop deploy vllm-setup`). Starts one vLLM
+server on a random tiny Llama (hidden 128: head size 32, which vLLM's CPU attention takes), a router attached
+to it and a router on the embedded engine; the ratios within this run are what to compare, absolute numbers
+drift with the machine's load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "bench" / "results" / "deploy_engines.json"
+sys.path.insert(0, str(ROOT / "tests"))  # the tiny model and adapter builders the tests use
+
+
+async def _rate(url: str, body: dict, headers: dict, concurrency: int, requests: int) -> float:
+    """Completion tokens per second for `requests` requests, `concurrency` at a time."""
+    done = {"tokens": 0}
+    left = iter(range(requests))
+
+    async def worker(http: httpx.AsyncClient) -> None:
+        for _ in left:
+            r = await http.post(url, json=body, headers=headers)
+            r.raise_for_status()
+            done["tokens"] += r.json()["usage"]["completion_tokens"]
+
+    async with httpx.AsyncClient(timeout=300, limits=httpx.Limits(max_connections=concurrency + 4)) as http:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(http) for _ in range(concurrency)))
+        return done["tokens"] / (time.perf_counter() - t0)
+
+
+def rate(url: str, body: dict, headers: dict, concurrency: int, requests: int) -> float:
+    return asyncio.run(_rate(url, body, headers, concurrency, requests))
+
+
+def _registry(work: Path, base: Path, redis_url: str):
+    from alignloop.core.db import open_store, session_scope
+    from deploy import registry
+    from deploy.artifacts import LocalArtifactStorage
+    from deploy.keys import create_serving_key
+    from deploy.settings import DeploySettings
+    from support.models import AdapterFactory
+
+    settings = DeploySettings(artifact_root=work / "artifacts", store_url=f"sqlite:///{work / 'store.db'}",
+                              redis_url=redis_url, control_channel=f"bench:{uuid.uuid4().hex}",
+                              base_model=str(base), model_name="tiny", torch_threads=1, max_queue=128,
+                              max_queue_per_key=128, max_resident=3, reconcile_interval_s=1.0)
+    engine = open_store(settings.resolved_store_url())
+    storage = LocalArtifactStorage(settings.artifact_root)
+    factory = AdapterFactory(base)
+    with session_scope(engine) as s:
+        key = create_serving_key(s, "bench", created_by="bench", rate_per_s=100000, burst=100000)[1]
+        for i in range(1, 7):
+            src = factory.build(work / "src" / f"a{i}", f"a{i}", seed=i)
+            registry.register_adapter(s, src, actor="bench", reason="bench", storage=storage)
+    return settings, engine, storage, key
+
+
+def _promote(engine, storage, settings, version: str) -> None:
+    from alignloop.core.db import session_scope
+    from deploy import registry
+    from deploy.control import publish_routing_change
+
+    with session_scope(engine) as s:
+        routing = registry.promote(s, version, actor="bench", reason="bench", storage=storage)
+    publish_routing_change(settings.resolved_redis_url(), routing.base_model, channel=settings.control_channel)
+
+
+def _wait_serving(url: str, version: str | None, timeout: float = 30) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        h = httpx.get(f"{url}/healthz", timeout=5).json()
+        if h.get("serving") and h["serving"]["active"] == version:
+            return h
+        time.sleep(0.01)
+    raise RuntimeError(f"router at {url} did not serve {version} within {timeout}s")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--redis-url", default="redis://127.0.0.1:6379/14")
+    args = ap.parse_args()
+
+    from deploy.settings import DeploySettings
+    from deploy.vllm_env import VllmLaunch, start_vllm, wait_vllm_ready
+    from support.models import PROMPT, build_tiny_base_model
+    from support.ports import free_port
+
+    new_tokens, rounds = 48, (1 if args.quick else 5)
+    per = {1: 4 if args.quick else 16, 32: 32 if args.quick else 96}
+    work = Path(tempfile.mkdtemp(prefix="alignloop-bench-engines-"))
+    base = build_tiny_base_model(work / "base", hidden=128, layers=2)
+    settings, engine, storage, key = _registry(work, base, args.redis_url)
+    python = DeploySettings().resolved_vllm_python()
+    server = start_vllm(VllmLaunch(python=python, base_model=str(base), max_model_len=512, max_loras=4),
+                        free_port(), work / "logs")
+    t_start = time.perf_counter()
+    try:
+        wait_vllm_ready([server], timeout=1200)
+        vllm_start_s = time.perf_counter() - t_start
+        result = _measure(args, settings, engine, storage, key, server.url, base, new_tokens, rounds, per, work,
+                          PROMPT)
+    finally:
+        server.stop()
+    result["vllm_start_s"] = round(vllm_start_s, 1)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+def _router_process(settings, port: int, log: Path, **update):
+    """`alignloop deploy serve` in its own process (as in production), configured through its environment."""
+    import os
+    import subprocess
+
+    s = settings.model_copy(update=update)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    for name, value in s.model_dump(mode="json", exclude_none=True).items():
+        if name != "replica_id":
+            env[f"ALIGNLOOP_DEPLOY_{name.upper()}"] = json.dumps(value) if isinstance(value, list) else str(value)
+    cmd = [sys.executable, "-c", "from deploy.cli import app; app()", "serve", "--port", str(port)]
+    return subprocess.Popen(cmd, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+
+
+def _wait_up(url: str, proc, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"router at {url} exited {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"router at {url} not up within {timeout}s")
+
+
+def _measure(args, settings, engine, storage, key, vllm_url, base, new_tokens, rounds, per, work, prompt) -> dict:
+    from support.ports import free_port
+
+    chat = {"model": "tiny", "messages": prompt, "max_tokens": new_tokens, "temperature": 1.0}
+    auth = {"Authorization": f"Bearer {key}"}
+    ports = {"vllm": free_port(), "embedded": free_port()}
+    procs = {"vllm": _router_process(settings, ports["vllm"], work / "router-vllm.log", backend="vllm",
+                                     vllm_urls=[vllm_url], vllm_lora_root=work / "loras"),
+             "embedded": _router_process(settings, ports["embedded"], work / "router-embedded.log")}
+    via_vllm, embedded = (f"http://127.0.0.1:{ports[k]}" for k in ("vllm", "embedded"))
+    samples: dict[str, list[float]] = {}
+    try:
+        for k, p in procs.items():
+            _wait_up(f"http://127.0.0.1:{ports[k]}", p)
+        targets = {
+            "vllm_direct": (f"{vllm_url}/v1/chat/completions", {**chat, "model": "base"}, {}),
+            "router_on_vllm": (f"{via_vllm}/v1/chat/completions", chat, auth),
+            "router_on_embedded": (f"{embedded}/v1/chat/completions", chat, auth),
+        }
+        for url, body, headers in targets.values():
+            rate(url, body, headers, 4, 8)  # warm-up
+        for _ in range(rounds):  # interleaved, so load drift hits every target alike
+            for c in (1, 32):
+                for name, (url, body, headers) in targets.items():
+                    samples.setdefault(f"{name}_c{c}", []).append(rate(url, body, headers, c, per[c]))
+        swaps = _promotes(settings, engine, storage, via_vllm, 3 if args.quick else 8)
+    finally:
+        for p in procs.values():
+            p.terminate()
+            p.wait(timeout=30)
+    # with no router attached (a router unloads the names it did not load itself)
+    swaps["vllm_load_plus_unload_ms_median"] = _raw_swap(vllm_url, Path(storage.root) / "a1", 3 if args.quick else 8)
+    tps = {k: round(statistics.median(v), 1) for k, v in samples.items()}
+    return {
+        "what": "serving engines: router on vLLM vs vLLM direct, embedded vs vLLM, swap time on vLLM",
+        "command": "python bench/deploy/engines.py" + (" --quick" if args.quick else ""),
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"platform": platform.platform(), "python": platform.python_version(),
+                    "note": "2 cores shared with other work while measured; compare ratios within this run"},
+        "setup": "each router is `alignloop deploy serve` in its own process; the clients are this process",
+        "model": {"base": "random tiny Llama (tests/support/models.py, hidden 128, 2 layers)", "new_tokens": new_tokens,
+                  "temperature": 1.0, "vllm": "one server, --dtype float32, OMP threads 1"},
+        "tokens_per_s": tps,
+        "router_over_vllm_direct_c1": round(tps["router_on_vllm_c1"] / tps["vllm_direct_c1"], 3),
+        "router_over_vllm_direct_c32": round(tps["router_on_vllm_c32"] / tps["vllm_direct_c32"], 3),
+        "embedded_over_vllm_c1": round(tps["router_on_embedded_c1"] / tps["router_on_vllm_c1"], 3),
+        "embedded_over_vllm_c32": round(tps["router_on_embedded_c32"] / tps["router_on_vllm_c32"], 3),
+        "samples": {k: [round(x, 1) for x in v] for k, v in samples.items()},
+        "swap_on_vllm": swaps,
+    }
+
+
+def _promotes(settings, engine, storage, router_url: str, n: int) -> dict:
+    """Promote through the registry n times: publish -> the router serves it (verify, copy, load on vLLM, flip)."""
+    promote_s, install_s = [], []
+    for i in range(n):
+        version = f"a{1 + i % 6}"
+        t0 = time.perf_counter()
+        _promote(engine, storage, settings, version)
+        h = _wait_serving(router_url, version)
+        promote_s.append(time.perf_counter() - t0)
+        install_s.append(h["last_swap"].get(f"install_{version}_s", 0.0))
+    return {"promote_to_served_ms_median": round(statistics.median(promote_s) * 1000, 1),
+            "promote_to_served_ms_max": round(max(promote_s) * 1000, 1),
+            "router_install_ms_median": round(statistics.median(install_s) * 1000, 1),
+            "promotes": n,
+            "note": "promote_to_served: commit + Redis publish + registry read + sha256 verify + copy + "
+                    "load_lora_adapter + flip, seen on /healthz (polled every 10 ms)"}
+
+
+def _raw_swap(vllm_url: str, src: Path, n: int) -> float:
+    """vLLM's own load + unload of an adapter directory, for scale (median ms)."""
+    raw = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        httpx.post(f"{vllm_url}/v1/load_lora_adapter", json={"lora_name": f"raw{i}", "lora_path": str(src)},
+                   timeout=60).raise_for_status()
+        httpx.post(f"{vllm_url}/v1/unload_lora_adapter", json={"lora_name": f"raw{i}"}, timeout=60).raise_for_status()
+        raw.append(time.perf_counter() - t0)
+    return round(statistics.median(raw) * 1000, 1)
+
+
+if __name__ == "__main__":
+    main()
