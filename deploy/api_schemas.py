@@ -199,7 +199,8 @@ def chunk_event(stamp: Stamp, delta: dict[str, Any], finish_reason: str | None =
     """One server-sent event of a streamed answer; every chunk names the version and carries the token."""
     body: dict[str, Any] = {"id": stamp.response_id, "object": "chat.completion.chunk", "created": stamp.created,
                             "model": stamp.model,
-                            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}] if choices else [],
+                            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]
+                            if choices else [],
                             **stamp.fields()}
     if usage_ is not None:
         body["usage"] = usage_
@@ -213,7 +214,8 @@ def error_body(message: str, kind: str, param: str | None = None) -> dict[str, A
     return {"error": {"message": message, "type": kind, "param": param}}
 
 
-def model_entry(model_id: str, *, created: int | None = None, parent: str | None = None, **extra: Any) -> dict[str, Any]:
+def model_entry(model_id: str, *, created: int | None = None, parent: str | None = None,
+                **extra: Any) -> dict[str, Any]:
     return {"id": model_id, "object": "model", "created": created or int(time.time()), "owned_by": "alignloop",
             "parent": parent, **extra}
 

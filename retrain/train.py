@@ -310,8 +310,8 @@ def train_adapter(base_model: Path | str | None, snapshot: Snapshot, config: Run
 
 
 def load_verified_manifest(path: Path | str) -> Manifest:
-    """The manifest of an adapter directory that passes the artifact contract (`alignloop.core.contracts.verify_artifact`,
-    the same check deploy runs when it registers or loads one)."""
+    """The manifest of an adapter directory that passes the artifact contract
+    (`alignloop.core.contracts.verify_artifact`, the same check deploy runs when it registers or loads one)."""
     try:
         return load_artifact_dir(path).manifest
     except contract_errors.ArtifactError as exc:

@@ -50,8 +50,8 @@ class EmbeddedBackend:
             return out
         # the tokens past the stop sequence were generated but are not the answer; count what is returned
         kept = len(self.host.tokenizer.encode(text, add_special_tokens=False)) if text else 0
-        return Completion(text=text, prompt_tokens=out.prompt_tokens, completion_tokens=min(kept, out.completion_tokens),
-                          finish_reason="stop")
+        return Completion(text=text, prompt_tokens=out.prompt_tokens,
+                          completion_tokens=min(kept, out.completion_tokens), finish_reason="stop")
 
     async def stream(self, version: str | None, ids: list[int], sampling: Sampling) -> AsyncIterator[str | Completion]:
         # the host batches whole generations (its throughput comes from that), so the answer streams as one delta

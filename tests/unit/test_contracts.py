@@ -51,8 +51,8 @@ def test_fields_another_writer_added_are_kept():
     assert json.loads(m.to_json())["trainer"] == "someone-else"
 
 
-@pytest.mark.parametrize("change,field", [({"version": "../x"}, "version"), ({"dataset": {"hash": SHA}}, "dataset.pairs"),
-                                          ({"files": None}, "files")])
+@pytest.mark.parametrize("change,field", [({"version": "../x"}, "version"),
+                                          ({"dataset": {"hash": SHA}}, "dataset.pairs"), ({"files": None}, "files")])
 def test_a_bad_manifest_names_the_field(change, field):
     with pytest.raises(ArtifactError, match=f"`{field}`"):
         parse_manifest(json.dumps({**OLD_MANIFEST, **change}))

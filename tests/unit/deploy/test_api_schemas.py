@@ -23,7 +23,8 @@ def test_openai_spellings_are_accepted_and_become_one_sampling():
 
 @pytest.mark.parametrize("extra, field", [
     ({"n": 3}, "n"), ({"tools": [{"type": "function"}]}, "tools"), ({"tool_choice": "required"}, "tool_choice"),
-    ({"logprobs": True}, "logprobs"), ({"logit_bias": {"5": 1}}, "logit_bias"), ({"frequency_penalty": 1}, "frequency_penalty"),
+    ({"logprobs": True}, "logprobs"), ({"logit_bias": {"5": 1}}, "logit_bias"),
+    ({"frequency_penalty": 1}, "frequency_penalty"),
     ({"response_format": {"type": "json_schema"}}, "response_format"), ({"stop": [""]}, "stop"),
     ({"stop": ["a", "b", "c", "d", "e"]}, "stop"), ({"top_p": 0}, "top_p"),
 ])
