@@ -72,7 +72,8 @@ def test_register_canary_promote_rollback_and_audit(cli_env, tmp_path, redis_cli
             messages.append(json.loads(m["data"]))
     assert [m["generation"] for m in messages] == [1, 2, 3, 4, 5]
     assert "v2" in run("list") and "active v2" in run("list")
-    assert json.loads(CliRunner().invoke(app, ["show", "v1", "--json"]).stdout)["lineage"]["event_ids_file"]
+    shown = json.loads(CliRunner().invoke(app, ["show", "v1", "--json"]).stdout)
+    assert shown["lineage"]["event_ids"] and shown["manifest"]["dataset"]["event_ids_file"] == "event_ids.txt"
 
 
 def test_errors_are_one_line_and_exit_2_through_the_real_entry_point(cli_env, tmp_path):
