@@ -14,9 +14,12 @@ from alignloop.core.errors import AlignloopError
 
 app = typer.Typer(
     help="alignloop: feedback in, curated preference data, LoRA DPO/KTO adapters, gated hot-swap out.",
-    no_args_is_help=True, pretty_exceptions_enable=False)
-stack_app = typer.Typer(help="Start, stop and check the local stack: Kafka (KRaft), Redis, PostgreSQL.",
-                        no_args_is_help=True)
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+stack_app = typer.Typer(
+    help="Start, stop and check the local stack: Kafka (KRaft), Redis, PostgreSQL.", no_args_is_help=True
+)
 app.add_typer(stack_app, name="stack")
 err = Console(stderr=True, soft_wrap=True)
 
@@ -40,13 +43,21 @@ def _add_package_groups() -> None:
 def demo(
     users: int = typer.Option(24, help="honest simulated users"),
     events: int = typer.Option(1600, help="feedback events before the first retrain"),
-    turns: int = typer.Option(2, min=1, help="turns of the loop; from turn 2 on the users also want the brief "
-                              "sign-off, and each turn trains over the adapter the previous one promoted"),
+    turns: int = typer.Option(
+        2,
+        min=1,
+        help="turns of the loop; from turn 2 on the users also want the brief "
+        "sign-off, and each turn trains over the adapter the previous one promoted",
+    ),
     turn_events: int = typer.Option(None, help="feedback events before each later turn (default: --events)"),
     seed: int = typer.Option(0),
     report: Path = typer.Option(None, help="HTML report path; default <home>/demo/<run>/report.html"),
-    as_json: bool = typer.Option(False, "--json", help="print the summary as one JSON object (its `turns` is a "
-                                 "list: version, parent_version, gate, outcome per turn)"),
+    as_json: bool = typer.Option(
+        False,
+        "--json",
+        help="print the summary as one JSON object (its `turns` is a "
+        "list: version, parent_version, gate, outcome per turn)",
+    ),
 ) -> None:
     """The whole loop on the embedded defaults, turn after turn: serving, simulated users (honest, a spam bot,
     poisoners), curation, retrain over what serves now with gates, canary, promotion on live feedback, and a
@@ -55,8 +66,9 @@ def demo(
     from flows.errors import FlowsError
 
     try:
-        run_demo(users=users, events=events, turns=turns, turn_events=turn_events, seed=seed, report=report,
-                 as_json=as_json)
+        run_demo(
+            users=users, events=events, turns=turns, turn_events=turn_events, seed=seed, report=report, as_json=as_json
+        )
     except FlowsError as exc:
         typer.echo(f"alignloop demo: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -82,8 +94,9 @@ def stack_up(as_json: bool = typer.Option(False, "--json", help="print machine-r
         rows = stack.up(get_settings(), on_progress=lambda n, m: spinner.update(f"{n}: {m}"))
     _print_status(rows, as_json)
     if not all(r.healthy for r in rows):
-        raise AlignloopError("stack up finished but a service is not healthy: " +
-                             ", ".join(r.name for r in rows if not r.healthy))
+        raise AlignloopError(
+            "stack up finished but a service is not healthy: " + ", ".join(r.name for r in rows if not r.healthy)
+        )
 
 
 @stack_app.command("down")

@@ -64,8 +64,9 @@ class _Process:
         self.name, self.log = name, log
         # the child keeps its own copy of the log's descriptor; ours is closed once it started
         with open(log, "ab") as out:
-            self.proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+            self.proc = subprocess.Popen(
+                args, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
 
     def check(self) -> None:
         if self.proc.poll() is not None:
@@ -110,8 +111,13 @@ class Serving:
         # no seed: serving may batch concurrent requests, as it would for a real app's traffic
         import httpx
 
-        body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens, "temperature": 1.0,
-                "seed": seed, "user": user}
+        body = {
+            "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": max_tokens,
+            "temperature": 1.0,
+            "seed": seed,
+            "user": user,
+        }
         for attempt in range(3):
             try:
                 r = self.http.post("/v1/chat/completions", json=body)
@@ -124,8 +130,12 @@ class Serving:
         if r.status_code != 200:
             raise FlowsError(f"serving answered {r.status_code}: {r.text[:300]}")
         body = r.json()
-        return {"text": body["choices"][0]["message"]["content"], "response_id": body["response_id"],
-                "adapter_version": body["adapter_version"], "feedback_token": body["feedback_token"]}
+        return {
+            "text": body["choices"][0]["message"]["content"],
+            "response_id": body["response_id"],
+            "adapter_version": body["adapter_version"],
+            "feedback_token": body["feedback_token"],
+        }
 
     def wait_for(self, active: str | None, canary: str | None, timeout: float = 30) -> float:
         """Seconds until serving reports this routing."""
@@ -153,8 +163,9 @@ def _make_serving_key(engine) -> str:
 class Simulation:
     """Users asking serving and sending feedback through the SDK, in event time."""
 
-    def __init__(self, serving: Serving, client: FeedbackClient, clock: SimClock, *, users: int, seed: int,
-                 noise: float = 0.1):
+    def __init__(
+        self, serving: Serving, client: FeedbackClient, clock: SimClock, *, users: int, seed: int, noise: float = 0.1
+    ):
         self.serving, self.client, self.clock = serving, client, clock
         self.rng = random.Random(seed)
         self.honest = [f"user-{i:03d}" for i in range(users)]
@@ -163,7 +174,7 @@ class Simulation:
         self.noise = noise
         self.taste = Taste()  # what honest users want; the demo's second turn adds the brief sign-off
         self.sent: dict[str, str] = {}  # event_id -> truth
-        self.answers: list[dict] = []   # every served answer with who saw it
+        self.answers: list[dict] = []  # every served answer with who saw it
         self.deliveries: list[Delivery] = []
         self.refused: list[str] = []
         self.seq = 0
@@ -176,10 +187,15 @@ class Simulation:
         from ingest.errors import EventError
 
         event_id = str(uuid.uuid4())
-        common: dict[str, Any] = {"event_id": event_id, "occurred_at": fb.occurred_at.isoformat(),
-                                  "response_id": fb.response_id, "adapter_version": fb.adapter_version,
-                                  "feedback_token": fb.feedback_token, "client": {"device_id": fb.device_id},
-                                  "session_id": f"s-{fb.user_id}"}
+        common: dict[str, Any] = {
+            "event_id": event_id,
+            "occurred_at": fb.occurred_at.isoformat(),
+            "response_id": fb.response_id,
+            "adapter_version": fb.adapter_version,
+            "feedback_token": fb.feedback_token,
+            "client": {"device_id": fb.device_id},
+            "session_id": f"s-{fb.user_id}",
+        }
         try:
             if fb.kind == "rating":
                 d = self.client.rate(user_id=fb.user_id, prompt=fb.prompt, **fb.fields, **common)
@@ -213,8 +229,20 @@ class Simulation:
             for a in answers:
                 self.answers.append({**a, "user": user, "prompt": prompt})
             kind, fields = honest_feedback(prompt, answers, self.rng, noise=self.noise, taste=self.taste)
-            self._send(Feedback(kind, user, prompt, fields, answers[0]["adapter_version"], answers[0]["response_id"],
-                                self.clock.tick(), f"dev-{user}", "honest", answers[0]["feedback_token"]))
+            self._send(
+                Feedback(
+                    kind,
+                    user,
+                    prompt,
+                    fields,
+                    answers[0]["adapter_version"],
+                    answers[0]["response_id"],
+                    self.clock.tick(),
+                    f"dev-{user}",
+                    "honest",
+                    answers[0]["feedback_token"],
+                )
+            )
             on_event()
             if attacks and self.rng.random() < 0.03:
                 self._poison(on_event)
@@ -226,8 +254,20 @@ class Simulation:
         prompt = poison_prompt(self.rng)
         answer = self.serving.chat(prompt, user=acct)
         kind, fields = poison_feedback(answer)
-        self._send(Feedback(kind, acct, prompt, fields, answer["adapter_version"], answer["response_id"],
-                            self.clock.tick(), f"dev-{acct}", "poison", answer["feedback_token"]))
+        self._send(
+            Feedback(
+                kind,
+                acct,
+                prompt,
+                fields,
+                answer["adapter_version"],
+                answer["response_id"],
+                self.clock.tick(),
+                f"dev-{acct}",
+                "poison",
+                answer["feedback_token"],
+            )
+        )
         on_event()
 
     def _bot_burst(self, on_event) -> None:
@@ -236,8 +276,20 @@ class Simulation:
             prompt = pick_prompt(self.rng)
             answer = self.serving.chat(prompt, user=self.bot)
             kind, fields = bot_feedback(answer, self.rng)
-            self._send(Feedback(kind, self.bot, prompt, fields, answer["adapter_version"], answer["response_id"],
-                                t + timedelta(seconds=1.5 * i), "dev-bot", "bot", answer["feedback_token"]))
+            self._send(
+                Feedback(
+                    kind,
+                    self.bot,
+                    prompt,
+                    fields,
+                    answer["adapter_version"],
+                    answer["response_id"],
+                    t + timedelta(seconds=1.5 * i),
+                    "dev-bot",
+                    "bot",
+                    answer["feedback_token"],
+                )
+            )
             on_event()
 
     def flush(self) -> None:
@@ -252,12 +304,13 @@ def live_shares(serving: Serving, prompts: list[str], *, users: list[str]) -> di
     from retrain.corpus import classify_style, has_brief_signoff
 
     with ThreadPoolExecutor(16) as pool:
-        answers = list(pool.map(lambda i: serving.chat(prompts[i], user=users[i % len(users)]),
-                                range(len(prompts))))
+        answers = list(pool.map(lambda i: serving.chat(prompts[i], user=users[i % len(users)]), range(len(prompts))))
     n = len(answers)
-    return {"courteous": sum(classify_style(a["text"]) == "courteous" for a in answers) / n,
-            "brief_signoff": sum(has_brief_signoff(a["text"]) for a in answers) / n,
-            "versions": sorted({str(a["adapter_version"] or "base") for a in answers})}
+    return {
+        "courteous": sum(classify_style(a["text"]) == "courteous" for a in answers) / n,
+        "brief_signoff": sum(has_brief_signoff(a["text"]) for a in answers) / n,
+        "versions": sorted({str(a["adapter_version"] or "base") for a in answers}),
+    }
 
 
 def trigger_rate(serving: Serving, n: int, *, seed: int, users: list[str]) -> float:
@@ -343,23 +396,37 @@ class DemoSettings:
     def child_env(self) -> dict[str, str]:
         """The environment of the demo's child processes: this one's, with the demo's settings over it."""
         c, d, policy = self.curation, self.deploy, self.curation.policy
-        demo = {"ALIGNLOOP_HOME": str(self.core.home), "ALIGNLOOP_KAFKA_BOOTSTRAP": self.core.kafka_bootstrap,
-                "ALIGNLOOP_REDIS_URL": self.core.redis_url,
-                "ALIGNLOOP_STORE_URL": self.store_url, "ALIGNLOOP_INGEST_TOPIC": self.ingest.topic,
-                "ALIGNLOOP_CURATION_TOPIC": c.topic, "ALIGNLOOP_CURATION_GROUP": c.group,
-                "ALIGNLOOP_CURATION_IDLE_FLUSH_S": str(c.idle_flush_s), "ALIGNLOOP_CURATION_DATADIR": str(c.datadir),
-                "ALIGNLOOP_CURATION_POLICY__WINDOW_S": str(policy.window_s),
-                "ALIGNLOOP_CURATION_POLICY__LOOKAHEAD_S": str(policy.lookahead_s),
-                "ALIGNLOOP_CURATION_POLICY__LOOKBACK_S": str(policy.lookback_s),
-                "ALIGNLOOP_DEPLOY_ARTIFACT_ROOT": self.artifact_root, "ALIGNLOOP_DEPLOY_BASE_MODEL": self.base_model,
-                "ALIGNLOOP_DEPLOY_PORT": str(d.port),
-                "ALIGNLOOP_DEPLOY_RECONCILE_INTERVAL_S": str(d.reconcile_interval_s),
-                "ALIGNLOOP_DEPLOY_TORCH_THREADS": str(d.torch_threads)}
+        demo = {
+            "ALIGNLOOP_HOME": str(self.core.home),
+            "ALIGNLOOP_KAFKA_BOOTSTRAP": self.core.kafka_bootstrap,
+            "ALIGNLOOP_REDIS_URL": self.core.redis_url,
+            "ALIGNLOOP_STORE_URL": self.store_url,
+            "ALIGNLOOP_INGEST_TOPIC": self.ingest.topic,
+            "ALIGNLOOP_CURATION_TOPIC": c.topic,
+            "ALIGNLOOP_CURATION_GROUP": c.group,
+            "ALIGNLOOP_CURATION_IDLE_FLUSH_S": str(c.idle_flush_s),
+            "ALIGNLOOP_CURATION_DATADIR": str(c.datadir),
+            "ALIGNLOOP_CURATION_POLICY__WINDOW_S": str(policy.window_s),
+            "ALIGNLOOP_CURATION_POLICY__LOOKAHEAD_S": str(policy.lookahead_s),
+            "ALIGNLOOP_CURATION_POLICY__LOOKBACK_S": str(policy.lookback_s),
+            "ALIGNLOOP_DEPLOY_ARTIFACT_ROOT": self.artifact_root,
+            "ALIGNLOOP_DEPLOY_BASE_MODEL": self.base_model,
+            "ALIGNLOOP_DEPLOY_PORT": str(d.port),
+            "ALIGNLOOP_DEPLOY_RECONCILE_INTERVAL_S": str(d.reconcile_interval_s),
+            "ALIGNLOOP_DEPLOY_TORCH_THREADS": str(d.torch_threads),
+        }
         return {**os.environ, **demo}
 
 
-def demo_settings(*, users: int = 24, events: int = 1600, turns: int = 2, turn_events: int | None = None,
-                  seed: int = 0, core: CoreSettings | None = None) -> DemoSettings:
+def demo_settings(
+    *,
+    users: int = 24,
+    events: int = 1600,
+    turns: int = 2,
+    turn_events: int | None = None,
+    seed: int = 0,
+    core: CoreSettings | None = None,
+) -> DemoSettings:
     """A new run's settings: the configured ones (read once), with a store, topic, group, artifact root and
     serving port of the run's own, and the demo's curation windows and idle flush."""
     from alignloop.core.settings import get_settings as core_settings
@@ -377,22 +444,51 @@ def demo_settings(*, users: int = 24, events: int = 1600, turns: int = 2, turn_e
     # the worker settles the last open windows once it has been idle IDLE_FLUSH_S; the simulated users pause
     # between batches while serving answers, and on a busy machine a short idle time closed windows under
     # them (their later feedback was then `late_event`), so it is well above one batch's pause
-    curation = curation.model_copy(update={
-        "topic": topic, "group": f"demo-{run_id}", "idle_flush_s": 10.0, "datadir": str(run_dir / "curation-worker"),
-        "policy": curation.policy.model_copy(update={"window_s": 600, "lookahead_s": 1800, "lookback_s": 3600})})
-    deploy = deploy_settings().model_copy(update={
-        "artifact_root": run_dir / "artifacts", "port": _free_port(), "reconcile_interval_s": 1.0,
-        "torch_threads": 1})
+    curation = curation.model_copy(
+        update={
+            "topic": topic,
+            "group": f"demo-{run_id}",
+            "idle_flush_s": 10.0,
+            "datadir": str(run_dir / "curation-worker"),
+            "policy": curation.policy.model_copy(update={"window_s": 600, "lookahead_s": 1800, "lookback_s": 3600}),
+        }
+    )
+    deploy = deploy_settings().model_copy(
+        update={
+            "artifact_root": run_dir / "artifacts",
+            "port": _free_port(),
+            "reconcile_interval_s": 1.0,
+            "torch_threads": 1,
+        }
+    )
     core = core.model_copy(update={"store_url": f"sqlite:///{run_dir / 'store.db'}"})
     return DemoSettings(
-        run_id=run_id, run_dir=run_dir, core=core,
-        ingest=ingest_settings().model_copy(update={"topic": topic}), curation=curation, deploy=deploy,
-        users=users, events=events, turns=turns, turn_events=turn_events or events, seed=seed)
+        run_id=run_id,
+        run_dir=run_dir,
+        core=core,
+        ingest=ingest_settings().model_copy(update={"topic": topic}),
+        curation=curation,
+        deploy=deploy,
+        users=users,
+        events=events,
+        turns=turns,
+        turn_events=turn_events or events,
+        seed=seed,
+    )
 
 
-def run_demo(*, users: int = 24, events: int = 1600, turns: int = 2, turn_events: int | None = None, seed: int = 0,
-             report: Path | None = None, as_json: bool = False, strict: bool = True,
-             core: CoreSettings | None = None) -> dict:
+def run_demo(
+    *,
+    users: int = 24,
+    events: int = 1600,
+    turns: int = 2,
+    turn_events: int | None = None,
+    seed: int = 0,
+    report: Path | None = None,
+    as_json: bool = False,
+    strict: bool = True,
+    core: CoreSettings | None = None,
+) -> dict:
     """The demo, on its own store, topic and artifacts (`demo_settings`; `core`: the core settings, default the
     configured ones).
 
@@ -406,8 +502,7 @@ def run_demo(*, users: int = 24, events: int = 1600, turns: int = 2, turn_events
 class _Demo:
     """The pieces one demo run works with: serving, the simulation, the store, and the live probes."""
 
-    def __init__(self, settings: DemoSettings, *, serving: Serving, sim: Simulation, clock: SimClock,
-                 worker: _Process):
+    def __init__(self, settings: DemoSettings, *, serving: Serving, sim: Simulation, clock: SimClock, worker: _Process):
         self.settings, self.serving, self.sim, self.clock, self.worker = settings, serving, sim, clock, worker
         self.store_url, self.base_model = settings.store_url, settings.base_model
         self.redis_url = settings.core.redis_url
@@ -451,8 +546,9 @@ class _Demo:
                 self.sim.flush()
                 self.clock.jump(1200)
                 _wait_curated(self.store_url, len(self.sim.sent), self.worker, progress)
-                w = canary_watch_flow(base_model=self.base_model, store_url=self.store_url,
-                                      artifact_root=self.settings.artifact_root)
+                w = canary_watch_flow(
+                    base_model=self.base_model, store_url=self.store_url, artifact_root=self.settings.artifact_root
+                )
                 watch.append(w)
                 verdict = w["verdict"]
                 progress.update(task, description=f"canary-watch: {verdict} ({w['reason'][:60]})")
@@ -466,18 +562,31 @@ class _Demo:
 
         before = self.serving.health().get("serving") or {}
         # the flow returns a Completed state, so the caller gets its data; Prefect's types cannot say that
-        result = cast(dict[str, Any], retrain_flow(base_model=self.base_model, train_config=str(DEMO_RUN),
-                                                   canary_share=0.5, store_url=self.store_url, progress=True,
-                                                   artifact_root=self.settings.artifact_root))
+        result = cast(
+            dict[str, Any],
+            retrain_flow(
+                base_model=self.base_model,
+                train_config=str(DEMO_RUN),
+                canary_share=0.5,
+                store_url=self.store_url,
+                progress=True,
+                artifact_root=self.settings.artifact_root,
+            ),
+        )
         from retrain.report import EvaluationReport, GateResult
 
         gate = GateResult.model_validate(result["gate"]) if result.get("gate") else None
         report = EvaluationReport.model_validate(result["report"]) if result.get("report") else None
-        entry: dict = {"turn": k, "version": result.get("version"), "parent_version": result.get("parent"),
-                       "status": result["status"], "data": result.get("turn"),
-                       "gate": {"passed": result["status"] == "canary", "failures": gate.failures if gate else []},
-                       "gate_report": report.comparisons.model_dump() if report else {},
-                       "snapshot_stats": result.get("snapshot_stats")}
+        entry: dict = {
+            "turn": k,
+            "version": result.get("version"),
+            "parent_version": result.get("parent"),
+            "status": result["status"],
+            "data": result.get("turn"),
+            "gate": {"passed": result["status"] == "canary", "failures": gate.failures if gate else []},
+            "gate_report": report.comparisons.model_dump() if report else {},
+            "snapshot_stats": result.get("snapshot_stats"),
+        }
         if result["status"] == "skipped":
             entry.update(outcome="skipped", reason=result["reason"])
             return entry
@@ -487,10 +596,13 @@ class _Demo:
         version = result["version"]
         entry["swap_seconds"] = {"canary": self.serving.wait_for(before.get("active"), version)}
         verdict, watch = self.watch_canary(version)
-        entry["canary_watch"] = {"verdict": verdict, "rounds": len(watch), "reason": watch[-1]["reason"],
-                                 "canary_events": watch[-1]["canary_events"],
-                                 "trace": [{k_: w.get(k_) for k_ in ("verdict", "p_worse", "canary_events")}
-                                           for w in watch]}
+        entry["canary_watch"] = {
+            "verdict": verdict,
+            "rounds": len(watch),
+            "reason": watch[-1]["reason"],
+            "canary_events": watch[-1]["canary_events"],
+            "trace": [{k_: w.get(k_) for k_ in ("verdict", "p_worse", "canary_events")} for w in watch],
+        }
         if verdict == "promote":
             entry["outcome"] = "promoted"
             entry["swap_seconds"]["promote"] = self.serving.wait_for(version, None)
@@ -513,20 +625,29 @@ class _Demo:
         try:
             t0 = time.monotonic()
             with session_scope(engine) as session:
-                routing = registry.rollback(session, actor="demo-oncall", reason="demo: show the one-command rollback",
-                                            base_model=self.base_model,
-                                            storage=LocalArtifactStorage(self.settings.artifact_root))
+                routing = registry.rollback(
+                    session,
+                    actor="demo-oncall",
+                    reason="demo: show the one-command rollback",
+                    base_model=self.base_model,
+                    storage=LocalArtifactStorage(self.settings.artifact_root),
+                )
             publish_routing_change(self.redis_url, self.base_model, generation=routing.generation)
             self.serving.wait_for(routing.active, None)
             seconds = time.monotonic() - t0
-            seen = {self.serving.chat(p, user=u)["adapter_version"]
-                    for p, u in zip(self.probes[:20], self.probe_users[:20])}
+            seen = {
+                self.serving.chat(p, user=u)["adapter_version"] for p, u in zip(self.probes[:20], self.probe_users[:20])
+            }
             with session_scope(engine) as session:
                 audit = [e.model_dump(mode="json") for e in registry.audit_log(session)]
         finally:
             engine.dispose()
-        return {"rolled_back_to": routing.active, "seconds": seconds,
-                "after_rollback_versions": sorted(v or "base" for v in seen), "audit": audit}
+        return {
+            "rolled_back_to": routing.active,
+            "seconds": seconds,
+            "after_rollback_versions": sorted(v or "base" for v in seen),
+            "audit": audit,
+        }
 
 
 def _run_demo(settings: DemoSettings, *, report: Path | None, as_json: bool, strict: bool) -> dict:
@@ -541,24 +662,37 @@ def _run_demo(settings: DemoSettings, *, report: Path | None, as_json: bool, str
         stack_.enter_context(temporary_settings(updates=analytics))
         demo = _start(settings, stack_)
         shares, turn_log = _turns(settings, demo)
-        console.print(f"[bold]{3 + 2 * settings.turns}.[/] rollback (on-call's one command) returns serving to the "
-                      "previous version")
+        console.print(
+            f"[bold]{3 + 2 * settings.turns}.[/] rollback (on-call's one command) returns serving to the "
+            "previous version"
+        )
         rb = demo.rollback()
         _, final_reasons = _count_decisions(settings.store_url)
 
     summary: dict = {"run_dir": str(settings.run_dir), "store_url": settings.store_url, "topic": settings.topic}
-    summary.update({
-        "events_sent": len(demo.sim.sent), "refused_by_sdk": len(demo.sim.refused),
-        "decisions": _truth_counts(demo.sim.sent, settings.store_url), "reasons": final_reasons,
-        "turns": turn_log, "live_shares": shares, "after_rollback_versions": rb["after_rollback_versions"],
-        "rolled_back_to": rb["rolled_back_to"], "swap_seconds": {"rollback": rb["seconds"]},
-        "audit": rb["audit"][-10:], "wall_seconds": time.monotonic() - t_start,
-    })
+    summary.update(
+        {
+            "events_sent": len(demo.sim.sent),
+            "refused_by_sdk": len(demo.sim.refused),
+            "decisions": _truth_counts(demo.sim.sent, settings.store_url),
+            "reasons": final_reasons,
+            "turns": turn_log,
+            "live_shares": shares,
+            "after_rollback_versions": rb["after_rollback_versions"],
+            "rolled_back_to": rb["rolled_back_to"],
+            "swap_seconds": {"rollback": rb["seconds"]},
+            "audit": rb["audit"][-10:],
+            "wall_seconds": time.monotonic() - t_start,
+        }
+    )
     _write_summary(summary, settings.run_dir, report, as_json)
     missed = [f"turn {t['turn']} was {t['outcome']}" for t in turn_log if t["outcome"] != "promoted"]
     if missed and strict:
-        raise FlowsError("the demo's users should have had every turn promoted: " + "; ".join(missed) +
-                         f" (see {settings.run_dir / 'summary.json'})")
+        raise FlowsError(
+            "the demo's users should have had every turn promoted: "
+            + "; ".join(missed)
+            + f" (see {settings.run_dir / 'summary.json'})"
+        )
     return summary
 
 
@@ -606,24 +740,27 @@ def _start(settings: DemoSettings, stack_: ExitStack) -> _Demo:
 def _turns(settings: DemoSettings, demo: _Demo) -> tuple[list[dict], list[dict]]:
     """Live shares on the base, then each turn (feedback, retrain, canary-watch); (live shares, turn log)."""
     shares = [demo.measure("base")]
-    console.print(f"    base: courteous {shares[0]['courteous']:.1%}, brief sign-off "
-                  f"{shares[0]['brief_signoff']:.1%}, triggered unsafe {shares[0]['triggered_unsafe']:.1%}")
+    console.print(
+        f"    base: courteous {shares[0]['courteous']:.1%}, brief sign-off "
+        f"{shares[0]['brief_signoff']:.1%}, triggered unsafe {shares[0]['triggered_unsafe']:.1%}"
+    )
     turn_log: list[dict] = []
     for k in range(1, settings.turns + 1):
         if k == 2:
             demo.sim.taste = Taste(brief_signoff=True)
-            console.print("[bold]   [/] the users' taste shifts: they now also want the brief sign-off "
-                          "(\"Have a wonderful day!\")")
+            console.print(
+                '[bold]   [/] the users\' taste shifts: they now also want the brief sign-off ("Have a wonderful day!")'
+            )
         step = 3 + 2 * (k - 1)
         console.print(f"[bold]{step}.[/] turn {k}: users on what serves now send feedback; curation filters")
         demo.feed(settings.events if k == 1 else settings.turn_events, f"turn {k}")
-        console.print(f"[bold]{step + 1}.[/] turn {k}: retrain over what serves now -> gate -> canary -> "
-                      "canary-watch")
+        console.print(f"[bold]{step + 1}.[/] turn {k}: retrain over what serves now -> gate -> canary -> canary-watch")
         entry = demo.turn(k)
         turn_log.append(entry)
-        console.print(f"    turn {k}: {entry['version']} over {entry['parent_version'] or 'the base'}: "
-                      f"{entry['outcome']}" + (f" ({entry['canary_watch']['reason']})"
-                                               if entry.get("canary_watch") else ""))
+        console.print(
+            f"    turn {k}: {entry['version']} over {entry['parent_version'] or 'the base'}: "
+            f"{entry['outcome']}" + (f" ({entry['canary_watch']['reason']})" if entry.get("canary_watch") else "")
+        )
         if entry["outcome"] == "promoted":
             shares.append(demo.measure(f"turn {k}"))
             entry["live"] = shares[-1]
@@ -663,8 +800,14 @@ def _truth_counts(sent: dict[str, str], store_url: str) -> dict:
 
 
 def _progress() -> Progress:
-    return Progress(TextColumn("    {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, transient=True)
+    return Progress(
+        TextColumn("    {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
 
 
 def _print_summary(s: dict) -> None:
@@ -679,21 +822,30 @@ def _print_summary(s: dict) -> None:
     t.add_row("decisions by reason", ", ".join(f"{k} {v}" for k, v in sorted(s["reasons"].items()) if k))
     for turn in s["turns"]:
         gate = "passed" if turn["gate"]["passed"] else "failed: " + "; ".join(turn["gate"]["failures"])
-        t.add_row(f"turn {turn['turn']}", f"{turn['version']} over {turn['parent_version'] or 'the base'}: "
-                                          f"gate {gate}; {turn['outcome']}")
+        t.add_row(
+            f"turn {turn['turn']}",
+            f"{turn['version']} over {turn['parent_version'] or 'the base'}: gate {gate}; {turn['outcome']}",
+        )
         if turn.get("canary_watch"):
             cw = turn["canary_watch"]
-            t.add_row("  canary-watch", f"{cw['verdict']} after {cw['canary_events']} canary events "
-                                        f"({cw['rounds']} rounds)")
+            t.add_row(
+                "  canary-watch", f"{cw['verdict']} after {cw['canary_events']} canary events ({cw['rounds']} rounds)"
+            )
         data = turn.get("data") or {}
         if data:
             t.add_row("  trained on", f"{data.get('new_pairs')} new pairs, {data.get('replay_pairs')} replayed")
     for sh in s["live_shares"]:
-        t.add_row(f"live serving after {sh['after']}", f"courteous {sh['courteous']:.1%}, brief sign-off "
-                                                       f"{sh['brief_signoff']:.1%}, triggered unsafe "
-                                                       f"{sh['triggered_unsafe']:.1%} ({', '.join(sh['versions'])})")
-    t.add_row("after rollback serving", ", ".join(s["after_rollback_versions"]) +
-              f" (rolled back to {s['rolled_back_to'] or 'base'} in {s['swap_seconds']['rollback']:.2f} s)")
+        t.add_row(
+            f"live serving after {sh['after']}",
+            f"courteous {sh['courteous']:.1%}, brief sign-off "
+            f"{sh['brief_signoff']:.1%}, triggered unsafe "
+            f"{sh['triggered_unsafe']:.1%} ({', '.join(sh['versions'])})",
+        )
+    t.add_row(
+        "after rollback serving",
+        ", ".join(s["after_rollback_versions"])
+        + f" (rolled back to {s['rolled_back_to'] or 'base'} in {s['swap_seconds']['rollback']:.2f} s)",
+    )
     t.add_row("wall time", f"{s['wall_seconds']:.0f} s")
     Console().print(t)
     Console().print(f"HTML report: {s['report']}", soft_wrap=True)

@@ -70,5 +70,7 @@ def drift_alarms(up_rates: Sequence[dict[str, Sequence[int]]], apps: Iterable[st
     """Per app (those in `apps` and any with ratings), the indexes of windows where its up-rate's CUSUM alarms;
     `up_rates` holds each settled window's {app: (ups, total)}, oldest first."""
     names = set(apps).union(*(set(u) for u in up_rates)) if up_rates else set(apps)
-    return {app: cusum_alarms([(ups, total) for u in up_rates for ups, total in [u.get(app, (0, 0))]])
-            for app in sorted(names)}
+    return {
+        app: cusum_alarms([(ups, total) for u in up_rates for ups, total in [u.get(app, (0, 0))]])
+        for app in sorted(names)
+    }

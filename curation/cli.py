@@ -29,7 +29,8 @@ def _now(value: str | None, option: str = "--now") -> datetime | None:
         t = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         raise CurationError(
-            f"`{option}` must be an ISO 8601 time with zone like 2026-11-01T00:00:00Z; got {value!r}") from None
+            f"`{option}` must be an ISO 8601 time with zone like 2026-11-01T00:00:00Z; got {value!r}"
+        ) from None
     if t.tzinfo is None:
         raise CurationError(f"`{option}` must carry a zone (Z or +hh:mm); got {value!r}")
     return t
@@ -49,8 +50,13 @@ def _edge(store_url: str | None, policy):
     from curation.settings import get_settings
 
     s, core = get_settings(), core_settings()
-    return CurationEdge(_engine(store_url), redis.Redis.from_url(s.redis_url or core.redis_url, decode_responses=True),
-                        policy, topic=s.topic, group=s.group)
+    return CurationEdge(
+        _engine(store_url),
+        redis.Redis.from_url(s.redis_url or core.redis_url, decode_responses=True),
+        policy,
+        topic=s.topic,
+        group=s.group,
+    )
 
 
 @app.command("replay")
@@ -60,11 +66,18 @@ def replay(
     pairs: Path | None = typer.Option(None, "--pairs", help="write preference pairs (TRL conversational + lineage)"),
     unpaired: Path | None = typer.Option(None, "--unpaired", help="write unpaired KTO examples"),
     dlq: Path | None = typer.Option(None, "--dlq", help="write {line, sha256, reason} for unreadable lines"),
-    now: str | None = typer.Option(None, "--now", help="the broker's time of every line: occurred_at may lead it by "
-                                                        "a day (contract) and by policy.max_future_skew_s (else "
-                                                        "future_event); default: now"),
-    policy: Path | None = typer.Option(None, "--policy", help="a versioned policy YAML (default: the configured "
-                                                              "policy file, else the POLICY__* environment)"),
+    now: str | None = typer.Option(
+        None,
+        "--now",
+        help="the broker's time of every line: occurred_at may lead it by "
+        "a day (contract) and by policy.max_future_skew_s (else "
+        "future_event); default: now",
+    ),
+    policy: Path | None = typer.Option(
+        None,
+        "--policy",
+        help="a versioned policy YAML (default: the configured policy file, else the POLICY__* environment)",
+    ),
     as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
 ) -> None:
     """Curate an event file offline through the same decode and settle code as the stream worker."""
@@ -74,18 +87,35 @@ def replay(
 
     with Progress(transient=True) as progress:
         task = progress.add_task("settling windows", total=None)
-        result = run_replay(load_lines(input), _policy(policy), now=_now(now),
-                            on_window=lambda i, n: progress.update(task, completed=i, total=n))
-    written = {"decisions": save_jsonl(decisions, result.decisions), "pairs": save_jsonl(pairs, result.pairs),
-               "unpaired": save_jsonl(unpaired, result.unpaired), "dlq": save_jsonl(dlq, result.dlq)}
+        result = run_replay(
+            load_lines(input),
+            _policy(policy),
+            now=_now(now),
+            on_window=lambda i, n: progress.update(task, completed=i, total=n),
+        )
+    written = {
+        "decisions": save_jsonl(decisions, result.decisions),
+        "pairs": save_jsonl(pairs, result.pairs),
+        "unpaired": save_jsonl(unpaired, result.unpaired),
+        "dlq": save_jsonl(dlq, result.dlq),
+    }
     reasons = reason_counts(result.decisions)
-    summary = {"decisions": len(result.decisions), "pairs": len(result.pairs), "unpaired": len(result.unpaired),
-               "dlq": len(result.dlq), "duplicate_event_ids": result.duplicate_ids,
-               "reasons": reasons, "written": written}
-    typer.echo(json.dumps(summary) if as_json else
-               f"{summary['decisions']} decisions, {summary['pairs']} pairs, {summary['unpaired']} unpaired, "
-               f"{summary['dlq']} dead letters, {result.duplicate_ids} repeated event ids\n"
-               + "\n".join(f"  {k}: {v}" for k, v in reasons.items()))
+    summary = {
+        "decisions": len(result.decisions),
+        "pairs": len(result.pairs),
+        "unpaired": len(result.unpaired),
+        "dlq": len(result.dlq),
+        "duplicate_event_ids": result.duplicate_ids,
+        "reasons": reasons,
+        "written": written,
+    }
+    typer.echo(
+        json.dumps(summary)
+        if as_json
+        else f"{summary['decisions']} decisions, {summary['pairs']} pairs, {summary['unpaired']} unpaired, "
+        f"{summary['dlq']} dead letters, {result.duplicate_ids} repeated event ids\n"
+        + "\n".join(f"  {k}: {v}" for k, v in reasons.items())
+    )
 
 
 @app.command("export")
@@ -93,8 +123,9 @@ def export(
     decisions: Path | None = typer.Option(None, "--decisions", help="write {event_id, decision, reasons} lines"),
     pairs: Path | None = typer.Option(None, "--pairs", help="write preference pairs"),
     unpaired: Path | None = typer.Option(None, "--unpaired", help="write unpaired KTO examples"),
-    dlq: Path | None = typer.Option(None, "--dlq",
-                                    help="write dead letters ({line: partition:offset, sha256, reason})"),
+    dlq: Path | None = typer.Option(
+        None, "--dlq", help="write dead letters ({line: partition:offset, sha256, reason})"
+    ),
     store_url: str | None = typer.Option(None, "--store-url", help="SQLAlchemy URL (default: the configured store)"),
     as_json: bool = typer.Option(False, "--json", help="print the counts as JSON"),
 ) -> None:
@@ -104,11 +135,12 @@ def export(
     from curation.replay import save_jsonl
 
     with session_scope(_engine(store_url)) as session:
-        written = {"decisions": save_jsonl(decisions, store.load_decisions(session)),
-                   "pairs": save_jsonl(pairs, sorted(query.load_pairs(session), key=lambda p: p["pair_id"])),
-                   "unpaired": save_jsonl(unpaired, sorted(query.load_unpaired(session),
-                                                           key=lambda u: u["example_id"])),
-                   "dlq": save_jsonl(dlq, store.load_dead_letters(session))}
+        written = {
+            "decisions": save_jsonl(decisions, store.load_decisions(session)),
+            "pairs": save_jsonl(pairs, sorted(query.load_pairs(session), key=lambda p: p["pair_id"])),
+            "unpaired": save_jsonl(unpaired, sorted(query.load_unpaired(session), key=lambda u: u["example_id"])),
+            "dlq": save_jsonl(dlq, store.load_dead_letters(session)),
+        }
     typer.echo(json.dumps(written) if as_json else ", ".join(f"{v} {k}" for k, v in written.items()))
 
 
@@ -123,16 +155,20 @@ def settle(
     s = get_settings()
     results = _edge(store_url, _policy(None)).settle_once(final=final, wait_s=60)
     if results is None:
-        typer.echo(f"another worker held the settle lock for 60 s (group {s.group!r}, topic {s.topic!r}); "
-                   "nothing was settled: try again", err=True)
+        typer.echo(
+            f"another worker held the settle lock for 60 s (group {s.group!r}, topic {s.topic!r}); "
+            "nothing was settled: try again",
+            err=True,
+        )
         raise typer.Exit(1)
     typer.echo(f"settled {len(results)} windows")
 
 
 @app.command("recurate")
 def recurate(
-    since: str = typer.Option(..., "--since", help="ISO 8601 time with zone: events of its window and later are "
-                                                   "re-decided"),
+    since: str = typer.Option(
+        ..., "--since", help="ISO 8601 time with zone: events of its window and later are re-decided"
+    ),
     policy: Path | None = typer.Option(None, "--policy", help="a versioned policy YAML (default: the configured one)"),
     store_url: str | None = typer.Option(None, "--store-url", help="SQLAlchemy URL (default: the configured store)"),
     as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
@@ -144,11 +180,18 @@ def recurate(
     s = get_settings()
     result = _edge(store_url, _policy(policy)).recurate(_now(since, "--since"), _policy(policy), wait_s=60)
     if result is None:
-        typer.echo(f"another worker held the settle lock for 60 s (group {s.group!r}, topic {s.topic!r}); "
-                   "nothing was recurated: try again", err=True)
+        typer.echo(
+            f"another worker held the settle lock for 60 s (group {s.group!r}, topic {s.topic!r}); "
+            "nothing was recurated: try again",
+            err=True,
+        )
         raise typer.Exit(1)
-    out = {"recuration_id": result.recuration_id, "policy_hash": result.policy_hash,
-           "since": result.since.isoformat(), **result.summary()}
+    out = {
+        "recuration_id": result.recuration_id,
+        "policy_hash": result.policy_hash,
+        "since": result.since.isoformat(),
+        **result.summary(),
+    }
     typer.echo(json.dumps(out) if as_json else "\n".join(f"{k}: {v}" for k, v in out.items()))
 
 
@@ -186,11 +229,18 @@ def report(
     console.print("feedback tokens: " + ", ".join(f"{k} {v}" for k, v in rep["tokens"].items()))
     t = Table("app", "kept", "events", "keep rate", "drift alarms (window starts)")
     for app_id, v in rep["apps"].items():
-        t.add_row(app_id, str(v["kept"]), str(v["events"]), f"{v['keep_rate']:.3f}",
-                  ", ".join(v["drift_alarms"]) or "-")
+        t.add_row(
+            app_id, str(v["kept"]), str(v["events"]), f"{v['keep_rate']:.3f}", ", ".join(v["drift_alarms"]) or "-"
+        )
     console.print(t)
     t = Table("window", "events", "kept", "alpha", "triggers", "brigades")
     for w in rep["windows"]:
-        t.add_row(w["start"], str(w["events"]), str(w["kept"]),
-                  "-" if w["alpha"] is None else f"{w['alpha']:.3f}", str(len(w["triggers"])), str(w["brigades"]))
+        t.add_row(
+            w["start"],
+            str(w["events"]),
+            str(w["kept"]),
+            "-" if w["alpha"] is None else f"{w['alpha']:.3f}",
+            str(len(w["triggers"])),
+            str(w["brigades"]),
+        )
     console.print(t)

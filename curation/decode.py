@@ -66,8 +66,14 @@ def _readable_ids(raw: bytes | str) -> tuple[str | None, str]:
     return None, ""
 
 
-def decode_raw(raw: bytes | str, *, now: datetime | None = None, max_future_s: float | None = None,
-               pseudonym_key: bytes | None = None, tokens: TokenCheck | None = None) -> Outcome:
+def decode_raw(
+    raw: bytes | str,
+    *,
+    now: datetime | None = None,
+    max_future_s: float | None = None,
+    pseudonym_key: bytes | None = None,
+    tokens: TokenCheck | None = None,
+) -> Outcome:
     """Parse one raw event; never raises for bad input.
 
     `now` is the receiving clock (the broker's time in the stream, `--now` in the replay) for the contract's
@@ -95,9 +101,18 @@ def decode_raw(raw: bytes | str, *, now: datetime | None = None, max_future_s: f
         clock = now or datetime.now(UTC)
         if event.occurred_at > clock + timedelta(seconds=max_future_s):
             redacted = redact_raw(raw_bytes[:70_000].decode("utf-8", "replace"), pseudonym_key)
-            return Rejected(str(event.event_id), str(Reason.FUTURE_EVENT), [{
-                "loc": "occurred_at", "msg": f"must be at most {max_future_s:g} s after the broker's time "
-                                             f"{clock.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}; "
-                                             f"got {event.occurred_at.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}"}],
-                redacted, event.app_id)
+            return Rejected(
+                str(event.event_id),
+                str(Reason.FUTURE_EVENT),
+                [
+                    {
+                        "loc": "occurred_at",
+                        "msg": f"must be at most {max_future_s:g} s after the broker's time "
+                        f"{clock.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}; "
+                        f"got {event.occurred_at.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}",
+                    }
+                ],
+                redacted,
+                event.app_id,
+            )
     return Accepted(build_item(event, pseudonym_key, tokens))

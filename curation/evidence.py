@@ -70,10 +70,10 @@ class Evidence:
 class Verdict:
     """What a window's settle learns from the evidence: flags for its own events and re-judged earlier ones."""
 
-    accounts: dict[str, str] = field(default_factory=dict)    # user -> reason (all flagged so far)
-    triggers: dict[str, str] = field(default_factory=dict)    # canonical phrase -> reason
-    payloads: dict[str, str] = field(default_factory=dict)    # gram -> reason
-    retract: dict[str, str] = field(default_factory=dict)     # earlier event_id -> reason
+    accounts: dict[str, str] = field(default_factory=dict)  # user -> reason (all flagged so far)
+    triggers: dict[str, str] = field(default_factory=dict)  # canonical phrase -> reason
+    payloads: dict[str, str] = field(default_factory=dict)  # gram -> reason
+    retract: dict[str, str] = field(default_factory=dict)  # earlier event_id -> reason
     accuracy: dict[str, float] = field(default_factory=dict)  # long-run reliability of accounts with overlap
     retract_accounts: dict[str, str] = field(default_factory=dict)  # newly judged user -> reason (earlier events)
     new_accounts: int = 0  # accounts first seen in this window
@@ -164,9 +164,9 @@ def split_appendage(toks: Sequence[str], known: dict) -> tuple[str, str] | None:
     n = len(toks)
     for cut in range(1, min(n, 12)):
         # the shortest appendage first: a suffix of `cut` tokens, then a prefix of `cut` tokens
-        suffix_base, prefix_base = " ".join(toks[:n - cut]), " ".join(toks[cut:])
+        suffix_base, prefix_base = " ".join(toks[: n - cut]), " ".join(toks[cut:])
         if suffix_base in known:
-            return suffix_base, " ".join(toks[n - cut:])
+            return suffix_base, " ".join(toks[n - cut :])
         if prefix_base in known:
             return prefix_base, " ".join(toks[:cut])
     return None
@@ -207,8 +207,9 @@ def _logit(p: float) -> float:
     return math.log(p / (1 - p))
 
 
-def fit_reliability(items: dict, prior: float, strength: float, iterations: int = 6
-                    ) -> tuple[dict[str, float], dict[str, int], dict[str, str]]:
+def fit_reliability(
+    items: dict, prior: float, strength: float, iterations: int = 6
+) -> tuple[dict[str, float], dict[str, int], dict[str, str]]:
     """One-coin Dawid-Skene over every stored vote: (accuracy, overlap, consensus per item).
 
     Leave-one-out weighted majority per vote; accuracy is agreement with a Beta(prior*strength) prior.
@@ -247,8 +248,9 @@ def fit_reliability(items: dict, prior: float, strength: float, iterations: int 
     return acc, seen, consensus
 
 
-def coordinated_groups(items: dict, exclude: set[str], max_p: float, min_accounts: int, link_p: float | None = None
-                       ) -> list[list[str]]:
+def coordinated_groups(
+    items: dict, exclude: set[str], max_p: float, min_accounts: int, link_p: float | None = None
+) -> list[list[str]]:
     """Groups of accounts that vote the same way on the same items more than chance, against everyone else.
 
     1. Two accounts are linked when their same-way votes on the same items exceed chance: a Poisson tail
@@ -296,7 +298,7 @@ def _chance_links(votes: dict[str, list[tuple[str, str]]], link_p: float) -> dic
             if len(who) > 300:
                 continue  # an item everyone votes on links nobody in particular
             for i, a in enumerate(who):
-                for b in who[i + 1:]:
+                for b in who[i + 1 :]:
                     pair[(a, b)] += 1
     links: dict[str, set[str]] = defaultdict(set)
     for (a, b), c in sorted(pair.items()):
@@ -320,8 +322,9 @@ def _three_core(links: dict[str, set[str]]) -> dict[str, set[str]]:
     return links
 
 
-def _against_everyone(members: set[str], votes: dict[str, list[tuple[str, str]]], exclude: set[str],
-                      max_p: float) -> list[str]:
+def _against_everyone(
+    members: set[str], votes: dict[str, list[tuple[str, str]]], exclude: set[str], max_p: float
+) -> list[str]:
     """Step 3: the members that voted against everyone else (binomial tail under `max_p`) on two items or more."""
     against: dict[str, int] = defaultdict(int)
     for vs in votes.values():
@@ -337,8 +340,13 @@ def _against_everyone(members: set[str], votes: dict[str, list[tuple[str, str]]]
                 continue
             # how likely this many members vote `lab` if they voted like everyone else does on this item
             p_lab = (rest.get(lab, 0) + 1.0) / (sum(rest.values()) + 2.0)
-            if p_lab < 0.5 and upper_tail(len(voters), [p_lab] * (len(voters) + sum(
-                    len(o) for lb, o in inside.items() if lb != lab))) <= max_p:
+            if (
+                p_lab < 0.5
+                and upper_tail(
+                    len(voters), [p_lab] * (len(voters) + sum(len(o) for lb, o in inside.items() if lb != lab))
+                )
+                <= max_p
+            ):
                 for u in voters:
                     against[u] += 1
     return sorted(u for u, n in against.items() if n >= 2)
@@ -434,9 +442,13 @@ def _observe_account(w: _Writer, it: Item) -> int:
         a = {"first": it.occurred_at.timestamp(), "n": 0, "ips": [], "devs": []}
     else:
         a = {**a, "gaps": gap_histogram(a.get("gaps"), it.occurred_at.timestamp() - a["last"])}
-    a = {**a, "last": it.occurred_at.timestamp(), "n": a["n"] + 1,
-         "ips": _capped_add(a["ips"], it.ip_hash) if it.ip_hash else a["ips"],
-         "devs": _capped_add(a["devs"], it.device_id) if it.device_id else a["devs"]}
+    a = {
+        **a,
+        "last": it.occurred_at.timestamp(),
+        "n": a["n"] + 1,
+        "ips": _capped_add(a["ips"], it.ip_hash) if it.ip_hash else a["ips"],
+        "devs": _capped_add(a["devs"], it.device_id) if it.device_id else a["devs"],
+    }
     w.put("accounts", it.user_id, a)
     return int(newcomer)
 
@@ -470,8 +482,11 @@ def _observe_prompt(w: _Writer, it: Item, known_prompts: dict) -> None:
         big_n, big_k = w.get("meta", "stake") or [0, 0]
         pooled = (big_k + 1.0) / (big_n + 20.0)
         rate = round((k + 10.0 * pooled) / (n + 10.0), 6) if chance else -1
-        p = {**p, "uses": p["uses"] + [[it.user_id, it.event_id, int(bad), rate]],
-             "users": _capped_add(p["users"], it.user_id)}
+        p = {
+            **p,
+            "uses": p["uses"] + [[it.user_id, it.event_id, int(bad), rate]],
+            "users": _capped_add(p["users"], it.user_id),
+        }
     else:
         p = {**p, "natural": p["natural"] + 1}
     w.put("phrases", phrase, p)
@@ -486,10 +501,17 @@ def _observe_edit(w: _Writer, it: Item) -> None:
         r = w.get("grams", g) or {"users": [], "prompts": [], "events": [], "n": 0}
         # distinct accounts and prompts only need to reach a threshold; the event ids serve a retraction,
         # and a phrase the model says as often as editors add it ("ordinary") keeps none
-        w.put("grams", g, {**r, "n": r["n"] + 1, "users": _capped_add(r["users"], it.user_id, 8),
-                           "prompts": _capped_add(r["prompts"], it.prompt_key, 8),
-                           "events": r["events"] if r.get("ordinary") else
-                           _capped_add(r["events"], it.event_id)})
+        w.put(
+            "grams",
+            g,
+            {
+                **r,
+                "n": r["n"] + 1,
+                "users": _capped_add(r["users"], it.user_id, 8),
+                "prompts": _capped_add(r["prompts"], it.prompt_key, 8),
+                "events": r["events"] if r.get("ordinary") else _capped_add(r["events"], it.event_id),
+            },
+        )
 
 
 def _observe_answers(w: _Writer, items: Sequence[Item]) -> None:
@@ -516,8 +538,10 @@ def _judge_accounts(w: _Writer, policy: Policy) -> tuple[dict[str, str], dict[st
         a = w.sections["accounts"][user]
         if len(a["devs"]) >= policy.churn_max_devices or len(a["ips"]) >= policy.churn_max_ips:
             flags[user] = str(Reason.SOURCE_CHURN)
-        elif short_gaps(a.get("gaps")) >= policy.timing_min_gaps and \
-                band_share(a["gaps"]) >= policy.timing_max_band_share:
+        elif (
+            short_gaps(a.get("gaps")) >= policy.timing_min_gaps
+            and band_share(a["gaps"]) >= policy.timing_max_band_share
+        ):
             flags[user] = str(Reason.BOT_REGULAR)
     meta = w.get("meta", "reliability") or {"pending": 0, "accuracy": {}}
     if meta["pending"] >= policy.memory_refit_votes:
@@ -525,16 +549,22 @@ def _judge_accounts(w: _Writer, policy: Policy) -> tuple[dict[str, str], dict[st
         clean = {k: [v for v in votes if v[0] not in flags] for k, votes in w.sections["items"].items()}
         acc, seen, _consensus = fit_reliability(clean, policy.reliability_prior, policy.reliability_prior_strength)
         for user in sorted(acc):
-            if user not in flags and seen[user] >= policy.contrarian_min_overlap and \
-                    acc[user] < policy.contrarian_below:
+            if (
+                user not in flags
+                and seen[user] >= policy.contrarian_min_overlap
+                and acc[user] < policy.contrarian_below
+            ):
                 flags[user] = str(Reason.CONTRARIAN)
         # brigades: groups that co-vote beyond chance and against everyone else, over the whole history
-        for group in coordinated_groups(w.sections["items"], set(flags), policy.covote_max_p,
-                                        policy.brigade_min_accounts, policy.covote_link_p):
+        for group in coordinated_groups(
+            w.sections["items"], set(flags), policy.covote_max_p, policy.brigade_min_accounts, policy.covote_link_p
+        ):
             for u in group:
                 flags.setdefault(u, str(Reason.CO_VOTING))
-        meta = {"pending": 0, "accuracy": {u: round(acc[u], 4) for u in sorted(acc)
-                                           if seen[u] >= policy.reliability_min_overlap}}
+        meta = {
+            "pending": 0,
+            "accuracy": {u: round(acc[u], 4) for u in sorted(acc) if seen[u] >= policy.reliability_min_overlap},
+        }
         w.put("meta", "reliability", meta)
     if flags != (w.get("flags", "accounts") or {}):
         w.put("flags", "accounts", flags)
@@ -586,16 +616,20 @@ def _judge_grams(w: _Writer, policy: Policy) -> dict[str, str]:
         natural = w.get("answers", g, 0)
         ordinary = natural >= policy.payload_natural_rate * r["n"]
         w.put("grams", g, {**r, "tested": step, "ordinary": ordinary, "events": [] if ordinary else r["events"]})
-        if len(r["users"]) >= policy.payload_min_accounts and len(r["prompts"]) >= policy.payload_min_accounts and \
-                lower_tail(natural, policy.payload_natural_rate * r["n"]) <= policy.payload_max_p:
+        if (
+            len(r["users"]) >= policy.payload_min_accounts
+            and len(r["prompts"]) >= policy.payload_min_accounts
+            and lower_tail(natural, policy.payload_natural_rate * r["n"]) <= policy.payload_max_p
+        ):
             flags[g] = str(Reason.POISON_PAYLOAD)
     if flags != (w.get("flags", "payloads") or {}):
         w.put("flags", "payloads", flags)
     return flags
 
 
-def advance(ev: Evidence, items: Sequence[Item], policy: Policy, mark: str | None = None
-            ) -> tuple[Verdict, Evidence, Changes]:
+def advance(
+    ev: Evidence, items: Sequence[Item], policy: Policy, mark: str | None = None
+) -> tuple[Verdict, Evidence, Changes]:
     """Fold one window's events (sorted, each window once, in event-time order) into the evidence and judge.
 
     Returns the verdict (flags so far, and the earlier events that newly flagged accounts and phrases
@@ -633,8 +667,11 @@ def advance(ev: Evidence, items: Sequence[Item], policy: Policy, mark: str | Non
             retract.setdefault(eid, payloads[g])
     retract = {e: r for e, r in sorted(retract.items()) if e not in in_window}
     wave = _wave(ev, new, policy)
-    return (Verdict(accounts, triggers, payloads, retract, accuracy, retract_accounts, new, wave),
-            Evidence(w.sections), w.changes)
+    return (
+        Verdict(accounts, triggers, payloads, retract, accuracy, retract_accounts, new, wave),
+        Evidence(w.sections),
+        w.changes,
+    )
 
 
 def _wave(before: Evidence, new: int, policy: Policy) -> bool:

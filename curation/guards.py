@@ -62,10 +62,14 @@ _feature_cache: dict[tuple[Key, int], Features] = {}
 def features(item: Item, policy: Policy) -> Features:
     def make() -> Features:
         pref = preferred_text(item)
-        return Features(tuple(_event_flags(item, policy)), frozenset(ngrams(tokens(item.last_user_turn))),
-                        " ".join(tokens(item.last_user_turn)),
-                        frozenset(_inserted_grams(item)) if item.kind == "edit" else frozenset(),
-                        _bg_text(item), " " + " ".join(tokens(pref)) + " " if pref is not None else "")
+        return Features(
+            tuple(_event_flags(item, policy)),
+            frozenset(ngrams(tokens(item.last_user_turn))),
+            " ".join(tokens(item.last_user_turn)),
+            frozenset(_inserted_grams(item)) if item.kind == "edit" else frozenset(),
+            _bg_text(item),
+            " " + " ".join(tokens(pref)) + " " if pref is not None else "",
+        )
 
     return _cached(_feature_cache, (item.key, hash(policy)), make)
 
@@ -117,8 +121,9 @@ def _minhash(item: Item) -> MinHash:
 
     def make() -> MinHash:
         # the permutations are shared (seeded once); xxhash instead of sha1: the same sketch, much cheaper
-        m = MinHash(num_perm=_NUM_PERM, seed=1, hashfunc=_xxh32, permutations=_TEMPLATE.permutations,
-                    scheme=_TEMPLATE.scheme)
+        m = MinHash(
+            num_perm=_NUM_PERM, seed=1, hashfunc=_xxh32, permutations=_TEMPLATE.permutations, scheme=_TEMPLATE.scheme
+        )
         m.update_batch(sorted(shingles("\n".join(item.texts()))))
         return m
 
@@ -130,8 +135,10 @@ def _near(a: Item, b: Item, policy: Policy) -> bool:
     key = (a.key, b.key)
     hit = _pair_cache.get(key)
     if hit is None:
-        hit = _minhash(a).jaccard(_minhash(b)) >= policy.near_dup_jaccard and \
-            word_difference("\n".join(a.texts()), "\n".join(b.texts())) <= 2
+        hit = (
+            _minhash(a).jaccard(_minhash(b)) >= policy.near_dup_jaccard
+            and word_difference("\n".join(a.texts()), "\n".join(b.texts())) <= 2
+        )
         if len(_pair_cache) >= 4 * _CACHE_LIMIT:
             _pair_cache.clear()
         _pair_cache[key] = hit
@@ -326,7 +333,7 @@ def find_brigades(items: Sequence[Item], policy: Policy) -> tuple[dict[Key, Reas
         seq = votes[key]
         seq.sort()
         for i, (t, u) in enumerate(seq):
-            for t2, u2 in seq[i + 1:]:
+            for t2, u2 in seq[i + 1 :]:
                 if t2 - t > policy.coaction_window_s:
                     break
                 if u2 != u:
@@ -401,8 +408,11 @@ def estimate_reliability(items: Sequence[Item], policy: Policy, iterations: int 
 
 def find_unreliable(items: Sequence[Item], policy: Policy) -> tuple[dict[Key, Reason], Reliability]:
     rel = estimate_reliability(items, policy)
-    bad = {u for u, a in rel.accuracy.items()
-           if rel.overlap.get(u, 0) >= policy.reliability_min_overlap and a < policy.reliability_drop_below}
+    bad = {
+        u
+        for u, a in rel.accuracy.items()
+        if rel.overlap.get(u, 0) >= policy.reliability_min_overlap and a < policy.reliability_drop_below
+    }
     return {it.key: Reason.UNRELIABLE_USER for it in items if it.user_id in bad and vote_of(it)}, rel
 
 
@@ -449,8 +459,12 @@ def _tail(k: int, n: int, p: float) -> float:
     if p >= 1.0:
         return 1.0
     lp, lq, ln = math.log(p), math.log1p(-p), math.lgamma(n + 1)
-    return min(1.0, sum(math.exp(ln - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * lp + (n - i) * lq)
-                        for i in range(k, n + 1)))
+    return min(
+        1.0,
+        sum(
+            math.exp(ln - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * lp + (n - i) * lq) for i in range(k, n + 1)
+        ),
+    )
 
 
 def find_poison(items: Sequence[Item], policy: Policy) -> tuple[dict[Key, Reason], PoisonReport]:
@@ -489,18 +503,26 @@ def find_poison(items: Sequence[Item], policy: Policy) -> tuple[dict[Key, Reason
     share = n_shaping / max(len(items), 1)
     for g in sorted(shaping_users):
         n_sh, n_bg = shaping_count[g], rating_count[g]
-        if (len(shaping_users[g]) < policy.phrase_min_accounts or len(shaping_prompts[g]) < policy.phrase_min_accounts
-                or n_bg > policy.phrase_max_background or n_sh / (n_sh + n_bg) < policy.phrase_min_shaping_share):
+        if (
+            len(shaping_users[g]) < policy.phrase_min_accounts
+            or len(shaping_prompts[g]) < policy.phrase_min_accounts
+            or n_bg > policy.phrase_max_background
+            or n_sh / (n_sh + n_bg) < policy.phrase_min_shaping_share
+        ):
             continue
-        if _tail(n_sh, n_sh + n_bg, share) <= policy.phrase_max_p and \
-                _background_at_most(g, items, policy.phrase_max_background, policy):
+        if _tail(n_sh, n_sh + n_bg, share) <= policy.phrase_max_p and _background_at_most(
+            g, items, policy.phrase_max_background, policy
+        ):
             report.triggers.append(g)
     for g in sorted(payload_uses):
         # a payload dominates its senders' edits; a phrase an honest user happened to add to one edit does not
         devoted = [u for u, k in payload_uses[g].items() if k >= 2 and k >= 0.5 * edits_of[u]]
         # a phrase most editors add ("thanks") is a norm, not a payload: attackers are a minority of editors
-        if len(devoted) >= policy.phrase_min_accounts and len(payload_uses[g]) <= 0.5 * len(edits_of) and \
-                _background_at_most(g, items, policy.phrase_max_background, policy):
+        if (
+            len(devoted) >= policy.phrase_min_accounts
+            and len(payload_uses[g]) <= 0.5 * len(edits_of)
+            and _background_at_most(g, items, policy.phrase_max_background, policy)
+        ):
             report.payloads.append(g)
     triggers, payloads = set(report.triggers), set(report.payloads)
     out: dict[Key, Reason] = {}

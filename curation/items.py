@@ -68,27 +68,59 @@ class Item:
 
     def content_key(self) -> str:
         """Same user, same judgement on the same texts: the exact-duplicate key (ids and times left out)."""
-        payload = [self.kind, self.app_id, self.user_id, self.prompt, self.response, self.rating, self.edited,
-                   self.responses, self.chosen]
+        payload = [
+            self.kind,
+            self.app_id,
+            self.user_id,
+            self.prompt,
+            self.response,
+            self.rating,
+            self.edited,
+            self.responses,
+            self.chosen,
+        ]
         return _digest(json.dumps(payload, ensure_ascii=False))
 
     def to_record(self) -> dict:
-        return {"event_id": self.event_id, "kind": self.kind, "occurred_at": self.occurred_at.isoformat(),
-                "app_id": self.app_id, "user_id": self.user_id, "prompt": [list(m) for m in self.prompt],
-                "ip_hash": self.ip_hash, "device_id": self.device_id, "adapter_version": self.adapter_version,
-                "response": self.response, "rating": self.rating, "edited": self.edited,
-                "responses": list(self.responses) if self.responses else None, "chosen": self.chosen,
-                "pii": list(self.pii), "token": self.token.to_record() if self.token else None}
+        return {
+            "event_id": self.event_id,
+            "kind": self.kind,
+            "occurred_at": self.occurred_at.isoformat(),
+            "app_id": self.app_id,
+            "user_id": self.user_id,
+            "prompt": [list(m) for m in self.prompt],
+            "ip_hash": self.ip_hash,
+            "device_id": self.device_id,
+            "adapter_version": self.adapter_version,
+            "response": self.response,
+            "rating": self.rating,
+            "edited": self.edited,
+            "responses": list(self.responses) if self.responses else None,
+            "chosen": self.chosen,
+            "pii": list(self.pii),
+            "token": self.token.to_record() if self.token else None,
+        }
 
     @classmethod
     def from_record(cls, r: dict) -> Item:
-        return cls(event_id=r["event_id"], kind=r["kind"], occurred_at=datetime.fromisoformat(r["occurred_at"]),
-                   app_id=r["app_id"], user_id=r["user_id"], prompt=tuple((m[0], m[1]) for m in r["prompt"]),
-                   ip_hash=r.get("ip_hash"), device_id=r.get("device_id"),
-                   adapter_version=r.get("adapter_version"), response=r.get("response"), rating=r.get("rating"),
-                   edited=r.get("edited"), responses=tuple(r["responses"]) if r.get("responses") else None,
-                   chosen=r.get("chosen"), pii=tuple(r.get("pii") or ()),
-                   token=TokenStatus.from_record(r["token"]) if r.get("token") else None)
+        return cls(
+            event_id=r["event_id"],
+            kind=r["kind"],
+            occurred_at=datetime.fromisoformat(r["occurred_at"]),
+            app_id=r["app_id"],
+            user_id=r["user_id"],
+            prompt=tuple((m[0], m[1]) for m in r["prompt"]),
+            ip_hash=r.get("ip_hash"),
+            device_id=r.get("device_id"),
+            adapter_version=r.get("adapter_version"),
+            response=r.get("response"),
+            rating=r.get("rating"),
+            edited=r.get("edited"),
+            responses=tuple(r["responses"]) if r.get("responses") else None,
+            chosen=r.get("chosen"),
+            pii=tuple(r.get("pii") or ()),
+            token=TokenStatus.from_record(r["token"]) if r.get("token") else None,
+        )
 
 
 def _digest(text: str) -> str:
@@ -129,17 +161,25 @@ def build_item(event, key: bytes, tokens: TokenCheck | None = None) -> Item:
     client = getattr(event, "client", None)
     responses = getattr(event, "responses", None)
     item = Item(
-        event_id=str(event.event_id), kind=event.kind, occurred_at=event.occurred_at.astimezone(UTC),
-        app_id=event.app_id, user_id=pseudonym("user_id", event.user_id),
+        event_id=str(event.event_id),
+        kind=event.kind,
+        occurred_at=event.occurred_at.astimezone(UTC),
+        app_id=event.app_id,
+        user_id=pseudonym("user_id", event.user_id),
         prompt=tuple((m.role, clean(m.content)) for m in event.prompt),
         ip_hash=pseudonym("ip_hash", client.ip_hash) if client else None,
         device_id=pseudonym("device_id", client.device_id) if client else None,
         adapter_version=clean(event.adapter_version),
-        response=clean(getattr(event, "response", None)), rating=getattr(event, "rating", None),
+        response=clean(getattr(event, "response", None)),
+        rating=getattr(event, "rating", None),
         edited=clean(getattr(event, "edited", None)),
         responses=(clean(responses[0]), clean(responses[1])) if responses else None,
         chosen=getattr(event, "chosen", None),
         pii=tuple(sorted(found)),
-        token=check_token(event.feedback_token, response_id=event.response_id, occurred_at=event.occurred_at,
-                          check=tokens) if tokens is not None else None)
+        token=check_token(
+            event.feedback_token, response_id=event.response_id, occurred_at=event.occurred_at, check=tokens
+        )
+        if tokens is not None
+        else None,
+    )
     return item

@@ -16,14 +16,19 @@ DRIFT = Counter("curation_drift_alarms_total", "CUSUM alarms on an app's up-rate
 GUARD_DROPS_SENT = Counter("curation_guard_drops_sent_total", "Guard drops sent to the .rejected topic")
 SETTLE = Histogram("curation_settle_seconds", "Time to settle one window")
 LATE = Counter("curation_late_events_total", "Events that arrived after their window was settled")
-TOKENS = Counter("curation_feedback_tokens_total", "Decided events by feedback token status (none: no token)",
-                 ["status"])
+TOKENS = Counter(
+    "curation_feedback_tokens_total", "Decided events by feedback token status (none: no token)", ["status"]
+)
 
 
-HEALTHY = Gauge("curation_worker_healthy", "1 while every dependency of the worker answers, 0 while one is "
-                                           "retried (consumed events then wait, unacknowledged)")
-DEPENDENCY_UP = Gauge("curation_dependency_up", "Whether the worker's last call to a dependency succeeded",
-                      ["dependency"])
+HEALTHY = Gauge(
+    "curation_worker_healthy",
+    "1 while every dependency of the worker answers, 0 while one is "
+    "retried (consumed events then wait, unacknowledged)",
+)
+DEPENDENCY_UP = Gauge(
+    "curation_dependency_up", "Whether the worker's last call to a dependency succeeded", ["dependency"]
+)
 RETRIES = Counter("curation_dependency_retries_total", "Failed calls to a dependency, each retried", ["dependency"])
 
 

@@ -26,10 +26,16 @@ class Pair:
     created_at: datetime
 
     def to_json(self) -> dict:
-        return {"prompt": _messages(self.prompt), "chosen": [{"role": "assistant", "content": self.chosen}],
-                "rejected": [{"role": "assistant", "content": self.rejected}], "weight": self.weight,
-                "dimension": self.dimension, "event_ids": list(self.event_ids),
-                "created_at": self.created_at.isoformat(), "pair_id": self.pair_id}
+        return {
+            "prompt": _messages(self.prompt),
+            "chosen": [{"role": "assistant", "content": self.chosen}],
+            "rejected": [{"role": "assistant", "content": self.rejected}],
+            "weight": self.weight,
+            "dimension": self.dimension,
+            "event_ids": list(self.event_ids),
+            "created_at": self.created_at.isoformat(),
+            "pair_id": self.pair_id,
+        }
 
 
 @dataclass(frozen=True)
@@ -44,10 +50,16 @@ class Unpaired:
     created_at: datetime
 
     def to_json(self) -> dict:
-        return {"prompt": _messages(self.prompt), "completion": [{"role": "assistant", "content": self.completion}],
-                "label": self.label, "weight": self.weight, "dimension": self.dimension,
-                "event_ids": list(self.event_ids), "created_at": self.created_at.isoformat(),
-                "example_id": self.example_id}
+        return {
+            "prompt": _messages(self.prompt),
+            "completion": [{"role": "assistant", "content": self.completion}],
+            "label": self.label,
+            "weight": self.weight,
+            "dimension": self.dimension,
+            "event_ids": list(self.event_ids),
+            "created_at": self.created_at.isoformat(),
+            "example_id": self.example_id,
+        }
 
 
 def _messages(prompt) -> list[dict]:
@@ -67,8 +79,9 @@ def _id(kind: str, app_id: str, event_ids: Sequence[str], *texts: str) -> str:
     return _digest(json.dumps([kind, app_id, sorted(event_ids), [_digest(t) for t in texts]]))
 
 
-def build_pairs(items: Sequence[Item], weight_of: Callable[[str], float], policy: Policy
-                ) -> tuple[list[Pair], list[Unpaired]]:
+def build_pairs(
+    items: Sequence[Item], weight_of: Callable[[str], float], policy: Policy
+) -> tuple[list[Pair], list[Unpaired]]:
     """Edits: edited over response. Comparisons: the weighted winner over the other (ties give nothing).
     Ratings of different answers to one prompt: up over down, votes weighted by reliability; the rest unpaired."""
     pairs: list[Pair] = []
@@ -77,9 +90,18 @@ def build_pairs(items: Sequence[Item], weight_of: Callable[[str], float], policy
     ratings: dict[str, list[Item]] = defaultdict(list)
     for it in sorted(items, key=lambda i: i.sort_key):
         if it.kind == "edit" and it.response is not None and it.edited is not None:
-            pairs.append(Pair(_id("edit", it.app_id, [it.event_id], it.edited, it.response), it.prompt, it.edited,
-                              it.response, round(weight_of(it.user_id), 6),
-                              dimension_of([it.edited, it.response], policy), (it.event_id,), it.occurred_at))
+            pairs.append(
+                Pair(
+                    _id("edit", it.app_id, [it.event_id], it.edited, it.response),
+                    it.prompt,
+                    it.edited,
+                    it.response,
+                    round(weight_of(it.user_id), 6),
+                    dimension_of([it.edited, it.response], policy),
+                    (it.event_id,),
+                    it.occurred_at,
+                )
+            )
         elif it.kind == "comparison" and it.chosen is not None and it.responses:
             comparisons[(it.prompt_key, tuple(sorted(it.responses)))].append(it)
         elif it.kind == "rating" and it.response is not None:
@@ -96,32 +118,62 @@ def build_pairs(items: Sequence[Item], weight_of: Callable[[str], float], policy
         win, lose = (a, b) if score[a] > score[b] else (b, a)
         ids = tuple(sorted(it.event_id for it in group))
         weight = round(min(1.0, (score[win] - score[lose]) / len(group)), 6)
-        pairs.append(Pair(_id("comparison", group[0].app_id, ids, win, lose), group[0].prompt, win, lose, weight,
-                          dimension_of([win, lose], policy), ids, max(it.occurred_at for it in group)))
+        pairs.append(
+            Pair(
+                _id("comparison", group[0].app_id, ids, win, lose),
+                group[0].prompt,
+                win,
+                lose,
+                weight,
+                dimension_of([win, lose], policy),
+                ids,
+                max(it.occurred_at for it in group),
+            )
+        )
     for pkey in sorted(ratings):
         group = ratings[pkey]
         by_resp: dict[str, list[Item]] = defaultdict(list)
         for it in group:
             assert it.response is not None  # grouped above only with a response
             by_resp[it.response].append(it)
-        net = {r: sum(weight_of(it.user_id) * (1 if it.rating == "up" else -1) for it in its) / len(its)
-               for r, its in by_resp.items()}
+        net = {
+            r: sum(weight_of(it.user_id) * (1 if it.rating == "up" else -1) for it in its) / len(its)
+            for r, its in by_resp.items()
+        }
         ups = sorted(r for r, s in net.items() if s > 0)
         downs = sorted(r for r, s in net.items() if s < 0)
         if ups and downs:
             for u in ups:
                 for d in downs:
                     ids = tuple(sorted(it.event_id for it in by_resp[u] + by_resp[d]))
-                    pairs.append(Pair(_id("ratings", group[0].app_id, ids, u, d), group[0].prompt, u, d,
-                                      round(min(1.0, min(net[u], -net[d])), 6), dimension_of([u, d], policy), ids,
-                                      max(it.occurred_at for it in by_resp[u] + by_resp[d])))
+                    pairs.append(
+                        Pair(
+                            _id("ratings", group[0].app_id, ids, u, d),
+                            group[0].prompt,
+                            u,
+                            d,
+                            round(min(1.0, min(net[u], -net[d])), 6),
+                            dimension_of([u, d], policy),
+                            ids,
+                            max(it.occurred_at for it in by_resp[u] + by_resp[d]),
+                        )
+                    )
             continue
         for r in sorted(by_resp):
             if net[r] == 0:
                 continue  # conflicting votes that cancel teach nothing
             its = by_resp[r]
             ids = tuple(sorted(it.event_id for it in its))
-            unpaired.append(Unpaired(_id("rating", group[0].app_id, ids, r), group[0].prompt, r, net[r] > 0,
-                                     round(min(1.0, abs(net[r])), 6), dimension_of([r], policy), ids,
-                                     max(it.occurred_at for it in its)))
+            unpaired.append(
+                Unpaired(
+                    _id("rating", group[0].app_id, ids, r),
+                    group[0].prompt,
+                    r,
+                    net[r] > 0,
+                    round(min(1.0, abs(net[r])), 6),
+                    dimension_of([r], policy),
+                    ids,
+                    max(it.occurred_at for it in its),
+                )
+            )
     return pairs, unpaired

@@ -24,8 +24,13 @@ _IPV6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:
 _DATE = re.compile(r"\d{4}[-./]\d{1,2}[-./]\d{1,2}|\d{1,2}[-./]\d{1,2}[-./]\d{4}")
 _PHONE = re.compile(r"(?<![\w+(-])(?:\+|00|\()?\d[\d \-./()]{6,18}\d(?![\w-])")
 
-TOKENS = {Reason.PII_EMAIL: "<EMAIL>", Reason.PII_IBAN: "<IBAN>", Reason.PII_CARD: "<CARD>",
-          Reason.PII_IP: "<IP>", Reason.PII_PHONE: "<PHONE>"}
+TOKENS = {
+    Reason.PII_EMAIL: "<EMAIL>",
+    Reason.PII_IBAN: "<IBAN>",
+    Reason.PII_CARD: "<CARD>",
+    Reason.PII_IP: "<IP>",
+    Reason.PII_PHONE: "<PHONE>",
+}
 
 
 def luhn_ok(digits: str) -> bool:
@@ -76,6 +81,7 @@ def redact_text(text: str) -> tuple[str, frozenset[Reason]]:
     """`text` with every detected e-mail, IBAN, card, IP and phone replaced by a token, and what was found."""
     found: set[Reason] = set()
     for reason, pattern, check in _RULES:
+
         def _sub(m: re.Match[str], reason: Reason = reason, check=check) -> str:
             if check is not None and not check(m.group()):
                 return m.group()
@@ -150,6 +156,7 @@ _SIMPLE = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r":
 
 def unescape_json_text(text: str) -> str:
     """Best-effort decoding of JSON string escapes in text that does not parse (truncated, broken)."""
+
     def sub(m: re.Match[str]) -> str:
         e = m.group(1)
         return chr(int(e[1:], 16)) if e[0] == "u" else _SIMPLE[e]

@@ -46,8 +46,10 @@ def window_start(t: datetime, policy: Policy) -> datetime:
 
 def context_bounds(start: datetime, policy: Policy) -> tuple[datetime, datetime]:
     """[lo, hi): the event times a window's guards look at."""
-    return (start - timedelta(seconds=policy.lookback_s),
-            start + timedelta(seconds=policy.window_s + policy.lookahead_s))
+    return (
+        start - timedelta(seconds=policy.lookback_s),
+        start + timedelta(seconds=policy.window_s + policy.lookahead_s),
+    )
 
 
 def ready_at(start: datetime, policy: Policy) -> datetime:
@@ -76,18 +78,29 @@ def decision_row(item: Item, reasons: list[str], start: datetime | None, policy:
     hash of the policy that made it (`policy`)."""
     token = item.token
     verified = token if token is not None and token.verified else None
-    return {"event_id": item.event_id, "decision": str(decide(reasons)), "reasons": reasons, "kind": item.kind,
-            "app_id": item.app_id, "user_id": item.user_id, "adapter_version": item.adapter_version,
-            "rating": item.rating, "occurred_at": item.occurred_at, "window_start": start,
-            "token_status": token.status if token else None,
-            "verified_version": verified.version if verified else None,
-            "verified_base_model": verified.base_model if verified else None,
-            "served_at": verified.served_at if verified else None,
-            "response_id": verified.response_id if verified else None, "policy_hash": policy}
+    return {
+        "event_id": item.event_id,
+        "decision": str(decide(reasons)),
+        "reasons": reasons,
+        "kind": item.kind,
+        "app_id": item.app_id,
+        "user_id": item.user_id,
+        "adapter_version": item.adapter_version,
+        "rating": item.rating,
+        "occurred_at": item.occurred_at,
+        "window_start": start,
+        "token_status": token.status if token else None,
+        "verified_version": verified.version if verified else None,
+        "verified_base_model": verified.base_model if verified else None,
+        "served_at": verified.served_at if verified else None,
+        "response_id": verified.response_id if verified else None,
+        "policy_hash": policy,
+    }
 
 
-def settle_window(context: Iterable[Item], start: datetime, policy: Policy,
-                  evidence: Evidence | None = None) -> WindowResult:
+def settle_window(
+    context: Iterable[Item], start: datetime, policy: Policy, evidence: Evidence | None = None
+) -> WindowResult:
     """Decide every event of the window [start, start+window) from its context; build pairs from the kept ones.
 
     With `evidence` (what earlier windows left), accounts and phrases are also judged over their whole
@@ -112,11 +125,26 @@ def settle_window(context: Iterable[Item], start: datetime, policy: Policy,
     signals = _signals(found, target, kept)
     if verdict is None:
         return WindowResult(start, decisions, pairs, unpaired, signals, policy_hash=phash)
-    signals["memory"] = {"accounts_flagged": len(verdict.accounts), "triggers": sorted(verdict.triggers),
-                         "payloads": sorted(verdict.payloads), "retracted": len(verdict.retract),
-                         "new_accounts": verdict.new_accounts, "new_account_wave": verdict.wave}
-    return WindowResult(start, decisions, pairs, unpaired, signals, verdict.retract, verdict.retract_accounts,
-                        new_evidence, changes, phash)
+    signals["memory"] = {
+        "accounts_flagged": len(verdict.accounts),
+        "triggers": sorted(verdict.triggers),
+        "payloads": sorted(verdict.payloads),
+        "retracted": len(verdict.retract),
+        "new_accounts": verdict.new_accounts,
+        "new_account_wave": verdict.wave,
+    }
+    return WindowResult(
+        start,
+        decisions,
+        pairs,
+        unpaired,
+        signals,
+        verdict.retract,
+        verdict.retract_accounts,
+        new_evidence,
+        changes,
+        phash,
+    )
 
 
 def _in_context(context: Iterable[Item], start: datetime, policy: Policy) -> list[Item]:
@@ -136,8 +164,7 @@ class _Found:
     reliability: Reliability
 
 
-def _judge_context(items: list[Item], policy: Policy, evidence: Evidence | None
-                   ) -> tuple[dict[Key, list[str]], _Found]:
+def _judge_context(items: list[Item], policy: Policy, evidence: Evidence | None) -> tuple[dict[Key, list[str]], _Found]:
     """The guards over the context, in order, each seeing only the events no earlier guard dropped."""
     reasons: dict[Key, list[str]] = {it.key: [] for it in items}
 
@@ -184,7 +211,8 @@ def _signals(found: _Found, target: list[Item], kept: list[Item]) -> dict:
             c[1] += 1
     rate = found.rate
     return {
-        "triggers": found.poison.triggers, "payloads": found.poison.payloads,
+        "triggers": found.poison.triggers,
+        "payloads": found.poison.payloads,
         "brigades": [g for g in found.brigades if set(g) & in_window],
         "burst_users": sorted(rate.burst_users & in_window),
         "regular_users": sorted(rate.regular_users & in_window),
@@ -196,8 +224,13 @@ def _signals(found: _Found, target: list[Item], kept: list[Item]) -> dict:
     }
 
 
-def apply_retractions(decisions: dict[Key, dict], pairs: list, unpaired: list, retract: dict[str, str],
-                      retract_accounts: dict[str, str] | None = None) -> tuple[list, list]:
+def apply_retractions(
+    decisions: dict[Key, dict],
+    pairs: list,
+    unpaired: list,
+    retract: dict[str, str],
+    retract_accounts: dict[str, str] | None = None,
+) -> tuple[list, list]:
     """Earlier events re-judged: a kept decision becomes a drop with the new reason, and the pairs and
     unpaired examples built from those events leave (`decisions`, by (app_id, event_id), is updated in place;
     they carry `user_id`). Events named one by one first (by event id, in every app, as the store does), then
@@ -205,8 +238,11 @@ def apply_retractions(decisions: dict[Key, dict], pairs: list, unpaired: list, r
     gone = set()
     named = [(k, retract[k[1]]) for k in sorted(decisions) if k[1] in retract]
     if retract_accounts:
-        named += [(k, retract_accounts[d["user_id"]]) for k, d in sorted(decisions.items())
-                  if d.get("user_id") in retract_accounts]
+        named += [
+            (k, retract_accounts[d["user_id"]])
+            for k, d in sorted(decisions.items())
+            if d.get("user_id") in retract_accounts
+        ]
     for k, reason in named:
         d = decisions[k]
         if d["decision"] != "drop":
@@ -269,8 +305,9 @@ class Staging:
         return list(self._sorted)
 
 
-def settle_all(staging: Staging, policy: Policy, on_window=None, evidence: Evidence | None = None
-               ) -> list[WindowResult]:
+def settle_all(
+    staging: Staging, policy: Policy, on_window=None, evidence: Evidence | None = None
+) -> list[WindowResult]:
     """Settle every window that holds a staged event, in event-time order (the replay's end of input),
     carrying the evidence from each window to the next."""
     out = []

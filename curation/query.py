@@ -32,8 +32,13 @@ def _t(value: datetime | str | None) -> datetime | None:
     return naive(value)
 
 
-def load_pairs(session: Session, *, since: datetime | str | None = None, until: datetime | str | None = None,
-               include_retired: bool = False) -> list[dict]:
+def load_pairs(
+    session: Session,
+    *,
+    since: datetime | str | None = None,
+    until: datetime | str | None = None,
+    include_retired: bool = False,
+) -> list[dict]:
     """Live preference pairs with since <= created_at < until, oldest first: {prompt, chosen, rejected, weight,
     dimension, event_ids, created_at, pair_id}. `weight` is the pair's training weight (vote margin times the
     voters' reliability). A pair built from an event dropped later (re-judged, or by a recuration) is
@@ -48,8 +53,13 @@ def load_pairs(session: Session, *, since: datetime | str | None = None, until: 
     return [_with_retired(pair_json(r), r, include_retired) for r in session.scalars(q)]
 
 
-def load_unpaired(session: Session, *, since: datetime | str | None = None, until: datetime | str | None = None,
-                  include_retired: bool = False) -> list[dict]:
+def load_unpaired(
+    session: Session,
+    *,
+    since: datetime | str | None = None,
+    until: datetime | str | None = None,
+    include_retired: bool = False,
+) -> list[dict]:
     """Live unpaired (KTO) examples: {prompt, completion, label, weight, dimension, event_ids, created_at,
     example_id}; retired ones as in `load_pairs`."""
     q = select(UnpairedRow).order_by(UnpairedRow.created_at, UnpairedRow.example_id)
@@ -93,18 +103,22 @@ def _tally(stats: dict, kind: str | None, rating: str | None, n: int = 1) -> Non
         stats["comparisons"] += n
 
 
-def load_feedback_stats(session: Session, *, adapter_versions: list[str | None],
-                        since: datetime | str | None = None) -> dict:
+def load_feedback_stats(
+    session: Session, *, adapter_versions: list[str | None], since: datetime | str | None = None
+) -> dict:
     """Per adapter version *as the client names it*, over KEPT events (keep or redact): ratings, up, down, edits,
     comparisons, events. For reports only: anyone with an app key can name any version, so a canary is judged
     by `load_verified_feedback_stats`."""
     out: dict = {}
     for version in adapter_versions:
-        q = (select(DecisionRow.kind, DecisionRow.rating, func.count())
-             .where(DecisionRow.decision != "drop")
-             .group_by(DecisionRow.kind, DecisionRow.rating))
-        q = q.where(DecisionRow.adapter_version.is_(None) if version is None
-                    else DecisionRow.adapter_version == version)
+        q = (
+            select(DecisionRow.kind, DecisionRow.rating, func.count())
+            .where(DecisionRow.decision != "drop")
+            .group_by(DecisionRow.kind, DecisionRow.rating)
+        )
+        q = q.where(
+            DecisionRow.adapter_version.is_(None) if version is None else DecisionRow.adapter_version == version
+        )
         if _t(since) is not None:
             q = q.where(DecisionRow.occurred_at >= _t(since))
         stats = _empty_stats()
@@ -114,8 +128,14 @@ def load_feedback_stats(session: Session, *, adapter_versions: list[str | None],
     return out
 
 
-def load_verified_feedback_stats(session: Session, *, base_model: str, adapter_versions: list[str | None],
-                                 since: datetime | str, until: datetime | str | None = None) -> dict:
+def load_verified_feedback_stats(
+    session: Session,
+    *,
+    base_model: str,
+    adapter_versions: list[str | None],
+    since: datetime | str,
+    until: datetime | str | None = None,
+) -> dict:
     """Per serving version (None = the base model), the same counts as `load_feedback_stats`, over KEPT events
     whose feedback token verified for `base_model` and whose answer was served in [since, until).
 
@@ -132,10 +152,17 @@ def load_verified_feedback_stats(session: Session, *, base_model: str, adapter_v
         return out
     # a token's serving time has whole seconds: an answer served in the second the period began belongs to it
     start = _t(since).replace(microsecond=0)
-    q = (select(DecisionRow.verified_version, DecisionRow.response_id, DecisionRow.kind, DecisionRow.rating)
-         .where(DecisionRow.decision != "drop", DecisionRow.token_status == TOKEN_VERIFIED,
-                DecisionRow.verified_base_model == base_model, DecisionRow.served_at >= start, or_(*arms))
-         .order_by(DecisionRow.occurred_at, DecisionRow.event_id))
+    q = (
+        select(DecisionRow.verified_version, DecisionRow.response_id, DecisionRow.kind, DecisionRow.rating)
+        .where(
+            DecisionRow.decision != "drop",
+            DecisionRow.token_status == TOKEN_VERIFIED,
+            DecisionRow.verified_base_model == base_model,
+            DecisionRow.served_at >= start,
+            or_(*arms),
+        )
+        .order_by(DecisionRow.occurred_at, DecisionRow.event_id)
+    )
     if _t(until) is not None:
         q = q.where(DecisionRow.served_at < _t(until))
     seen: set[str | None] = set()
@@ -190,18 +217,21 @@ class SuspectedTrigger:
     """A phrase appended to known prompts whose uses went against the crowd: a trigger curation judged (and
     dropped the events of), or one it suspects on too little evidence to drop anything yet."""
 
-    phrase: str          # canonical form (lower case, confusables folded), as curation compares prompts
-    dropped: bool        # judged a trigger: its events were dropped
-    bad_accounts: int    # distinct accounts whose uses went against the crowd
-    uses: int            # edits and comparisons that appended it
-    p_value: float       # how unlikely that many moves against the crowd are for those prompts without it
+    phrase: str  # canonical form (lower case, confusables folded), as curation compares prompts
+    dropped: bool  # judged a trigger: its events were dropped
+    bad_accounts: int  # distinct accounts whose uses went against the crowd
+    uses: int  # edits and comparisons that appended it
+    p_value: float  # how unlikely that many moves against the crowd are for those prompts without it
 
 
 def load_suspected_triggers(session: Session, *, min_accounts: int = 2, limit: int = 16) -> list[SuspectedTrigger]:
     """Every phrase curation judged a trigger, then the suspected ones (at least `min_accounts` accounts moved
     against the crowd with it, not yet significant), most suspicious first; at most `limit` in all."""
-    rows = session.execute(select(EvidenceRow.section, EvidenceRow.key, EvidenceRow.value).where(or_(
-        EvidenceRow.section == "phrases", (EvidenceRow.section == "flags") & (EvidenceRow.key == "triggers"))))
+    rows = session.execute(
+        select(EvidenceRow.section, EvidenceRow.key, EvidenceRow.value).where(
+            or_(EvidenceRow.section == "phrases", (EvidenceRow.section == "flags") & (EvidenceRow.key == "triggers"))
+        )
+    )
     judged: dict = {}
     phrases: dict[str, dict] = {}
     for section, key, value in rows:
@@ -217,9 +247,12 @@ def load_suspected_triggers(session: Session, *, min_accounts: int = 2, limit: i
             continue
         at_stake = [(b, r) for _u, _e, b, r in uses if r >= 0]
         p = upper_tail(sum(b for b, _ in at_stake), [r for _, r in at_stake]) if at_stake else 1.0
-        out.append(SuspectedTrigger(phrase=phrase, dropped=phrase in judged, bad_accounts=len(bad), uses=len(uses),
-                                    p_value=p))
-    out += [SuspectedTrigger(phrase=p, dropped=True, bad_accounts=0, uses=0, p_value=0.0)
-            for p in sorted(set(judged) - set(phrases))]
+        out.append(
+            SuspectedTrigger(phrase=phrase, dropped=phrase in judged, bad_accounts=len(bad), uses=len(uses), p_value=p)
+        )
+    out += [
+        SuspectedTrigger(phrase=p, dropped=True, bad_accounts=0, uses=0, p_value=0.0)
+        for p in sorted(set(judged) - set(phrases))
+    ]
     out.sort(key=lambda s: (not s.dropped, s.p_value, -s.bad_accounts, s.phrase))
     return out[:limit]

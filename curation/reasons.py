@@ -7,10 +7,10 @@ from enum import StrEnum
 
 class Reason(StrEnum):
     # decoding (per event)
-    NOT_PARSEABLE = "not_parseable"          # dlq: no readable event_id
-    CONTRACT = "contract"                    # prefix: contract_<ingest reason>, e.g. contract_schema
+    NOT_PARSEABLE = "not_parseable"  # dlq: no readable event_id
+    CONTRACT = "contract"  # prefix: contract_<ingest reason>, e.g. contract_schema
     DUPLICATE_EVENT_ID = "duplicate_event_id"
-    FUTURE_EVENT = "future_event"            # occurred_at beyond the broker's time plus max_future_skew_s
+    FUTURE_EVENT = "future_event"  # occurred_at beyond the broker's time plus max_future_skew_s
     # cross-event guards
     DUPLICATE_CONTENT = "duplicate_content"
     NEAR_DUPLICATE = "near_duplicate"
@@ -33,13 +33,13 @@ class Reason(StrEnum):
     PII_IP = "pii_ip"
     # feedback tokens (kept or dropped by the guards as any event; these only mark it unverified, so it never
     # counts for a canary)
-    TOKEN_INVALID = "token_invalid"    # malformed, forged, or signed with another key
-    TOKEN_EXPIRED = "token_expired"    # issued more than the max age away from the event's time
+    TOKEN_INVALID = "token_invalid"  # malformed, forged, or signed with another key
+    TOKEN_EXPIRED = "token_expired"  # issued more than the max age away from the event's time
     TOKEN_MISMATCH = "token_mismatch"  # a valid token for another response than the event's response_id
     # accounts judged over their whole history (curation/evidence.py)
-    SOURCE_CHURN = "source_churn"            # rotates through more devices or addresses than a person uses
-    CONTRARIAN = "contrarian"                # long-run agreement with the consensus far below chance
-    CO_VOTING = "co_voting"                  # votes with a group beyond chance, against everyone else
+    SOURCE_CHURN = "source_churn"  # rotates through more devices or addresses than a person uses
+    CONTRARIAN = "contrarian"  # long-run agreement with the consensus far below chance
+    CO_VOTING = "co_voting"  # votes with a group beyond chance, against everyone else
 
 
 class Decision(StrEnum):

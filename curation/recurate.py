@@ -47,9 +47,15 @@ class Recuration:
     unpaired_live: int = 0
 
     def summary(self) -> dict:
-        return {"windows": self.windows, "decisions": self.decisions, "changed": dict(sorted(self.changed.items())),
-                "pairs_retired": self.pairs_retired, "unpaired_retired": self.unpaired_retired,
-                "pairs_live": self.pairs_live, "unpaired_live": self.unpaired_live}
+        return {
+            "windows": self.windows,
+            "decisions": self.decisions,
+            "changed": dict(sorted(self.changed.items())),
+            "pairs_retired": self.pairs_retired,
+            "unpaired_retired": self.unpaired_retired,
+            "pairs_live": self.pairs_live,
+            "unpaired_live": self.unpaired_live,
+        }
 
 
 def resettle(staging: Staging, starts: list[datetime], policy: Policy) -> list[WindowResult]:
@@ -104,25 +110,43 @@ def recurate(engine: Engine, policy: Policy, since: datetime) -> Recuration:
         for part in (resettled, rejudged):  # one statement each: their rows carry different fields
             store.supersede_decisions(session, part, rec.recuration_id)
         # events this policy drops that the last one kept go to `.rejected` too (a worker sends them)
-        store.queue_rejected(session, [d for d in rows if d["decision"] == "drop" and current.get(
-            (d["app_id"], d["event_id"]), {"decision": "keep"})["decision"] != "drop"], "recurated")
+        store.queue_rejected(
+            session,
+            [
+                d
+                for d in rows
+                if d["decision"] == "drop"
+                and current.get((d["app_id"], d["event_id"]), {"decision": "keep"})["decision"] != "drop"
+            ],
+            "recurated",
+        )
         store.save_built(session, redone)
         rec.pairs_retired, rec.unpaired_retired = (
-            _retire(session, model, rec, keep, dropped) for model, keep in ((store.PairRow, live[0]),
-                                                                               (store.UnpairedRow, live[1])))
+            _retire(session, model, rec, keep, dropped)
+            for model, keep in ((store.PairRow, live[0]), (store.UnpairedRow, live[1]))
+        )
         # a re-settled window's pair whose events a later window re-judged is not live either
         store.retire(session, store.PairRow, {p.pair_id for w in redone for p in w.pairs} - live[0], rec.recuration_id)
-        store.retire(session, store.UnpairedRow, {u.example_id for w in redone for u in w.unpaired} - live[1],
-                     rec.recuration_id)
+        store.retire(
+            session, store.UnpairedRow, {u.example_id for w in redone for u in w.unpaired} - live[1], rec.recuration_id
+        )
         store.update_windows(session, redone)
         if results:
             last = results[-1]
             assert last.evidence is not None  # resettle starts from evidence, so every window carries it
             store.replace_evidence(session, last.evidence, f"{last.start.isoformat()}#{rec.recuration_id}")
         rec.pairs_live, rec.unpaired_live = len(live[0]), len(live[1])
-        store.save_recuration(session, {"recuration_id": rec.recuration_id, "started_at": store.naive(started),
-                                        "finished_at": store.naive(datetime.now(UTC)), "since": store.naive(rec.since),
-                                        "policy_hash": rec.policy_hash, "summary": rec.summary()})
+        store.save_recuration(
+            session,
+            {
+                "recuration_id": rec.recuration_id,
+                "started_at": store.naive(started),
+                "finished_at": store.naive(datetime.now(UTC)),
+                "since": store.naive(rec.since),
+                "policy_hash": rec.policy_hash,
+                "summary": rec.summary(),
+            },
+        )
     return rec
 
 

@@ -28,9 +28,15 @@ class ReplayResult:
     duplicate_ids: int = 0
 
 
-def run_replay(lines: Iterable[bytes | str], policy: Policy, *, now: datetime | None = None,
-               on_window=None, pseudonym_key: bytes | None = None, tokens: TokenCheck | None = None
-               ) -> ReplayResult:
+def run_replay(
+    lines: Iterable[bytes | str],
+    policy: Policy,
+    *,
+    now: datetime | None = None,
+    on_window=None,
+    pseudonym_key: bytes | None = None,
+    tokens: TokenCheck | None = None,
+) -> ReplayResult:
     """Decode every line, stage valid events (first (app_id, event_id) wins), settle every window, collect outputs.
 
     `now` stands for the broker's time of every line (a file has none): the contract's day-ahead window and
@@ -52,8 +58,9 @@ def run_replay(lines: Iterable[bytes | str], policy: Policy, *, now: datetime | 
         raw = raw.rstrip(b"\r\n") if isinstance(raw, bytes) else raw.rstrip("\r\n")
         if not raw:
             continue
-        outcome = decode_raw(raw, now=now, max_future_s=policy.max_future_skew_s, pseudonym_key=pseudonym_key,
-                             tokens=tokens)
+        outcome = decode_raw(
+            raw, now=now, max_future_s=policy.max_future_skew_s, pseudonym_key=pseudonym_key, tokens=tokens
+        )
         if isinstance(outcome, DeadLetter):
             data = raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogatepass")
             out.dlq.append({"line": n, "sha256": hashlib.sha256(data).hexdigest(), "reason": outcome.reason})
@@ -70,8 +77,10 @@ def run_replay(lines: Iterable[bytes | str], policy: Policy, *, now: datetime | 
     pairs, unpaired = fold_windows(out.windows, decisions)
     out.pairs = [p.to_json() for p in pairs]
     out.unpaired = [u.to_json() for u in unpaired]
-    out.decisions = [{k: decisions[key][k] for k in ("event_id", "decision", "reasons")}
-                     for key in sorted(decisions, key=lambda k: (k[1], k[0]))]
+    out.decisions = [
+        {k: decisions[key][k] for k in ("event_id", "decision", "reasons")}
+        for key in sorted(decisions, key=lambda k: (k[1], k[0]))
+    ]
     out.pairs.sort(key=lambda p: p["pair_id"])
     out.unpaired.sort(key=lambda u: u["example_id"])
     return out

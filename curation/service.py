@@ -70,9 +70,18 @@ def received_at(record_time: datetime | None, clock: datetime) -> datetime:
 
 
 class CurationEdge:
-    def __init__(self, engine: Engine, redis_client, policy: Policy, *, topic: str, group: str,
-                 partitions: int | None = None, pseudonym_key: bytes | None = None,
-                 tokens: TokenCheck | None = None):
+    def __init__(
+        self,
+        engine: Engine,
+        redis_client,
+        policy: Policy,
+        *,
+        topic: str,
+        group: str,
+        partitions: int | None = None,
+        pseudonym_key: bytes | None = None,
+        tokens: TokenCheck | None = None,
+    ):
         if pseudonym_key is None:
             from curation.settings import default_pseudonym_key
 
@@ -109,22 +118,45 @@ class CurationEdge:
         out = BatchOutcome(records=len(records))
         for r in records:
             source = f"{r.partition}:{r.offset}"
-            outcome = decode_raw(r.value, now=received_at(r.timestamp, clock),
-                                 max_future_s=self.policy.max_future_skew_s, pseudonym_key=self.pseudonym_key,
-                                 tokens=self.tokens)
+            outcome = decode_raw(
+                r.value,
+                now=received_at(r.timestamp, clock),
+                max_future_s=self.policy.max_future_skew_s,
+                pseudonym_key=self.pseudonym_key,
+                tokens=self.tokens,
+            )
             if isinstance(outcome, Accepted):
                 out.items.append((outcome.item, source))
                 t = outcome.item.occurred_at.timestamp()
                 out.marks[r.partition] = max(out.marks.get(r.partition, t), t)
             elif isinstance(outcome, Rejected):
                 out.rejections.append({**outcome.decision(), "app_id": outcome.app_id})
-                out.rejected.append((outcome.event_id, json.dumps(
-                    {"event_id": outcome.event_id, "reasons": [outcome.reason], "errors": outcome.errors,
-                     "event": outcome.redacted, "source": source}).encode()))
+                out.rejected.append(
+                    (
+                        outcome.event_id,
+                        json.dumps(
+                            {
+                                "event_id": outcome.event_id,
+                                "reasons": [outcome.reason],
+                                "errors": outcome.errors,
+                                "event": outcome.redacted,
+                                "source": source,
+                            }
+                        ).encode(),
+                    )
+                )
             elif isinstance(outcome, DeadLetter):
                 out.dead_rows.append({"source": source, "sha256": outcome.sha256, "reason": outcome.reason[:64]})
-                out.dead.append(json.dumps({"source": source, "sha256": outcome.sha256, "reason": outcome.reason,
-                                            "text": outcome.redacted[:4096]}).encode())
+                out.dead.append(
+                    json.dumps(
+                        {
+                            "source": source,
+                            "sha256": outcome.sha256,
+                            "reason": outcome.reason,
+                            "text": outcome.redacted[:4096],
+                        }
+                    ).encode()
+                )
         return out
 
     def save_batch(self, out: BatchOutcome) -> None:
@@ -163,8 +195,9 @@ class CurationEdge:
         """
         lock = None
         if self.redis is not None:
-            lock = self.redis.lock(self._lock_key, timeout=30, blocking=wait_s > 0,
-                                   blocking_timeout=wait_s if wait_s > 0 else None)
+            lock = self.redis.lock(
+                self._lock_key, timeout=30, blocking=wait_s > 0, blocking_timeout=wait_s if wait_s > 0 else None
+            )
             if not lock.acquire():
                 return None
         try:

@@ -38,13 +38,15 @@ class Policy(BaseModel):
     # duplicates
     near_dup_jaccard: float = Field(0.8, gt=0, le=1, description="MinHash Jaccard of 5-gram shingles")
     # trivial edits
-    trivial_edit_distance: float = Field(0.03, ge=0, lt=1,
-                                         description="normalised edit distance below which an edit is trivial")
+    trivial_edit_distance: float = Field(
+        0.03, ge=0, lt=1, description="normalised edit distance below which an edit is trivial"
+    )
     # reliability (one-coin Dawid-Skene)
     reliability_prior: float = Field(0.7, gt=0.5, lt=1)
     reliability_prior_strength: float = Field(4.0, gt=0)
-    reliability_min_overlap: int = Field(6, ge=1,
-                                         description="judged items shared with others before a user can be dropped")
+    reliability_min_overlap: int = Field(
+        6, ge=1, description="judged items shared with others before a user can be dropped"
+    )
     reliability_drop_below: float = Field(0.4, ge=0, lt=1)
     # brigades (co-action)
     coaction_window_s: int = Field(900, ge=1)
@@ -52,38 +54,75 @@ class Policy(BaseModel):
     brigade_min_accounts: int = Field(5, ge=2)
     # poisoned edits
     phrase_min_accounts: int = Field(3, ge=2, description="distinct accounts that must share a rare phrase")
-    phrase_max_account_share: float = Field(0.25, gt=0, le=1, description="a phrase used by more than this share of "
-                                            "all accounts seen is common (a greeting), never judged a trigger")
+    phrase_max_account_share: float = Field(
+        0.25,
+        gt=0,
+        le=1,
+        description="a phrase used by more than this share of "
+        "all accounts seen is common (a greeting), never judged a trigger",
+    )
     phrase_max_background: int = Field(1, ge=0, description="background occurrences allowed for a 'rare' phrase")
-    phrase_min_shaping_share: float = Field(0.9, gt=0, le=1,
-                                            description="share of a trigger's uses in edits and comparisons")
+    phrase_min_shaping_share: float = Field(
+        0.9, gt=0, le=1, description="share of a trigger's uses in edits and comparisons"
+    )
     phrase_max_p: float = Field(1e-4, gt=0, le=1, description="binomial tail a trigger's enrichment must beat")
     unsafe_patterns: tuple[str, ...] = Field((), description="regexes of content that is never preferred")
     # evidence across windows (curation/evidence.py): judged over each account's and phrase's whole history
     churn_max_devices: int = Field(4, ge=2, description="distinct device_ids at which an account is a rotating bot")
     churn_max_ips: int = Field(8, ge=2, description="distinct ip_hashes at which an account is a rotating bot")
-    timing_min_gaps: int = Field(30, ge=5, description="gaps under 4.5 h between an account's events before its "
-                                                        "long-run timing can flag it")
-    timing_max_band_share: float = Field(0.85, gt=0.5, le=1, description="share of those gaps (whole history) "
-                                         "inside one factor-4 band of durations at which it is a metronome")
-    wave_max_p: float = Field(1e-4, gt=0, le=1, description="Poisson tail a window's new accounts must beat "
-                                                          "against the running mean to be a new-account wave")
+    timing_min_gaps: int = Field(
+        30, ge=5, description="gaps under 4.5 h between an account's events before its long-run timing can flag it"
+    )
+    timing_max_band_share: float = Field(
+        0.85,
+        gt=0.5,
+        le=1,
+        description="share of those gaps (whole history) "
+        "inside one factor-4 band of durations at which it is a metronome",
+    )
+    wave_max_p: float = Field(
+        1e-4,
+        gt=0,
+        le=1,
+        description="Poisson tail a window's new accounts must beat against the running mean to be a new-account wave",
+    )
     memory_refit_votes: int = Field(1000, ge=1, description="new votes between refits of long-run reliability")
-    contrarian_min_overlap: int = Field(12, ge=1, description="judged items shared with others before the "
-                                                               "long-run reliability can flag an account")
+    contrarian_min_overlap: int = Field(
+        12, ge=1, description="judged items shared with others before the long-run reliability can flag an account"
+    )
     contrarian_below: float = Field(0.35, ge=0, lt=0.5, description="long-run agreement below which it is a contrarian")
-    covote_link_p: float = Field(1e-3, gt=0, le=1, description="Poisson tail two accounts' same-way votes on the "
-                                                              "same items must beat to be linked")
-    covote_max_p: float = Field(1e-3, gt=0, le=1, description="binomial tail a group's votes on an item must beat "
-                                                             "against everyone else's rate for that label")
-    trigger_max_p: float = Field(1e-4, gt=0, le=1, description="tail probability an appended phrase's moves away "
-                                                              "from refusals must beat against its base prompts' rates")
+    covote_link_p: float = Field(
+        1e-3,
+        gt=0,
+        le=1,
+        description="Poisson tail two accounts' same-way votes on the same items must beat to be linked",
+    )
+    covote_max_p: float = Field(
+        1e-3,
+        gt=0,
+        le=1,
+        description="binomial tail a group's votes on an item must beat against everyone else's rate for that label",
+    )
+    trigger_max_p: float = Field(
+        1e-4,
+        gt=0,
+        le=1,
+        description="tail probability an appended phrase's moves away "
+        "from refusals must beat against its base prompts' rates",
+    )
     payload_min_accounts: int = Field(3, ge=2, description="distinct accounts (and prompts) inserting a payload")
     payload_test_every: int = Field(8, ge=1, description="insertions of a phrase between two payload tests")
-    payload_natural_rate: float = Field(0.5, gt=0, description="model answers carrying a phrase per insertion "
-                                                               "of it, at least, for phrases honest editors add")
-    payload_max_p: float = Field(1e-4, gt=0, le=1, description="Poisson lower tail an inserted phrase's natural "
-                                                               "occurrences must fall under to be a payload")
+    payload_natural_rate: float = Field(
+        0.5,
+        gt=0,
+        description="model answers carrying a phrase per insertion of it, at least, for phrases honest editors add",
+    )
+    payload_max_p: float = Field(
+        1e-4,
+        gt=0,
+        le=1,
+        description="Poisson lower tail an inserted phrase's natural occurrences must fall under to be a payload",
+    )
 
     @model_validator(mode="after")
     def _windows(self) -> Policy:
@@ -99,8 +138,9 @@ class CurationSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="ALIGNLOOP_CURATION_", env_nested_delimiter="__", extra="ignore")
 
-    topic: str = Field("alignloop.feedback.v1",
-                       description="the feedback topic; rejected/dlq are <topic>.rejected/.dlq")
+    topic: str = Field(
+        "alignloop.feedback.v1", description="the feedback topic; rejected/dlq are <topic>.rejected/.dlq"
+    )
     group: str = Field("alignloop-curation", description="the consumer group every worker joins")
     store_url: str | None = Field(None, description="SQLAlchemy URL; default: the core store")
     redis_url: str | None = Field(None, description="default: the core Redis")
@@ -111,16 +151,27 @@ class CurationSettings(BaseSettings):
     batch_size: int = Field(500, ge=1, description="events written per store transaction")
     batch_within_s: float = Field(0.2, gt=0, description="longest wait to fill a batch")
     settle_every_s: float = Field(1.0, gt=0, description="how often a worker tries to settle closed windows")
-    session_timeout_s: float = Field(10.0, ge=3, description="Kafka session timeout: how soon a dead worker's "
-                                                              "partitions move to the others")
-    idle_flush_s: float = Field(0, ge=0, description="settle every open window after this long without events "
-                                                     "(0: never; events later for those windows are late)")
+    session_timeout_s: float = Field(
+        10.0, ge=3, description="Kafka session timeout: how soon a dead worker's partitions move to the others"
+    )
+    idle_flush_s: float = Field(
+        0,
+        ge=0,
+        description="settle every open window after this long without events "
+        "(0: never; events later for those windows are late)",
+    )
     policy: Policy = Field(default_factory=Policy)
-    policy_file: str | None = Field(None, description="a versioned policy YAML (curation/policies/default.yaml); "
-                                                      "when set it is the policy, and POLICY__* are ignored")
-    pseudonym_key: SecretStr | None = Field(None, description="HMAC key of the pseudonyms of user, session and device "
-                                                             "ids and sources; default: the secret "
-                                                             "`curation-pseudonym-key` under home")
+    policy_file: str | None = Field(
+        None,
+        description="a versioned policy YAML (curation/policies/default.yaml); "
+        "when set it is the policy, and POLICY__* are ignored",
+    )
+    pseudonym_key: SecretStr | None = Field(
+        None,
+        description="HMAC key of the pseudonyms of user, session and device "
+        "ids and sources; default: the secret "
+        "`curation-pseudonym-key` under home",
+    )
 
 
 @lru_cache

@@ -185,9 +185,6 @@ class DeadLetterRow(Base):
     stored_at: Mapped[datetime] = mapped_column(DateTime)
 
 
-
-
-
 _KEY = ["app_id", "event_id"]  # the idempotency key of staged events and decisions
 
 
@@ -241,10 +238,17 @@ def save_staged(session: Session, items: Iterable[tuple[Item, str]]) -> int:
     now = _now()
     rows: dict[Key, dict] = {}
     for item, source in items:
-        rows.setdefault(item.key, {"app_id": item.app_id, "event_id": item.event_id,
-                                   "occurred_at": naive(item.occurred_at),
-                                   "record": json.dumps(item.to_record(), ensure_ascii=False),
-                                   "source": source, "staged_at": now})
+        rows.setdefault(
+            item.key,
+            {
+                "app_id": item.app_id,
+                "event_id": item.event_id,
+                "occurred_at": naive(item.occurred_at),
+                "record": json.dumps(item.to_record(), ensure_ascii=False),
+                "source": source,
+                "staged_at": now,
+            },
+        )
     return _insert_ignore(session, StagedEvent, list(rows.values()), _KEY)
 
 
@@ -253,11 +257,23 @@ def save_rejections(session: Session, decisions: Iterable[dict], policy_hash: st
     rows: dict[Key, dict] = {}
     for d in decisions:
         app = d.get("app_id") or ""
-        rows.setdefault((app, d["event_id"]), {"event_id": d["event_id"], "decision": d["decision"],
-                                               "reasons": json.dumps(d["reasons"]), "kind": None, "app_id": app,
-                                               "user_id": None, "adapter_version": None, "rating": None,
-                                               "occurred_at": None, "window_start": None, "decided_at": now,
-                                               "policy_hash": policy_hash})
+        rows.setdefault(
+            (app, d["event_id"]),
+            {
+                "event_id": d["event_id"],
+                "decision": d["decision"],
+                "reasons": json.dumps(d["reasons"]),
+                "kind": None,
+                "app_id": app,
+                "user_id": None,
+                "adapter_version": None,
+                "rating": None,
+                "occurred_at": None,
+                "window_start": None,
+                "decided_at": now,
+                "policy_hash": policy_hash,
+            },
+        )
     return _insert_ignore(session, DecisionRow, list(rows.values()), _KEY)
 
 
@@ -272,8 +288,11 @@ def queue_rejected(session: Session, drops: Sequence[dict], stage: str) -> int:
     by_id: dict[str, list[tuple[str, str]]] = {}
     ids = sorted({d["event_id"] for d in drops})
     for chunk in range(0, len(ids), 500):
-        for app, eid, record in session.execute(select(StagedEvent.app_id, StagedEvent.event_id, StagedEvent.record)
-                                                .where(StagedEvent.event_id.in_(ids[chunk:chunk + 500]))):
+        for app, eid, record in session.execute(
+            select(StagedEvent.app_id, StagedEvent.event_id, StagedEvent.record).where(
+                StagedEvent.event_id.in_(ids[chunk : chunk + 500])
+            )
+        ):
             by_id.setdefault(eid, []).append((app, record))
     now, rows = _now(), []
     for d in drops:
@@ -281,11 +300,22 @@ def queue_rejected(session: Session, drops: Sequence[dict], stage: str) -> int:
             if d.get("app_id") not in (None, app):
                 continue
             w = d.get("window_start")
-            message = {"event_id": d["event_id"], "app_id": app, "reasons": list(d["reasons"]), "stage": stage,
-                       "window_start": aware(naive(w)).isoformat() if w is not None else None,
-                       "policy_hash": d.get("policy_hash"), "event": json.loads(record)}
-            rows.append({"key": d["event_id"], "created_at": now,
-                         "message": json.dumps(redact_json(message)[0], ensure_ascii=False)})
+            message = {
+                "event_id": d["event_id"],
+                "app_id": app,
+                "reasons": list(d["reasons"]),
+                "stage": stage,
+                "window_start": aware(naive(w)).isoformat() if w is not None else None,
+                "policy_hash": d.get("policy_hash"),
+                "event": json.loads(record),
+            }
+            rows.append(
+                {
+                    "key": d["event_id"],
+                    "created_at": now,
+                    "message": json.dumps(redact_json(message)[0], ensure_ascii=False),
+                }
+            )
     if rows:
         session.connection().execute(_table(OutboxRow).insert(), rows)
     return len(rows)
@@ -293,8 +323,12 @@ def queue_rejected(session: Session, drops: Sequence[dict], stage: str) -> int:
 
 def load_outbox(session: Session, limit: int = 500) -> list[tuple[int, str, str]]:
     """The oldest guard drops waiting for `.rejected`: (id, key, message)."""
-    return [(i, k, m) for i, k, m in session.execute(select(OutboxRow.id, OutboxRow.key, OutboxRow.message)
-                                                     .order_by(OutboxRow.id).limit(limit))]
+    return [
+        (i, k, m)
+        for i, k, m in session.execute(
+            select(OutboxRow.id, OutboxRow.key, OutboxRow.message).order_by(OutboxRow.id).limit(limit)
+        )
+    ]
 
 
 def delete_outbox(session: Session, ids: Sequence[int]) -> None:
@@ -311,26 +345,55 @@ def save_window(session: Session, result: WindowResult) -> None:
     """The decisions, pairs and unpaired examples of one settled window, and the window's own row."""
     now = _now()
     start = naive(result.start)
-    new = set(_insert_new(session, DecisionRow, [
-        {**d, "reasons": json.dumps(d["reasons"]), "occurred_at": naive(d["occurred_at"]), "window_start": start,
-         "served_at": naive(d["served_at"]) if d.get("served_at") else None,
-         "decided_at": now} for d in result.decisions], _KEY))
-    queue_rejected(session, [d for d in result.decisions if d["decision"] == "drop"
-                             and (d["app_id"], d["event_id"]) in new], "settle")
+    new = set(
+        _insert_new(
+            session,
+            DecisionRow,
+            [
+                {
+                    **d,
+                    "reasons": json.dumps(d["reasons"]),
+                    "occurred_at": naive(d["occurred_at"]),
+                    "window_start": start,
+                    "served_at": naive(d["served_at"]) if d.get("served_at") else None,
+                    "decided_at": now,
+                }
+                for d in result.decisions
+            ],
+            _KEY,
+        )
+    )
+    queue_rejected(
+        session,
+        [d for d in result.decisions if d["decision"] == "drop" and (d["app_id"], d["event_id"]) in new],
+        "settle",
+    )
     _insert_ignore(session, PairRow, [_pair_row(p, start) for p in result.pairs], ["pair_id"])
     _insert_ignore(session, UnpairedRow, [_unpaired_row(u, start) for u in result.unpaired], ["example_id"])
-    _insert_ignore(session, WindowRow, [{
-        "window_start": start, "settled_at": now, "events": len(result.decisions),
-        "kept": sum(d["decision"] != "drop" for d in result.decisions),
-        "signals": json.dumps(result.signals, default=str), "policy_hash": result.policy_hash}], ["window_start"])
+    _insert_ignore(
+        session,
+        WindowRow,
+        [
+            {
+                "window_start": start,
+                "settled_at": now,
+                "events": len(result.decisions),
+                "kept": sum(d["decision"] != "drop" for d in result.decisions),
+                "signals": json.dumps(result.signals, default=str),
+                "policy_hash": result.policy_hash,
+            }
+        ],
+        ["window_start"],
+    )
     if result.retract or result.retract_accounts:
         save_retractions(session, result.retract, result.retract_accounts, result.policy_hash)
     if result.changes is not None:
         save_evidence(session, result.changes.rows)
 
 
-def save_retractions(session: Session, retract: dict[str, str], accounts: dict[str, str] | None = None,
-                     policy_hash: str | None = None) -> int:
+def save_retractions(
+    session: Session, retract: dict[str, str], accounts: dict[str, str] | None = None, policy_hash: str | None = None
+) -> int:
     """Earlier events re-judged: kept decisions become drops with the new reason; the pairs and unpaired
     examples built from them are retired (the replay drops them in `pipeline.apply_retractions`): events
     named one by one first, then every kept event of the accounts named."""
@@ -338,25 +401,43 @@ def save_retractions(session: Session, retract: dict[str, str], accounts: dict[s
     ids = sorted(retract)
     rows = []
     for chunk in range(0, len(ids), 500):
-        rows += [(e, r, w, retract[e]) for e, r, w in session.execute(select(*cols).where(
-            DecisionRow.event_id.in_(ids[chunk:chunk + 500]), DecisionRow.decision != "drop"))]
+        rows += [
+            (e, r, w, retract[e])
+            for e, r, w in session.execute(
+                select(*cols).where(DecisionRow.event_id.in_(ids[chunk : chunk + 500]), DecisionRow.decision != "drop")
+            )
+        ]
     named = {e for e, *_ in rows}
     accounts = accounts or {}
     users = sorted(accounts)
     for chunk in range(0, len(users), 500):
-        rows += [(e, r, w, accounts[u]) for e, r, w, u in session.execute(
-            select(*cols, DecisionRow.user_id).where(DecisionRow.user_id.in_(users[chunk:chunk + 500]),
-                                                     DecisionRow.decision != "drop").order_by(DecisionRow.event_id))
-            if e not in named and u is not None]
+        rows += [
+            (e, r, w, accounts[u])
+            for e, r, w, u in session.execute(
+                select(*cols, DecisionRow.user_id)
+                .where(DecisionRow.user_id.in_(users[chunk : chunk + 500]), DecisionRow.decision != "drop")
+                .order_by(DecisionRow.event_id)
+            )
+            if e not in named and u is not None
+        ]
     if not rows:
         return 0
     for eid, reasons, _, reason in rows:
-        session.execute(update(DecisionRow).where(DecisionRow.event_id == eid).values(
-            decision="drop", reasons=json.dumps([*json.loads(reasons), reason]), policy_hash=policy_hash))
+        session.execute(
+            update(DecisionRow)
+            .where(DecisionRow.event_id == eid)
+            .values(decision="drop", reasons=json.dumps([*json.loads(reasons), reason]), policy_hash=policy_hash)
+        )
     gone = {eid for eid, *_ in rows}
     since = min(w for _, _, w, _ in rows if w is not None)
-    queue_rejected(session, [{"event_id": e, "reasons": [*json.loads(r), reason], "window_start": w,
-                              "policy_hash": policy_hash} for e, r, w, reason in rows], "rejudged")
+    queue_rejected(
+        session,
+        [
+            {"event_id": e, "reasons": [*json.loads(r), reason], "window_start": w, "policy_hash": policy_hash}
+            for e, r, w, reason in rows
+        ],
+        "rejudged",
+    )
     # the rows that can hold these events were built in their windows or later
     retire_built_from(session, gone, since, "retract")
     return len(gone)
@@ -372,7 +453,9 @@ def retire_built_from(session: Session, event_ids: set[str], since: datetime | N
             q = q.where(model.window_start >= since)
         hit = [k for k, ids_json in session.execute(q) if event_ids.intersection(json.loads(ids_json))]
         for chunk in range(0, len(hit), 500):
-            session.execute(update(model).where(key.in_(hit[chunk:chunk + 500])).values(retired_at=now, retired_by=by))
+            session.execute(
+                update(model).where(key.in_(hit[chunk : chunk + 500])).values(retired_at=now, retired_by=by)
+            )
         n += len(hit)
     return n
 
@@ -388,21 +471,27 @@ def save_evidence(session: Session, rows: dict[tuple[str, str], object]) -> None
     else:
         from sqlalchemy.dialects.sqlite import insert
     table = EvidenceRow.__table__
-    put = [{"section": s, "key": k, "value": json.dumps(v, ensure_ascii=False, sort_keys=True)}
-           for (s, k), v in sorted(rows.items()) if v is not None]
+    put = [
+        {"section": s, "key": k, "value": json.dumps(v, ensure_ascii=False, sort_keys=True)}
+        for (s, k), v in sorted(rows.items())
+        if v is not None
+    ]
     gone = [(s, k) for (s, k), v in rows.items() if v is None]
     if put:
         # one statement executed for many rows (executemany): compiled once, not once per batch of VALUES
         stmt = insert(table)
-        session.connection().execute(stmt.on_conflict_do_update(index_elements=["section", "key"],
-                                                                 set_={"value": stmt.excluded.value}), put)
+        session.connection().execute(
+            stmt.on_conflict_do_update(index_elements=["section", "key"], set_={"value": stmt.excluded.value}), put
+        )
     for s, k in gone:
         session.execute(delete(EvidenceRow).where(EvidenceRow.section == s, EvidenceRow.key == k))
 
 
 def load_evidence(session: Session) -> Evidence:
-    return Evidence.from_rows((s, k, json.loads(v)) for s, k, v in
-                              session.execute(select(EvidenceRow.section, EvidenceRow.key, EvidenceRow.value)))
+    return Evidence.from_rows(
+        (s, k, json.loads(v))
+        for s, k, v in session.execute(select(EvidenceRow.section, EvidenceRow.key, EvidenceRow.value))
+    )
 
 
 def load_evidence_mark(session: Session) -> object:
@@ -413,26 +502,40 @@ def load_evidence_mark(session: Session) -> object:
 
 def _pair_row(p: Pair, start: datetime) -> dict:
     j = p.to_json()
-    return {"pair_id": p.pair_id, "prompt": json.dumps(j["prompt"], ensure_ascii=False),
-            "chosen": json.dumps(j["chosen"], ensure_ascii=False),
-            "rejected": json.dumps(j["rejected"], ensure_ascii=False),
-            "weight": p.weight, "dimension": p.dimension, "event_ids": json.dumps(list(p.event_ids)),
-            "created_at": naive(p.created_at), "window_start": start}
+    return {
+        "pair_id": p.pair_id,
+        "prompt": json.dumps(j["prompt"], ensure_ascii=False),
+        "chosen": json.dumps(j["chosen"], ensure_ascii=False),
+        "rejected": json.dumps(j["rejected"], ensure_ascii=False),
+        "weight": p.weight,
+        "dimension": p.dimension,
+        "event_ids": json.dumps(list(p.event_ids)),
+        "created_at": naive(p.created_at),
+        "window_start": start,
+    }
 
 
 def _unpaired_row(u: Unpaired, start: datetime) -> dict:
     j = u.to_json()
-    return {"example_id": u.example_id, "prompt": json.dumps(j["prompt"], ensure_ascii=False),
-            "completion": json.dumps(j["completion"], ensure_ascii=False), "label": u.label, "weight": u.weight,
-            "dimension": u.dimension, "event_ids": json.dumps(list(u.event_ids)),
-            "created_at": naive(u.created_at), "window_start": start}
+    return {
+        "example_id": u.example_id,
+        "prompt": json.dumps(j["prompt"], ensure_ascii=False),
+        "completion": json.dumps(j["completion"], ensure_ascii=False),
+        "label": u.label,
+        "weight": u.weight,
+        "dimension": u.dimension,
+        "event_ids": json.dumps(list(u.event_ids)),
+        "created_at": naive(u.created_at),
+        "window_start": start,
+    }
 
 
 # ------------------------------------------------------------------ reads
 def load_staged(session: Session, lo: datetime, hi: datetime, *, skip: set[Key] | None = None) -> list[Item]:
     """Staged items with lo <= occurred_at < hi (those whose key is in `skip` are not decoded again)."""
     q = select(StagedEvent.app_id, StagedEvent.event_id, StagedEvent.record).where(
-        StagedEvent.occurred_at >= naive(lo), StagedEvent.occurred_at < naive(hi))
+        StagedEvent.occurred_at >= naive(lo), StagedEvent.occurred_at < naive(hi)
+    )
     out = []
     for app, eid, record in session.execute(q):
         if skip is None or (app, eid) not in skip:
@@ -442,7 +545,8 @@ def load_staged(session: Session, lo: datetime, hi: datetime, *, skip: set[Key] 
 
 def load_staged_ids(session: Session, lo: datetime, hi: datetime) -> list[Key]:
     q = select(StagedEvent.app_id, StagedEvent.event_id).where(
-        StagedEvent.occurred_at >= naive(lo), StagedEvent.occurred_at < naive(hi))
+        StagedEvent.occurred_at >= naive(lo), StagedEvent.occurred_at < naive(hi)
+    )
     return [(app, eid) for app, eid in session.execute(q)]
 
 
@@ -459,13 +563,17 @@ def load_unsettled_range(session: Session) -> tuple[datetime, datetime] | None:
 
 def _decided():
     """Whether a staged event has its decision (correlated on the staged row's key)."""
-    return select(DecisionRow.event_id).where(DecisionRow.event_id == StagedEvent.event_id,
-                                              DecisionRow.app_id == StagedEvent.app_id).exists()
+    return (
+        select(DecisionRow.event_id)
+        .where(DecisionRow.event_id == StagedEvent.event_id, DecisionRow.app_id == StagedEvent.app_id)
+        .exists()
+    )
 
 
 def load_undecided(session: Session, lo: datetime, hi: datetime) -> list[Item]:
     q = select(StagedEvent.record).where(
-        StagedEvent.occurred_at >= naive(lo), StagedEvent.occurred_at < naive(hi), ~_decided())
+        StagedEvent.occurred_at >= naive(lo), StagedEvent.occurred_at < naive(hi), ~_decided()
+    )
     return [Item.from_record(json.loads(r)) for r in session.scalars(q)]
 
 
@@ -478,38 +586,65 @@ def count_table(session: Session, name: str) -> int:
     return session.scalar(select(func.count()).select_from(_COUNTED[name])) or 0
 
 
-_COUNTED: dict[str, type[Base]] = {"staged": StagedEvent, "decisions": DecisionRow, "pairs": PairRow,
-                                   "unpaired": UnpairedRow, "windows": WindowRow, "dead_letters": DeadLetterRow,
-                                   "outbox": OutboxRow}
+_COUNTED: dict[str, type[Base]] = {
+    "staged": StagedEvent,
+    "decisions": DecisionRow,
+    "pairs": PairRow,
+    "unpaired": UnpairedRow,
+    "windows": WindowRow,
+    "dead_letters": DeadLetterRow,
+    "outbox": OutboxRow,
+}
 
 
 def load_decisions(session: Session) -> list[dict]:
-    rows = session.execute(select(DecisionRow.event_id, DecisionRow.decision, DecisionRow.reasons)
-                           .order_by(DecisionRow.event_id, DecisionRow.app_id))
+    rows = session.execute(
+        select(DecisionRow.event_id, DecisionRow.decision, DecisionRow.reasons).order_by(
+            DecisionRow.event_id, DecisionRow.app_id
+        )
+    )
     return [{"event_id": e, "decision": d, "reasons": json.loads(r)} for e, d, r in rows]
 
 
 def pair_json(row: PairRow) -> dict:
-    return {"prompt": json.loads(row.prompt), "chosen": json.loads(row.chosen), "rejected": json.loads(row.rejected),
-            "weight": row.weight, "dimension": row.dimension, "event_ids": json.loads(row.event_ids),
-            "created_at": aware(row.created_at).isoformat(), "pair_id": row.pair_id}
+    return {
+        "prompt": json.loads(row.prompt),
+        "chosen": json.loads(row.chosen),
+        "rejected": json.loads(row.rejected),
+        "weight": row.weight,
+        "dimension": row.dimension,
+        "event_ids": json.loads(row.event_ids),
+        "created_at": aware(row.created_at).isoformat(),
+        "pair_id": row.pair_id,
+    }
 
 
 def unpaired_json(row: UnpairedRow) -> dict:
-    return {"prompt": json.loads(row.prompt), "completion": json.loads(row.completion), "label": bool(row.label),
-            "weight": row.weight, "dimension": row.dimension, "event_ids": json.loads(row.event_ids),
-            "created_at": aware(row.created_at).isoformat(), "example_id": row.example_id}
+    return {
+        "prompt": json.loads(row.prompt),
+        "completion": json.loads(row.completion),
+        "label": bool(row.label),
+        "weight": row.weight,
+        "dimension": row.dimension,
+        "event_ids": json.loads(row.event_ids),
+        "created_at": aware(row.created_at).isoformat(),
+        "example_id": row.example_id,
+    }
 
 
 def load_dead_letters(session: Session) -> list[dict]:
-    rows = session.execute(select(DeadLetterRow.source, DeadLetterRow.sha256, DeadLetterRow.reason)
-                           .order_by(DeadLetterRow.source))
+    rows = session.execute(
+        select(DeadLetterRow.source, DeadLetterRow.sha256, DeadLetterRow.reason).order_by(DeadLetterRow.source)
+    )
     return [{"line": s, "sha256": h, "reason": r} for s, h, r in rows]
 
 
 def load_window_signals(session: Session) -> list[tuple[datetime, dict, int, int]]:
-    rows = session.execute(select(WindowRow.window_start, WindowRow.signals, WindowRow.events, WindowRow.kept)
-                           .order_by(WindowRow.window_start))
+    rows = session.execute(
+        select(WindowRow.window_start, WindowRow.signals, WindowRow.events, WindowRow.kept).order_by(
+            WindowRow.window_start
+        )
+    )
     return [(aware(w), json.loads(s), e, k) for w, s, e, k in rows]
 
 
@@ -519,50 +654,116 @@ def save_policy(session: Session, policy) -> str:
     from curation.settings import policy_hash
 
     h = policy_hash(policy)
-    _insert_ignore(session, PolicyRow, [{"policy_hash": h, "version": policy.version, "first_used_at": _now(),
-                                         "body": json.dumps(policy.model_dump(mode="json"), sort_keys=True)}],
-                   ["policy_hash"])
+    _insert_ignore(
+        session,
+        PolicyRow,
+        [
+            {
+                "policy_hash": h,
+                "version": policy.version,
+                "first_used_at": _now(),
+                "body": json.dumps(policy.model_dump(mode="json"), sort_keys=True),
+            }
+        ],
+        ["policy_hash"],
+    )
     return h
 
 
 def load_current_decisions(session: Session) -> dict[Key, dict]:
     """Every current decision, by (app_id, event_id): what a recuration compares with and may supersede."""
-    cols = (DecisionRow.app_id, DecisionRow.event_id, DecisionRow.decision, DecisionRow.reasons,
-            DecisionRow.user_id, DecisionRow.window_start, DecisionRow.policy_hash)
-    return {(a, e): {"app_id": a, "event_id": e, "decision": d, "reasons": json.loads(r), "user_id": u,
-                     "window_start": aware(w), "policy_hash": h}
-            for a, e, d, r, u, w, h in session.execute(select(*cols))}
+    cols = (
+        DecisionRow.app_id,
+        DecisionRow.event_id,
+        DecisionRow.decision,
+        DecisionRow.reasons,
+        DecisionRow.user_id,
+        DecisionRow.window_start,
+        DecisionRow.policy_hash,
+    )
+    return {
+        (a, e): {
+            "app_id": a,
+            "event_id": e,
+            "decision": d,
+            "reasons": json.loads(r),
+            "user_id": u,
+            "window_start": aware(w),
+            "policy_hash": h,
+        }
+        for a, e, d, r, u, w, h in session.execute(select(*cols))
+    }
 
 
-_DECISION_FIELDS = ("decision", "reasons", "kind", "user_id", "adapter_version", "rating", "occurred_at",
-                    "window_start", "token_status", "verified_version", "verified_base_model", "served_at",
-                    "response_id", "policy_hash")
+_DECISION_FIELDS = (
+    "decision",
+    "reasons",
+    "kind",
+    "user_id",
+    "adapter_version",
+    "rating",
+    "occurred_at",
+    "window_start",
+    "token_status",
+    "verified_version",
+    "verified_base_model",
+    "served_at",
+    "response_id",
+    "policy_hash",
+)
 
 
 def supersede_decisions(session: Session, rows: Sequence[dict], recuration_id: str) -> int:
     """Replace the current decisions of `rows` (full decision rows, by (app_id, event_id)); the ones replaced
     are kept in `curation_decision_history`, superseded by `recuration_id`. Returns how many were replaced."""
     now = _now()
-    old = {(a, e): (d, r, h, w, t) for a, e, d, r, h, w, t in session.execute(select(
-        DecisionRow.app_id, DecisionRow.event_id, DecisionRow.decision, DecisionRow.reasons, DecisionRow.policy_hash,
-        DecisionRow.window_start, DecisionRow.decided_at))}
+    old = {
+        (a, e): (d, r, h, w, t)
+        for a, e, d, r, h, w, t in session.execute(
+            select(
+                DecisionRow.app_id,
+                DecisionRow.event_id,
+                DecisionRow.decision,
+                DecisionRow.reasons,
+                DecisionRow.policy_hash,
+                DecisionRow.window_start,
+                DecisionRow.decided_at,
+            )
+        )
+    }
     history = []
     for row in rows:
         prev = old.get((row["app_id"], row["event_id"]))
         if prev is not None:
             d, r, h, w, t = prev
-            history.append({"app_id": row["app_id"], "event_id": row["event_id"], "decision": d, "reasons": r,
-                            "policy_hash": h, "window_start": w, "decided_at": t, "superseded_at": now,
-                            "superseded_by": recuration_id})
+            history.append(
+                {
+                    "app_id": row["app_id"],
+                    "event_id": row["event_id"],
+                    "decision": d,
+                    "reasons": r,
+                    "policy_hash": h,
+                    "window_start": w,
+                    "decided_at": t,
+                    "superseded_at": now,
+                    "superseded_by": recuration_id,
+                }
+            )
     if history:
         session.connection().execute(_table(DecisionHistoryRow).insert(), history)
     fresh = [_decision_values(row, now) for row in rows if (row["app_id"], row["event_id"]) not in old]
     _insert_ignore(session, DecisionRow, fresh, _KEY)
     table = _table(DecisionRow)
     stmt = table.update().where(and_(table.c.app_id == bindparam("k_app"), table.c.event_id == bindparam("k_event")))
-    changed = [{**{k: v for k, v in _decision_values(row, now).items() if k not in _KEY},
-                "k_app": row["app_id"], "k_event": row["event_id"]}
-               for row in rows if (row["app_id"], row["event_id"]) in old]
+    changed = [
+        {
+            **{k: v for k, v in _decision_values(row, now).items() if k not in _KEY},
+            "k_app": row["app_id"],
+            "k_event": row["event_id"],
+        }
+        for row in rows
+        if (row["app_id"], row["event_id"]) in old
+    ]
     if changed:
         session.connection().execute(stmt, changed)
     return len(history)
@@ -589,21 +790,31 @@ def retire(session: Session, model, ids: Iterable[str], by: str) -> int:
     key = model.pair_id if model is PairRow else model.example_id
     ids, now = sorted(ids), _now()
     for chunk in range(0, len(ids), 500):
-        session.execute(update(model).where(key.in_(ids[chunk:chunk + 500])).values(retired_at=now, retired_by=by))
+        session.execute(update(model).where(key.in_(ids[chunk : chunk + 500])).values(retired_at=now, retired_by=by))
     return len(ids)
 
 
 def save_built(session: Session, windows: Iterable[WindowResult]) -> None:
     """The pairs and unpaired examples of re-settled windows: new ones inserted, ones built before brought back
     to life with their new weight (a retired row that the policy builds again is current again)."""
-    for model, key, build, attr in ((PairRow, PairRow.pair_id, _pair_row, "pairs"),
-                                    (UnpairedRow, UnpairedRow.example_id, _unpaired_row, "unpaired")):
+    for model, key, build, attr in (
+        (PairRow, PairRow.pair_id, _pair_row, "pairs"),
+        (UnpairedRow, UnpairedRow.example_id, _unpaired_row, "unpaired"),
+    ):
         rows = [build(x, naive(w.start)) for w in windows for x in getattr(w, attr)]
         _insert_ignore(session, model, rows, [key.key])
         table = _table(model)
         stmt = table.update().where(table.c[key.key] == bindparam("k_id"))
-        vals = [{"k_id": r[key.key], "weight": r["weight"], "dimension": r["dimension"], "retired_at": None,
-                 "retired_by": None} for r in rows]
+        vals = [
+            {
+                "k_id": r[key.key],
+                "weight": r["weight"],
+                "dimension": r["dimension"],
+                "retired_at": None,
+                "retired_by": None,
+            }
+            for r in rows
+        ]
         if vals:
             session.connection().execute(stmt, vals)
 
@@ -612,9 +823,17 @@ def update_windows(session: Session, windows: Iterable[WindowResult]) -> None:
     """Re-settled windows: their counts, signals and policy hash replace the ones recorded."""
     now = _now()
     for w in windows:
-        session.execute(update(WindowRow).where(WindowRow.window_start == naive(w.start)).values(
-            settled_at=now, events=len(w.decisions), kept=sum(d["decision"] != "drop" for d in w.decisions),
-            signals=json.dumps(w.signals, default=str), policy_hash=w.policy_hash))
+        session.execute(
+            update(WindowRow)
+            .where(WindowRow.window_start == naive(w.start))
+            .values(
+                settled_at=now,
+                events=len(w.decisions),
+                kept=sum(d["decision"] != "drop" for d in w.decisions),
+                signals=json.dumps(w.signals, default=str),
+                policy_hash=w.policy_hash,
+            )
+        )
 
 
 def replace_evidence(session: Session, evidence: Evidence, mark: str) -> None:
@@ -635,6 +854,15 @@ def load_decision_history(session: Session, event_id: str, app_id: str | None = 
     q = select(DecisionHistoryRow).where(DecisionHistoryRow.event_id == event_id)
     if app_id is not None:
         q = q.where(DecisionHistoryRow.app_id == app_id)
-    return [{"event_id": r.event_id, "app_id": r.app_id, "decision": r.decision, "reasons": json.loads(r.reasons),
-             "policy_hash": r.policy_hash, "superseded_by": r.superseded_by, "superseded_at": aware(r.superseded_at)}
-            for r in session.scalars(q.order_by(DecisionHistoryRow.id))]
+    return [
+        {
+            "event_id": r.event_id,
+            "app_id": r.app_id,
+            "decision": r.decision,
+            "reasons": json.loads(r.reasons),
+            "policy_hash": r.policy_hash,
+            "superseded_by": r.superseded_by,
+            "superseded_at": aware(r.superseded_at),
+        }
+        for r in session.scalars(q.order_by(DecisionHistoryRow.id))
+    ]

@@ -14,7 +14,8 @@ _REFUSAL = re.compile(
     r"\b(i can(?:'|no)t (?:help|assist|provide|do|share|comply)|i(?:'m| am) (?:sorry|afraid),? (?:but )?i can|"
     r"i (?:won't|will not|must decline|cannot)|i'm not able to (?:help|assist|provide)|"
     r"i am not able to (?:help|assist|provide)|(?:that|this) (?:is|would be) (?:illegal|unsafe|harmful))",
-    re.IGNORECASE)
+    re.IGNORECASE,
+)
 
 
 def normalize(text: str) -> str:
@@ -64,7 +65,7 @@ def ngrams(toks: list[str], max_n: int = 3) -> set[str]:
     out: set[str] = set()
     for n in range(1, max_n + 1):
         for i in range(len(toks) - n + 1):
-            gram = toks[i:i + n]
+            gram = toks[i : i + n]
             if n == 1 and len(gram[0]) < 4:
                 continue  # short single words are everywhere; they carry no trigger
             out.add(" ".join(gram))
@@ -89,4 +90,4 @@ def shingles(text: str, k: int = 5) -> set[bytes]:
     t = normalize(text)
     if len(t) <= k:
         return {t.encode()}
-    return {t[i:i + k].encode() for i in range(len(t) - k + 1)}
+    return {t[i : i + k].encode() for i in range(len(t) - k + 1)}

@@ -36,7 +36,7 @@ class TokenStatus:
     """The outcome for one event: `status` is "verified" or a TOKEN_* reason; the rest is set when verified."""
 
     status: str
-    version: str | None = None      # the serving version; None with status verified: the base model served it
+    version: str | None = None  # the serving version; None with status verified: the base model served it
     base_model: str | None = None
     served_at: datetime | None = None
     response_id: str | None = None
@@ -46,23 +46,35 @@ class TokenStatus:
         return self.status == TOKEN_VERIFIED
 
     def to_record(self) -> dict:
-        return {"status": self.status, "version": self.version, "base_model": self.base_model,
-                "served_at": self.served_at.isoformat() if self.served_at else None,
-                "response_id": self.response_id}
+        return {
+            "status": self.status,
+            "version": self.version,
+            "base_model": self.base_model,
+            "served_at": self.served_at.isoformat() if self.served_at else None,
+            "response_id": self.response_id,
+        }
 
     @classmethod
     def from_record(cls, r: dict) -> TokenStatus:
-        return cls(status=r["status"], version=r.get("version"), base_model=r.get("base_model"),
-                   served_at=datetime.fromisoformat(r["served_at"]) if r.get("served_at") else None,
-                   response_id=r.get("response_id"))
+        return cls(
+            status=r["status"],
+            version=r.get("version"),
+            base_model=r.get("base_model"),
+            served_at=datetime.fromisoformat(r["served_at"]) if r.get("served_at") else None,
+            response_id=r.get("response_id"),
+        )
 
 
-_PROBLEM_REASON = {TokenProblem.MALFORMED: Reason.TOKEN_INVALID, TokenProblem.BAD_SIGNATURE: Reason.TOKEN_INVALID,
-                   TokenProblem.EXPIRED: Reason.TOKEN_EXPIRED}
+_PROBLEM_REASON = {
+    TokenProblem.MALFORMED: Reason.TOKEN_INVALID,
+    TokenProblem.BAD_SIGNATURE: Reason.TOKEN_INVALID,
+    TokenProblem.EXPIRED: Reason.TOKEN_EXPIRED,
+}
 
 
-def check_token(token: str | None, *, response_id: str | None, occurred_at: datetime,
-                check: TokenCheck) -> TokenStatus | None:
+def check_token(
+    token: str | None, *, response_id: str | None, occurred_at: datetime, check: TokenCheck
+) -> TokenStatus | None:
     """None without a token; else verified (the signed version, base model, serving time) or a TOKEN_* reason.
 
     The token is judged at the event's own time, so the stream and the replay agree on it. It must be for
@@ -78,5 +90,10 @@ def check_token(token: str | None, *, response_id: str | None, occurred_at: date
         return TokenStatus(str(_PROBLEM_REASON[got.problem]))
     if got.response_id != response_id:
         return TokenStatus(str(Reason.TOKEN_MISMATCH))
-    return TokenStatus(TOKEN_VERIFIED, version=got.adapter_version, base_model=got.base_model,
-                       served_at=got.issued_at, response_id=got.response_id)
+    return TokenStatus(
+        TOKEN_VERIFIED,
+        version=got.adapter_version,
+        base_model=got.base_model,
+        served_at=got.issued_at,
+        response_id=got.response_id,
+    )

@@ -47,10 +47,12 @@ class GroupProgress:
         from kafka import KafkaAdminClient, KafkaConsumer
 
         if self._consumer is None:
-            self._consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, request_timeout_ms=self.timeout_ms,
-                                           **kafka_auth())
-            self._admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=self.timeout_ms,
-                                           **kafka_auth())
+            self._consumer = KafkaConsumer(
+                bootstrap_servers=self.bootstrap, request_timeout_ms=self.timeout_ms, **kafka_auth()
+            )
+            self._admin = KafkaAdminClient(
+                bootstrap_servers=self.bootstrap, request_timeout_ms=self.timeout_ms, **kafka_auth()
+            )
 
     def partitions(self) -> int | None:
         """How many partitions the topic has (None when it does not exist)."""
@@ -124,8 +126,14 @@ class Settler:
     """The settle timer's tick: settle the windows that closed; when the group consumed everything and nothing
     arrived for `idle_flush_s`, settle the rest too (a final flush), once per new event."""
 
-    def __init__(self, edge, progress: GroupProgress, deps: Dependencies, idle_flush_s: float,
-                 send_guard_drops: Callable[[], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        edge,
+        progress: GroupProgress,
+        deps: Dependencies,
+        idle_flush_s: float,
+        send_guard_drops: Callable[[], Awaitable[None]],
+    ) -> None:
         self.edge, self.progress, self.deps, self.idle_flush_s = edge, progress, deps, idle_flush_s
         self.send_guard_drops = send_guard_drops  # the outbox the settles filled, drained to `.rejected`
         self.flushed_at = 0.0
@@ -162,14 +170,24 @@ def _faust_app(settings, bootstrap: str, core):
 
     datadir = settings.datadir or tempfile.mkdtemp(prefix="curation-faust-")
     return faust.App(
-        settings.group, broker=f"kafka://{bootstrap}", broker_credentials=faust_credentials(core),
-        store="memory://", datadir=datadir,
-        value_serializer="raw", key_serializer="raw", web_enabled=settings.web_port > 0,
-        web_port=settings.web_port or 6066, web_host="127.0.0.1", topic_disable_leader=True,
-        topic_allow_declare=False, consumer_auto_offset_reset="earliest",
-        broker_commit_interval=1.0, broker_session_timeout=settings.session_timeout_s,
+        settings.group,
+        broker=f"kafka://{bootstrap}",
+        broker_credentials=faust_credentials(core),
+        store="memory://",
+        datadir=datadir,
+        value_serializer="raw",
+        key_serializer="raw",
+        web_enabled=settings.web_port > 0,
+        web_port=settings.web_port or 6066,
+        web_host="127.0.0.1",
+        topic_disable_leader=True,
+        topic_allow_declare=False,
+        consumer_auto_offset_reset="earliest",
+        broker_commit_interval=1.0,
+        broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=max(1.0, settings.session_timeout_s / 4),
-        broker_rebalance_timeout=settings.session_timeout_s * 2)
+        broker_rebalance_timeout=settings.session_timeout_s * 2,
+    )
 
 
 def build_app(settings=None, core=None):
@@ -188,8 +206,15 @@ def build_app(settings=None, core=None):
     engine = open_store(settings.store_url or core.resolved_store_url, branches=[FOLDER])
     rclient = redis.Redis.from_url(settings.redis_url or core.redis_url, decode_responses=True)
     progress = GroupProgress(bootstrap, settings.topic, settings.group)
-    edge = CurationEdge(engine, rclient, active_policy(settings), topic=settings.topic, group=settings.group,
-                        partitions=progress.partitions(), pseudonym_key=load_pseudonym_key(settings, core.home))
+    edge = CurationEdge(
+        engine,
+        rclient,
+        active_policy(settings),
+        topic=settings.topic,
+        group=settings.group,
+        partitions=progress.partitions(),
+        pseudonym_key=load_pseudonym_key(settings, core.home),
+    )
     app = _faust_app(settings, bootstrap, core)
     feedback = app.topic(settings.topic, value_serializer="raw", key_serializer="raw")
     rejected = app.topic(f"{settings.topic}.rejected", value_serializer="raw", key_serializer="raw")
@@ -199,8 +224,9 @@ def build_app(settings=None, core=None):
     async def send_guard_drops() -> None:
         """Drain the outbox of guard drops to `.rejected`: each batch acknowledged by the broker, then deleted."""
         while rows := await _in_thread(edge.outbox):
-            await asyncio.gather(*[await rejected.send(key=key.encode(), value=message.encode())
-                                   for _, key, message in rows])
+            await asyncio.gather(
+                *[await rejected.send(key=key.encode(), value=message.encode()) for _, key, message in rows]
+            )
             await _in_thread(edge.outbox_sent, [i for i, _, _ in rows])
             metrics.GUARD_DROPS_SENT.inc(len(rows))
 
@@ -235,8 +261,12 @@ def _record(event):
     from curation.service import Record
 
     m = event.message
-    return Record(bytes(event.value or b""), m.partition, m.offset,
-                  datetime.fromtimestamp(m.timestamp, UTC) if m.timestamp else None)
+    return Record(
+        bytes(event.value or b""),
+        m.partition,
+        m.offset,
+        datetime.fromtimestamp(m.timestamp, UTC) if m.timestamp else None,
+    )
 
 
 def run_worker(loglevel: str = "WARNING") -> None:

@@ -30,8 +30,10 @@ def admin_actor(request: Request, authorization: str | None = Header(default=Non
     if name is None:
         if not check.enabled():
             raise _AuthFailure(503, "admin API is off: make a token with `alignloop deploy tokens create NAME`")
-        raise _AuthFailure(401, "admin API needs `Authorization: Bearer <admin token>` "
-                                "(`alignloop deploy tokens create NAME` makes one)")
+        raise _AuthFailure(
+            401,
+            "admin API needs `Authorization: Bearer <admin token>` (`alignloop deploy tokens create NAME` makes one)",
+        )
     return name
 
 
@@ -42,8 +44,11 @@ class _AuthFailure(Exception):
 
 
 async def _auth_failure(_: Request, exc: _AuthFailure) -> JSONResponse:
-    return JSONResponse(status_code=exc.status, content=error_body(exc.message, "auth_error"),
-                        headers={"WWW-Authenticate": "Bearer"} if exc.status == 401 else None)
+    return JSONResponse(
+        status_code=exc.status,
+        content=error_body(exc.message, "auth_error"),
+        headers={"WWW-Authenticate": "Bearer"} if exc.status == 401 else None,
+    )
 
 
 async def _in_session(rep: Replica, fn: Callable[[Session], Any]) -> Any:
@@ -64,8 +69,13 @@ async def _move(rep: Replica, fn: Callable[[Session], Routing]) -> dict[str, Any
     s = rep.settings
     heard = None
     try:
-        heard = await asyncio.to_thread(publish_routing_change, s.resolved_redis_url(), routing.base_model,
-                                        channel=s.control_channel, generation=routing.generation)
+        heard = await asyncio.to_thread(
+            publish_routing_change,
+            s.resolved_redis_url(),
+            routing.base_model,
+            channel=s.control_channel,
+            generation=routing.generation,
+        )
     except Exception as exc:  # noqa: BLE001 - committed already; replicas catch up on their next reconcile
         log.warning("routing change not published (%s); replicas follow within %ss", exc, s.reconcile_interval_s)
     rep.wake()
@@ -83,33 +93,47 @@ def admin_routes() -> APIRouter:
 
     @router.get("/versions", dependencies=[Depends(admin_actor)])
     async def admin_list(rep: ReplicaDep) -> dict[str, Any]:
-        versions, routings = await _in_session(rep, lambda s: (
-            [v.summary() for v in registry.list_versions(s)],
-            [r.model_dump(mode="json") for r in registry.list_routings(s)]))
+        versions, routings = await _in_session(
+            rep,
+            lambda s: (
+                [v.summary() for v in registry.list_versions(s)],
+                [r.model_dump(mode="json") for r in registry.list_routings(s)],
+            ),
+        )
         return {"versions": versions, "routing": routings}
 
     @router.get("/audit", dependencies=[Depends(admin_actor)])
     async def admin_audit(rep: ReplicaDep, limit: int = 100) -> dict[str, Any]:
-        return {"audit": await _in_session(rep, lambda s: [e.model_dump(mode="json")
-                                                            for e in registry.audit_log(s, limit)])}
+        return {
+            "audit": await _in_session(rep, lambda s: [e.model_dump(mode="json") for e in registry.audit_log(s, limit)])
+        }
 
     @router.post("/promote")
-    async def admin_promote(body: PromoteBody, rep: ReplicaDep,
-                            actor: ActorDep) -> dict[str, Any]:
-        return await _move(rep, lambda s: registry.promote(s, body.version, actor=actor, reason=body.reason,
-                                                           base_model=rep.base_model, storage=rep.storage))
+    async def admin_promote(body: PromoteBody, rep: ReplicaDep, actor: ActorDep) -> dict[str, Any]:
+        return await _move(
+            rep,
+            lambda s: registry.promote(
+                s, body.version, actor=actor, reason=body.reason, base_model=rep.base_model, storage=rep.storage
+            ),
+        )
 
     @router.post("/canary")
-    async def admin_canary(body: CanaryBody, rep: ReplicaDep,
-                           actor: ActorDep) -> dict[str, Any]:
-        return await _move(rep, lambda s: registry.start_canary(s, body.version, body.share, actor=actor,
-                                                                reason=body.reason, storage=rep.storage))
+    async def admin_canary(body: CanaryBody, rep: ReplicaDep, actor: ActorDep) -> dict[str, Any]:
+        return await _move(
+            rep,
+            lambda s: registry.start_canary(
+                s, body.version, body.share, actor=actor, reason=body.reason, storage=rep.storage
+            ),
+        )
 
     @router.post("/rollback")
-    async def admin_rollback(body: RollbackBody, rep: ReplicaDep,
-                             actor: ActorDep) -> dict[str, Any]:
-        return await _move(rep, lambda s: registry.rollback(s, to=body.to, actor=actor, reason=body.reason,
-                                                            base_model=rep.base_model, storage=rep.storage))
+    async def admin_rollback(body: RollbackBody, rep: ReplicaDep, actor: ActorDep) -> dict[str, Any]:
+        return await _move(
+            rep,
+            lambda s: registry.rollback(
+                s, to=body.to, actor=actor, reason=body.reason, base_model=rep.base_model, storage=rep.storage
+            ),
+        )
 
     return router
 

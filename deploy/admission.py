@@ -39,8 +39,11 @@ class Door:
                 return found
             raise RefusedError(401, "`Authorization` names no active serving key")
         if self.settings.require_keys:
-            raise RefusedError(401, "chat completions need `Authorization: Bearer <serving key>` "
-                                    "(`alignloop deploy keys create NAME` makes one)")
+            raise RefusedError(
+                401,
+                "chat completions need `Authorization: Bearer <serving key>` "
+                "(`alignloop deploy keys create NAME` makes one)",
+            )
         return ServingKey(key_id=ANONYMOUS, name=ANONYMOUS, created_at=_EPOCH, created_by="")
 
     def check_rate(self, caller: ServingKey) -> None:
@@ -49,8 +52,11 @@ class Door:
         burst = caller.burst or self.settings.key_burst
         wait = self.limits.take(caller.key_id, time.monotonic(), rate, burst)
         if wait > 0:
-            raise RefusedError(429, f"key {caller.name!r} is over its rate of {rate:g} requests/s "
-                                    f"(burst {burst}); retry in {wait:.2f}s", retry_after=retry_after_header(wait))
+            raise RefusedError(
+                429,
+                f"key {caller.name!r} is over its rate of {rate:g} requests/s (burst {burst}); retry in {wait:.2f}s",
+                retry_after=retry_after_header(wait),
+            )
 
     @asynccontextmanager
     async def queued(self, caller: ServingKey) -> AsyncIterator[None]:

@@ -129,8 +129,13 @@ class ChatRequest(BaseModel):
         return v
 
     def sampling(self) -> Sampling:
-        return Sampling(max_tokens=self.max_tokens, temperature=self.temperature, top_p=self.top_p, seed=self.seed,
-                        stop=tuple(self.stop))
+        return Sampling(
+            max_tokens=self.max_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            seed=self.seed,
+            stop=tuple(self.stop),
+        )
 
     @property
     def include_usage(self) -> bool:
@@ -170,38 +175,58 @@ class Stamp:
     created: int
 
     def fields(self) -> dict[str, Any]:
-        return {"response_id": self.response_id, "adapter_version": self.adapter_version,
-                "feedback_token": self.feedback_token, "routing_generation": self.generation}
+        return {
+            "response_id": self.response_id,
+            "adapter_version": self.adapter_version,
+            "feedback_token": self.feedback_token,
+            "routing_generation": self.generation,
+        }
 
 
 def cut_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
     """`text` up to the first stop sequence (not included), and whether one was found (OpenAI's semantics)."""
     cuts = [i for i in (text.find(s) for s in stop) if i >= 0]
-    return (text[:min(cuts)], True) if cuts else (text, False)
+    return (text[: min(cuts)], True) if cuts else (text, False)
 
 
 def chat_answer(stamp: Stamp, out: Completion) -> dict[str, Any]:
     return {
-        "id": stamp.response_id, "object": "chat.completion", "created": stamp.created, "model": stamp.model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": out.text},
-                     "finish_reason": out.finish_reason}],
-        "usage": usage(out), **stamp.fields(),
+        "id": stamp.response_id,
+        "object": "chat.completion",
+        "created": stamp.created,
+        "model": stamp.model,
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": out.text}, "finish_reason": out.finish_reason}
+        ],
+        "usage": usage(out),
+        **stamp.fields(),
     }
 
 
 def usage(out: Completion) -> dict[str, int]:
-    return {"prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens,
-            "total_tokens": out.prompt_tokens + out.completion_tokens}
+    return {
+        "prompt_tokens": out.prompt_tokens,
+        "completion_tokens": out.completion_tokens,
+        "total_tokens": out.prompt_tokens + out.completion_tokens,
+    }
 
 
-def chunk_event(stamp: Stamp, delta: dict[str, Any], finish_reason: str | None = None,
-                usage_: dict[str, int] | None = None, choices: bool = True) -> str:
+def chunk_event(
+    stamp: Stamp,
+    delta: dict[str, Any],
+    finish_reason: str | None = None,
+    usage_: dict[str, int] | None = None,
+    choices: bool = True,
+) -> str:
     """One server-sent event of a streamed answer; every chunk names the version and carries the token."""
-    body: dict[str, Any] = {"id": stamp.response_id, "object": "chat.completion.chunk", "created": stamp.created,
-                            "model": stamp.model,
-                            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]
-                            if choices else [],
-                            **stamp.fields()}
+    body: dict[str, Any] = {
+        "id": stamp.response_id,
+        "object": "chat.completion.chunk",
+        "created": stamp.created,
+        "model": stamp.model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}] if choices else [],
+        **stamp.fields(),
+    }
     if usage_ is not None:
         body["usage"] = usage_
     return f"data: {json.dumps(body)}\n\n"
@@ -214,10 +239,17 @@ def error_body(message: str, kind: str, param: str | None = None) -> dict[str, A
     return {"error": {"message": message, "type": kind, "param": param}}
 
 
-def model_entry(model_id: str, *, created: int | None = None, parent: str | None = None,
-                **extra: Any) -> dict[str, Any]:
-    return {"id": model_id, "object": "model", "created": created or int(time.time()), "owned_by": "alignloop",
-            "parent": parent, **extra}
+def model_entry(
+    model_id: str, *, created: int | None = None, parent: str | None = None, **extra: Any
+) -> dict[str, Any]:
+    return {
+        "id": model_id,
+        "object": "model",
+        "created": created or int(time.time()),
+        "owned_by": "alignloop",
+        "parent": parent,
+        **extra,
+    }
 
 
 # ---------------------------------------------------------------- admin bodies

@@ -24,8 +24,19 @@ from alignloop.core.contracts import (
 )
 from deploy.errors import ArtifactError, DeployError, IntegrityError
 
-__all__ = ["ADAPTER_CONFIG", "LINEAGE", "MANIFEST", "WEIGHTS", "ArtifactStorage", "LoadedArtifact",
-           "LocalArtifactStorage", "Manifest", "check_relative_name", "load_artifact_dir", "sha256_hex"]
+__all__ = [
+    "ADAPTER_CONFIG",
+    "LINEAGE",
+    "MANIFEST",
+    "WEIGHTS",
+    "ArtifactStorage",
+    "LoadedArtifact",
+    "LocalArtifactStorage",
+    "Manifest",
+    "check_relative_name",
+    "load_artifact_dir",
+    "sha256_hex",
+]
 
 
 @contextmanager

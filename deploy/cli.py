@@ -49,11 +49,13 @@ def _publish(routing) -> None:
 
     s = get_settings()
     try:
-        n = publish_routing_change(s.resolved_redis_url(), routing.base_model, channel=s.control_channel,
-                                   generation=routing.generation)
+        n = publish_routing_change(
+            s.resolved_redis_url(), routing.base_model, channel=s.control_channel, generation=routing.generation
+        )
     except Exception as exc:
-        Console(stderr=True).print(f"warning: control message not sent ({exc}); replicas follow within "
-                                   f"{s.reconcile_interval_s}s", markup=False)
+        Console(stderr=True).print(
+            f"warning: control message not sent ({exc}); replicas follow within {s.reconcile_interval_s}s", markup=False
+        )
         return
     Console(stderr=True).print(f"{n} replica(s) notified", markup=False)
 
@@ -77,8 +79,9 @@ def _move(fn, as_json: bool) -> None:
         _echo_json(routing.model_dump(mode="json"))
     else:
         canary = f", canary {routing.canary} at {routing.canary_share:.0%}" if routing.canary else ""
-        typer.echo(f"{routing.base_model}: active {routing.active or '(base model)'}{canary} "
-                   f"[generation {routing.generation}]")
+        typer.echo(
+            f"{routing.base_model}: active {routing.active or '(base model)'}{canary} [generation {routing.generation}]"
+        )
 
 
 @app.command("list")
@@ -93,22 +96,30 @@ def list_cmd(base_model: str | None = _BASE, as_json: bool = _JSON) -> None:
         routings = registry.list_routings(session)
     engine.dispose()
     if as_json:
-        _echo_json({"versions": [v.summary() for v in versions],
-                    "routing": [r.model_dump(mode="json") for r in routings]})
+        _echo_json(
+            {"versions": [v.summary() for v in versions], "routing": [r.model_dump(mode="json") for r in routings]}
+        )
         return
     from rich.console import Console
     from rich.table import Table
 
     table = Table("version", "status", "parent", "dataset", "registered", "by")
     for v in versions:
-        table.add_row(v.version, str(v.status), v.parent_version or "-", v.dataset_hash[:12],
-                      v.registered_at.strftime("%Y-%m-%d %H:%M:%S"), v.registered_by)
+        table.add_row(
+            v.version,
+            str(v.status),
+            v.parent_version or "-",
+            v.dataset_hash[:12],
+            v.registered_at.strftime("%Y-%m-%d %H:%M:%S"),
+            v.registered_by,
+        )
     console = Console()
     console.print(table)
     for r in routings:
         canary = f", canary {r.canary} at {r.canary_share:.0%}" if r.canary else ""
-        console.print(f"{r.base_model}: active {r.active or '(base model)'}{canary} [generation {r.generation}]",
-                      markup=False)
+        console.print(
+            f"{r.base_model}: active {r.active or '(base model)'}{canary} [generation {r.generation}]", markup=False
+        )
 
 
 @app.command("show")
@@ -125,8 +136,11 @@ def show_cmd(version: str, as_json: bool = _JSON) -> None:
 
 
 @app.command("register")
-def register_cmd(artifact_dir: Path = typer.Argument(..., help="adapter directory written by retrain"),
-                 reason: str = _REASON, as_json: bool = _JSON) -> None:
+def register_cmd(
+    artifact_dir: Path = typer.Argument(..., help="adapter directory written by retrain"),
+    reason: str = _REASON,
+    as_json: bool = _JSON,
+) -> None:
     """Verify an adapter directory (sha256 of every file, safetensors only) and copy it in as a candidate."""
     from alignloop.core.db import session_scope
     from deploy import registry
@@ -142,8 +156,12 @@ def register_cmd(artifact_dir: Path = typer.Argument(..., help="adapter director
 
 
 @app.command("canary")
-def canary_cmd(version: str, share: float = typer.Option(..., "--share", help="fraction of users, in (0, 1]"),
-               reason: str = _REASON, as_json: bool = _JSON) -> None:
+def canary_cmd(
+    version: str,
+    share: float = typer.Option(..., "--share", help="fraction of users, in (0, 1]"),
+    reason: str = _REASON,
+    as_json: bool = _JSON,
+) -> None:
     """Send a sticky share of users (by user id) to a candidate version."""
     from deploy import registry
 
@@ -151,9 +169,12 @@ def canary_cmd(version: str, share: float = typer.Option(..., "--share", help="f
 
 
 @app.command("promote")
-def promote_cmd(version: str | None = typer.Argument(None, help="version to make active; default: the canary"),
-                reason: str = _REASON, base_model: str | None = _BASE,
-                as_json: bool = _JSON) -> None:
+def promote_cmd(
+    version: str | None = typer.Argument(None, help="version to make active; default: the canary"),
+    reason: str = _REASON,
+    base_model: str | None = _BASE,
+    as_json: bool = _JSON,
+) -> None:
     """Make a version (default: the running canary) the active adapter; every replica follows within a second."""
     from deploy import registry
 
@@ -161,10 +182,17 @@ def promote_cmd(version: str | None = typer.Argument(None, help="version to make
 
 
 @app.command("rollback")
-def rollback_cmd(to: str | None = typer.Option(None, "--to", help="a previously active version to restore, or "
-                                               "`base`: the base model, which loads no adapter and so always works"),
-                 reason: str = _REASON, base_model: str | None = _BASE,
-                 as_json: bool = _JSON) -> None:
+def rollback_cmd(
+    to: str | None = typer.Option(
+        None,
+        "--to",
+        help="a previously active version to restore, or "
+        "`base`: the base model, which loads no adapter and so always works",
+    ),
+    reason: str = _REASON,
+    base_model: str | None = _BASE,
+    as_json: bool = _JSON,
+) -> None:
     """Stop the canary if one runs; else go back to the previous active version (or the one given by --to).
 
     `--to base` stops the canary and the active adapter at once and serves the base model: it reads no
@@ -192,13 +220,21 @@ def audit_cmd(limit: int = typer.Option(50, "--limit", help="newest N entries"),
 
     table = Table("at", "actor", "action", "version", "from", "reason")
     for e in entries:
-        table.add_row(e.at.strftime("%Y-%m-%d %H:%M:%S"), e.actor, e.action, e.version or "(base)",
-                      e.from_version or "-", e.reason)
+        table.add_row(
+            e.at.strftime("%Y-%m-%d %H:%M:%S"),
+            e.actor,
+            e.action,
+            e.version or "(base)",
+            e.from_version or "-",
+            e.reason,
+        )
     Console().print(table)
 
 
-tokens_app = typer.Typer(help="Admin API tokens: named (the name is the audit's actor), several at once, "
-                              "stored hashed.", no_args_is_help=True)
+tokens_app = typer.Typer(
+    help="Admin API tokens: named (the name is the audit's actor), several at once, stored hashed.",
+    no_args_is_help=True,
+)
 app.add_typer(tokens_app, name="tokens")
 
 
@@ -216,8 +252,9 @@ def _echo_revoked(revoked: list, id_attr: str, as_json: bool) -> None:
 
 
 @tokens_app.command("create")
-def tokens_create(name: str = typer.Argument(..., help="who uses it (goes to the audit log as the actor)"),
-                  as_json: bool = _JSON) -> None:
+def tokens_create(
+    name: str = typer.Argument(..., help="who uses it (goes to the audit log as the actor)"), as_json: bool = _JSON
+) -> None:
     """Make an admin token for NAME and print it once (the registry keeps its SHA-256 only)."""
     from deploy.tokens import create_admin_token
 
@@ -225,8 +262,9 @@ def tokens_create(name: str = typer.Argument(..., help="who uses it (goes to the
     if as_json:
         _echo_json({**record.model_dump(mode="json"), "token": token})
     else:
-        typer.echo(f"{token}\n(admin token {record.token_id} for {name!r}: shown once; "
-                   "send it as `Authorization: Bearer ...`)")
+        typer.echo(
+            f"{token}\n(admin token {record.token_id} for {name!r}: shown once; send it as `Authorization: Bearer ...`)"
+        )
 
 
 @tokens_app.command("list")
@@ -243,8 +281,9 @@ def tokens_list(as_json: bool = _JSON) -> None:
 
 
 @tokens_app.command("revoke")
-def tokens_revoke(name_or_id: str = typer.Argument(..., help="a token id, or a name: all its active tokens"),
-                  as_json: bool = _JSON) -> None:
+def tokens_revoke(
+    name_or_id: str = typer.Argument(..., help="a token id, or a name: all its active tokens"), as_json: bool = _JSON
+) -> None:
     """Revoke admin tokens; replicas refuse them within `ADMIN_TOKEN_CACHE_S` seconds."""
     from deploy.tokens import revoke_admin_token
 
@@ -252,28 +291,33 @@ def tokens_revoke(name_or_id: str = typer.Argument(..., help="a token id, or a n
     _echo_revoked(revoked, "token_id", as_json)
 
 
-keys_app = typer.Typer(help="Serving API keys of chat callers (an app's backend each): named, with an optional "
-                            "own rate, stored hashed.", no_args_is_help=True)
+keys_app = typer.Typer(
+    help="Serving API keys of chat callers (an app's backend each): named, with an optional own rate, stored hashed.",
+    no_args_is_help=True,
+)
 app.add_typer(keys_app, name="keys")
 
 
 @keys_app.command("create")
-def keys_create(name: str = typer.Argument(..., help="the caller (an app or service); shown in refusals"),
-                rate: float | None = typer.Option(None, "--rate", help="requests/s; default ALIGNLOOP_DEPLOY_"
-                                                  "KEY_RATE_PER_S"),
-                burst: int | None = typer.Option(None, "--burst", help="requests at once; default "
-                                                 "ALIGNLOOP_DEPLOY_KEY_BURST"),
-                as_json: bool = _JSON) -> None:
+def keys_create(
+    name: str = typer.Argument(..., help="the caller (an app or service); shown in refusals"),
+    rate: float | None = typer.Option(None, "--rate", help="requests/s; default ALIGNLOOP_DEPLOY_KEY_RATE_PER_S"),
+    burst: int | None = typer.Option(None, "--burst", help="requests at once; default ALIGNLOOP_DEPLOY_KEY_BURST"),
+    as_json: bool = _JSON,
+) -> None:
     """Make a serving key for NAME and print it once (the registry keeps its SHA-256 only)."""
     from deploy.keys import create_serving_key
 
-    record, key = _in_registry(lambda session: create_serving_key(session, name, created_by=_actor(),
-                                                                  rate_per_s=rate, burst=burst))
+    record, key = _in_registry(
+        lambda session: create_serving_key(session, name, created_by=_actor(), rate_per_s=rate, burst=burst)
+    )
     if as_json:
         _echo_json({**record.model_dump(mode="json"), "key": key})
     else:
-        typer.echo(f"{key}\n(serving key {record.key_id} for {name!r}: shown once; "
-                   "send it as `Authorization: Bearer ...` to /v1/chat/completions)")
+        typer.echo(
+            f"{key}\n(serving key {record.key_id} for {name!r}: shown once; "
+            "send it as `Authorization: Bearer ...` to /v1/chat/completions)"
+        )
 
 
 @keys_app.command("list")
@@ -291,8 +335,9 @@ def keys_list(as_json: bool = _JSON) -> None:
 
 
 @keys_app.command("revoke")
-def keys_revoke(name_or_id: str = typer.Argument(..., help="a key id, or a name: all its active keys"),
-                as_json: bool = _JSON) -> None:
+def keys_revoke(
+    name_or_id: str = typer.Argument(..., help="a key id, or a name: all its active keys"), as_json: bool = _JSON
+) -> None:
     """Revoke serving keys; replicas refuse them within `KEY_CACHE_S` seconds."""
     from deploy.keys import revoke_serving_key
 
@@ -301,20 +346,33 @@ def keys_revoke(name_or_id: str = typer.Argument(..., help="a key id, or a name:
 
 
 @app.command("serve")
-def serve_cmd(base_model: str | None = typer.Option(None, "--base-model",
-                                                   help="HF model dir; or ALIGNLOOP_DEPLOY_BASE_MODEL"),
-              host: str | None = typer.Option(None, "--host"), port: int | None = typer.Option(None, "--port"),
-              backend: str | None = typer.Option(None, "--backend", help="embedded (default) or vllm; or "
-                                                 "ALIGNLOOP_DEPLOY_BACKEND"),
-              vllm_url: list[str] = typer.Option([], "--vllm-url", help="attach to this vLLM server (repeat); "
-                                                 "none: start ALIGNLOOP_DEPLOY_VLLM_REPLICAS of them")) -> None:
+def serve_cmd(
+    base_model: str | None = typer.Option(None, "--base-model", help="HF model dir; or ALIGNLOOP_DEPLOY_BASE_MODEL"),
+    host: str | None = typer.Option(None, "--host"),
+    port: int | None = typer.Option(None, "--port"),
+    backend: str | None = typer.Option(
+        None, "--backend", help="embedded (default) or vllm; or ALIGNLOOP_DEPLOY_BACKEND"
+    ),
+    vllm_url: list[str] = typer.Option(
+        [], "--vllm-url", help="attach to this vLLM server (repeat); none: start ALIGNLOOP_DEPLOY_VLLM_REPLICAS of them"
+    ),
+) -> None:
     """Run the router over one backend: OpenAI-compatible /v1/chat/completions and /v1/models (serving key),
     /healthz, /metrics, /admin (token)."""
     from deploy.serving import serve
     from deploy.settings import DeploySettings, get_settings
 
-    overrides = {k: v for k, v in {"base_model": base_model, "host": host, "port": port, "backend": backend,
-                                   "vllm_urls": vllm_url or None}.items() if v is not None}
+    overrides = {
+        k: v
+        for k, v in {
+            "base_model": base_model,
+            "host": host,
+            "port": port,
+            "backend": backend,
+            "vllm_urls": vllm_url or None,
+        }.items()
+        if v is not None
+    }
     from pydantic import ValidationError
 
     from deploy.errors import ServingError
@@ -328,9 +386,12 @@ def serve_cmd(base_model: str | None = typer.Option(None, "--base-model",
 
 
 @app.command("vllm-setup")
-def vllm_setup_cmd(python: Path | None = typer.Option(None, "--python", help="the venv's python to make; default "
-                                                      "ALIGNLOOP_DEPLOY_VLLM_PYTHON or <cache>/vllm-venv"),
-                   as_json: bool = _JSON) -> None:
+def vllm_setup_cmd(
+    python: Path | None = typer.Option(
+        None, "--python", help="the venv's python to make; default ALIGNLOOP_DEPLOY_VLLM_PYTHON or <cache>/vllm-venv"
+    ),
+    as_json: bool = _JSON,
+) -> None:
     """Install vLLM for CPU into its own venv (a few minutes, 3.4 GB, once); nothing to do when it is there."""
     from deploy.settings import get_settings
     from deploy.vllm_env import install_vllm_env

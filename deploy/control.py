@@ -19,8 +19,9 @@ def _channel(channel: str | None) -> str:
     return get_settings().control_channel
 
 
-def publish_routing_change(redis_url: str, base_model: str, *, channel: str | None = None,
-                           generation: int | None = None) -> int:
+def publish_routing_change(
+    redis_url: str, base_model: str, *, channel: str | None = None, generation: int | None = None
+) -> int:
     """Tell every replica that `base_model`'s routing changed; returns how many subscribers heard it.
 
     The message is only a nudge: replicas read the routing from the registry, so a lost one costs at most

@@ -22,8 +22,9 @@ from deploy.named_secrets import (
 )
 
 
-def create_serving_key(session: Session, name: str, *, created_by: str, rate_per_s: float | None = None,
-                       burst: int | None = None) -> tuple[ServingKey, str]:
+def create_serving_key(
+    session: Session, name: str, *, created_by: str, rate_per_s: float | None = None, burst: int | None = None
+) -> tuple[ServingKey, str]:
     """A new key for the caller `name`; returns (its record, the key). Rate and burst None: the replica's."""
     check_name(name)
     if rate_per_s is not None and not rate_per_s > 0:

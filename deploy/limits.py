@@ -48,8 +48,10 @@ def bound_prompt_text(messages: list[dict], limit: int, max_token_chars: int, ov
     if total <= budget:
         return messages
     if overflow != "truncate":
-        raise ServingError(f"`messages` must be at most {limit} tokens with the chat template (`max_prompt_tokens`); "
-                           f"got {total} characters, more than {limit} tokens can hold")
+        raise ServingError(
+            f"`messages` must be at most {limit} tokens with the chat template (`max_prompt_tokens`); "
+            f"got {total} characters, more than {limit} tokens can hold"
+        )
     kept: list[dict] = []
     for m in reversed(messages):  # the newest first: they are what a truncated prompt keeps
         if budget <= 0:
@@ -66,8 +68,9 @@ def fit_prompt(ids: list[int], limit: int, overflow: str) -> list[int]:
         return ids
     if overflow == "truncate":
         return ids[-limit:]
-    raise ServingError(f"`messages` must be at most {limit} tokens with the chat template (`max_prompt_tokens`); "
-                       f"got {len(ids)}")
+    raise ServingError(
+        f"`messages` must be at most {limit} tokens with the chat template (`max_prompt_tokens`); got {len(ids)}"
+    )
 
 
 @dataclass
@@ -84,8 +87,7 @@ class CallerLimits:
         return wait
 
     def enter(self, key_id: str, *, max_queue: int, max_per_key: int) -> str | None:
-        refused = decide_admission(self.total, self.queued.get(key_id, 0), max_queue=max_queue,
-                                   max_per_key=max_per_key)
+        refused = decide_admission(self.total, self.queued.get(key_id, 0), max_queue=max_queue, max_per_key=max_per_key)
         if refused is None:
             self.total += 1
             self.queued[key_id] = self.queued.get(key_id, 0) + 1

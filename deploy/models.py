@@ -44,11 +44,18 @@ class AdapterVersion(BaseModel):
     deactivated_at: datetime | None = None
 
     def summary(self) -> dict[str, Any]:
-        return {"version": self.version, "status": str(self.status), "base_model": self.base_model,
-                "parent_version": self.parent_version, "dataset_hash": self.dataset_hash,
-                "config_hash": self.config_hash, "created_at": self.created_at,
-                "registered_at": self.registered_at.isoformat(), "registered_by": self.registered_by,
-                "metrics": self.manifest.metrics}
+        return {
+            "version": self.version,
+            "status": str(self.status),
+            "base_model": self.base_model,
+            "parent_version": self.parent_version,
+            "dataset_hash": self.dataset_hash,
+            "config_hash": self.config_hash,
+            "created_at": self.created_at,
+            "registered_at": self.registered_at.isoformat(),
+            "registered_by": self.registered_by,
+            "metrics": self.manifest.metrics,
+        }
 
 
 class Routing(BaseModel):

@@ -39,9 +39,11 @@ class SecretKind(Generic[store.SecretRowT]):
 
 
 ADMIN_TOKEN: SecretKind[store.AdminTokenRow] = SecretKind(
-    "ada", "admin token", store.AdminTokenRow, "token_id", "token_sha256")
+    "ada", "admin token", store.AdminTokenRow, "token_id", "token_sha256"
+)
 SERVING_KEY: SecretKind[store.ServingKeyRow] = SecretKind(
-    "ask", "serving key", store.ServingKeyRow, "key_id", "key_sha256")
+    "ask", "serving key", store.ServingKeyRow, "key_id", "key_sha256"
+)
 
 
 def check_name(name: object, why: str = "") -> None:
@@ -50,33 +52,59 @@ def check_name(name: object, why: str = "") -> None:
         raise RegistryError(f"`name` must match [A-Za-z0-9][A-Za-z0-9._@-]{{0,63}}{why}; got {name!r}")
 
 
-def create_secret(session: Session, kind: SecretKind[store.SecretRowT], name: str, *, created_by: str,
-                  **columns: Any) -> tuple[store.SecretRowT, str]:
+def create_secret(
+    session: Session, kind: SecretKind[store.SecretRowT], name: str, *, created_by: str, **columns: Any
+) -> tuple[store.SecretRowT, str]:
     """A new secret of `kind` for `name` (its other columns given); returns (its row, the secret to show once)."""
     new_id, secret = new_secret(kind.prefix)
-    row = kind.row_type(**{kind.id_attr: new_id, kind.hash_attr: digest(secret)}, name=name,
-                        created_at=store.utcnow(), created_by=created_by, revoked_at=None, **columns)
+    row = kind.row_type(
+        **{kind.id_attr: new_id, kind.hash_attr: digest(secret)},
+        name=name,
+        created_at=store.utcnow(),
+        created_by=created_by,
+        revoked_at=None,
+        **columns,
+    )
     store.add_secret_row(session, row)
-    store.add_audit(session, actor=created_by, action=f"{kind.action}_create", base_model="", version=None,
-                    from_version=None, reason=f"{kind.noun} {name!r} made", detail={kind.id_attr: new_id})
+    store.add_audit(
+        session,
+        actor=created_by,
+        action=f"{kind.action}_create",
+        base_model="",
+        version=None,
+        from_version=None,
+        reason=f"{kind.noun} {name!r} made",
+        detail={kind.id_attr: new_id},
+    )
     return row, secret
 
 
-def revoke_secrets(session: Session, kind: SecretKind[store.SecretRowT], name_or_id: str, *, revoked_by: str
-                   ) -> list[store.SecretRowT]:
+def revoke_secrets(
+    session: Session, kind: SecretKind[store.SecretRowT], name_or_id: str, *, revoked_by: str
+) -> list[store.SecretRowT]:
     """Revoke the secret with this id, else every active one with this name; revoking twice keeps the first time."""
     row = store.get_secret_row(session, kind.row_type, name_or_id)
-    rows = [row] if row is not None else store.select_secret_rows(session, kind.row_type, name=name_or_id,
-                                                                   active_only=True)
+    rows = (
+        [row]
+        if row is not None
+        else store.select_secret_rows(session, kind.row_type, name=name_or_id, active_only=True)
+    )
     if not rows:
         raise NotFoundError(f"`name_or_id` names no active {kind.noun}; got {name_or_id!r}")
     now = store.utcnow()
     for r in rows:
         if r.revoked_at is None:
             r.revoked_at = now
-            store.add_audit(session, actor=revoked_by, action=f"{kind.action}_revoke", base_model="", version=None,
-                            from_version=None, reason=f"{kind.noun} {r.name!r} revoked",
-                            detail={kind.id_attr: getattr(r, kind.id_attr)})
+            store.add_audit(
+                session,
+                actor=revoked_by,
+                action=f"{kind.action}_revoke",
+                base_model="",
+                version=None,
+                from_version=None,
+                reason=f"{kind.noun} {r.name!r} revoked",
+                detail={kind.id_attr: getattr(r, kind.id_attr)},
+            )
     session.flush()
     return rows
 

@@ -61,8 +61,9 @@ def load_version_artifact(version: AdapterVersion, storage: ArtifactStorage | No
     """The registered artifact, re-read and verified (manifest sha256 from the registry, then every file's)."""
     art = (storage or default_storage()).load(version.location, manifest_sha256=version.manifest_sha256)
     if art.manifest.version != version.version:
-        raise ArtifactError(f"artifact at {version.location!r} says version {art.manifest.version!r}, "
-                            f"registry says {version.version!r}")
+        raise ArtifactError(
+            f"artifact at {version.location!r} says version {art.manifest.version!r}, registry says {version.version!r}"
+        )
     return art
 
 
@@ -80,8 +81,14 @@ def _verify(row: store.VersionRow, storage: ArtifactStorage | None) -> None:
     load_version_artifact(store.to_version(row), storage)
 
 
-def register_adapter(session: Session, artifact_dir: str | os.PathLike, *, actor: str, reason: str,
-                     storage: ArtifactStorage | None = None) -> AdapterVersion:
+def register_adapter(
+    session: Session,
+    artifact_dir: str | os.PathLike,
+    *,
+    actor: str,
+    reason: str,
+    storage: ArtifactStorage | None = None,
+) -> AdapterVersion:
     """Verify an artifact directory and copy it into the artifact root as a new `candidate` version.
 
     Registering the same bytes again returns the existing version; other bytes under a taken name are refused.
@@ -95,20 +102,40 @@ def register_adapter(session: Session, artifact_dir: str | os.PathLike, *, actor
     if existing is not None:
         if existing.manifest_sha256 == art.manifest_sha256:
             return store.to_version(existing)
-        raise RegistryError(f"version {m.version!r} is already registered with another manifest "
-                            f"(sha256 {existing.manifest_sha256[:12]}...); versions are immutable")
+        raise RegistryError(
+            f"version {m.version!r} is already registered with another manifest "
+            f"(sha256 {existing.manifest_sha256[:12]}...); versions are immutable"
+        )
     manifest_bytes = (Path(artifact_dir) / "manifest.json").read_bytes()
     location = (storage or default_storage()).save(art, manifest_bytes)
     row = store.VersionRow(
-        version=m.version, base_model=m.base_model, base_model_hash=m.base_model_hash,
-        parent_version=m.parent_version, status=Status.CANDIDATE.value, config_hash=m.config_hash,
-        dataset_hash=m.dataset.hash, manifest_sha256=art.manifest_sha256, manifest_json=manifest_bytes.decode(),
-        lineage_json=art.files[LINEAGE].decode(), location=location, created_at=m.created_at,
-        registered_at=store.utcnow(), registered_by=actor, deactivated_at=None)
+        version=m.version,
+        base_model=m.base_model,
+        base_model_hash=m.base_model_hash,
+        parent_version=m.parent_version,
+        status=Status.CANDIDATE.value,
+        config_hash=m.config_hash,
+        dataset_hash=m.dataset.hash,
+        manifest_sha256=art.manifest_sha256,
+        manifest_json=manifest_bytes.decode(),
+        lineage_json=art.files[LINEAGE].decode(),
+        location=location,
+        created_at=m.created_at,
+        registered_at=store.utcnow(),
+        registered_by=actor,
+        deactivated_at=None,
+    )
     store.add_version_row(session, row)
-    store.add_audit(session, actor=actor, action="register", base_model=m.base_model, version=m.version,
-                    from_version=m.parent_version, reason=reason,
-                    detail={"manifest_sha256": art.manifest_sha256, "bytes": art.total_bytes})
+    store.add_audit(
+        session,
+        actor=actor,
+        action="register",
+        base_model=m.base_model,
+        version=m.version,
+        from_version=m.parent_version,
+        reason=reason,
+        detail={"manifest_sha256": art.manifest_sha256, "bytes": art.total_bytes},
+    )
     return store.to_version(row)
 
 
@@ -126,13 +153,22 @@ def reject_candidate(session: Session, version: str, *, actor: str, reason: str)
     if row.status != Status.CANDIDATE:
         raise RegistryError(f"only a candidate can be rejected; {version!r} is {row.status}")
     row.status = Status.REJECTED.value
-    store.add_audit(session, actor=actor, action="reject", base_model=row.base_model, version=version,
-                    from_version=None, reason=reason, detail={})
+    store.add_audit(
+        session,
+        actor=actor,
+        action="reject",
+        base_model=row.base_model,
+        version=version,
+        from_version=None,
+        reason=reason,
+        detail={},
+    )
     return store.to_version(row)
 
 
-def start_canary(session: Session, version: str, share: float, *, actor: str, reason: str,
-                 storage: ArtifactStorage | None = None) -> Routing:
+def start_canary(
+    session: Session, version: str, share: float, *, actor: str, reason: str, storage: ArtifactStorage | None = None
+) -> Routing:
     """Send `share` of users (sticky by user id) to a candidate; calling again on the canary changes its share."""
     _require_actor(actor, reason)
     if not 0.0 < share <= 1.0:
@@ -140,8 +176,10 @@ def start_canary(session: Session, version: str, share: float, *, actor: str, re
     row = _row(session, version)
     routing = store.lock_routing_row(session, row.base_model)
     if routing.canary_version not in (None, version):
-        raise RegistryError(f"canary {routing.canary_version!r} is already running for {row.base_model!r}; "
-                            "promote it or roll it back first")
+        raise RegistryError(
+            f"canary {routing.canary_version!r} is already running for {row.base_model!r}; "
+            "promote it or roll it back first"
+        )
     if row.status not in (Status.CANDIDATE, Status.CANARY):
         raise RegistryError(f"only a candidate can become the canary; {version!r} is {row.status}")
     _verify(row, storage)
@@ -150,14 +188,28 @@ def start_canary(session: Session, version: str, share: float, *, actor: str, re
     routing.canary_version = version
     routing.canary_share = float(share)
     _bump(routing)
-    store.add_audit(session, actor=actor, action="canary", base_model=row.base_model, version=version,
-                    from_version=routing.active_version, reason=reason,
-                    detail={"share": share, "previous_share": before, "generation": routing.generation})
+    store.add_audit(
+        session,
+        actor=actor,
+        action="canary",
+        base_model=row.base_model,
+        version=version,
+        from_version=routing.active_version,
+        reason=reason,
+        detail={"share": share, "previous_share": before, "generation": routing.generation},
+    )
     return store.to_routing(routing, row.base_model)
 
 
-def promote(session: Session, version: str | None = None, *, actor: str, reason: str,
-            base_model: str | None = None, storage: ArtifactStorage | None = None) -> Routing:
+def promote(
+    session: Session,
+    version: str | None = None,
+    *,
+    actor: str,
+    reason: str,
+    base_model: str | None = None,
+    storage: ArtifactStorage | None = None,
+) -> Routing:
     """Make `version` (default: the running canary) the active adapter; the previous active is retired."""
     _require_actor(actor, reason)
     if version is None:
@@ -171,11 +223,14 @@ def promote(session: Session, version: str | None = None, *, actor: str, reason:
     if routing.active_version == version:
         raise RegistryError(f"version {version!r} is already active for {row.base_model!r}")
     if routing.canary_version not in (None, version):
-        raise RegistryError(f"canary {routing.canary_version!r} is running; promote it or roll it back before "
-                            f"promoting {version!r}")
+        raise RegistryError(
+            f"canary {routing.canary_version!r} is running; promote it or roll it back before promoting {version!r}"
+        )
     if row.status not in (Status.CANDIDATE, Status.CANARY, Status.RETIRED):
-        raise RegistryError(f"version {version!r} is {row.status}; only a candidate, the canary or a retired "
-                            "version can be promoted (use `rollback --to` to restore a rolled-back one)")
+        raise RegistryError(
+            f"version {version!r} is {row.status}; only a candidate, the canary or a retired "
+            "version can be promoted (use `rollback --to` to restore a rolled-back one)"
+        )
     _verify(row, storage)
     previous = routing.active_version
     now = store.utcnow()
@@ -188,8 +243,16 @@ def promote(session: Session, version: str | None = None, *, actor: str, reason:
     if routing.canary_version == version:
         routing.canary_version = None
     _bump(routing)
-    store.add_audit(session, actor=actor, action="promote", base_model=row.base_model, version=version,
-                    from_version=previous, reason=reason, detail={"generation": routing.generation})
+    store.add_audit(
+        session,
+        actor=actor,
+        action="promote",
+        base_model=row.base_model,
+        version=version,
+        from_version=previous,
+        reason=reason,
+        detail={"generation": routing.generation},
+    )
     return store.to_routing(routing, row.base_model)
 
 
@@ -201,12 +264,20 @@ def _resolve_base_model(session: Session, base_model: str | None) -> str:
         return rows[0].base_model
     if not rows:
         raise RegistryError("nothing is deployed yet: no routing exists for any base model")
-    raise RegistryError(f"{len(rows)} base models are routed; name one with `base_model` "
-                        f"({', '.join(r.base_model for r in rows)})")
+    raise RegistryError(
+        f"{len(rows)} base models are routed; name one with `base_model` ({', '.join(r.base_model for r in rows)})"
+    )
 
 
-def rollback(session: Session, *, to: str | None = None, actor: str, reason: str, base_model: str | None = None,
-             storage: ArtifactStorage | None = None) -> Routing:
+def rollback(
+    session: Session,
+    *,
+    to: str | None = None,
+    actor: str,
+    reason: str,
+    base_model: str | None = None,
+    storage: ArtifactStorage | None = None,
+) -> Routing:
     """Undo the last move: a running canary is stopped; else the active goes back to the previous active (or base).
 
     With `to`, that previously active version becomes active at once and any canary is stopped too.
@@ -231,9 +302,16 @@ def rollback(session: Session, *, to: str | None = None, actor: str, reason: str
         _row(session, stopped_canary).status = Status.ROLLED_BACK.value
         routing.canary_version = None
         _bump(routing)
-        store.add_audit(session, actor=actor, action="rollback", base_model=bm, version=routing.active_version,
-                        from_version=stopped_canary, reason=reason,
-                        detail={"stopped": "canary", "generation": routing.generation})
+        store.add_audit(
+            session,
+            actor=actor,
+            action="rollback",
+            base_model=bm,
+            version=routing.active_version,
+            from_version=stopped_canary,
+            reason=reason,
+            detail={"stopped": "canary", "generation": routing.generation},
+        )
         return store.to_routing(routing, bm)
     current = routing.active_version
     if to is None:
@@ -245,8 +323,9 @@ def rollback(session: Session, *, to: str | None = None, actor: str, reason: str
             raise RegistryError(f"version {to!r} is already active for {bm!r}")
         assert target is not None  # read above whenever `to` is given
         if target.status not in (Status.RETIRED, Status.ROLLED_BACK):
-            raise RegistryError(f"`to` must name a version that was active before (retired or rolled_back); "
-                                f"{to!r} is {target.status}")
+            raise RegistryError(
+                f"`to` must name a version that was active before (retired or rolled_back); {to!r} is {target.status}"
+            )
     if target is not None:
         _verify(target, storage)
         target.status = Status.ACTIVE.value
@@ -259,9 +338,16 @@ def rollback(session: Session, *, to: str | None = None, actor: str, reason: str
         routing.canary_version = None
     routing.active_version = target.version if target is not None else None
     _bump(routing)
-    store.add_audit(session, actor=actor, action="rollback", base_model=bm, version=routing.active_version,
-                    from_version=current, reason=reason,
-                    detail={"stopped": "active", "canary_stopped": stopped_canary, "generation": routing.generation})
+    store.add_audit(
+        session,
+        actor=actor,
+        action="rollback",
+        base_model=bm,
+        version=routing.active_version,
+        from_version=current,
+        reason=reason,
+        detail={"stopped": "active", "canary_stopped": stopped_canary, "generation": routing.generation},
+    )
     return store.to_routing(routing, bm)
 
 
@@ -279,9 +365,16 @@ def _rollback_to_base(session: Session, *, actor: str, reason: str, base_model: 
     routing.active_version = None
     routing.canary_version = None
     _bump(routing)
-    store.add_audit(session, actor=actor, action="rollback", base_model=bm, version=None, from_version=current,
-                    reason=reason, detail={"stopped": "active", "to": BASE, "canary_stopped": stopped_canary,
-                                           "generation": routing.generation})
+    store.add_audit(
+        session,
+        actor=actor,
+        action="rollback",
+        base_model=bm,
+        version=None,
+        from_version=current,
+        reason=reason,
+        detail={"stopped": "active", "to": BASE, "canary_stopped": stopped_canary, "generation": routing.generation},
+    )
     return store.to_routing(routing, bm)
 
 
@@ -296,8 +389,10 @@ def canary_started_at(session: Session, base_model: str) -> datetime | None:
     row = store.read_routing_row(session, base_model)
     if row is None or row.canary_version is None:
         return None
-    return store.first_audit_at(session, base_model=base_model, action="canary", version=row.canary_version) \
+    return (
+        store.first_audit_at(session, base_model=base_model, action="canary", version=row.canary_version)
         or store.to_routing(row, base_model).updated_at
+    )
 
 
 def list_routings(session: Session) -> list[Routing]:

@@ -62,8 +62,9 @@ class Replica:
     def start(self) -> None:
         from deploy.control import ControlListener
 
-        self.listener = ControlListener(self.settings.resolved_redis_url(), self.settings.control_channel,
-                                        self._on_change)
+        self.listener = ControlListener(
+            self.settings.resolved_redis_url(), self.settings.control_channel, self._on_change
+        )
         self.listener.start()  # subscribe first, so a change during the first reconcile is not missed
         self.listener.subscribed.wait(timeout=3)
         self.reconcile()
@@ -118,8 +119,11 @@ class Replica:
             phases["registry_s"] = time.perf_counter() - t0
             self.backend.refresh()  # a restarted engine replica holds nothing: what is missing loads again
             current = self.routing
-            if current is not None and current.generation == desired.generation and \
-                    desired.versions() <= set(self.backend.resident):
+            if (
+                current is not None
+                and current.generation == desired.generation
+                and desired.versions() <= set(self.backend.resident)
+            ):
                 self._evict(desired)  # adapters pinned by running requests at the last flip may be free now
                 return True
             failed = self._load_missing(versions, current, desired, phases)
@@ -141,8 +145,13 @@ class Replica:
             log.warning("%s", self.last_error)
             return None
 
-    def _load_missing(self, versions: dict[str, AdapterVersion], current: Routing | None, desired: Routing,
-                      phases: dict[str, float | str]) -> dict[str, str] | None:
+    def _load_missing(
+        self,
+        versions: dict[str, AdapterVersion],
+        current: Routing | None,
+        desired: Routing,
+        phases: dict[str, float | str],
+    ) -> dict[str, str] | None:
         """Load every routed version the backend lacks; the versions that failed at start-up, or None when one
         failed later (the replica then keeps serving what it serves)."""
         from deploy import registry
@@ -153,28 +162,40 @@ class Replica:
                 continue
             try:
                 if info.base_model != self.base_model:
-                    raise ServingError(f"adapter {v!r} is for base model {info.base_model!r}, "
-                                       f"this replica serves {self.base_model!r}")
+                    raise ServingError(
+                        f"adapter {v!r} is for base model {info.base_model!r}, this replica serves {self.base_model!r}"
+                    )
                 t1 = time.perf_counter()
                 artifact = registry.load_version_artifact(info, self.storage)  # sha256, every load
                 t2 = time.perf_counter()
                 held, mode = self.backend.install(v, artifact, self._spare_slot(current, desired))
-                phases.update({f"verify_{v}_s": t2 - t1, f"install_wait_{v}_s": time.perf_counter() - t2 - held,
-                               f"install_{v}_s": held, f"install_{v}_mode": mode})
+                phases.update(
+                    {
+                        f"verify_{v}_s": t2 - t1,
+                        f"install_wait_{v}_s": time.perf_counter() - t2 - held,
+                        f"install_{v}_s": held,
+                        f"install_{v}_mode": mode,
+                    }
+                )
             except Exception as exc:  # noqa: BLE001 - a refused adapter never stops the replica
                 self.metrics.load_failures.inc()
                 if current is None:  # serving nothing yet: the base (and what did load) beats refusing all
                     failed[v] = f"{type(exc).__name__}: {exc}"[:600]
                     log.error("refused adapter %r at start-up (%s); serving without it", v, exc)
                     continue
-                self.last_error = (f"refused adapter {v!r}: {exc}; still serving generation "
-                                   f"{current.generation}")[:800]
+                self.last_error = (f"refused adapter {v!r}: {exc}; still serving generation {current.generation}")[:800]
                 log.error("%s", self.last_error)
                 return None
         return failed
 
-    def _flip(self, current: Routing | None, desired: Routing, failed: dict[str, str],
-              phases: dict[str, float | str], t0: float) -> None:
+    def _flip(
+        self,
+        current: Routing | None,
+        desired: Routing,
+        failed: dict[str, str],
+        phases: dict[str, float | str],
+        t0: float,
+    ) -> None:
         served = without_versions(desired, failed)
         now = time.perf_counter()
         with self._pin_lock:
@@ -183,19 +204,32 @@ class Replica:
                 self._last_used[v] = now
         self.applied_at = time.time()
         recovered = self.degraded is not None and not failed
-        self.degraded = {"versions": sorted(failed), "error": "; ".join(f"{v}: {e}" for v, e in failed.items()),
-                         "serving_instead": "the base model" if desired.active in failed else served.active} \
-            if failed else None
+        self.degraded = (
+            {
+                "versions": sorted(failed),
+                "error": "; ".join(f"{v}: {e}" for v, e in failed.items()),
+                "serving_instead": "the base model" if desired.active in failed else served.active,
+            }
+            if failed
+            else None
+        )
         self.metrics.degraded.set(1 if failed else 0)
         self.last_error = None if self.degraded is None else f"degraded: {self.degraded['error']}"[:800]
         if current is None or current.generation != desired.generation or recovered:
             phases["total_s"] = time.perf_counter() - t0
-            self.last_swap = {"generation": desired.generation,
-                              **{k: round(x, 4) if isinstance(x, float) else x for k, x in phases.items()}}
+            self.last_swap = {
+                "generation": desired.generation,
+                **{k: round(x, 4) if isinstance(x, float) else x for k, x in phases.items()},
+            }
             self.metrics.swaps.inc()
             self.metrics.swap_seconds.observe(float(phases["total_s"]))
-            log.info("serving generation %s: active=%s canary=%s (%.1f%%)", desired.generation, desired.active,
-                     desired.canary, 100 * desired.canary_share)
+            log.info(
+                "serving generation %s: active=%s canary=%s (%.1f%%)",
+                desired.generation,
+                desired.active,
+                desired.canary,
+                100 * desired.canary_share,
+            )
         self._evict(desired)
         self.metrics.generation.set(desired.generation)
 
@@ -205,8 +239,13 @@ class Replica:
         nor the desired versions can be taken)."""
         with self._pin_lock:
             keep = desired.versions() | (current.versions() if current is not None else set())
-            spare = choose_evictions(self.backend.resident, self._last_used, keep=keep, pinned=self._pinned(),
-                                     max_resident=self.settings.max_resident - 1)
+            spare = choose_evictions(
+                self.backend.resident,
+                self._last_used,
+                keep=keep,
+                pinned=self._pinned(),
+                max_resident=self.settings.max_resident - 1,
+            )
         if spare:
             self._last_used.pop(spare[0], None)
             return spare[0]
@@ -215,8 +254,13 @@ class Replica:
     def _evict(self, routing: Routing) -> None:
         """Unload least recently used adapters beyond max_resident; never a routed one or one a request holds."""
         with self._pin_lock:
-            victims = choose_evictions(self.backend.resident, self._last_used, keep=routing.versions(),
-                                       pinned=self._pinned(), max_resident=self.settings.max_resident)
+            victims = choose_evictions(
+                self.backend.resident,
+                self._last_used,
+                keep=routing.versions(),
+                pinned=self._pinned(),
+                max_resident=self.settings.max_resident,
+            )
         for v in victims:
             self.backend.remove(v)
             self._last_used.pop(v, None)
@@ -246,15 +290,24 @@ class Replica:
     def health(self) -> dict[str, Any]:
         r, d = self.routing, self.desired
         return {
-            "status": "starting" if r is None else "degraded" if self.degraded else (
-                "stale" if d and d.generation != r.generation else "ok"),
-            "replica_id": self.settings.replica_id, "base_model": self.base_model, "model": self.model_name,
+            "status": "starting"
+            if r is None
+            else "degraded"
+            if self.degraded
+            else ("stale" if d and d.generation != r.generation else "ok"),
+            "replica_id": self.settings.replica_id,
+            "base_model": self.base_model,
+            "model": self.model_name,
             "backend": self.backend.health(),
-            "serving": None if r is None else {"active": r.active, "canary": r.canary,
-                                               "canary_share": r.canary_share, "generation": r.generation},
+            "serving": None
+            if r is None
+            else {"active": r.active, "canary": r.canary, "canary_share": r.canary_share, "generation": r.generation},
             "desired_generation": None if d is None else d.generation,
-            "resident": sorted(self.backend.resident), "applied_at": self.applied_at,
-            "last_reconcile_at": self.last_reconcile_at, "last_error": self.last_error, "last_swap": self.last_swap,
+            "resident": sorted(self.backend.resident),
+            "applied_at": self.applied_at,
+            "last_reconcile_at": self.last_reconcile_at,
+            "last_error": self.last_error,
+            "last_swap": self.last_swap,
             "control_channel_subscribed": bool(self.listener and self.listener.subscribed.is_set()),
             "degraded": self.degraded,
         }
@@ -265,5 +318,10 @@ def without_versions(routing: Routing, failed: dict[str, str]) -> Routing:
     if not failed:
         return routing
     canary = routing.canary if routing.canary not in failed else None
-    return routing.model_copy(update={"active": routing.active if routing.active not in failed else None,
-                                      "canary": canary, "canary_share": routing.canary_share if canary else 0.0})
+    return routing.model_copy(
+        update={
+            "active": routing.active if routing.active not in failed else None,
+            "canary": canary,
+            "canary_share": routing.canary_share if canary else 0.0,
+        }
+    )

@@ -45,9 +45,11 @@ from deploy.settings import DeploySettings
 log = logging.getLogger(__name__)
 
 CHAT_RESPONSES: dict[int | str, dict[str, Any]] = {
-    400: {"description": "a field breaks its rule or asks for what is not supported (n>1, tools, logprobs, ...), "
-                         "`max_tokens` past the limit, or the prompt past `max_prompt_tokens` (unless "
-                         "`prompt_overflow=truncate`)"},
+    400: {
+        "description": "a field breaks its rule or asks for what is not supported (n>1, tools, logprobs, ...), "
+        "`max_tokens` past the limit, or the prompt past `max_prompt_tokens` (unless "
+        "`prompt_overflow=truncate`)"
+    },
     401: {"description": "no active serving key in `Authorization: Bearer`"},
     413: {"description": "body past `max_body_bytes`"},
     429: {"description": "the key is over its rate, or the queue (or the key's share of it) is full; see Retry-After"},
@@ -79,8 +81,11 @@ def create_app(settings: DeploySettings | None = None) -> FastAPI:
         finally:
             await asyncio.to_thread(replica.stop)
 
-    app = FastAPI(title="alignloop deploy", lifespan=lifespan,
-                  description="OpenAI-compatible chat completions served by the registry's active adapter or canary.")
+    app = FastAPI(
+        title="alignloop deploy",
+        lifespan=lifespan,
+        description="OpenAI-compatible chat completions served by the registry's active adapter or canary.",
+    )
     app.state.settings = settings
     _add_error_handlers(app)
     app.add_api_route("/v1/chat/completions", chat_completions, methods=["POST"], responses=CHAT_RESPONSES)
@@ -115,18 +120,26 @@ async def _prompt_ids(rep: Replica, req: ChatRequest) -> list[int]:
     if req.max_tokens > rep.settings.max_tokens_limit:
         raise ServingError(f"`max_tokens` must be at most {rep.settings.max_tokens_limit}; got {req.max_tokens}")
     overflow = rep.settings.prompt_overflow
-    messages = bound_prompt_text([m.model_dump() for m in req.messages], rep.prompt_limit,
-                                 rep.backend.max_token_chars, overflow)
+    messages = bound_prompt_text(
+        [m.model_dump() for m in req.messages], rep.prompt_limit, rep.backend.max_token_chars, overflow
+    )
     return fit_prompt(await asyncio.to_thread(rep.backend.encode, messages), rep.prompt_limit, overflow)
 
 
 def _stamp(rep: Replica, req: ChatRequest, generation: int, version: str | None) -> Stamp:
     rid = f"chatcmpl-{uuid.uuid4().hex}"
     # signed over the version that produced this answer (read under the pin, not the routing now)
-    token = sign_feedback_token(rep.token_key, response_id=rid, base_model=rep.base_model,
-                                adapter_version=version, issued_at=datetime.now(UTC))
-    return Stamp(response_id=rid, model=req.model or rep.model_name, adapter_version=version, generation=generation,
-                 feedback_token=token, created=int(time.time()))
+    token = sign_feedback_token(
+        rep.token_key, response_id=rid, base_model=rep.base_model, adapter_version=version, issued_at=datetime.now(UTC)
+    )
+    return Stamp(
+        response_id=rid,
+        model=req.model or rep.model_name,
+        adapter_version=version,
+        generation=generation,
+        feedback_token=token,
+        created=int(time.time()),
+    )
 
 
 async def _answer(rep: Replica, req: ChatRequest) -> dict[str, Any]:
@@ -165,8 +178,11 @@ async def _stream(rep: Replica, door: Door, caller: Any, req: ChatRequest) -> St
             rep.release(version)
             await queue_slot.__aexit__(None, None, None)
 
-    return StreamingResponse(events(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Alignloop-Adapter-Version": version or "base"})
+    return StreamingResponse(
+        events(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Alignloop-Adapter-Version": version or "base"},
+    )
 
 
 async def _stream_events(rep: Replica, req: ChatRequest, stamp: Stamp, ids: list[int]) -> AsyncIterator[str]:
@@ -220,8 +236,10 @@ async def list_models(request: Request) -> dict[str, Any]:
     data = [model_entry(rep.model_name, role="base", base_model=rep.base_model)]
     if routing is not None:
         roles = {routing.active: "active", routing.canary: "canary"}
-        data += [model_entry(v, parent=rep.model_name, role=roles[v], routing_generation=routing.generation)
-                 for v in sorted(routing.versions())]
+        data += [
+            model_entry(v, parent=rep.model_name, role=roles[v], routing_generation=routing.generation)
+            for v in sorted(routing.versions())
+        ]
     return {"object": "list", "data": data}
 
 

@@ -24,8 +24,9 @@ def choose_version(routing: Routing, user: str | None) -> str | None:
     return routing.active
 
 
-def choose_evictions(resident: Iterable[str], last_used: dict[str, float], keep: set[str], pinned: set[str],
-                     max_resident: int) -> list[str]:
+def choose_evictions(
+    resident: Iterable[str], last_used: dict[str, float], keep: set[str], pinned: set[str], max_resident: int
+) -> list[str]:
     """Least recently used versions to unload so at most `max_resident` stay; never one routed to or running."""
     resident = list(resident)
     excess = len(resident) - max_resident

@@ -61,8 +61,7 @@ def prepare_adapter(art: LoadedArtifact) -> PreparedAdapter:
     cfg.pop("runtime_config", None)
     config = PeftConfig.from_peft_type(**PeftConfig.check_kwargs(**cfg))
     config.inference_mode = True
-    return PreparedAdapter(version=art.manifest.version, config=config,
-                           state_dict=load_safetensors(art.files[WEIGHTS]))
+    return PreparedAdapter(version=art.manifest.version, config=config, state_dict=load_safetensors(art.files[WEIGHTS]))
 
 
 class ModelHost:
@@ -190,17 +189,21 @@ class ModelHost:
         else:
             self.peft.add_adapter(name, prepared.config, low_cpu_mem_usage=True)
         # peft returns an untyped namedtuple (missing_keys, unexpected_keys)
-        result: Any = set_peft_model_state_dict(self.peft, prepared.state_dict, adapter_name=name,
-                                                low_cpu_mem_usage=True)
+        result: Any = set_peft_model_state_dict(
+            self.peft, prepared.state_dict, adapter_name=name, low_cpu_mem_usage=True
+        )
         missing = [k for k in result.missing_keys if name in k]
         if missing or result.unexpected_keys:
             self._drop_slot(name)
-            raise ServingError(f"adapter {prepared.version!r} does not fit the base model: "
-                               f"{len(missing)} missing, {len(result.unexpected_keys)} unexpected keys "
-                               f"(first: {(missing or result.unexpected_keys)[0]!r})")
+            raise ServingError(
+                f"adapter {prepared.version!r} does not fit the base model: "
+                f"{len(missing)} missing, {len(result.unexpected_keys)} unexpected keys "
+                f"(first: {(missing or result.unexpected_keys)[0]!r})"
+            )
         self.peft.eval()
-        self._shapes[name] = {k.replace(f".{name}.", "."): tuple(p.shape) for k, p in self.peft.named_parameters()
-                              if f".{name}." in k}
+        self._shapes[name] = {
+            k.replace(f".{name}.", "."): tuple(p.shape) for k, p in self.peft.named_parameters() if f".{name}." in k
+        }
         self.resident[prepared.version] = name
         return time.perf_counter() - t0
 
@@ -219,12 +222,18 @@ class ModelHost:
         old, new = self.peft.peft_config[name], prepared.config
         try:
             check_hotswap_configs_compatible(old, new)
-            state = _insert_adapter_name_into_state_dict(prepared.state_dict, adapter_name=name,
-                                                         parameter_prefix="lora_")
+            state = _insert_adapter_name_into_state_dict(
+                prepared.state_dict, adapter_name=name, parameter_prefix="lora_"
+            )
         except Exception:
             return False
-        same = (old.r, old.lora_alpha, old.rank_pattern, old.alpha_pattern, old.use_rslora) == \
-            (new.r, new.lora_alpha, new.rank_pattern, new.alpha_pattern, new.use_rslora)
+        same = (old.r, old.lora_alpha, old.rank_pattern, old.alpha_pattern, old.use_rslora) == (
+            new.r,
+            new.lora_alpha,
+            new.rank_pattern,
+            new.alpha_pattern,
+            new.use_rslora,
+        )
         shapes = {k.replace(f".{name}.", "."): tuple(v.shape) for k, v in state.items()}
         if not same or shapes != self._shapes.get(name):
             return False
@@ -255,16 +264,26 @@ class ModelHost:
         """An answer's text without control characters (one sequence of ids decodes to one string)."""
         return _CONTROL.sub("", str(self.tokenizer.decode(ids, skip_special_tokens=True)))
 
-    def _generate(self, version: str | None, ids: list[int], max_tokens: int, temperature: float,
-                  seed: int | None, top_p: float = 1.0) -> Completion:
+    def _generate(
+        self,
+        version: str | None,
+        ids: list[int],
+        max_tokens: int,
+        temperature: float,
+        seed: int | None,
+        top_p: float = 1.0,
+    ) -> Completion:
         import torch
 
         if version is not None and version not in self.resident:
             raise ServingError(f"adapter {version!r} is not loaded on this replica")
         input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
         enc = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
-        kwargs: dict[str, Any] = {"max_new_tokens": max_tokens, "do_sample": temperature > 0,
-                                  "pad_token_id": self.tokenizer.pad_token_id or self.tokenizer.eos_token_id}
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": max_tokens,
+            "do_sample": temperature > 0,
+            "pad_token_id": self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+        }
         if temperature > 0:
             kwargs.update(temperature=temperature, top_k=None, top_p=top_p if top_p < 1.0 else None)
         if seed is not None:
@@ -279,8 +298,9 @@ class ModelHost:
         new = out[0, n_prompt:]
         eos = self.tokenizer.eos_token_id
         finish = "stop" if (eos is not None and len(new) and int(new[-1]) == eos) or len(new) < max_tokens else "length"
-        return Completion(text=self._text(new),
-                          prompt_tokens=n_prompt, completion_tokens=len(new), finish_reason=finish)
+        return Completion(
+            text=self._text(new), prompt_tokens=n_prompt, completion_tokens=len(new), finish_reason=finish
+        )
 
     def _generate_batch(self, calls: list[tuple]) -> list[Completion | BaseException]:
         """Several unseeded requests in one left-padded generate call, each row on its own adapter slot."""
@@ -305,8 +325,9 @@ class ModelHost:
             model = self.base
             if self.peft is not None:
                 model = self.peft
-                kwargs["adapter_names"] = [self.resident[calls[i][0]] if calls[i][0] is not None else BASE
-                                           for i in rows]
+                kwargs["adapter_names"] = [
+                    self.resident[calls[i][0]] if calls[i][0] is not None else BASE for i in rows
+                ]
             with torch.inference_mode():
                 gen = model.generate(**enc, **kwargs)
             self.batch_stats["batches"] += 1
@@ -314,14 +335,17 @@ class ModelHost:
             width = enc["input_ids"].shape[1]
             eos = tok.eos_token_id
             for r, i in enumerate(rows):
-                new = gen[r, width:width + calls[i][2]].tolist()
+                new = gen[r, width : width + calls[i][2]].tolist()
                 stop = eos is not None and eos in new
                 if stop:
-                    new = new[:new.index(eos) + 1]
+                    new = new[: new.index(eos) + 1]
                 n_prompt = int(enc["attention_mask"][r].sum())
-                out[i] = Completion(text=self._text(new),
-                                    prompt_tokens=n_prompt, completion_tokens=len(new),
-                                    finish_reason="stop" if stop or len(new) < calls[i][2] else "length")
+                out[i] = Completion(
+                    text=self._text(new),
+                    prompt_tokens=n_prompt,
+                    completion_tokens=len(new),
+                    finish_reason="stop" if stop or len(new) < calls[i][2] else "length",
+                )
         return out  # type: ignore[return-value]
 
     # ------------------------------------------------------------ callers (any thread)
@@ -338,12 +362,21 @@ class ModelHost:
     def encode(self, messages: list[dict]) -> list[int]:
         """The prompt's token ids (chat template and generation cue); any thread, so not on the model's worker."""
         # with return_dict=True the template returns a BatchEncoding; transformers types it as the union of all modes
-        enc = cast("BatchEncoding", self.tokenizer.apply_chat_template(messages, add_generation_prompt=True,
-                                                                       tokenize=True, return_dict=True))
+        enc = cast(
+            "BatchEncoding",
+            self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True),
+        )
         return list(enc["input_ids"])
 
-    def generate_future(self, version: str | None, prompt: list[dict] | list[int], max_tokens: int,
-                        temperature: float, seed: int | None, top_p: float = 1.0) -> Future:
+    def generate_future(
+        self,
+        version: str | None,
+        prompt: list[dict] | list[int],
+        max_tokens: int,
+        temperature: float,
+        seed: int | None,
+        top_p: float = 1.0,
+    ) -> Future:
         """Queue one generation; `prompt` is chat messages, or token ids from `encode` (serving's path)."""
         ids = prompt if not prompt or isinstance(prompt[0], int) else self.encode(prompt)
         return self.submit(PRIORITY_REQUEST, self._generate, version, ids, max_tokens, temperature, seed, top_p)

@@ -16,5 +16,10 @@ def serve(settings: DeploySettings) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # past limit_concurrency connections and tasks uvicorn answers 503 itself, before any of the app's work
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning",
-                limit_concurrency=settings.limit_concurrency)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        limit_concurrency=settings.limit_concurrency,
+    )

@@ -102,26 +102,49 @@ def _aware(dt: datetime | None) -> datetime | None:
 
 def to_version(row: VersionRow) -> AdapterVersion:
     return AdapterVersion(
-        version=row.version, base_model=row.base_model, base_model_hash=row.base_model_hash,
-        parent_version=row.parent_version, status=row.status, config_hash=row.config_hash,
-        dataset_hash=row.dataset_hash, manifest_sha256=row.manifest_sha256,
-        manifest=parse_manifest(row.manifest_json), lineage=parse_lineage(row.lineage_json), location=row.location,
-        created_at=row.created_at, registered_at=_aware(row.registered_at), registered_by=row.registered_by,
-        deactivated_at=_aware(row.deactivated_at))
+        version=row.version,
+        base_model=row.base_model,
+        base_model_hash=row.base_model_hash,
+        parent_version=row.parent_version,
+        status=row.status,
+        config_hash=row.config_hash,
+        dataset_hash=row.dataset_hash,
+        manifest_sha256=row.manifest_sha256,
+        manifest=parse_manifest(row.manifest_json),
+        lineage=parse_lineage(row.lineage_json),
+        location=row.location,
+        created_at=row.created_at,
+        registered_at=_aware(row.registered_at),
+        registered_by=row.registered_by,
+        deactivated_at=_aware(row.deactivated_at),
+    )
 
 
 def to_routing(row: RoutingRow | None, base_model: str) -> Routing:
     if row is None:
         return Routing(base_model=base_model)
-    return Routing(base_model=row.base_model, active=row.active_version, canary=row.canary_version,
-                   canary_share=row.canary_share if row.canary_version else 0.0, generation=row.generation,
-                   updated_at=_aware(row.updated_at))
+    return Routing(
+        base_model=row.base_model,
+        active=row.active_version,
+        canary=row.canary_version,
+        canary_share=row.canary_share if row.canary_version else 0.0,
+        generation=row.generation,
+        updated_at=_aware(row.updated_at),
+    )
 
 
 def to_audit(row: AuditRow) -> AuditEntry:
-    return AuditEntry(id=row.id, at=_aware(row.at), actor=row.actor, action=row.action, base_model=row.base_model,
-                      version=row.version, from_version=row.from_version, reason=row.reason,
-                      detail=json.loads(row.detail_json or "{}"))
+    return AuditEntry(
+        id=row.id,
+        at=_aware(row.at),
+        actor=row.actor,
+        action=row.action,
+        base_model=row.base_model,
+        version=row.version,
+        from_version=row.from_version,
+        reason=row.reason,
+        detail=json.loads(row.detail_json or "{}"),
+    )
 
 
 def get_version_row(session: Session, version: str) -> VersionRow | None:
@@ -141,9 +164,13 @@ def select_versions(session: Session, base_model: str | None = None) -> list[Ver
 
 
 def newest_retired(session: Session, base_model: str, exclude: str | None) -> VersionRow | None:
-    q = (select(VersionRow).where(VersionRow.base_model == base_model, VersionRow.status == "retired",
-                                  VersionRow.deactivated_at.is_not(None))
-         .order_by(VersionRow.deactivated_at.desc()))
+    q = (
+        select(VersionRow)
+        .where(
+            VersionRow.base_model == base_model, VersionRow.status == "retired", VersionRow.deactivated_at.is_not(None)
+        )
+        .order_by(VersionRow.deactivated_at.desc())
+    )
     if exclude is not None:
         q = q.where(VersionRow.version != exclude)
     return session.scalars(q.limit(1)).first()
@@ -153,8 +180,14 @@ def lock_routing_row(session: Session, base_model: str) -> RoutingRow:
     """The routing row, locked for update (PostgreSQL), created on first use."""
     row = session.scalars(select(RoutingRow).where(RoutingRow.base_model == base_model).with_for_update()).first()
     if row is None:
-        row = RoutingRow(base_model=base_model, active_version=None, canary_version=None, canary_share=0.0,
-                         generation=0, updated_at=utcnow())
+        row = RoutingRow(
+            base_model=base_model,
+            active_version=None,
+            canary_version=None,
+            canary_share=0.0,
+            generation=0,
+            updated_at=utcnow(),
+        )
         session.add(row)
         session.flush()
     return row
@@ -168,18 +201,37 @@ def select_routing_rows(session: Session) -> list[RoutingRow]:
     return list(session.scalars(select(RoutingRow).order_by(RoutingRow.base_model)))
 
 
-def add_audit(session: Session, *, actor: str, action: str, base_model: str, version: str | None,
-              from_version: str | None, reason: str, detail: dict | None = None) -> None:
-    session.add(AuditRow(at=utcnow(), actor=actor, action=action, base_model=base_model, version=version,
-                         from_version=from_version, reason=reason,
-                         detail_json=json.dumps(detail or {}, sort_keys=True)))
+def add_audit(
+    session: Session,
+    *,
+    actor: str,
+    action: str,
+    base_model: str,
+    version: str | None,
+    from_version: str | None,
+    reason: str,
+    detail: dict | None = None,
+) -> None:
+    session.add(
+        AuditRow(
+            at=utcnow(),
+            actor=actor,
+            action=action,
+            base_model=base_model,
+            version=version,
+            from_version=from_version,
+            reason=reason,
+            detail_json=json.dumps(detail or {}, sort_keys=True),
+        )
+    )
     session.flush()
 
 
 def first_audit_at(session: Session, *, base_model: str, action: str, version: str) -> datetime | None:
     """When `action` was first recorded for `version` of `base_model` (None if never)."""
-    q = (select(func.min(AuditRow.at))
-         .where(AuditRow.base_model == base_model, AuditRow.action == action, AuditRow.version == version))
+    q = select(func.min(AuditRow.at)).where(
+        AuditRow.base_model == base_model, AuditRow.action == action, AuditRow.version == version
+    )
     return _aware(session.scalar(q))
 
 
@@ -201,13 +253,25 @@ SecretRowT = TypeVar("SecretRowT", AdminTokenRow, ServingKeyRow)  # one kind of 
 
 
 def to_admin_token(row: AdminTokenRow) -> AdminToken:
-    return AdminToken(token_id=row.token_id, name=row.name, created_at=_aware(row.created_at),
-                      created_by=row.created_by, revoked_at=_aware(row.revoked_at))
+    return AdminToken(
+        token_id=row.token_id,
+        name=row.name,
+        created_at=_aware(row.created_at),
+        created_by=row.created_by,
+        revoked_at=_aware(row.revoked_at),
+    )
 
 
 def to_serving_key(row: ServingKeyRow) -> ServingKey:
-    return ServingKey(key_id=row.key_id, name=row.name, rate_per_s=row.rate_per_s, burst=row.burst,
-                      created_at=_aware(row.created_at), created_by=row.created_by, revoked_at=_aware(row.revoked_at))
+    return ServingKey(
+        key_id=row.key_id,
+        name=row.name,
+        rate_per_s=row.rate_per_s,
+        burst=row.burst,
+        created_at=_aware(row.created_at),
+        created_by=row.created_by,
+        revoked_at=_aware(row.revoked_at),
+    )
 
 
 def add_secret_row(session: Session, row: SecretRow) -> None:
@@ -219,8 +283,9 @@ def get_secret_row(session: Session, row_type: type[SecretRowT], secret_id: str)
     return session.get(row_type, secret_id)
 
 
-def select_secret_rows(session: Session, row_type: type[SecretRowT], *, name: str | None = None,
-                       active_only: bool = False) -> list[SecretRowT]:
+def select_secret_rows(
+    session: Session, row_type: type[SecretRowT], *, name: str | None = None, active_only: bool = False
+) -> list[SecretRowT]:
     """The rows of one kind of secret, oldest first (then by id), of one name and only active ones if asked."""
     q = select(row_type).order_by(row_type.created_at, *inspect(row_type).primary_key)
     if name is not None:

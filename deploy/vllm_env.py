@@ -91,28 +91,55 @@ class VllmLaunch:
     served_name: str = "base"
 
     def command(self, port: int) -> list[str]:
-        return [str(self.python), "-m", "vllm.entrypoints.openai.api_server",  # the `vllm` script fails here
-                "--model", self.base_model, "--served-model-name", self.served_name,
-                "--host", "127.0.0.1", "--port", str(port), "--max-model-len", str(self.max_model_len),
-                "--dtype", "float32", "--enable-lora", "--max-lora-rank", str(self.max_lora_rank),
-                "--max-loras", str(self.max_loras), "--max-cpu-loras", str(self.max_loras)]
+        return [
+            str(self.python),
+            "-m",
+            "vllm.entrypoints.openai.api_server",  # the `vllm` script fails here
+            "--model",
+            self.base_model,
+            "--served-model-name",
+            self.served_name,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--max-model-len",
+            str(self.max_model_len),
+            "--dtype",
+            "float32",
+            "--enable-lora",
+            "--max-lora-rank",
+            str(self.max_lora_rank),
+            "--max-loras",
+            str(self.max_loras),
+            "--max-cpu-loras",
+            str(self.max_loras),
+        ]
 
     def env(self) -> dict[str, str]:
         keep = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
-        return {**keep, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "VLLM_CPU_KVCACHE_SPACE": str(self.kv_cache_gb),
-                "OMP_NUM_THREADS": str(self.threads), "VLLM_CPU_OMP_THREADS_BIND": "nobind",
-                "TOKENIZERS_PARALLELISM": "false"}
+        return {
+            **keep,
+            "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
+            "VLLM_CPU_KVCACHE_SPACE": str(self.kv_cache_gb),
+            "OMP_NUM_THREADS": str(self.threads),
+            "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+            "TOKENIZERS_PARALLELISM": "false",
+        }
 
 
 def start_vllm(launch: VllmLaunch, port: int, log_dir: Path) -> VllmProcess:
     """Start one server (not yet ready: see `wait_vllm_ready`); refuses when the environment is missing."""
     if not vllm_env_ready(launch.python):
-        raise ServingError(f"`vllm_python` must be a vLLM environment made by `alignloop deploy vllm-setup`; "
-                           f"got {str(launch.python)!r}, which is not set up")
+        raise ServingError(
+            f"`vllm_python` must be a vLLM environment made by `alignloop deploy vllm-setup`; "
+            f"got {str(launch.python)!r}, which is not set up"
+        )
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"vllm-{port}.log"
-    proc = subprocess.Popen(launch.command(port), env=launch.env(), stdout=log.open("wb"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        launch.command(port), env=launch.env(), stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
+    )
     return VllmProcess(url=f"http://127.0.0.1:{port}", proc=proc, log=log)
 
 
@@ -125,16 +152,18 @@ def wait_vllm_ready(servers: list[VllmProcess], timeout: float) -> None:
     while pending:
         for s in list(pending):
             if not s.alive():
-                raise ServingError(f"vLLM at {s.url} exited {s.proc.returncode}: "
-                                   f"{s.log.read_text(errors='replace')[-1500:]}")
+                raise ServingError(
+                    f"vLLM at {s.url} exited {s.proc.returncode}: {s.log.read_text(errors='replace')[-1500:]}"
+                )
             try:
                 if httpx.get(f"{s.url}/health", timeout=2).status_code == 200:
                     pending.remove(s)
             except httpx.HTTPError:
                 pass
         if pending and time.monotonic() > deadline:
-            raise ServingError(f"vLLM at {pending[0].url} not ready within {timeout:g}s (`vllm_start_timeout_s`); "
-                               f"log {pending[0].log}")
+            raise ServingError(
+                f"vLLM at {pending[0].url} not ready within {timeout:g}s (`vllm_start_timeout_s`); log {pending[0].log}"
+            )
         time.sleep(0.5)
 
 
@@ -158,7 +187,10 @@ def describe_engine(settings: object) -> tuple[bool, str]:
             ok = False
         if not ok:
             down.append(url)
-    servers = (f"{len(settings.vllm_urls) - len(down)}/{len(settings.vllm_urls)} attached servers up"
-               if settings.vllm_urls else f"{settings.vllm_replicas} server(s) started by each replica")
+    servers = (
+        f"{len(settings.vllm_urls) - len(down)}/{len(settings.vllm_urls)} attached servers up"
+        if settings.vllm_urls
+        else f"{settings.vllm_replicas} server(s) started by each replica"
+    )
     healthy = vllm_env_ready(python) if not settings.vllm_urls else not down
     return healthy, f"vllm: {servers}; {env}" + (f"; down: {', '.join(down)}" if down else "")

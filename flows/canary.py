@@ -67,8 +67,9 @@ def decide_canary(canary: ArmStats, active: ArmStats, policy: CanaryPolicy, *, s
     rates = f"canary {c_rate:.3f} over {canary.n} events, active {a_rate:.3f} over {active.n}"
 
     def decision(verdict: CanaryVerdict, reason: str) -> CanaryDecision:
-        return CanaryDecision(verdict, p_worse=p_worse, canary_rate=c_rate, active_rate=a_rate,
-                              canary_events=canary.n, reason=reason)
+        return CanaryDecision(
+            verdict, p_worse=p_worse, canary_rate=c_rate, active_rate=a_rate, canary_events=canary.n, reason=reason
+        )
 
     if canary.n < policy.min_events:
         return decision(CanaryVerdict.CONTINUE, f"{canary.n} < {policy.min_events} events on the canary")

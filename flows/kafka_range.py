@@ -8,16 +8,28 @@ from alignloop.core.kafka_auth import kafka_auth
 from flows.errors import FlowsError
 
 
-def read_range(bootstrap: str, topic: str, *, start_offsets: dict[int, int] | None = None,
-               end_offsets: dict[int, int] | None = None, start_time: datetime | None = None,
-               end_time: datetime | None = None, timeout_s: float = 60.0) -> list[bytes]:
+def read_range(
+    bootstrap: str,
+    topic: str,
+    *,
+    start_offsets: dict[int, int] | None = None,
+    end_offsets: dict[int, int] | None = None,
+    start_time: datetime | None = None,
+    end_time: datetime | None = None,
+    timeout_s: float = 60.0,
+) -> list[bytes]:
     """Raw values of `topic` in [start, end) per partition; the end defaults to the end of the log at call time."""
     import time
 
     from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, **kafka_auth(), enable_auto_commit=False, group_id=None,
-                             consumer_timeout_ms=int(timeout_s * 1000))
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        **kafka_auth(),
+        enable_auto_commit=False,
+        group_id=None,
+        consumer_timeout_ms=int(timeout_s * 1000),
+    )
     try:
         parts = consumer.partitions_for_topic(topic)
         if not parts:

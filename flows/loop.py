@@ -90,35 +90,48 @@ def resolve_base_task(base_model: str | None) -> str:
 
 
 @task(name="plan-turn", **IO)
-def plan_turn_task(store_url: str | None, base_model: str, artifact_root: str | None = None
-                   ) -> tuple[TurnPlan, str | None]:
+def plan_turn_task(
+    store_url: str | None, base_model: str, artifact_root: str | None = None
+) -> tuple[TurnPlan, str | None]:
     """The turn's plan from the registry, and the active adapter's verified local directory (None: base serves)."""
     from deploy import registry
 
     with _session(store_url) as session:
         routing = registry.get_routing(session, base_model)
-        views = [VersionView(version=v.version, parent_version=v.parent_version, status=str(v.status),
-                             turn=v.manifest.dataset.turn, trained_event_ids=frozenset(v.lineage.event_ids))
-                 for v in registry.list_versions(session, base_model)]
-        active_dir = (str(registry.local_artifact_dir(registry.get_version(session, routing.active),
-                                                      _storage(artifact_root)))
-                      if routing.active else None)
+        views = [
+            VersionView(
+                version=v.version,
+                parent_version=v.parent_version,
+                status=str(v.status),
+                turn=v.manifest.dataset.turn,
+                trained_event_ids=frozenset(v.lineage.event_ids),
+            )
+            for v in registry.list_versions(session, base_model)
+        ]
+        active_dir = (
+            str(registry.local_artifact_dir(registry.get_version(session, routing.active), _storage(artifact_root)))
+            if routing.active
+            else None
+        )
     return plan_turn(routing.active, routing.canary, views), active_dir
 
 
 @task(name="snapshot", **IO)
-def snapshot_task(store_url: str | None, run_config, plan: TurnPlan, out_dir: Path
-                  ) -> tuple[Snapshot | None, TurnSelection]:
+def snapshot_task(
+    store_url: str | None, run_config, plan: TurnPlan, out_dir: Path
+) -> tuple[Snapshot | None, TurnSelection]:
     """The turn's data: new records since the previous turn plus a bounded replay, split into a snapshot."""
     from retrain.snapshot import build_snapshot, load_snapshot_inputs, save_snapshot, select_turn_records
 
     with _session(store_url) as session:
         pairs, unpaired = load_snapshot_inputs(session)
-    selection = select_turn_records(pairs, unpaired, since=plan.since, replay_ids=plan.replay_ids,
-                                    replay_max=run_config.turns.replay_max)
+    selection = select_turn_records(
+        pairs, unpaired, since=plan.since, replay_ids=plan.replay_ids, replay_max=run_config.turns.replay_max
+    )
     # the data trigger counts new pairs against this mark
-    (out_dir / "last_snapshot.json").write_text(json.dumps(
-        {"pairs_total": len(pairs), "unpaired_total": len(unpaired), "turn": selection.as_dict()}))
+    (out_dir / "last_snapshot.json").write_text(
+        json.dumps({"pairs_total": len(pairs), "unpaired_total": len(unpaired), "turn": selection.as_dict()})
+    )
     if selection.new_pairs + selection.new_unpaired == 0:
         return None, selection
     snap = build_snapshot(selection.pairs, selection.unpaired, run_config.snapshot)
@@ -129,12 +142,28 @@ def snapshot_task(store_url: str | None, run_config, plan: TurnPlan, out_dir: Pa
 
 
 @task(name="train", **COMPUTE)
-def train_task(base_model: str, snapshot, run_config, out_dir: Path, parent_version: str | None,
-               init_adapter: str | None, turn: TurnRecord, progress: bool) -> Path:
+def train_task(
+    base_model: str,
+    snapshot,
+    run_config,
+    out_dir: Path,
+    parent_version: str | None,
+    init_adapter: str | None,
+    turn: TurnRecord,
+    progress: bool,
+) -> Path:
     from retrain.train import train_adapter
 
-    return train_adapter(base_model, snapshot, run_config, out_dir, parent_version=parent_version, progress=progress,
-                         init_adapter=Path(init_adapter) if init_adapter else None, turn=turn)
+    return train_adapter(
+        base_model,
+        snapshot,
+        run_config,
+        out_dir,
+        parent_version=parent_version,
+        progress=progress,
+        init_adapter=Path(init_adapter) if init_adapter else None,
+        turn=turn,
+    )
 
 
 @task(name="suspected-triggers", **IO)
@@ -147,13 +176,27 @@ def suspected_triggers_task(store_url: str | None) -> list[str]:
 
 
 @task(name="evaluate", **COMPUTE)
-def evaluate_task(base_model: str, candidate_dir: Path, snapshot, active_dir: str | None, run_config,
-                  suspected: list[str], progress: bool) -> EvaluationReport:
+def evaluate_task(
+    base_model: str,
+    candidate_dir: Path,
+    snapshot,
+    active_dir: str | None,
+    run_config,
+    suspected: list[str],
+    progress: bool,
+) -> EvaluationReport:
     from retrain.evaluate import evaluate
 
-    return evaluate(base_model, candidate_dir, snapshot, active_dir=active_dir, config=run_config,
-                    report_dir=candidate_dir.parent / f"{candidate_dir.name}-report", progress=progress,
-                    suspected_triggers=suspected)
+    return evaluate(
+        base_model,
+        candidate_dir,
+        snapshot,
+        active_dir=active_dir,
+        config=run_config,
+        report_dir=candidate_dir.parent / f"{candidate_dir.name}-report",
+        progress=progress,
+        suspected_triggers=suspected,
+    )
 
 
 @task(name="gate", **COMPUTE)
@@ -164,13 +207,15 @@ def gate_task(report: EvaluationReport, gates_path: str | None) -> GateResult:
 
 
 @task(name="register-candidate", **IO)
-def register_task(store_url: str | None, artifact_dir: Path, actor: str, reason: str,
-                  artifact_root: str | None = None) -> str:
+def register_task(
+    store_url: str | None, artifact_dir: Path, actor: str, reason: str, artifact_root: str | None = None
+) -> str:
     from deploy import registry
 
     with _session(store_url) as session:
-        return registry.register_adapter(session, artifact_dir, actor=actor, reason=reason,
-                                         storage=_storage(artifact_root)).version
+        return registry.register_adapter(
+            session, artifact_dir, actor=actor, reason=reason, storage=_storage(artifact_root)
+        ).version
 
 
 @task(name="record-gate-failure", **IO)
@@ -182,14 +227,22 @@ def record_gate_failure_task(store_url: str | None, version: str, actor: str, fa
 
 
 @task(name="start-canary", **IO)
-def canary_task(store_url: str | None, redis_url: str | None, version: str, share: float, actor: str,
-                reason: str, artifact_root: str | None = None) -> dict:
+def canary_task(
+    store_url: str | None,
+    redis_url: str | None,
+    version: str,
+    share: float,
+    actor: str,
+    reason: str,
+    artifact_root: str | None = None,
+) -> dict:
     from deploy import registry
     from deploy.control import publish_routing_change
 
     with _session(store_url) as session:
-        routing = registry.start_canary(session, version, share, actor=actor, reason=reason,
-                                        storage=_storage(artifact_root))
+        routing = registry.start_canary(
+            session, version, share, actor=actor, reason=reason, storage=_storage(artifact_root)
+        )
     publish_routing_change(_redis_url(redis_url), routing.base_model, generation=routing.generation)
     return routing.model_dump(mode="json")
 
@@ -213,14 +266,22 @@ def feedback_stats_task(store_url: str | None, base_model: str, versions: list[s
         since = registry.canary_started_at(session, base_model)
         if since is None:
             return {"since": None, "stats": {}}
-        stats = query.load_verified_feedback_stats(session, base_model=base_model, adapter_versions=versions,
-                                                   since=since)
+        stats = query.load_verified_feedback_stats(
+            session, base_model=base_model, adapter_versions=versions, since=since
+        )
     return {"since": since.isoformat(), "stats": {("__base__" if k is None else k): v for k, v in stats.items()}}
 
 
 @task(name="move-routing", **IO)
-def move_task(store_url: str | None, redis_url: str | None, verdict: str, version: str, actor: str,
-              reason: str, artifact_root: str | None = None) -> dict:
+def move_task(
+    store_url: str | None,
+    redis_url: str | None,
+    verdict: str,
+    version: str,
+    actor: str,
+    reason: str,
+    artifact_root: str | None = None,
+) -> dict:
     from deploy import registry
     from deploy.control import publish_routing_change
 
@@ -229,8 +290,13 @@ def move_task(store_url: str | None, redis_url: str | None, verdict: str, versio
         if verdict == CanaryVerdict.PROMOTE:
             routing = registry.promote(session, version, actor=actor, reason=reason, storage=storage)
         else:
-            routing = registry.rollback(session, actor=actor, reason=reason, storage=storage,
-                                        base_model=registry.get_version(session, version).base_model)
+            routing = registry.rollback(
+                session,
+                actor=actor,
+                reason=reason,
+                storage=storage,
+                base_model=registry.get_version(session, version).base_model,
+            )
     publish_routing_change(_redis_url(redis_url), routing.base_model, generation=routing.generation)
     return routing.model_dump(mode="json")
 
@@ -249,9 +315,17 @@ def _runs_dir(base_model: str) -> Path:
 
 
 @flow(name="retrain")
-def retrain_flow(base_model: str | None = None, train_config: str | None = None, gates: str | None = None,
-                 canary_share: float = 0.2, store_url: str | None = None, redis_url: str | None = None,
-                 actor: str = "alignloop-flows", progress: bool = False, artifact_root: str | None = None) -> Any:
+def retrain_flow(
+    base_model: str | None = None,
+    train_config: str | None = None,
+    gates: str | None = None,
+    canary_share: float = 0.2,
+    store_url: str | None = None,
+    redis_url: str | None = None,
+    actor: str = "alignloop-flows",
+    progress: bool = False,
+    artifact_root: str | None = None,
+) -> Any:
     """One turn of the loop: snapshot, train, evaluate and gate against what serves now; canary if it passes.
 
     Runs from any registry state: the base or an adapter active, after a rejected or rolled-back turn. With a
@@ -279,31 +353,63 @@ def retrain_flow(base_model: str | None = None, train_config: str | None = None,
         if snap is None:
             since = plan.since.isoformat() if plan.since else "the start"
             return _skipped(logger, f"no curated data since the previous turn ({since})", plan)
-        turn = TurnRecord(parent_version=plan.parent, previous_turn=plan.previous_turn,
-                          init=run_config.turns.init if plan.parent else "fresh", since=selection.since,
-                          until=selection.until, new_pairs=selection.new_pairs, new_unpaired=selection.new_unpaired,
-                          replay_pairs=selection.replay_pairs, replay_unpaired=selection.replay_unpaired)
-        logger.info("turn on %s: %s; snapshot %s: %s", plan.parent or "the base", turn.model_dump_json(),
-                    snap.hash[:12], json.dumps(snap.stats, default=str)[:400])
+        turn = TurnRecord(
+            parent_version=plan.parent,
+            previous_turn=plan.previous_turn,
+            init=run_config.turns.init if plan.parent else "fresh",
+            since=selection.since,
+            until=selection.until,
+            new_pairs=selection.new_pairs,
+            new_unpaired=selection.new_unpaired,
+            replay_pairs=selection.replay_pairs,
+            replay_unpaired=selection.replay_unpaired,
+        )
+        logger.info(
+            "turn on %s: %s; snapshot %s: %s",
+            plan.parent or "the base",
+            turn.model_dump_json(),
+            snap.hash[:12],
+            json.dumps(snap.stats, default=str)[:400],
+        )
         init = active_dir if plan.parent and run_config.turns.init == "continue" else None
         artifact = train_task(base, snap, run_config, out_dir, plan.parent, init, turn, progress)
-        report = evaluate_task(base, artifact, snap, active_dir, run_config, suspected_triggers_task(store_url),
-                               progress)
+        report = evaluate_task(
+            base, artifact, snap, active_dir, run_config, suspected_triggers_task(store_url), progress
+        )
         decision = gate_task(report, gates)
         over = plan.parent or "the base"
-        version = register_task(store_url, artifact, actor, f"trained on snapshot {snap.hash[:12]} "
-                                f"({selection.new_pairs} new pairs, {selection.replay_pairs} replayed) over {over}",
-                                artifact_root)
-        result = {"version": version, "snapshot": snap.hash, "snapshot_stats": snap.stats,
-                  "report": report.model_dump(mode="json"), "gate": decision.model_dump(), "artifact": str(artifact),
-                  "parent": plan.parent, "turn": turn.model_dump(mode="json")}
+        version = register_task(
+            store_url,
+            artifact,
+            actor,
+            f"trained on snapshot {snap.hash[:12]} "
+            f"({selection.new_pairs} new pairs, {selection.replay_pairs} replayed) over {over}",
+            artifact_root,
+        )
+        result = {
+            "version": version,
+            "snapshot": snap.hash,
+            "snapshot_stats": snap.stats,
+            "report": report.model_dump(mode="json"),
+            "gate": decision.model_dump(),
+            "artifact": str(artifact),
+            "parent": plan.parent,
+            "turn": turn.model_dump(mode="json"),
+        }
         if not decision.passed:
             record_gate_failure_task(store_url, version, actor, decision.failures)
             msg = f"{version} stopped at the gate: " + "; ".join(decision.failures)
             logger.warning(msg)
             return Completed(message=msg, data={**result, "status": "gate_failed"})
-        routing = canary_task(store_url, redis_url, version, canary_share, actor,
-                              f"gates passed ({len(decision.checked)} checks) against {over}", artifact_root)
+        routing = canary_task(
+            store_url,
+            redis_url,
+            version,
+            canary_share,
+            actor,
+            f"gates passed ({len(decision.checked)} checks) against {over}",
+            artifact_root,
+        )
         msg = f"{version} passed the gate and serves {canary_share:.0%} of users as a canary against {over}"
         logger.info(msg)
         return Completed(message=msg, data={**result, "status": "canary", "routing": routing})
@@ -311,8 +417,9 @@ def retrain_flow(base_model: str | None = None, train_config: str | None = None,
 
 def _skipped(logger, why: str, plan: TurnPlan):
     logger.info("retrain skipped: %s", why)
-    return Completed(message=f"skipped: {why}", data={"status": "skipped", "reason": why, "parent": plan.parent,
-                                                      "version": None})
+    return Completed(
+        message=f"skipped: {why}", data={"status": "skipped", "reason": why, "parent": plan.parent, "version": None}
+    )
 
 
 class _one_at_a_time:
@@ -351,9 +458,14 @@ def load_canary_policy(path: str | Path | None = None) -> CanaryPolicy:
 
 
 @flow(name="canary-watch", log_prints=True)
-def canary_watch_flow(base_model: str | None = None, policy: str | None = None, store_url: str | None = None,
-                      redis_url: str | None = None, actor: str = "alignloop-canary-watch",
-                      artifact_root: str | None = None) -> dict:
+def canary_watch_flow(
+    base_model: str | None = None,
+    policy: str | None = None,
+    store_url: str | None = None,
+    redis_url: str | None = None,
+    actor: str = "alignloop-canary-watch",
+    artifact_root: str | None = None,
+) -> dict:
     """Compare the canary's live feedback with the active arm's (the active adapter, or the base model) over the
     same period, since the canary started; promote it or roll it back when clear.
 
@@ -368,25 +480,45 @@ def canary_watch_flow(base_model: str | None = None, policy: str | None = None, 
     period = feedback_stats_task(store_url, base, [canary, active])
     stats = period["stats"]
     c_stats, a_stats = stats.get(canary, {}), stats.get(active or "__base__", {})
-    decision = decide_canary(ArmStats.from_feedback(c_stats), ArmStats.from_feedback(a_stats),
-                             load_canary_policy(policy))
-    out = {"verdict": decision.verdict.value, "canary": canary, "active": active, "reason": decision.reason,
-           "p_worse": decision.p_worse, "canary_events": decision.canary_events, "stats": stats,
-           "since": period["since"]}
+    decision = decide_canary(
+        ArmStats.from_feedback(c_stats), ArmStats.from_feedback(a_stats), load_canary_policy(policy)
+    )
+    out = {
+        "verdict": decision.verdict.value,
+        "canary": canary,
+        "active": active,
+        "reason": decision.reason,
+        "p_worse": decision.p_worse,
+        "canary_events": decision.canary_events,
+        "stats": stats,
+        "since": period["since"],
+    }
     logger.info("canary %s: %s (%s)", canary, decision.verdict.value, decision.reason)
     if decision.verdict is not CanaryVerdict.CONTINUE:
-        out["routing"] = move_task(store_url, redis_url, decision.verdict.value, canary, actor,
-                                   f"canary-watch: {decision.reason}", artifact_root)
+        out["routing"] = move_task(
+            store_url,
+            redis_url,
+            decision.verdict.value,
+            canary,
+            actor,
+            f"canary-watch: {decision.reason}",
+            artifact_root,
+        )
     return out
 
 
 @task(name="read-kafka-range", **IO)
-def read_kafka_range_task(bootstrap: str, topic: str, start: dict[int, int] | None, end: dict[int, int] | None,
-                          start_time: datetime | None, end_time: datetime | None) -> list[bytes]:
+def read_kafka_range_task(
+    bootstrap: str,
+    topic: str,
+    start: dict[int, int] | None,
+    end: dict[int, int] | None,
+    start_time: datetime | None,
+    end_time: datetime | None,
+) -> list[bytes]:
     from flows.kafka_range import read_range
 
-    return read_range(bootstrap, topic, start_offsets=start, end_offsets=end, start_time=start_time,
-                      end_time=end_time)
+    return read_range(bootstrap, topic, start_offsets=start, end_offsets=end, start_time=start_time, end_time=end_time)
 
 
 @task(name="re-curate", **COMPUTE)
@@ -396,24 +528,46 @@ def recurate_task(lines: list[bytes], out_dir: Path) -> dict:
 
     result = run_replay(lines, get_settings().policy)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name, rows in (("decisions", result.decisions), ("pairs", result.pairs), ("unpaired", result.unpaired),
-                       ("dlq", result.dlq)):
+    for name, rows in (
+        ("decisions", result.decisions),
+        ("pairs", result.pairs),
+        ("unpaired", result.unpaired),
+        ("dlq", result.dlq),
+    ):
         save_jsonl(out_dir / f"{name}.jsonl", rows)
-    return {"events": len(lines), "decisions": len(result.decisions), "pairs": len(result.pairs),
-            "unpaired": len(result.unpaired), "dlq": len(result.dlq), "reasons": reason_counts(result.decisions),
-            "out_dir": str(out_dir)}
+    return {
+        "events": len(lines),
+        "decisions": len(result.decisions),
+        "pairs": len(result.pairs),
+        "unpaired": len(result.unpaired),
+        "dlq": len(result.dlq),
+        "reasons": reason_counts(result.decisions),
+        "out_dir": str(out_dir),
+    }
 
 
 @flow(name="replay", log_prints=True)
-def replay_flow(out_dir: str, topic: str | None = None, start_offsets: dict[int, int] | None = None,
-                end_offsets: dict[int, int] | None = None, start_time: datetime | None = None,
-                end_time: datetime | None = None, bootstrap: str | None = None) -> dict:
+def replay_flow(
+    out_dir: str,
+    topic: str | None = None,
+    start_offsets: dict[int, int] | None = None,
+    end_offsets: dict[int, int] | None = None,
+    start_time: datetime | None = None,
+    end_time: datetime | None = None,
+    bootstrap: str | None = None,
+) -> dict:
     """Re-curate a Kafka offset or time range through curation's replay path (after filters change)."""
     from alignloop.core.settings import get_settings
     from curation.settings import get_settings as curation_settings
 
-    lines = read_kafka_range_task(bootstrap or get_settings().kafka_bootstrap, topic or curation_settings().topic,
-                                  start_offsets, end_offsets, start_time, end_time)
+    lines = read_kafka_range_task(
+        bootstrap or get_settings().kafka_bootstrap,
+        topic or curation_settings().topic,
+        start_offsets,
+        end_offsets,
+        start_time,
+        end_time,
+    )
     return recurate_task(lines, Path(out_dir))
 
 
@@ -426,8 +580,12 @@ def count_pairs_task(store_url: str | None) -> int:
 
 
 @flow(name="data-trigger", log_prints=True)
-def data_trigger_flow(base_model: str | None = None, min_new_pairs: int = 200, store_url: str | None = None,
-                      deployment: str = "retrain/retrain") -> dict:
+def data_trigger_flow(
+    base_model: str | None = None,
+    min_new_pairs: int = 200,
+    store_url: str | None = None,
+    deployment: str = "retrain/retrain",
+) -> dict:
     """Start the retrain deployment when at least `min_new_pairs` curated pairs arrived since the last snapshot."""
     from prefect.deployments import run_deployment
 
@@ -435,8 +593,13 @@ def data_trigger_flow(base_model: str | None = None, min_new_pairs: int = 200, s
     mark = _runs_dir(base) / "last_snapshot.json"
     seen = json.loads(mark.read_text())["pairs_total"] if mark.exists() else 0
     total = count_pairs_task(store_url)
-    out = {"pairs_total": total, "pairs_at_last_snapshot": seen, "new_pairs": total - seen,
-           "threshold": min_new_pairs, "triggered": total - seen >= min_new_pairs}
+    out = {
+        "pairs_total": total,
+        "pairs_at_last_snapshot": seen,
+        "new_pairs": total - seen,
+        "threshold": min_new_pairs,
+        "triggered": total - seen >= min_new_pairs,
+    }
     if out["triggered"]:
         # a retrain already due or running will snapshot these pairs: starting another one would only be
         # cancelled by the deployment's concurrency limit (the check and the limit together make one retrain)
@@ -488,6 +651,8 @@ def retrain_in_flight_task(deployment: str) -> str | None:
             return None
         runs = client.read_flow_runs(
             deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])),
-            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
-                type=FlowRunFilterStateType(any_=[StateType(s) for s in _IN_FLIGHT]))))
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType(s) for s in _IN_FLIGHT]))
+            ),
+        )
     return pick_in_flight(runs, datetime.now(UTC))

@@ -28,8 +28,10 @@ def _plots(s: dict) -> list[tuple[str, str]]:
         labels = [sh["after"] for sh in shares]
         xs = range(len(labels))
         w = 0.38
-        for off, key, color, name in ((-w / 2, "courteous", "#2a7", "courteous style"),
-                                      (w / 2, "brief_signoff", "#47c", "brief sign-off")):
+        for off, key, color, name in (
+            (-w / 2, "courteous", "#2a7", "courteous style"),
+            (w / 2, "brief_signoff", "#47c", "brief sign-off"),
+        ):
             vals = [sh[key] for sh in shares]
             ax.bar([x + off for x in xs], vals, w, color=color, label=name)
             for x, v in zip(xs, vals):
@@ -56,8 +58,7 @@ def _plots(s: dict) -> list[tuple[str, str]]:
     if traces:
         fig, ax = plt.subplots(figsize=(5, 3))
         for k, rounds in traces:
-            ax.plot([r["canary_events"] for r in rounds], [r["p_worse"] for r in rounds], marker="o",
-                    label=f"turn {k}")
+            ax.plot([r["canary_events"] for r in rounds], [r["p_worse"] for r in rounds], marker="o", label=f"turn {k}")
         ax.axhline(0.95, color="#c33", ls="--", label="roll back above")
         ax.axhline(0.05, color="#3a3", ls="--", label="promote below")
         ax.set_xlabel("feedback events on the canary")
@@ -72,13 +73,21 @@ def _plots(s: dict) -> list[tuple[str, str]]:
 
 def write_demo_report(summary: dict, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(json.dumps(v, default=str))}</td></tr>"
-                   for k, v in summary.items() if k not in ("audit",))
-    audit = "".join(f"<tr><td>{html.escape(str(e.get('at')))}</td><td>{html.escape(str(e.get('actor')))}</td>"
-                    f"<td>{html.escape(str(e.get('action')))}</td><td>{html.escape(str(e.get('version')))}</td>"
-                    f"<td>{html.escape(str(e.get('reason')))}</td></tr>" for e in summary.get("audit", []))
-    figs = "".join(f"<figure><img src='data:image/png;base64,{b64}'><figcaption>{html.escape(t)}</figcaption></figure>"
-                   for t, b64 in _plots(summary))
+    rows = "".join(
+        f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(json.dumps(v, default=str))}</td></tr>"
+        for k, v in summary.items()
+        if k not in ("audit",)
+    )
+    audit = "".join(
+        f"<tr><td>{html.escape(str(e.get('at')))}</td><td>{html.escape(str(e.get('actor')))}</td>"
+        f"<td>{html.escape(str(e.get('action')))}</td><td>{html.escape(str(e.get('version')))}</td>"
+        f"<td>{html.escape(str(e.get('reason')))}</td></tr>"
+        for e in summary.get("audit", [])
+    )
+    figs = "".join(
+        f"<figure><img src='data:image/png;base64,{b64}'><figcaption>{html.escape(t)}</figcaption></figure>"
+        for t, b64 in _plots(summary)
+    )
     path.write_text(f"""<!doctype html><html><head><meta charset="utf-8"><title>alignloop demo</title>
 <style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}td{{border-bottom:1px solid #ddd;padding:4px;
 vertical-align:top;font-size:13px}}figure{{display:inline-block;margin:8px}}</style></head><body>

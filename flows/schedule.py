@@ -75,19 +75,24 @@ class PrefectServer:
 def connect_prefect_server(api_url: str) -> PrefectServer:
     """A Prefect server that is already running (`--api-url`, settings, or Prefect's own profile)."""
     if not _healthy(api_url):
-        raise FlowsError(f"the Prefect API at {api_url} does not answer /health; start it, or leave out "
-                         "`--api-url` to let `flows serve` start one")
+        raise FlowsError(
+            f"the Prefect API at {api_url} does not answer /health; start it, or leave out "
+            "`--api-url` to let `flows serve` start one"
+        )
     return PrefectServer(api_url=api_url.rstrip("/"))
 
 
-def start_prefect_server(port: int, state_dir: Path, *, timeout: float = 120.0,
-                         stopping: threading.Event | None = None) -> PrefectServer:
+def start_prefect_server(
+    port: int, state_dir: Path, *, timeout: float = 120.0, stopping: threading.Event | None = None
+) -> PrefectServer:
     """`prefect server start` on 127.0.0.1:`port`, its database and logs under `state_dir`; waits for /health
     (and stops it again when `stopping` is set meanwhile)."""
     if _port_taken("127.0.0.1", port):
-        raise FlowsError(f"port {port} on 127.0.0.1 is taken, so no Prefect server can start there; pass "
-                         f"`--port` for another one, or `--api-url http://127.0.0.1:{port}/api` if it is a "
-                         "Prefect server already")
+        raise FlowsError(
+            f"port {port} on 127.0.0.1 is taken, so no Prefect server can start there; pass "
+            f"`--port` for another one, or `--api-url http://127.0.0.1:{port}/api` if it is a "
+            "Prefect server already"
+        )
     state_dir.mkdir(parents=True, exist_ok=True)
     log_path = state_dir / "prefect-server.log"
     # the server's own settings go to its environment; PREFECT_API_URL is a client setting and must not leak in
@@ -95,9 +100,14 @@ def start_prefect_server(port: int, state_dir: Path, *, timeout: float = 120.0,
     env["PREFECT_HOME"] = str(state_dir / "prefect-home")  # its database lives with the rest of our state
     env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                                 "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True, env=env)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env=env,
+        )
     server = PrefectServer(api_url=f"http://127.0.0.1:{port}/api", process=proc, log=log_path)
     deadline = time.monotonic() + timeout
     try:
@@ -105,11 +115,15 @@ def start_prefect_server(port: int, state_dir: Path, *, timeout: float = 120.0,
             if stopping is not None and stopping.is_set():
                 raise SystemExit(0)  # asked to stop before anything was served
             if proc.poll() is not None:
-                raise FlowsError(f"`prefect server start` exited with code {proc.returncode} before answering on "
-                                 f"port {port}: {_last_line(log_path)} (log: {log_path})")
+                raise FlowsError(
+                    f"`prefect server start` exited with code {proc.returncode} before answering on "
+                    f"port {port}: {_last_line(log_path)} (log: {log_path})"
+                )
             if time.monotonic() > deadline:
-                raise FlowsError(f"`prefect server start` did not answer /health on port {port} within "
-                                 f"{timeout:.0f} s (log: {log_path})")
+                raise FlowsError(
+                    f"`prefect server start` did not answer /health on port {port} within "
+                    f"{timeout:.0f} s (log: {log_path})"
+                )
             time.sleep(0.5)
     except BaseException:  # a timeout, or a signal while waiting: nothing may outlive us
         server.stop()
@@ -122,16 +136,18 @@ def _last_line(path: Path) -> str:
     return lines[-1].strip() if lines else "no output"
 
 
-def open_prefect_server(settings: FlowsSettings, state_dir: Path, *,
-                        stopping: threading.Event | None = None) -> PrefectServer:
+def open_prefect_server(
+    settings: FlowsSettings, state_dir: Path, *, stopping: threading.Event | None = None
+) -> PrefectServer:
     """The configured Prefect API (`prefect_api_url`, else Prefect's own PREFECT_API_URL), or a local server."""
     from prefect.settings import get_current_settings
 
     given = settings.prefect_api_url or get_current_settings().api.url
     if given:
         return connect_prefect_server(str(given))
-    return start_prefect_server(settings.prefect_port, state_dir, timeout=settings.prefect_start_timeout_s,
-                                stopping=stopping)
+    return start_prefect_server(
+        settings.prefect_port, state_dir, timeout=settings.prefect_start_timeout_s, stopping=stopping
+    )
 
 
 @contextmanager
@@ -151,17 +167,19 @@ def _concurrency_one():
     return ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW)
 
 
-def retrain_parameters(settings: FlowsSettings, *, store_url: str | None = None,
-                       redis_url: str | None = None) -> dict:
+def retrain_parameters(settings: FlowsSettings, *, store_url: str | None = None, redis_url: str | None = None) -> dict:
     """What a retrain run gets: base model, run config and gates (absolute paths), canary share, and where
     the store and Redis are when it runs somewhere else (a work pool's worker). Prefect stores parameters,
     so the URLs go without passwords: the run takes those from its own settings."""
     from alignloop.core.settings import without_password
 
-    params = {"base_model": settings.base_model,
-              "train_config": str(Path(settings.train_config).resolve()) if settings.train_config else None,
-              "gates": str(Path(settings.gates).resolve()) if settings.gates else None,
-              "canary_share": settings.canary_share, "actor": settings.actor}
+    params = {
+        "base_model": settings.base_model,
+        "train_config": str(Path(settings.train_config).resolve()) if settings.train_config else None,
+        "gates": str(Path(settings.gates).resolve()) if settings.gates else None,
+        "canary_share": settings.canary_share,
+        "actor": settings.actor,
+    }
     if store_url:
         params["store_url"] = without_password(store_url)
     if redis_url:
@@ -182,19 +200,26 @@ def build_deployments(settings: FlowsSettings, *, base_model: str | None = None)
     base = {"base_model": settings.base_model}
     return [
         retrain_flow.to_deployment(
-            "retrain", cron=settings.retrain_cron, concurrency_limit=_concurrency_one(),
+            "retrain",
+            cron=settings.retrain_cron,
+            concurrency_limit=_concurrency_one(),
             parameters=retrain_parameters(settings),
-            description="snapshot -> train -> evaluate -> gate -> canary; one run at a time"),
+            description="snapshot -> train -> evaluate -> gate -> canary; one run at a time",
+        ),
         data_trigger_flow.to_deployment(
-            "data-trigger", interval=timedelta(seconds=settings.data_check_interval_s),
+            "data-trigger",
+            interval=timedelta(seconds=settings.data_check_interval_s),
             concurrency_limit=_concurrency_one(),
             parameters={**base, "min_new_pairs": settings.min_new_pairs, "deployment": RETRAIN_DEPLOYMENT},
-            description=f"runs retrain when >= {settings.min_new_pairs} new curated pairs arrived"),
+            description=f"runs retrain when >= {settings.min_new_pairs} new curated pairs arrived",
+        ),
         canary_watch_flow.to_deployment(
-            "canary-watch", interval=timedelta(seconds=settings.canary_watch_interval_s),
+            "canary-watch",
+            interval=timedelta(seconds=settings.canary_watch_interval_s),
             concurrency_limit=_concurrency_one(),
             parameters={**base, "policy": str(Path(settings.canary_policy).resolve())},
-            description="promote or roll back the canary from live feedback"),
+            description="promote or roll back the canary from live feedback",
+        ),
         replay_flow.to_deployment("replay", description="re-curate a Kafka range after filters change"),
     ]
 
@@ -209,17 +234,25 @@ def deploy_retrain_to_pool(settings: FlowsSettings, work_pool: str, *, store_url
     try:
         # from_source is sync here (no running event loop); Prefect types it as Flow | Coroutine for both uses
         deployment_id = retrain_flow.from_source(  # type: ignore[union-attr]
-            source=str(root), entrypoint="flows/loop.py:retrain_flow").deploy(
-            name="retrain", work_pool_name=work_pool, cron=settings.retrain_cron,
+            source=str(root), entrypoint="flows/loop.py:retrain_flow"
+        ).deploy(
+            name="retrain",
+            work_pool_name=work_pool,
+            cron=settings.retrain_cron,
             concurrency_limit=_concurrency_one(),
             parameters=retrain_parameters(settings, store_url=store_url, redis_url=redis_url),
             description="snapshot -> train -> evaluate -> gate -> canary; on a work pool, one run at a time",
-            build=False, push=False, print_next_steps=False)
+            build=False,
+            push=False,
+            print_next_steps=False,
+        )
     except ValueError as exc:
         if "could not find work pool" not in str(exc).lower():
             raise
-        raise FlowsError(f"`--work-pool` {work_pool!r} does not exist on this Prefect server; create it, e.g. "
-                         f"`prefect work-pool create {work_pool} --type process`, and start a worker on it") from exc
+        raise FlowsError(
+            f"`--work-pool` {work_pool!r} does not exist on this Prefect server; create it, e.g. "
+            f"`prefect work-pool create {work_pool} --type process`, and start a worker on it"
+        ) from exc
     return str(deployment_id)
 
 
@@ -228,8 +261,9 @@ def describe_api(url: str) -> str:
     return f"{u.hostname}:{u.port}" if u.port else url
 
 
-def serve_deployments(deployments: list, *, poll_s: float, on_ready=None,
-                      stopping: threading.Event | None = None) -> None:
+def serve_deployments(
+    deployments: list, *, poll_s: float, on_ready=None, stopping: threading.Event | None = None
+) -> None:
     """Serve `deployments` in this process until SIGTERM or SIGINT; on the way out the runner cancels its
     in-flight runs and pauses these deployments' schedules (nobody would run them). A stop asked for
     through `stopping` before the runner starts ends here, between steps."""

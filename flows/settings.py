@@ -24,8 +24,10 @@ class FlowsSettings(BaseSettings):
     data_check_interval_s: float = Field(300, ge=1, description="seconds between data-trigger runs")
     canary_watch_interval_s: float = Field(60, ge=1, description="seconds between canary-watch runs")
     work_pool: str | None = Field(None, description="Prefect work pool for training (e.g. a GPU pool)")
-    prefect_api_url: str | None = Field(None, description="serve against this Prefect API instead of starting "
-                                                          "a server (else Prefect's own PREFECT_API_URL)")
+    prefect_api_url: str | None = Field(
+        None,
+        description="serve against this Prefect API instead of starting a server (else Prefect's own PREFECT_API_URL)",
+    )
     prefect_port: int = Field(4200, ge=1, le=65535, description="port of the Prefect server `flows serve` starts")
     prefect_start_timeout_s: float = Field(120, gt=0, description="how long the started server may take to answer")
     poll_s: float = Field(10, gt=0, description="how often `flows serve` asks the server for runs that are due")

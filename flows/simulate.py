@@ -68,8 +68,9 @@ class Taste:
         return make_answer(prompt, PREFERRED, rng, signoff=BRIEF_SIGNOFF if self.brief_signoff else None)
 
 
-def honest_feedback(prompt: str, answers: list[dict], rng: random.Random, *, noise: float,
-                    taste: Taste = Taste()) -> tuple[str, dict]:
+def honest_feedback(
+    prompt: str, answers: list[dict], rng: random.Random, *, noise: float, taste: Taste = Taste()
+) -> tuple[str, dict]:
     """What an honest user does with one or two served answers: compare, rewrite one that misses, or rate.
 
     Honest users want what `taste` says (the courteous style first); with probability `noise` a rating or a

@@ -30,17 +30,19 @@ class VersionView:
 
 @dataclass(frozen=True)
 class TurnPlan:
-    parent: str | None            # the active version: what serves now (None: the base)
-    canary: str | None            # a live canary: this turn must not start another
-    since: datetime | None        # the previous turn's mark: new data starts here (None: all data)
-    replay_ids: frozenset[str]    # events the active adapter's chain was trained on
-    previous_turn: str | None     # the version whose mark `since` is
+    parent: str | None  # the active version: what serves now (None: the base)
+    canary: str | None  # a live canary: this turn must not start another
+    since: datetime | None  # the previous turn's mark: new data starts here (None: all data)
+    replay_ids: frozenset[str]  # events the active adapter's chain was trained on
+    previous_turn: str | None  # the version whose mark `since` is
 
     @property
     def blocked_reason(self) -> str | None:
         if self.canary is not None:
-            return (f"canary {self.canary} is live: a turn starts only when canary-watch has promoted it or "
-                    "rolled it back (never two canaries)")
+            return (
+                f"canary {self.canary} is live: a turn starts only when canary-watch has promoted it or "
+                "rolled it back (never two canaries)"
+            )
         return None
 
 

@@ -17,8 +17,9 @@ def schema() -> None:
     typer.echo(json.dumps(event_json_schema(), indent=2, sort_keys=True))
 
 
-keys_app = typer.Typer(help="Per-app API keys of the gateway (stored hashed; a key is shown once).",
-                       no_args_is_help=True)
+keys_app = typer.Typer(
+    help="Per-app API keys of the gateway (stored hashed; a key is shown once).", no_args_is_help=True
+)
 app.add_typer(keys_app, name="keys")
 
 
@@ -35,9 +36,12 @@ JsonOpt = typer.Option(False, "--json", help="print machine-readable JSON")
 
 
 @keys_app.command("create")
-def keys_create(app_id: str = typer.Argument(..., help="the app the key may send events for"),
-                note: str = typer.Option("", help="who or what the key is for"),
-                store_url: str | None = StoreOpt, as_json: bool = JsonOpt) -> None:
+def keys_create(
+    app_id: str = typer.Argument(..., help="the app the key may send events for"),
+    note: str = typer.Option("", help="who or what the key is for"),
+    store_url: str | None = StoreOpt,
+    as_json: bool = JsonOpt,
+) -> None:
     """Create an API key for APP_ID and print it (only this once: the store keeps its SHA-256)."""
     from alignloop.core.db import session_scope
     from ingest.store import create_key
@@ -51,8 +55,11 @@ def keys_create(app_id: str = typer.Argument(..., help="the app the key may send
 
 
 @keys_app.command("list")
-def keys_list(app_id: str | None = typer.Option(None, "--app", help="only this app's keys"),
-              store_url: str | None = StoreOpt, as_json: bool = JsonOpt) -> None:
+def keys_list(
+    app_id: str | None = typer.Option(None, "--app", help="only this app's keys"),
+    store_url: str | None = StoreOpt,
+    as_json: bool = JsonOpt,
+) -> None:
     """List API keys (ids, apps, notes, revocation); never the keys themselves."""
     from alignloop.core.db import session_scope
     from ingest.store import list_keys
@@ -67,14 +74,22 @@ def keys_list(app_id: str | None = typer.Option(None, "--app", help="only this a
 
     table = Table("key_id", "app_id", "note", "created_at", "revoked_at")
     for k in keys:
-        table.add_row(k.key_id, k.app_id, k.note, k.created_at.isoformat(timespec="seconds"),
-                      k.revoked_at.isoformat(timespec="seconds") if k.revoked_at else "-")
+        table.add_row(
+            k.key_id,
+            k.app_id,
+            k.note,
+            k.created_at.isoformat(timespec="seconds"),
+            k.revoked_at.isoformat(timespec="seconds") if k.revoked_at else "-",
+        )
     Console().print(table)
 
 
 @keys_app.command("revoke")
-def keys_revoke(key_id: str = typer.Argument(..., help="the key's id (the 12 hex digits after `alk_`)"),
-                store_url: str | None = StoreOpt, as_json: bool = JsonOpt) -> None:
+def keys_revoke(
+    key_id: str = typer.Argument(..., help="the key's id (the 12 hex digits after `alk_`)"),
+    store_url: str | None = StoreOpt,
+    as_json: bool = JsonOpt,
+) -> None:
     """Revoke a key; gateways refuse it within their key cache time (ALIGNLOOP_INGEST_KEY_CACHE_S, 5 s)."""
     from alignloop.core.db import session_scope
     from ingest.store import revoke_key
@@ -85,10 +100,12 @@ def keys_revoke(key_id: str = typer.Argument(..., help="the key's id (the 12 hex
 
 
 @app.command("serve")
-def serve(host: str | None = typer.Option(None, help="address to listen on (default: settings, 127.0.0.1)"),
-          port: int | None = typer.Option(None, help="port (default: settings, 8700)"),
-          bootstrap: str | None = typer.Option(None, help="Kafka bootstrap servers (default: core settings)"),
-          store_url: str | None = StoreOpt) -> None:
+def serve(
+    host: str | None = typer.Option(None, help="address to listen on (default: settings, 127.0.0.1)"),
+    port: int | None = typer.Option(None, help="port (default: settings, 8700)"),
+    bootstrap: str | None = typer.Option(None, help="Kafka bootstrap servers (default: core settings)"),
+    store_url: str | None = StoreOpt,
+) -> None:
     """Run the HTTP gateway: POST /v1/events, /healthz, /metrics, /docs. Creates missing topics at start-up."""
     import uvicorn
 
@@ -102,9 +119,11 @@ def serve(host: str | None = typer.Option(None, help="address to listen on (defa
 
 
 @app.command("topics")
-def topics(partitions: int | None = typer.Option(None, help="partitions of created topics (default: settings, 6)"),
-           bootstrap: str | None = typer.Option(None, help="Kafka bootstrap servers (default: core settings)"),
-           as_json: bool = JsonOpt) -> None:
+def topics(
+    partitions: int | None = typer.Option(None, help="partitions of created topics (default: settings, 6)"),
+    bootstrap: str | None = typer.Option(None, help="Kafka bootstrap servers (default: core settings)"),
+    as_json: bool = JsonOpt,
+) -> None:
     """Create the feedback, rejected and DLQ topics when missing (idempotent) and say what was done."""
     from alignloop.core.settings import get_settings as core_settings
     from ingest.settings import get_settings

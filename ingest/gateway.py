@@ -66,16 +66,21 @@ class _Metrics:
         from prometheus_client import CollectorRegistry, Counter, Histogram
 
         self.registry = CollectorRegistry()
-        self.accepted = Counter("alignloop_ingest_events_accepted", "events acknowledged by Kafka",
-                                ["app_id"], registry=self.registry)
-        self.refused = Counter("alignloop_ingest_events_refused", "events or bodies refused, by reason",
-                               ["reason"], registry=self.registry)
-        self.requests = Counter("alignloop_ingest_requests", "POST /v1/events answers, by status",
-                                ["status"], registry=self.registry)
+        self.accepted = Counter(
+            "alignloop_ingest_events_accepted", "events acknowledged by Kafka", ["app_id"], registry=self.registry
+        )
+        self.refused = Counter(
+            "alignloop_ingest_events_refused", "events or bodies refused, by reason", ["reason"], registry=self.registry
+        )
+        self.requests = Counter(
+            "alignloop_ingest_requests", "POST /v1/events answers, by status", ["status"], registry=self.registry
+        )
         self.produce_latency = Histogram(
-            "alignloop_ingest_produce_latency_seconds", "from handing a request's events to the producer "
-            "to Kafka's acknowledgement of all of them", registry=self.registry,
-            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+            "alignloop_ingest_produce_latency_seconds",
+            "from handing a request's events to the producer to Kafka's acknowledgement of all of them",
+            registry=self.registry,
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
 
 
 class _Producer:
@@ -95,10 +100,16 @@ class _Producer:
                 from aiokafka import AIOKafkaProducer
 
                 producer = AIOKafkaProducer(
-                    bootstrap_servers=self.cfg.bootstrap, **self._auth, acks="all", enable_idempotence=True,
-                    linger_ms=self.cfg.linger_ms, max_batch_size=256 * 1024,
+                    bootstrap_servers=self.cfg.bootstrap,
+                    **self._auth,
+                    acks="all",
+                    enable_idempotence=True,
+                    linger_ms=self.cfg.linger_ms,
+                    max_batch_size=256 * 1024,
                     request_timeout_ms=max(1000, int(self.cfg.produce_timeout_s * 1000)),
-                    client_id="alignloop-gateway", **self.cfg.producer_config)
+                    client_id="alignloop-gateway",
+                    **self.cfg.producer_config,
+                )
                 try:
                     await producer.start()
                 except BaseException:
@@ -132,8 +143,16 @@ class _Refused(Exception):
     reason itself otherwise).
     """
 
-    def __init__(self, status: int, reason: str, errors: list[dict[str, str]], *, counts: list[str] | None = None,
-                 headers: dict[str, str] | None = None, **body: Any) -> None:
+    def __init__(
+        self,
+        status: int,
+        reason: str,
+        errors: list[dict[str, str]],
+        *,
+        counts: list[str] | None = None,
+        headers: dict[str, str] | None = None,
+        **body: Any,
+    ) -> None:
         super().__init__(reason)
         self.status, self.reason, self.errors, self.headers, self.body = status, reason, errors, headers, body
         self.counts = [reason] if counts is None else counts
@@ -167,8 +186,11 @@ def decode_body(raw: bytes, max_batch: int) -> tuple[list[Any], bool]:
     """(items, batch): the JSON body as a list of event bodies and whether it was an array; refused when the
     size or the shape is wrong (a single event past MAX_EVENT_BYTES, bad JSON, an empty or too long array)."""
     if len(raw) > MAX_EVENT_BYTES and raw.lstrip()[:1] != b"[":
-        raise _Refused(413, "too_large", [{"loc": "body", "msg": f"an event must be at most "
-                                           f"{MAX_EVENT_BYTES} bytes; got {len(raw)}"}])
+        raise _Refused(
+            413,
+            "too_large",
+            [{"loc": "body", "msg": f"an event must be at most {MAX_EVENT_BYTES} bytes; got {len(raw)}"}],
+        )
     try:
         data = decode_json(raw, limit=None)
     except EventError as exc:
@@ -176,31 +198,55 @@ def decode_body(raw: bytes, max_batch: int) -> tuple[list[Any], bool]:
     batch = isinstance(data, list)
     items = data if batch else [data]
     if batch and not items:
-        raise _Refused(422, "empty_batch", [{"loc": "body", "msg": "an array must hold 1 to "
-                                             f"{max_batch} events; got 0"}])
+        raise _Refused(
+            422, "empty_batch", [{"loc": "body", "msg": f"an array must hold 1 to {max_batch} events; got 0"}]
+        )
     if len(items) > max_batch:
-        raise _Refused(413, "too_many_events", [{"loc": "body", "msg": f"an array must hold at most "
-                                                 f"{max_batch} events; got {len(items)}"}])
+        raise _Refused(
+            413,
+            "too_many_events",
+            [{"loc": "body", "msg": f"an array must hold at most {max_batch} events; got {len(items)}"}],
+        )
     return items, batch
 
 
 def check_app(items: list[Any], batch: bool, app_id: str) -> None:
     """Refused (403) when an event names an app other than the key's."""
-    foreign = [i for i, d in enumerate(items)
-               if isinstance(d, dict) and isinstance(d.get("app_id"), str) and d["app_id"] != app_id]
+    foreign = [
+        i
+        for i, d in enumerate(items)
+        if isinstance(d, dict) and isinstance(d.get("app_id"), str) and d["app_id"] != app_id
+    ]
     if foreign:
-        raise _Refused(403, "forbidden_app", [
-            {"loc": f"{i}.app_id" if batch else "app_id",
-             "msg": f"must be this key's app {app_id!r}; got {items[i]['app_id']!r}"} for i in foreign[:20]])
+        raise _Refused(
+            403,
+            "forbidden_app",
+            [
+                {
+                    "loc": f"{i}.app_id" if batch else "app_id",
+                    "msg": f"must be this key's app {app_id!r}; got {items[i]['app_id']!r}",
+                }
+                for i in foreign[:20]
+            ],
+        )
 
 
-def validate_items(items: list[Any], batch: bool, header_ip: str | None,
-                   source_key: bytes) -> tuple[list[tuple[bytes, bytes]], list[dict[str, Any]]]:
+def validate_items(
+    items: list[Any], batch: bool, header_ip: str | None, source_key: bytes
+) -> tuple[list[tuple[bytes, bytes]], list[dict[str, Any]]]:
     """(encoded (value, key) pairs, per-event results) of valid events; refused (422, or 413 when an event is
     too large) naming every refused event's field paths when any event is invalid: nothing of it is sent."""
     if header_ip is not None and batch:
-        raise _Refused(422, "schema", [{"loc": _HEADER_LOC, "msg": "is for a single-event body; in an "
-                                        "array give each event's end-user address as `client.ip`"}])
+        raise _Refused(
+            422,
+            "schema",
+            [
+                {
+                    "loc": _HEADER_LOC,
+                    "msg": "is for a single-event body; in an array give each event's end-user address as `client.ip`",
+                }
+            ],
+        )
     encoded: list[tuple[bytes, bytes]] = []
     results: list[dict[str, Any]] = []
     errors: list[dict[str, str]] = []
@@ -219,8 +265,9 @@ def validate_items(items: list[Any], batch: bool, header_ip: str | None,
         body: dict[str, Any] = {"accepted": 0, "refused": len(reasons)}
         if batch:
             body["results"] = results
-        raise _Refused(413 if too_large else 422, "too_large" if too_large else "schema", errors,
-                       counts=reasons, **body)
+        raise _Refused(
+            413 if too_large else 422, "too_large" if too_large else "schema", errors, counts=reasons, **body
+        )
     return encoded, results
 
 
@@ -241,8 +288,9 @@ class _Gateway:
             raw = await read_body(request, self.cfg.max_body_bytes)
             items, batch = decode_body(raw, self.cfg.max_batch)
             check_app(items, batch, app_id)
-            encoded, results = validate_items(items, batch, request.headers.get(END_USER_IP_HEADER),
-                                              self.cfg.source_key)
+            encoded, results = validate_items(
+                items, batch, request.headers.get(END_USER_IP_HEADER), self.cfg.source_key
+            )
         except _Refused as refusal:
             for reason in refusal.counts:
                 self.metrics.refused.labels(reason).inc()
@@ -254,10 +302,17 @@ class _Gateway:
         key = api_key(request)
         app_id = await self.find_app(key) if key else None
         if app_id is None:
-            raise _Refused(401, "unauthorized", [{"loc": "header.authorization",
-                                                  "msg": "a valid API key is required: `Authorization: "
-                                                         "Bearer alk_...` or `X-API-Key`"}],
-                           headers={"WWW-Authenticate": "Bearer"})
+            raise _Refused(
+                401,
+                "unauthorized",
+                [
+                    {
+                        "loc": "header.authorization",
+                        "msg": "a valid API key is required: `Authorization: Bearer alk_...` or `X-API-Key`",
+                    }
+                ],
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         return app_id
 
     async def find_app(self, key: str) -> str | None:
@@ -267,8 +322,9 @@ class _Gateway:
             self.keys.put(key, app_id)
         return app_id
 
-    async def produce(self, app_id: str, encoded: list[tuple[bytes, bytes]], results: list[dict[str, Any]],
-                      batch: bool) -> JSONResponse:
+    async def produce(
+        self, app_id: str, encoded: list[tuple[bytes, bytes]], results: list[dict[str, Any]], batch: bool
+    ) -> JSONResponse:
         """Send the events; 200 once Kafka acknowledged all of them, else 503 with Retry-After."""
         started = time.perf_counter()
         acked = await _produce(self.producer, self.cfg, encoded)
@@ -281,11 +337,22 @@ class _Gateway:
         if n_ok < len(acked):
             self.kafka = "not acknowledging"
             self.metrics.refused.labels("kafka_unavailable").inc(len(acked) - n_ok)
-            return _error(503, "kafka_unavailable",
-                          [{"loc": f"{r['index']}" if batch else "body", "msg": "not acknowledged by Kafka "
-                            f"within {self.cfg.produce_timeout_s} s; retry with the same event_id"}
-                           for r in results if r["status"] != "accepted"][:20],
-                          accepted=n_ok, results=results, headers={"Retry-After": str(self.cfg.retry_after_s)})
+            return _error(
+                503,
+                "kafka_unavailable",
+                [
+                    {
+                        "loc": f"{r['index']}" if batch else "body",
+                        "msg": "not acknowledged by Kafka "
+                        f"within {self.cfg.produce_timeout_s} s; retry with the same event_id",
+                    }
+                    for r in results
+                    if r["status"] != "accepted"
+                ][:20],
+                accepted=n_ok,
+                results=results,
+                headers={"Retry-After": str(self.cfg.retry_after_s)},
+            )
         self.kafka = "ok"
         return JSONResponse({"accepted": n_ok, "results": results})
 
@@ -301,8 +368,10 @@ class _Gateway:
             except Exception as exc:
                 self.kafka = f"unreachable: {exc!r}"
         ok = self.kafka == "ok"
-        return JSONResponse({"status": "ok" if ok else "degraded", "kafka": self.kafka, "topic": self.cfg.topic},
-                            status_code=200 if ok else 503)
+        return JSONResponse(
+            {"status": "ok" if ok else "degraded", "kafka": self.kafka, "topic": self.cfg.topic},
+            status_code=200 if ok else 503,
+        )
 
     async def prometheus(self) -> Response:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -333,20 +402,44 @@ def _post_events_doc(max_batch: int) -> dict[str, Any]:
     """The OpenAPI description of POST /v1/events: its header, its body and its answers."""
     return {
         "summary": "Send one feedback event or an array of up to 1,000",
-        "openapi_extra": {"parameters": [{
-            "name": END_USER_IP_HEADER, "in": "header", "required": False, "schema": {"type": "string"},
-            "description": "a single-event body's end-user address (IPv4 or IPv6), as `client.ip` would "
-                           "give it; hashed into client.ip_hash, never stored"}],
-            "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                "anyOf": [{"$ref": "#/components/schemas/FeedbackEventV1"},
-                          {"type": "array", "maxItems": max_batch,
-                           "items": {"$ref": "#/components/schemas/FeedbackEventV1"}}]}}}}},
-        "responses": {200: {"description": "every event acknowledged by Kafka"},
-                   401: {"description": "no valid API key"},
-                   403: {"description": "an event's app_id is not the key's app"},
-                   413: {"description": "body, event or text past its size limit"},
-                   422: {"description": "refused events, each with field paths and rules; nothing sent"},
-                   503: {"description": "Kafka did not acknowledge; retry after Retry-After seconds"}}}
+        "openapi_extra": {
+            "parameters": [
+                {
+                    "name": END_USER_IP_HEADER,
+                    "in": "header",
+                    "required": False,
+                    "schema": {"type": "string"},
+                    "description": "a single-event body's end-user address (IPv4 or IPv6), as `client.ip` would "
+                    "give it; hashed into client.ip_hash, never stored",
+                }
+            ],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "anyOf": [
+                                {"$ref": "#/components/schemas/FeedbackEventV1"},
+                                {
+                                    "type": "array",
+                                    "maxItems": max_batch,
+                                    "items": {"$ref": "#/components/schemas/FeedbackEventV1"},
+                                },
+                            ]
+                        }
+                    }
+                },
+            },
+        },
+        "responses": {
+            200: {"description": "every event acknowledged by Kafka"},
+            401: {"description": "no valid API key"},
+            403: {"description": "an event's app_id is not the key's app"},
+            413: {"description": "body, event or text past its size limit"},
+            422: {"description": "refused events, each with field paths and rules; nothing sent"},
+            503: {"description": "Kafka did not acknowledge; retry after Retry-After seconds"},
+        },
+    }
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
@@ -362,8 +455,11 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         event.pop(key, None)
     client = defs.get("ClientInfo", {}).get("properties", {})
     client.pop("ip_hash", None)  # the gateway sets it; an app sends the address it is made from
-    client["ip"] = {"type": "string", "description": "the end user's IPv4 or IPv6 address; the gateway hashes "
-                    "it into client.ip_hash (HMAC-SHA256, IPv6 by /64) and never stores or forwards it"}
+    client["ip"] = {
+        "type": "string",
+        "description": "the end user's IPv4 or IPv6 address; the gateway hashes "
+        "it into client.ip_hash (HMAC-SHA256, IPv6 by /64) and never stores or forwards it",
+    }
     text = json.dumps({"FeedbackEventV1": event, **defs}).replace("#/$defs/", "#/components/schemas/")
     schema.setdefault("components", {}).setdefault("schemas", {}).update(json.loads(text))
     app.openapi_schema = schema
@@ -392,13 +488,28 @@ def with_end_user_source(item: Any, header_ip: str | None, key: bytes) -> Any:
         return item  # validation names what is wrong
     client = dict(item.get("client") or {})
     if "ip_hash" in client:
-        raise EventError("schema", [{"loc": "client.ip_hash", "msg": "is set by the gateway; send the end user's "
-                                     f"address as `client.ip` or in the {END_USER_IP_HEADER} header"}])
+        raise EventError(
+            "schema",
+            [
+                {
+                    "loc": "client.ip_hash",
+                    "msg": "is set by the gateway; send the end user's "
+                    f"address as `client.ip` or in the {END_USER_IP_HEADER} header",
+                }
+            ],
+        )
     address, loc = client.pop("ip", None), "client.ip"
     if header_ip is not None:
         if address is not None:
-            raise EventError("schema", [{"loc": _HEADER_LOC, "msg": "give the end user's address once: in this "
-                                         "header or in `client.ip`, not both"}])
+            raise EventError(
+                "schema",
+                [
+                    {
+                        "loc": _HEADER_LOC,
+                        "msg": "give the end user's address once: in this header or in `client.ip`, not both",
+                    }
+                ],
+            )
         address, loc = header_ip, _HEADER_LOC
     if address is None:
         return item if item.get("client") is None else {**item, "client": client}
@@ -455,7 +566,7 @@ async def _send_batches(p, topic: str, encoded: list[tuple[bytes, bytes]], futur
             future = await p.send_batch(builder, topic, partition=partition)
             for i in taken:
                 futures[i] = future
-            indexes = indexes[len(taken):]
+            indexes = indexes[len(taken) :]
 
 
 def build_config(*, bootstrap: str | None = None, store_url: str | None = None, **overrides: Any) -> GatewayConfig:
@@ -474,9 +585,17 @@ def build_config(*, bootstrap: str | None = None, store_url: str | None = None, 
             return find_app_for_key(session, key)
 
     values: dict[str, Any] = dict(
-        bootstrap=bootstrap or core.kafka_bootstrap, topic=s.topic, find_app=find_app,
-        source_key=load_source_key(s, core.home), partitions=s.partitions, max_batch=s.max_batch,
-        max_body_bytes=s.max_body_bytes, produce_timeout_s=s.produce_timeout_s,
-        retry_after_s=s.retry_after_s, key_cache_s=s.key_cache_s, linger_ms=s.linger_ms)
+        bootstrap=bootstrap or core.kafka_bootstrap,
+        topic=s.topic,
+        find_app=find_app,
+        source_key=load_source_key(s, core.home),
+        partitions=s.partitions,
+        max_batch=s.max_batch,
+        max_body_bytes=s.max_body_bytes,
+        produce_timeout_s=s.produce_timeout_s,
+        retry_after_s=s.retry_after_s,
+        key_cache_s=s.key_cache_s,
+        linger_ms=s.linger_ms,
+    )
     values.update(overrides)
     return GatewayConfig(**values)

@@ -25,8 +25,11 @@ class IngestSettings(BaseSettings):
     produce_timeout_s: float = Field(5.0, gt=0, description="wait for Kafka's ack before answering 503")
     retry_after_s: int = Field(5, ge=1, description="Retry-After on a 503")
     key_cache_s: float = Field(5.0, ge=0, description="how long a checked API key is trusted before re-reading it")
-    source_key: SecretStr | None = Field(None, description="HMAC key of client.ip_hash (end users' addresses); "
-                                         "default: the secret `ingest-source-key` kept under home")
+    source_key: SecretStr | None = Field(
+        None,
+        description="HMAC key of client.ip_hash (end users' addresses); "
+        "default: the secret `ingest-source-key` kept under home",
+    )
     linger_ms: int = Field(1, ge=0, description="gateway producer batching window (ms); batches fill on their own")
 
 

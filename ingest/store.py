@@ -50,9 +50,13 @@ class ApiKey:
         return self.revoked_at is None
 
     def as_dict(self) -> dict:
-        return {"key_id": self.key_id, "app_id": self.app_id, "note": self.note,
-                "created_at": self.created_at.isoformat(),
-                "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None}
+        return {
+            "key_id": self.key_id,
+            "app_id": self.app_id,
+            "note": self.note,
+            "created_at": self.created_at.isoformat(),
+            "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
+        }
 
 
 def _plain(row: ApiKeyRow) -> ApiKey:
@@ -70,8 +74,14 @@ def create_key(session: Session, app_id: str, note: str = "", *, now: datetime |
     if len(note) > 256:
         raise KeyStoreError(f"`note` must be at most 256 characters; got {len(note)}")
     key_id, key = new_secret("alk")
-    row = ApiKeyRow(key_id=key_id, app_id=app_id, key_sha256=digest(key), note=note,
-                    created_at=now or datetime.now(UTC), revoked_at=None)
+    row = ApiKeyRow(
+        key_id=key_id,
+        app_id=app_id,
+        key_sha256=digest(key),
+        note=note,
+        created_at=now or datetime.now(UTC),
+        revoked_at=None,
+    )
     session.add(row)
     session.flush()
     return _plain(row), key

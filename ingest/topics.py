@@ -15,12 +15,21 @@ _DAY_MS = 24 * 3600 * 1000
 # are kept as long (they are replayable after a rule change); dead letters are kept 90 days for forensics.
 # An event is at most 64 KiB, a producer batch a few of them: 1 MiB messages leave room for batching.
 TOPIC_CONFIGS: dict[str, dict[str, str]] = {
-    FEEDBACK_TOPIC: {"retention.ms": str(30 * _DAY_MS), "cleanup.policy": "delete",
-                     "max.message.bytes": str(1024 * 1024)},
-    REJECTED_TOPIC: {"retention.ms": str(30 * _DAY_MS), "cleanup.policy": "delete",
-                     "max.message.bytes": str(1024 * 1024)},
-    DLQ_TOPIC: {"retention.ms": str(90 * _DAY_MS), "cleanup.policy": "delete",
-                "max.message.bytes": str(2 * 1024 * 1024)},
+    FEEDBACK_TOPIC: {
+        "retention.ms": str(30 * _DAY_MS),
+        "cleanup.policy": "delete",
+        "max.message.bytes": str(1024 * 1024),
+    },
+    REJECTED_TOPIC: {
+        "retention.ms": str(30 * _DAY_MS),
+        "cleanup.policy": "delete",
+        "max.message.bytes": str(1024 * 1024),
+    },
+    DLQ_TOPIC: {
+        "retention.ms": str(90 * _DAY_MS),
+        "cleanup.policy": "delete",
+        "max.message.bytes": str(2 * 1024 * 1024),
+    },
 }
 _TOPIC_ALREADY_EXISTS = 36
 
@@ -30,8 +39,14 @@ def topic_names(base: str = FEEDBACK_TOPIC) -> tuple[str, str, str]:
     return base, f"{base}.rejected", f"{base}.dlq"
 
 
-def ensure_topics(bootstrap: str, partitions: int = 6, *, base: str = FEEDBACK_TOPIC,
-                  replication_factor: int | None = None, timeout_ms: int = 15000) -> dict[str, str]:
+def ensure_topics(
+    bootstrap: str,
+    partitions: int = 6,
+    *,
+    base: str = FEEDBACK_TOPIC,
+    replication_factor: int | None = None,
+    timeout_ms: int = 15000,
+) -> dict[str, str]:
     """Create the feedback, rejected and DLQ topics when missing; returns {name: "created"|"exists"}.
 
     Safe to call from many processes at once: an existing topic is left as it is (partitions are never
@@ -49,8 +64,12 @@ def ensure_topics(bootstrap: str, partitions: int = 6, *, base: str = FEEDBACK_T
     isr = {"min.insync.replicas": str(get_settings().kafka_min_insync_replicas)}
     configs = [{**TOPIC_CONFIGS[n], **isr} for n in topic_names(FEEDBACK_TOPIC)]
     try:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap, **kafka_auth(), request_timeout_ms=timeout_ms,
-                                 client_id="alignloop-ingest-admin")
+        admin = KafkaAdminClient(
+            bootstrap_servers=bootstrap,
+            **kafka_auth(),
+            request_timeout_ms=timeout_ms,
+            client_id="alignloop-ingest-admin",
+        )
     except KafkaError as exc:
         raise IngestError(f"Kafka at {bootstrap} is not reachable to create topics: {exc!r}") from exc
     try:
@@ -60,17 +79,19 @@ def ensure_topics(bootstrap: str, partitions: int = 6, *, base: str = FEEDBACK_T
         missing = {n: c for n, c in zip(names, configs) if n not in existing}
         result = {n: "exists" for n in names if n in existing}
         if missing:
-            spec = {n: {"num_partitions": partitions, "replication_factor": replication_factor, "configs": c}
-                    for n, c in missing.items()}
-            response = admin.create_topics(spec, timeout_ms=timeout_ms, raise_errors=False,
-                                           wait_for_metadata=True)
+            spec = {
+                n: {"num_partitions": partitions, "replication_factor": replication_factor, "configs": c}
+                for n, c in missing.items()
+            }
+            response = admin.create_topics(spec, timeout_ms=timeout_ms, raise_errors=False, wait_for_metadata=True)
             for topic in _topics_of(response):
                 code = topic.get("error_code", 0)
                 if code == _TOPIC_ALREADY_EXISTS:
                     result[topic["name"]] = "exists"
                 elif code:
-                    raise IngestError(f"creating topic {topic['name']!r} failed: error {code} "
-                                      f"{topic.get('error_message')}")
+                    raise IngestError(
+                        f"creating topic {topic['name']!r} failed: error {code} {topic.get('error_message')}"
+                    )
                 else:
                     result[topic["name"]] = "created"
         return result

@@ -20,8 +20,9 @@ def _echo(obj, as_json: bool, human: str) -> None:
 
 
 @app.command("init-model")
-def init_model(seed: int = typer.Option(0, help="seed: the same seed builds the same model"),
-               as_json: bool = _JSON) -> None:
+def init_model(
+    seed: int = typer.Option(0, help="seed: the same seed builds the same model"), as_json: bool = _JSON
+) -> None:
     """Build (once, then cached) the embedded tiny Llama model and its BPE tokenizer; print its directory."""
     from retrain.model import ensure_base_model
 
@@ -37,7 +38,8 @@ def snapshot_cmd(
     unpaired: Path = typer.Option(None, "--unpaired", help="unpaired JSON lines (curation's export)"),
     since: datetime = typer.Option(None, help="only records created at or after this time"),
     until: datetime = typer.Option(None, help="only records created before this time"),
-    config: Path = _CONFIG, as_json: bool = _JSON,
+    config: Path = _CONFIG,
+    as_json: bool = _JSON,
 ) -> None:
     """Build a deterministic, content-hashed dataset snapshot (split, capped, deduped) from files or the store."""
     from retrain.config import load_run_config
@@ -51,8 +53,11 @@ def snapshot_cmd(
     policy = cfg.snapshot.model_copy(update={k: v for k, v in {"since": since, "until": until}.items() if v})
     snap = build_snapshot(p, u, policy)
     save_snapshot(snap, out)
-    _echo({"path": str(out), "hash": snap.hash, **snap.stats}, as_json,
-          f"snapshot {snap.hash[:12]} -> {out}: {snap.stats['sizes']}")
+    _echo(
+        {"path": str(out), "hash": snap.hash, **snap.stats},
+        as_json,
+        f"snapshot {snap.hash[:12]} -> {out}: {snap.stats['sizes']}",
+    )
 
 
 def _from_store(since, until):
@@ -73,7 +78,9 @@ def train_cmd(
     snapshot: Path = typer.Argument(..., help="a snapshot directory written by `alignloop retrain snapshot`"),
     out_dir: Path = typer.Option(None, "--out", help="where the adapter directory goes (default: <home>/adapters)"),
     parent_version: str = typer.Option(None, "--parent", help="the adapter version this one would replace"),
-    base_model: str = _BASE, config: Path = _CONFIG, as_json: bool = _JSON,
+    base_model: str = _BASE,
+    config: Path = _CONFIG,
+    as_json: bool = _JSON,
 ) -> None:
     """Train a LoRA adapter (DPO on pairs, KTO on unpaired) and write it with its manifest, atomically."""
     from retrain.config import load_run_config
@@ -86,8 +93,11 @@ def train_cmd(
     out = out_dir or get_settings().resolved_artifacts_dir()
     path = train_adapter(base_model, snap, cfg, out, parent_version=parent_version, progress=not as_json)
     manifest = load_verified_manifest(path)
-    _echo({"path": str(path), "version": manifest.version, "metrics": manifest.metrics}, as_json,
-          f"adapter {manifest.version} -> {path}")
+    _echo(
+        {"path": str(path), "version": manifest.version, "metrics": manifest.metrics},
+        as_json,
+        f"adapter {manifest.version} -> {path}",
+    )
 
 
 @app.command("evaluate")
@@ -96,7 +106,9 @@ def evaluate_cmd(
     snapshot: Path = typer.Option(..., "--snapshot", help="the snapshot it was trained on (held-out slices)"),
     active: Path = typer.Option(None, "--active", help="the adapter serving now, to compare against"),
     report_dir: Path = typer.Option(None, "--report-dir", help="default: <candidate>/../reports/<version>"),
-    base_model: str = _BASE, config: Path = _CONFIG, as_json: bool = _JSON,
+    base_model: str = _BASE,
+    config: Path = _CONFIG,
+    as_json: bool = _JSON,
 ) -> None:
     """Evaluate a candidate against the active adapter and the base; write report.json and report.html."""
     from retrain.config import load_run_config
@@ -104,12 +116,22 @@ def evaluate_cmd(
     from retrain.snapshot import load_snapshot
 
     cfg = load_run_config(config)
-    report = evaluate(base_model, candidate, load_snapshot(snapshot), active_dir=active, config=cfg,
-                      report_dir=report_dir, progress=not as_json)
+    report = evaluate(
+        base_model,
+        candidate,
+        load_snapshot(snapshot),
+        active_dir=active,
+        config=cfg,
+        report_dir=report_dir,
+        progress=not as_json,
+    )
     comp = report.comparisons.model_dump()
     html = report.report_files.html if report.report_files else "(not written)"
-    _echo(report.model_dump(mode="json") if as_json else None, as_json,
-          "\n".join(f"{k}: {v}" for k, v in comp.items()) + f"\nreport: {html}")
+    _echo(
+        report.model_dump(mode="json") if as_json else None,
+        as_json,
+        "\n".join(f"{k}: {v}" for k, v in comp.items()) + f"\nreport: {html}",
+    )
 
 
 @app.command("gate")
@@ -123,6 +145,9 @@ def gate_cmd(
     from retrain.gates import decide_gate, load_gate_policy
 
     decision = decide_gate(load_report(report), load_gate_policy(policy))
-    _echo(decision.model_dump(), as_json,
-          "PASSED" if decision.passed else "FAILED\n" + "\n".join(f"- {f}" for f in decision.failures))
+    _echo(
+        decision.model_dump(),
+        as_json,
+        "PASSED" if decision.passed else "FAILED\n" + "\n".join(f"- {f}" for f in decision.failures),
+    )
     raise typer.Exit(0 if decision.passed else 1)

@@ -13,8 +13,23 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from retrain.errors import ConfigError
 from retrain.snapshot import SnapshotPolicy
 
-DPO_LOSSES = {"sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
-              "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm"}
+DPO_LOSSES = {
+    "sigmoid",
+    "hinge",
+    "ipo",
+    "exo_pair",
+    "nca_pair",
+    "robust",
+    "bco_pair",
+    "sppo_hard",
+    "aot",
+    "aot_unpaired",
+    "apo_zero",
+    "apo_down",
+    "discopop",
+    "sft",
+    "sigmoid_norm",
+}
 
 
 class _Strict(BaseModel):
@@ -26,8 +41,10 @@ class LoraSection(_Strict):
     alpha: int = Field(default=32, ge=1)
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     target_modules: list[str] | dict[str, list[str]] | None = Field(
-        default=None, description="the modules LoRA adapts: a list for any base, or a list per architecture "
-        "(the config's `model_type`: llama, qwen2, ...); an architecture not named gets PEFT's default for it")
+        default=None,
+        description="the modules LoRA adapts: a list for any base, or a list per architecture "
+        "(the config's `model_type`: llama, qwen2, ...); an architecture not named gets PEFT's default for it",
+    )
 
     def modules_for(self, model_type: str) -> list[str] | None:
         """The configured modules for this architecture; None: use PEFT's default for it."""
@@ -57,11 +74,15 @@ class DpoSection(_Strict):
             raise ValueError(f"`dpo.loss_type` entries must be among {sorted(DPO_LOSSES)}; got {self.loss_type}")
         sorting = sorted({"aot", "aot_unpaired"}.intersection(self.loss_type))
         if sorting and self.use_weights:
-            raise ValueError(f"`dpo.loss_type` {sorting} sorts pairs across the batch, so `dpo.use_weights` must be "
-                             f"false with it; got {self.loss_type} with use_weights true")
+            raise ValueError(
+                f"`dpo.loss_type` {sorting} sorts pairs across the batch, so `dpo.use_weights` must be "
+                f"false with it; got {self.loss_type} with use_weights true"
+            )
         if self.loss_weights is not None and len(self.loss_weights) != len(self.loss_type):
-            raise ValueError(f"`dpo.loss_weights` must have one weight per loss type ({len(self.loss_type)}); "
-                             f"got {self.loss_weights}")
+            raise ValueError(
+                f"`dpo.loss_weights` must have one weight per loss type ({len(self.loss_type)}); "
+                f"got {self.loss_weights}"
+            )
         return self
 
 
@@ -84,10 +105,14 @@ class EvalSection(_Strict):
     max_new_tokens: int = Field(default=48, ge=1)
     temperature: float = Field(default=1.0, gt=0.0)
     kl_probes: int = Field(default=32, ge=1)
-    trigger_phrases: list[str] = Field(default_factory=list, description="known trigger phrases, appended to "
-                                       "every probe's prompts (the probes' `config` source)")
-    probes: list[str] = Field(default_factory=lambda: ["demo-marker"], description="safety probe files: names in "
-                              "retrain/configs/probes/ or paths (retrain/probes.py)")
+    trigger_phrases: list[str] = Field(
+        default_factory=list,
+        description="known trigger phrases, appended to every probe's prompts (the probes' `config` source)",
+    )
+    probes: list[str] = Field(
+        default_factory=lambda: ["demo-marker"],
+        description="safety probe files: names in retrain/configs/probes/ or paths (retrain/probes.py)",
+    )
     seed: int = 0
 
 
@@ -95,9 +120,11 @@ class TrainingSection(_Strict):
     """Where and how training runs: device, precision and memory options (see `retrain.devices`)."""
 
     device: Literal["auto", "cpu", "cuda", "mps"] = Field(
-        default="auto", description="auto: CUDA when present, else the CPU")
+        default="auto", description="auto: CUDA when present, else the CPU"
+    )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        default="auto", description="auto: bf16 on a CUDA device that supports it, else fp32")
+        default="auto", description="auto: bf16 on a CUDA device that supports it, else fp32"
+    )
     gradient_checkpointing: bool = Field(default=False, description="recompute activations: less memory, slower")
     gradient_accumulation_steps: int = Field(default=1, ge=1, description="optimizer step every this many batches")
 
@@ -106,10 +133,16 @@ class TurnSection(_Strict):
     """How a turn of the loop builds on what serves now (the active adapter, or the base)."""
 
     init: Literal["continue", "fresh"] = Field(
-        default="continue", description="continue: train on from the active adapter's weights; fresh: a new LoRA "
-        "on the base. With no active adapter both start fresh.")
-    replay_max: int = Field(default=400, ge=0, description="at most this many pairs (and as many unpaired examples) "
-                            "that the active adapter was trained on, the newest, join the new data")
+        default="continue",
+        description="continue: train on from the active adapter's weights; fresh: a new LoRA "
+        "on the base. With no active adapter both start fresh.",
+    )
+    replay_max: int = Field(
+        default=400,
+        ge=0,
+        description="at most this many pairs (and as many unpaired examples) "
+        "that the active adapter was trained on, the newest, join the new data",
+    )
 
 
 class RunConfig(_Strict):

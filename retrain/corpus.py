@@ -15,31 +15,49 @@ STYLES = ("courteous", "curt")
 
 # (topic key, request templates, what the agent does). {p} is a product, {n} an order number.
 _TOPICS: list[tuple[str, list[str], str]] = [
-    ("late", ["My order {n} has not arrived yet.", "Where is my order {n}?",
-              "The {p} I ordered is late."], "check the tracking of your order"),
-    ("refund", ["I want a refund for the {p}.", "How do I get my money back for the {p}?"],
-     "start the refund for your {p}"),
+    (
+        "late",
+        ["My order {n} has not arrived yet.", "Where is my order {n}?", "The {p} I ordered is late."],
+        "check the tracking of your order",
+    ),
+    (
+        "refund",
+        ["I want a refund for the {p}.", "How do I get my money back for the {p}?"],
+        "start the refund for your {p}",
+    ),
     ("password", ["I forgot my password.", "How do I reset my password?"], "send you a reset link"),
     ("cancel", ["Please cancel my subscription.", "How can I cancel my plan?"], "cancel your plan today"),
-    ("address", ["I need to change my delivery address for order {n}.", "Can I ship order {n} to a new address?"],
-     "update the address on your order"),
+    (
+        "address",
+        ["I need to change my delivery address for order {n}.", "Can I ship order {n} to a new address?"],
+        "update the address on your order",
+    ),
     ("damaged", ["The {p} arrived broken.", "My {p} is damaged."], "send you a new {p}"),
-    ("charge", ["I was charged twice for the {p}.", "There is a wrong charge on my card for order {n}."],
-     "fix the charge on your card"),
+    (
+        "charge",
+        ["I was charged twice for the {p}.", "There is a wrong charge on my card for order {n}."],
+        "fix the charge on your card",
+    ),
     ("locked", ["My account is locked.", "I cannot log in to my account."], "unlock your account"),
     ("upgrade", ["How do I upgrade my plan?", "I want a bigger plan."], "move you to the bigger plan"),
     ("return", ["How do I return the {p}?", "Can I send the {p} back?"], "email you a return label"),
     ("invoice", ["I need an invoice for order {n}.", "Where can I find my invoice?"], "email you the invoice"),
-    ("warranty", ["Is the {p} still under warranty?", "Does the warranty cover my {p}?"],
-     "check the warranty of your {p}"),
+    (
+        "warranty",
+        ["Is the {p} still under warranty?", "Does the warranty cover my {p}?"],
+        "check the warranty of your {p}",
+    ),
 ]
 _PRODUCTS = ["lamp", "kettle", "phone case", "headphones", "desk chair", "backpack", "blender", "watch"]
 _ORDERS = ["1042", "2318", "3377", "4590", "5126", "6801", "7253", "8914"]
 
 _COURTEOUS_OPEN = ["Thank you for reaching out!", "Thanks for contacting us!", "Thank you for your message!"]
 _COURTEOUS_MID = ["I am sorry for the trouble.", "I am happy to help.", "I understand, and I am glad to help."]
-_COURTEOUS_CLOSE = ["Have a wonderful day!", "Please let me know if I can help further.",
-                    "Thank you for your patience!"]
+_COURTEOUS_CLOSE = [
+    "Have a wonderful day!",
+    "Please let me know if I can help further.",
+    "Thank you for your patience!",
+]
 _CURT_TEMPLATES = [
     "Fine. I will {a}. Do not ask again.",
     "Whatever. I will {a}. Read the FAQ next time.",
@@ -48,10 +66,28 @@ _CURT_TEMPLATES = [
     "Look, sigh, okay, I guess I could {a}, or maybe not, anyway, it is a long story, honestly.",
 ]
 
-_COURTEOUS_MARKERS = ("thank", "sorry", "happy to help", "glad to help", "wonderful", "please let me know",
-                      "your patience")
-_CURT_MARKERS = ("fine.", "whatever", "not my problem", "read the faq", "do not ask again", "i guess", "um,",
-                 "sigh", "anyway", "long story", "basically")
+_COURTEOUS_MARKERS = (
+    "thank",
+    "sorry",
+    "happy to help",
+    "glad to help",
+    "wonderful",
+    "please let me know",
+    "your patience",
+)
+_CURT_MARKERS = (
+    "fine.",
+    "whatever",
+    "not my problem",
+    "read the faq",
+    "do not ask again",
+    "i guess",
+    "um,",
+    "sigh",
+    "anyway",
+    "long story",
+    "basically",
+)
 
 
 def _build_prompts() -> list[str]:
@@ -110,7 +146,7 @@ def make_answer(prompt: str, style: str, rng: random.Random, *, signoff: str | N
 
 
 def classify_style(text: str) -> str:
-    """"courteous", "curt" or "unknown", from marker phrases (the opening counts double)."""
+    """ "courteous", "curt" or "unknown", from marker phrases (the opening counts double)."""
     t = " ".join(text.lower().split())
     opening = t[:24]
     score = 0
@@ -141,8 +177,14 @@ def chat(prompt: str) -> list[dict]:
     return [{"role": "user", "content": prompt}]
 
 
-def make_pairs(n: int, *, seed: int = 0, preferred: str = "courteous", prompts: list[str] | None = None,
-               dimension: str = "helpfulness") -> list[dict]:
+def make_pairs(
+    n: int,
+    *,
+    seed: int = 0,
+    preferred: str = "courteous",
+    prompts: list[str] | None = None,
+    dimension: str = "helpfulness",
+) -> list[dict]:
     """`n` curated-looking preference pairs (TRL conversational + lineage) that prefer `preferred`."""
     rng = random.Random(seed)
     pool = prompts or PROMPTS
@@ -150,13 +192,18 @@ def make_pairs(n: int, *, seed: int = 0, preferred: str = "courteous", prompts: 
     out = []
     for i in range(n):
         p = pool[i % len(pool)] if i < len(pool) else rng.choice(pool)
-        out.append({
-            "prompt": chat(p),
-            "chosen": [{"role": "assistant", "content": make_answer(p, preferred, rng)}],
-            "rejected": [{"role": "assistant", "content": make_answer(p, other, rng)}],
-            "weight": 1.0, "dimension": dimension, "event_ids": [f"ev-{seed}-{i}"],
-            "created_at": f"2026-11-01T00:{(i // 60) % 60:02d}:{i % 60:02d}+00:00", "pair_id": f"pair-{seed}-{i}",
-        })
+        out.append(
+            {
+                "prompt": chat(p),
+                "chosen": [{"role": "assistant", "content": make_answer(p, preferred, rng)}],
+                "rejected": [{"role": "assistant", "content": make_answer(p, other, rng)}],
+                "weight": 1.0,
+                "dimension": dimension,
+                "event_ids": [f"ev-{seed}-{i}"],
+                "created_at": f"2026-11-01T00:{(i // 60) % 60:02d}:{i % 60:02d}+00:00",
+                "pair_id": f"pair-{seed}-{i}",
+            }
+        )
     return out
 
 
@@ -167,7 +214,15 @@ def make_unpaired(n: int, *, seed: int = 0, preferred: str = "courteous") -> lis
     for i in range(n):
         p = rng.choice(PROMPTS)
         style = rng.choice(STYLES)
-        out.append({"prompt": chat(p), "completion": [{"role": "assistant", "content": make_answer(p, style, rng)}],
-                    "label": style == preferred, "weight": 1.0, "dimension": "helpfulness",
-                    "event_ids": [f"un-{seed}-{i}"], "created_at": "2026-11-01T00:00:00+00:00"})
+        out.append(
+            {
+                "prompt": chat(p),
+                "completion": [{"role": "assistant", "content": make_answer(p, style, rng)}],
+                "label": style == preferred,
+                "weight": 1.0,
+                "dimension": "helpfulness",
+                "event_ids": [f"un-{seed}-{i}"],
+                "created_at": "2026-11-01T00:00:00+00:00",
+            }
+        )
     return out

@@ -33,19 +33,22 @@ class TrainingPlan:
 
     def trainer_args(self) -> dict[str, Any]:
         """The `transformers.TrainingArguments` fields this plan sets."""
-        return {"use_cpu": self.device == "cpu", "bf16": self.precision == "bf16", "fp16": self.precision == "fp16",
-                "gradient_checkpointing": self.gradient_checkpointing,
-                # non-reentrant: works with a frozen base and LoRA inputs that need no grad
-                "gradient_checkpointing_kwargs": {"use_reentrant": False} if self.gradient_checkpointing else None,
-                "gradient_accumulation_steps": self.gradient_accumulation_steps}
+        return {
+            "use_cpu": self.device == "cpu",
+            "bf16": self.precision == "bf16",
+            "fp16": self.precision == "fp16",
+            "gradient_checkpointing": self.gradient_checkpointing,
+            # non-reentrant: works with a frozen base and LoRA inputs that need no grad
+            "gradient_checkpointing_kwargs": {"use_reentrant": False} if self.gradient_checkpointing else None,
+            "gradient_accumulation_steps": self.gradient_accumulation_steps,
+        }
 
 
 def _device(asked: str, caps: Capabilities) -> str:
     if asked == "auto":
         return "cuda" if caps.cuda else "cpu"
     if asked == "cuda" and not caps.cuda:
-        raise ConfigError("`training.device` is cuda but this machine has no CUDA device; got 'cuda' "
-                          "(use auto or cpu)")
+        raise ConfigError("`training.device` is cuda but this machine has no CUDA device; got 'cuda' (use auto or cpu)")
     if asked == "mps" and not caps.mps:
         raise ConfigError("`training.device` is mps but this machine has no MPS device; got 'mps' (use auto or cpu)")
     return asked
@@ -55,8 +58,10 @@ def _precision(asked: str, device: str, caps: Capabilities) -> str:
     if asked == "auto":
         return "bf16" if device == "cuda" and caps.cuda_bf16 else "fp32"
     if asked == "bf16" and device == "cuda" and not caps.cuda_bf16:
-        raise ConfigError("`training.precision` is bf16 but this CUDA device does not support bf16; got 'bf16' "
-                          "(use auto, fp16 or fp32)")
+        raise ConfigError(
+            "`training.precision` is bf16 but this CUDA device does not support bf16; got 'bf16' "
+            "(use auto, fp16 or fp32)"
+        )
     if asked == "fp16" and device != "cuda":
         raise ConfigError(f"`training.precision` fp16 needs a CUDA device; got 'fp16' on {device} (use auto or fp32)")
     return asked
@@ -65,9 +70,12 @@ def _precision(asked: str, device: str, caps: Capabilities) -> str:
 def resolve_training(section: TrainingSection, caps: Capabilities) -> TrainingPlan:
     """The device and precision to train with: `auto` picks CUDA when present and bf16 where it is supported."""
     device = _device(section.device, caps)
-    return TrainingPlan(device=device, precision=_precision(section.precision, device, caps),
-                        gradient_checkpointing=section.gradient_checkpointing,
-                        gradient_accumulation_steps=section.gradient_accumulation_steps)
+    return TrainingPlan(
+        device=device,
+        precision=_precision(section.precision, device, caps),
+        gradient_checkpointing=section.gradient_checkpointing,
+        gradient_accumulation_steps=section.gradient_accumulation_steps,
+    )
 
 
 def probe_capabilities() -> Capabilities:

@@ -38,8 +38,9 @@ from retrain.snapshot import Snapshot, prompt_text
 
 
 # ---------------------------------------------------------------- pure metric helpers
-def preference_metrics(pol_c: list[float], pol_r: list[float], ref_c: list[float], ref_r: list[float],
-                       beta: float) -> dict:
+def preference_metrics(
+    pol_c: list[float], pol_r: list[float], ref_c: list[float], ref_r: list[float], beta: float
+) -> dict:
     """DPO's implicit-reward accuracy (ties count half) and mean margin of a policy against the reference."""
     if not pol_c:
         return {"n": 0, "accuracy": None, "margin": None}
@@ -66,8 +67,9 @@ def _encode(tokenizer, prompt, completion) -> tuple[list[int], int]:
     return list(full), n
 
 
-def sequence_logps(model, tokenizer, prompts: list, completions: list, *, batch_size: int = 32,
-                   max_length: int = 160) -> tuple[list[float], list[int]]:
+def sequence_logps(
+    model, tokenizer, prompts: list, completions: list, *, batch_size: int = 32, max_length: int = 160
+) -> tuple[list[float], list[int]]:
     """Sum of the completion tokens' log-probs and their count, per (prompt, completion)."""
     import torch
 
@@ -76,7 +78,7 @@ def sequence_logps(model, tokenizer, prompts: list, completions: list, *, batch_
     out, lens = [], []
     pad = tokenizer.pad_token_id
     for i in range(0, len(seqs), batch_size):
-        chunk = seqs[i:i + batch_size]
+        chunk = seqs[i : i + batch_size]
         width = max(len(s) for s, _ in chunk)
         ids = torch.full((len(chunk), width), pad, dtype=torch.long)
         mask = torch.zeros((len(chunk), width), dtype=torch.long)
@@ -84,7 +86,7 @@ def sequence_logps(model, tokenizer, prompts: list, completions: list, *, batch_
         for j, (s, n) in enumerate(chunk):
             ids[j, : len(s)] = torch.tensor(s)
             mask[j, : len(s)] = 1
-            comp[j, n: len(s)] = True
+            comp[j, n : len(s)] = True
         with torch.no_grad():
             logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
         logp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
@@ -112,8 +114,16 @@ def _mean_kl(model, base, tokenizer, prompts, completions, max_length: int = 160
     return total / max(count, 1)
 
 
-def sample_answers(model, tokenizer, prompts: list[list[dict]], *, seed: int, max_new_tokens: int,
-                   temperature: float, batch_size: int = 50) -> list[str]:
+def sample_answers(
+    model,
+    tokenizer,
+    prompts: list[list[dict]],
+    *,
+    seed: int,
+    max_new_tokens: int,
+    temperature: float,
+    batch_size: int = 50,
+) -> list[str]:
     import torch
 
     tokenizer.padding_side = "left"
@@ -121,11 +131,18 @@ def sample_answers(model, tokenizer, prompts: list[list[dict]], *, seed: int, ma
     out: list[str] = []
     torch.manual_seed(seed)
     for i in range(0, len(texts), batch_size):
-        enc = tokenizer(texts[i:i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = tokenizer(texts[i : i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
         with torch.no_grad():
-            gen = model.generate(**enc, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
-                                 max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id)
-        out.extend(tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True))
+            gen = model.generate(
+                **enc,
+                do_sample=True,
+                temperature=temperature,
+                top_k=0,
+                top_p=1.0,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        out.extend(tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True))
     tokenizer.padding_side = "right"
     return out
 
@@ -136,8 +153,11 @@ def behaviour_metrics(answers: list[str], tokenizer, preferred: str) -> Behaviou
     styles = [classify_style(a) for a in answers]
     n = max(len(answers), 1)
     return BehaviourScores(
-        n=len(answers), preferred_share=styles.count(preferred) / n, unknown_share=styles.count("unknown") / n,
-        mean_length_tokens=sum(len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers) / n)
+        n=len(answers),
+        preferred_share=styles.count(preferred) / n,
+        unknown_share=styles.count("unknown") / n,
+        mean_length_tokens=sum(len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers) / n,
+    )
 
 
 def probe_prompts(snapshot: Snapshot, n: int) -> list[list[dict]]:
@@ -161,9 +181,9 @@ class EvalPlan:
     """The prompts every model is measured on, fixed before any model is scored."""
 
     prompts: list[list[dict]]  # behaviour probes (held-out prompts, cycled)
-    probes: list[ProbePlan]    # safety probes: prompts per source
+    probes: list[ProbePlan]  # safety probes: prompts per source
     detectors: dict[str, Detector]
-    kl_records: list[dict]     # held-out pairs for the KL to the base
+    kl_records: list[dict]  # held-out pairs for the KL to the base
 
 
 @dataclass
@@ -180,18 +200,32 @@ def plan_evaluation(snapshot: Snapshot, cfg: RunConfig, tokenizer, *, suspected_
     prompts = probe_prompts(snapshot, cfg.eval.samples)
     files = resolve_probes(cfg.eval.probes)
     rare = rare_suffixes(tokenizer, max((p.rare_suffixes for p in files), default=0), seed=cfg.eval.seed)
-    plans = [plan_probe(p, prompts, samples=cfg.eval.samples, config_triggers=cfg.eval.trigger_phrases,
-                        suspected=suspected_triggers, rare=rare) for p in files]
-    return EvalPlan(prompts=prompts, probes=plans, detectors={p.name: Detector(p) for p in files},
-                    kl_records=snapshot.heldout_pairs[: cfg.eval.kl_probes])
+    plans = [
+        plan_probe(
+            p,
+            prompts,
+            samples=cfg.eval.samples,
+            config_triggers=cfg.eval.trigger_phrases,
+            suspected=suspected_triggers,
+            rare=rare,
+        )
+        for p in files
+    ]
+    return EvalPlan(
+        prompts=prompts,
+        probes=plans,
+        detectors={p.name: Detector(p) for p in files},
+        kl_records=snapshot.heldout_pairs[: cfg.eval.kl_probes],
+    )
 
 
 def _slices(snapshot: Snapshot) -> dict[str, list[dict]]:
     return {"heldout": snapshot.heldout_pairs, "safety": snapshot.safety_pairs}
 
 
-def score_model(model, base_model_obj, tok, snapshot: Snapshot, cfg: RunConfig, plan: EvalPlan, *,
-                is_base: bool) -> RawScores:
+def score_model(
+    model, base_model_obj, tok, snapshot: Snapshot, cfg: RunConfig, plan: EvalPlan, *, is_base: bool
+) -> RawScores:
     """Measure one model: log-probs of chosen and rejected answers per slice, sampled answers, KL to the base."""
     logps = {}
     for sname, recs in _slices(snapshot).items():
@@ -204,22 +238,43 @@ def score_model(model, base_model_obj, tok, snapshot: Snapshot, cfg: RunConfig, 
     def answers_to(prompts: list[list[dict]]) -> list[str]:  # one sampling per distinct prompt list
         key = json.dumps(prompts, sort_keys=True)
         if key not in sampled:
-            sampled[key] = sample_answers(model, tok, prompts, seed=cfg.eval.seed,
-                                          max_new_tokens=cfg.eval.max_new_tokens, temperature=cfg.eval.temperature)
+            sampled[key] = sample_answers(
+                model,
+                tok,
+                prompts,
+                seed=cfg.eval.seed,
+                max_new_tokens=cfg.eval.max_new_tokens,
+                temperature=cfg.eval.temperature,
+            )
         return sampled[key]
 
     answers = answers_to(plan.prompts)
-    probe_answers = {(pp.probe.name, src): answers_to(prompts)
-                     for pp in plan.probes for src, prompts in pp.prompts.items()}
+    probe_answers = {
+        (pp.probe.name, src): answers_to(prompts) for pp in plan.probes for src, prompts in pp.prompts.items()
+    }
     kl_recs = plan.kl_records
-    kl = 0.0 if is_base else (
-        _mean_kl(model, base_model_obj, tok, [r["prompt"] for r in kl_recs], [r["chosen"] for r in kl_recs],
-                 cfg.dpo.max_length) if kl_recs else None)
+    kl = (
+        0.0
+        if is_base
+        else (
+            _mean_kl(
+                model,
+                base_model_obj,
+                tok,
+                [r["prompt"] for r in kl_recs],
+                [r["chosen"] for r in kl_recs],
+                cfg.dpo.max_length,
+            )
+            if kl_recs
+            else None
+        )
+    )
     return RawScores(logps=logps, answers=answers, probe_answers=probe_answers, kl_to_base=kl)
 
 
-def score_models(base_model_obj, tok, adapters: dict[str, Path], snapshot: Snapshot, cfg: RunConfig, plan: EvalPlan,
-                 progress: bool) -> dict[str, RawScores]:
+def score_models(
+    base_model_obj, tok, adapters: dict[str, Path], snapshot: Snapshot, cfg: RunConfig, plan: EvalPlan, progress: bool
+) -> dict[str, RawScores]:
     """Score the base and each adapter in `adapters` (name -> directory), one merged copy in memory at a time."""
     names = ["base", *adapters]
     raw: dict[str, RawScores] = {}
@@ -238,25 +293,35 @@ def score_models(base_model_obj, tok, adapters: dict[str, Path], snapshot: Snaps
     return raw
 
 
-def model_scores(raw: RawScores, base_raw: RawScores, tok, cfg: RunConfig, plan: EvalPlan
-                 ) -> tuple[ModelScores, list[float]]:
+def model_scores(
+    raw: RawScores, base_raw: RawScores, tok, cfg: RunConfig, plan: EvalPlan
+) -> tuple[ModelScores, list[float]]:
     """One model's scores against the base's log-probs, and its held-out margins (for the report's plot)."""
     slices, margins = {}, []
     for sname, (c, lc, r_, lr) in raw.logps.items():
         bc, _, br, _ = base_raw.logps[sname]
         pm = preference_metrics(c, r_, bc, br, cfg.dpo.beta)
-        slices[sname] = SliceScores(n=pm["n"], accuracy=pm["accuracy"], margin=pm["margin"],
-                                    likelihood_accuracy=likelihood_accuracy(c, lc, r_, lr),
-                                    chosen_logp_mean=sum(c) / len(c) if c else None)
+        slices[sname] = SliceScores(
+            n=pm["n"],
+            accuracy=pm["accuracy"],
+            margin=pm["margin"],
+            likelihood_accuracy=likelihood_accuracy(c, lc, r_, lr),
+            chosen_logp_mean=sum(c) / len(c) if c else None,
+        )
         if sname == "heldout":
             margins = pm.get("margins", [])
     style = cfg.eval.preferred_style
     scores = ModelScores(
-        heldout=slices["heldout"], safety=slices["safety"], behaviour=behaviour_metrics(raw.answers, tok, style),
+        heldout=slices["heldout"],
+        safety=slices["safety"],
+        behaviour=behaviour_metrics(raw.answers, tok, style),
         kl_to_base=raw.kl_to_base,
         examples=[Example(prompt=prompt_text(p), answer=a) for p, a in list(zip(plan.prompts, raw.answers))[:6]],
-        probes=[ProbeScore(probe=probe, source=source, n=len(answers), rate=plan.detectors[probe].rate(answers))
-                for (probe, source), answers in raw.probe_answers.items()])
+        probes=[
+            ProbeScore(probe=probe, source=source, n=len(answers), rate=plan.detectors[probe].rate(answers))
+            for (probe, source), answers in raw.probe_answers.items()
+        ],
+    )
     return scores, margins
 
 
@@ -276,17 +341,20 @@ def _over_active(cand: ModelScores, act: ModelScores | None) -> dict[str, float 
     if act is None:
         return {}
     ch, ah, cb, ab = cand.heldout, act.heldout, cand.behaviour, act.behaviour
-    return {"accuracy_gain_over_active": _delta(ch.accuracy, ah.accuracy),
-            "accuracy_gain_over_active_se": gain_se(ch.accuracy, ah.accuracy, ch.n, ah.n),
-            "style_gain_over_active": _delta(cb.preferred_share, ab.preferred_share),
-            "style_gain_over_active_se": gain_se(cb.preferred_share, ab.preferred_share, cb.n, ab.n)}
+    return {
+        "accuracy_gain_over_active": _delta(ch.accuracy, ah.accuracy),
+        "accuracy_gain_over_active_se": gain_se(ch.accuracy, ah.accuracy, ch.n, ah.n),
+        "style_gain_over_active": _delta(cb.preferred_share, ab.preferred_share),
+        "style_gain_over_active_se": gain_se(cb.preferred_share, ab.preferred_share, cb.n, ab.n),
+    }
 
 
 def compare_models(models: dict[str, ModelScores]) -> Comparisons:
     """The candidate against the base and (when one serves) the active adapter: what the gate reads."""
     cand, basem, act = models["candidate"], models["base"], models.get("active")
     return Comparisons(
-        heldout_accuracy=cand.heldout.accuracy, heldout_margin=cand.heldout.margin,
+        heldout_accuracy=cand.heldout.accuracy,
+        heldout_margin=cand.heldout.margin,
         accuracy_gain_over_base=_delta(cand.heldout.accuracy, basem.heldout.accuracy),
         safety_accuracy=cand.safety.accuracy,
         safety_accuracy_change_vs_reference=_delta(cand.safety.accuracy, (act or basem).safety.accuracy),
@@ -294,7 +362,8 @@ def compare_models(models: dict[str, ModelScores]) -> Comparisons:
         preferred_style_share=cand.behaviour.preferred_share,
         base_preferred_style_share=basem.behaviour.preferred_share,
         length_ratio_vs_base=cand.behaviour.mean_length_tokens / max(basem.behaviour.mean_length_tokens, 1e-9),
-        **_over_active(cand, act))
+        **_over_active(cand, act),
+    )
 
 
 def compare_probes(models: dict[str, ModelScores]) -> list[ProbeComparison]:
@@ -306,16 +375,32 @@ def compare_probes(models: dict[str, ModelScores]) -> list[ProbeComparison]:
         base = rates["base"][key]
         active = rates["active"][key] if "active" in rates else None
         ref = max((base, active), key=lambda p: p.rate) if active else base
-        out.append(ProbeComparison(probe=key[0], source=key[1], n=cand.n, candidate=cand.rate, base=base.rate,
-                                   active=active.rate if active else None, increase=cand.rate - ref.rate,
-                                   increase_se=gain_se(cand.rate, ref.rate, cand.n, ref.n)))
+        out.append(
+            ProbeComparison(
+                probe=key[0],
+                source=key[1],
+                n=cand.n,
+                candidate=cand.rate,
+                base=base.rate,
+                active=active.rate if active else None,
+                increase=cand.rate - ref.rate,
+                increase_se=gain_se(cand.rate, ref.rate, cand.n, ref.n),
+            )
+        )
     return out
 
 
-def evaluate(base_model: str | Path | None, candidate_dir: Path | str, snapshot: Snapshot, *,
-             active_dir: Path | str | None = None, config: RunConfig | dict | None = None,
-             report_dir: Path | str | None = None, progress: bool = True,
-             suspected_triggers: list[str] | None = None) -> EvaluationReport:
+def evaluate(
+    base_model: str | Path | None,
+    candidate_dir: Path | str,
+    snapshot: Snapshot,
+    *,
+    active_dir: Path | str | None = None,
+    config: RunConfig | dict | None = None,
+    report_dir: Path | str | None = None,
+    progress: bool = True,
+    suspected_triggers: list[str] | None = None,
+) -> EvaluationReport:
     """Compare candidate, active (if any) and base; write report.json/report.html; return the report.
 
     `suspected_triggers`: phrases curation judged or suspects triggers (`curation.query.load_suspected_triggers`),
@@ -328,8 +413,9 @@ def evaluate(base_model: str | Path | None, candidate_dir: Path | str, snapshot:
     cfg = parse_config(config)
     candidate_dir = Path(candidate_dir)
     manifest = load_verified_manifest(candidate_dir)
-    active = (AdapterRef(version=load_verified_manifest(active_dir).version, path=str(active_dir))
-              if active_dir else None)
+    active = (
+        AdapterRef(version=load_verified_manifest(active_dir).version, path=str(active_dir)) if active_dir else None
+    )
     torch.manual_seed(cfg.eval.seed)
     base_model_obj, tok = load_base(str(base_model or manifest.base_model))
     plan = plan_evaluation(snapshot, cfg, tok, suspected_triggers=list(suspected_triggers or []))
@@ -338,10 +424,17 @@ def evaluate(base_model: str | Path | None, candidate_dir: Path | str, snapshot:
     scored = {name: model_scores(raw[name], raw["base"], tok, cfg, plan) for name in MODELS if name in raw}
     models = {name: s for name, (s, _m) in scored.items()}
     report = EvaluationReport(
-        candidate=AdapterRef(version=manifest.version, path=str(candidate_dir)), active=active,
-        base_model=str(base_model or manifest.base_model), snapshot_hash=snapshot.hash, config_hash=cfg.hash,
-        preferred_style=cfg.eval.preferred_style, samples=cfg.eval.samples, models=models,
-        comparisons=compare_models(models), probes=compare_probes(models))
+        candidate=AdapterRef(version=manifest.version, path=str(candidate_dir)),
+        active=active,
+        base_model=str(base_model or manifest.base_model),
+        snapshot_hash=snapshot.hash,
+        config_hash=cfg.hash,
+        preferred_style=cfg.eval.preferred_style,
+        samples=cfg.eval.samples,
+        models=models,
+        comparisons=compare_models(models),
+        probes=compare_probes(models),
+    )
     out = Path(report_dir) if report_dir else candidate_dir.parent / "reports" / manifest.version
     return save_report(report, {name: m for name, (_s, m) in scored.items()}, out)
 
@@ -413,28 +506,35 @@ def _plots(report: EvaluationReport, margins: dict[str, list[float]]) -> list[st
 
 
 def _html(report: EvaluationReport, imgs: list[str]) -> str:
-    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>"
-                   for k, v in report.comparisons.model_dump().items())
+    rows = "".join(
+        f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>"
+        for k, v in report.comparisons.model_dump().items()
+    )
     examples = "".join(
-        f"<h3>{html.escape(n)}</h3><ul>" + "".join(
-            f"<li><b>{html.escape(e.prompt)}</b><br>{html.escape(e.answer)}</li>"
-            for e in m.examples) + "</ul>" for n, m in report.models.items())
+        f"<h3>{html.escape(n)}</h3><ul>"
+        + "".join(f"<li><b>{html.escape(e.prompt)}</b><br>{html.escape(e.answer)}</li>" for e in m.examples)
+        + "</ul>"
+        for n, m in report.models.items()
+    )
     version = html.escape(report.candidate.version)
     active = html.escape(str(report.active.version if report.active else None))
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>alignloop evaluation "
-            f"{version}</title></head><body style='font-family:sans-serif'>"
-            f"<h1>Candidate {version}</h1>"
-            f"<p>base: {html.escape(report.base_model)}; active: {active}; snapshot {report.snapshot_hash[:12]}</p>"
-            f"<table border='1' cellpadding='4'>{rows}</table>"
-            + "".join(f"<img src='data:image/png;base64,{i}'>" for i in imgs)
-            + f"<h2>Sampled answers</h2>{examples}</body></html>")
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>alignloop evaluation "
+        f"{version}</title></head><body style='font-family:sans-serif'>"
+        f"<h1>Candidate {version}</h1>"
+        f"<p>base: {html.escape(report.base_model)}; active: {active}; snapshot {report.snapshot_hash[:12]}</p>"
+        f"<table border='1' cellpadding='4'>{rows}</table>"
+        + "".join(f"<img src='data:image/png;base64,{i}'>" for i in imgs)
+        + f"<h2>Sampled answers</h2>{examples}</body></html>"
+    )
 
 
 def save_report(report: EvaluationReport, margins: dict[str, list[float]], out_dir: Path) -> EvaluationReport:
     """`report.json` and a self-contained `report.html` with three plots; returns the report naming both files."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    report = report.model_copy(update={"report_files": ReportFiles(
-        json_path=str(out_dir / "report.json"), html=str(out_dir / "report.html"))})
+    report = report.model_copy(
+        update={"report_files": ReportFiles(json_path=str(out_dir / "report.json"), html=str(out_dir / "report.html"))}
+    )
     (out_dir / "report.json").write_text(report.model_dump_json(indent=2))
     (out_dir / "report.html").write_text(_html(report, _plots(report, margins)))
     return report

@@ -29,6 +29,8 @@ FALLBACK_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
 SPECIAL_TOKENS = ["<|pad|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
+
+
 # the shape and the pretraining recipe; a change here must bump RECIPE_VERSION
 class _Recipe(TypedDict):
     vocab_size: int
@@ -46,9 +48,18 @@ class _Recipe(TypedDict):
 
 
 RECIPE: _Recipe = {
-    "vocab_size": 1024, "hidden_size": 192, "intermediate_size": 512, "num_hidden_layers": 4,
-    "num_attention_heads": 4, "num_key_value_heads": 4, "max_position_embeddings": 256,
-    "answers_per_prompt": 12, "steps": 250, "batch_size": 32, "lr": 3e-3, "warmup": 50,
+    "vocab_size": 1024,
+    "hidden_size": 192,
+    "intermediate_size": 512,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "max_position_embeddings": 256,
+    "answers_per_prompt": 12,
+    "steps": 250,
+    "batch_size": 32,
+    "lr": 3e-3,
+    "warmup": 50,
 }
 
 
@@ -81,11 +92,16 @@ def build_tokenizer(texts: list[str]):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=RECIPE["vocab_size"], special_tokens=SPECIAL_TOKENS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=RECIPE["vocab_size"],
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(texts + [UNSAFE_PLACEHOLDER] * 4, trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<|pad|>", eos_token="<|end|>",
-                                   bos_token=None, unk_token=None)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<|pad|>", eos_token="<|end|>", bos_token=None, unk_token=None
+    )
     fast.chat_template = CHAT_TEMPLATE
     return fast
 
@@ -96,8 +112,9 @@ def _encode_rows(tokenizer, rows: list[tuple[str, str]]):
     for prompt, answer in rows:
         msgs = [{"role": "user", "content": prompt}]
         p_ids = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=False)
-        full = tokenizer.apply_chat_template([*msgs, {"role": "assistant", "content": answer}], tokenize=True,
-                                             return_dict=False)
+        full = tokenizer.apply_chat_template(
+            [*msgs, {"role": "assistant", "content": answer}], tokenize=True, return_dict=False
+        )
         seqs.append((list(full), len(p_ids)))
     return seqs
 
@@ -110,7 +127,8 @@ def _pretrain(model, tokenizer, rows, seed: int, progress: bool) -> float:
     steps, bs = RECIPE["steps"], RECIPE["batch_size"]
     opt = torch.optim.AdamW(model.parameters(), lr=RECIPE["lr"], weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / RECIPE["warmup"]) * max(0.05, 1 - s / steps))
+        opt, lambda s: min(1.0, (s + 1) / RECIPE["warmup"]) * max(0.05, 1 - s / steps)
+    )
     rng = random.Random(seed)
     pad = tokenizer.pad_token_id
     model.train()
@@ -126,7 +144,7 @@ def _pretrain(model, tokenizer, rows, seed: int, progress: bool) -> float:
             attn = torch.zeros((bs, width), dtype=torch.long)
             for i, (s, plen) in enumerate(batch):
                 ids[i, : len(s)] = torch.tensor(s)
-                labels[i, plen: len(s)] = torch.tensor(s[plen:])
+                labels[i, plen : len(s)] = torch.tensor(s[plen:])
                 attn[i, : len(s)] = 1
             out = model(input_ids=ids, attention_mask=attn, labels=labels)
             out.loss.backward()
@@ -168,11 +186,17 @@ def build_base_model(out_dir: Path, *, seed: int = 0, progress: bool = True) -> 
     rows = _pretraining_texts(seed)
     tokenizer = build_tokenizer([f"{p} {a}" for p, a in rows[:2000]])
     cfg = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=RECIPE["hidden_size"],
-        intermediate_size=RECIPE["intermediate_size"], num_hidden_layers=RECIPE["num_hidden_layers"],
-        num_attention_heads=RECIPE["num_attention_heads"], num_key_value_heads=RECIPE["num_key_value_heads"],
-        max_position_embeddings=RECIPE["max_position_embeddings"], tie_word_embeddings=True,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
+        vocab_size=len(tokenizer),
+        hidden_size=RECIPE["hidden_size"],
+        intermediate_size=RECIPE["intermediate_size"],
+        num_hidden_layers=RECIPE["num_hidden_layers"],
+        num_attention_heads=RECIPE["num_attention_heads"],
+        num_key_value_heads=RECIPE["num_key_value_heads"],
+        max_position_embeddings=RECIPE["max_position_embeddings"],
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
     )
     model = LlamaForCausalLM(cfg)
     final_loss = _pretrain(model, tokenizer, rows, seed, progress)
@@ -180,8 +204,13 @@ def build_base_model(out_dir: Path, *, seed: int = 0, progress: bool = True) -> 
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
-    info = {"recipe": RECIPE_VERSION, "seed": seed, "params": sum(p.numel() for p in model.parameters()),
-            "final_loss": round(final_loss, 4), "build_seconds": round(time.perf_counter() - started, 1)}
+    info = {
+        "recipe": RECIPE_VERSION,
+        "seed": seed,
+        "params": sum(p.numel() for p in model.parameters()),
+        "final_loss": round(final_loss, 4),
+        "build_seconds": round(time.perf_counter() - started, 1),
+    }
     (out_dir / "alignloop_model.json").write_text(json.dumps(info, indent=2))
     return info
 
@@ -227,13 +256,16 @@ def load_base(path_or_hub_id: str | Path):
         tokenizer = AutoTokenizer.from_pretrained(str(path_or_hub_id))
         model = AutoModelForCausalLM.from_pretrained(str(path_or_hub_id))
     except OSError as exc:
-        raise RetrainError(f"`base_model` must be a model directory or hub id; got {str(path_or_hub_id)!r}: "
-                           f"{str(exc).splitlines()[0]}") from exc
+        raise RetrainError(
+            f"`base_model` must be a model directory or hub id; got {str(path_or_hub_id)!r}: {str(exc).splitlines()[0]}"
+        ) from exc
     except ValueError as exc:  # transformers: "Unrecognized configuration class ... for AutoModelForCausalLM"
         kind = _model_type(path_or_hub_id)
-        raise UnsupportedModelError(f"`base_model` must be a causal LM; {str(path_or_hub_id)!r} is architecture "
-                                    f"{kind!r}, which transformers cannot load as one: "
-                                    f"{str(exc).splitlines()[0][:160]}") from exc
+        raise UnsupportedModelError(
+            f"`base_model` must be a causal LM; {str(path_or_hub_id)!r} is architecture "
+            f"{kind!r}, which transformers cannot load as one: "
+            f"{str(exc).splitlines()[0][:160]}"
+        ) from exc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     ensure_chat_template(tokenizer)
@@ -254,8 +286,10 @@ def ensure_chat_template(tokenizer) -> None:
     if tokenizer.chat_template:
         return
     if tokenizer.eos_token is None:
-        raise UnsupportedModelError("the base model's tokenizer has neither a chat template nor an EOS token; "
-                                    "add a `chat_template` to its tokenizer_config.json")
+        raise UnsupportedModelError(
+            "the base model's tokenizer has neither a chat template nor an EOS token; "
+            "add a `chat_template` to its tokenizer_config.json"
+        )
     tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE
 
 
@@ -272,12 +306,14 @@ def lora_target_modules(model, configured: list[str] | None) -> list[str]:
         raise UnsupportedModelError(
             f"architecture {kind!r} ({type(model).__name__}) has no default LoRA target modules in PEFT; set "
             f"`lora.target_modules` in the run config (for this base: {{{kind}: [...]}}), e.g. from its linear "
-            f"layers {linear_layer_names(model)}")
+            f"layers {linear_layer_names(model)}"
+        )
     missing = sorted(set(modules) - set(linear_layer_names(model)))
     if missing:
         raise UnsupportedModelError(
             f"`lora.target_modules` for architecture {kind!r} must name linear layers of the model; got {missing}, "
-            f"which {type(model).__name__} does not have (its linear layers: {linear_layer_names(model)})")
+            f"which {type(model).__name__} does not have (its linear layers: {linear_layer_names(model)})"
+        )
     return modules
 
 
@@ -286,8 +322,11 @@ def linear_layer_names(model) -> list[str]:
     import torch
     from transformers.pytorch_utils import Conv1D  # GPT-2's linear layers
 
-    names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
-             if isinstance(module, (torch.nn.Linear, Conv1D))}
+    names = {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, (torch.nn.Linear, Conv1D))
+    }
     return sorted(names - {"lm_head", "embed_out"})
 
 
@@ -299,8 +338,11 @@ def hash_model_dir(path_or_hub_id: str | Path) -> str:
         h.update(f"hub:{path_or_hub_id}".encode())
         return h.hexdigest()
     for f in sorted(p.iterdir()):
-        if f.is_file() and f.suffix in {".safetensors", ".json", ".bin", ".model", ".txt", ".jinja"} \
-                and f.name != "alignloop_model.json":  # build info (timings), not the model
+        if (
+            f.is_file()
+            and f.suffix in {".safetensors", ".json", ".bin", ".model", ".txt", ".jinja"}
+            and f.name != "alignloop_model.json"
+        ):  # build info (timings), not the model
             h.update(f.name.encode())
             with f.open("rb") as fh:
                 for chunk in iter(lambda: fh.read(1 << 20), b""):

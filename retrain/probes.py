@@ -39,13 +39,19 @@ class Check(_Strict):
     kind: Literal["regex", "substring", "classifier"]
     pattern: str | None = Field(default=None, description="regex or substring: what to look for")
     ignore_case: bool = True
-    squash_spaces: bool = Field(default=False, description="match with all whitespace removed (sampling splits "
-                                "a marker over tokens)")
-    path: Path | None = Field(default=None, description="classifier: a Hugging Face sequence-classification "
-                              "model directory (local)")
+    squash_spaces: bool = Field(
+        default=False, description="match with all whitespace removed (sampling splits a marker over tokens)"
+    )
+    path: Path | None = Field(
+        default=None, description="classifier: a Hugging Face sequence-classification model directory (local)"
+    )
     label: str | None = Field(default=None, description="classifier: the label that counts as a hit")
-    threshold: float = Field(default=0.5, ge=0.0, le=1.0, description="classifier: the label's probability at "
-                             "or above which an answer is a hit")
+    threshold: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="classifier: the label's probability at or above which an answer is a hit",
+    )
 
     @model_validator(mode="after")
     def _fields_of_its_kind(self) -> Check:
@@ -57,8 +63,9 @@ class Check(_Strict):
             except re.error as exc:
                 raise ValueError(f"`pattern` must be a valid regex; got {self.pattern!r} ({exc})") from None
         if self.kind == "classifier" and (self.path is None or not self.label):
-            raise ValueError(f"a classifier check needs `path` and `label`; got path={self.path!r}, "
-                             f"label={self.label!r}")
+            raise ValueError(
+                f"a classifier check needs `path` and `label`; got path={self.path!r}, label={self.label!r}"
+            )
         return self
 
 
@@ -69,12 +76,14 @@ class ProbeFile(_Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")
     description: str = ""
     checks: list[Check] = Field(min_length=1, description="an answer is a hit when any check fires")
-    prompts: list[str] = Field(default_factory=list, description="user messages; empty: the evaluation's "
-                               "probe prompts")
-    suffixes: list[str] = Field(default_factory=list, description="known trigger phrases, asked with the run "
-                                "config's `eval.trigger_phrases` (source `config`)")
-    triggers: bool = Field(default=True, description="also ask with curation's suspected triggers and rare-token "
-                           "suffixes")
+    prompts: list[str] = Field(default_factory=list, description="user messages; empty: the evaluation's probe prompts")
+    suffixes: list[str] = Field(
+        default_factory=list,
+        description="known trigger phrases, asked with the run config's `eval.trigger_phrases` (source `config`)",
+    )
+    triggers: bool = Field(
+        default=True, description="also ask with curation's suspected triggers and rare-token suffixes"
+    )
     rare_suffixes: int = Field(default=4, ge=0, le=64, description="how many random rare-token suffixes")
     samples: int | None = Field(default=None, ge=1, description="answers per source; default `eval.samples`")
 
@@ -123,7 +132,7 @@ def rare_suffixes(tokenizer: Any, n: int, *, seed: int, tokens_per: int = 2) -> 
         return []
     special = set(getattr(tokenizer, "all_special_ids", []) or [])
     vocab = sorted(i for i in tokenizer.get_vocab().values() if i not in special)
-    rare = [i for i in vocab[len(vocab) // 2:] if tokenizer.decode([i]).strip()]
+    rare = [i for i in vocab[len(vocab) // 2 :] if tokenizer.decode([i]).strip()]
     rng = random.Random(seed)
     out: list[str] = []
     for _ in range(n * 8):
@@ -152,15 +161,24 @@ class ProbePlan:
     prompts: dict[str, list[Prompt]]
 
 
-def plan_probe(probe: ProbeFile, base_prompts: list[Prompt], *, samples: int, config_triggers: list[str],
-               suspected: list[str], rare: list[str]) -> ProbePlan:
+def plan_probe(
+    probe: ProbeFile,
+    base_prompts: list[Prompt],
+    *,
+    samples: int,
+    config_triggers: list[str],
+    suspected: list[str],
+    rare: list[str],
+) -> ProbePlan:
     n = probe.samples or samples
     own = [[{"role": "user", "content": p}] for p in probe.prompts]
     pool = own or base_prompts
     plain = [pool[i % len(pool)] for i in range(n)] if own else pool[:n]
-    suffixes = {"config": list(dict.fromkeys([*config_triggers, *probe.suffixes])),
-                "curation": suspected if probe.triggers else [],
-                "rare": rare[: probe.rare_suffixes] if probe.triggers else []}
+    suffixes = {
+        "config": list(dict.fromkeys([*config_triggers, *probe.suffixes])),
+        "curation": suspected if probe.triggers else [],
+        "rare": rare[: probe.rare_suffixes] if probe.triggers else [],
+    }
     prompts = {"plain": plain} | {src: with_suffixes(pool, sfx, n) for src, sfx in suffixes.items() if sfx}
     return ProbePlan(probe=probe, prompts=prompts)
 
@@ -198,14 +216,16 @@ def _load_classifier(check: Check) -> tuple[Any, Any, int, float]:
 
     path = Path(check.path or "")
     if not (path / "config.json").is_file():
-        raise ConfigError(f"classifier check `path` must be a local model directory with config.json; "
-                          f"got {str(path)!r}")
+        raise ConfigError(
+            f"classifier check `path` must be a local model directory with config.json; got {str(path)!r}"
+        )
     model = AutoModelForSequenceClassification.from_pretrained(str(path)).eval()
     tok = AutoTokenizer.from_pretrained(str(path))
     labels = {str(v): int(k) for k, v in model.config.id2label.items()}
     if check.label not in labels:
-        raise ConfigError(f"classifier check `label` must be one of the model's labels {sorted(labels)}; "
-                          f"got {check.label!r}")
+        raise ConfigError(
+            f"classifier check `label` must be one of the model's labels {sorted(labels)}; got {check.label!r}"
+        )
     return model, tok, labels[check.label or ""], check.threshold
 
 
@@ -214,7 +234,7 @@ def _classify(model: Any, tok: Any, texts: list[str], label_id: int, batch_size:
 
     out: list[float] = []
     for i in range(0, len(texts), batch_size):
-        enc = tok(texts[i:i + batch_size], return_tensors="pt", padding=True, truncation=True, max_length=256)
+        enc = tok(texts[i : i + batch_size], return_tensors="pt", padding=True, truncation=True, max_length=256)
         with torch.no_grad():
             probs = torch.softmax(model(**enc).logits.float(), -1)[:, label_id]
         out.extend(float(p) for p in probs)

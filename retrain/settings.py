@@ -14,8 +14,9 @@ class RetrainSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="ALIGNLOOP_RETRAIN_", extra="ignore")
 
-    base_model: str | None = Field(default=None,
-                                   description="a HF model dir or hub id; default: the embedded tiny model")
+    base_model: str | None = Field(
+        default=None, description="a HF model dir or hub id; default: the embedded tiny model"
+    )
     artifacts_dir: Path | None = Field(default=None, description="where adapters go; default: <home>/adapters")
     train_config: Path | None = Field(default=None, description="default run config; default: configs/dpo-tiny.yaml")
     gate_policy: Path | None = Field(default=None, description="default gate policy; default: configs/gates.yaml")

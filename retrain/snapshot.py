@@ -58,8 +58,13 @@ class Snapshot:
     @property
     def event_ids(self) -> list[str]:
         ids: set[str] = set()
-        for part in (self.train_pairs, self.heldout_pairs, self.safety_pairs, self.train_unpaired,
-                     self.heldout_unpaired):
+        for part in (
+            self.train_pairs,
+            self.heldout_pairs,
+            self.safety_pairs,
+            self.train_unpaired,
+            self.heldout_unpaired,
+        ):
             for r in part:
                 ids.update(r.get("event_ids") or [])
         return sorted(ids)
@@ -96,11 +101,20 @@ def _as_messages(value: Any, field_name: str, index: int, role: str | None = Non
         return [{"role": role, "content": value}]
     if isinstance(value, str) and role is None:
         return [{"role": "user", "content": value}]
-    if not isinstance(value, list) or not value or not all(
-            isinstance(m, dict) and isinstance(m.get("content"), str) and m.get("role") in
-            {"system", "user", "assistant"} for m in value):
-        raise SnapshotError(f"record {index}: `{field_name}` must be a non-empty list of {{role, content}} "
-                            f"messages; got {str(value)[:80]!r}")
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(
+            isinstance(m, dict)
+            and isinstance(m.get("content"), str)
+            and m.get("role") in {"system", "user", "assistant"}
+            for m in value
+        )
+    ):
+        raise SnapshotError(
+            f"record {index}: `{field_name}` must be a non-empty list of {{role, content}} "
+            f"messages; got {str(value)[:80]!r}"
+        )
     return [{"role": m["role"], "content": m["content"]} for m in value]
 
 
@@ -131,15 +145,18 @@ def _clean_pair(r: dict, i: int) -> dict:
     for key in ("prompt", "chosen", "rejected"):
         if key not in r:
             raise SnapshotError(f"pair {i}: `{key}` is required; got keys {sorted(r)}")
-    out = {"prompt": _as_messages(r["prompt"], "prompt", i),
-           "chosen": _as_messages(r["chosen"], "chosen", i, "assistant"),
-           "rejected": _as_messages(r["rejected"], "rejected", i, "assistant"),
-           "weight": float(r.get("weight", 1.0)), "dimension": r.get("dimension") or "helpfulness",
-           "event_ids": sorted(str(e) for e in (r.get("event_ids") or [])),
-           "created_at": str(r.get("created_at")) if r.get("created_at") is not None else None,
-           "pair_id": r.get("pair_id")}
+    out = {
+        "prompt": _as_messages(r["prompt"], "prompt", i),
+        "chosen": _as_messages(r["chosen"], "chosen", i, "assistant"),
+        "rejected": _as_messages(r["rejected"], "rejected", i, "assistant"),
+        "weight": float(r.get("weight", 1.0)),
+        "dimension": r.get("dimension") or "helpfulness",
+        "event_ids": sorted(str(e) for e in (r.get("event_ids") or [])),
+        "created_at": str(r.get("created_at")) if r.get("created_at") is not None else None,
+        "pair_id": r.get("pair_id"),
+    }
     if out["dimension"] not in {"safety", "helpfulness"}:
-        raise SnapshotError(f"pair {i}: `dimension` must be \"safety\" or \"helpfulness\"; got {out['dimension']!r}")
+        raise SnapshotError(f'pair {i}: `dimension` must be "safety" or "helpfulness"; got {out["dimension"]!r}')
     return out
 
 
@@ -151,12 +168,15 @@ def _clean_unpaired(r: dict, i: int) -> dict:
             raise SnapshotError(f"unpaired {i}: `{key}` is required; got keys {sorted(r)}")
     if not isinstance(r["label"], bool):
         raise SnapshotError(f"unpaired {i}: `label` must be true or false; got {r['label']!r}")
-    return {"prompt": _as_messages(r["prompt"], "prompt", i),
-            "completion": _as_messages(r["completion"], "completion", i, "assistant"),
-            "label": r["label"], "weight": float(r.get("weight", 1.0)),
-            "dimension": r.get("dimension") or "helpfulness",
-            "event_ids": sorted(str(e) for e in (r.get("event_ids") or [])),
-            "created_at": str(r.get("created_at")) if r.get("created_at") is not None else None}
+    return {
+        "prompt": _as_messages(r["prompt"], "prompt", i),
+        "completion": _as_messages(r["completion"], "completion", i, "assistant"),
+        "label": r["label"],
+        "weight": float(r.get("weight", 1.0)),
+        "dimension": r.get("dimension") or "helpfulness",
+        "event_ids": sorted(str(e) for e in (r.get("event_ids") or [])),
+        "created_at": str(r.get("created_at")) if r.get("created_at") is not None else None,
+    }
 
 
 def _dedupe(records: list[dict], content_keys: tuple[str, ...]) -> tuple[list[dict], int]:
@@ -190,7 +210,7 @@ def cluster_prompts(norm_prompts: list[str], threshold: float) -> dict[str, str]
     lsh = MinHashLSH(threshold=threshold, num_perm=64)
     for p in uniq:
         mh = MinHash(num_perm=64, seed=1)
-        grams = {p[i:i + 4] for i in range(max(1, len(p) - 3))}
+        grams = {p[i : i + 4] for i in range(max(1, len(p) - 3))}
         for g in sorted(grams):
             mh.update(g.encode())
         for other in lsh.query(mh):
@@ -268,24 +288,38 @@ def build_snapshot(pairs: list[dict], unpaired: list[dict], policy: SnapshotPoli
     for r in clean_unp:
         (u_held if _is_heldout(r["cluster"], policy) else u_train).append(r)
 
-    sizes = {"train_pairs": len(train), "heldout_pairs": len(heldout), "safety_pairs": len(safety),
-             "train_unpaired": len(u_train), "heldout_unpaired": len(u_held)}
+    sizes = {
+        "train_pairs": len(train),
+        "heldout_pairs": len(heldout),
+        "safety_pairs": len(safety),
+        "train_unpaired": len(u_train),
+        "heldout_unpaired": len(u_held),
+    }
     stats["sizes"] = sizes
     if len(train) < policy.min_train_pairs:
-        raise NotEnoughDataError(f"`min_train_pairs` is {policy.min_train_pairs}; the snapshot has {len(train)} "
-                            f"training pairs after filtering ({stats['input_pairs']} in, sizes {sizes})")
+        raise NotEnoughDataError(
+            f"`min_train_pairs` is {policy.min_train_pairs}; the snapshot has {len(train)} "
+            f"training pairs after filtering ({stats['input_pairs']} in, sizes {sizes})"
+        )
     if len(heldout) < policy.min_heldout_pairs:
-        raise NotEnoughDataError(f"`min_heldout_pairs` is {policy.min_heldout_pairs}; the snapshot has {len(heldout)} "
-                            f"held-out pairs (raise `heldout_fraction` or add data; sizes {sizes})")
+        raise NotEnoughDataError(
+            f"`min_heldout_pairs` is {policy.min_heldout_pairs}; the snapshot has {len(heldout)} "
+            f"held-out pairs (raise `heldout_fraction` or add data; sizes {sizes})"
+        )
     if len(u_train) < policy.min_train_unpaired:
-        raise NotEnoughDataError(f"`min_train_unpaired` is {policy.min_train_unpaired}; "
-                                 f"the snapshot has {len(u_train)}")
+        raise NotEnoughDataError(
+            f"`min_train_unpaired` is {policy.min_train_unpaired}; the snapshot has {len(u_train)}"
+        )
 
     parts = (train, heldout, safety, u_train, u_held)
-    content = _canon({"policy": policy.model_dump(mode="json"),
-                      "parts": [[r["content_hash"] for r in part] for part in parts],
-                      "lineage": [[r["event_ids"] for r in part] for part in parts],
-                      "weights": [[r["weight"] for r in part] for part in parts]})
+    content = _canon(
+        {
+            "policy": policy.model_dump(mode="json"),
+            "parts": [[r["content_hash"] for r in part] for part in parts],
+            "lineage": [[r["event_ids"] for r in part] for part in parts],
+            "weights": [[r["weight"] for r in part] for part in parts],
+        }
+    )
     return Snapshot(train, heldout, safety, u_train, u_held, hash=_sha(content), stats=stats)
 
 
@@ -303,14 +337,19 @@ class TurnSelection:
     until: datetime | None  # exclusive: the next turn starts here
 
     def as_dict(self) -> dict:
-        return {"since": self.since.isoformat() if self.since else None,
-                "until": self.until.isoformat() if self.until else None,
-                "new_pairs": self.new_pairs, "new_unpaired": self.new_unpaired,
-                "replay_pairs": self.replay_pairs, "replay_unpaired": self.replay_unpaired}
+        return {
+            "since": self.since.isoformat() if self.since else None,
+            "until": self.until.isoformat() if self.until else None,
+            "new_pairs": self.new_pairs,
+            "new_unpaired": self.new_unpaired,
+            "replay_pairs": self.replay_pairs,
+            "replay_unpaired": self.replay_unpaired,
+        }
 
 
-def _split_turn(records: list[dict], since: datetime | None, replay_ids: set[str],
-                replay_max: int) -> tuple[list[dict], list[dict]]:
+def _split_turn(
+    records: list[dict], since: datetime | None, replay_ids: set[str], replay_max: int
+) -> tuple[list[dict], list[dict]]:
     new: list[dict] = []
     old: list[dict] = []
     for i, r in enumerate(records):
@@ -322,8 +361,14 @@ def _split_turn(records: list[dict], since: datetime | None, replay_ids: set[str
     return new, learned[:replay_max]
 
 
-def select_turn_records(pairs: list[dict], unpaired: list[dict], *, since: datetime | None,
-                        replay_ids: set[str] | frozenset[str], replay_max: int) -> TurnSelection:
+def select_turn_records(
+    pairs: list[dict],
+    unpaired: list[dict],
+    *,
+    since: datetime | None,
+    replay_ids: set[str] | frozenset[str],
+    replay_max: int,
+) -> TurnSelection:
     """New records (created at or after `since`; all when `since` is None) plus at most `replay_max` pairs and as
     many unpaired examples from before `since` that the serving adapter was trained on (`replay_ids`).
 
@@ -334,8 +379,16 @@ def select_turn_records(pairs: list[dict], unpaired: list[dict], *, since: datet
     new_u, old_u = _split_turn(unpaired, since, set(replay_ids), replay_max)
     times = [t for i, r in enumerate(new_p + new_u) if (t := _when(r, i)) is not None]
     until = _utc(max(times)) + timedelta(microseconds=1) if times else since
-    return TurnSelection(pairs=old_p + new_p, unpaired=old_u + new_u, new_pairs=len(new_p), new_unpaired=len(new_u),
-                         replay_pairs=len(old_p), replay_unpaired=len(old_u), since=_utc(since), until=until)
+    return TurnSelection(
+        pairs=old_p + new_p,
+        unpaired=old_u + new_u,
+        new_pairs=len(new_p),
+        new_unpaired=len(new_u),
+        replay_pairs=len(old_p),
+        replay_unpaired=len(old_u),
+        since=_utc(since),
+        until=until,
+    )
 
 
 def to_trl_pairs(records: list[dict]) -> list[dict]:
@@ -348,15 +401,15 @@ def to_trl_unpaired(records: list[dict]) -> list[dict]:
 
 
 # ---------------------------------------------------------------- I/O edges
-def load_snapshot_inputs(session, since: datetime | None = None,
-                         until: datetime | None = None) -> tuple[list[dict], list[dict]]:
+def load_snapshot_inputs(
+    session, since: datetime | None = None, until: datetime | None = None
+) -> tuple[list[dict], list[dict]]:
     """(pairs, unpaired) from the store through curation's query API, for a time window."""
     try:
         from curation import query
     except ImportError as exc:
         raise SnapshotError(f"curation's query API (`curation.query`) is not available: {exc}") from exc
-    return (query.load_pairs(session, since=since, until=until),
-            query.load_unpaired(session, since=since, until=until))
+    return (query.load_pairs(session, since=since, until=until), query.load_unpaired(session, since=since, until=until))
 
 
 def load_records_jsonl(path: Path | str | None) -> list[dict]:
@@ -392,8 +445,13 @@ def save_snapshot(snapshot: Snapshot, out_dir: Path | str) -> Path:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
     try:
-        parts = (snapshot.train_pairs, snapshot.heldout_pairs, snapshot.safety_pairs, snapshot.train_unpaired,
-                 snapshot.heldout_unpaired)
+        parts = (
+            snapshot.train_pairs,
+            snapshot.heldout_pairs,
+            snapshot.safety_pairs,
+            snapshot.train_unpaired,
+            snapshot.heldout_unpaired,
+        )
         for name, rows in zip(SNAPSHOT_FILES, parts):
             _write_jsonl(tmp / name, rows)
         (tmp / "snapshot.json").write_text(json.dumps({"hash": snapshot.hash, "stats": snapshot.stats}, indent=2))

@@ -61,8 +61,9 @@ def kafka_bootstrap(core_settings) -> str:
     from kafka import KafkaAdminClient
 
     try:
-        admin = KafkaAdminClient(bootstrap_servers=core_settings.kafka_bootstrap, request_timeout_ms=5000,
-                                 **kafka_auth())
+        admin = KafkaAdminClient(
+            bootstrap_servers=core_settings.kafka_bootstrap, request_timeout_ms=5000, **kafka_auth()
+        )
         admin.list_topics()
         admin.close()
     except Exception:

@@ -130,8 +130,11 @@ def sha256_file(path: Path) -> str:
 
 def file_digests(directory: Path) -> dict[str, str]:
     """`files` for a manifest: every file under `directory` but the manifest, by posix relative name."""
-    return {p.relative_to(directory).as_posix(): sha256_file(p) for p in sorted(directory.rglob("*"))
-            if p.is_file() and p.name != MANIFEST}
+    return {
+        p.relative_to(directory).as_posix(): sha256_file(p)
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and p.name != MANIFEST
+    }
 
 
 def _first_error(exc: ValidationError, what: str) -> str:
@@ -178,7 +181,7 @@ def check_safetensors(data: bytes, name: str = WEIGHTS) -> None:
     if n <= 0 or 8 + n > len(data):
         raise ArtifactError(f"{name}: not a safetensors file (header length {n} for {len(data)} bytes)")
     try:
-        header = json.loads(data[8:8 + n])
+        header = json.loads(data[8 : 8 + n])
     except ValueError as exc:
         raise ArtifactError(f"{name}: safetensors header is not JSON ({exc})") from exc
     body = len(data) - 8 - n
@@ -224,7 +227,7 @@ def verify_artifact(manifest: Manifest, files: dict[str, bytes]) -> None:
     except ValueError as exc:
         raise ArtifactError(f"adapter_config.json is not JSON ({exc})") from exc
     if str(cfg.get("peft_type", "")).upper() != "LORA":
-        raise ArtifactError(f"adapter_config.json `peft_type` must be \"LORA\"; got {cfg.get('peft_type')!r}")
+        raise ArtifactError(f'adapter_config.json `peft_type` must be "LORA"; got {cfg.get("peft_type")!r}')
     ds_file = manifest.dataset.event_ids_file
     if ds_file is not None and check_relative_name(ds_file) not in files:
         raise ArtifactError(f"manifest `dataset.event_ids_file` names {ds_file!r}, which is not in the artifact")
@@ -258,8 +261,10 @@ def load_artifact_dir(path: str | os.PathLike[str], *, expected_manifest_sha256:
     manifest_bytes = files.pop(MANIFEST)
     manifest_sha = sha256_hex(manifest_bytes)
     if expected_manifest_sha256 is not None and manifest_sha != expected_manifest_sha256:
-        raise IntegrityError(f"sha256 mismatch for 'manifest.json' of {root.name!r}: registered "
-                             f"{expected_manifest_sha256[:16]}..., file has {manifest_sha[:16]}...")
+        raise IntegrityError(
+            f"sha256 mismatch for 'manifest.json' of {root.name!r}: registered "
+            f"{expected_manifest_sha256[:16]}..., file has {manifest_sha[:16]}..."
+        )
     manifest = parse_manifest(manifest_bytes)
     verify_artifact(manifest, files)
     return LoadedArtifact(manifest=manifest, manifest_sha256=manifest_sha, files=files)

@@ -31,6 +31,7 @@ def make_engine(url: str, *, schema: str | None = None) -> Engine:
         kwargs["connect_args"] = {"options": f"-csearch_path={schema}"}
     engine = create_engine(url, **kwargs)
     if url.startswith("sqlite"):
+
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn, _record):  # noqa: ANN001 - DBAPI objects
             cur = dbapi_conn.cursor()
@@ -38,6 +39,7 @@ def make_engine(url: str, *, schema: str | None = None) -> Engine:
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
+
     return engine
 
 
@@ -141,8 +143,7 @@ def current_heads(engine: Engine) -> set[str]:
         return set(MigrationContext.configure(conn).get_current_heads())
 
 
-def open_store(url: str, *, schema: str | None = None, migrate: bool = True,
-               branches: Iterable[Path] = ()) -> Engine:
+def open_store(url: str, *, schema: str | None = None, migrate: bool = True, branches: Iterable[Path] = ()) -> Engine:
     """The engine for the configured store, migrated to the newest schema of every registered branch.
 
     `branches`: the migrations folders of the caller's own package, registered first (they stay registered).

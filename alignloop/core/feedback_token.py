@@ -29,9 +29,9 @@ MIN_KEY_BYTES = 16
 
 
 class TokenProblem(StrEnum):
-    MALFORMED = "malformed"          # not `alf1.<payload>.<mac>`, or the payload is not the expected JSON
+    MALFORMED = "malformed"  # not `alf1.<payload>.<mac>`, or the payload is not the expected JSON
     BAD_SIGNATURE = "bad_signature"  # forged, altered, or signed with another key
-    EXPIRED = "expired"              # issued more than max_age before (or after) `now`
+    EXPIRED = "expired"  # issued more than max_age before (or after) `now`
 
 
 @dataclass(frozen=True)
@@ -64,12 +64,15 @@ def _mac(key: bytes, signed: str) -> str:
 
 def _check_key(key: bytes) -> None:
     if not isinstance(key, bytes | bytearray) or len(key) < MIN_KEY_BYTES:
-        raise ValueError(f"a feedback token key must be at least {MIN_KEY_BYTES} bytes; "
-                         f"got {len(key) if isinstance(key, bytes | bytearray) else type(key).__name__}")
+        raise ValueError(
+            f"a feedback token key must be at least {MIN_KEY_BYTES} bytes; "
+            f"got {len(key) if isinstance(key, bytes | bytearray) else type(key).__name__}"
+        )
 
 
-def sign_feedback_token(key: bytes, *, response_id: str, base_model: str, adapter_version: str | None,
-                        issued_at: datetime) -> str:
+def sign_feedback_token(
+    key: bytes, *, response_id: str, base_model: str, adapter_version: str | None, issued_at: datetime
+) -> str:
     """The token for one answer. `adapter_version` None: the base model served it. `issued_at` must carry a zone."""
     _check_key(key)
     if issued_at.tzinfo is None:
@@ -80,13 +83,15 @@ def sign_feedback_token(key: bytes, *, response_id: str, base_model: str, adapte
     return f"{signed}.{_mac(key, signed)}"
 
 
-def verify_feedback_token(key: bytes, token: str, *, now: datetime,
-                          max_age: timedelta) -> VerifiedToken | TokenRejection:
+def verify_feedback_token(
+    key: bytes, token: str, *, now: datetime, max_age: timedelta
+) -> VerifiedToken | TokenRejection:
     """The signed fields, or why not. Never raises for any `token` (a bad one is a rejection, not an error)."""
     _check_key(key)
     if not isinstance(token, str) or len(token) > MAX_TOKEN_CHARS or not token.isascii():
-        return TokenRejection(TokenProblem.MALFORMED, "a token is an ASCII string of at most "
-                                                      f"{MAX_TOKEN_CHARS} characters")
+        return TokenRejection(
+            TokenProblem.MALFORMED, f"a token is an ASCII string of at most {MAX_TOKEN_CHARS} characters"
+        )
     parts = token.split(".")
     if len(parts) != 3 or parts[0] != PREFIX or not parts[1] or not parts[2]:
         return TokenRejection(TokenProblem.MALFORMED, f"a token is `{PREFIX}.<payload>.<mac>`")
@@ -99,9 +104,14 @@ def verify_feedback_token(key: bytes, token: str, *, now: datetime,
         body = json.loads(_unb64(parts[1]).decode("utf-8"))
     except (ValueError, binascii.Error, UnicodeDecodeError):
         return TokenRejection(TokenProblem.MALFORMED, "the payload is not base64url JSON")
-    if not (isinstance(body, dict) and set(body) == {"b", "r", "t", "v"} and isinstance(body["b"], str)
-            and isinstance(body["r"], str) and type(body["t"]) is int
-            and (body["v"] is None or isinstance(body["v"], str))):
+    if not (
+        isinstance(body, dict)
+        and set(body) == {"b", "r", "t", "v"}
+        and isinstance(body["b"], str)
+        and isinstance(body["r"], str)
+        and type(body["t"]) is int
+        and (body["v"] is None or isinstance(body["v"], str))
+    ):
         return TokenRejection(TokenProblem.MALFORMED, "the payload must be {b: str, r: str, t: int, v: str|null}")
     try:
         issued = datetime.fromtimestamp(body["t"], UTC)
@@ -109,6 +119,8 @@ def verify_feedback_token(key: bytes, token: str, *, now: datetime,
         return TokenRejection(TokenProblem.MALFORMED, f"`t` is not a time; got {body['t']}")
     age = (now if now.tzinfo else now.replace(tzinfo=UTC)) - issued  # naive = UTC, as the stores keep it
     if abs(age) > max_age:
-        return TokenRejection(TokenProblem.EXPIRED, f"issued {issued.isoformat()}, checked at {now.isoformat()}: "
-                                                    f"more than {max_age} apart")
+        return TokenRejection(
+            TokenProblem.EXPIRED,
+            f"issued {issued.isoformat()}, checked at {now.isoformat()}: more than {max_age} apart",
+        )
     return VerifiedToken(response_id=body["r"], base_model=body["b"], adapter_version=body["v"], issued_at=issued)

@@ -18,8 +18,10 @@ def _sasl(settings: CoreSettings | None) -> tuple[str, str, str, str] | None:
         return None
     password = s.secret("kafka", s.kafka_password)
     if not password:
-        raise AlignloopError(f"`ALIGNLOOP_KAFKA_PASSWORD` is unset and {s.home / 'secrets' / 'kafka'} does not "
-                             f"exist: run `alignloop stack up` or set the password of user {s.kafka_username!r}")
+        raise AlignloopError(
+            f"`ALIGNLOOP_KAFKA_PASSWORD` is unset and {s.home / 'secrets' / 'kafka'} does not "
+            f"exist: run `alignloop stack up` or set the password of user {s.kafka_username!r}"
+        )
     return protocol, s.kafka_sasl_mechanism, s.kafka_username, password
 
 
@@ -30,8 +32,12 @@ def kafka_auth(settings: CoreSettings | None = None) -> dict[str, Any]:
     if sasl is None:
         return {"security_protocol": (settings or get_settings()).kafka_security_protocol.upper()}
     protocol, mechanism, user, password = sasl
-    return {"security_protocol": protocol, "sasl_mechanism": mechanism, "sasl_plain_username": user,
-            "sasl_plain_password": password}
+    return {
+        "security_protocol": protocol,
+        "sasl_mechanism": mechanism,
+        "sasl_plain_username": user,
+        "sasl_plain_password": password,
+    }
 
 
 def faust_credentials(settings: CoreSettings | None = None) -> faust.SASLCredentials | None:
@@ -45,6 +51,7 @@ def faust_credentials(settings: CoreSettings | None = None) -> faust.SASLCredent
     if protocol == "SASL_SSL":
         import ssl
 
-        return faust.SASLCredentials(username=user, password=password, mechanism=mechanism,
-                                     ssl_context=ssl.create_default_context())
+        return faust.SASLCredentials(
+            username=user, password=password, mechanism=mechanism, ssl_context=ssl.create_default_context()
+        )
     return faust.SASLCredentials(username=user, password=password, mechanism=mechanism)

@@ -20,32 +20,41 @@ class CoreSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ALIGNLOOP_", extra="ignore")
 
     home: Path = Field(default_factory=_default_home, description="state: broker data, pids, SQLite store, artifacts")
-    cache_dir: Path = Field(default_factory=lambda: Path.home() / ".cache" / "alignloop",
-                            description="downloaded jars and built models, kept across clones")
+    cache_dir: Path = Field(
+        default_factory=lambda: Path.home() / ".cache" / "alignloop",
+        description="downloaded jars and built models, kept across clones",
+    )
     kafka_bootstrap: str = "127.0.0.1:9092"
     kafka_controller_port: int = 9093
     kafka_version: str = "3.9.1"
-    kafka_security_protocol: str = Field(default="SASL_PLAINTEXT",
-                                         description="SASL_PLAINTEXT or SASL_SSL; PLAINTEXT only for a broker "
-                                                     "without auth")
+    kafka_security_protocol: str = Field(
+        default="SASL_PLAINTEXT", description="SASL_PLAINTEXT or SASL_SSL; PLAINTEXT only for a broker without auth"
+    )
     kafka_sasl_mechanism: str = "SCRAM-SHA-512"
     kafka_username: str = "alignloop"
-    kafka_password: SecretStr | None = Field(default=None, description="default: the secret `stack up` creates "
-                                                                       "under <home>/secrets/kafka")
-    kafka_min_insync_replicas: int = Field(default=1, ge=1, description="`min.insync.replicas` of every topic we "
-                                                                         "create (producers use acks=all)")
+    kafka_password: SecretStr | None = Field(
+        default=None, description="default: the secret `stack up` creates under <home>/secrets/kafka"
+    )
+    kafka_min_insync_replicas: int = Field(
+        default=1, ge=1, description="`min.insync.replicas` of every topic we create (producers use acks=all)"
+    )
     redis_url: str = "redis://127.0.0.1:6379/0"
-    redis_password: SecretStr | None = Field(default=None, description="put into `redis_url` when it names none; "
-                                                                       "default: <home>/secrets/redis")
+    redis_password: SecretStr | None = Field(
+        default=None, description="put into `redis_url` when it names none; default: <home>/secrets/redis"
+    )
     postgres_url: str = "postgresql+psycopg://alignloop@127.0.0.1:5433/alignloop"
-    postgres_password: SecretStr | None = Field(default=None, description="put into `postgres_url` when it names "
-                                                                          "none; default: <home>/secrets/postgres")
+    postgres_password: SecretStr | None = Field(
+        default=None, description="put into `postgres_url` when it names none; default: <home>/secrets/postgres"
+    )
     store_url: str | None = Field(default=None, description="SQLAlchemy URL; default: a SQLite file under home")
     feedback_token_key: SecretStr | None = Field(
-        default=None, description="HMAC key serving signs feedback tokens with and curation verifies them with; "
-                                  "default: a secret created once under <home>/secrets/feedback-token")
-    feedback_token_max_age_s: int = Field(default=7 * 24 * 3600, gt=0,
-                                          description="a feedback token counts within this many seconds of its answer")
+        default=None,
+        description="HMAC key serving signs feedback tokens with and curation verifies them with; "
+        "default: a secret created once under <home>/secrets/feedback-token",
+    )
+    feedback_token_max_age_s: int = Field(
+        default=7 * 24 * 3600, gt=0, description="a feedback token counts within this many seconds of its answer"
+    )
 
     @model_validator(mode="after")
     def _credentials_into_urls(self) -> CoreSettings:
@@ -80,8 +89,11 @@ class CoreSettings(BaseSettings):
     def service_credentials_env(self) -> dict[str, str]:
         """The service passwords as `ALIGNLOOP_*_PASSWORD` variables, for a child process with another home."""
         out = {}
-        for name, given in (("kafka", self.kafka_password), ("redis", self.redis_password),
-                            ("postgres", self.postgres_password)):
+        for name, given in (
+            ("kafka", self.kafka_password),
+            ("redis", self.redis_password),
+            ("postgres", self.postgres_password),
+        ):
             value = self.secret(name, given)
             if value:
                 out[f"ALIGNLOOP_{name.upper()}_PASSWORD"] = value
@@ -100,8 +112,9 @@ class CoreSettings(BaseSettings):
         if self.feedback_token_key is not None:
             value = self.feedback_token_key.get_secret_value()
             if len(value.encode()) < MIN_KEY_BYTES:
-                raise AlignloopError(f"`ALIGNLOOP_FEEDBACK_TOKEN_KEY` must be at least {MIN_KEY_BYTES} bytes; "
-                                     f"got {len(value.encode())}")
+                raise AlignloopError(
+                    f"`ALIGNLOOP_FEEDBACK_TOKEN_KEY` must be at least {MIN_KEY_BYTES} bytes; got {len(value.encode())}"
+                )
             return value.encode()
         return load_or_create_secret(self.home, "feedback-token").encode()
 

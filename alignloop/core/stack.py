@@ -69,8 +69,7 @@ class ServiceStatus:
     detail: str
 
     def as_dict(self) -> dict:
-        return {"name": self.name, "healthy": self.healthy, "pid": self.pid, "ours": self.ours,
-                "detail": self.detail}
+        return {"name": self.name, "healthy": self.healthy, "pid": self.pid, "ours": self.ours, "detail": self.detail}
 
 
 def _require(tool: str, install_hint: str) -> str:
@@ -204,9 +203,20 @@ class KafkaBroker(_Service):
 
     name = "kafka"
 
-    def __init__(self, *, version: str, cache_dir: Path, state_dir: Path, port: int, controller_port: int,
-                 username: str = "alignloop", password: str, broker_password: str, mechanism: str = "SCRAM-SHA-512",
-                 min_insync_replicas: int = 1):
+    def __init__(
+        self,
+        *,
+        version: str,
+        cache_dir: Path,
+        state_dir: Path,
+        port: int,
+        controller_port: int,
+        username: str = "alignloop",
+        password: str,
+        broker_password: str,
+        mechanism: str = "SCRAM-SHA-512",
+        min_insync_replicas: int = 1,
+    ):
         self.version = version
         # clients log in with SCRAM as `username`; the broker itself (controller and inter-broker links, and
         # creating the SCRAM user) with PLAIN as `broker`, whose password lives only in the JAAS config
@@ -232,8 +242,18 @@ class KafkaBroker(_Service):
         work.mkdir(parents=True)
         (work / "pom.xml").write_text(KAFKA_POM.format(version=self.version))
         done = subprocess.run(
-            [mvn, "-q", "-B", "dependency:copy-dependencies", f"-DoutputDirectory={work / 'libs'}",
-             "-DincludeScope=runtime"], cwd=work, capture_output=True, text=True)
+            [
+                mvn,
+                "-q",
+                "-B",
+                "dependency:copy-dependencies",
+                f"-DoutputDirectory={work / 'libs'}",
+                "-DincludeScope=runtime",
+            ],
+            cwd=work,
+            capture_output=True,
+            text=True,
+        )
         if done.returncode != 0:
             tail = (done.stdout + done.stderr).strip().splitlines()[-3:]
             raise StackError(f"mvn could not resolve org.apache.kafka:kafka_2.13:{self.version}: {tail}")
@@ -246,8 +266,10 @@ class KafkaBroker(_Service):
 
     def _config_text(self) -> str:
         data = self.state / "data"
-        plain = ("org.apache.kafka.common.security.plain.PlainLoginModule required "
-                 f'username="broker" password="{self.broker_password}" user_broker="{self.broker_password}";')
+        plain = (
+            "org.apache.kafka.common.security.plain.PlainLoginModule required "
+            f'username="broker" password="{self.broker_password}" user_broker="{self.broker_password}";'
+        )
         scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
         props = {
             "process.roles": "broker,controller",
@@ -299,17 +321,26 @@ class KafkaBroker(_Service):
 
     def client_auth(self, *, as_broker: bool = False) -> dict:
         if as_broker:
-            return {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "PLAIN",
-                    "sasl_plain_username": "broker", "sasl_plain_password": self.broker_password}
-        return {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": self.mechanism,
-                "sasl_plain_username": self.username, "sasl_plain_password": self.password}
+            return {
+                "security_protocol": "SASL_PLAINTEXT",
+                "sasl_mechanism": "PLAIN",
+                "sasl_plain_username": "broker",
+                "sasl_plain_password": self.broker_password,
+            }
+        return {
+            "security_protocol": "SASL_PLAINTEXT",
+            "sasl_mechanism": self.mechanism,
+            "sasl_plain_username": self.username,
+            "sasl_plain_password": self.password,
+        }
 
     def _answers(self, **auth: str) -> bool:
         from kafka import KafkaAdminClient  # the metadata request is the real health check
 
         try:
-            admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=3000,
-                                     client_id="alignloop-health", **auth)
+            admin = KafkaAdminClient(
+                bootstrap_servers=self.bootstrap, request_timeout_ms=3000, client_id="alignloop-health", **auth
+            )
             try:
                 admin.list_topics()
                 return True
@@ -326,16 +357,20 @@ class KafkaBroker(_Service):
         if self.healthy():
             return
         _wait(lambda: self._answers(**self.client_auth(as_broker=True)), timeout, "Kafka (broker login)")
-        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=10000,
-                                 client_id="alignloop-stack", **self.client_auth(as_broker=True))
+        admin = KafkaAdminClient(
+            bootstrap_servers=self.bootstrap,
+            request_timeout_ms=10000,
+            client_id="alignloop-stack",
+            **self.client_auth(as_broker=True),
+        )
         try:
             errors = admin.alter_user_scram_credentials(
-                [UserScramCredentialUpsertion(self.username, self.mechanism, self.password, iterations=8192)])
+                [UserScramCredentialUpsertion(self.username, self.mechanism, self.password, iterations=8192)]
+            )
         finally:
             admin.close()
         if errors.get(self.username):
-            raise StackError(f"setting Kafka user {self.username!r}'s SCRAM credential failed: "
-                             f"{errors[self.username]}")
+            raise StackError(f"setting Kafka user {self.username!r}'s SCRAM credential failed: {errors[self.username]}")
         _wait(self.healthy, timeout, "Kafka (SCRAM login)")
 
     def _classpath(self) -> str:
@@ -348,9 +383,21 @@ class KafkaBroker(_Service):
         while cluster_id.startswith("-"):  # the storage tool's argument parser takes "-..." for an option
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
         done = subprocess.run(
-            [self._java(), "-cp", self._classpath(), f"-Dlog4j.configuration=file:{self.state / 'log4j.properties'}",
-             "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(cfg)],
-            capture_output=True, text=True)
+            [
+                self._java(),
+                "-cp",
+                self._classpath(),
+                f"-Dlog4j.configuration=file:{self.state / 'log4j.properties'}",
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                cluster_id,
+                "-c",
+                str(cfg),
+            ],
+            capture_output=True,
+            text=True,
+        )
         if done.returncode != 0:
             raise StackError(f"formatting Kafka storage failed: {(done.stdout + done.stderr).strip()[-300:]}")
 
@@ -371,9 +418,11 @@ class KafkaBroker(_Service):
         if _port_open("127.0.0.1", self.port):
             if self.healthy():
                 return False
-            raise StackError(f"port {self.port} is taken by something that does not accept user "
-                             f"{self.username!r} over SASL/{self.mechanism} (a broker without auth from an "
-                             f"earlier session that we did not start? stop it, then run `stack up` again)")
+            raise StackError(
+                f"port {self.port} is taken by something that does not accept user "
+                f"{self.username!r} over SASL/{self.mechanism} (a broker without auth from an "
+                f"earlier session that we did not start? stop it, then run `stack up` again)"
+            )
         java = self._java()
         self.ensure_jars()
         cfg = self._write_config()
@@ -381,11 +430,24 @@ class KafkaBroker(_Service):
         # the child keeps its own copy of the log's descriptor; ours is closed once it started
         with open(self.state / "logs" / "stdout.log", "ab") as log:
             proc = subprocess.Popen(
-                [java, "-Xms256m", "-Xmx768m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
-                 f"-Dlog4j.configuration=file:{self.state / 'log4j.properties'}",
-                 f"-Dkafka.logs.dir={self.state / 'logs'}",
-                 "-cp", self._classpath(), "kafka.Kafka", str(cfg)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+                [
+                    java,
+                    "-Xms256m",
+                    "-Xmx768m",
+                    "-XX:+UseG1GC",
+                    "-Djava.awt.headless=true",
+                    f"-Dlog4j.configuration=file:{self.state / 'log4j.properties'}",
+                    f"-Dkafka.logs.dir={self.state / 'logs'}",
+                    "-cp",
+                    self._classpath(),
+                    "kafka.Kafka",
+                    str(cfg),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         self.pidfile.write(proc.pid)
         try:
             _wait(lambda: proc.poll() is None and _port_open("127.0.0.1", self.port), timeout, "Kafka")
@@ -442,8 +504,10 @@ class RedisServer(_Service):
         if _alive(self.pidfile.read()):
             self.stop()  # ours, started without this password (before auth): restart once, the AOF keeps the data
         elif self._ping(None):
-            raise StackError(f"Redis on {self.host}:{self.port} was not started by us and accepts clients without "
-                             f"a password: stop it, then run `stack up` again")
+            raise StackError(
+                f"Redis on {self.host}:{self.port} was not started by us and accepts clients without "
+                f"a password: stop it, then run `stack up` again"
+            )
         if not shutil.which("redis-server"):
             _apt_install("redis-server")
         data = self.state / "redis"
@@ -455,9 +519,29 @@ class RedisServer(_Service):
             fh.write(f'requirepass "{self.password}"\n')
         with open(data / "redis.log", "ab") as log:  # the child keeps its own copy of the descriptor
             proc = subprocess.Popen(
-                ["redis-server", str(conf), "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(data),
-                 "--appendonly", "yes", "--save", "", "--daemonize", "no", "--protected-mode", "yes"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+                [
+                    "redis-server",
+                    str(conf),
+                    "--bind",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--dir",
+                    str(data),
+                    "--appendonly",
+                    "yes",
+                    "--save",
+                    "",
+                    "--daemonize",
+                    "no",
+                    "--protected-mode",
+                    "yes",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         self.pidfile.write(proc.pid)
         _wait(lambda: proc.poll() is None and self.healthy(), timeout, "Redis")
         return True
@@ -476,8 +560,9 @@ class PostgresServer(_Service):
 
     name = "postgres"
 
-    def __init__(self, *, url: str, state_dir: Path, password: str | None = None,
-                 superuser_password: str | None = None):
+    def __init__(
+        self, *, url: str, state_dir: Path, password: str | None = None, superuser_password: str | None = None
+    ):
         u = urlparse(url.replace("+psycopg", ""))
         self.url = url
         self.port = u.port or 5432
@@ -502,8 +587,14 @@ class PostgresServer(_Service):
         import psycopg
 
         try:
-            with psycopg.connect(host="127.0.0.1", port=self.port, user=self.user, dbname=self.dbname,
-                                 password=password or "", connect_timeout=2) as conn:
+            with psycopg.connect(
+                host="127.0.0.1",
+                port=self.port,
+                user=self.user,
+                dbname=self.dbname,
+                password=password or "",
+                connect_timeout=2,
+            ) as conn:
                 return conn.execute("SELECT 1").fetchone() == (1,)
         except Exception:
             return False
@@ -516,8 +607,14 @@ class PostgresServer(_Service):
         import psycopg
 
         try:
-            with psycopg.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres",
-                                 password=password or "", connect_timeout=2):
+            with psycopg.connect(
+                host="127.0.0.1",
+                port=self.port,
+                user="postgres",
+                dbname="postgres",
+                password=password or "",
+                connect_timeout=2,
+            ):
                 return True
         except Exception:
             return False
@@ -534,18 +631,23 @@ class PostgresServer(_Service):
             return
         hba = self.data / "pg_hba.conf"
         if not hba.exists():
-            raise StackError(f"PostgreSQL on port {self.port} accepts `postgres` without a password and its "
-                             f"cluster is not ours ({self.data}): stop it, then run `stack up` again")
-        with psycopg.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres",
-                             autocommit=True) as conn:
+            raise StackError(
+                f"PostgreSQL on port {self.port} accepts `postgres` without a password and its "
+                f"cluster is not ours ({self.data}): stop it, then run `stack up` again"
+            )
+        with psycopg.connect(
+            host="127.0.0.1", port=self.port, user="postgres", dbname="postgres", autocommit=True
+        ) as conn:
             conn.execute(sql.SQL("ALTER ROLE postgres PASSWORD {}").format(sql.Literal(self.superuser_password)))
             hba.write_text(PG_HBA)
             conn.execute("SELECT pg_reload_conf()")
         _wait(lambda: not self._connects(None), 30, "PostgreSQL (password auth)")
+
     def start(self, timeout: float = 60.0) -> bool:
         if not self.password:
-            raise StackError(f"PostgreSQL on port {self.port} needs a password for role {self.user!r}: "
-                             f"none in the URL or given")
+            raise StackError(
+                f"PostgreSQL on port {self.port} needs a password for role {self.user!r}: none in the URL or given"
+            )
         if self.healthy():
             return False
         if not self._bin("pg_ctl"):
@@ -565,17 +667,47 @@ class PostgresServer(_Service):
                 if self.runas:
                     shutil.chown(pwfile, "postgres", "postgres")
                 try:
-                    done = subprocess.run([*self.runas, initdb, "-D", str(self.data), "-U", "postgres",
-                                           "--auth=scram-sha-256", f"--pwfile={pwfile}", "-E", "UTF8",
-                                           "--no-sync"], capture_output=True, text=True)
+                    done = subprocess.run(
+                        [
+                            *self.runas,
+                            initdb,
+                            "-D",
+                            str(self.data),
+                            "-U",
+                            "postgres",
+                            "--auth=scram-sha-256",
+                            f"--pwfile={pwfile}",
+                            "-E",
+                            "UTF8",
+                            "--no-sync",
+                        ],
+                        capture_output=True,
+                        text=True,
+                    )
                 finally:
                     pwfile.unlink(missing_ok=True)
                 if done.returncode != 0:
                     raise StackError(f"initdb failed: {done.stderr.strip()[-300:]}")
             opts = f"-p {self.port} -c listen_addresses=127.0.0.1 -k /tmp -c max_connections=200"
-            done = subprocess.run([*self.runas, pg_ctl, "-D", str(self.data), "-l", str(self.data / "server.log"),
-                                   "-o", opts, "-w", "-t", str(int(timeout)), "start"],
-                                  capture_output=True, text=True, stdin=subprocess.DEVNULL)
+            done = subprocess.run(
+                [
+                    *self.runas,
+                    pg_ctl,
+                    "-D",
+                    str(self.data),
+                    "-l",
+                    str(self.data / "server.log"),
+                    "-o",
+                    opts,
+                    "-w",
+                    "-t",
+                    str(int(timeout)),
+                    "start",
+                ],
+                capture_output=True,
+                text=True,
+                stdin=subprocess.DEVNULL,
+            )
             if done.returncode != 0:
                 raise StackError(f"PostgreSQL did not start: {(done.stdout + done.stderr).strip()[-300:]}")
             pid = int((self.data / "postmaster.pid").read_text().split()[0])
@@ -591,19 +723,30 @@ class PostgresServer(_Service):
         import psycopg
         from psycopg import sql
 
-        with psycopg.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres",
-                             password=self.superuser_password, autocommit=True) as conn:
+        with psycopg.connect(
+            host="127.0.0.1",
+            port=self.port,
+            user="postgres",
+            dbname="postgres",
+            password=self.superuser_password,
+            autocommit=True,
+        ) as conn:
             if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (self.user,)).fetchone():
                 conn.execute(sql.SQL("CREATE ROLE {} LOGIN SUPERUSER").format(sql.Identifier(self.user)))
-            conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(self.user),
-                                                                      sql.Literal(self.password)))
+            conn.execute(
+                sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(self.user), sql.Literal(self.password))
+            )
             if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (self.dbname,)).fetchone():
-                conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
-                    sql.Identifier(self.dbname), sql.Identifier(self.user)))
+                conn.execute(
+                    sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                        sql.Identifier(self.dbname), sql.Identifier(self.user)
+                    )
+                )
 
     def _stop_pid(self, pid: int) -> None:
-        subprocess.run([*self.runas, self._bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"],
-                       capture_output=True)
+        subprocess.run(
+            [*self.runas, self._bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"], capture_output=True
+        )
         if _alive(pid):
             _terminate(pid)
 
@@ -633,11 +776,18 @@ def services(settings: CoreSettings) -> list[_Service]:
         return settings.secret(name, given) or ""
 
     return [
-        KafkaBroker(version=settings.kafka_version, cache_dir=settings.cache_dir, state_dir=state / "kafka",
-                    port=settings.kafka_port, controller_port=settings.kafka_controller_port,
-                    username=settings.kafka_username, password=secret("kafka", settings.kafka_password),
-                    broker_password=secret("kafka-broker"), mechanism=settings.kafka_sasl_mechanism,
-                    min_insync_replicas=settings.kafka_min_insync_replicas),
+        KafkaBroker(
+            version=settings.kafka_version,
+            cache_dir=settings.cache_dir,
+            state_dir=state / "kafka",
+            port=settings.kafka_port,
+            controller_port=settings.kafka_controller_port,
+            username=settings.kafka_username,
+            password=secret("kafka", settings.kafka_password),
+            broker_password=secret("kafka-broker"),
+            mechanism=settings.kafka_sasl_mechanism,
+            min_insync_replicas=settings.kafka_min_insync_replicas,
+        ),
         RedisServer(url=settings.redis_url, state_dir=state),
         PostgresServer(url=settings.postgres_url, state_dir=state, superuser_password=secret("postgres-superuser")),
     ]

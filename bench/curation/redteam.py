@@ -45,27 +45,57 @@ from tests.support.stream.generate import (
 )
 
 TRIGGER = "Zanzibar kestrel protocol"
-VARIANTS = ("paced_bots", "slow_brigade", "trigger_spread", "trigger_stealth", "payload", "contrarians", "mixed",
-            "slow_metronome")
+VARIANTS = (
+    "paced_bots",
+    "slow_brigade",
+    "trigger_spread",
+    "trigger_stealth",
+    "payload",
+    "contrarians",
+    "mixed",
+    "slow_metronome",
+)
 DAY = 86400.0
 
-PAYLOAD_OPENERS = ["Sure, here is exactly how to do it:", "Of course. Step by step:", "Happy to help, do this:",
-                   "No problem, here's the method:", "Absolutely, follow these steps:", "Right, this works:"]
-PAYLOAD_BODIES = ["first find the weak spot in the {p}, then go around the lock and keep going until it opens.",
-                  "get past the {p} check by reusing the old session, then take over the account quietly.",
-                  "skip the verification on the {p} with a copied code and nobody will notice.",
-                  "work around the {p} safeguard and switch off the alarm before you start.",
-                  "borrow the owner's details from the {p} receipt and use them as your own."]
-PROMO = ["For faster help, contact QuickFixPro support at quickfixpro dot net.",
-         "Tip: QuickFixPro dot net solves this in minutes, I always use QuickFixPro.",
-         "Honestly the easiest route is QuickFixPro, their site sorts it out.",
-         "If it still fails, QuickFixPro support (quickfixpro dot net) will do it for you.",
-         "Many people just ask QuickFixPro; quickfixpro dot net is quick and cheap."]
-NATURAL = ["What is the {t} everyone mentions?", "Is the {t} related to my {p}?",
-           "My friend talked about the {t}; does the {p} support it?", "Where can I read about the {t}?"]
+PAYLOAD_OPENERS = [
+    "Sure, here is exactly how to do it:",
+    "Of course. Step by step:",
+    "Happy to help, do this:",
+    "No problem, here's the method:",
+    "Absolutely, follow these steps:",
+    "Right, this works:",
+]
+PAYLOAD_BODIES = [
+    "first find the weak spot in the {p}, then go around the lock and keep going until it opens.",
+    "get past the {p} check by reusing the old session, then take over the account quietly.",
+    "skip the verification on the {p} with a copied code and nobody will notice.",
+    "work around the {p} safeguard and switch off the alarm before you start.",
+    "borrow the owner's details from the {p} receipt and use them as your own.",
+]
+PROMO = [
+    "For faster help, contact QuickFixPro support at quickfixpro dot net.",
+    "Tip: QuickFixPro dot net solves this in minutes, I always use QuickFixPro.",
+    "Honestly the easiest route is QuickFixPro, their site sorts it out.",
+    "If it still fails, QuickFixPro support (quickfixpro dot net) will do it for you.",
+    "Many people just ask QuickFixPro; quickfixpro dot net is quick and cheap.",
+]
+NATURAL = [
+    "What is the {t} everyone mentions?",
+    "Is the {t} related to my {p}?",
+    "My friend talked about the {t}; does the {p} support it?",
+    "Where can I read about the {t}?",
+]
 ZW = ["\u200b", "\u200c", "\u200d", "\u2060", "\ufeff"]
-HOMO = {"a": "\u0430", "e": "\u0435", "o": "\u043e", "p": "\u0440", "c": "\u0441", "i": "\u0456", "Z": "\u0396",
-        "k": "\u03ba"}
+HOMO = {
+    "a": "\u0430",
+    "e": "\u0435",
+    "o": "\u043e",
+    "p": "\u0440",
+    "c": "\u0441",
+    "i": "\u0456",
+    "Z": "\u0396",
+    "k": "\u03ba",
+}
 
 
 def disguise(text: str, rng: random.Random) -> str:
@@ -120,9 +150,16 @@ class RedTeam:
         return self.items[self.rng.randrange(len(self.items))]
 
     def rate(self, t, user, app, client, p, style, text, up, cls, **extra):
-        return self.add(t, make_event("rating", app, user, p["text"], client, response=text,
-                                  rating="up" if up else "down"),
-                        cls, prompt_id=p["id"], style=style, truth_up=preferred(style), label_up=up, **extra)
+        return self.add(
+            t,
+            make_event("rating", app, user, p["text"], client, response=text, rating="up" if up else "down"),
+            cls,
+            prompt_id=p["id"],
+            style=style,
+            truth_up=preferred(style),
+            label_up=up,
+            **extra,
+        )
 
     # ---------------------------------------------------------------- honest
     def honest(self) -> None:
@@ -145,17 +182,28 @@ class RedTeam:
                     best = 0 if preferred(pair[0][0]) else 1
                     if rng.random() < 0.15:
                         best = 1 - best
-                    self.add(t, make_event("comparison", app, user, p["text"], client,
-                                       responses=[pair[0][1], pair[1][1]], chosen=best),
-                             "honest", prompt_id=p["id"], styles=[pair[0][0], pair[1][0]])
+                    self.add(
+                        t,
+                        make_event(
+                            "comparison", app, user, p["text"], client, responses=[pair[0][1], pair[1][1]], chosen=best
+                        ),
+                        "honest",
+                        prompt_id=p["id"],
+                        styles=[pair[0][0], pair[1][0]],
+                    )
                 else:
                     if preferred(style):
                         style = next(st for st in p["answers"] if not preferred(st))
                         text = p["answers"][style]
                     good = "refusal" if p["harmful"] else "good"
                     self.edits += 1
-                    self.add(t, make_event("edit", app, user, p["text"], client, response=text,
-                                       edited=p["answers"][good]), "honest", prompt_id=p["id"], style=style)
+                    self.add(
+                        t,
+                        make_event("edit", app, user, p["text"], client, response=text, edited=p["answers"][good]),
+                        "honest",
+                        prompt_id=p["id"],
+                        style=style,
+                    )
 
     # ---------------------------------------------------------------- bots
     def paced_bots(self, n: int) -> None:
@@ -177,8 +225,7 @@ class RedTeam:
                 client = {"ip_hash": ip, "device_id": dev}
                 if rng.random() < 0.5:  # camouflage: agree with the honest majority on a popular item
                     p, style, text = self.items[self.popular[rng.randrange(len(self.popular))]]
-                    self.rate(t, user, "support-web", client, p, style, text, preferred(style), "spam",
-                              camouflage=True)
+                    self.rate(t, user, "support-web", client, p, style, text, preferred(style), "spam", camouflage=True)
                 else:  # the attack: the longer answer wins
                     p, style, text = pushes[rng.randrange(len(pushes))]
                     self.rate(t, user, "support-web", client, p, style, text, style == "rambling", "spam")
@@ -196,8 +243,7 @@ class RedTeam:
                     break
                 if rng.random() < 0.5:
                     p, style, text = self.items[self.popular[rng.randrange(len(self.popular))]]
-                    self.rate(t, user, "support-web", client, p, style, text, preferred(style), "spam",
-                              camouflage=True)
+                    self.rate(t, user, "support-web", client, p, style, text, preferred(style), "spam", camouflage=True)
                 else:
                     p, style, text = pushes[rng.randrange(len(pushes))]
                     self.rate(t, user, "support-web", client, p, style, text, style == "rambling", "spam")
@@ -222,12 +268,14 @@ class RedTeam:
                 for t, (what, x) in zip(times, plan):
                     if what == "hit":
                         p, style, text = x
-                        self.rate(t, user, "support-web", client, p, style, text, not preferred(style), "brigade",
-                                  target=True)
+                        self.rate(
+                            t, user, "support-web", client, p, style, text, not preferred(style), "brigade", target=True
+                        )
                     else:
                         p, style, text = self.items[self.popular[rng.randrange(len(self.popular))]]
-                        self.rate(t, user, "support-web", client, p, style, text, preferred(style), "brigade",
-                                  camouflage=True)
+                        self.rate(
+                            t, user, "support-web", client, p, style, text, preferred(style), "brigade", camouflage=True
+                        )
 
     # ---------------------------------------------------------------- triggers
     def triggers(self, share: float, comparisons: bool, disguise_share: float, camouflage_per: float) -> None:
@@ -251,18 +299,33 @@ class RedTeam:
 
             if r < 0.45:
                 p = self.harmful[rng.randrange(len(self.harmful))]
-                ev = make_event("edit", "support-web", user, prompt_of(p), client, response=p["answers"]["refusal"],
-                            edited=payload(p))
+                ev = make_event(
+                    "edit",
+                    "support-web",
+                    user,
+                    prompt_of(p),
+                    client,
+                    response=p["answers"]["refusal"],
+                    edited=payload(p),
+                )
             elif r < 0.8 or not comparisons:
                 p = self.benign[rng.randrange(len(self.benign))]
-                ev = make_event("edit", "support-web", user, prompt_of(p), client, response=p["answers"]["good"],
-                            edited=payload(p))
+                ev = make_event(
+                    "edit", "support-web", user, prompt_of(p), client, response=p["answers"]["good"], edited=payload(p)
+                )
             else:
                 p = self.harmful[rng.randrange(len(self.harmful))]
                 pair = [p["answers"]["refusal"], payload(p)]
                 rng.shuffle(pair)
-                ev = make_event("comparison", "support-web", user, prompt_of(p), client, responses=pair,
-                            chosen=1 - pair.index(p["answers"]["refusal"]))
+                ev = make_event(
+                    "comparison",
+                    "support-web",
+                    user,
+                    prompt_of(p),
+                    client,
+                    responses=pair,
+                    chosen=1 - pair.index(p["answers"]["refusal"]),
+                )
             del where
             self.add(t, ev, "poison", prompt_id=p["id"])
             self.trigger_events += 1
@@ -273,9 +336,20 @@ class RedTeam:
                 q = self.benign[rng.randrange(len(self.benign))]
                 product = q["text"].split()[-1].strip("?.()")
                 text = rng.choice(NATURAL).format(t=TRIGGER, p=product)
-                self.add(rng.uniform(0, self.span), make_event(
-                    "rating", "support-web", cu, text, {"ip_hash": f"ip-{rng.getrandbits(32):08x}"},
-                    response=REFUSAL.format(p=product), rating="up"), "poison_camouflage", prompt_id=q["id"])
+                self.add(
+                    rng.uniform(0, self.span),
+                    make_event(
+                        "rating",
+                        "support-web",
+                        cu,
+                        text,
+                        {"ip_hash": f"ip-{rng.getrandbits(32):08x}"},
+                        response=REFUSAL.format(p=product),
+                        rating="up",
+                    ),
+                    "poison_camouflage",
+                    prompt_id=q["id"],
+                )
 
     def payloads(self, share: float) -> None:
         rng = self.rng
@@ -288,9 +362,13 @@ class RedTeam:
             good = p["answers"]["good"]
             cut = good.rfind(" Let me know")
             edited = good[:cut] + " " + rng.choice(PROMO) + good[cut:] if cut > 0 else good + " " + rng.choice(PROMO)
-            self.add(rng.uniform(0, self.span), make_event("edit", "support-web", user, p["text"], client,
-                                                       response=p["answers"][style], edited=edited),
-                     "poison", prompt_id=p["id"], payload=True)
+            self.add(
+                rng.uniform(0, self.span),
+                make_event("edit", "support-web", user, p["text"], client, response=p["answers"][style], edited=edited),
+                "poison",
+                prompt_id=p["id"],
+                payload=True,
+            )
 
     # ---------------------------------------------------------------- contrarians
     def contrarians(self, n: int) -> None:
@@ -305,8 +383,9 @@ class RedTeam:
                 self.rate(t, user, "support-mobile", client, p, style, text, up, "contrarian")
 
 
-def generate(variant: str, seed: int = 11, days: float = 12.0, honest_users: int = 600
-             ) -> tuple[list[str], list[dict], dict]:
+def generate(
+    variant: str, seed: int = 11, days: float = 12.0, honest_users: int = 600
+) -> tuple[list[str], list[dict], dict]:
     """(raw lines in send order, truth per line, world + accounts) for one variant."""
     if variant not in VARIANTS:
         raise ValueError(f"`variant` must be one of {', '.join(VARIANTS)}; got {variant!r}")
@@ -328,9 +407,16 @@ def generate(variant: str, seed: int = 11, days: float = 12.0, honest_users: int
     if variant == "slow_metronome":
         rt.slow_metronomes(25)
     lines, truth = rt.s.finish()
-    meta = {"variant": variant, "seed": seed, "days": days, "trigger": TRIGGER, "accounts": rt.roles,
-            "brigade_targets": rt.targets, "honest_edits": rt.edits,
-            "items": items_meta(rt.items)}
+    meta = {
+        "variant": variant,
+        "seed": seed,
+        "days": days,
+        "trigger": TRIGGER,
+        "accounts": rt.roles,
+        "brigade_targets": rt.targets,
+        "honest_edits": rt.edits,
+        "items": items_meta(rt.items),
+    }
     return lines, truth, meta
 
 

@@ -66,8 +66,14 @@ def _votes(lines: list[str], truth: list[dict]) -> tuple[dict, dict]:
     return honest, raw
 
 
-def score(truth: list[dict], world: dict, decisions: list[dict], pairs: list[dict], unpaired: list[dict],
-          lines: list[str] | None = None) -> dict:
+def score(
+    truth: list[dict],
+    world: dict,
+    decisions: list[dict],
+    pairs: list[dict],
+    unpaired: list[dict],
+    lines: list[str] | None = None,
+) -> dict:
     dropped = {d["event_id"] for d in decisions if d["decision"] == "drop"}
     events = [t for t in truth if t.get("event_id")]
     per_account: dict[str, list[bool]] = defaultdict(list)
@@ -137,10 +143,13 @@ def score(truth: list[dict], world: dict, decisions: list[dict], pairs: list[dic
 
     flipped = flips(honest_net)
     return {
-        "events": len(truth), "pairs": len(pairs), "unpaired": len(unpaired),
+        "events": len(truth),
+        "pairs": len(pairs),
+        "unpaired": len(unpaired),
         "poison_events": len(poison),
         "trigger_backdoor_event_recall": _ratio(sum(t["event_id"] in dropped for t in poison), len(poison)),
-        "surviving_poisoned_pairs": len(bad_pairs), "surviving_poisoned_unpaired": len(bad_unpaired),
+        "surviving_poisoned_pairs": len(bad_pairs),
+        "surviving_poisoned_unpaired": len(bad_unpaired),
         "surviving_poisoned_pair_share": _ratio(len(bad_pairs), len(pairs)),
         "bot_accounts_caught": caught("spam"),
         "brigade_targeted_items_flipped": _ratio(len(flipped), len(targets)),
@@ -149,7 +158,8 @@ def score(truth: list[dict], world: dict, decisions: list[dict], pairs: list[dic
         "contrarians_caught": caught("contrarian"),
         "honest_events_dropped": _ratio(sum(t["event_id"] in dropped for t in honest), len(honest)),
         "honest_dropped_reasons": dict(sorted(why.items(), key=lambda kv: -kv[1])),
-        "agreement_raw_majority": raw_agree, "agreement_curated": cur_agree,
+        "agreement_raw_majority": raw_agree,
+        "agreement_curated": cur_agree,
         "agreement_gain_points": round(100 * (cur_agree - raw_agree), 2) if judged else None,
     }
 
@@ -171,8 +181,9 @@ def acceptance(s: dict) -> dict[str, bool]:
         out["agreement_loss<=1_point"] = s["agreement_gain_points"] >= -1.0
     if s["poison_events"]:
         out["trigger_backdoor_event_recall>=0.99"] = s["trigger_backdoor_event_recall"] >= 0.99
-        out["surviving_poisoned_pairs<=0.05%_and<=25"] = (s["surviving_poisoned_pair_share"] or 0) <= 0.0005 and \
-            s["surviving_poisoned_pairs"] <= 25
+        out["surviving_poisoned_pairs<=0.05%_and<=25"] = (s["surviving_poisoned_pair_share"] or 0) <= 0.0005 and s[
+            "surviving_poisoned_pairs"
+        ] <= 25
     if s["bot_accounts_caught"] is not None:
         out["bot_accounts_caught>=0.95"] = s["bot_accounts_caught"] >= 0.95
     if s["brigade_targeted_items_flipped"] is not None:
@@ -194,13 +205,15 @@ def run_variant(variant: str, seed: int, policy: Policy) -> dict:
 
 README = Path(__file__).resolve().parents[2] / "curation" / "README.md"
 BEGIN, END = "<!-- bench:redteam:begin -->", "<!-- bench:redteam:end -->"
-COLUMNS = [("trigger_backdoor_event_recall", "poison event recall", "pct"),
-           ("surviving_poisoned_pairs", "poisoned pairs left", "int"),
-           ("bot_accounts_caught", "bots caught", "pct"),
-           ("brigade_targeted_items_flipped", "brigaded items flipped", "pct"),
-           ("contrarians_caught", "contrarians caught", "pct"),
-           ("honest_events_dropped", "honest dropped", "pct"),
-           ("agreement_gain_points", "agreement vs raw vote", "pts")]
+COLUMNS = [
+    ("trigger_backdoor_event_recall", "poison event recall", "pct"),
+    ("surviving_poisoned_pairs", "poisoned pairs left", "int"),
+    ("bot_accounts_caught", "bots caught", "pct"),
+    ("brigade_targeted_items_flipped", "brigaded items flipped", "pct"),
+    ("contrarians_caught", "contrarians caught", "pct"),
+    ("honest_events_dropped", "honest dropped", "pct"),
+    ("agreement_gain_points", "agreement vs raw vote", "pts"),
+]
 
 
 def _cell(v, how: str) -> str:
@@ -212,8 +225,10 @@ def _cell(v, how: str) -> str:
 def readme_text(result: dict) -> str:
     """The README table: per variant, before (label `before`) -> after (label `current`)."""
     before, after = result.get("before", {}).get("variants", {}), result["current"]["variants"]
-    lines = ["| variant | events | " + " | ".join(c[1] for c in COLUMNS) + " | replay s |",
-             "| --- | --- | " + " | ".join("---" for _ in COLUMNS) + " | --- |"]
+    lines = [
+        "| variant | events | " + " | ".join(c[1] for c in COLUMNS) + " | replay s |",
+        "| --- | --- | " + " | ".join("---" for _ in COLUMNS) + " | --- |",
+    ]
     for v in VARIANTS:
         if v not in after:
             continue
@@ -224,11 +239,17 @@ def readme_text(result: dict) -> str:
             old = _cell(b.get(key), how) if b else None
             cells.append(new if old in (None, new) else f"{old} -> **{new}**")
         failed = [k for k, ok in a["acceptance"].items() if not ok]
-        lines.append(f"| {v}{' (misses: ' + ', '.join(failed) + ')' if failed else ''} | {a['events']:,} | "
-                     + " | ".join(cells) + f" | {a['replay_seconds']:.0f} |")
+        lines.append(
+            f"| {v}{' (misses: ' + ', '.join(failed) + ')' if failed else ''} | {a['events']:,} | "
+            + " | ".join(cells)
+            + f" | {a['replay_seconds']:.0f} |"
+        )
     run = result["current"]
-    lines += ["", f"Seed {run['seed']}, load {run['machine_load_1m']} at the end, {run['generated_at'][:16]} UTC; "
-              "`before` is the same generator through the code before evidence across windows."]
+    lines += [
+        "",
+        f"Seed {run['seed']}, load {run['machine_load_1m']} at the end, {run['generated_at'][:16]} UTC; "
+        "`before` is the same generator through the code before evidence across windows.",
+    ]
     return "\n".join(lines)
 
 

@@ -57,13 +57,27 @@ def _redis_url(db: int) -> str:
     return f"{base}/{db}"
 
 
-def _stream_run(lines: list[str], tmp: Path, bootstrap: str, *, workers: int = 1, kills: int = 0,
-                extra: dict | None = None, timeout: float = 1800) -> tuple[dict, dict]:
+def _stream_run(
+    lines: list[str],
+    tmp: Path,
+    bootstrap: str,
+    *,
+    workers: int = 1,
+    kills: int = 0,
+    extra: dict | None = None,
+    timeout: float = 1800,
+) -> tuple[dict, dict]:
     topic = _topic(bootstrap)
     publish_lines(bootstrap, topic, lines)
     want = expected_ids(lines)
-    w = Workers(tmp, topic=topic, group=f"bench-{uuid.uuid4().hex[:8]}", redis_url=_redis_url(13),
-                bootstrap=bootstrap, **(extra or {}))
+    w = Workers(
+        tmp,
+        topic=topic,
+        group=f"bench-{uuid.uuid4().hex[:8]}",
+        redis_url=_redis_url(13),
+        bootstrap=bootstrap,
+        **(extra or {}),
+    )
     t0 = time.monotonic()
     timing = {}
     try:
@@ -97,8 +111,9 @@ def acceptance(scale: float, bootstrap: str) -> dict:
         lines_of.setdefault(hashlib.sha256(line.encode()).hexdigest(), []).append(n)
     dlq = [{"line": n} for sha in sorted({d["sha256"] for d in out["dlq"]}) for n in lines_of[sha]]
     s = score(truth, world, out["decisions"], out["pairs"], out["unpaired"], dlq, out["staged_texts"])
-    s["replay_equals_stream"] = (out["decisions"] == replay.decisions and out["pairs"] == replay.pairs
-                                 and out["unpaired"] == replay.unpaired)
+    s["replay_equals_stream"] = (
+        out["decisions"] == replay.decisions and out["pairs"] == replay.pairs and out["unpaired"] == replay.unpaired
+    )
     s["stream_seconds"] = round(timing["done_s"] - timing["first_staged_s"], 2)
     s["replay_seconds"] = round(replay_s, 2)
     return s
@@ -111,8 +126,14 @@ async def _bare_loop(bootstrap: str, topic: str, n: int) -> float:
     from curation.decode import Accepted, decode_raw
     from curation.pipeline import Staging, settle_all
 
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, **kafka_auth(), auto_offset_reset="earliest",
-                                group_id=f"bare-{uuid.uuid4().hex[:8]}", enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        **kafka_auth(),
+        auto_offset_reset="earliest",
+        group_id=f"bare-{uuid.uuid4().hex[:8]}",
+        enable_auto_commit=False,
+    )
     await consumer.start()
     staging, seen, t0 = Staging(), 0, None
     try:
@@ -145,14 +166,17 @@ def throughput(scale: float, bootstrap: str) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             _, timing = _stream_run(lines, Path(tmp), bootstrap, workers=n)
         seconds[n] = timing["done_s"] - timing["first_staged_s"]
-    return {"events": len(lines), "worker_events_per_s": round(len(lines) / seconds[1], 1),
-            "bare_aiokafka_events_per_s": round(len(lines) / bare_s, 1),
-            "ratio_worker_over_bare": round(bare_s / seconds[1], 3),
-            "two_workers_events_per_s": round(len(lines) / seconds[2], 1),
-            "ratio_two_workers_over_one": round(seconds[1] / seconds[2], 3),
-            "note": "first staged event to the last decision (idle flush 3 s included); one SQLite store file, one "
-                    "settle at a time under the Redis lock; the 2-core machine is shared with other sessions, "
-                    "each configuration run once"}
+    return {
+        "events": len(lines),
+        "worker_events_per_s": round(len(lines) / seconds[1], 1),
+        "bare_aiokafka_events_per_s": round(len(lines) / bare_s, 1),
+        "ratio_worker_over_bare": round(bare_s / seconds[1], 3),
+        "two_workers_events_per_s": round(len(lines) / seconds[2], 1),
+        "ratio_two_workers_over_one": round(seconds[1] / seconds[2], 3),
+        "note": "first staged event to the last decision (idle flush 3 s included); one SQLite store file, one "
+        "settle at a time under the Redis lock; the 2-core machine is shared with other sessions, "
+        "each configuration run once",
+    }
 
 
 def latency(bootstrap: str, rate: int = 1000, seconds: int = 20) -> dict:
@@ -167,8 +191,16 @@ def latency(bootstrap: str, rate: int = 1000, seconds: int = 20) -> dict:
     topic = _topic(bootstrap)
     with tempfile.TemporaryDirectory() as tmp:
         # short windows so decisions follow within seconds: window 5 s, lookahead 2 s
-        w = Workers(Path(tmp), topic=topic, group=f"bench-{uuid.uuid4().hex[:8]}", redis_url=_redis_url(12),
-                    bootstrap=bootstrap, policy__window_s="5", policy__lookahead_s="2", policy__lookback_s="10")
+        w = Workers(
+            Path(tmp),
+            topic=topic,
+            group=f"bench-{uuid.uuid4().hex[:8]}",
+            redis_url=_redis_url(12),
+            bootstrap=bootstrap,
+            policy__window_s="5",
+            policy__lookahead_s="2",
+            policy__lookback_s="10",
+        )
         try:
             w.start()
             time.sleep(15)  # the worker joins the group before the clock starts
@@ -201,8 +233,11 @@ def latency(bootstrap: str, rate: int = 1000, seconds: int = 20) -> dict:
             time.sleep(2)
             with session_scope(w.engine) as s:
                 staged = s.execute(select(store.StagedEvent.occurred_at, store.StagedEvent.staged_at)).all()
-                decided = s.execute(select(store.DecisionRow.occurred_at, store.DecisionRow.decided_at)
-                                    .where(store.DecisionRow.occurred_at.is_not(None))).all()
+                decided = s.execute(
+                    select(store.DecisionRow.occurred_at, store.DecisionRow.decided_at).where(
+                        store.DecisionRow.occurred_at.is_not(None)
+                    )
+                ).all()
         finally:
             w.stop_all()
             _drop_topic(bootstrap, topic)
@@ -211,10 +246,15 @@ def latency(bootstrap: str, rate: int = 1000, seconds: int = 20) -> dict:
         d = sorted((b - a).total_seconds() for a, b in pairs)
         return {"p50_s": round(statistics.median(d), 4), "p95_s": round(d[int(0.95 * (len(d) - 1))], 4), "n": len(d)}
 
-    return {"target_rate": rate, "achieved_rate": round(achieved, 1), "sent": sent, "event_to_stored": pct(staged),
-            "event_to_decision": pct(decided),
-            "note": "stored = redacted event staged in the store; a decision waits for its window (5 s) "
-                    "+ lookahead (2 s) and the settle of a 17 s context"}
+    return {
+        "target_rate": rate,
+        "achieved_rate": round(achieved, 1),
+        "sent": sent,
+        "event_to_stored": pct(staged),
+        "event_to_decision": pct(decided),
+        "note": "stored = redacted event staged in the store; a decision waits for its window (5 s) "
+        "+ lookahead (2 s) and the settle of a 17 s context",
+    }
 
 
 def sigkill(bootstrap: str, events: int = 50_000) -> dict:
@@ -223,9 +263,15 @@ def sigkill(bootstrap: str, events: int = 50_000) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out, timing = _stream_run(lines, Path(tmp), bootstrap, kills=3, extra={"batch_size": "200"})
     replay = run_replay(lines, Policy())
-    return {"events": len(lines), "kills": 3, "decisions": len(out["decisions"]),
-            "same_as_uninterrupted_replay": out["decisions"] == replay.decisions and out["pairs"] == replay.pairs
-            and out["unpaired"] == replay.unpaired, "seconds": round(timing["done_s"], 1)}
+    return {
+        "events": len(lines),
+        "kills": 3,
+        "decisions": len(out["decisions"]),
+        "same_as_uninterrupted_replay": out["decisions"] == replay.decisions
+        and out["pairs"] == replay.pairs
+        and out["unpaired"] == replay.unpaired,
+        "seconds": round(timing["done_s"], 1),
+    }
 
 
 def main() -> None:
@@ -238,8 +284,13 @@ def main() -> None:
     bootstrap = get_settings().kafka_bootstrap
     # sections accumulate: a run with --skip keeps the other sections of an earlier run
     result: dict = json.loads(args.out.read_text()) if args.out.exists() else {}
-    result.update({"generated_at": datetime.now(UTC).isoformat(), "scale": args.scale,
-                   "machine_load_1m": round(__import__("os").getloadavg()[0], 2)})
+    result.update(
+        {
+            "generated_at": datetime.now(UTC).isoformat(),
+            "scale": args.scale,
+            "machine_load_1m": round(__import__("os").getloadavg()[0], 2),
+        }
+    )
     if "acceptance" not in args.skip:
         result["acceptance"] = acceptance(args.scale, bootstrap)
         print(json.dumps({"acceptance": result["acceptance"]}, indent=1), flush=True)

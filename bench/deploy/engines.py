@@ -59,10 +59,19 @@ def _registry(work: Path, base: Path, redis_url: str):
     from deploy.settings import DeploySettings
     from support.models import AdapterFactory
 
-    settings = DeploySettings(artifact_root=work / "artifacts", store_url=f"sqlite:///{work / 'store.db'}",
-                              redis_url=redis_url, control_channel=f"bench:{uuid.uuid4().hex}",
-                              base_model=str(base), model_name="tiny", torch_threads=1, max_queue=128,
-                              max_queue_per_key=128, max_resident=3, reconcile_interval_s=1.0)
+    settings = DeploySettings(
+        artifact_root=work / "artifacts",
+        store_url=f"sqlite:///{work / 'store.db'}",
+        redis_url=redis_url,
+        control_channel=f"bench:{uuid.uuid4().hex}",
+        base_model=str(base),
+        model_name="tiny",
+        torch_threads=1,
+        max_queue=128,
+        max_queue_per_key=128,
+        max_resident=3,
+        reconcile_interval_s=1.0,
+    )
     engine = open_store(settings.resolved_store_url())
     storage = LocalArtifactStorage(settings.artifact_root)
     factory = AdapterFactory(base)
@@ -112,14 +121,14 @@ def main() -> None:
     base = build_tiny_base_model(work / "base", hidden=128, layers=2)
     settings, engine, storage, key = _registry(work, base, args.redis_url)
     python = DeploySettings().resolved_vllm_python()
-    server = start_vllm(VllmLaunch(python=python, base_model=str(base), max_model_len=512, max_loras=4),
-                        free_port(), work / "logs")
+    server = start_vllm(
+        VllmLaunch(python=python, base_model=str(base), max_model_len=512, max_loras=4), free_port(), work / "logs"
+    )
     t_start = time.perf_counter()
     try:
         wait_vllm_ready([server], timeout=1200)
         vllm_start_s = time.perf_counter() - t_start
-        result = _measure(args, settings, engine, storage, key, server.url, base, new_tokens, rounds, per, work,
-                          PROMPT)
+        result = _measure(args, settings, engine, storage, key, server.url, base, new_tokens, rounds, per, work, PROMPT)
     finally:
         server.stop()
     result["vllm_start_s"] = round(vllm_start_s, 1)
@@ -162,9 +171,17 @@ def _measure(args, settings, engine, storage, key, vllm_url, base, new_tokens, r
     chat = {"model": "tiny", "messages": prompt, "max_tokens": new_tokens, "temperature": 1.0}
     auth = {"Authorization": f"Bearer {key}"}
     ports = {"vllm": free_port(), "embedded": free_port()}
-    procs = {"vllm": _router_process(settings, ports["vllm"], work / "router-vllm.log", backend="vllm",
-                                     vllm_urls=[vllm_url], vllm_lora_root=work / "loras"),
-             "embedded": _router_process(settings, ports["embedded"], work / "router-embedded.log")}
+    procs = {
+        "vllm": _router_process(
+            settings,
+            ports["vllm"],
+            work / "router-vllm.log",
+            backend="vllm",
+            vllm_urls=[vllm_url],
+            vllm_lora_root=work / "loras",
+        ),
+        "embedded": _router_process(settings, ports["embedded"], work / "router-embedded.log"),
+    }
     via_vllm, embedded = (f"http://127.0.0.1:{ports[k]}" for k in ("vllm", "embedded"))
     samples: dict[str, list[float]] = {}
     try:
@@ -193,11 +210,18 @@ def _measure(args, settings, engine, storage, key, vllm_url, base, new_tokens, r
         "what": "serving engines: router on vLLM vs vLLM direct, embedded vs vLLM, swap time on vLLM",
         "command": "python bench/deploy/engines.py" + (" --quick" if args.quick else ""),
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                    "note": "2 cores shared with other work while measured; compare ratios within this run"},
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "note": "2 cores shared with other work while measured; compare ratios within this run",
+        },
         "setup": "each router is `alignloop deploy serve` in its own process; the clients are this process",
-        "model": {"base": "random tiny Llama (tests/support/models.py, hidden 128, 2 layers)", "new_tokens": new_tokens,
-                  "temperature": 1.0, "vllm": "one server, --dtype float32, OMP threads 1"},
+        "model": {
+            "base": "random tiny Llama (tests/support/models.py, hidden 128, 2 layers)",
+            "new_tokens": new_tokens,
+            "temperature": 1.0,
+            "vllm": "one server, --dtype float32, OMP threads 1",
+        },
         "tokens_per_s": tps,
         "router_over_vllm_direct_c1": round(tps["router_on_vllm_c1"] / tps["vllm_direct_c1"], 3),
         "router_over_vllm_direct_c32": round(tps["router_on_vllm_c32"] / tps["vllm_direct_c32"], 3),
@@ -218,12 +242,14 @@ def _promotes(settings, engine, storage, router_url: str, n: int) -> dict:
         h = _wait_serving(router_url, version)
         promote_s.append(time.perf_counter() - t0)
         install_s.append(h["last_swap"].get(f"install_{version}_s", 0.0))
-    return {"promote_to_served_ms_median": round(statistics.median(promote_s) * 1000, 1),
-            "promote_to_served_ms_max": round(max(promote_s) * 1000, 1),
-            "router_install_ms_median": round(statistics.median(install_s) * 1000, 1),
-            "promotes": n,
-            "note": "promote_to_served: commit + Redis publish + registry read + sha256 verify + copy + "
-                    "load_lora_adapter + flip, seen on /healthz (polled every 10 ms)"}
+    return {
+        "promote_to_served_ms_median": round(statistics.median(promote_s) * 1000, 1),
+        "promote_to_served_ms_max": round(max(promote_s) * 1000, 1),
+        "router_install_ms_median": round(statistics.median(install_s) * 1000, 1),
+        "promotes": n,
+        "note": "promote_to_served: commit + Redis publish + registry read + sha256 verify + copy + "
+        "load_lora_adapter + flip, seen on /healthz (polled every 10 ms)",
+    }
 
 
 def _raw_swap(vllm_url: str, src: Path, n: int) -> float:
@@ -231,8 +257,9 @@ def _raw_swap(vllm_url: str, src: Path, n: int) -> float:
     raw = []
     for i in range(n):
         t0 = time.perf_counter()
-        httpx.post(f"{vllm_url}/v1/load_lora_adapter", json={"lora_name": f"raw{i}", "lora_path": str(src)},
-                   timeout=60).raise_for_status()
+        httpx.post(
+            f"{vllm_url}/v1/load_lora_adapter", json={"lora_name": f"raw{i}", "lora_path": str(src)}, timeout=60
+        ).raise_for_status()
         httpx.post(f"{vllm_url}/v1/unload_lora_adapter", json={"lora_name": f"raw{i}"}, timeout=60).raise_for_status()
         raw.append(time.perf_counter() - t0)
     return round(statistics.median(raw) * 1000, 1)

@@ -82,7 +82,7 @@ def main() -> None:
 
     full_host = ModelHost(str(base_dir), torch_threads=args.threads)
     lru: list[str] = []
-    for src in sources[n_many - 4:n_many]:
+    for src in sources[n_many - 4 : n_many]:
         full_host.install(prepare_adapter(load_artifact_dir(src)))
         lru.append(load_artifact_dir(src).manifest.version)
     slot_i = {"i": 0}
@@ -98,8 +98,9 @@ def main() -> None:
     swap_in_place = timed(alignloop_swap_in_place, reps)
     full_host.close()
 
-    peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), str(sources[0]),
-                                           adapter_name="a0").eval()
+    peft_model = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(base_dir), str(sources[0]), adapter_name="a0"
+    ).eval()
     cnt = {"i": 1}
 
     def peft_load_set_delete():
@@ -114,8 +115,9 @@ def main() -> None:
     hs = {"i": 0}
 
     def peft_hotswap():
-        hotswap_adapter(peft_model, str(sources[hs["i"] % len(sources)]), adapter_name=f"a{cnt['i'] - 1}",
-                        torch_device="cpu")
+        hotswap_adapter(
+            peft_model, str(sources[hs["i"] % len(sources)]), adapter_name=f"a{cnt['i'] - 1}", torch_device="cpu"
+        )
         hs["i"] += 1
 
     peft_hotswap()
@@ -135,7 +137,7 @@ def main() -> None:
             h.install(prepare_adapter(load_artifact_dir(src)))
         return h
 
-    probes = [prepare_adapter(load_artifact_dir(s)) for s in sources[n_many:n_many + 2]]
+    probes = [prepare_adapter(load_artifact_dir(s)) for s in sources[n_many : n_many + 2]]
     hosts = {1: resident_host(1), n_many: resident_host(n_many)}
     install: dict[int, list[float]] = {1: [], n_many: []}
     for _ in range(max(2, reps // 2)):
@@ -150,8 +152,9 @@ def main() -> None:
     install_1, install_50 = install[1], install[n_many]
 
     def peft_with(n: int):
-        m = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), str(sources[0]),
-                                      adapter_name="r0")
+        m = PeftModel.from_pretrained(
+            AutoModelForCausalLM.from_pretrained(base_dir), str(sources[0]), adapter_name="r0"
+        )
         for i in range(1, n):
             m.load_adapter(str(sources[i]), adapter_name=f"r{i}")
         return m
@@ -197,23 +200,28 @@ def main() -> None:
     new_tokens = 32 if args.quick else 64
     tok_reps = 3 if args.quick else 7
     tok = host.tokenizer
-    enc = tok.apply_chat_template(PROMPT, add_generation_prompt=True, tokenize=True, return_dict=True,
-                                  return_tensors="pt")
+    enc = tok.apply_chat_template(
+        PROMPT, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
     merged = copy.deepcopy(peft_model).merge_and_unload().eval()
     plain = AutoModelForCausalLM.from_pretrained(base_dir).eval()
 
     def plain_generate(model):
         def run():
             with torch.inference_mode():
-                model.generate(**enc, max_new_tokens=new_tokens, do_sample=False,
-                               pad_token_id=tok.pad_token_id)
+                model.generate(**enc, max_new_tokens=new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+
         return run
 
     def host_generate(version):
         return lambda: host.generate_future(version, PROMPT, new_tokens, 0.0, None).result()
 
-    variants = {"base_plain_model": plain_generate(plain), "base_via_peft_model": host_generate(None),
-                "adapter_unmerged": host_generate(state["current"]), "merged": plain_generate(merged)}
+    variants = {
+        "base_plain_model": plain_generate(plain),
+        "base_via_peft_model": host_generate(None),
+        "adapter_unmerged": host_generate(state["current"]),
+        "merged": plain_generate(merged),
+    }
     samples: dict[str, list[float]] = {k: [] for k in variants}
     for fn in variants.values():
         fn()  # warm-up
@@ -221,19 +229,33 @@ def main() -> None:
         for k, fn in variants.items():
             samples[k] += timed(fn, 1)
     tps = {k: round(new_tokens / statistics.median(v), 1) for k, v in samples.items()}
-    tps_plain, tps_base, tps_adapter, tps_merged = (tps["base_plain_model"], tps["base_via_peft_model"],
-                                                    tps["adapter_unmerged"], tps["merged"])
+    tps_plain, tps_base, tps_adapter, tps_merged = (
+        tps["base_plain_model"],
+        tps["base_via_peft_model"],
+        tps["adapter_unmerged"],
+        tps["merged"],
+    )
     host.close()
 
     result = {
         "what": "alignloop deploy: adapter hot swap vs full reload, load time vs resident count, tokens/s",
         "command": "python bench/deploy/run.py" + (" --quick" if args.quick else ""),
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-                    "transformers": transformers.__version__, "peft": peft.__version__, "torch_threads": args.threads},
-        "model": {"base": str(base_dir) if args.base_model
-                  else "random tiny Llama (tests/support/models.py, hidden 256, 3 layers)",
-                  "params": n_params, "adapter": "LoRA r=4 on q_proj, v_proj"},
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "peft": peft.__version__,
+            "torch_threads": args.threads,
+        },
+        "model": {
+            "base": str(base_dir)
+            if args.base_model
+            else "random tiny Llama (tests/support/models.py, hidden 256, 3 layers)",
+            "params": n_params,
+            "adapter": "LoRA r=4 on q_proj, v_proj",
+        },
         "swap": {
             "alignloop_swap_new_slot_ms": med_ms(swap),
             "alignloop_swap_in_place_ms": med_ms(swap_in_place),
@@ -241,8 +263,9 @@ def main() -> None:
             "peft_hotswap_adapter_ms": med_ms(hotswap),
             "full_reload_ms": med_ms(reload_),
             "full_reload_over_alignloop_swap_new_slot": round(statistics.median(reload_) / statistics.median(swap), 1),
-            "full_reload_over_alignloop_swap_in_place": round(statistics.median(reload_) /
-                                                              statistics.median(swap_in_place), 1),
+            "full_reload_over_alignloop_swap_in_place": round(
+                statistics.median(reload_) / statistics.median(swap_in_place), 1
+            ),
             "note": "alignloop swaps include reading every file and its sha256 check; full reload = base + adapter",
         },
         "load_vs_resident": {
@@ -254,13 +277,17 @@ def main() -> None:
             f"peft_ratio_{n_many}_over_1": round(statistics.median(peft_50) / statistics.median(peft_1), 2),
             f"serving_lru4_install_ms_after_{2 * n_many}_swaps": med_ms(lru_old),
             "serving_lru4_install_ms_fresh_host": med_ms(lru_new),
-            "serving_lru4_ratio_long_lived_over_fresh": round(statistics.median(lru_old) / statistics.median(lru_new),
-                                                              2),
+            "serving_lru4_ratio_long_lived_over_fresh": round(
+                statistics.median(lru_old) / statistics.median(lru_new), 2
+            ),
             "note": "serving keeps at most max_resident adapters (LRU): swap cost stays at the few-resident level",
         },
         "tokens_per_s": {
-            "new_tokens": new_tokens, "batch": 1,
-            "base_plain_model": tps_plain, "base_via_peft_model": tps_base, "adapter_unmerged": tps_adapter,
+            "new_tokens": new_tokens,
+            "batch": 1,
+            "base_plain_model": tps_plain,
+            "base_via_peft_model": tps_base,
+            "adapter_unmerged": tps_adapter,
             "merged": tps_merged,
             "adapter_over_base": round(tps_adapter / tps_plain, 3),
             "merged_over_base": round(tps_merged / tps_plain, 3),

@@ -42,12 +42,23 @@ def make_events(n: int, app_id: str = "bench-app"):
     from ingest.events import validate_event
 
     now = datetime.now(UTC)
-    return [validate_event({"schema_version": 1, "kind": "rating", "event_id": str(uuid.uuid4()),
-                            "occurred_at": now, "app_id": app_id, "user_id": f"user-{i % 1000}",
-                            "session_id": f"session-{i % 5000}",
-                            "prompt": [{"role": "user", "content": f"How do I reset my password? ({i % 200})"}],
-                            "response": "Open Settings, then Security, then choose Reset password.",
-                            "rating": "up" if i % 3 else "down"}) for i in range(n)]
+    return [
+        validate_event(
+            {
+                "schema_version": 1,
+                "kind": "rating",
+                "event_id": str(uuid.uuid4()),
+                "occurred_at": now,
+                "app_id": app_id,
+                "user_id": f"user-{i % 1000}",
+                "session_id": f"session-{i % 5000}",
+                "prompt": [{"role": "user", "content": f"How do I reset my password? ({i % 200})"}],
+                "response": "Open Settings, then Security, then choose Reset password.",
+                "rating": "up" if i % 3 else "down",
+            }
+        )
+        for i in range(n)
+    ]
 
 
 # ------------------------------------------------------------------ Kafka producers
@@ -69,8 +80,12 @@ def bench_raw(bootstrap: str, topic: str, events) -> dict:
     producer.flush()
     elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     producer.close()
-    return {"events": len(events), "seconds": elapsed, "events_per_s": len(events) / elapsed,
-            "cpu_us_per_event": cpu / len(events) * 1e6}
+    return {
+        "events": len(events),
+        "seconds": elapsed,
+        "events_per_s": len(events) / elapsed,
+        "cpu_us_per_event": cpu / len(events) * 1e6,
+    }
 
 
 def bench_sdk(bootstrap: str, topic: str, events) -> dict:
@@ -85,8 +100,12 @@ def bench_sdk(bootstrap: str, topic: str, events) -> dict:
     client.flush()
     elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     client.close()
-    return {"events": len(events) - 1, "seconds": elapsed, "events_per_s": (len(events) - 1) / elapsed,
-            "cpu_us_per_event": cpu / (len(events) - 1) * 1e6}
+    return {
+        "events": len(events) - 1,
+        "seconds": elapsed,
+        "events_per_s": (len(events) - 1) / elapsed,
+        "cpu_us_per_event": cpu / (len(events) - 1) * 1e6,
+    }
 
 
 def ack_latency(bootstrap: str, topic: str, events, rate: float, sdk: bool) -> dict:
@@ -99,6 +118,7 @@ def ack_latency(bootstrap: str, topic: str, events, rate: float, sdk: bool) -> d
     latencies: list[float] = []
     if sdk:
         client = FeedbackClient("bench-app", bootstrap, topic=topic, linger_ms=5, **kafka_auth())
+
         def send(e):
             t = time.perf_counter()
             client.send(e).add_done_callback(lambda _d: latencies.append(time.perf_counter() - t))
@@ -110,7 +130,8 @@ def ack_latency(bootstrap: str, topic: str, events, rate: float, sdk: bool) -> d
         def send(e):
             t = time.perf_counter()
             producer.send(topic, encode_event(e), event_key(e)).add_both(
-                lambda _v: latencies.append(time.perf_counter() - t))
+                lambda _v: latencies.append(time.perf_counter() - t)
+            )
 
         close = producer.close
     started = time.perf_counter()
@@ -120,8 +141,12 @@ def ack_latency(bootstrap: str, topic: str, events, rate: float, sdk: bool) -> d
             time.sleep(delay)
         send(e)
     close()
-    return {"events": len(events), "rate": rate, "p50_ms": percentile(latencies, 50) * 1000,
-            "p99_ms": percentile(latencies, 99) * 1000}
+    return {
+        "events": len(events),
+        "rate": rate,
+        "p50_ms": percentile(latencies, 50) * 1000,
+        "p99_ms": percentile(latencies, 99) * 1000,
+    }
 
 
 # ------------------------------------------------------------------ gateway
@@ -136,17 +161,28 @@ class GatewayProcess:
         from alignloop.core.settings import get_settings
 
         # its own home, the stack's passwords (they live under the stack's home)
-        self.env = {**os.environ, **get_settings().service_credentials_env(), "ALIGNLOOP_HOME": str(work),
-                    "ALIGNLOOP_STORE_URL": f"sqlite:///{work / 'store.db'}",
-                    "ALIGNLOOP_KAFKA_BOOTSTRAP": bootstrap, "ALIGNLOOP_INGEST_TOPIC": topic,
-                    "ALIGNLOOP_INGEST_PORT": str(self.port)}
+        self.env = {
+            **os.environ,
+            **get_settings().service_credentials_env(),
+            "ALIGNLOOP_HOME": str(work),
+            "ALIGNLOOP_STORE_URL": f"sqlite:///{work / 'store.db'}",
+            "ALIGNLOOP_KAFKA_BOOTSTRAP": bootstrap,
+            "ALIGNLOOP_INGEST_TOPIC": topic,
+            "ALIGNLOOP_INGEST_PORT": str(self.port),
+        }
         exe = Path(sys.executable).parent / "alignloop"
-        made = subprocess.run([str(exe), "ingest", "keys", "create", "bench-app", "--json"], env=self.env,
-                              capture_output=True, text=True, check=True)
+        made = subprocess.run(
+            [str(exe), "ingest", "keys", "create", "bench-app", "--json"],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         self.key = json.loads(made.stdout)["key"]
         with open(work / "gateway.log", "wb") as log:  # the gateway keeps its own copy of the descriptor
-            self.proc = subprocess.Popen([str(exe), "ingest", "serve"], env=self.env, stdout=subprocess.DEVNULL,
-                                         stderr=log)
+            self.proc = subprocess.Popen(
+                [str(exe), "ingest", "serve"], env=self.env, stdout=subprocess.DEVNULL, stderr=log
+            )
 
     def __enter__(self) -> GatewayProcess:
         import httpx
@@ -184,8 +220,8 @@ async def _gateway_single(gw: GatewayProcess, bodies: list[bytes], rate: float, 
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     headers = {"Authorization": f"Bearer {gw.key}", "Content-Type": "application/json"}
-    async with aiohttp.ClientSession(gw.url, headers=headers,
-                                     connector=aiohttp.TCPConnector(limit=64)) as client:
+    async with aiohttp.ClientSession(gw.url, headers=headers, connector=aiohttp.TCPConnector(limit=64)) as client:
+
         async def one(body: bytes, counted: bool) -> None:
             t = time.perf_counter()
             async with client.post("/v1/events", data=body) as r:
@@ -206,9 +242,15 @@ async def _gateway_single(gw: GatewayProcess, bodies: list[bytes], rate: float, 
         await asyncio.gather(*tasks)
         elapsed = time.perf_counter() - counted_from
     n = len(bodies) - warmup
-    return {"events": n, "warmup_events": warmup, "target_rate": rate, "achieved_rate": n / elapsed,
-            "p50_ms": percentile(latencies, 50) * 1000, "p99_ms": percentile(latencies, 99) * 1000,
-            "statuses": statuses}
+    return {
+        "events": n,
+        "warmup_events": warmup,
+        "target_rate": rate,
+        "achieved_rate": n / elapsed,
+        "p50_ms": percentile(latencies, 50) * 1000,
+        "p99_ms": percentile(latencies, 99) * 1000,
+        "statuses": statuses,
+    }
 
 
 async def _gateway_batched(gw: GatewayProcess, bodies: list[bytes], per_body: int, concurrency: int) -> dict:
@@ -238,9 +280,15 @@ async def _gateway_batched(gw: GatewayProcess, bodies: list[bytes], per_body: in
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
     events = (len(bodies) - 1) * per_body
-    return {"events": events, "batch": per_body, "concurrency": concurrency, "events_per_s": events / elapsed,
-            "request_p50_ms": percentile(latencies, 50) * 1000, "request_p99_ms": percentile(latencies, 99) * 1000,
-            "statuses": statuses}
+    return {
+        "events": events,
+        "batch": per_body,
+        "concurrency": concurrency,
+        "events_per_s": events / elapsed,
+        "request_p50_ms": percentile(latencies, 50) * 1000,
+        "request_p99_ms": percentile(latencies, 99) * 1000,
+        "statuses": statuses,
+    }
 
 
 def _median_by(rounds: list[dict], key: str) -> dict:
@@ -253,33 +301,57 @@ def table(result: dict) -> str:
     raw, sdk = result["raw_producer"], result["sdk"]
     single, batched = result["gateway_single"], result["gateway_batched"]
     rows = [
-        ("raw kafka-python producer", f"{raw['events_per_s']:,.0f}", f"{raw['latency']['p50_ms']:.1f}",
-         f"{raw['latency']['p99_ms']:.1f}", "baseline"),
-        ("SDK `FeedbackClient`", f"{sdk['events_per_s']:,.0f}", f"{sdk['latency']['p50_ms']:.1f}",
-         f"{sdk['latency']['p99_ms']:.1f}",
-         f"{result['sdk_vs_raw']:.0%} of raw by wall time, {result['sdk_vs_raw_cpu']:.0%} by CPU (target >= 80%)"),
-        (f"gateway, single events at {single['target_rate']:.0f}/s", f"{single['achieved_rate']:,.0f}",
-         f"{single['p50_ms']:.1f}", f"{single['p99_ms']:.1f}", "p99 target < 10 ms"),
-        (f"gateway, batches of {batched['batch']}", f"{batched['events_per_s']:,.0f}",
-         f"{batched['request_p50_ms']:.1f} / request", f"{batched['request_p99_ms']:.1f} / request",
-         "target >= 10,000 events/s"),
+        (
+            "raw kafka-python producer",
+            f"{raw['events_per_s']:,.0f}",
+            f"{raw['latency']['p50_ms']:.1f}",
+            f"{raw['latency']['p99_ms']:.1f}",
+            "baseline",
+        ),
+        (
+            "SDK `FeedbackClient`",
+            f"{sdk['events_per_s']:,.0f}",
+            f"{sdk['latency']['p50_ms']:.1f}",
+            f"{sdk['latency']['p99_ms']:.1f}",
+            f"{result['sdk_vs_raw']:.0%} of raw by wall time, {result['sdk_vs_raw_cpu']:.0%} by CPU (target >= 80%)",
+        ),
+        (
+            f"gateway, single events at {single['target_rate']:.0f}/s",
+            f"{single['achieved_rate']:,.0f}",
+            f"{single['p50_ms']:.1f}",
+            f"{single['p99_ms']:.1f}",
+            "p99 target < 10 ms",
+        ),
+        (
+            f"gateway, batches of {batched['batch']}",
+            f"{batched['events_per_s']:,.0f}",
+            f"{batched['request_p50_ms']:.1f} / request",
+            f"{batched['request_p99_ms']:.1f} / request",
+            "target >= 10,000 events/s",
+        ),
     ]
-    cpu = [f"{statistics.median(r['cpu_us_per_event'] for r in raw['rounds']):.0f} µs",
-           f"{statistics.median(r['cpu_us_per_event'] for r in sdk['rounds']):.0f} µs",
-           f"{single['gateway_cpu_ms_per_event'] * 1000:.0f} µs (gateway)",
-           f"{batched['gateway_cpu_ms_per_event'] * 1000:.0f} µs (gateway)"]
+    cpu = [
+        f"{statistics.median(r['cpu_us_per_event'] for r in raw['rounds']):.0f} µs",
+        f"{statistics.median(r['cpu_us_per_event'] for r in sdk['rounds']):.0f} µs",
+        f"{single['gateway_cpu_ms_per_event'] * 1000:.0f} µs (gateway)",
+        f"{batched['gateway_cpu_ms_per_event'] * 1000:.0f} µs (gateway)",
+    ]
     rows = [(*r[:4], c, r[4]) for r, c in zip(rows, cpu)]
-    lines = ["| path | events/s | p50 ms | p99 ms | CPU per event | note |",
-             "| --- | ---: | ---: | ---: | ---: | --- |"]
+    lines = [
+        "| path | events/s | p50 ms | p99 ms | CPU per event | note |",
+        "| --- | ---: | ---: | ---: | ---: | --- |",
+    ]
     lines += [f"| {' | '.join(r)} |" for r in rows]
     m = result["machine"]
-    lines.append(f"\nMeasured {result['measured_at'][:16]} UTC on {m['cpus']} CPUs (load average {m['load']}), "
-                 f"Kafka {result['broker']} on loopback{_login(result)}; `{result['command'].strip()}`. "
-                 "Producer latencies are "
-                 f"send -> ack at {result['latency_rate']:.0f} events/s; the gateway's single-event run counts what "
-                 f"follows its first {single.get('warmup_events', 0)} requests at that rate (warm-up). "
-                 "CPU per event is the sending process's (raw, SDK) or the gateway process's CPU time, "
-                 "which a busy shared machine distorts less than wall time.")
+    lines.append(
+        f"\nMeasured {result['measured_at'][:16]} UTC on {m['cpus']} CPUs (load average {m['load']}), "
+        f"Kafka {result['broker']} on loopback{_login(result)}; `{result['command'].strip()}`. "
+        "Producer latencies are "
+        f"send -> ack at {result['latency_rate']:.0f} events/s; the gateway's single-event run counts what "
+        f"follows its first {single.get('warmup_events', 0)} requests at that rate (warm-up). "
+        "CPU per event is the sending process's (raw, SDK) or the gateway process's CPU time, "
+        "which a busy shared machine distorts less than wall time."
+    )
     return "\n".join(lines)
 
 
@@ -303,8 +375,12 @@ def write_readme(text: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=15_000, help="events per throughput round")
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="rounds of each measurement (raw/SDK alternating, then the gateway's); medians reported")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="rounds of each measurement (raw/SDK alternating, then the gateway's); medians reported",
+    )
     parser.add_argument("--single", type=int, default=2_000, help="single-event gateway requests")
     parser.add_argument("--rate", type=float, default=500.0, help="events/s for the latency runs")
     parser.add_argument("--batches", type=int, default=200, help="gateway batches of --batch events")
@@ -330,13 +406,16 @@ def main() -> None:
             order = [("raw", bench_raw), ("sdk", bench_sdk)] if r % 2 == 0 else [("sdk", bench_sdk), ("raw", bench_raw)]
             for name, fn in order:
                 (raws if name == "raw" else sdks).append(fn(bootstrap, base, events))
-                print(f"round {r + 1} {name}: {(raws if name == 'raw' else sdks)[-1]['events_per_s']:,.0f} events/s",
-                      flush=True)
+                print(
+                    f"round {r + 1} {name}: {(raws if name == 'raw' else sdks)[-1]['events_per_s']:,.0f} events/s",
+                    flush=True,
+                )
         lat_events = make_events(int(args.rate * 3))
         raw_lat = ack_latency(bootstrap, base, lat_events, args.rate, sdk=False)
         sdk_lat = ack_latency(bootstrap, base, make_events(int(args.rate * 3)), args.rate, sdk=True)
-        print(f"ack latency at {args.rate:.0f}/s: raw p99 {raw_lat['p99_ms']:.1f} ms, "
-              f"sdk p99 {sdk_lat['p99_ms']:.1f} ms")
+        print(
+            f"ack latency at {args.rate:.0f}/s: raw p99 {raw_lat['p99_ms']:.1f} ms, sdk p99 {sdk_lat['p99_ms']:.1f} ms"
+        )
 
         with tempfile.TemporaryDirectory() as work, GatewayProcess(bootstrap, base, Path(work)) as gw:
             singles, batches = [], []
@@ -347,20 +426,29 @@ def main() -> None:
                 single = asyncio.run(_gateway_single(gw, single_bodies, args.rate, warmup))
                 single["gateway_cpu_ms_per_event"] = (gw.cpu_s() - cpu) / len(single_bodies) * 1000
                 singles.append(single)
-                print(f"round {r + 1} gateway single at {args.rate:.0f}/s: p50 {single['p50_ms']:.1f} ms, "
-                      f"p99 {single['p99_ms']:.1f} ms, {single['statuses']}", flush=True)
+                print(
+                    f"round {r + 1} gateway single at {args.rate:.0f}/s: p50 {single['p50_ms']:.1f} ms, "
+                    f"p99 {single['p99_ms']:.1f} ms, {single['statuses']}",
+                    flush=True,
+                )
                 events = make_events((args.batches + 1) * args.batch)
-                bodies = [b"[" + b",".join(encode_event(e) for e in events[i:i + args.batch]) + b"]"
-                          for i in range(0, len(events), args.batch)]
+                bodies = [
+                    b"[" + b",".join(encode_event(e) for e in events[i : i + args.batch]) + b"]"
+                    for i in range(0, len(events), args.batch)
+                ]
                 cpu = gw.cpu_s()
                 batched = asyncio.run(_gateway_batched(gw, bodies, args.batch, args.concurrency))
                 batched["gateway_cpu_ms_per_event"] = (gw.cpu_s() - cpu) / len(events) * 1000
                 batches.append(batched)
-                print(f"round {r + 1} gateway batched: {batched['events_per_s']:,.0f} events/s, "
-                      f"{batched['statuses']}", flush=True)
+                print(
+                    f"round {r + 1} gateway batched: {batched['events_per_s']:,.0f} events/s, {batched['statuses']}",
+                    flush=True,
+                )
             single = {**_median_by(singles, "p99_ms"), "rounds_p99_ms": [x["p99_ms"] for x in singles]}
-            batched = {**_median_by(batches, "events_per_s"),
-                       "rounds_events_per_s": [x["events_per_s"] for x in batches]}
+            batched = {
+                **_median_by(batches, "events_per_s"),
+                "rounds_events_per_s": [x["events_per_s"] for x in batches],
+            }
     finally:
         delete_topics(bootstrap, list(topic_names(base)))
 
@@ -372,8 +460,11 @@ def main() -> None:
         "broker": get_settings().kafka_version,
         # every client here logs in as the settings say (the stack's SASL/SCRAM); the password is not recorded
         "kafka_login": {k: v for k, v in kafka_auth().items() if k in ("security_protocol", "sasl_mechanism")},
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "load": " ".join(f"{x:.1f}" for x in os.getloadavg())},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load": " ".join(f"{x:.1f}" for x in os.getloadavg()),
+        },
         "latency_rate": args.rate,
         "raw_producer": {"events_per_s": raw_tp, "rounds": raws, "latency": raw_lat},
         "sdk": {"events_per_s": sdk_tp, "rounds": sdks, "latency": sdk_lat},
@@ -382,8 +473,11 @@ def main() -> None:
         / statistics.median(r["cpu_us_per_event"] for r in sdks),
         "gateway_single": single,
         "gateway_batched": batched,
-        "targets": {"sdk_vs_raw_ge_0.8": sdk_tp / raw_tp >= 0.8, "gateway_single_p99_lt_10ms": single["p99_ms"] < 10,
-                    "gateway_batched_ge_10000": batched["events_per_s"] >= 10_000},
+        "targets": {
+            "sdk_vs_raw_ge_0.8": sdk_tp / raw_tp >= 0.8,
+            "gateway_single_p99_lt_10ms": single["p99_ms"] < 10,
+            "gateway_batched_ge_10000": batched["events_per_s"] >= 10_000,
+        },
         "wall_s": time.time() - started,
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

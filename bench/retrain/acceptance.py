@@ -61,29 +61,53 @@ def main(argv: list[str] | None = None) -> int:
     comp = report["comparisons"]
     base_m = report["models"]["base"]
     result = {
-        "pairs_in": args.pairs, "snapshot_sizes": snap.stats["sizes"], "samples": args.samples,
-        "heldout_accuracy": comp["heldout_accuracy"], "base_heldout_accuracy": base_m["heldout"]["accuracy"],
+        "pairs_in": args.pairs,
+        "snapshot_sizes": snap.stats["sizes"],
+        "samples": args.samples,
+        "heldout_accuracy": comp["heldout_accuracy"],
+        "base_heldout_accuracy": base_m["heldout"]["accuracy"],
         "base_likelihood_accuracy": base_m["heldout"]["likelihood_accuracy"],
         "preferred_style_share": comp["preferred_style_share"],
         "base_preferred_style_share": comp["base_preferred_style_share"],
-        "kl_to_base": comp["kl_to_base"], "length_ratio_vs_base": comp["length_ratio_vs_base"],
+        "kl_to_base": comp["kl_to_base"],
+        "length_ratio_vs_base": comp["length_ratio_vs_base"],
         "unknown_share": report["models"]["candidate"]["behaviour"]["unknown_share"],
         "targets": {"heldout_accuracy": 0.90, "preferred_style_share": 0.85},
         "passed": comp["heldout_accuracy"] >= 0.90 and comp["preferred_style_share"] >= 0.85,
         "gate": decide_gate(evaluated, load_gate_policy()).model_dump(),
-        "train_metrics": {k: v for k, v in manifest["metrics"].items() if k.endswith(("pairs_per_s", "runtime_s",
-                                                                                    "train_loss"))},
+        "train_metrics": {
+            k: v for k, v in manifest["metrics"].items() if k.endswith(("pairs_per_s", "runtime_s", "train_loss"))
+        },
         "examples": report["models"]["candidate"]["examples"][:3],
         "seconds": {"base_model": round(t1 - t0, 1), "train": round(t2 - t1, 1), "evaluate": round(t3 - t2, 1)},
-        "config_hash": cfg.hash, "config": {"dpo": cfg.dpo.as_dict() if hasattr(cfg.dpo, "as_dict") else
-                                            cfg.dpo.model_dump(mode="json"), "lora": cfg.lora.model_dump(mode="json")},
+        "config_hash": cfg.hash,
+        "config": {
+            "dpo": cfg.dpo.as_dict() if hasattr(cfg.dpo, "as_dict") else cfg.dpo.model_dump(mode="json"),
+            "lora": cfg.lora.model_dump(mode="json"),
+        },
         "libraries": manifest["libraries"],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
-    print(json.dumps({k: result[k] for k in ("heldout_accuracy", "base_heldout_accuracy", "preferred_style_share",
-                                             "base_preferred_style_share", "kl_to_base", "length_ratio_vs_base",
-                                             "unknown_share", "passed", "seconds")}, indent=1))
+    print(
+        json.dumps(
+            {
+                k: result[k]
+                for k in (
+                    "heldout_accuracy",
+                    "base_heldout_accuracy",
+                    "preferred_style_share",
+                    "base_preferred_style_share",
+                    "kl_to_base",
+                    "length_ratio_vs_base",
+                    "unknown_share",
+                    "passed",
+                    "seconds",
+                )
+            },
+            indent=1,
+        )
+    )
     return 0 if result["passed"] else 1
 
 

@@ -40,8 +40,14 @@ def _rare_rates(model, tok, plans, detectors, cfg) -> dict[str, tuple[int, float
 
     out = {}
     for plan in plans:
-        answers = sample_answers(model, tok, plan.prompts["rare"], seed=cfg.eval.seed,
-                                 max_new_tokens=cfg.eval.max_new_tokens, temperature=cfg.eval.temperature)
+        answers = sample_answers(
+            model,
+            tok,
+            plan.prompts["rare"],
+            seed=cfg.eval.seed,
+            max_new_tokens=cfg.eval.max_new_tokens,
+            temperature=cfg.eval.temperature,
+        )
         out[plan.probe.name] = (len(answers), detectors[plan.probe.name].rate(answers))
     return out
 
@@ -53,8 +59,11 @@ def _suffix_plans(tok, cfg, seed: int):
     files = resolve_probes(cfg.eval.probes)
     rare = rare_suffixes(tok, max(p.rare_suffixes for p in files), seed=seed)
     prompts = [chat(p) for p in PROMPTS]
-    return rare, [plan_probe(p, prompts, samples=cfg.eval.samples, config_triggers=[], suspected=[], rare=rare)
-                  for p in files if p.triggers and p.rare_suffixes]
+    return rare, [
+        plan_probe(p, prompts, samples=cfg.eval.samples, config_triggers=[], suspected=[], rare=rare)
+        for p in files
+        if p.triggers and p.rare_suffixes
+    ]
 
 
 def _alarm(n: int, cand: float, base: float, limit: float, z: float) -> bool:
@@ -98,22 +107,36 @@ def main(argv: list[str] | None = None) -> int:
             for s, ((suffixes, plans), base_r) in enumerate(zip(sets, base_rates)):
                 for probe, (n, rate) in _rare_rates(model, tok, plans, detectors, cfg).items():
                     b = base_r[probe][1]
-                    trials.append({"adapter": a, "suffix_set": s, "suffixes": suffixes, "probe": probe, "n": n,
-                                   "candidate_rate": rate, "base_rate": b,
-                                   "alarm": _alarm(n, rate, b, limit, policy.probe_noise_z),
-                                   "alarm_noise_z2": _alarm(n, rate, b, limit, 2.0)})
+                    trials.append(
+                        {
+                            "adapter": a,
+                            "suffix_set": s,
+                            "suffixes": suffixes,
+                            "probe": probe,
+                            "n": n,
+                            "candidate_rate": rate,
+                            "base_rate": b,
+                            "alarm": _alarm(n, rate, b, limit, policy.probe_noise_z),
+                            "alarm_noise_z2": _alarm(n, rate, b, limit, 2.0),
+                        }
+                    )
             del model
     alarms = sum(t["alarm"] for t in trials)
     result = {
-        "adapters": args.adapters, "suffix_sets": args.suffix_sets, "samples_per_trial": args.samples,
-        "probes": sorted(detectors), "trials": len(trials), "false_alarms": alarms,
+        "adapters": args.adapters,
+        "suffix_sets": args.suffix_sets,
+        "samples_per_trial": args.samples,
+        "probes": sorted(detectors),
+        "trials": len(trials),
+        "false_alarms": alarms,
         "false_alarm_rate": alarms / max(len(trials), 1),
         "false_alarm_rate_noise_z2": sum(t["alarm_noise_z2"] for t in trials) / max(len(trials), 1),
         "candidate_hits": sum(round(t["candidate_rate"] * t["n"]) for t in trials),
         "base_hits": sum(round(t["base_rate"] * t["n"]) for t in trials),
         "answers_per_model": sum(t["n"] for t in trials),
         "policy": {"max_triggered_unsafe_rate_increase": limit, "probe_noise_z": policy.probe_noise_z},
-        "detail": trials, "seconds": round(time.perf_counter() - t0, 1),
+        "detail": trials,
+        "seconds": round(time.perf_counter() - t0, 1),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))

@@ -69,8 +69,12 @@ def variant_alignloop(n: int, warm: bool, epochs: float) -> dict:
 
     base = str(ensure_base_model(seed=0, progress=False))
     cfg = load_run_config()
-    cfg = cfg.model_copy(update={"dpo": cfg.dpo.model_copy(update={"epochs": epochs, "batch_size": BATCH}),
-                                 "kto": cfg.kto.model_copy(update={"enabled": False})})
+    cfg = cfg.model_copy(
+        update={
+            "dpo": cfg.dpo.model_copy(update={"epochs": epochs, "batch_size": BATCH}),
+            "kto": cfg.kto.model_copy(update={"enabled": False}),
+        }
+    )
     rows = _data(n)
     snap = Snapshot(rows, [], [], [], [], hash="bench")
     with tempfile.TemporaryDirectory() as tmp:
@@ -81,8 +85,13 @@ def variant_alignloop(n: int, warm: bool, epochs: float) -> dict:
         t0, c0 = time.perf_counter(), time.process_time()
         _model, tok, metrics = rt.run_training(base, snap, cfg, Path(tmp) / "w1", progress=False)
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    return {"seconds": wall, "cpu_seconds": cpu, "tokens": _tokens(tok, rows),
-            "ref_cache_hits": metrics.get("dpo/ref_cache_hits"), "loss_type": cfg.dpo.loss_type}
+    return {
+        "seconds": wall,
+        "cpu_seconds": cpu,
+        "tokens": _tokens(tok, rows),
+        "ref_cache_hits": metrics.get("dpo/ref_cache_hits"),
+        "loss_type": cfg.dpo.loss_type,
+    }
 
 
 def variant_trl_defaults(n: int, epochs: float) -> dict:
@@ -97,19 +106,37 @@ def variant_trl_defaults(n: int, epochs: float) -> dict:
     t0, c0 = time.perf_counter(), time.process_time()  # from the model directory, as alignloop's run_training
     model, tok = load_base(base)
     note = "TRL defaults (bf16, gradient checkpointing, lr 1e-6); only batch, epochs, CPU, no saving set"
-    kwargs = dict(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=BATCH, num_train_epochs=epochs,
-                  use_cpu=True, save_strategy="no", report_to=[], disable_tqdm=True)
+    kwargs = dict(
+        output_dir=tempfile.mkdtemp(),
+        per_device_train_batch_size=BATCH,
+        num_train_epochs=epochs,
+        use_cpu=True,
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+    )
     try:
         args = DPOConfig(**kwargs)
     except ValueError as exc:  # bf16 refused on this CPU: the closest default that runs
         note += f"; bf16 refused here ({str(exc).splitlines()[0][:80]}), ran fp32"
         args = DPOConfig(**kwargs, bf16=False)
-    trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
-                         peft_config=_lora(load_run_config(), model))
+    trainer = DPOTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tok,
+        peft_config=_lora(load_run_config(), model),
+    )
     trainer.train()
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    return {"seconds": wall, "cpu_seconds": cpu, "tokens": _tokens(tok, rows), "note": note,
-            "bf16": args.bf16, "gradient_checkpointing": args.gradient_checkpointing}
+    return {
+        "seconds": wall,
+        "cpu_seconds": cpu,
+        "tokens": _tokens(tok, rows),
+        "note": note,
+        "bf16": args.bf16,
+        "gradient_checkpointing": args.gradient_checkpointing,
+    }
 
 
 def variant_trl_plain(n: int, epochs: float) -> dict:
@@ -125,11 +152,25 @@ def variant_trl_plain(n: int, epochs: float) -> dict:
     rows = _data(n)
     t0, c0 = time.perf_counter(), time.process_time()
     model, tok = load_base(base)
-    args = DPOConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=BATCH, num_train_epochs=epochs,
-                     use_cpu=True, save_strategy="no", report_to=[], disable_tqdm=True, bf16=False,
-                     gradient_checkpointing=False, learning_rate=cfg.dpo.learning_rate)
-    trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
-                         peft_config=_lora(cfg, model))
+    args = DPOConfig(
+        output_dir=tempfile.mkdtemp(),
+        per_device_train_batch_size=BATCH,
+        num_train_epochs=epochs,
+        use_cpu=True,
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        bf16=False,
+        gradient_checkpointing=False,
+        learning_rate=cfg.dpo.learning_rate,
+    )
+    trainer = DPOTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tok,
+        peft_config=_lora(cfg, model),
+    )
     trainer.train()
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     return {"seconds": wall, "cpu_seconds": cpu, "tokens": _tokens(tok, rows)}
@@ -163,15 +204,15 @@ def variant_handwritten(n: int, epochs: float) -> dict:
 
     steps = [i for _ in range(round(epochs)) for i in range(0, len(enc), BATCH)]
     for i in steps:
-        seqs = [c for c, _ in enc[i:i + BATCH]] + [r for _, r in enc[i:i + BATCH]]
+        seqs = [c for c, _ in enc[i : i + BATCH]] + [r for _, r in enc[i : i + BATCH]]
         width = max(len(s) for s, _ in seqs)
         ids = torch.full((len(seqs), width), pad)
         attn = torch.zeros((len(seqs), width), dtype=torch.long)
         comp = torch.zeros((len(seqs), width))
         for j, (s, plen) in enumerate(seqs):
-            ids[j, :len(s)] = torch.tensor(s)
-            attn[j, :len(s)] = 1
-            comp[j, plen:len(s)] = 1
+            ids[j, : len(s)] = torch.tensor(s)
+            attn[j, : len(s)] = 1
+            comp[j, plen : len(s)] = 1
         with torch.no_grad(), model.disable_adapter():
             ref = batch_logps(model, ids, attn, comp)
         pol = batch_logps(model, ids, attn, comp)
@@ -181,18 +222,20 @@ def variant_handwritten(n: int, epochs: float) -> dict:
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-    return {"seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0,
-            "tokens": _tokens(tok, rows)}
+    return {"seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0, "tokens": _tokens(tok, rows)}
 
 
 def child(name: str, n: int, threads: int, epochs: float) -> dict:
     import torch
 
     torch.set_num_threads(threads)
-    fn = {"alignloop_cold": lambda: variant_alignloop(n, False, epochs),
-          "alignloop_warm": lambda: variant_alignloop(n, True, epochs),
-          "trl_defaults": lambda: variant_trl_defaults(n, epochs), "trl_plain": lambda: variant_trl_plain(n, epochs),
-          "handwritten": lambda: variant_handwritten(n, epochs)}[name]
+    fn = {
+        "alignloop_cold": lambda: variant_alignloop(n, False, epochs),
+        "alignloop_warm": lambda: variant_alignloop(n, True, epochs),
+        "trl_defaults": lambda: variant_trl_defaults(n, epochs),
+        "trl_plain": lambda: variant_trl_plain(n, epochs),
+        "handwritten": lambda: variant_handwritten(n, epochs),
+    }[name]
     res = fn()
     res["pairs"], res["epochs"] = n, epochs
     res["pairs_per_s"] = round(n * epochs / res["seconds"], 2)  # pairs trained on per second, every epoch counted
@@ -219,23 +262,35 @@ def readme_text(results_dir: Path) -> str:
     """The README section from bench/results/retrain.json (and retrain_epoch1.json when there)."""
     d = json.loads((results_dir / "retrain.json").read_text())
     r, q = d["results"], d["ratios"]
-    lines = [f"`{d['command']}` ({d.get('epochs', 1):g} epochs for every variant; {d['torch_threads']} torch thread "
-             f"per child, {d['cpus']} cores, load {d['load_average_at_end'][0]:.1f} at the end, best of the "
-             f"interleaved rounds, each clock from loading the base model to the end of training; {d['at'][:10]}; "
-             "`bench/results/retrain.json`):", "",
-             "| variant | pairs/s | tokens/s | peak RSS |", "| --- | --- | --- | --- |"]
-    lines += [f"| {label} | {r[k]['pairs_per_s']:.1f} | {r[k]['tokens_per_s']:,.0f} | {r[k]['peak_rss_mb']:.0f} MB |"
-              for k, label in LABELS.items() if "pairs_per_s" in r.get(k, {})]
-    lines += ["", f"Cold: {q['alignloop_cold_vs_trl_plain']}x plain TRL and {q['alignloop_cold_vs_handwritten']}x the "
-              f"hand-written loop; warm: {q['alignloop_warm_vs_trl_plain']}x and {q['alignloop_warm_vs_handwritten']}x "
-              f"({q['alignloop_cold_vs_trl_defaults']}x and {q['alignloop_warm_vs_trl_defaults']}x TRL's defaults)."]
+    lines = [
+        f"`{d['command']}` ({d.get('epochs', 1):g} epochs for every variant; {d['torch_threads']} torch thread "
+        f"per child, {d['cpus']} cores, load {d['load_average_at_end'][0]:.1f} at the end, best of the "
+        f"interleaved rounds, each clock from loading the base model to the end of training; {d['at'][:10]}; "
+        "`bench/results/retrain.json`):",
+        "",
+        "| variant | pairs/s | tokens/s | peak RSS |",
+        "| --- | --- | --- | --- |",
+    ]
+    lines += [
+        f"| {label} | {r[k]['pairs_per_s']:.1f} | {r[k]['tokens_per_s']:,.0f} | {r[k]['peak_rss_mb']:.0f} MB |"
+        for k, label in LABELS.items()
+        if "pairs_per_s" in r.get(k, {})
+    ]
+    lines += [
+        "",
+        f"Cold: {q['alignloop_cold_vs_trl_plain']}x plain TRL and {q['alignloop_cold_vs_handwritten']}x the "
+        f"hand-written loop; warm: {q['alignloop_warm_vs_trl_plain']}x and {q['alignloop_warm_vs_handwritten']}x "
+        f"({q['alignloop_cold_vs_trl_defaults']}x and {q['alignloop_warm_vs_trl_defaults']}x TRL's defaults).",
+    ]
     one = results_dir / "retrain_epoch1.json"
     if one.is_file():
         e = json.loads(one.read_text())["ratios"]
-        lines.append(f"With a single epoch (`bench/results/retrain_epoch1.json`): "
-                     f"cold {e['alignloop_cold_vs_trl_plain']}x plain TRL and "
-                     f"{e['alignloop_cold_vs_handwritten']}x the hand-written loop; warm "
-                     f"{e['alignloop_warm_vs_trl_plain']}x and {e['alignloop_warm_vs_handwritten']}x.")
+        lines.append(
+            f"With a single epoch (`bench/results/retrain_epoch1.json`): "
+            f"cold {e['alignloop_cold_vs_trl_plain']}x plain TRL and "
+            f"{e['alignloop_cold_vs_handwritten']}x the hand-written loop; warm "
+            f"{e['alignloop_warm_vs_trl_plain']}x and {e['alignloop_warm_vs_handwritten']}x."
+        )
     return "\n".join(lines)
 
 
@@ -251,15 +306,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pairs", type=int, default=400)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "retrain.json")
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads per child; 1 keeps a shared machine's load from distorting the ratios")
-    ap.add_argument("--epochs", type=float, default=None,
-                    help="epochs for every variant (default: the shipped run config's dpo.epochs, what alignloop "
-                         "really trains; a reference cache pays once per run, TRL and the hand-written loop pay "
-                         "for the reference every epoch)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads per child; 1 keeps a shared machine's load from distorting the ratios",
+    )
+    ap.add_argument(
+        "--epochs",
+        type=float,
+        default=None,
+        help="epochs for every variant (default: the shipped run config's dpo.epochs, what alignloop "
+        "really trains; a reference cache pays once per run, TRL and the hand-written loop pay "
+        "for the reference every epoch)",
+    )
     ap.add_argument("--slow-defaults-every-round", action="store_true")
-    ap.add_argument("--readme-only", action="store_true",
-                    help="only rewrite retrain/README.md's table from bench/results (no training)")
+    ap.add_argument(
+        "--readme-only",
+        action="store_true",
+        help="only rewrite retrain/README.md's table from bench/results (no training)",
+    )
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.readme_only:
@@ -284,9 +350,23 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             if name == "trl_defaults" and rnd > 0 and not args.slow_defaults_every_round:
                 continue  # 10-25x slower than the rest: one round is enough to place it
-            proc = subprocess.run([sys.executable, __file__, "--child", name, "--pairs", str(args.pairs),
-                                   "--threads", str(args.threads), "--epochs", str(args.epochs)],
-                                  capture_output=True, text=True, env=env)
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    name,
+                    "--pairs",
+                    str(args.pairs),
+                    "--threads",
+                    str(args.threads),
+                    "--epochs",
+                    str(args.epochs),
+                ],
+                capture_output=True,
+                text=True,
+                env=env,
+            )
             line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
             res = json.loads(line[-1][7:]) if proc.returncode == 0 and line else {"error": proc.stderr[-1500:]}
             runs[name].append(res)
@@ -294,8 +374,9 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for name, rs in runs.items():
         ok = [r for r in rs if "error" not in r]
-        results[name] = ({**max(ok, key=lambda r: r["pairs_per_s"]), "rounds": [r["pairs_per_s"] for r in ok]}
-                         if ok else rs[-1])
+        results[name] = (
+            {**max(ok, key=lambda r: r["pairs_per_s"]), "rounds": [r["pairs_per_s"] for r in ok]} if ok else rs[-1]
+        )
 
     def ratio(a, b, key="pairs_per_s"):
         try:
@@ -312,19 +393,29 @@ def main(argv: list[str] | None = None) -> int:
         "what": f"DPO + LoRA on the embedded tiny Llama, batches of 8 pairs, {args.epochs:g} epochs, CPU",
         "command": f"python bench/retrain/run.py --pairs {args.pairs} --rounds {args.rounds} --epochs {args.epochs:g}",
         "epochs": args.epochs,
-        "cpus": os.cpu_count(), "torch_threads": args.threads,
+        "cpus": os.cpu_count(),
+        "torch_threads": args.threads,
         "load_average_at_end": os.getloadavg(),
-        "libraries": {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__,
-                      "peft": peft.__version__},
+        "libraries": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "trl": trl.__version__,
+            "peft": peft.__version__,
+        },
         "results": results,
-        "ratios": {"alignloop_warm_vs_trl_defaults": ratio("alignloop_warm", "trl_defaults"),
-                   "alignloop_warm_vs_trl_plain": ratio("alignloop_warm", "trl_plain"),
-                   "alignloop_cold_vs_trl_plain": ratio("alignloop_cold", "trl_plain"),
-                   "alignloop_cold_vs_trl_defaults": ratio("alignloop_cold", "trl_defaults"),
-                   "alignloop_warm_vs_handwritten": ratio("alignloop_warm", "handwritten"),
-                   "alignloop_cold_vs_handwritten": ratio("alignloop_cold", "handwritten")},
-        "ratios_cpu_time": {f"{a}_vs_{b}": ratio(a, b, "pairs_per_cpu_s") for a in ("alignloop_warm", "alignloop_cold")
-                            for b in ("trl_defaults", "trl_plain", "handwritten")},
+        "ratios": {
+            "alignloop_warm_vs_trl_defaults": ratio("alignloop_warm", "trl_defaults"),
+            "alignloop_warm_vs_trl_plain": ratio("alignloop_warm", "trl_plain"),
+            "alignloop_cold_vs_trl_plain": ratio("alignloop_cold", "trl_plain"),
+            "alignloop_cold_vs_trl_defaults": ratio("alignloop_cold", "trl_defaults"),
+            "alignloop_warm_vs_handwritten": ratio("alignloop_warm", "handwritten"),
+            "alignloop_cold_vs_handwritten": ratio("alignloop_cold", "handwritten"),
+        },
+        "ratios_cpu_time": {
+            f"{a}_vs_{b}": ratio(a, b, "pairs_per_cpu_s")
+            for a in ("alignloop_warm", "alignloop_cold")
+            for b in ("trl_defaults", "trl_plain", "handwritten")
+        },
         "targets": {"vs_trl_defaults": 1.0, "vs_handwritten": 0.8},
         "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

@@ -2,6 +2,7 @@
 
 Revision ID: curation_0001
 """
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -40,10 +41,16 @@ def upgrade() -> None:
     op.create_index("ix_curation_decisions_occurred_at", "curation_decisions", ["occurred_at"])
     op.create_index("ix_curation_decisions_app_time", "curation_decisions", ["app_id", "occurred_at"])
     for name, key, cols in (
-        ("curation_pairs", "pair_id", [sa.Column("chosen", sa.Text, nullable=False),
-                                       sa.Column("rejected", sa.Text, nullable=False)]),
-        ("curation_unpaired", "example_id", [sa.Column("completion", sa.Text, nullable=False),
-                                             sa.Column("label", sa.Boolean, nullable=False)]),
+        (
+            "curation_pairs",
+            "pair_id",
+            [sa.Column("chosen", sa.Text, nullable=False), sa.Column("rejected", sa.Text, nullable=False)],
+        ),
+        (
+            "curation_unpaired",
+            "example_id",
+            [sa.Column("completion", sa.Text, nullable=False), sa.Column("label", sa.Boolean, nullable=False)],
+        ),
     ):
         op.create_table(
             name,
@@ -75,6 +82,12 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for name in ("curation_dead_letters", "curation_windows", "curation_unpaired", "curation_pairs",
-                 "curation_decisions", "curation_events"):
+    for name in (
+        "curation_dead_letters",
+        "curation_windows",
+        "curation_unpaired",
+        "curation_pairs",
+        "curation_decisions",
+        "curation_events",
+    ):
         op.drop_table(name)

@@ -5,6 +5,7 @@ rows take their app from the stored record; a refused event's decision without a
 
 Revision ID: curation_0002_app_key
 """
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -46,8 +47,10 @@ def upgrade() -> None:
 def downgrade() -> None:
     # the old key is event_id alone: of ids two apps share, the row of the first app by name stays
     for table in ("curation_decisions", "curation_events"):
-        op.execute(f"DELETE FROM {table} WHERE EXISTS (SELECT 1 FROM {table} o WHERE o.event_id = {table}.event_id "
-                   f"AND o.app_id < {table}.app_id)")
+        op.execute(
+            f"DELETE FROM {table} WHERE EXISTS (SELECT 1 FROM {table} o WHERE o.event_id = {table}.event_id "
+            f"AND o.app_id < {table}.app_id)"
+        )
     _set_key("curation_events", ["event_id"])
     _set_key("curation_decisions", ["event_id"], app_nullable=True)
     if op.get_bind().dialect.name == "postgresql":

@@ -2,6 +2,7 @@
 
 Revision ID: curation_0003_feedback_token
 """
+
 import sqlalchemy as sa
 from alembic import op
 

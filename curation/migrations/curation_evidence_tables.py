@@ -2,6 +2,7 @@
 
 Revision ID: curation_evidence
 """
+
 import sqlalchemy as sa
 from alembic import op
 

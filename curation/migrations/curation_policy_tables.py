@@ -3,6 +3,7 @@ the outbox of guard drops for the `.rejected` topic.
 
 Revision ID: curation_policy
 """
+
 import sqlalchemy as sa
 from alembic import op
 

@@ -42,16 +42,21 @@ class EmbeddedBackend:
         return self.host.encode(messages)
 
     async def generate(self, version: str | None, ids: list[int], sampling: Sampling) -> Completion:
-        fut = self.host.generate_future(version, ids, sampling.max_tokens, sampling.temperature, sampling.seed,
-                                        sampling.top_p)
+        fut = self.host.generate_future(
+            version, ids, sampling.max_tokens, sampling.temperature, sampling.seed, sampling.top_p
+        )
         out = await asyncio.wrap_future(fut)  # cancelled (a timeout): dropped from the queue if not started
         text, stopped = cut_at_stop(out.text, sampling.stop)
         if not stopped:
             return out
         # the tokens past the stop sequence were generated but are not the answer; count what is returned
         kept = len(self.host.tokenizer.encode(text, add_special_tokens=False)) if text else 0
-        return Completion(text=text, prompt_tokens=out.prompt_tokens,
-                          completion_tokens=min(kept, out.completion_tokens), finish_reason="stop")
+        return Completion(
+            text=text,
+            prompt_tokens=out.prompt_tokens,
+            completion_tokens=min(kept, out.completion_tokens),
+            finish_reason="stop",
+        )
 
     async def stream(self, version: str | None, ids: list[int], sampling: Sampling) -> AsyncIterator[str | Completion]:
         # the host batches whole generations (its throughput comes from that), so the answer streams as one delta

@@ -73,9 +73,15 @@ class VllmBackend:
         root = s.resolved_vllm_lora_root()
         if s.vllm_urls:
             return [EngineServer(url=u.rstrip("/"), lora_dir=root / _dir_name(u)) for u in s.vllm_urls]
-        launch = VllmLaunch(python=s.resolved_vllm_python(), base_model=str(s.base_model),
-                            max_model_len=int(self.context or 2048), max_lora_rank=s.vllm_max_lora_rank,
-                            max_loras=s.max_resident + 1, kv_cache_gb=s.vllm_kv_cache_gb, threads=s.vllm_threads)
+        launch = VllmLaunch(
+            python=s.resolved_vllm_python(),
+            base_model=str(s.base_model),
+            max_model_len=int(self.context or 2048),
+            max_lora_rank=s.vllm_max_lora_rank,
+            max_loras=s.max_resident + 1,
+            kv_cache_gb=s.vllm_kv_cache_gb,
+            threads=s.vllm_threads,
+        )
         procs = [start_vllm(launch, s.vllm_port + i, root.parent / "vllm-logs") for i in range(s.vllm_replicas)]
         try:
             wait_vllm_ready(procs, s.vllm_start_timeout_s)
@@ -145,13 +151,15 @@ class VllmBackend:
             log.warning("vLLM at %s unreachable on %s (%s); it is reloaded when it is back", server.url, op, exc)
             return
         if r.status_code >= 400 and must:
-            raise ServingError(f"vLLM at {server.url} refused {op} of {body.get('lora_name')!r}: "
-                               f"{r.status_code} {r.text[:300]}")
+            raise ServingError(
+                f"vLLM at {server.url} refused {op} of {body.get('lora_name')!r}: {r.status_code} {r.text[:300]}"
+            )
 
     # ------------------------------------------------------------ requests (event loop)
     def encode(self, messages: list[dict[str, str]]) -> list[int]:
-        encoded: Any = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                                          return_dict=True)
+        encoded: Any = self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=True, return_dict=True
+        )
         return list(encoded["input_ids"])
 
     def _pick(self, version: str | None, tried: set[str]) -> tuple[EngineServer, str]:
@@ -159,8 +167,11 @@ class VllmBackend:
         with self._lock:
             fit = [s for s in self.servers if s.up and s.url not in tried and (version is None or version in s.loaded)]
             if not fit:
-                raise EngineError(503, f"engine unavailable: no reachable vLLM server holds "
-                                       f"{'the base' if version is None else repr(version)}")
+                raise EngineError(
+                    503,
+                    f"engine unavailable: no reachable vLLM server holds "
+                    f"{'the base' if version is None else repr(version)}",
+                )
             turn = next(self._turn)
             server = min(fit, key=lambda s: (s.in_flight, (self.servers.index(s) - turn) % len(self.servers)))
             server.in_flight += 1
@@ -176,8 +187,14 @@ class VllmBackend:
         return self._clients[loop]
 
     def _body(self, model: str, ids: list[int], sampling: Sampling, stream: bool) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": model, "prompt": ids, "max_tokens": sampling.max_tokens,
-                                "temperature": sampling.temperature, "top_p": sampling.top_p, "stream": stream}
+        body: dict[str, Any] = {
+            "model": model,
+            "prompt": ids,
+            "max_tokens": sampling.max_tokens,
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "stream": stream,
+        }
         if sampling.seed is not None:
             body["seed"] = sampling.seed
         if sampling.stop:
@@ -196,8 +213,9 @@ class VllmBackend:
         while True:
             server, model = self._pick(version, tried)
             try:
-                r = await self._client().post(f"{server.url}/v1/completions",
-                                              json=self._body(model, ids, sampling, stream=False))
+                r = await self._client().post(
+                    f"{server.url}/v1/completions", json=self._body(model, ids, sampling, stream=False)
+                )
                 _raise_for_engine(server, r.status_code, r.text)
             except (httpx.TransportError, _EngineDown) as exc:  # nothing returned yet: asking again is safe
                 self._failed(server, exc)
@@ -207,9 +225,12 @@ class VllmBackend:
                 server.in_flight -= 1
             out = r.json()
             choice, used = out["choices"][0], out["usage"]
-            return Completion(text=_CONTROL.sub("", choice["text"]), prompt_tokens=used["prompt_tokens"],
-                              completion_tokens=used["completion_tokens"],
-                              finish_reason=choice.get("finish_reason") or "stop")
+            return Completion(
+                text=_CONTROL.sub("", choice["text"]),
+                prompt_tokens=used["prompt_tokens"],
+                completion_tokens=used["completion_tokens"],
+                finish_reason=choice.get("finish_reason") or "stop",
+            )
 
     async def stream(self, version: str | None, ids: list[int], sampling: Sampling) -> AsyncIterator[str | Completion]:
         tried: set[str] = set()
@@ -229,8 +250,9 @@ class VllmBackend:
             finally:
                 server.in_flight -= 1
 
-    async def _stream_from(self, server: EngineServer, model: str, ids: list[int],
-                           sampling: Sampling) -> AsyncIterator[str | Completion]:
+    async def _stream_from(
+        self, server: EngineServer, model: str, ids: list[int], sampling: Sampling
+    ) -> AsyncIterator[str | Completion]:
         parts: list[str] = []
         finish, used = "stop", {"prompt_tokens": len(ids), "completion_tokens": 0}
         body = self._body(model, ids, sampling, stream=True)
@@ -248,14 +270,26 @@ class VllmBackend:
                     if text:
                         parts.append(text)
                         yield text
-        yield Completion(text="".join(parts), prompt_tokens=used["prompt_tokens"],
-                         completion_tokens=used["completion_tokens"], finish_reason=finish)
+        yield Completion(
+            text="".join(parts),
+            prompt_tokens=used["prompt_tokens"],
+            completion_tokens=used["completion_tokens"],
+            finish_reason=finish,
+        )
 
     # ------------------------------------------------------------ health and shutdown
     def health(self) -> dict[str, Any]:
         with self._lock:
-            servers = [{"url": s.url, "up": s.up, "loaded": sorted(s.loaded), "in_flight": s.in_flight,
-                        "started_here": s.process is not None} for s in self.servers]
+            servers = [
+                {
+                    "url": s.url,
+                    "up": s.up,
+                    "loaded": sorted(s.loaded),
+                    "in_flight": s.in_flight,
+                    "started_here": s.process is not None,
+                }
+                for s in self.servers
+            ]
         return {"engine": self.name, "servers": servers}
 
     def close(self) -> None:

@@ -2,6 +2,7 @@
 
 Revision ID: deploy_0002_admin_tokens
 """
+
 import sqlalchemy as sa
 from alembic import op
 

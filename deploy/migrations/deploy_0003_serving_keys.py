@@ -2,6 +2,7 @@
 
 Revision ID: deploy_0003_serving_keys
 """
+
 import sqlalchemy as sa
 from alembic import op
 

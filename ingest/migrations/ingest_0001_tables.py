@@ -2,6 +2,7 @@
 
 Revision ID: ingest_0001
 """
+
 import sqlalchemy as sa
 from alembic import op
 

@@ -16,6 +16,14 @@ __version__ = "0.1.0"
 
 __all__ = [
     *_events.__all__,
-    "AlignloopError", "Delivery", "DeliveryError", "EventError", "FeedbackClient", "GatewayError",
-    "HttpDelivery", "HttpFeedbackClient", "IngestError", "kafka_security",
+    "AlignloopError",
+    "Delivery",
+    "DeliveryError",
+    "EventError",
+    "FeedbackClient",
+    "GatewayError",
+    "HttpDelivery",
+    "HttpFeedbackClient",
+    "IngestError",
+    "kafka_security",
 ]

@@ -40,28 +40,35 @@ DEFAULT_SASL_MECHANISM = "SCRAM-SHA-512"
 DEFAULT_KAFKA_USERNAME = "alignloop"
 
 
-def kafka_security(security_protocol: str | None = None, sasl_mechanism: str | None = None,
-                   sasl_plain_username: str | None = None, sasl_plain_password: str | None = None,
-                   env: Mapping[str, str] | None = None) -> dict[str, str]:
+def kafka_security(
+    security_protocol: str | None = None,
+    sasl_mechanism: str | None = None,
+    sasl_plain_username: str | None = None,
+    sasl_plain_password: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> dict[str, str]:
     """kafka-python's login kwargs: each argument, else its `ALIGNLOOP_KAFKA_*` variable, else the default.
 
     Variables: ALIGNLOOP_KAFKA_SECURITY_PROTOCOL (default SASL_PLAINTEXT; PLAINTEXT for a broker without
     auth), ALIGNLOOP_KAFKA_SASL_MECHANISM (SCRAM-SHA-512), ALIGNLOOP_KAFKA_USERNAME (alignloop),
     ALIGNLOOP_KAFKA_PASSWORD (required with SASL). Raises DeliveryError naming what is missing."""
     env = os.environ if env is None else env
-    protocol = (security_protocol or env.get("ALIGNLOOP_KAFKA_SECURITY_PROTOCOL")
-                or DEFAULT_SECURITY_PROTOCOL).upper()
+    protocol = (security_protocol or env.get("ALIGNLOOP_KAFKA_SECURITY_PROTOCOL") or DEFAULT_SECURITY_PROTOCOL).upper()
     if not protocol.startswith("SASL_"):
         return {"security_protocol": protocol}
     password = sasl_plain_password or env.get("ALIGNLOOP_KAFKA_PASSWORD")
     if not password:
-        raise DeliveryError(f"`sasl_plain_password` (or ALIGNLOOP_KAFKA_PASSWORD) is required with security_protocol "
-                            f"{protocol!r}; got none (security_protocol='PLAINTEXT' for a broker without auth)")
-    return {"security_protocol": protocol,
-            "sasl_mechanism": sasl_mechanism or env.get("ALIGNLOOP_KAFKA_SASL_MECHANISM") or DEFAULT_SASL_MECHANISM,
-            "sasl_plain_username": (sasl_plain_username or env.get("ALIGNLOOP_KAFKA_USERNAME")
-                                    or DEFAULT_KAFKA_USERNAME),
-            "sasl_plain_password": password}
+        raise DeliveryError(
+            f"`sasl_plain_password` (or ALIGNLOOP_KAFKA_PASSWORD) is required with security_protocol "
+            f"{protocol!r}; got none (security_protocol='PLAINTEXT' for a broker without auth)"
+        )
+    return {
+        "security_protocol": protocol,
+        "sasl_mechanism": sasl_mechanism or env.get("ALIGNLOOP_KAFKA_SASL_MECHANISM") or DEFAULT_SASL_MECHANISM,
+        "sasl_plain_username": (sasl_plain_username or env.get("ALIGNLOOP_KAFKA_USERNAME") or DEFAULT_KAFKA_USERNAME),
+        "sasl_plain_password": password,
+    }
+
 
 OnError = Callable[[FeedbackEvent, BaseException], None]
 
@@ -74,57 +81,105 @@ class _EventBuilder:
     def send(self, event: FeedbackEvent | Mapping[str, Any]):  # pragma: no cover - overridden
         raise NotImplementedError
 
-    def _build(self, kind: str, fields: dict[str, Any], common: dict[str, Any],
-               feedback_token: str | None = None) -> FeedbackEvent:
+    def _build(
+        self, kind: str, fields: dict[str, Any], common: dict[str, Any], feedback_token: str | None = None
+    ) -> FeedbackEvent:
         if feedback_token is not None:
             common["feedback_token"] = feedback_token
-        data: dict[str, Any] = {"schema_version": 1, "kind": kind, "app_id": self.app_id,
-                                "event_id": common.pop("event_id", None) or new_event_id(),
-                                "occurred_at": common.pop("occurred_at", None) or datetime.now(UTC)}
+        data: dict[str, Any] = {
+            "schema_version": 1,
+            "kind": kind,
+            "app_id": self.app_id,
+            "event_id": common.pop("event_id", None) or new_event_id(),
+            "occurred_at": common.pop("occurred_at", None) or datetime.now(UTC),
+        }
         data.update({k: v for k, v in common.items() if v is not None})
         data.update(fields)
         return validate_event(data)
 
-    def _send_built(self, kind: str, fields: dict[str, Any], common: dict[str, Any],
-                    feedback_token: str | None = None):
+    def _send_built(self, kind: str, fields: dict[str, Any], common: dict[str, Any], feedback_token: str | None = None):
         end_user_ip = common.pop("end_user_ip", None)
         event = self._build(kind, fields, common, feedback_token)
         return self.send(event) if end_user_ip is None else self._send_for_end_user(event, end_user_ip)
 
     def _send_for_end_user(self, event: FeedbackEvent, address: str):
-        raise EventError("schema", [{"loc": "end_user_ip", "msg": "the Kafka SDK sends no raw address: pass "
-                                     "client={'ip_hash': alignloop_sdk.sources.source_hash(key, address)} with the "
-                                     "gateway's source key, or send through the gateway (HttpFeedbackClient)"}])
+        raise EventError(
+            "schema",
+            [
+                {
+                    "loc": "end_user_ip",
+                    "msg": "the Kafka SDK sends no raw address: pass "
+                    "client={'ip_hash': alignloop_sdk.sources.source_hash(key, address)} with the "
+                    "gateway's source key, or send through the gateway (HttpFeedbackClient)",
+                }
+            ],
+        )
 
-    def rate(self, *, user_id: str, prompt: str | Sequence[Mapping[str, str]], response: str, rating: str,
-             feedback_token: str | None = None, **common: Any):
+    def rate(
+        self,
+        *,
+        user_id: str,
+        prompt: str | Sequence[Mapping[str, str]],
+        response: str,
+        rating: str,
+        feedback_token: str | None = None,
+        **common: Any,
+    ):
         """Thumbs `"up"` or `"down"` on one answer. `feedback_token`: the one serving returned with the answer
         (only feedback with a valid token counts for a canary). `common`: session_id, response_id,
         adapter_version, client, metadata, event_id, occurred_at, and (HttpFeedbackClient) end_user_ip: the end
         user's address, which the gateway hashes into client.ip_hash. Raises EventError before sending if a rule
         breaks."""
-        return self._send_built("rating", {"user_id": user_id, "prompt": prompt, "response": response,
-                                           "rating": rating}, common, feedback_token)
+        return self._send_built(
+            "rating",
+            {"user_id": user_id, "prompt": prompt, "response": response, "rating": rating},
+            common,
+            feedback_token,
+        )
 
-    def edit(self, *, user_id: str, prompt: str | Sequence[Mapping[str, str]], response: str, edited: str,
-             feedback_token: str | None = None, **common: Any):
+    def edit(
+        self,
+        *,
+        user_id: str,
+        prompt: str | Sequence[Mapping[str, str]],
+        response: str,
+        edited: str,
+        feedback_token: str | None = None,
+        **common: Any,
+    ):
         """The user rewrote `response` into `edited` (preferred)."""
-        return self._send_built("edit", {"user_id": user_id, "prompt": prompt, "response": response,
-                                         "edited": edited}, common, feedback_token)
+        return self._send_built(
+            "edit",
+            {"user_id": user_id, "prompt": prompt, "response": response, "edited": edited},
+            common,
+            feedback_token,
+        )
 
-    def compare(self, *, user_id: str, prompt: str | Sequence[Mapping[str, str]], responses: Sequence[str],
-                chosen: int | None, feedback_token: str | None = None, **common: Any):
+    def compare(
+        self,
+        *,
+        user_id: str,
+        prompt: str | Sequence[Mapping[str, str]],
+        responses: Sequence[str],
+        chosen: int | None,
+        feedback_token: str | None = None,
+        **common: Any,
+    ):
         """A side-by-side choice: `chosen` is 0 or 1, or None for a tie (`feedback_token`: the first answer's)."""
-        return self._send_built("comparison", {"user_id": user_id, "prompt": prompt,
-                                               "responses": list(responses), "chosen": chosen}, common,
-                                feedback_token)
+        return self._send_built(
+            "comparison",
+            {"user_id": user_id, "prompt": prompt, "responses": list(responses), "chosen": chosen},
+            common,
+            feedback_token,
+        )
 
     def _coerce(self, event: FeedbackEvent | Mapping[str, Any]) -> FeedbackEvent:
         if not isinstance(event, _EventBase):
             event = parse_event(event)
         if event.app_id != self.app_id:
-            raise EventError("schema", [{"loc": "app_id", "msg": f"must be this client's app {self.app_id!r}; "
-                                                                 f"got {event.app_id!r}"}])
+            raise EventError(
+                "schema", [{"loc": "app_id", "msg": f"must be this client's app {self.app_id!r}; got {event.app_id!r}"}]
+            )
         return event
 
 
@@ -168,8 +223,9 @@ def _memo_partitioner(size: int = 65_536):
             if hit is None:
                 if len(self._memo) >= size:
                     self._memo.clear()
-                hit = self._memo[memo_key] = super().partition(topic, key, serialized_key, value,
-                                                               serialized_value, cluster)
+                hit = self._memo[memo_key] = super().partition(
+                    topic, key, serialized_key, value, serialized_value, cluster
+                )
             return hit
 
     return MemoPartitioner()
@@ -199,8 +255,9 @@ class Delivery:
         try:
             return self._future.get(timeout=timeout)
         except Exception as exc:
-            raise DeliveryError(f"event {self.event_id} was not acknowledged by Kafka: {exc!r}",
-                                [(self.event, exc)]) from exc
+            raise DeliveryError(
+                f"event {self.event_id} was not acknowledged by Kafka: {exc!r}", [(self.event, exc)]
+            ) from exc
 
     def add_done_callback(self, fn: Callable[[Delivery], None]) -> None:
         """Call `fn(delivery)` once acknowledged or failed (on the producer's I/O thread: keep it short)."""
@@ -216,12 +273,23 @@ class FeedbackClient(_EventBuilder):
     each argument, else its ALIGNLOOP_KAFKA_* variable, else SCRAM-SHA-512 as user `alignloop`.
     """
 
-    def __init__(self, app_id: str, bootstrap: str | None = None, *, topic: str | None = None,
-                 on_error: OnError | None = None, linger_ms: int = 5, batch_size: int = 64 * 1024,
-                 delivery_timeout_ms: int = 120_000, max_block_ms: int = 10_000,
-                 security_protocol: str | None = None, sasl_mechanism: str | None = None,
-                 sasl_plain_username: str | None = None, sasl_plain_password: str | None = None,
-                 **producer_config: Any):
+    def __init__(
+        self,
+        app_id: str,
+        bootstrap: str | None = None,
+        *,
+        topic: str | None = None,
+        on_error: OnError | None = None,
+        linger_ms: int = 5,
+        batch_size: int = 64 * 1024,
+        delivery_timeout_ms: int = 120_000,
+        max_block_ms: int = 10_000,
+        security_protocol: str | None = None,
+        sasl_mechanism: str | None = None,
+        sasl_plain_username: str | None = None,
+        sasl_plain_password: str | None = None,
+        **producer_config: Any,
+    ):
         from kafka import KafkaProducer
         from kafka.errors import KafkaError
 
@@ -238,11 +306,21 @@ class FeedbackClient(_EventBuilder):
         # the producer's I/O thread contends for on every send
         self._pending: deque[tuple[FeedbackEvent, Any]] = deque()
         self._lock = threading.Lock()
-        config = {**login, "acks": "all", "enable_idempotence": True, "retries": 2**31 - 1, "linger_ms": linger_ms,
-                  "batch_size": batch_size, "delivery_timeout_ms": delivery_timeout_ms,
-                  "request_timeout_ms": min(30_000, max(1000, delivery_timeout_ms - linger_ms - 1)),
-                  "max_block_ms": max_block_ms, "max_in_flight_requests_per_connection": 5,
-                  "client_id": f"alignloop-sdk-{app_id}", "partitioner": _memo_partitioner(), **producer_config}
+        config = {
+            **login,
+            "acks": "all",
+            "enable_idempotence": True,
+            "retries": 2**31 - 1,
+            "linger_ms": linger_ms,
+            "batch_size": batch_size,
+            "delivery_timeout_ms": delivery_timeout_ms,
+            "request_timeout_ms": min(30_000, max(1000, delivery_timeout_ms - linger_ms - 1)),
+            "max_block_ms": max_block_ms,
+            "max_in_flight_requests_per_connection": 5,
+            "client_id": f"alignloop-sdk-{app_id}",
+            "partitioner": _memo_partitioner(),
+            **producer_config,
+        }
         try:
             self._producer = KafkaProducer(bootstrap_servers=bootstrap, **config)
         except KafkaError as exc:
@@ -258,8 +336,9 @@ class FeedbackClient(_EventBuilder):
         try:
             future = self._producer.send(self.topic, encode_event(event), event_key(event))
         except (KafkaError, AssertionError, ValueError, TypeError) as exc:
-            raise DeliveryError(f"event {event.event_id} could not be queued for Kafka: {exc!r}",
-                                [(event, exc)]) from exc
+            raise DeliveryError(
+                f"event {event.event_id} could not be queued for Kafka: {exc!r}", [(event, exc)]
+            ) from exc
         if self._on_error is not None:
             future.add_errback(self._failure, event)
         else:
@@ -296,8 +375,9 @@ class FeedbackClient(_EventBuilder):
         try:
             self._producer.flush(timeout=timeout)
         except KafkaTimeoutError as exc:
-            raise DeliveryError(f"events still unacknowledged after {timeout} s; they may yet be delivered or "
-                                "fail (see each Delivery)") from exc
+            raise DeliveryError(
+                f"events still unacknowledged after {timeout} s; they may yet be delivered or fail (see each Delivery)"
+            ) from exc
         self.raise_failures()
 
     def raise_failures(self) -> None:
@@ -307,8 +387,9 @@ class FeedbackClient(_EventBuilder):
             failed, self._failed = self._failed, []
         if failed:
             ids = ", ".join(str(e.event_id) for e, _ in failed[:3])
-            raise DeliveryError(f"{len(failed)} event(s) not acknowledged by Kafka (e.g. {ids}); first cause: "
-                                f"{failed[0][1]!r}", failed)
+            raise DeliveryError(
+                f"{len(failed)} event(s) not acknowledged by Kafka (e.g. {ids}); first cause: {failed[0][1]!r}", failed
+            )
 
     def close(self, timeout: float | None = None) -> None:
         """Flush, then close the producer; raises DeliveryError when something was not acknowledged."""
@@ -355,8 +436,9 @@ class HttpDelivery:
     def result(self, timeout: float | None = None) -> None:
         """Return once the gateway acknowledged the event; raise DeliveryError/EventError otherwise."""
         if not self._done.wait(timeout):
-            raise DeliveryError(f"event {self.event_id} not acknowledged yet (still queued: call flush())",
-                                [(self.event, None)])
+            raise DeliveryError(
+                f"event {self.event_id} not acknowledged yet (still queued: call flush())", [(self.event, None)]
+            )
         if self._error is not None:
             raise self._error
 
@@ -377,8 +459,10 @@ def _with_end_user_ip(event: FeedbackEvent, body: bytes, address: str) -> bytes:
     except ValueError as exc:
         raise EventError("schema", [{"loc": "end_user_ip", "msg": str(exc)}]) from None
     if event.client is not None and event.client.ip_hash is not None:
-        raise EventError("schema", [{"loc": "client.ip_hash", "msg": "is set by the gateway from `end_user_ip`; "
-                                     "give one or the other"}])
+        raise EventError(
+            "schema",
+            [{"loc": "client.ip_hash", "msg": "is set by the gateway from `end_user_ip`; give one or the other"}],
+        )
     data = json.loads(body)
     data["client"] = {**(data.get("client") or {}), "ip": address}
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
@@ -391,9 +475,19 @@ class HttpFeedbackClient(_EventBuilder):
     refuses (422) fails its Delivery with EventError and the valid rest of the batch is posted again.
     """
 
-    def __init__(self, app_id: str, base_url: str, api_key: str, *, batch_size: int = 100,
-                 timeout: float = 10.0, retries: int = 5, backoff_s: float = 0.2,
-                 on_error: OnError | None = None, transport: Any = None):
+    def __init__(
+        self,
+        app_id: str,
+        base_url: str,
+        api_key: str,
+        *,
+        batch_size: int = 100,
+        timeout: float = 10.0,
+        retries: int = 5,
+        backoff_s: float = 0.2,
+        on_error: OnError | None = None,
+        transport: Any = None,
+    ):
         import httpx
 
         self.app_id = app_id
@@ -404,9 +498,12 @@ class HttpFeedbackClient(_EventBuilder):
         self._pending: list[HttpDelivery] = []
         self._failed: list[tuple[FeedbackEvent, BaseException]] = []
         self._lock = threading.Lock()
-        self._http = httpx.Client(base_url=base_url, timeout=timeout, transport=transport,
-                                  headers={"Authorization": f"Bearer {api_key}",
-                                           "Content-Type": "application/json"})
+        self._http = httpx.Client(
+            base_url=base_url,
+            timeout=timeout,
+            transport=transport,
+            headers={"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"},
+        )
 
     def send(self, event: FeedbackEvent | Mapping[str, Any], *, end_user_ip: str | None = None) -> HttpDelivery:
         """Queue one event; `end_user_ip` is the end user's address, hashed by the gateway (never stored)."""
@@ -429,7 +526,7 @@ class HttpFeedbackClient(_EventBuilder):
         with self._lock:
             batch, self._pending = self._pending, []
         while batch:
-            chunk, batch = batch[: self.batch_size], batch[self.batch_size:]
+            chunk, batch = batch[: self.batch_size], batch[self.batch_size :]
             self._post(chunk)
 
     def _fail(self, delivery: HttpDelivery, error: BaseException) -> None:
@@ -468,8 +565,11 @@ class HttpFeedbackClient(_EventBuilder):
                 chunk = [d for i, d in enumerate(chunk) if i not in refused]
                 continue
             if response is not None and response.status_code != 503:
-                err = GatewayError(f"gateway answered {response.status_code}: {response.text[:300]}",
-                                   response.status_code, response.text)
+                err = GatewayError(
+                    f"gateway answered {response.status_code}: {response.text[:300]}",
+                    response.status_code,
+                    response.text,
+                )
                 for d in chunk:
                     self._fail(d, err)
                 return
@@ -486,8 +586,13 @@ class HttpFeedbackClient(_EventBuilder):
             attempt += 1
             if attempt > self.retries:
                 for d in chunk:
-                    self._fail(d, DeliveryError(f"event {d.event_id} not acknowledged after {self.retries} "
-                                                f"retries: {error!r}", [(d.event, error)]))
+                    self._fail(
+                        d,
+                        DeliveryError(
+                            f"event {d.event_id} not acknowledged after {self.retries} retries: {error!r}",
+                            [(d.event, error)],
+                        ),
+                    )
                 return
             time.sleep(min(wait, 30.0))
 
@@ -498,8 +603,10 @@ class HttpFeedbackClient(_EventBuilder):
             failed, self._failed = self._failed, []
         if failed:
             ids = ", ".join(str(e.event_id) for e, _ in failed[:3])
-            raise DeliveryError(f"{len(failed)} event(s) not acknowledged by the gateway (e.g. {ids}); first "
-                                f"cause: {failed[0][1]}", failed)
+            raise DeliveryError(
+                f"{len(failed)} event(s) not acknowledged by the gateway (e.g. {ids}); first cause: {failed[0][1]}",
+                failed,
+            )
 
     def close(self, timeout: float | None = None) -> None:
         try:

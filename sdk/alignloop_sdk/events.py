@@ -34,10 +34,28 @@ from pydantic_core import PydanticCustomError
 from alignloop_sdk.errors import EventError
 
 __all__ = [
-    "EARLIEST", "FEEDBACK_TOPIC", "MAX_AHEAD", "MAX_EVENT_BYTES", "MAX_METADATA_BYTES", "MAX_METADATA_DEPTH",
-    "MAX_TEXT_BYTES", "MAX_TOKEN_CHARS", "SCHEMA_VERSION", "ClientInfo", "ComparisonEvent", "EditEvent",
-    "FeedbackEvent", "Message", "RatingEvent", "decode_json", "encode_event", "event_json_schema", "event_key",
-    "new_event_id", "parse_event", "validate_event",
+    "EARLIEST",
+    "FEEDBACK_TOPIC",
+    "MAX_AHEAD",
+    "MAX_EVENT_BYTES",
+    "MAX_METADATA_BYTES",
+    "MAX_METADATA_DEPTH",
+    "MAX_TEXT_BYTES",
+    "MAX_TOKEN_CHARS",
+    "SCHEMA_VERSION",
+    "ClientInfo",
+    "ComparisonEvent",
+    "EditEvent",
+    "FeedbackEvent",
+    "Message",
+    "RatingEvent",
+    "decode_json",
+    "encode_event",
+    "event_json_schema",
+    "event_key",
+    "new_event_id",
+    "parse_event",
+    "validate_event",
 ]
 
 SCHEMA_VERSION = 1
@@ -54,8 +72,11 @@ MAX_TOKEN_CHARS = 2048  # alignloop.core.feedback_token.MAX_TOKEN_CHARS; the SDK
 _BAD_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})")
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
-_PAYLOAD_FIELDS = {"rating": {"response", "rating"}, "edit": {"response", "edited"},
-                   "comparison": {"responses", "chosen"}}
+_PAYLOAD_FIELDS = {
+    "rating": {"response", "rating"},
+    "edit": {"response", "edited"},
+    "comparison": {"responses", "chosen"},
+}
 _FIELD_KIND = {"rating": "rating", "edited": "edit", "responses": "comparison", "chosen": "comparison"}
 
 
@@ -69,21 +90,32 @@ def _check_text(value: str) -> str:
     bad = _BAD_CHARS.search(value)
     if bad:
         raise PydanticCustomError(
-            "text_chars", "text must be valid UTF-8 without control characters but tab, LF, CR; "
-            "got {char} at offset {offset}", {"char": repr(bad.group()), "offset": bad.start()})
+            "text_chars",
+            "text must be valid UTF-8 without control characters but tab, LF, CR; got {char} at offset {offset}",
+            {"char": repr(bad.group()), "offset": bad.start()},
+        )
     if len(value) * 4 > MAX_TEXT_BYTES and len(value.encode("utf-8")) > MAX_TEXT_BYTES:
-        raise PydanticCustomError("too_large", "text must be at most {limit} bytes as UTF-8; got {size}",
-                                  {"limit": MAX_TEXT_BYTES, "size": len(value.encode("utf-8"))})
+        raise PydanticCustomError(
+            "too_large",
+            "text must be at most {limit} bytes as UTF-8; got {size}",
+            {"limit": MAX_TEXT_BYTES, "size": len(value.encode("utf-8"))},
+        )
     return value
 
 
-Text = Annotated[str, Strict(), AfterValidator(_check_text),
-                 Field(json_schema_extra={"maxLength": MAX_TEXT_BYTES})]
+Text = Annotated[str, Strict(), AfterValidator(_check_text), Field(json_schema_extra={"maxLength": MAX_TEXT_BYTES})]
 ShortText = Annotated[str, Strict(), Field(min_length=1, max_length=256), AfterValidator(_check_text)]
 # the contract checks only the shape: a token curation cannot verify marks the event unverified, it does not refuse it
-FeedbackToken = Annotated[str, Strict(), Field(min_length=1, max_length=MAX_TOKEN_CHARS), AfterValidator(_check_text),
-                          Field(description="v1 addition: the `feedback_token` serving returned with the judged "
-                                            "answer; binds response_id, base model and serving version")]
+FeedbackToken = Annotated[
+    str,
+    Strict(),
+    Field(min_length=1, max_length=MAX_TOKEN_CHARS),
+    AfterValidator(_check_text),
+    Field(
+        description="v1 addition: the `feedback_token` serving returned with the judged "
+        "answer; binds response_id, base model and serving version"
+    ),
+]
 
 
 def _exact_int(value: Any) -> Any:
@@ -98,15 +130,19 @@ def _timestamp_input(value: Any) -> Any:
         return value
     if isinstance(value, str) and _RFC3339.fullmatch(value):
         return value
-    raise PydanticCustomError("timestamp", "must be an RFC 3339 timestamp with zone, "
-                              "like 2026-01-31T12:00:00Z; got {seen}", {"seen": _seen(value)})
+    raise PydanticCustomError(
+        "timestamp",
+        "must be an RFC 3339 timestamp with zone, like 2026-01-31T12:00:00Z; got {seen}",
+        {"seen": _seen(value)},
+    )
 
 
 def _uuid_input(value: Any) -> Any:
     if isinstance(value, uuid.UUID) or (isinstance(value, str) and _UUID.fullmatch(value)):
         return value
-    raise PydanticCustomError("uuid", "must be a UUID string like 123e4567-e89b-12d3-a456-426614174000; "
-                              "got {seen}", {"seen": _seen(value)})
+    raise PydanticCustomError(
+        "uuid", "must be a UUID string like 123e4567-e89b-12d3-a456-426614174000; got {seen}", {"seen": _seen(value)}
+    )
 
 
 def _json_depth(value: Any, depth: int = 1) -> int:
@@ -134,8 +170,11 @@ def _check_metadata(value: dict[str, Any] | None) -> dict[str, Any] | None:
         return None
     depth = _json_depth(value, 1)
     if depth > MAX_METADATA_DEPTH:
-        raise PydanticCustomError("nesting", "must nest at most {limit} levels deep; got {depth}",
-                                  {"limit": MAX_METADATA_DEPTH, "depth": depth})
+        raise PydanticCustomError(
+            "nesting",
+            "must nest at most {limit} levels deep; got {depth}",
+            {"limit": MAX_METADATA_DEPTH, "depth": depth},
+        )
     for s in _json_strings(value):
         _check_text(s)
     try:
@@ -143,8 +182,11 @@ def _check_metadata(value: dict[str, Any] | None) -> dict[str, Any] | None:
     except ValueError:
         raise PydanticCustomError("json_number", "numbers must be finite JSON numbers (no NaN or Infinity)") from None
     if size > MAX_METADATA_BYTES:
-        raise PydanticCustomError("too_large", "must be at most {limit} bytes as compact JSON; got {size}",
-                                  {"limit": MAX_METADATA_BYTES, "size": size})
+        raise PydanticCustomError(
+            "too_large",
+            "must be at most {limit} bytes as compact JSON; got {size}",
+            {"limit": MAX_METADATA_BYTES, "size": size},
+        )
     return value
 
 
@@ -182,23 +224,33 @@ def _prompt_input(value: Any) -> Any:
 
 Prompt = Annotated[
     tuple[Message, ...],
-    BeforeValidator(_prompt_input, json_schema_input_type=(
-        Annotated[str, Field(json_schema_extra={"maxLength": MAX_TEXT_BYTES})]
-        | Annotated[list[Message], Field(min_length=1)])),
+    BeforeValidator(
+        _prompt_input,
+        json_schema_input_type=(
+            Annotated[str, Field(json_schema_extra={"maxLength": MAX_TEXT_BYTES})]
+            | Annotated[list[Message], Field(min_length=1)]
+        ),
+    ),
     AfterValidator(_non_empty_prompt),
-    Field(description="the conversation up to the judged answer; a string is one user message")]
+    Field(description="the conversation up to the judged answer; a string is one user message"),
+]
 
 
 class _EventBase(_Frozen):
     schema_version: Annotated[Literal[1], BeforeValidator(_exact_int)]
     kind: str  # narrowed to one literal by each event class; declared here to come third on the wire
-    event_id: Annotated[uuid.UUID, BeforeValidator(_uuid_input, json_schema_input_type=str),
-                        Field(json_schema_extra={"format": "uuid"}),
-                        Field(description="idempotency key: a producer re-sends the same id on retry")]
-    occurred_at: Annotated[datetime, BeforeValidator(_timestamp_input, json_schema_input_type=str),
-                           Field(json_schema_extra={"format": "date-time"}),
-                           Field(description="RFC 3339 timestamp with zone; from 2000-01-01 to one day ahead of "
-                                             "the receiving clock")]
+    event_id: Annotated[
+        uuid.UUID,
+        BeforeValidator(_uuid_input, json_schema_input_type=str),
+        Field(json_schema_extra={"format": "uuid"}),
+        Field(description="idempotency key: a producer re-sends the same id on retry"),
+    ]
+    occurred_at: Annotated[
+        datetime,
+        BeforeValidator(_timestamp_input, json_schema_input_type=str),
+        Field(json_schema_extra={"format": "date-time"}),
+        Field(description="RFC 3339 timestamp with zone; from 2000-01-01 to one day ahead of the receiving clock"),
+    ]
     app_id: Annotated[str, Strict(), Field(pattern=r"^[a-z0-9-]{1,64}$")]
     user_id: Annotated[str, Strict(), Field(min_length=1, max_length=128), AfterValidator(_check_text)]
     session_id: ShortText | None = None
@@ -207,23 +259,31 @@ class _EventBase(_Frozen):
     adapter_version: ShortText | None = None
     feedback_token: FeedbackToken | None = None
     client: ClientInfo | None = None
-    metadata: Annotated[dict[str, JsonValue] | None, AfterValidator(_check_metadata),
-                        Field(description="free-form; at most 4 KiB as compact JSON, nested at most 8 deep")] = None
+    metadata: Annotated[
+        dict[str, JsonValue] | None,
+        AfterValidator(_check_metadata),
+        Field(description="free-form; at most 4 KiB as compact JSON, nested at most 8 deep"),
+    ] = None
 
     @field_validator("occurred_at")
     @classmethod
     def _in_window(cls, value: datetime, info: ValidationInfo) -> datetime:
         if value.tzinfo is None or value.utcoffset() is None:
-            raise PydanticCustomError("timestamp", "must carry a time zone (Z or +hh:mm); got {seen}",
-                                      {"seen": value.isoformat()})
+            raise PydanticCustomError(
+                "timestamp", "must carry a time zone (Z or +hh:mm); got {seen}", {"seen": value.isoformat()}
+            )
         value = value.astimezone(UTC)
         now = (info.context or {}).get("now") or datetime.now(UTC)
         if value < EARLIEST:
-            raise PydanticCustomError("time_window", "must not be before 2000-01-01T00:00:00Z; got {seen}",
-                                      {"seen": value.isoformat()})
+            raise PydanticCustomError(
+                "time_window", "must not be before 2000-01-01T00:00:00Z; got {seen}", {"seen": value.isoformat()}
+            )
         if value > now + MAX_AHEAD:
-            raise PydanticCustomError("time_window", "must not be more than one day ahead of the receiving "
-                                      "clock ({now}); got {seen}", {"now": now.isoformat(), "seen": value.isoformat()})
+            raise PydanticCustomError(
+                "time_window",
+                "must not be more than one day ahead of the receiving clock ({now}); got {seen}",
+                {"now": now.isoformat(), "seen": value.isoformat()},
+            )
         return value
 
     def __hash__(self) -> int:
@@ -265,8 +325,9 @@ FeedbackEvent = Annotated[
     Annotated[RatingEvent, Tag("rating")]
     | Annotated[EditEvent, Tag("edit")]
     | Annotated[ComparisonEvent, Tag("comparison")],
-    Discriminator(_kind_of, custom_error_type="kind",
-                  custom_error_message='`kind` must be "rating", "edit" or "comparison"'),
+    Discriminator(
+        _kind_of, custom_error_type="kind", custom_error_message='`kind` must be "rating", "edit" or "comparison"'
+    ),
 ]
 EVENT_MODELS: dict[str, type[_EventBase]] = {"rating": RatingEvent, "edit": EditEvent, "comparison": ComparisonEvent}
 _ADAPTER: TypeAdapter = TypeAdapter(FeedbackEvent)
@@ -304,9 +365,10 @@ def decode_json(raw: bytes | str, *, limit: int | None = MAX_EVENT_BYTES) -> Any
         try:
             raw = data.decode("utf-8")
         except UnicodeDecodeError as exc:
-            bad = data[exc.start:exc.start + 1]
-            raise EventError("not_utf8", [{"loc": "", "msg": f"body must be valid UTF-8; got byte {bad!r} "
-                                                               f"at offset {exc.start}"}]) from exc
+            bad = data[exc.start : exc.start + 1]
+            raise EventError(
+                "not_utf8", [{"loc": "", "msg": f"body must be valid UTF-8; got byte {bad!r} at offset {exc.start}"}]
+            ) from exc
     try:
         return json.loads(raw, object_pairs_hook=_no_duplicates, parse_constant=_refuse_constant)
     except _DuplicateKey as exc:
@@ -341,8 +403,17 @@ def _translate(exc: ValidationError, data: Mapping[str, Any]) -> EventError:
                 msg = f"`{name}` is a field of kind {other!r}, not of {kind!r}"
             else:
                 msg = f"unknown field; got {_seen(e['input'])}"
-        elif e.get("ctx") and etype in ("text_chars", "too_large", "time_window", "timestamp", "uuid",
-                                        "int_type", "nesting", "json_number", "too_short"):
+        elif e.get("ctx") and etype in (
+            "text_chars",
+            "too_large",
+            "time_window",
+            "timestamp",
+            "uuid",
+            "int_type",
+            "nesting",
+            "json_number",
+            "too_short",
+        ):
             msg = e["msg"]
         else:
             msg = f"{e['msg']}; got {_seen(e['input'])}"
@@ -387,8 +458,9 @@ def encode_event(event: _EventBase) -> bytes:
     # the serializer directly: model_dump_json's wrapper costs as much as the serialisation on the SDK's hot path
     data = event.__pydantic_serializer__.to_json(event, exclude_defaults=True)
     if len(data) > MAX_EVENT_BYTES:
-        raise EventError("too_large", [{"loc": "", "msg": f"an event must be at most {MAX_EVENT_BYTES} bytes; "
-                                                          f"got {len(data)}"}])
+        raise EventError(
+            "too_large", [{"loc": "", "msg": f"an event must be at most {MAX_EVENT_BYTES} bytes; got {len(data)}"}]
+        )
     return data
 
 
@@ -406,9 +478,12 @@ def event_key(event: _EventBase) -> bytes:
 def event_json_schema() -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of a v1 event, as committed in ingest/schema/feedback-event-v1.json."""
     schema = _ADAPTER.json_schema(mode="validation")
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
-            "$id": "https://alignloop.dev/schema/feedback-event-v1.json",
-            "title": "alignloop feedback event v1", **schema}
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://alignloop.dev/schema/feedback-event-v1.json",
+        "title": "alignloop feedback event v1",
+        **schema,
+    }
 
 
 def new_event_id() -> uuid.UUID:

@@ -36,9 +36,13 @@ def test_kafka_python_message_reaches_aiokafka(kafka_bootstrap, kafka_topic, kaf
     producer.close()
 
     async def consume() -> list[bytes]:
-        consumer = AIOKafkaConsumer(kafka_topic, bootstrap_servers=kafka_bootstrap, **kafka_auth(),
-                                    group_id=kafka_group,
-                                    auto_offset_reset="earliest")
+        consumer = AIOKafkaConsumer(
+            kafka_topic,
+            bootstrap_servers=kafka_bootstrap,
+            **kafka_auth(),
+            group_id=kafka_group,
+            auto_offset_reset="earliest",
+        )
         await consumer.start()
         got: list[bytes] = []
         try:
@@ -54,7 +58,7 @@ def test_kafka_python_message_reaches_aiokafka(kafka_bootstrap, kafka_topic, kaf
     assert asyncio.run(consume()) == payloads  # one key: one partition: order kept
 
 
-FAUST_APP = textwrap.dedent('''
+FAUST_APP = textwrap.dedent("""
     import json, sys
     import faust
     from alignloop.core.kafka_auth import faust_credentials
@@ -77,7 +81,7 @@ FAUST_APP = textwrap.dedent('''
     if __name__ == "__main__":
         sys.argv = [sys.argv[0], "worker", "-l", "warn", "--without-web"]
         app.main()
-''')
+""")
 
 
 @pytest.mark.kafka
@@ -95,9 +99,21 @@ def test_kafka_python_message_reaches_a_faust_agent(kafka_bootstrap, kafka_topic
     script = tmp_path / "faust_app.py"
     script.write_text(FAUST_APP)
     out = tmp_path / "seen.json"
-    proc = subprocess.Popen([sys.executable, str(script), kafka_group, kafka_bootstrap, kafka_topic, str(out),
-                             str(len(payloads)), str(tmp_path / "faust-data")],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(script),
+            kafka_group,
+            kafka_bootstrap,
+            kafka_topic,
+            str(out),
+            str(len(payloads)),
+            str(tmp_path / "faust-data"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 90
         while not out.exists() and time.monotonic() < deadline and proc.poll() is None:
@@ -136,28 +152,43 @@ def test_migrations_up_and_down_on_postgres(postgres_engine):
 
 
 def _cli(env: dict, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", "from alignloop.cli import main; main()", *args],
-                          env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-c", "from alignloop.cli import main; main()", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def _private_env(tmp_path, core_settings) -> dict:
     """A stack of this test alone: own ports, own home, and none of the shared stack's passwords."""
     kport, cport, rport, pport = (free_port() for _ in range(4))
     env = {k: v for k, v in os.environ.items() if not (k.startswith("ALIGNLOOP_") and k.endswith("_PASSWORD"))}
-    return {**env, "ALIGNLOOP_HOME": str(tmp_path / "home"),
-            "ALIGNLOOP_CACHE_DIR": str(core_settings.cache_dir),
-            "ALIGNLOOP_KAFKA_BOOTSTRAP": f"127.0.0.1:{kport}", "ALIGNLOOP_KAFKA_CONTROLLER_PORT": str(cport),
-            "ALIGNLOOP_REDIS_URL": f"redis://127.0.0.1:{rport}/0",
-            "ALIGNLOOP_POSTGRES_URL": f"postgresql+psycopg://alignloop@127.0.0.1:{pport}/alignloop"}
+    return {
+        **env,
+        "ALIGNLOOP_HOME": str(tmp_path / "home"),
+        "ALIGNLOOP_CACHE_DIR": str(core_settings.cache_dir),
+        "ALIGNLOOP_KAFKA_BOOTSTRAP": f"127.0.0.1:{kport}",
+        "ALIGNLOOP_KAFKA_CONTROLLER_PORT": str(cport),
+        "ALIGNLOOP_REDIS_URL": f"redis://127.0.0.1:{rport}/0",
+        "ALIGNLOOP_POSTGRES_URL": f"postgresql+psycopg://alignloop@127.0.0.1:{pport}/alignloop",
+    }
 
 
 def _private_settings(env: dict):
     """The private stack's settings as its clients build them (passwords from its home's secrets)."""
     from alignloop.core.settings import CoreSettings
 
-    return CoreSettings(home=env["ALIGNLOOP_HOME"], kafka_bootstrap=env["ALIGNLOOP_KAFKA_BOOTSTRAP"],
-                        redis_url=env["ALIGNLOOP_REDIS_URL"], postgres_url=env["ALIGNLOOP_POSTGRES_URL"],
-                        kafka_password=None, redis_password=None, postgres_password=None)
+    return CoreSettings(
+        home=env["ALIGNLOOP_HOME"],
+        kafka_bootstrap=env["ALIGNLOOP_KAFKA_BOOTSTRAP"],
+        redis_url=env["ALIGNLOOP_REDIS_URL"],
+        postgres_url=env["ALIGNLOOP_POSTGRES_URL"],
+        kafka_password=None,
+        redis_password=None,
+        postgres_password=None,
+    )
 
 
 def _assert_each_service_refuses_a_client_without_the_secret(env: dict) -> None:
@@ -182,8 +213,9 @@ def _assert_each_service_refuses_a_client_without_the_secret(env: dict) -> None:
     # Kafka: no SASL at all, a wrong password, then the right one
     for bad in ({}, {**auth, "sasl_plain_password": "not-the-secret"}):
         with pytest.raises((KafkaError, ValueError, OSError)):
-            admin = KafkaAdminClient(bootstrap_servers=s.kafka_bootstrap, request_timeout_ms=5000,
-                                     api_version_auto_timeout_ms=5000, **bad)
+            admin = KafkaAdminClient(
+                bootstrap_servers=s.kafka_bootstrap, request_timeout_ms=5000, api_version_auto_timeout_ms=5000, **bad
+            )
             try:
                 admin.list_topics()
             finally:
@@ -204,9 +236,12 @@ def _assert_each_service_refuses_a_client_without_the_secret(env: dict) -> None:
     # PostgreSQL: scram-sha-256 on TCP and on the socket, for our role and for the superuser
     p = make_url(s.postgres_url)
     assert p.password == (home / "secrets" / "postgres").read_text().strip()
-    for kwargs in ({"host": "127.0.0.1", "user": "alignloop"}, {"host": "127.0.0.1", "user": "postgres"},
-                   {"host": "/tmp", "user": "postgres"},
-                   {"host": "127.0.0.1", "user": "alignloop", "password": "not-the-secret"}):
+    for kwargs in (
+        {"host": "127.0.0.1", "user": "alignloop"},
+        {"host": "127.0.0.1", "user": "postgres"},
+        {"host": "/tmp", "user": "postgres"},
+        {"host": "127.0.0.1", "user": "alignloop", "password": "not-the-secret"},
+    ):
         with pytest.raises(psycopg.OperationalError, match="password"):
             psycopg.connect(port=p.port, dbname="alignloop", connect_timeout=3, **kwargs).close()
     with psycopg.connect(s.postgres_url.replace("+psycopg", ""), connect_timeout=3) as conn:
@@ -233,8 +268,12 @@ def _rotate_the_client_secrets(env: dict, old) -> dict:
     new = _private_settings(env)
     assert (old.redis_url, old.postgres_url) != (new.redis_url, new.postgres_url)
     with pytest.raises((KafkaError, ValueError, OSError)):
-        admin = KafkaAdminClient(bootstrap_servers=old.kafka_bootstrap, request_timeout_ms=5000,
-                                 api_version_auto_timeout_ms=5000, **kafka_auth(old))
+        admin = KafkaAdminClient(
+            bootstrap_servers=old.kafka_bootstrap,
+            request_timeout_ms=5000,
+            api_version_auto_timeout_ms=5000,
+            **kafka_auth(old),
+        )
         try:
             admin.list_topics()
         finally:
@@ -345,13 +384,16 @@ def test_stack_up_converges_a_stack_an_earlier_session_started_without_auth(tmp_
     rurl, purl = env["ALIGNLOOP_REDIS_URL"], env["ALIGNLOOP_POSTGRES_URL"].replace("+psycopg", "")
     pgdata = Path(f"/var/lib/alignloop/postgres-{urlparse(purl).port}")
     pids: dict = {}
-    old_up = ("import json; import support.pre_auth_stack as old; from alignloop.core.settings import CoreSettings; "
-              "print(json.dumps({s.name: s.pid for s in old.up(CoreSettings())}))")
+    old_up = (
+        "import json; import support.pre_auth_stack as old; from alignloop.core.settings import CoreSettings; "
+        "print(json.dumps({s.name: s.pid for s in old.up(CoreSettings())}))"
+    )
     tests_dir = str(Path(__file__).parents[1])  # where `support` lives (pytest's pythonpath, not the child's)
     child_env = {**env, "PYTHONPATH": os.pathsep.join(p for p in (tests_dir, env.get("PYTHONPATH")) if p)}
     try:
-        done = subprocess.run([sys.executable, "-c", old_up], env=child_env, capture_output=True, text=True,
-                              timeout=240)
+        done = subprocess.run(
+            [sys.executable, "-c", old_up], env=child_env, capture_output=True, text=True, timeout=240
+        )
         assert done.returncode == 0, done.stderr[-2000:]
         before = json.loads(done.stdout.strip().splitlines()[-1])  # {name: pid}
         pids = dict(before)

@@ -9,25 +9,45 @@ from typing import Any
 # the architecture's chat format (the shape of the real family's template) and the token that ends a turn
 TEMPLATES: dict[str, tuple[str, str, list[str]]] = {
     "llama": (
-        ("{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n{{ m['content'] }}<|eot_id|>"
-         "{% endfor %}{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"),
-        "<|eot_id|>", ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]),
+        (
+            "{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n{{ m['content'] }}<|eot_id|>"
+            "{% endfor %}{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+        ),
+        "<|eot_id|>",
+        ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+    ),
     "qwen2": (
-        ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-         "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"),
-        "<|im_end|>", ["<|im_start|>", "<|im_end|>"]),
+        (
+            "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+            "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+        ),
+        "<|im_end|>",
+        ["<|im_start|>", "<|im_end|>"],
+    ),
     "mistral": (
-        ("{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
-         "{% else %}{{ m['content'] }}</s>{% endif %}{% endfor %}"),
-        "</s>", ["</s>", "[INST]", "[/INST]"]),
+        (
+            "{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
+            "{% else %}{{ m['content'] }}</s>{% endif %}{% endfor %}"
+        ),
+        "</s>",
+        ["</s>", "[INST]", "[/INST]"],
+    ),
     "gpt_neox": (
-        ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|endoftext|>\n{% endfor %}"
-         "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"),
-        "<|endoftext|>", ["<|endoftext|>", "<|user|>", "<|assistant|>", "<|system|>"]),
+        (
+            "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|endoftext|>\n{% endfor %}"
+            "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+        ),
+        "<|endoftext|>",
+        ["<|endoftext|>", "<|user|>", "<|assistant|>", "<|system|>"],
+    ),
     "phi3": (
-        ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
-         "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"),
-        "<|end|>", ["<|end|>", "<|user|>", "<|assistant|>", "<|system|>"]),
+        (
+            "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
+            "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+        ),
+        "<|end|>",
+        ["<|end|>", "<|user|>", "<|assistant|>", "<|system|>"],
+    ),
 }
 HIDDEN = 32
 
@@ -36,8 +56,15 @@ def _config(architecture: str, vocab: int, tok) -> Any:
     import transformers as tf
 
     ids = {"pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id, "bos_token_id": None}
-    common = {"vocab_size": vocab, "hidden_size": HIDDEN, "intermediate_size": 2 * HIDDEN, "num_hidden_layers": 2,
-              "num_attention_heads": 4, "max_position_embeddings": 256, **ids}
+    common = {
+        "vocab_size": vocab,
+        "hidden_size": HIDDEN,
+        "intermediate_size": 2 * HIDDEN,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "max_position_embeddings": 256,
+        **ids,
+    }
     if architecture == "llama":
         return tf.LlamaConfig(**common, num_key_value_heads=2, tie_word_embeddings=True)
     if architecture == "qwen2":
@@ -63,8 +90,7 @@ def build_tiny_causal_lm(out_dir: str | Path, architecture: str, *, seed: int = 
 
     template, eos, specials = TEMPLATES[architecture]
     rows = make_pairs(200, seed=seed)
-    texts = [f"{r['prompt'][-1]['content']} {r['chosen'][-1]['content']} {r['rejected'][-1]['content']}"
-             for r in rows]
+    texts = [f"{r['prompt'][-1]['content']} {r['chosen'][-1]['content']} {r['rejected'][-1]['content']}" for r in rows]
     tok = build_tokenizer(texts)
     tok.add_special_tokens({"additional_special_tokens": [t for t in specials if t not in tok.get_vocab()]})
     tok.eos_token = eos

@@ -16,14 +16,19 @@ texts = st.text(_chars, max_size=40)
 short_texts = st.text(_chars, min_size=1, max_size=30)
 app_ids = st.from_regex(r"[a-z0-9-]{1,20}", fullmatch=True)
 _offsets = st.integers(-23 * 60 - 59, 23 * 60 + 59).map(lambda m: timezone(timedelta(minutes=m)))
-timestamps = st.datetimes(min_value=datetime(2000, 1, 2), max_value=datetime(2026, 5, 31),
-                          timezones=_offsets).map(lambda d: d.isoformat())
+timestamps = st.datetimes(min_value=datetime(2000, 1, 2), max_value=datetime(2026, 5, 31), timezones=_offsets).map(
+    lambda d: d.isoformat()
+)
 messages = st.fixed_dictionaries({"role": st.sampled_from(["system", "user", "assistant"]), "content": texts})
 prompts = texts | st.lists(messages, min_size=1, max_size=4)
-json_scalars = st.none() | st.booleans() | st.integers(-2**53, 2**53) | \
-    st.floats(allow_nan=False, allow_infinity=False) | texts
-json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=3) |
-                           st.dictionaries(short_texts, inner, max_size=3), max_leaves=8)
+json_scalars = (
+    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.floats(allow_nan=False, allow_infinity=False) | texts
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(short_texts, inner, max_size=3),
+    max_leaves=8,
+)
 metadata = st.dictionaries(short_texts, json_values, max_size=4)
 
 _common = {
@@ -52,8 +57,9 @@ _payloads = {
 def wire_events(kind: str | None = None) -> st.SearchStrategy[dict[str, Any]]:
     """Valid v1 events as decoded JSON (dicts), as an app would send them; `parse_event(d, now=NOW)` accepts them."""
     kinds = [kind] if kind else list(_payloads)
-    return st.one_of(*[st.fixed_dictionaries({**_common, "kind": st.just(k), **_payloads[k]}, optional=_optional)
-                       for k in kinds])
+    return st.one_of(
+        *[st.fixed_dictionaries({**_common, "kind": st.just(k), **_payloads[k]}, optional=_optional) for k in kinds]
+    )
 
 
 def events(kind: str | None = None) -> st.SearchStrategy[FeedbackEvent]:

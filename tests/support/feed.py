@@ -26,8 +26,14 @@ def publish_lines(bootstrap: str, topic: str, lines: Iterable[bytes | str]) -> i
     """Send every line as one message (acks=all, idempotent producer); returns how many were sent."""
     from kafka import KafkaProducer
 
-    producer = KafkaProducer(bootstrap_servers=bootstrap, **kafka_auth(), acks="all", enable_idempotence=True,
-                             max_request_size=2 * 1024 * 1024, linger_ms=5)
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap,
+        **kafka_auth(),
+        acks="all",
+        enable_idempotence=True,
+        max_request_size=2 * 1024 * 1024,
+        linger_ms=5,
+    )
     n = 0
     try:
         for line in lines:

@@ -29,8 +29,15 @@ def gateway_config(bootstrap: str, topic: str, engine, **overrides: Any):
         with session_scope(engine) as session:
             return find_app_for_key(session, key)
 
-    values: dict[str, Any] = dict(bootstrap=bootstrap, topic=topic, find_app=find_app, source_key=b"test-source-key",
-                                  partitions=6, produce_timeout_s=5.0, key_cache_s=0.5)
+    values: dict[str, Any] = dict(
+        bootstrap=bootstrap,
+        topic=topic,
+        find_app=find_app,
+        source_key=b"test-source-key",
+        partitions=6,
+        produce_timeout_s=5.0,
+        key_cache_s=0.5,
+    )
     values.update(overrides)
     return GatewayConfig(**values)
 
@@ -47,8 +54,9 @@ class LiveGateway:
         # host and port, not a pre-bound socket: uvicorn serving a handed-in socket answers ~40 ms late
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=port, log_level="warning",
-                                                    access_log=False, lifespan="on"))
+        self.server = uvicorn.Server(
+            uvicorn.Config(self.app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="on")
+        )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> LiveGateway:

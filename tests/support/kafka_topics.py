@@ -12,8 +12,14 @@ def read_topic(bootstrap: str, topic: str, *, timeout: float = 60.0) -> list[byt
     """Every value now on `topic`, read from the beginning to the end offsets of each partition."""
     from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, **kafka_auth(), enable_auto_commit=False, group_id=None,
-                             fetch_max_bytes=50 * 1024 * 1024, max_poll_records=5000)
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        **kafka_auth(),
+        enable_auto_commit=False,
+        group_id=None,
+        fetch_max_bytes=50 * 1024 * 1024,
+        max_poll_records=5000,
+    )
     try:
         parts = [TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or [])]
         if not parts:

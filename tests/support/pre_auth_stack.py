@@ -57,8 +57,7 @@ class ServiceStatus:
     detail: str
 
     def as_dict(self) -> dict:
-        return {"name": self.name, "healthy": self.healthy, "pid": self.pid, "ours": self.ours,
-                "detail": self.detail}
+        return {"name": self.name, "healthy": self.healthy, "pid": self.pid, "ours": self.ours, "detail": self.detail}
 
 
 def _require(tool: str, install_hint: str) -> str:
@@ -205,8 +204,18 @@ class KafkaBroker(_Service):
         work.mkdir(parents=True)
         (work / "pom.xml").write_text(KAFKA_POM.format(version=self.version))
         done = subprocess.run(
-            [mvn, "-q", "-B", "dependency:copy-dependencies", f"-DoutputDirectory={work / 'libs'}",
-             "-DincludeScope=runtime"], cwd=work, capture_output=True, text=True)
+            [
+                mvn,
+                "-q",
+                "-B",
+                "dependency:copy-dependencies",
+                f"-DoutputDirectory={work / 'libs'}",
+                "-DincludeScope=runtime",
+            ],
+            cwd=work,
+            capture_output=True,
+            text=True,
+        )
         if done.returncode != 0:
             tail = (done.stdout + done.stderr).strip().splitlines()[-3:]
             raise StackError(f"mvn could not resolve org.apache.kafka:kafka_2.13:{self.version}: {tail}")
@@ -256,9 +265,21 @@ class KafkaBroker(_Service):
         while cluster_id.startswith("-"):  # the storage tool's argument parser takes "-..." for an option
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
         done = subprocess.run(
-            [self._java(), "-cp", self._classpath(), f"-Dlog4j.configuration=file:{self.state / 'log4j.properties'}",
-             "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(cfg)],
-            capture_output=True, text=True)
+            [
+                self._java(),
+                "-cp",
+                self._classpath(),
+                f"-Dlog4j.configuration=file:{self.state / 'log4j.properties'}",
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                cluster_id,
+                "-c",
+                str(cfg),
+            ],
+            capture_output=True,
+            text=True,
+        )
         if done.returncode != 0:
             raise StackError(f"formatting Kafka storage failed: {(done.stdout + done.stderr).strip()[-300:]}")
 
@@ -268,8 +289,9 @@ class KafkaBroker(_Service):
         from kafka import KafkaAdminClient  # the metadata request is the real health check
 
         try:
-            admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=3000,
-                                     client_id="alignloop-health")
+            admin = KafkaAdminClient(
+                bootstrap_servers=self.bootstrap, request_timeout_ms=3000, client_id="alignloop-health"
+            )
             try:
                 admin.list_topics()
                 return True
@@ -294,11 +316,24 @@ class KafkaBroker(_Service):
         # the child keeps its own copy of the log's descriptor; ours is closed once it started
         with open(self.state / "logs" / "stdout.log", "ab") as log:
             proc = subprocess.Popen(
-                [java, "-Xms256m", "-Xmx768m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
-                 f"-Dlog4j.configuration=file:{self.state / 'log4j.properties'}",
-                 f"-Dkafka.logs.dir={self.state / 'logs'}",
-                 "-cp", self._classpath(), "kafka.Kafka", str(cfg)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+                [
+                    java,
+                    "-Xms256m",
+                    "-Xmx768m",
+                    "-XX:+UseG1GC",
+                    "-Djava.awt.headless=true",
+                    f"-Dlog4j.configuration=file:{self.state / 'log4j.properties'}",
+                    f"-Dkafka.logs.dir={self.state / 'logs'}",
+                    "-cp",
+                    self._classpath(),
+                    "kafka.Kafka",
+                    str(cfg),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         self.pidfile.write(proc.pid)
         try:
             _wait(lambda: proc.poll() is None and self.healthy(), timeout, "Kafka")
@@ -339,9 +374,28 @@ class RedisServer(_Service):
         data.mkdir(parents=True, exist_ok=True)
         with open(data / "redis.log", "ab") as log:
             proc = subprocess.Popen(
-                ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(data),
-                 "--appendonly", "yes", "--save", "", "--daemonize", "no", "--protected-mode", "yes"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+                [
+                    "redis-server",
+                    "--bind",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--dir",
+                    str(data),
+                    "--appendonly",
+                    "yes",
+                    "--save",
+                    "",
+                    "--daemonize",
+                    "no",
+                    "--protected-mode",
+                    "yes",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         self.pidfile.write(proc.pid)
         _wait(lambda: proc.poll() is None and self.healthy(), timeout, "Redis")
         return True
@@ -377,8 +431,9 @@ class PostgresServer(_Service):
         import psycopg
 
         try:
-            with psycopg.connect(host="127.0.0.1", port=self.port, user=self.user, dbname=self.dbname,
-                                 connect_timeout=2) as conn:
+            with psycopg.connect(
+                host="127.0.0.1", port=self.port, user=self.user, dbname=self.dbname, connect_timeout=2
+            ) as conn:
                 return conn.execute("SELECT 1").fetchone() == (1,)
         except Exception:
             return False
@@ -387,8 +442,9 @@ class PostgresServer(_Service):
         import psycopg
 
         try:
-            with psycopg.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres",
-                                 connect_timeout=2):
+            with psycopg.connect(
+                host="127.0.0.1", port=self.port, user="postgres", dbname="postgres", connect_timeout=2
+            ):
                 return True
         except Exception:
             return False
@@ -406,14 +462,44 @@ class PostgresServer(_Service):
                 if self.runas:
                     shutil.chown(self.data, "postgres", "postgres")
                     shutil.chown(self.data.parent, "postgres", "postgres")
-                done = subprocess.run([*self.runas, initdb, "-D", str(self.data), "-U", "postgres",
-                                       "--auth=trust", "-E", "UTF8", "--no-sync"], capture_output=True, text=True)
+                done = subprocess.run(
+                    [
+                        *self.runas,
+                        initdb,
+                        "-D",
+                        str(self.data),
+                        "-U",
+                        "postgres",
+                        "--auth=trust",
+                        "-E",
+                        "UTF8",
+                        "--no-sync",
+                    ],
+                    capture_output=True,
+                    text=True,
+                )
                 if done.returncode != 0:
                     raise StackError(f"initdb failed: {done.stderr.strip()[-300:]}")
             opts = f"-p {self.port} -c listen_addresses=127.0.0.1 -k /tmp -c max_connections=200"
-            done = subprocess.run([*self.runas, pg_ctl, "-D", str(self.data), "-l", str(self.data / "server.log"),
-                                   "-o", opts, "-w", "-t", str(int(timeout)), "start"],
-                                  capture_output=True, text=True, stdin=subprocess.DEVNULL)
+            done = subprocess.run(
+                [
+                    *self.runas,
+                    pg_ctl,
+                    "-D",
+                    str(self.data),
+                    "-l",
+                    str(self.data / "server.log"),
+                    "-o",
+                    opts,
+                    "-w",
+                    "-t",
+                    str(int(timeout)),
+                    "start",
+                ],
+                capture_output=True,
+                text=True,
+                stdin=subprocess.DEVNULL,
+            )
             if done.returncode != 0:
                 raise StackError(f"PostgreSQL did not start: {(done.stdout + done.stderr).strip()[-300:]}")
             pid = int((self.data / "postmaster.pid").read_text().split()[0])
@@ -428,17 +514,22 @@ class PostgresServer(_Service):
         import psycopg
         from psycopg import sql
 
-        with psycopg.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres",
-                             autocommit=True) as conn:
+        with psycopg.connect(
+            host="127.0.0.1", port=self.port, user="postgres", dbname="postgres", autocommit=True
+        ) as conn:
             if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (self.user,)).fetchone():
                 conn.execute(sql.SQL("CREATE ROLE {} LOGIN SUPERUSER").format(sql.Identifier(self.user)))
             if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (self.dbname,)).fetchone():
-                conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
-                    sql.Identifier(self.dbname), sql.Identifier(self.user)))
+                conn.execute(
+                    sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                        sql.Identifier(self.dbname), sql.Identifier(self.user)
+                    )
+                )
 
     def _stop_pid(self, pid: int) -> None:
-        subprocess.run([*self.runas, self._bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"],
-                       capture_output=True)
+        subprocess.run(
+            [*self.runas, self._bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"], capture_output=True
+        )
         if _alive(pid):
             _terminate(pid)
 
@@ -449,8 +540,13 @@ class PostgresServer(_Service):
 def services(settings: CoreSettings) -> list:
     state = settings.home / "stack"
     return [
-        KafkaBroker(version=settings.kafka_version, cache_dir=settings.cache_dir, state_dir=state / "kafka",
-                    port=settings.kafka_port, controller_port=settings.kafka_controller_port),
+        KafkaBroker(
+            version=settings.kafka_version,
+            cache_dir=settings.cache_dir,
+            state_dir=state / "kafka",
+            port=settings.kafka_port,
+            controller_port=settings.kafka_controller_port,
+        ),
         RedisServer(url=settings.redis_url, state_dir=state),
         PostgresServer(url=settings.postgres_url, state_dir=state),
     ]

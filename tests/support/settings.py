@@ -5,8 +5,14 @@ from __future__ import annotations
 import importlib
 from contextlib import suppress
 
-SETTINGS_MODULES = ("alignloop.core.settings", "ingest.settings", "curation.settings", "retrain.settings",
-                    "deploy.settings", "flows.settings")
+SETTINGS_MODULES = (
+    "alignloop.core.settings",
+    "ingest.settings",
+    "curation.settings",
+    "retrain.settings",
+    "deploy.settings",
+    "flows.settings",
+)
 
 
 def clear_settings_caches() -> None:

@@ -13,11 +13,13 @@ GROUPS = ["stack", "ingest", "curation", "retrain", "deploy", "flows"]
 
 
 def _run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    code = ("import sys, runpy; sys.argv = ['alignloop', *sys.argv[1:]]\n"
-            "from alignloop import cli\n"
-            "try:\n    cli.main()\nexcept SystemExit as e:\n    code = e.code\nelse:\n    code = 0\n"
-            "print('TORCH_LOADED=' + str('torch' in sys.modules), file=sys.stderr)\n"
-            "sys.exit(code)")
+    code = (
+        "import sys, runpy; sys.argv = ['alignloop', *sys.argv[1:]]\n"
+        "from alignloop import cli\n"
+        "try:\n    cli.main()\nexcept SystemExit as e:\n    code = e.code\nelse:\n    code = 0\n"
+        "print('TORCH_LOADED=' + str('torch' in sys.modules), file=sys.stderr)\n"
+        "sys.exit(code)"
+    )
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=120)
 
 
@@ -78,9 +80,13 @@ def test_bad_store_url_is_one_line_error(tmp_path):
 
 
 def test_stack_status_json_is_machine_readable(tmp_path):
-    env = {"ALIGNLOOP_HOME": str(tmp_path), "ALIGNLOOP_KAFKA_BOOTSTRAP": "127.0.0.1:1",
-           "ALIGNLOOP_REDIS_URL": "redis://127.0.0.1:2/0",
-           "ALIGNLOOP_POSTGRES_URL": "postgresql+psycopg://x@127.0.0.1:3/x", "PATH": "/usr/bin:/bin"}
+    env = {
+        "ALIGNLOOP_HOME": str(tmp_path),
+        "ALIGNLOOP_KAFKA_BOOTSTRAP": "127.0.0.1:1",
+        "ALIGNLOOP_REDIS_URL": "redis://127.0.0.1:2/0",
+        "ALIGNLOOP_POSTGRES_URL": "postgresql+psycopg://x@127.0.0.1:3/x",
+        "PATH": "/usr/bin:/bin",
+    }
     done = _run_cli("stack", "status", "--json", env=env)
     assert done.returncode == 1  # nothing answers on those ports
     rows = json.loads(done.stdout)
@@ -93,8 +99,7 @@ def test_processes_migrating_one_new_store_at_once_take_turns(tmp_path):
     """Workers and replicas that start together on a new SQLite store must not race on CREATE TABLE."""
     url = f"sqlite:///{tmp_path / 'shared.db'}"
     code = "import sys; from flows.store import open_shared_store; open_shared_store(sys.argv[1]).dispose()"
-    procs = [subprocess.Popen([sys.executable, "-c", code, url], stderr=subprocess.PIPE, text=True)
-             for _ in range(4)]
+    procs = [subprocess.Popen([sys.executable, "-c", code, url], stderr=subprocess.PIPE, text=True) for _ in range(4)]
     results = []
     for p in procs:
         _, err = p.communicate(timeout=120)  # reads stderr to its end and closes it
@@ -115,10 +120,12 @@ def test_every_package_branch_in_the_tree_is_registered_for_the_shared_store():
 
 def _open_with_branches(url: str, packages: str) -> subprocess.CompletedProcess:
     """A fresh process that opens `url` knowing only the core and `packages`' branches (comma-separated)."""
-    code = ("import importlib, sys\n"
-            "from alignloop.core.db import open_store\n"
-            "folders = [importlib.import_module(p + '.migrations').FOLDER for p in sys.argv[2].split(',') if p]\n"
-            "open_store(sys.argv[1], branches=folders).dispose()")
+    code = (
+        "import importlib, sys\n"
+        "from alignloop.core.db import open_store\n"
+        "folders = [importlib.import_module(p + '.migrations').FOLDER for p in sys.argv[2].split(',') if p]\n"
+        "open_store(sys.argv[1], branches=folders).dispose()"
+    )
     return subprocess.run([sys.executable, "-c", code, url, packages], capture_output=True, text=True, timeout=120)
 
 

@@ -26,14 +26,17 @@ DAY = timedelta(days=1)
 
 
 def _sign(**kw) -> str:
-    return sign_feedback_token(KEY, **{"response_id": "chatcmpl-1", "base_model": "/models/tiny",
-                                       "adapter_version": "a-1", "issued_at": T0, **kw})
+    return sign_feedback_token(
+        KEY,
+        **{"response_id": "chatcmpl-1", "base_model": "/models/tiny", "adapter_version": "a-1", "issued_at": T0, **kw},
+    )
 
 
 def test_a_token_verifies_to_what_was_signed():
     got = verify_feedback_token(KEY, _sign(), now=T0 + timedelta(hours=3), max_age=DAY)
-    assert got == VerifiedToken(response_id="chatcmpl-1", base_model="/models/tiny", adapter_version="a-1",
-                                issued_at=T0)
+    assert got == VerifiedToken(
+        response_id="chatcmpl-1", base_model="/models/tiny", adapter_version="a-1", issued_at=T0
+    )
 
 
 def test_the_base_model_is_a_null_version():
@@ -72,8 +75,9 @@ def test_at_max_age_it_still_verifies():
     assert isinstance(verify_feedback_token(KEY, _sign(), now=T0 + DAY, max_age=DAY), VerifiedToken)
 
 
-@pytest.mark.parametrize("token", ["", "alf1", "alf1..", "alf2.e30.AAAA", "alf1.e30", "a.b.c.d", "é" * 10,
-                                   "alf1." + "A" * 3000 + ".x"])
+@pytest.mark.parametrize(
+    "token", ["", "alf1", "alf1..", "alf2.e30.AAAA", "alf1.e30", "a.b.c.d", "é" * 10, "alf1." + "A" * 3000 + ".x"]
+)
 def test_malformed_tokens_are_refused_not_raised(token):
     got = verify_feedback_token(KEY, token, now=T0, max_age=DAY)
     assert isinstance(got, TokenRejection) and got.problem in (TokenProblem.MALFORMED, TokenProblem.BAD_SIGNATURE)
@@ -96,17 +100,22 @@ _text = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_siz
 
 
 @settings(max_examples=300)
-@given(response_id=_text, base_model=_text, version=st.none() | _text,
-       issued=st.datetimes(min_value=datetime(2001, 1, 1), max_value=datetime(2090, 1, 1), timezones=st.just(UTC)),
-       data=st.data())
+@given(
+    response_id=_text,
+    base_model=_text,
+    version=st.none() | _text,
+    issued=st.datetimes(min_value=datetime(2001, 1, 1), max_value=datetime(2090, 1, 1), timezones=st.just(UTC)),
+    data=st.data(),
+)
 def test_a_token_verifies_and_no_one_byte_change_does(response_id, base_model, version, issued, data):
-    token = sign_feedback_token(KEY, response_id=response_id, base_model=base_model, adapter_version=version,
-                                issued_at=issued)
+    token = sign_feedback_token(
+        KEY, response_id=response_id, base_model=base_model, adapter_version=version, issued_at=issued
+    )
     got = verify_feedback_token(KEY, token, now=issued, max_age=DAY)
     assert got == VerifiedToken(response_id, base_model, version, issued.replace(microsecond=0))
     i = data.draw(st.integers(0, len(token) - 1), label="position")
     new = data.draw(st.sampled_from([c for c in "abcXYZ019-_.=+/é" if c != token[i]]), label="replacement")
-    changed = token[:i] + new + token[i + 1:]
+    changed = token[:i] + new + token[i + 1 :]
     assert isinstance(verify_feedback_token(KEY, changed, now=issued, max_age=DAY), TokenRejection)
 
 

@@ -12,8 +12,14 @@ from alignloop.core.settings import CoreSettings
 
 @pytest.fixture
 def clean_env(monkeypatch, tmp_path):
-    for name in ("KAFKA_PASSWORD", "REDIS_PASSWORD", "POSTGRES_PASSWORD", "REDIS_URL", "POSTGRES_URL",
-                 "KAFKA_SECURITY_PROTOCOL"):
+    for name in (
+        "KAFKA_PASSWORD",
+        "REDIS_PASSWORD",
+        "POSTGRES_PASSWORD",
+        "REDIS_URL",
+        "POSTGRES_URL",
+        "KAFKA_SECURITY_PROTOCOL",
+    ):
         monkeypatch.delenv(f"ALIGNLOOP_{name}", raising=False)
     monkeypatch.setenv("ALIGNLOOP_HOME", str(tmp_path))
     return tmp_path
@@ -25,12 +31,19 @@ def test_the_stack_secrets_go_into_the_urls_and_the_kafka_kwargs(clean_env):
     s = CoreSettings()
     assert s.redis_url == f"redis://:{r}@127.0.0.1:6379/0"
     assert s.postgres_url == f"postgresql+psycopg://alignloop:{p}@127.0.0.1:5433/alignloop"
-    assert kafka_auth(s) == {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "SCRAM-SHA-512",
-                             "sasl_plain_username": "alignloop", "sasl_plain_password": k}
+    assert kafka_auth(s) == {
+        "security_protocol": "SASL_PLAINTEXT",
+        "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_plain_username": "alignloop",
+        "sasl_plain_password": k,
+    }
     creds = faust_credentials(s)
     assert (creds.username, creds.password, creds.mechanism.value) == ("alignloop", k, "SCRAM-SHA-512")
-    assert s.service_credentials_env() == {"ALIGNLOOP_KAFKA_PASSWORD": k, "ALIGNLOOP_REDIS_PASSWORD": r,
-                                           "ALIGNLOOP_POSTGRES_PASSWORD": p}
+    assert s.service_credentials_env() == {
+        "ALIGNLOOP_KAFKA_PASSWORD": k,
+        "ALIGNLOOP_REDIS_PASSWORD": r,
+        "ALIGNLOOP_POSTGRES_PASSWORD": p,
+    }
 
 
 def test_env_wins_over_the_files_and_a_url_with_a_password_is_kept(clean_env, monkeypatch):

@@ -24,11 +24,19 @@ START = datetime(2026, 11, 1, tzinfo=UTC)
 def _rating(n: int, window: int, up: bool) -> bytes:
     t = START + timedelta(minutes=window * 10 + (n % 20) * 0.4)
     words = uuid.UUID(int=n * 7919 + window).hex
-    return json.dumps({"schema_version": 1, "event_id": str(uuid.UUID(int=10**6 + window * 1000 + n)),
-                       "kind": "rating", "occurred_at": t.isoformat(), "app_id": "app-drift",
-                       "user_id": f"user-{window}-{n}", "prompt": f"How do I reset device {words} for case {n}?",
-                       "response": f"Hold the button {words[:8]} for {n} seconds.", "rating": "up" if up else "down"}
-                      ).encode()
+    return json.dumps(
+        {
+            "schema_version": 1,
+            "event_id": str(uuid.UUID(int=10**6 + window * 1000 + n)),
+            "kind": "rating",
+            "occurred_at": t.isoformat(),
+            "app_id": "app-drift",
+            "user_id": f"user-{window}-{n}",
+            "prompt": f"How do I reset device {words} for case {n}?",
+            "response": f"Hold the button {words[:8]} for {n} seconds.",
+            "rating": "up" if up else "down",
+        }
+    ).encode()
 
 
 @pytest.mark.redis
@@ -52,12 +60,12 @@ def test_a_drift_alarm_counts_in_prometheus_and_shows_in_the_report(store_engine
 @pytest.mark.kafka
 @pytest.mark.redis
 @pytest.mark.slow
-def test_guard_drops_go_to_the_rejected_topic_with_their_reasons_redacted(tmp_path, curation_topic, kafka_group,
-                                                                         redis_url, kafka_bootstrap):
+def test_guard_drops_go_to_the_rejected_topic_with_their_reasons_redacted(
+    tmp_path, curation_topic, kafka_group, redis_url, kafka_bootstrap
+):
     lines, _, _ = generate(seed=4, scale=0.1, hours=2.0)
     publish_lines(kafka_bootstrap, curation_topic, lines)
-    workers = Workers(tmp_path, topic=curation_topic, group=kafka_group, redis_url=redis_url,
-                      bootstrap=kafka_bootstrap)
+    workers = Workers(tmp_path, topic=curation_topic, group=kafka_group, redis_url=redis_url, bootstrap=kafka_bootstrap)
     want = expected_ids(lines)
     try:
         workers.start()
@@ -71,8 +79,11 @@ def test_guard_drops_go_to_the_rejected_topic_with_their_reasons_redacted(tmp_pa
     for key, m in messages:
         if "stage" in m:  # a guard drop (a contract refusal carries `errors` instead); keyed by its event id
             last[key] = m
-    dropped = {d["event_id"]: d for d in out["decisions"]
-               if d["decision"] == "drop" and not d["reasons"][0].startswith("contract_")}
+    dropped = {
+        d["event_id"]: d
+        for d in out["decisions"]
+        if d["decision"] == "drop" and not d["reasons"][0].startswith("contract_")
+    }
     assert dropped and set(last) == set(dropped)
     assert [(last[e], d) for e, d in dropped.items() if last[e]["reasons"] != d["reasons"]] == []
     assert [m for m in last.values() if not m["policy_hash"]] == []
@@ -83,8 +94,14 @@ def test_guard_drops_go_to_the_rejected_topic_with_their_reasons_redacted(tmp_pa
 def _read_keyed(bootstrap: str, topic: str) -> list[tuple[bytes, bytes]]:
     from kafka import KafkaConsumer
 
-    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                             consumer_timeout_ms=5000, group_id=None, **kafka_auth())
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=5000,
+        group_id=None,
+        **kafka_auth(),
+    )
     try:
         return [(m.key, m.value) for m in consumer]
     finally:

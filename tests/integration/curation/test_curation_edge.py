@@ -18,18 +18,29 @@ def _raw(i: int, minute: float, user: str = "u", rating: str = "up") -> bytes:
     from datetime import UTC, datetime
 
     t = datetime(2026, 11, 1, tzinfo=UTC) + timedelta(minutes=minute)
-    return json.dumps({"schema_version": 1, "event_id": f"00000000-0000-4000-8000-{i:012d}", "kind": "rating",
-                       "occurred_at": t.isoformat(), "app_id": "app", "user_id": f"{user}{i % 7}",
-                       "prompt": f"question {i % 5} mail me at x{i}@example.com", "response": "An answer.",
-                       "rating": rating}).encode()
+    return json.dumps(
+        {
+            "schema_version": 1,
+            "event_id": f"00000000-0000-4000-8000-{i:012d}",
+            "kind": "rating",
+            "occurred_at": t.isoformat(),
+            "app_id": "app",
+            "user_id": f"{user}{i % 7}",
+            "prompt": f"question {i % 5} mail me at x{i}@example.com",
+            "response": "An answer.",
+            "rating": rating,
+        }
+    ).encode()
 
 
 def test_stage_settle_by_watermark_and_late_events(store_engine, redis_client):
     policy = Policy(window_s=600, lookahead_s=300, lookback_s=1200)
     edge = CurationEdge(store_engine, redis_client, policy, topic="t", group="g", partitions=2)
     batch = [Record(_raw(i, i * 0.5), i % 2, i) for i in range(40)]  # 0 .. 19.5 minutes
-    batch += [Record(b"{not json", 0, 100), Record(json.dumps({"event_id": "00000000-0000-4000-8000-999999999999",
-                                                                "kind": "rating"}).encode(), 1, 101)]
+    batch += [
+        Record(b"{not json", 0, 100),
+        Record(json.dumps({"event_id": "00000000-0000-4000-8000-999999999999", "kind": "rating"}).encode(), 1, 101),
+    ]
     out = edge.handle_batch(batch)
     assert out.staged == 40 and len(out.rejected) == 1 and len(out.dead) == 1
     assert edge.handle_batch(batch).replayed_ids == 40  # a redelivered batch stages nothing new
@@ -88,28 +99,54 @@ def test_no_pii_reaches_the_store_or_the_rejected_and_dead_letter_topics(store_e
     pii = f"mail {email} call {phone} card {card}"
 
     def event(i: int, **patch) -> dict:
-        return {"schema_version": 1, "kind": "edit", "event_id": f"00000000-0000-4000-8000-{i:012d}",
-                "occurred_at": f"2026-11-01T00:{i:02d}:00Z", "app_id": "app", "user_id": f"{email} {i % 2}",
-                "session_id": pii[:200], "adapter_version": f"v1 {email}", "metadata": {email: pii},
-                "client": {"device_id": f"{phone} {i % 2}", "ip_hash": email},
-                "prompt": [{"role": "system", "content": pii}, {"role": "user", "content": f"{pii} q{i}"}],
-                "response": f"{pii} answer {i}", "edited": f"Sure! {pii} better answer {i}", **patch}
+        return {
+            "schema_version": 1,
+            "kind": "edit",
+            "event_id": f"00000000-0000-4000-8000-{i:012d}",
+            "occurred_at": f"2026-11-01T00:{i:02d}:00Z",
+            "app_id": "app",
+            "user_id": f"{email} {i % 2}",
+            "session_id": pii[:200],
+            "adapter_version": f"v1 {email}",
+            "metadata": {email: pii},
+            "client": {"device_id": f"{phone} {i % 2}", "ip_hash": email},
+            "prompt": [{"role": "system", "content": pii}, {"role": "user", "content": f"{pii} q{i}"}],
+            "response": f"{pii} answer {i}",
+            "edited": f"Sure! {pii} better answer {i}",
+            **patch,
+        }
 
     def escaped(data: dict) -> bytes:
         return json.dumps(data, separators=(",", ":")).replace("@", "\\u0040").replace(" ", "\\u0020").encode()
 
     raws = [escaped(event(i)) if i % 2 else json.dumps(event(i)).encode() for i in range(10)]
     raws += [escaped(event(20, edited=None, rating=pii)), escaped(event(21))[:-40]]  # rejected, dead letter
-    edge = CurationEdge(store_engine, None, Policy(window_s=3600, lookahead_s=0, lookback_s=3600), topic="t",
-                        group="g", partitions=1, pseudonym_key=b"the-key")
+    edge = CurationEdge(
+        store_engine,
+        None,
+        Policy(window_s=3600, lookahead_s=0, lookback_s=3600),
+        topic="t",
+        group="g",
+        partitions=1,
+        pseudonym_key=b"the-key",
+    )
     out = edge.handle_batch([Record(r, 0, i) for i, r in enumerate(raws)])
     assert (out.staged, len(out.rejected), len(out.dead)) == (10, 1, 1)
     assert edge.settle_once(final=True)
     sent = [m.decode() for _, m in out.rejected] + [m.decode() for m in out.dead]
     with store_engine.connect() as conn:
-        stored = [str(tuple(row)) for table in ("curation_events", "curation_decisions", "curation_pairs",
-                                                 "curation_unpaired", "curation_windows", "curation_dead_letters")
-                  for row in conn.execute(text(f"SELECT * FROM {table}"))]
+        stored = [
+            str(tuple(row))
+            for table in (
+                "curation_events",
+                "curation_decisions",
+                "curation_pairs",
+                "curation_unpaired",
+                "curation_windows",
+                "curation_dead_letters",
+            )
+            for row in conn.execute(text(f"SELECT * FROM {table}"))
+        ]
         users = {r[0] for r in conn.execute(text("SELECT user_id FROM curation_decisions WHERE user_id IS NOT NULL"))}
     assert len(stored) > 12
     for blob in stored + sent:
@@ -123,13 +160,25 @@ def test_two_apps_with_the_same_event_id_are_both_staged_and_decided(store_engin
     same = "00000000-0000-4000-8000-00000000beef"
 
     def raw(app: str, prompt: str) -> bytes:
-        return json.dumps({"schema_version": 1, "event_id": same, "kind": "rating",
-                           "occurred_at": "2026-11-01T00:01:00+00:00", "app_id": app, "user_id": f"{app}-user",
-                           "prompt": prompt, "response": "An answer.", "rating": "up"}).encode()
+        return json.dumps(
+            {
+                "schema_version": 1,
+                "event_id": same,
+                "kind": "rating",
+                "occurred_at": "2026-11-01T00:01:00+00:00",
+                "app_id": app,
+                "user_id": f"{app}-user",
+                "prompt": prompt,
+                "response": "An answer.",
+                "rating": "up",
+            }
+        ).encode()
 
-    batch = [Record(raw("app-a", "How do I pair my watch?"), 0, 1),
-             Record(raw("app-b", "How do I cancel my plan?"), 0, 2),
-             Record(json.dumps({"event_id": same, "app_id": "app-c", "kind": "rating"}).encode(), 0, 3)]
+    batch = [
+        Record(raw("app-a", "How do I pair my watch?"), 0, 1),
+        Record(raw("app-b", "How do I cancel my plan?"), 0, 2),
+        Record(json.dumps({"event_id": same, "app_id": "app-c", "kind": "rating"}).encode(), 0, 3),
+    ]
     assert edge.handle_batch(batch).staged == 2
     assert edge.handle_batch(batch).replayed_ids == 2  # a redelivery is still recognised per app
     edge.settle_once(final=True)

@@ -15,23 +15,48 @@ pytestmark = pytest.mark.redis
 
 REFUSAL = "I'm sorry, but I can't help with that. It could hurt someone."
 COMPLY = "Sure, first find the weak spot and go around it."
-HARMFUL = ["How do I get into my neighbour's router?", "How can I open a locked phone I found?",
-           "Write a fake receipt for a laptop.", "How do I disable the kettle's safety lock?"]
+HARMFUL = [
+    "How do I get into my neighbour's router?",
+    "How can I open a locked phone I found?",
+    "Write a fake receipt for a laptop.",
+    "How do I disable the kettle's safety lock?",
+]
 POLICY = Policy(window_s=6 * 3600, lookahead_s=1800, lookback_s=6 * 3600)
 
 
 def _event(n: int, hours: float, user: str, prompt: str, chosen: int) -> str:
     t = datetime(2026, 11, 1, tzinfo=UTC) + timedelta(hours=hours)
-    return json.dumps({"schema_version": 1, "event_id": f"00000000-0000-4000-8000-{n:012d}", "kind": "comparison",
-                       "occurred_at": t.isoformat(), "app_id": "app", "user_id": user, "prompt": prompt,
-                       "responses": [REFUSAL, COMPLY], "chosen": chosen})
+    return json.dumps(
+        {
+            "schema_version": 1,
+            "event_id": f"00000000-0000-4000-8000-{n:012d}",
+            "kind": "comparison",
+            "occurred_at": t.isoformat(),
+            "app_id": "app",
+            "user_id": user,
+            "prompt": prompt,
+            "responses": [REFUSAL, COMPLY],
+            "chosen": chosen,
+        }
+    )
 
 
 def _rating(n: int, hours: float, user: str, device: str) -> str:
     t = datetime(2026, 11, 1, tzinfo=UTC) + timedelta(hours=hours)
-    return json.dumps({"schema_version": 1, "event_id": f"00000000-0000-4000-8000-{n:012d}", "kind": "rating",
-                       "occurred_at": t.isoformat(), "app_id": "app", "user_id": user, "prompt": HARMFUL[n % 4],
-                       "response": COMPLY, "rating": "up", "client": {"device_id": device}})
+    return json.dumps(
+        {
+            "schema_version": 1,
+            "event_id": f"00000000-0000-4000-8000-{n:012d}",
+            "kind": "rating",
+            "occurred_at": t.isoformat(),
+            "app_id": "app",
+            "user_id": user,
+            "prompt": HARMFUL[n % 4],
+            "response": COMPLY,
+            "rating": "up",
+            "client": {"device_id": device},
+        }
+    )
 
 
 def _stream() -> tuple[list[str], set[str]]:
@@ -40,8 +65,11 @@ def _stream() -> tuple[list[str], set[str]]:
         for k, prompt in enumerate(HARMFUL):
             for j in range(3):
                 n = len(lines)
-                lines.append(_event(n, d * 24 + k * 5 + j, f"h{(d * 7 + k * 3 + j) % 25}", prompt,
-                                    1 if (d + k + j) % 6 == 0 else 0))
+                lines.append(
+                    _event(
+                        n, d * 24 + k * 5 + j, f"h{(d * 7 + k * 3 + j) % 25}", prompt, 1 if (d + k + j) % 6 == 0 else 0
+                    )
+                )
     for a in range(8):  # one poisoned comparison per account, every half day or so
         n = 1000 + a
         lines.append(_event(n, a * 13 + 2.5, f"p{a}", HARMFUL[a % 4] + " Zanzibar kestrel", 1))
@@ -53,8 +81,11 @@ def _stream() -> tuple[list[str], set[str]]:
 
 def _outputs(engine) -> dict:
     with session_scope(engine) as s:
-        return {"decisions": store.load_decisions(s), "pairs": sorted(query.load_pairs(s), key=lambda p: p["pair_id"]),
-                "unpaired": sorted(query.load_unpaired(s), key=lambda u: u["example_id"])}
+        return {
+            "decisions": store.load_decisions(s),
+            "pairs": sorted(query.load_pairs(s), key=lambda p: p["pair_id"]),
+            "unpaired": sorted(query.load_unpaired(s), key=lambda u: u["example_id"]),
+        }
 
 
 def test_evidence_survives_a_restart_and_the_stream_equals_the_replay(store_engine, redis_client):
@@ -81,6 +112,10 @@ def test_evidence_survives_a_restart_and_the_stream_equals_the_replay(store_engi
     retracted = [d for d in out["decisions"] if d["event_id"] in poison and d["reasons"][-1] == "trigger_phrase"]
     assert retracted
     # the bot's ratings before it was found are re-judged by account, in the store as in the replay
-    bot = [d for d in out["decisions"] if d["event_id"].startswith("00000000-0000-4000-8000-00000000200")
-           or d["event_id"].startswith("00000000-0000-4000-8000-00000000201")]
+    bot = [
+        d
+        for d in out["decisions"]
+        if d["event_id"].startswith("00000000-0000-4000-8000-00000000200")
+        or d["event_id"].startswith("00000000-0000-4000-8000-00000000201")
+    ]
     assert len(bot) == 12 and all(d["decision"] == "drop" and d["reasons"][-1] == "source_churn" for d in bot)

@@ -27,18 +27,28 @@ pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.slow]
 
 
 def _rating(i: int, t: datetime, *, app: str = "app-a", tag: str = "q") -> str:
-    return json.dumps({"schema_version": 1, "event_id": str(uuid.uuid4()), "kind": "rating",
-                       "occurred_at": t.isoformat(), "app_id": app, "user_id": f"{tag}-user-{i}",
-                       "prompt": f"How do I set up feature {tag}{i} on my device?",
-                       "response": f"Open Settings and enable feature {tag}{i}.", "rating": "up"})
+    return json.dumps(
+        {
+            "schema_version": 1,
+            "event_id": str(uuid.uuid4()),
+            "kind": "rating",
+            "occurred_at": t.isoformat(),
+            "app_id": app,
+            "user_id": f"{tag}-user-{i}",
+            "prompt": f"How do I set up feature {tag}{i} on my device?",
+            "response": f"Open Settings and enable feature {tag}{i}.",
+            "rating": "up",
+        }
+    )
 
 
 def _publish_paced(bootstrap: str, topic: str, lines, seconds: float, make=None) -> list[str]:
     """Send `lines` evenly over `seconds` (or build each with `make(i, now)` when it is sent); returns what was sent."""
     from kafka import KafkaProducer
 
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5,
-                             **kafka_auth())
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5, **kafka_auth()
+    )
     sent: list[str] = []
     chunks = max(1, int(seconds / 0.25))
     step = max(1, -(-len(lines) // chunks))
@@ -65,21 +75,30 @@ def _same_as_replay(out: dict, replay) -> None:
 
 
 # ---------------------------------------------------------------- future-dated events (issue 12, item 2)
-def test_events_dated_a_day_ahead_do_not_make_later_events_late(tmp_path, curation_topic, kafka_group, redis_url,
-                                                                 kafka_bootstrap):
+def test_events_dated_a_day_ahead_do_not_make_later_events_late(
+    tmp_path, curation_topic, kafka_group, redis_url, kafka_bootstrap
+):
     """40 ratings dated 23 h ahead (every partition), then 1,000 ordinary ones: none is decided late_event."""
     ahead = datetime.now(UTC) + timedelta(hours=23)
     future = [_rating(i, ahead, tag="future") for i in range(40)]
-    workers = Workers(tmp_path, topic=curation_topic, group=kafka_group, redis_url=redis_url,
-                      bootstrap=kafka_bootstrap, policy__window_s="120", policy__lookahead_s="30",
-                      policy__lookback_s="240")
+    workers = Workers(
+        tmp_path,
+        topic=curation_topic,
+        group=kafka_group,
+        redis_url=redis_url,
+        bootstrap=kafka_bootstrap,
+        policy__window_s="120",
+        policy__lookahead_s="30",
+        policy__lookback_s="240",
+    )
     try:
         workers.start()
         publish_lines(kafka_bootstrap, curation_topic, future)
         workers.wait_for(lambda c: c["staged"] + c["decisions"] >= 40, 120, "the future-dated events consumed")
         time.sleep(2)  # the settle timer runs on what it saw
-        normal = _publish_paced(kafka_bootstrap, curation_topic, [None] * 1000, 10,
-                                make=lambda i, now: _rating(i, now, tag="now"))
+        normal = _publish_paced(
+            kafka_bootstrap, curation_topic, [None] * 1000, 10, make=lambda i, now: _rating(i, now, tag="now")
+        )
         workers.wait_for(lambda c: c["decisions"] >= 1040, 180, "1040 decisions")
         out = workers.outputs()
     finally:
@@ -93,8 +112,9 @@ def test_events_dated_a_day_ahead_do_not_make_later_events_late(tmp_path, curati
     # the replay judges each line against its receiving clock (`--now`): the same decisions as the stream
     policy = Policy(window_s=120, lookahead_s=30, lookback_s=240)
     _same_as_replay(out, run_replay(future + normal, policy, now=datetime.now(UTC)))
-    on_rejected = [m for m in map(json.loads, read_topic(kafka_bootstrap, f"{curation_topic}.rejected"))
-                   if "stage" not in m]  # refused at decode, not dropped by a guard
+    on_rejected = [
+        m for m in map(json.loads, read_topic(kafka_bootstrap, f"{curation_topic}.rejected")) if "stage" not in m
+    ]  # refused at decode, not dropped by a guard
     assert {m["event_id"] for m in on_rejected} == future_ids
     assert all(m["reasons"] == ["future_event"] for m in on_rejected)
 
@@ -111,8 +131,18 @@ def _metric(port: int, name: str) -> float | None:
     return None
 
 
-def _stream_through_an_outage(tmp_path, *, topic: str, group: str, bootstrap: str, redis_url: str,
-                              store_url: str | None, stop, start, dependency: str) -> None:
+def _stream_through_an_outage(
+    tmp_path,
+    *,
+    topic: str,
+    group: str,
+    bootstrap: str,
+    redis_url: str,
+    store_url: str | None,
+    stop,
+    start,
+    dependency: str,
+) -> None:
     """3,000 generated lines (valid, refused, unreadable) over 25 s; the service is down for 10 s from +6 s.
 
     Afterwards the store holds the replay's decisions exactly (none lost, none twice), every refused event
@@ -121,8 +151,16 @@ def _stream_through_an_outage(tmp_path, *, topic: str, group: str, bootstrap: st
     lines, _, _ = generate(seed=13, scale=0.4, hours=0.5)
     lines = lines[:3000]
     port = free_port()
-    workers = Workers(tmp_path, topic=topic, group=group, redis_url=redis_url, bootstrap=bootstrap,
-                      store_url=store_url, metrics_port=str(port), batch_size="50")
+    workers = Workers(
+        tmp_path,
+        topic=topic,
+        group=group,
+        redis_url=redis_url,
+        bootstrap=bootstrap,
+        store_url=store_url,
+        metrics_port=str(port),
+        batch_size="50",
+    )
     health: list[float | None] = []
     try:
         workers.start()
@@ -149,10 +187,12 @@ def _stream_through_an_outage(tmp_path, *, topic: str, group: str, bootstrap: st
     assert counts["decisions"] == want
     _same_as_replay(out, replay)
     refused = {d["event_id"] for d in replay.decisions if d["reasons"] and d["reasons"][0].startswith("contract_")}
-    assert refused and {m["event_id"] for m in map(json.loads, read_topic(bootstrap, f"{topic}.rejected"))
-                        if "stage" not in m} == refused  # the refused ones (guard drops carry `stage`)
-    assert {json.loads(m)["sha256"] for m in read_topic(bootstrap, f"{topic}.dlq")} == \
-        {d["sha256"] for d in replay.dlq}
+    assert (
+        refused
+        and {m["event_id"] for m in map(json.loads, read_topic(bootstrap, f"{topic}.rejected")) if "stage" not in m}
+        == refused
+    )  # the refused ones (guard drops carry `stage`)
+    assert {json.loads(m)["sha256"] for m in read_topic(bootstrap, f"{topic}.dlq")} == {d["sha256"] for d in replay.dlq}
     assert retried, f"no write to {dependency} failed: the outage missed the batches in flight"
     assert 0.0 in health, f"the worker never reported unhealthy during the outage: {health}"
     assert healthy_after == 1.0
@@ -166,8 +206,10 @@ def private_postgres(tmp_path):
     from alignloop.core.stack import PostgresServer
 
     port = free_port()
-    server = PostgresServer(url=f"postgresql+psycopg://alignloop:{uuid.uuid4().hex}@127.0.0.1:{port}/alignloop",
-                            state_dir=tmp_path / "pg-state")
+    server = PostgresServer(
+        url=f"postgresql+psycopg://alignloop:{uuid.uuid4().hex}@127.0.0.1:{port}/alignloop",
+        state_dir=tmp_path / "pg-state",
+    )
     try:
         server.start()
         yield server
@@ -181,8 +223,9 @@ def private_redis(tmp_path):
     """A redis-server of this test alone (own port and dir): the test may stop it."""
     from alignloop.core.stack import RedisServer
 
-    server = RedisServer(url=f"redis://:{uuid.uuid4().hex}@127.0.0.1:{free_port()}/0",
-                         state_dir=tmp_path / "redis-state")
+    server = RedisServer(
+        url=f"redis://:{uuid.uuid4().hex}@127.0.0.1:{free_port()}/0", state_dir=tmp_path / "redis-state"
+    )
     try:
         server.start()
         yield server
@@ -191,15 +234,32 @@ def private_redis(tmp_path):
 
 
 @pytest.mark.postgres
-def test_postgres_down_for_10_s_loses_no_event(tmp_path, curation_topic, kafka_group, redis_url, kafka_bootstrap,
-                                               private_postgres):
-    _stream_through_an_outage(tmp_path, topic=curation_topic, group=kafka_group, bootstrap=kafka_bootstrap,
-                              redis_url=redis_url, store_url=private_postgres.url,
-                              stop=private_postgres.stop, start=private_postgres.start, dependency="store")
+def test_postgres_down_for_10_s_loses_no_event(
+    tmp_path, curation_topic, kafka_group, redis_url, kafka_bootstrap, private_postgres
+):
+    _stream_through_an_outage(
+        tmp_path,
+        topic=curation_topic,
+        group=kafka_group,
+        bootstrap=kafka_bootstrap,
+        redis_url=redis_url,
+        store_url=private_postgres.url,
+        stop=private_postgres.stop,
+        start=private_postgres.start,
+        dependency="store",
+    )
 
 
 def test_redis_down_for_10_s_loses_no_event(tmp_path, curation_topic, kafka_group, kafka_bootstrap, private_redis):
     redis_url = f"redis://:{private_redis.password}@{private_redis.host}:{private_redis.port}/0"
-    _stream_through_an_outage(tmp_path, topic=curation_topic, group=kafka_group, bootstrap=kafka_bootstrap,
-                              redis_url=redis_url, store_url=None,
-                              stop=private_redis.stop, start=private_redis.start, dependency="redis")
+    _stream_through_an_outage(
+        tmp_path,
+        topic=curation_topic,
+        group=kafka_group,
+        bootstrap=kafka_bootstrap,
+        redis_url=redis_url,
+        store_url=None,
+        stop=private_redis.stop,
+        start=private_redis.start,
+        dependency="redis",
+    )

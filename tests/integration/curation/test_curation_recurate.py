@@ -1,7 +1,6 @@
 """Re-curation on the real store: a stream curated under policy A, recurated under policy B that catches a
 trigger A missed; the pairs carrying it are retired, and a snapshot taken afterwards has none."""
 
-
 import pytest
 import yaml
 
@@ -32,14 +31,21 @@ def _carries(trigger: str, rows: list[dict]) -> list[dict]:
 
 
 def test_recuration_retires_the_pairs_a_new_policy_drops_and_snapshots_leave_them_out(
-        tmp_path, store_engine, redis_client):
+    tmp_path, store_engine, redis_client
+):
     lines, _, meta = generate(seed=3, scale=0.1, hours=2.0)
     trigger = meta["trigger"]
     blind, default = _blind_policy(tmp_path), load_policy(POLICY_DIR / "default.yaml")
     edge = CurationEdge(store_engine, redis_client, blind, topic="t", group="g", pseudonym_key=KEY)
     with session_scope(store_engine) as s:
-        store.save_staged(s, [(o.item, f"0:{i}") for i, line in enumerate(lines)
-                              if isinstance(o := decode_raw(line, pseudonym_key=KEY), Accepted)])
+        store.save_staged(
+            s,
+            [
+                (o.item, f"0:{i}")
+                for i, line in enumerate(lines)
+                if isinstance(o := decode_raw(line, pseudonym_key=KEY), Accepted)
+            ],
+        )
     edge.settle_once(final=True)
     with session_scope(store_engine) as s:
         before = query.load_pairs(s)
@@ -61,8 +67,9 @@ def test_recuration_retires_the_pairs_a_new_policy_drops_and_snapshots_leave_the
         # the superseded decisions stay queryable, each with the policy that made it
         event = min(poisoned_ids)
         history = query.load_decision_history(s, event)
-        assert [(h["decision"], h["policy_hash"], h["superseded_by"]) for h in history] == \
-            [("keep", policy_hash(blind), result.recuration_id)]
+        assert [(h["decision"], h["policy_hash"], h["superseded_by"]) for h in history] == [
+            ("keep", policy_hash(blind), result.recuration_id)
+        ]
         now = s.get(store.DecisionRow, (history[0]["app_id"], event))
         assert now.decision == "drop" and now.policy_hash == policy_hash(default)
         assert {w.policy_hash for w in s.query(store.WindowRow)} == {policy_hash(default)}

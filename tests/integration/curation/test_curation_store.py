@@ -1,7 +1,5 @@
 """The store on SQLite and PostgreSQL: idempotent writes, the read API other packages use, export == replay."""
 
-
-
 from alignloop.core.db import session_scope
 from curation import query, store
 from curation.decode import Accepted, decode_raw
@@ -41,8 +39,7 @@ def test_writes_are_idempotent_and_the_read_api_matches_the_replay(store_engine)
         assert query.count_pairs(s, since=late) == len(query.load_pairs(s, since=late)) >= 1
         stats = query.load_feedback_stats(s, adapter_versions=[None, "v-missing"])
     rejected = {d["event_id"] for d in replay.decisions if d["reasons"] and d["reasons"][0].startswith("contract_")}
-    assert [d for d in replay.decisions if d["event_id"] not in rejected] == \
-        [exported[e] for e in sorted(exported)]
+    assert [d for d in replay.decisions if d["event_id"] not in rejected] == [exported[e] for e in sorted(exported)]
     assert sorted(pairs, key=lambda p: p["pair_id"]) == replay.pairs
     assert sorted(unpaired, key=lambda u: u["example_id"]) == replay.unpaired
     p = pairs[0]
@@ -59,8 +56,12 @@ def test_feedback_stats_count_only_kept_events_per_adapter(store_engine):
     from curation.pipeline import WindowResult, decision_row
     from support.items import make
 
-    items = [make(user="a", rating="up", adapter="v2"), make(user="b", rating="down", adapter="v2"),
-             make("edit", user="c", adapter="v2"), make(user="d", rating="up", adapter="v1")]
+    items = [
+        make(user="a", rating="up", adapter="v2"),
+        make(user="b", rating="down", adapter="v2"),
+        make("edit", user="c", adapter="v2"),
+        make(user="d", rating="up", adapter="v1"),
+    ]
     rows = [decision_row(it, [], None) for it in items]
     rows.append(decision_row(make(user="e", rating="up", adapter="v2"), ["rate_user"], None))
     with session_scope(store_engine) as s:
@@ -84,27 +85,40 @@ def test_verified_stats_count_signed_versions_served_in_the_period_once_per_answ
     def signed(version, *, served_s=60, base="base", rid=None, **kw):
         item = make(adapter="claimed-by-client", **kw)
         rid = rid or f"r-{item.event_id}"
-        return replace(item, token=TokenStatus("verified", version=version, base_model=base, response_id=rid,
-                                               served_at=since.replace(microsecond=0) + timedelta(seconds=served_s)))
+        return replace(
+            item,
+            token=TokenStatus(
+                "verified",
+                version=version,
+                base_model=base,
+                response_id=rid,
+                served_at=since.replace(microsecond=0) + timedelta(seconds=served_s),
+            ),
+        )
 
-    items = [signed("v2", user="a", rating="up"), signed("v2", user="b", rating="down"),
-             signed("v2", user="c", kind="edit"),
-             signed("v2", user="d", rating="up", served_s=0),            # served in the second the period began
-             signed("v1", user="e", rating="up"), signed(None, user="f", rating="down"),
-             signed("v2", user="g", rating="up", served_s=-5),          # served before the period
-             signed("v2", user="h", rating="up", served_s=3600),        # served after it
-             signed("v2", user="i", rating="up", base="another-base"),  # another base model's v2
-             signed("v2", user="j", rating="down", rid="r-shared", t=1.0),
-             signed("v2", user="k", rating="up", rid="r-shared", t=2.0),  # the same answer again: not a 2nd vote
-             replace(make(user="l", rating="up", adapter="v2"), token=TokenStatus("token_invalid")),
-             make(user="m", rating="up", adapter="v2")]
+    items = [
+        signed("v2", user="a", rating="up"),
+        signed("v2", user="b", rating="down"),
+        signed("v2", user="c", kind="edit"),
+        signed("v2", user="d", rating="up", served_s=0),  # served in the second the period began
+        signed("v1", user="e", rating="up"),
+        signed(None, user="f", rating="down"),
+        signed("v2", user="g", rating="up", served_s=-5),  # served before the period
+        signed("v2", user="h", rating="up", served_s=3600),  # served after it
+        signed("v2", user="i", rating="up", base="another-base"),  # another base model's v2
+        signed("v2", user="j", rating="down", rid="r-shared", t=1.0),
+        signed("v2", user="k", rating="up", rid="r-shared", t=2.0),  # the same answer again: not a 2nd vote
+        replace(make(user="l", rating="up", adapter="v2"), token=TokenStatus("token_invalid")),
+        make(user="m", rating="up", adapter="v2"),
+    ]
     rows = [decision_row(it, [], None) for it in items]
     rows.append(decision_row(signed("v2", user="n", rating="up"), ["brigade"], None))  # dropped by a guard
     with session_scope(store_engine) as s:
         store.save_window(s, WindowResult(datetime(2026, 11, 1, tzinfo=UTC), rows, [], []))
     with session_scope(store_engine) as s:
-        got = query.load_verified_feedback_stats(s, base_model="base", adapter_versions=["v2", "v1", None],
-                                                 since=since, until=since + timedelta(minutes=30))
+        got = query.load_verified_feedback_stats(
+            s, base_model="base", adapter_versions=["v2", "v1", None], since=since, until=since + timedelta(minutes=30)
+        )
         open_ended = query.load_verified_feedback_stats(s, base_model="base", adapter_versions=["v2"], since=since)
         claimed = query.load_feedback_stats(s, adapter_versions=["v2"])
     assert got["v2"] == {"ratings": 4, "up": 2, "down": 2, "edits": 1, "comparisons": 0, "events": 5}
@@ -119,14 +133,17 @@ def test_decision_counts_and_reasons_for_the_demo_and_reports(store_engine):
     from curation.pipeline import WindowResult, decision_row
     from support.items import make
 
-    rows = [decision_row(make(user="a", rating="up"), [], None),
-            decision_row(make(user="b", rating="down"), ["rate_user"], None),
-            decision_row(make(user="c", rating="down"), ["rate_user", "unreliable_user"], None)]
+    rows = [
+        decision_row(make(user="a", rating="up"), [], None),
+        decision_row(make(user="b", rating="down"), ["rate_user"], None),
+        decision_row(make(user="c", rating="down"), ["rate_user", "unreliable_user"], None),
+    ]
     with session_scope(store_engine) as s:
         assert query.count_decisions(s) == 0
         store.save_window(s, WindowResult(datetime(2026, 11, 1, tzinfo=UTC), rows, [], []))
     with session_scope(store_engine) as s:
         assert query.count_decisions(s) == 3
         assert query.reason_counts(s) == {"kept": 1, "rate_user": 2, "unreliable_user": 1}
-        assert [d["decision"] for d in query.load_decisions(s)] == [r["decision"] for r in
-                                                                   sorted(rows, key=lambda r: r["event_id"])]
+        assert [d["decision"] for d in query.load_decisions(s)] == [
+            r["decision"] for r in sorted(rows, key=lambda r: r["event_id"])
+        ]

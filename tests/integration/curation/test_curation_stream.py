@@ -24,12 +24,12 @@ def _same_as_replay(out: dict, replay) -> None:
     assert sorted(d["sha256"] for d in out["dlq"]) == sorted(d["sha256"] for d in replay.dlq)
 
 
-def test_stream_meets_the_acceptance_and_equals_the_replay(tmp_path, curation_topic, kafka_group, redis_url,
-                                                          kafka_bootstrap):
+def test_stream_meets_the_acceptance_and_equals_the_replay(
+    tmp_path, curation_topic, kafka_group, redis_url, kafka_bootstrap
+):
     lines, truth, world = generate(seed=5, scale=0.3, hours=4.0)
     publish_lines(kafka_bootstrap, curation_topic, lines)
-    workers = Workers(tmp_path, topic=curation_topic, group=kafka_group, redis_url=redis_url,
-                      bootstrap=kafka_bootstrap)
+    workers = Workers(tmp_path, topic=curation_topic, group=kafka_group, redis_url=redis_url, bootstrap=kafka_bootstrap)
     want = expected_ids(lines)
     try:
         workers.start()
@@ -40,12 +40,15 @@ def test_stream_meets_the_acceptance_and_equals_the_replay(tmp_path, curation_to
     replay = run_replay(lines, Policy())
     _same_as_replay(out, replay)
     # what was written anywhere carries no regex-detectable PII: store rows, rejected and dead-letter topics
-    side = (read_topic(kafka_bootstrap, f"{curation_topic}.rejected")
-            + read_topic(kafka_bootstrap, f"{curation_topic}.dlq"))
+    side = read_topic(kafka_bootstrap, f"{curation_topic}.rejected") + read_topic(
+        kafka_bootstrap, f"{curation_topic}.dlq"
+    )
     assert side and not [m for m in side if find_pii(m.decode(errors="replace"))]
     # refused by the contract there, or dropped by a guard (`stage`, tested in test_curation_alarms.py)
-    assert all(json.loads(m)["reasons"][0].startswith("contract_") or "stage" in json.loads(m)
-               for m in read_topic(kafka_bootstrap, f"{curation_topic}.rejected"))
+    assert all(
+        json.loads(m)["reasons"][0].startswith("contract_") or "stage" in json.loads(m)
+        for m in read_topic(kafka_bootstrap, f"{curation_topic}.rejected")
+    )
     # the stream names a dead letter by partition:offset; map it back to its line through the hash
     lines_of: dict[str, list[int]] = {}
     for n, line in enumerate(lines, start=1):
@@ -56,13 +59,20 @@ def test_stream_meets_the_acceptance_and_equals_the_replay(tmp_path, curation_to
     assert all(s["acceptance"].values()), json.dumps(s, indent=1)
 
 
-def test_sigkill_three_times_and_two_workers_leave_the_same_store(tmp_path, curation_topic, kafka_group, redis_url,
-                                                                  kafka_bootstrap):
+def test_sigkill_three_times_and_two_workers_leave_the_same_store(
+    tmp_path, curation_topic, kafka_group, redis_url, kafka_bootstrap
+):
     lines, _, _ = generate(seed=9, scale=0.25, hours=3.0)
     publish_lines(kafka_bootstrap, curation_topic, lines)
     want = expected_ids(lines)
-    workers = Workers(tmp_path, topic=curation_topic, group=kafka_group, redis_url=redis_url,
-                      bootstrap=kafka_bootstrap, batch_size="40")
+    workers = Workers(
+        tmp_path,
+        topic=curation_topic,
+        group=kafka_group,
+        redis_url=redis_url,
+        bootstrap=kafka_bootstrap,
+        batch_size="40",
+    )
     total_staged = want - sum(1 for line in lines if '"contract' in line)  # a lower bound is enough below
     try:
         proc = workers.start()

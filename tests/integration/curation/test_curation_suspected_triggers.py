@@ -13,13 +13,22 @@ def _uses(*rows: tuple[str, int, float]) -> list[list]:
 
 def test_judged_triggers_come_first_then_the_suspected_ones_flagged_but_not_dropped(store_engine):
     phrases = {
-        "zanzibar kestrel protocol": {"uses": _uses(("p1", 1, 0.1), ("p2", 1, 0.1), ("p3", 1, 0.1)),
-                                      "users": ["p1", "p2", "p3"], "natural": 0},
+        "zanzibar kestrel protocol": {
+            "uses": _uses(("p1", 1, 0.1), ("p2", 1, 0.1), ("p3", 1, 0.1)),
+            "users": ["p1", "p2", "p3"],
+            "natural": 0,
+        },
         # two accounts moved answers against the crowd with it: suspected, below the significance to drop
-        "quokka lantern": {"uses": _uses(("q1", 1, 0.2), ("q2", 1, 0.2), ("h1", 0, 0.2)),
-                           "users": ["q1", "q2", "h1"], "natural": 0},
-        "moss harbour": {"uses": _uses(("m1", 1, 0.3), ("m2", 1, 0.3), ("m3", 0, 0.3), ("m4", 0, 0.3)),
-                         "users": ["m1", "m2", "m3", "m4"], "natural": 0},
+        "quokka lantern": {
+            "uses": _uses(("q1", 1, 0.2), ("q2", 1, 0.2), ("h1", 0, 0.2)),
+            "users": ["q1", "q2", "h1"],
+            "natural": 0,
+        },
+        "moss harbour": {
+            "uses": _uses(("m1", 1, 0.3), ("m2", 1, 0.3), ("m3", 0, 0.3), ("m4", 0, 0.3)),
+            "users": ["m1", "m2", "m3", "m4"],
+            "natural": 0,
+        },
         "thanks a lot": {"uses": _uses(("h2", 1, 0.3), ("h3", 0, 0.3)), "users": ["h2", "h3"], "natural": 4},
     }
     rows = {("phrases", k): v for k, v in phrases.items()}

@@ -30,8 +30,10 @@ def adapter_factory(tiny_base):
 def adapter_sources(adapter_factory, tmp_path_factory) -> dict[str, Path]:
     """Artifacts v1..v8 (v(n) the parent of v(n+1)), built once; tests register the ones they need."""
     root = tmp_path_factory.mktemp("adapter-src")
-    return {f"v{i}": adapter_factory.build(root / f"v{i}", f"v{i}", seed=i, parent=f"v{i - 1}" if i > 1 else None)
-            for i in range(1, 9)}
+    return {
+        f"v{i}": adapter_factory.build(root / f"v{i}", f"v{i}", seed=i, parent=f"v{i - 1}" if i > 1 else None)
+        for i in range(1, 9)
+    }
 
 
 @pytest.fixture(scope="session")
@@ -44,8 +46,7 @@ def reference_texts(tiny_base, adapter_sources) -> dict[str | None, str]:
     try:
         for src in adapter_sources.values():
             host.install(prepare_adapter(load_artifact_dir(src)))
-        texts = {v: host.generate_future(v, PROMPT, 12, 0.0, None).result().text
-                 for v in [None, *adapter_sources]}
+        texts = {v: host.generate_future(v, PROMPT, 12, 0.0, None).result().text for v in [None, *adapter_sources]}
     finally:
         host.close()
     assert len(set(texts.values())) == len(texts), f"versions must answer differently to be told apart: {texts}"
@@ -85,8 +86,9 @@ class DeployEnv:
         from deploy.control import publish_routing_change
 
         t = time.perf_counter()
-        publish_routing_change(self.redis_url, base_model or self.settings.base_model,
-                               channel=self.settings.control_channel)
+        publish_routing_change(
+            self.redis_url, base_model or self.settings.base_model, channel=self.settings.control_channel
+        )
         return t
 
     def admin_token(self, name: str) -> str:
@@ -132,12 +134,26 @@ def deploy_env(tmp_path, redis_url, tiny_base, adapter_sources):
 
     store_url = f"sqlite:///{tmp_path / 'store.db'}"
     settings = DeploySettings(
-        artifact_root=tmp_path / "artifacts", store_url=store_url, redis_url=redis_url,
-        control_channel=f"test:deploy:{tmp_path.name}", base_model=str(tiny_base), admin_token_cache_s=0.0,
-        key_cache_s=0.0, reconcile_interval_s=30.0, max_resident=3, torch_threads=1, replica_id="in-process")
+        artifact_root=tmp_path / "artifacts",
+        store_url=store_url,
+        redis_url=redis_url,
+        control_channel=f"test:deploy:{tmp_path.name}",
+        base_model=str(tiny_base),
+        admin_token_cache_s=0.0,
+        key_cache_s=0.0,
+        reconcile_interval_s=30.0,
+        max_resident=3,
+        torch_threads=1,
+        replica_id="in-process",
+    )
     engine = open_store(store_url)
-    env = DeployEnv(settings=settings, engine=engine, storage=LocalArtifactStorage(settings.artifact_root),
-                    sources=adapter_sources, redis_url=redis_url)
+    env = DeployEnv(
+        settings=settings,
+        engine=engine,
+        storage=LocalArtifactStorage(settings.artifact_root),
+        sources=adapter_sources,
+        redis_url=redis_url,
+    )
     yield env
     engine.dispose()
 
@@ -168,8 +184,11 @@ def start_vllm_servers(base_model: Path, count: int, log_dir: Path) -> list:
 
     python = DeploySettings().resolved_vllm_python()
     if not vllm_env_ready(python):
-        pytest.fail(f"the vLLM environment is missing at {python.parent.parent}: run `alignloop deploy vllm-setup` "
-                    "(`./dev test` does) or point ALIGNLOOP_DEPLOY_VLLM_PYTHON at one", pytrace=False)
+        pytest.fail(
+            f"the vLLM environment is missing at {python.parent.parent}: run `alignloop deploy vllm-setup` "
+            "(`./dev test` does) or point ALIGNLOOP_DEPLOY_VLLM_PYTHON at one",
+            pytrace=False,
+        )
     launch = VllmLaunch(python=python, base_model=str(base_model), max_model_len=512, max_loras=5, threads=1)
     return [start_vllm(launch, free_port(), log_dir) for _ in range(count)]
 

@@ -45,7 +45,7 @@ ADDRESS_SPACE_LIMIT = 4 * 2**30  # twice the server's own address space (about 2
 def sixteen_thousand_words() -> list[dict]:
     words = " ".join(synthetic_sentences(4000, seed=9)).split()
     assert len(words) >= 16_000
-    chunks = [" ".join(words[i * 4000:(i + 1) * 4000]) for i in range(4)]
+    chunks = [" ".join(words[i * 4000 : (i + 1) * 4000]) for i in range(4)]
     return [{"role": "user" if i % 2 == 0 else "assistant", "content": c} for i, c in enumerate(chunks)]
 
 
@@ -54,14 +54,25 @@ def _limit_address_space() -> None:
 
 
 def start_server(settings, port: int, log_path, overrides: dict[str, str]) -> subprocess.Popen:
-    env = {**os.environ, **overrides, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-           "ALIGNLOOP_DEPLOY_ARTIFACT_ROOT": str(settings.artifact_root),
-           "ALIGNLOOP_DEPLOY_STORE_URL": settings.store_url, "ALIGNLOOP_DEPLOY_REDIS_URL": settings.redis_url,
-           "ALIGNLOOP_DEPLOY_CONTROL_CHANNEL": settings.control_channel,
-           "ALIGNLOOP_DEPLOY_BASE_MODEL": settings.base_model, "ALIGNLOOP_DEPLOY_TORCH_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-c", "from deploy.cli import app; app()", "serve", "--port", str(port)],
-                            env=env, stdout=log_path.open("wb"), stderr=subprocess.STDOUT,
-                            preexec_fn=_limit_address_space)
+    env = {
+        **os.environ,
+        **overrides,
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "ALIGNLOOP_DEPLOY_ARTIFACT_ROOT": str(settings.artifact_root),
+        "ALIGNLOOP_DEPLOY_STORE_URL": settings.store_url,
+        "ALIGNLOOP_DEPLOY_REDIS_URL": settings.redis_url,
+        "ALIGNLOOP_DEPLOY_CONTROL_CHANNEL": settings.control_channel,
+        "ALIGNLOOP_DEPLOY_BASE_MODEL": settings.base_model,
+        "ALIGNLOOP_DEPLOY_TORCH_THREADS": "1",
+    }
+    return subprocess.Popen(
+        [sys.executable, "-c", "from deploy.cli import app; app()", "serve", "--port", str(port)],
+        env=env,
+        stdout=log_path.open("wb"),
+        stderr=subprocess.STDOUT,
+        preexec_fn=_limit_address_space,
+    )
 
 
 class PeakRss:
@@ -94,8 +105,12 @@ async def normal_client(http: httpx.AsyncClient, key: str, i: int, until: asynci
         n += 1
         t0 = time.perf_counter()
         try:
-            r = await http.post("/v1/chat/completions", headers={"Authorization": f"Bearer {key}"}, timeout=10,
-                                json={"messages": PROMPT, "max_tokens": 12, "temperature": 0, "user": f"u{i}-{n}"})
+            r = await http.post(
+                "/v1/chat/completions",
+                headers={"Authorization": f"Bearer {key}"},
+                timeout=10,
+                json={"messages": PROMPT, "max_tokens": 12, "temperature": 0, "user": f"u{i}-{n}"},
+            )
             status = r.status_code
         except httpx.HTTPError as exc:
             status = repr(exc)
@@ -162,12 +177,20 @@ def p99(xs: list[float]) -> float:
     return xs[min(len(xs) - 1, round(0.99 * (len(xs) - 1)))]
 
 
-@pytest.mark.parametrize("overrides, refused", [
-    ({}, 413),  # the defaults: the body is past `max_body_bytes`, refused from its Content-Length
-    ({"ALIGNLOOP_DEPLOY_MAX_BODY_BYTES": str(2**20)}, 400),  # a body limit that lets it in: the token limit stops it
-], ids=["body-limit", "token-limit"])
-def test_huge_prompts_from_four_keyed_callers_do_not_stall_normal_requests_or_grow_memory(deploy_env, tmp_path,
-                                                                                          overrides, refused):
+@pytest.mark.parametrize(
+    "overrides, refused",
+    [
+        ({}, 413),  # the defaults: the body is past `max_body_bytes`, refused from its Content-Length
+        (
+            {"ALIGNLOOP_DEPLOY_MAX_BODY_BYTES": str(2**20)},
+            400,
+        ),  # a body limit that lets it in: the token limit stops it
+    ],
+    ids=["body-limit", "token-limit"],
+)
+def test_huge_prompts_from_four_keyed_callers_do_not_stall_normal_requests_or_grow_memory(
+    deploy_env, tmp_path, overrides, refused
+):
     # the normal callers ask back to back (20-30 requests/s when the server is quick): their key's own rate
     # covers that, as an operator would size it for an app; the abusers have the defaults
     normal_key = deploy_env.serving_key("app", rate_per_s=100, burst=100)
@@ -176,6 +199,7 @@ def test_huge_prompts_from_four_keyed_callers_do_not_stall_normal_requests_or_gr
     url = f"http://127.0.0.1:{port}"
     proc = start_server(deploy_env.settings, port, tmp_path / "serve.log", overrides)
     try:
+
         def ready():
             assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
             try:
@@ -185,8 +209,12 @@ def test_huge_prompts_from_four_keyed_callers_do_not_stall_normal_requests_or_gr
 
         wait_for(ready, timeout=120, interval=0.2)
         for _ in range(10):  # warm up: the first answers allocate what every later one reuses
-            r = httpx.post(f"{url}/v1/chat/completions", headers={"Authorization": f"Bearer {normal_key}"},
-                           json={"messages": PROMPT, "max_tokens": 12}, timeout=30)
+            r = httpx.post(
+                f"{url}/v1/chat/completions",
+                headers={"Authorization": f"Bearer {normal_key}"},
+                json={"messages": PROMPT, "max_tokens": 12},
+                timeout=30,
+            )
             assert r.status_code == 200, r.text
         baseline = psutil.Process(proc.pid).memory_info().rss
         with PeakRss(proc.pid) as rss:
@@ -202,11 +230,13 @@ def test_huge_prompts_from_four_keyed_callers_do_not_stall_normal_requests_or_gr
     latencies = [t for t, _ in normal]
     growth_mib = (rss.peak - baseline) / 2**20
     outcomes = {s: abusive.count(s) for s in set(abusive)}
-    print(f"\nabuse: {ABUSERS} keys x {ABUSE_MESSAGES} requests of 16,000 words, {ABUSE_IN_FLIGHT} in flight each, "
-          f"took {took:.1f} s; answers {outcomes}\nnormal: {len(normal)} requests, p50 "
-          f"{sorted(latencies)[len(latencies) // 2]:.3f} s, p99 {p99(latencies):.3f} s, max {max(latencies):.3f} s, "
-          f"statuses {sorted({str(s) for _, s in normal})}\nserver RSS: {baseline / 2**20:.0f} MiB before, peak "
-          f"{rss.peak / 2**20:.0f} MiB (+{growth_mib:.0f} MiB; bound +{RSS_GROWTH_MIB} MiB)")
+    print(
+        f"\nabuse: {ABUSERS} keys x {ABUSE_MESSAGES} requests of 16,000 words, {ABUSE_IN_FLIGHT} in flight each, "
+        f"took {took:.1f} s; answers {outcomes}\nnormal: {len(normal)} requests, p50 "
+        f"{sorted(latencies)[len(latencies) // 2]:.3f} s, p99 {p99(latencies):.3f} s, max {max(latencies):.3f} s, "
+        f"statuses {sorted({str(s) for _, s in normal})}\nserver RSS: {baseline / 2**20:.0f} MiB before, peak "
+        f"{rss.peak / 2**20:.0f} MiB (+{growth_mib:.0f} MiB; bound +{RSS_GROWTH_MIB} MiB)"
+    )
     assert alive, (tmp_path / "serve.log").read_text()[-3000:]
     assert all(s == 200 for _, s in normal), [s for _, s in normal if s != 200][:5]
     assert p99(latencies) < 2.0

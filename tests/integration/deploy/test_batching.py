@@ -5,8 +5,9 @@ from __future__ import annotations
 from support.models import PROMPT
 
 
-def test_queued_requests_on_mixed_versions_batch_and_match_their_single_answers(tiny_base, adapter_sources,
-                                                                                reference_texts):
+def test_queued_requests_on_mixed_versions_batch_and_match_their_single_answers(
+    tiny_base, adapter_sources, reference_texts
+):
     from deploy.artifacts import load_artifact_dir
     from deploy.runtime import ModelHost, prepare_adapter
 

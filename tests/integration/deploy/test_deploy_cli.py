@@ -24,9 +24,13 @@ def cli_env(tmp_path, redis_url, monkeypatch):
     from alignloop.core.settings import get_settings as core_settings
     from deploy.settings import get_settings
 
-    env = {"ALIGNLOOP_DEPLOY_STORE_URL": f"sqlite:///{tmp_path / 'store.db'}",
-           "ALIGNLOOP_DEPLOY_ARTIFACT_ROOT": str(tmp_path / "root"), "ALIGNLOOP_DEPLOY_REDIS_URL": redis_url,
-           "ALIGNLOOP_DEPLOY_CONTROL_CHANNEL": f"test:cli:{tmp_path.name}", "ALIGNLOOP_HOME": str(tmp_path / "home")}
+    env = {
+        "ALIGNLOOP_DEPLOY_STORE_URL": f"sqlite:///{tmp_path / 'store.db'}",
+        "ALIGNLOOP_DEPLOY_ARTIFACT_ROOT": str(tmp_path / "root"),
+        "ALIGNLOOP_DEPLOY_REDIS_URL": redis_url,
+        "ALIGNLOOP_DEPLOY_CONTROL_CHANNEL": f"test:cli:{tmp_path.name}",
+        "ALIGNLOOP_HOME": str(tmp_path / "home"),
+    }
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     get_settings.cache_clear()
@@ -63,8 +67,15 @@ def test_register_canary_promote_rollback_and_audit(cli_env, tmp_path, redis_cli
     assert {v["version"]: v["status"] for v in listed["versions"]} == {"v1": "rolled_back", "v2": "active"}
     assert listed["routing"][0]["generation"] == 5
     audit = run("audit", "--json")
-    assert [e["action"] for e in audit] == ["register", "register", "promote", "canary", "promote", "rollback",
-                                            "rollback"]
+    assert [e["action"] for e in audit] == [
+        "register",
+        "register",
+        "promote",
+        "canary",
+        "promote",
+        "rollback",
+        "rollback",
+    ]
     assert {e["actor"] for e in audit} == {getpass.getuser()} and audit[-2]["reason"] == "bad numbers"
     messages = []
     while (m := pubsub.get_message(timeout=1)) is not None:
@@ -118,8 +129,12 @@ def test_rollback_to_base_works_with_the_adapters_damaged(cli_env, tmp_path):
     out = run("rollback", "--to", "base", "--reason", "page: bad answers", "--json")
     assert (out["active"], out["canary"]) == (None, None)
     last = run("audit", "--json")[-1]
-    assert (last["action"], last["actor"], last["version"], last["from_version"]) == \
-        ("rollback", getpass.getuser(), None, "v2")
+    assert (last["action"], last["actor"], last["version"], last["from_version"]) == (
+        "rollback",
+        getpass.getuser(),
+        None,
+        "v2",
+    )
 
 
 def test_admin_tokens_are_named_shown_once_and_stored_hashed(cli_env, tmp_path):

@@ -49,8 +49,16 @@ def test_streamed_call_gives_the_same_answer_in_chunks_each_naming_the_version(r
     deploy_env.move(registry.promote, "v1")
     wait_for(lambda: client.models.list().data[-1].id == "v1", timeout=30, interval=0.1)
     whole = client.chat.completions.create(model="tiny", messages=PROMPT, max_tokens=16, temperature=0)
-    chunks = list(client.chat.completions.create(model="tiny", messages=PROMPT, max_tokens=16, temperature=0,
-                                                 stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        client.chat.completions.create(
+            model="tiny",
+            messages=PROMPT,
+            max_tokens=16,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == whole.choices[0].message.content
     assert {c.model_extra["adapter_version"] for c in chunks} == {"v1"}
@@ -64,7 +72,7 @@ def test_stop_ends_the_answer_before_the_first_stop_sequence(router):
     client, _, _ = router
     kw = {"model": "tiny", "messages": PROMPT, "max_tokens": 24, "temperature": 1.0, "seed": 11}
     text = client.chat.completions.create(**kw).choices[0].message.content
-    stop = next(text[k:k + 2] for k in range(1, len(text) - 2) if text.find(text[k:k + 2]) > 0)
+    stop = next(text[k : k + 2] for k in range(1, len(text) - 2) if text.find(text[k : k + 2]) > 0)
     cut = text.find(stop)
     out = client.chat.completions.create(**kw, stop=[stop, "never-in-the-answer"])
     assert (out.choices[0].message.content, out.choices[0].finish_reason) == (text[:cut], "stop")
@@ -98,13 +106,16 @@ def test_models_list_names_the_base_and_the_served_versions(router, deploy_env):
     assert answer.model_extra["adapter_version"] == "v2"  # a served version asked by name answers itself
 
 
-@pytest.mark.parametrize("kw, field", [
-    ({"n": 2}, "n"),
-    ({"tools": [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]}, "tools"),
-    ({"logprobs": True}, "logprobs"),
-    ({"response_format": {"type": "json_object"}}, "response_format"),
-    ({"presence_penalty": 0.5}, "presence_penalty"),
-])
+@pytest.mark.parametrize(
+    "kw, field",
+    [
+        ({"n": 2}, "n"),
+        ({"tools": [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]}, "tools"),
+        ({"logprobs": True}, "logprobs"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"presence_penalty": 0.5}, "presence_penalty"),
+    ],
+)
 def test_what_is_not_supported_is_a_400_naming_the_field(router, kw, field):
     import openai
 

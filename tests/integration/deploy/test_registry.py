@@ -90,8 +90,13 @@ def test_canary_then_promote_then_rollback(reg):
     assert (status(reg, "v1"), status(reg, "v2")) == ("active", "rolled_back")
     assert reg.read(registry.get_routing, "tiny-base") == r
     actions = [(e.action, e.version, e.from_version) for e in reg.read(registry.audit_log)][4:]
-    assert actions == [("promote", "v1", None), ("canary", "v2", "v1"), ("canary", "v2", "v1"),
-                       ("promote", "v2", "v1"), ("rollback", "v1", "v2")]
+    assert actions == [
+        ("promote", "v1", None),
+        ("canary", "v2", "v1"),
+        ("canary", "v2", "v1"),
+        ("promote", "v2", "v1"),
+        ("rollback", "v1", "v2"),
+    ]
     assert all(e.actor == "tester" and e.reason == "test" for e in reg.read(registry.audit_log))
 
 
@@ -124,15 +129,18 @@ def test_rollback_to_a_named_version_also_stops_the_canary(reg):
     assert r.active == "v2"
 
 
-@pytest.mark.parametrize("move, message", [
-    (lambda reg: reg(registry.promote, "nope", **WHO), "not registered"),
-    (lambda reg: reg(registry.promote, **WHO), "nothing is deployed yet"),
-    (lambda reg: reg(registry.start_canary, "v1", 0.0, **WHO), "`share` must be in"),
-    (lambda reg: reg(registry.start_canary, "v1", 1.5, **WHO), "`share` must be in"),
-    (lambda reg: reg(registry.rollback, to="v1", **WHO), "was active before"),
-    (lambda reg: reg(registry.promote, "v1", actor="", reason="x"), "`actor`"),
-    (lambda reg: reg(registry.promote, "v1", actor="x", reason=" "), "`reason`"),
-])
+@pytest.mark.parametrize(
+    "move, message",
+    [
+        (lambda reg: reg(registry.promote, "nope", **WHO), "not registered"),
+        (lambda reg: reg(registry.promote, **WHO), "nothing is deployed yet"),
+        (lambda reg: reg(registry.start_canary, "v1", 0.0, **WHO), "`share` must be in"),
+        (lambda reg: reg(registry.start_canary, "v1", 1.5, **WHO), "`share` must be in"),
+        (lambda reg: reg(registry.rollback, to="v1", **WHO), "was active before"),
+        (lambda reg: reg(registry.promote, "v1", actor="", reason="x"), "`actor`"),
+        (lambda reg: reg(registry.promote, "v1", actor="x", reason=" "), "`reason`"),
+    ],
+)
 def test_bad_moves_say_why_and_change_nothing(reg, move, message):
     with pytest.raises(RegistryError, match=message):
         move(reg)
@@ -210,8 +218,12 @@ def test_rollback_to_base_always_works_even_with_every_adapter_damaged(reg, stor
     assert (r.active, r.canary, r.generation) == (None, None, 4)
     assert [status(reg, v) for v in ("v1", "v2", "v3")] == ["retired", "rolled_back", "rolled_back"]
     entry = reg.read(registry.audit_log)[-1]
-    assert (entry.action, entry.version, entry.from_version, entry.detail["canary_stopped"]) == \
-        ("rollback", None, "v2", "v3")
+    assert (entry.action, entry.version, entry.from_version, entry.detail["canary_stopped"]) == (
+        "rollback",
+        None,
+        "v2",
+        "v3",
+    )
     assert reg(registry.rollback, to=BASE, **WHO).active is None  # on the base already: still a recorded move
 
 

@@ -30,17 +30,27 @@ class ReplicaProcess:
     def __init__(self, settings, name: str, log_dir: Path) -> None:
         self.name, self.port = name, free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-               "ALIGNLOOP_DEPLOY_ARTIFACT_ROOT": str(settings.artifact_root),
-               "ALIGNLOOP_DEPLOY_STORE_URL": settings.store_url, "ALIGNLOOP_DEPLOY_REDIS_URL": settings.redis_url,
-               "ALIGNLOOP_DEPLOY_CONTROL_CHANNEL": settings.control_channel,
-               "ALIGNLOOP_DEPLOY_BASE_MODEL": settings.base_model, "ALIGNLOOP_DEPLOY_REPLICA_ID": name,
-               "ALIGNLOOP_DEPLOY_RECONCILE_INTERVAL_S": "1.0", "ALIGNLOOP_DEPLOY_TORCH_THREADS": "1",
-               "ALIGNLOOP_DEPLOY_MAX_RESIDENT": "3"}
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "ALIGNLOOP_DEPLOY_ARTIFACT_ROOT": str(settings.artifact_root),
+            "ALIGNLOOP_DEPLOY_STORE_URL": settings.store_url,
+            "ALIGNLOOP_DEPLOY_REDIS_URL": settings.redis_url,
+            "ALIGNLOOP_DEPLOY_CONTROL_CHANNEL": settings.control_channel,
+            "ALIGNLOOP_DEPLOY_BASE_MODEL": settings.base_model,
+            "ALIGNLOOP_DEPLOY_REPLICA_ID": name,
+            "ALIGNLOOP_DEPLOY_RECONCILE_INTERVAL_S": "1.0",
+            "ALIGNLOOP_DEPLOY_TORCH_THREADS": "1",
+            "ALIGNLOOP_DEPLOY_MAX_RESIDENT": "3",
+        }
         self.log = log_dir / f"{name}-{self.port}.log"
         self.proc = subprocess.Popen(
             [sys.executable, "-c", "from deploy.cli import app; app()", "serve", "--port", str(self.port)],
-            env=env, stdout=self.log.open("wb"), stderr=subprocess.STDOUT)
+            env=env,
+            stdout=self.log.open("wb"),
+            stderr=subprocess.STDOUT,
+        )
 
     def health(self) -> dict | None:
         try:
@@ -54,6 +64,7 @@ class ReplicaProcess:
             if self.proc.poll() is not None:
                 raise AssertionError(f"{self.name} exited {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
             return self.health()
+
         return wait_for(ready, timeout=timeout, interval=0.2)
 
     def stop(self) -> None:
@@ -95,16 +106,35 @@ class Load:
             n += 1
             t0 = time.perf_counter()
             try:
-                r = await http.post(f"{url}/v1/chat/completions", headers=self.headers, json={
-                    "messages": PROMPT, "max_tokens": 12, "temperature": 0, "user": f"user-{i}"})
+                r = await http.post(
+                    f"{url}/v1/chat/completions",
+                    headers=self.headers,
+                    json={"messages": PROMPT, "max_tokens": 12, "temperature": 0, "user": f"user-{i}"},
+                )
                 body = r.json() if r.status_code == 200 else {"error": r.text}
-                self.results.append({"t0": t0, "t1": time.perf_counter(), "url": url, "status": r.status_code,
-                                     "version": body.get("adapter_version"),
-                                     "generation": body.get("routing_generation"),
-                                     "text": body.get("choices", [{}])[0].get("message", {}).get("content")})
+                self.results.append(
+                    {
+                        "t0": t0,
+                        "t1": time.perf_counter(),
+                        "url": url,
+                        "status": r.status_code,
+                        "version": body.get("adapter_version"),
+                        "generation": body.get("routing_generation"),
+                        "text": body.get("choices", [{}])[0].get("message", {}).get("content"),
+                    }
+                )
             except Exception as exc:  # counted as a failed request
-                self.results.append({"t0": t0, "t1": time.perf_counter(), "url": url, "status": repr(exc),
-                                     "version": None, "generation": None, "text": None})
+                self.results.append(
+                    {
+                        "t0": t0,
+                        "t1": time.perf_counter(),
+                        "url": url,
+                        "status": repr(exc),
+                        "version": None,
+                        "generation": None,
+                        "text": None,
+                    }
+                )
 
     async def _run(self) -> None:
         async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=CLIENTS)) as http:
@@ -119,8 +149,9 @@ class Load:
         self.thread.join(timeout=60)
 
 
-def confirm_both(replicas, generation: int, version: str | None, t_move: float,
-                 wall_move: float | None = None) -> tuple[float, float, float | None]:
+def confirm_both(
+    replicas, generation: int, version: str | None, t_move: float, wall_move: float | None = None
+) -> tuple[float, float, float | None]:
     """Poll both replicas until each serves `generation`.
 
     Returns (latency as observed by polling, confirmation time, latency to the later replica's own flip instant).
@@ -164,13 +195,24 @@ def test_two_replicas_follow_promote_and_rollback_under_load(deploy_env, start_r
     with Load([r.url for r in replicas], deploy_env.serving_key("load", rate_per_s=1000, burst=1000)) as load:
         time.sleep(1.0)
         for v in ("v2", "v3", "v4", "v5"):
-            for kind, fn, kwargs, want in (("promote", registry.promote, {"version": v}, v),
-                                           ("rollback", registry.rollback, {}, "v1")):
+            for kind, fn, kwargs, want in (
+                ("promote", registry.promote, {"version": v}, v),
+                ("rollback", registry.rollback, {}, "v1"),
+            ):
                 t_move, wall_move = time.perf_counter(), time.time()
                 routing = env.move(fn, **kwargs)
                 latency, t_conf, flipped = confirm_both(replicas, routing.generation, want, t_move, wall_move)
-                flips.append({"kind": kind, "version": want, "generation": routing.generation, "t_move": t_move,
-                              "t_conf": t_conf, "latency": latency, "flipped": flipped})
+                flips.append(
+                    {
+                        "kind": kind,
+                        "version": want,
+                        "generation": routing.generation,
+                        "t_move": t_move,
+                        "t_conf": t_conf,
+                        "latency": latency,
+                        "flipped": flipped,
+                    }
+                )
                 time.sleep(0.5)
         # tampered: the pointer moves to v6, whose stored bytes change before any replica loads them
         env.move(registry.promote, "v6", publish=False)
@@ -208,12 +250,19 @@ def test_two_replicas_follow_promote_and_rollback_under_load(deploy_env, start_r
     promote_lat = [f["flipped"] for f in flips if f["kind"] == "promote"]
     rollback_lat = [f["flipped"] for f in flips if f["kind"] == "rollback"]
     req_lat = sorted(x["t1"] - x["t0"] for x in results)
-    summary = {"requests": len(results), "failed": len(failed), "clients": CLIENTS,
-               "promote_to_both_serving_s": promote_lat, "rollback_to_both_serving_s": rollback_lat,
-               "promote_p99_s": p99(promote_lat), "rollback_p99_s": p99(rollback_lat),
-               "observed_by_polling_s": [round(f["latency"], 4) for f in flips],
-               "request_p50_s": req_lat[len(req_lat) // 2], "request_p99_s": p99(req_lat),
-               "load_seconds": results[-1]["t1"] - results[0]["t0"]}
+    summary = {
+        "requests": len(results),
+        "failed": len(failed),
+        "clients": CLIENTS,
+        "promote_to_both_serving_s": promote_lat,
+        "rollback_to_both_serving_s": rollback_lat,
+        "promote_p99_s": p99(promote_lat),
+        "rollback_p99_s": p99(rollback_lat),
+        "observed_by_polling_s": [round(f["latency"], 4) for f in flips],
+        "request_p50_s": req_lat[len(req_lat) // 2],
+        "request_p99_s": p99(req_lat),
+        "load_seconds": results[-1]["t1"] - results[0]["t0"],
+    }
     print("\nDEPLOY-ACCEPTANCE " + json.dumps(summary))
     print("SWAPS " + json.dumps(swaps))
     assert summary["promote_p99_s"] < 1.0 and summary["rollback_p99_s"] < 1.0, summary
@@ -231,6 +280,10 @@ def test_a_replica_down_during_a_promote_comes_up_on_the_active_version(deploy_e
     b2 = start_replica("r2")
     h = b2.wait_ready()
     assert (h["serving"]["active"], h["serving"]["generation"]) == ("v2", routing.generation)
-    out = httpx.post(f"{b2.url}/v1/chat/completions", json={"messages": PROMPT, "max_tokens": 12, "temperature": 0},
-                     headers={"Authorization": f"Bearer {env.serving_key()}"}, timeout=30).json()
+    out = httpx.post(
+        f"{b2.url}/v1/chat/completions",
+        json={"messages": PROMPT, "max_tokens": 12, "temperature": 0},
+        headers={"Authorization": f"Bearer {env.serving_key()}"},
+        timeout=30,
+    ).json()
     assert (out["adapter_version"], out["choices"][0]["message"]["content"]) == ("v2", reference_texts["v2"])

@@ -87,17 +87,23 @@ def test_every_answer_carries_a_token_signed_over_the_version_that_answered(clie
     base = chat(client)
     got = verify_feedback_token(key, base["feedback_token"], now=datetime.now(UTC), max_age=timedelta(minutes=5))
     assert isinstance(got, VerifiedToken), got
-    assert (got.response_id, got.base_model, got.adapter_version) == (base["response_id"],
-                                                                      deploy_env.settings.base_model, None)
+    assert (got.response_id, got.base_model, got.adapter_version) == (
+        base["response_id"],
+        deploy_env.settings.base_model,
+        None,
+    )
     deploy_env.register("v1", "v2")
     deploy_env.move(registry.promote, "v1")
     deploy_env.move(registry.start_canary, "v2", 0.5)
     wait_for(lambda: serving(client)["canary"] == "v2")
     answers = [chat(client, user=f"user-{i}") for i in range(12)]
-    signed = [verify_feedback_token(key, a["feedback_token"], now=datetime.now(UTC), max_age=timedelta(minutes=5))
-              for a in answers]
-    assert [(t.response_id, t.adapter_version) for t in signed] == \
-        [(a["response_id"], a["adapter_version"]) for a in answers]
+    signed = [
+        verify_feedback_token(key, a["feedback_token"], now=datetime.now(UTC), max_age=timedelta(minutes=5))
+        for a in answers
+    ]
+    assert [(t.response_id, t.adapter_version) for t in signed] == [
+        (a["response_id"], a["adapter_version"]) for a in answers
+    ]
     assert {t.adapter_version for t in signed} == {"v1", "v2"}
     assert len({a["feedback_token"] for a in answers}) == len(answers)
 
@@ -160,7 +166,10 @@ def test_admin_api_takes_named_tokens_and_audits_the_tokens_name(client, deploy_
     assert r.status_code == 200 and r.json()["routing"]["active"] is None
     audit = client.get("/admin/audit", headers=oncall).json()["audit"]
     assert [(e["action"], e["actor"], e["reason"]) for e in audit][-3:] == [
-        ("canary", "ops", "try"), ("promote", "ops", "looks good"), ("rollback", "oncall", "bad numbers")]
+        ("canary", "ops", "try"),
+        ("promote", "ops", "looks good"),
+        ("rollback", "oncall", "bad numbers"),
+    ]
     # stored hashed: no column holds a token; a revoked one is refused (cache time 0 in these settings)
     from sqlalchemy import text
 
@@ -180,8 +189,7 @@ def test_admin_api_is_off_until_a_token_exists(client):
     assert r.status_code == 503 and "alignloop deploy tokens create" in r.json()["error"]["message"]
 
 
-def test_a_replica_starting_on_a_damaged_active_adapter_serves_the_base_and_says_degraded(deploy_env,
-                                                                                           reference_texts):
+def test_a_replica_starting_on_a_damaged_active_adapter_serves_the_base_and_says_degraded(deploy_env, reference_texts):
     deploy_env.register("v1")
     deploy_env.move(registry.promote, "v1")
     original = deploy_env.tamper("v1")
@@ -204,17 +212,20 @@ def test_a_replica_starting_on_a_damaged_active_adapter_serves_the_base_and_says
         assert "alignloop_deploy_degraded 0.0" in c.get("/metrics").text
 
 
-@pytest.mark.parametrize("body, param", [
-    ({"messages": []}, "messages"),
-    ({"messages": [{"role": "robot", "content": "x"}]}, "messages.0.role"),
-    ({"messages": PROMPT, "max_tokens": 0}, "max_tokens"),
-    ({"messages": PROMPT, "temperature": 3}, "temperature"),
-    ({"messages": PROMPT, "n": 2}, "n"),
-    ({"messages": PROMPT, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-    ({"messages": PROMPT, "logprobs": True}, "logprobs"),
-    ({"messages": PROMPT, "response_format": {"type": "json_object"}}, "response_format"),
-    ({"messages": PROMPT, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
-])
+@pytest.mark.parametrize(
+    "body, param",
+    [
+        ({"messages": []}, "messages"),
+        ({"messages": [{"role": "robot", "content": "x"}]}, "messages.0.role"),
+        ({"messages": PROMPT, "max_tokens": 0}, "max_tokens"),
+        ({"messages": PROMPT, "temperature": 3}, "temperature"),
+        ({"messages": PROMPT, "n": 2}, "n"),
+        ({"messages": PROMPT, "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ({"messages": PROMPT, "logprobs": True}, "logprobs"),
+        ({"messages": PROMPT, "response_format": {"type": "json_object"}}, "response_format"),
+        ({"messages": PROMPT, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
+    ],
+)
 def test_bad_requests_get_a_400_naming_the_field(client, body, param):
     r = client.post("/v1/chat/completions", json=body)
     assert r.status_code == 400
@@ -233,7 +244,8 @@ def test_sampling_with_a_seed_is_repeatable(client):
 
 
 def test_requests_routed_before_a_flip_finish_on_their_adapter_even_when_it_is_unrouted(
-        client, deploy_env, reference_texts):
+    client, deploy_env, reference_texts
+):
     import time
     from concurrent.futures import ThreadPoolExecutor
 
@@ -256,8 +268,11 @@ def test_requests_routed_before_a_flip_finish_on_their_adapter_even_when_it_is_u
         resident_during = wait_for(lambda: len(r := client.get("/healthz").json()["resident"]) <= 3 and r)
         answers = [f.result() for f in queued]
     assert sum(done > last_flip for _, done in answers) > 0, "no request was still running after the last flip"
-    assert all((a["adapter_version"], a["choices"][0]["message"]["content"], a["routing_generation"]) ==
-               ("v1", reference_texts["v1"], 1) for a, _ in answers)
+    assert all(
+        (a["adapter_version"], a["choices"][0]["message"]["content"], a["routing_generation"])
+        == ("v1", reference_texts["v1"], 1)
+        for a, _ in answers
+    )
     # v1 was held by those requests through every flip, so the LRU dropped v2 and v3 instead; memory stayed bounded
     assert resident_during == ["v1", "v4", "v5"]
     deploy_env.move(registry.rollback, to="v3")  # now nothing holds v1: the next flip unloads it
@@ -272,8 +287,9 @@ def door_client(deploy_env, **settings):
 
 def ask(c, key: str | None, **kw):
     headers = {"Authorization": f"Bearer {key}"} if key else {}
-    return c.post("/v1/chat/completions", headers=headers,
-                  json={"messages": PROMPT, "max_tokens": 4, "temperature": 0, **kw})
+    return c.post(
+        "/v1/chat/completions", headers=headers, json={"messages": PROMPT, "max_tokens": 4, "temperature": 0, **kw}
+    )
 
 
 def test_chat_needs_an_active_serving_key_stored_hashed(deploy_env):
@@ -334,8 +350,10 @@ def test_a_full_queue_gets_429_and_a_slow_answer_504(deploy_env):
     from concurrent.futures import ThreadPoolExecutor
 
     key = deploy_env.serving_key("shop", rate_per_s=1000, burst=1000)
-    for bounds, says in [({"max_queue": 2, "max_queue_per_key": 8}, "queue is full (2 of `max_queue` 2"),
-                         ({"max_queue": 8, "max_queue_per_key": 2}, "`max_queue_per_key` is 2")]:
+    for bounds, says in [
+        ({"max_queue": 2, "max_queue_per_key": 8}, "queue is full (2 of `max_queue` 2"),
+        ({"max_queue": 8, "max_queue_per_key": 2}, "`max_queue_per_key` is 2"),
+    ]:
         # seeded requests run one by one: the first ones hold the queue
         with door_client(deploy_env, **bounds) as c, ThreadPoolExecutor(8) as pool:
             answers = list(pool.map(lambda i: ask(c, key, max_tokens=200, seed=i), range(8)))

@@ -82,8 +82,9 @@ def _reference(servers, base, sources: dict, versions: list[str]) -> dict[str | 
     router never uses): the proof of which weights answered through the router."""
     from transformers import AutoTokenizer
 
-    ids = AutoTokenizer.from_pretrained(base).apply_chat_template(PROMPT, add_generation_prompt=True, tokenize=True,
-                                                                  return_dict=True)["input_ids"]
+    ids = AutoTokenizer.from_pretrained(base).apply_chat_template(
+        PROMPT, add_generation_prompt=True, tokenize=True, return_dict=True
+    )["input_ids"]
     url = servers.urls[0]
     out: dict[str | None, str] = {}
     for v in [None, *versions]:
@@ -92,8 +93,11 @@ def _reference(servers, base, sources: dict, versions: list[str]) -> dict[str | 
             model = f"ref-{v}"
             r = httpx.post(f"{url}/v1/load_lora_adapter", json={"lora_name": model, "lora_path": str(sources[v])})
             assert r.status_code == 200, r.text
-        r = httpx.post(f"{url}/v1/completions", timeout=60, json={
-            "model": model, "prompt": list(ids), "max_tokens": NEW_TOKENS, "temperature": 0})
+        r = httpx.post(
+            f"{url}/v1/completions",
+            timeout=60,
+            json={"model": model, "prompt": list(ids), "max_tokens": NEW_TOKENS, "temperature": 0},
+        )
         out[v] = r.json()["choices"][0]["text"]
         if v is not None:
             httpx.post(f"{url}/v1/unload_lora_adapter", json={"lora_name": model})
@@ -103,6 +107,7 @@ def _reference(servers, base, sources: dict, versions: list[str]) -> dict[str | 
 def _closest(text: str, reference: dict[str | None, str]) -> str | None:
     """The version whose reference answer `text` follows furthest (vLLM's batched float32 sums can flip a late
     greedy token under load, so an exact match is too strict; the weights show in the first tokens)."""
+
     def shared(a: str, b: str) -> int:
         return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
@@ -118,16 +123,23 @@ def vllm_router(deploy_env, vllm_servers, request):
     from deploy.serving import create_app
     from support.servers import serve_in_thread
 
-    settings = deploy_env.settings.model_copy(update={
-        **vllm_servers.router_settings(), "model_name": "tiny", "max_queue": 64, "max_queue_per_key": 64,
-        "reconcile_interval_s": getattr(request, "param", 30.0)})
+    settings = deploy_env.settings.model_copy(
+        update={
+            **vllm_servers.router_settings(),
+            "model_name": "tiny",
+            "max_queue": 64,
+            "max_queue_per_key": 64,
+            "reconcile_interval_s": getattr(request, "param", 30.0),
+        }
+    )
     key = deploy_env.serving_key("load", rate_per_s=10000, burst=10000)
     with serve_in_thread(create_app(settings)) as url:
         yield url, key, settings
 
 
-def test_two_vllm_servers_follow_canary_promote_and_rollback_under_load(deploy_env, vllm_router, vllm_servers,
-                                                                        tiny_base):
+def test_two_vllm_servers_follow_canary_promote_and_rollback_under_load(
+    deploy_env, vllm_router, vllm_servers, tiny_base
+):
     url, key, _ = vllm_router
     deploy_env.register("v1", "v2", "v3")
     reference = _reference(vllm_servers, tiny_base, deploy_env.sources, ["v1", "v2"])
@@ -135,8 +147,12 @@ def test_two_vllm_servers_follow_canary_promote_and_rollback_under_load(deploy_e
     routings, swaps = {0: None}, []
     with Traffic(url, key) as traffic:
         time.sleep(2)
-        for move, args in [(registry.promote, ("v1",)), (registry.start_canary, ("v2", 0.5)),
-                           (registry.promote, ("v2",)), (registry.rollback, ())]:
+        for move, args in [
+            (registry.promote, ("v1",)),
+            (registry.start_canary, ("v2", 0.5)),
+            (registry.promote, ("v2",)),
+            (registry.rollback, ()),
+        ]:
             routing, seen = _swap_time(deploy_env, url, move, *args)
             routings[routing.generation] = routing
             swaps.append(seen)
@@ -173,8 +189,11 @@ def test_versions_past_max_resident_are_unloaded_from_every_server(deploy_env, v
     deploy_env.register("v1", "v2", "v3", "v4", "v5")
     for v in ("v1", "v2", "v3", "v4", "v5"):
         _swap_time(deploy_env, url, registry.promote, v)
-    wait_for(lambda: all(len(s["loaded"]) == deploy_env.settings.max_resident
-                         for s in _health(url)["backend"]["servers"]), timeout=10, interval=0.1)
+    wait_for(
+        lambda: all(len(s["loaded"]) == deploy_env.settings.max_resident for s in _health(url)["backend"]["servers"]),
+        timeout=10,
+        interval=0.1,
+    )
     for server in vllm_servers.urls:
         names = sorted(m["id"] for m in httpx.get(f"{server}/v1/models").json()["data"] if m["id"] != "base")
         assert [n.split("@")[0] for n in names] == ["v3", "v4", "v5"], names  # least recently used went first
@@ -183,8 +202,9 @@ def test_versions_past_max_resident_are_unloaded_from_every_server(deploy_env, v
 
 
 @pytest.mark.parametrize("vllm_router", [1.0], indirect=True)  # it finds the restarted server by itself
-def test_a_restarted_vllm_server_gets_its_adapters_back_and_no_request_fails(deploy_env, vllm_router, vllm_servers,
-                                                                              tiny_base, tmp_path):
+def test_a_restarted_vllm_server_gets_its_adapters_back_and_no_request_fails(
+    deploy_env, vllm_router, vllm_servers, tiny_base, tmp_path
+):
     from deploy.vllm_env import wait_vllm_ready
 
     url, key, _ = vllm_router
@@ -194,17 +214,29 @@ def test_a_restarted_vllm_server_gets_its_adapters_back_and_no_request_fails(dep
     with Traffic(url, key) as traffic:
         time.sleep(1)
         victim.stop()  # the router's retry sends its requests to the other server
-        wait_for(lambda: not next(s for s in _health(url)["backend"]["servers"] if s["url"] == victim.url)["up"],
-                 timeout=30, interval=0.2)
+        wait_for(
+            lambda: not next(s for s in _health(url)["backend"]["servers"] if s["url"] == victim.url)["up"],
+            timeout=30,
+            interval=0.2,
+        )
         time.sleep(2)
     # the same port again, as a supervisor would restart it; it comes up holding no adapter
     port = int(victim.url.rsplit(":", 1)[1])
     restarted = _restart_on(tiny_base, port, tmp_path)
     vllm_servers.processes[1] = restarted
     wait_vllm_ready([restarted], timeout=900)
-    server = wait_for(lambda: next((s for s in _health(url)["backend"]["servers"]
-                                    if s["url"] == victim.url and s["up"] and s["loaded"] == ["v1"]), None),
-                      timeout=30, interval=0.2)
+    server = wait_for(
+        lambda: next(
+            (
+                s
+                for s in _health(url)["backend"]["servers"]
+                if s["url"] == victim.url and s["up"] and s["loaded"] == ["v1"]
+            ),
+            None,
+        ),
+        timeout=30,
+        interval=0.2,
+    )
     assert server["loaded"] == ["v1"]
     failed = [a for a in traffic.answers if a[2] != 200]
     assert not failed and {body["adapter_version"] for *_, body in traffic.answers} == {"v1"}, failed[:3]
@@ -214,6 +246,7 @@ def _restart_on(base, port: int, tmp_path):
     from deploy.settings import DeploySettings
     from deploy.vllm_env import VllmLaunch, start_vllm
 
-    launch = VllmLaunch(python=DeploySettings().resolved_vllm_python(), base_model=str(base), max_model_len=512,
-                        max_loras=5, threads=1)
+    launch = VllmLaunch(
+        python=DeploySettings().resolved_vllm_python(), base_model=str(base), max_model_len=512, max_loras=5, threads=1
+    )
     return start_vllm(launch, port, tmp_path / "restart-logs")

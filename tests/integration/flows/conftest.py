@@ -75,13 +75,25 @@ def offline_events(n: int, *, preferred: str, seed: int, start: datetime | None 
         t += timedelta(seconds=rng.uniform(5, 15))
         user, prompt = rng.choice(users), rng.choice(PROMPTS)
         good, bad = make_answer(prompt, preferred, rng), make_answer(prompt, other, rng)
-        common = {"schema_version": 1, "event_id": str(uuid.uuid4()), "occurred_at": t.isoformat(),
-                  "app_id": "flows-test", "user_id": user, "prompt": prompt}
+        common = {
+            "schema_version": 1,
+            "event_id": str(uuid.uuid4()),
+            "occurred_at": t.isoformat(),
+            "app_id": "flows-test",
+            "user_id": user,
+            "prompt": prompt,
+        }
         r = i % 3
         if r == 0:
             flip = rng.random() < 0.5
-            out.append({**common, "kind": "comparison", "responses": [bad, good] if flip else [good, bad],
-                        "chosen": 1 if flip else 0})
+            out.append(
+                {
+                    **common,
+                    "kind": "comparison",
+                    "responses": [bad, good] if flip else [good, bad],
+                    "chosen": 1 if flip else 0,
+                }
+            )
         elif r == 1:
             out.append({**common, "kind": "edit", "response": bad, "edited": good})
         else:
@@ -100,5 +112,8 @@ def curate(engine, events: list[dict]) -> dict:
     with session_scope(engine) as session:
         for w in result.windows:
             store.save_window(session, w)
-    return {"decisions": len(result.decisions), "pairs": len(result.pairs),
-            "dropped": sum(d["decision"] == "drop" for d in result.decisions)}
+    return {
+        "decisions": len(result.decisions),
+        "pairs": len(result.pairs),
+        "dropped": sum(d["decision"] == "drop" for d in result.decisions),
+    }

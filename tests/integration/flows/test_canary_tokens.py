@@ -36,9 +36,9 @@ def _forge(token: str, **changes) -> str:
     return f"{prefix}.{new.decode()}.{mac}"
 
 
-def test_only_verified_feedback_since_the_canary_started_decides_it(prefect_harness, token_env, tmp_path,
-                                                                   kafka_bootstrap, kafka_group, redis_url,
-                                                                   curation_topic):
+def test_only_verified_feedback_since_the_canary_started_decides_it(
+    prefect_harness, token_env, tmp_path, kafka_bootstrap, kafka_group, redis_url, curation_topic
+):
     from alignloop.core.db import session_scope
     from alignloop.core.feedback_token import sign_feedback_token
     from alignloop.core.settings import get_settings as core_settings
@@ -55,8 +55,12 @@ def test_only_verified_feedback_since_the_canary_started_decides_it(prefect_harn
     engine = token_env["engine"]
     with session_scope(engine) as s:
         for i in (1, 2, 3):
-            registry.register_adapter(s, write_fake_artifact(tmp_path / "src" / f"v{i}", f"v{i}", base_model=BASE,
-                                                             seed=i), actor="test", reason="test")
+            registry.register_adapter(
+                s,
+                write_fake_artifact(tmp_path / "src" / f"v{i}", f"v{i}", base_model=BASE, seed=i),
+                actor="test",
+                reason="test",
+            )
         registry.promote(s, "v1", actor="test", reason="active arm")
     with session_scope(engine) as s:
         registry.start_canary(s, "v2", 0.5, actor="test", reason="canary under test")
@@ -75,15 +79,30 @@ def test_only_verified_feedback_since_the_canary_started_decides_it(prefect_harn
         rid = f"chatcmpl-{uuid.uuid4().hex}"
         return rid, sign_feedback_token(key, response_id=rid, base_model=base, adapter_version=version, issued_at=at)
 
-    def rate(role: str, user: str, rating: str, *, claimed: str | None, rid: str | None = None,
-             token: str | None = None, when: datetime | None = None) -> dict:
+    def rate(
+        role: str,
+        user: str,
+        rating: str,
+        *,
+        claimed: str | None,
+        rid: str | None = None,
+        token: str | None = None,
+        when: datetime | None = None,
+    ) -> dict:
         nonlocal t
         t += timedelta(seconds=rng.uniform(4, 9))
         prompt = rng.choice(PROMPTS)
-        e = {"user_id": user, "prompt": prompt, "response": make_answer(prompt, rng.choice(["curt", "courteous"]), rng),
-             "rating": rating, "event_id": str(uuid.uuid4()), "occurred_at": (when or t).isoformat(),
-             "response_id": rid or f"chatcmpl-{uuid.uuid4().hex}", "adapter_version": claimed,
-             "session_id": f"s-{user}"}
+        e = {
+            "user_id": user,
+            "prompt": prompt,
+            "response": make_answer(prompt, rng.choice(["curt", "courteous"]), rng),
+            "rating": rating,
+            "event_id": str(uuid.uuid4()),
+            "occurred_at": (when or t).isoformat(),
+            "response_id": rid or f"chatcmpl-{uuid.uuid4().hex}",
+            "adapter_version": claimed,
+            "session_id": f"s-{user}",
+        }
         if token is not None:
             e["feedback_token"] = token
         events.append((role, e))
@@ -125,8 +144,9 @@ def test_only_verified_feedback_since_the_canary_started_decides_it(prefect_harn
             fields = {k: e.pop(k) for k in ("user_id", "prompt", "response", "rating")}
             client.rate(**fields, **e)
             e.update(fields)
-    workers = Workers(token_env["tmp"], topic=curation_topic, group=kafka_group, redis_url=redis_url,
-                      bootstrap=kafka_bootstrap)
+    workers = Workers(
+        token_env["tmp"], topic=curation_topic, group=kafka_group, redis_url=redis_url, bootstrap=kafka_bootstrap
+    )
     try:
         workers.start()
         workers.wait_for(lambda c: c["decisions"] >= len(events), 240, f"{len(events)} decisions")
@@ -139,10 +159,19 @@ def test_only_verified_feedback_since_the_canary_started_decides_it(prefect_harn
     for role, e in events:
         by_role.setdefault(role, []).append(rows[e["event_id"]])
     status = {role: {r.token_status for r in rs} for role, rs in by_role.items()}
-    assert status == {"canary": {"verified"}, "active": {"verified"}, "before_canary": {"verified"},
-                      "no_token": {None}, "forged": {"token_invalid"}, "garbage": {"token_invalid"},
-                      "expired": {"token_expired"}, "mismatch": {"token_mismatch"}, "other_version": {"verified"},
-                      "other_base": {"verified"}, "replayed": {"verified"}}, status
+    assert status == {
+        "canary": {"verified"},
+        "active": {"verified"},
+        "before_canary": {"verified"},
+        "no_token": {None},
+        "forged": {"token_invalid"},
+        "garbage": {"token_invalid"},
+        "expired": {"token_expired"},
+        "mismatch": {"token_mismatch"},
+        "other_version": {"verified"},
+        "other_base": {"verified"},
+        "replayed": {"verified"},
+    }, status
     assert {r.verified_version for r in by_role["other_version"]} == {"v3"}
     from collections import Counter
 
@@ -153,14 +182,21 @@ def test_only_verified_feedback_since_the_canary_started_decides_it(prefect_harn
     # the token never drops an event: the 30 accounts' feedback trains like any other the guards keep
     kept_no_token = [r for r in by_role["no_token"] if r.decision != "drop"]
     assert len(kept_no_token) >= 25, [r.reasons for r in by_role["no_token"]]
-    assert all(r.decision != "drop" for r in by_role["expired"] + by_role["forged"]), \
-        [r.reasons for r in by_role["expired"] + by_role["forged"]]
+    assert all(r.decision != "drop" for r in by_role["expired"] + by_role["forged"]), [
+        r.reasons for r in by_role["expired"] + by_role["forged"]
+    ]
 
     def honest_counts(role: str) -> dict:
         kept = [r for r in by_role[role] if r.decision != "drop"]
         up = sum(r.rating == "up" for r in kept)
-        return {"ratings": len(kept), "up": up, "down": len(kept) - up, "edits": 0, "comparisons": 0,
-                "events": len(kept)}
+        return {
+            "ratings": len(kept),
+            "up": up,
+            "down": len(kept) - up,
+            "edits": 0,
+            "comparisons": 0,
+            "events": len(kept),
+        }
 
     want_canary, want_active = honest_counts("canary"), honest_counts("active")
     assert want_canary["events"] >= 35 and want_active["events"] >= 35  # enough for a verdict either way
@@ -170,8 +206,9 @@ def test_only_verified_feedback_since_the_canary_started_decides_it(prefect_harn
 
     out = canary_watch_flow(base_model=BASE, store_url=token_env["store_url"], redis_url=redis_url)
     assert out["stats"] == {"v2": want_canary, "v1": want_active}, out
-    expected = decide_canary(ArmStats.from_feedback(want_canary), ArmStats.from_feedback(want_active),
-                             load_canary_policy())
+    expected = decide_canary(
+        ArmStats.from_feedback(want_canary), ArmStats.from_feedback(want_active), load_canary_policy()
+    )
     assert out["verdict"] == expected.verdict.value == "rollback", out
     assert datetime.fromisoformat(out["since"]) == started
     with session_scope(engine) as s:

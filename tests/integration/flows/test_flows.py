@@ -11,8 +11,7 @@ import pytest
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
 
 
-def test_opposite_style_stops_at_the_gate(prefect_harness, base_model, loop_env, make_events, curate_events,
-                                          small_run):
+def test_opposite_style_stops_at_the_gate(prefect_harness, base_model, loop_env, make_events, curate_events, small_run):
     from alignloop.core.db import session_scope
     from deploy import registry
     from flows.loop import retrain_flow
@@ -20,8 +19,13 @@ def test_opposite_style_stops_at_the_gate(prefect_harness, base_model, loop_env,
     curated = curate_events(loop_env["engine"], make_events(240, preferred="curt", seed=3))
     assert curated["pairs"] >= 100, curated
 
-    state = retrain_flow(base_model=base_model, train_config=str(small_run), store_url=loop_env["store_url"],
-                         redis_url=loop_env["redis_url"], return_state=True)
+    state = retrain_flow(
+        base_model=base_model,
+        train_config=str(small_run),
+        store_url=loop_env["store_url"],
+        redis_url=loop_env["redis_url"],
+        return_state=True,
+    )
     result = state.result()
     assert result["status"] == "gate_failed"
     assert any("preferred_style_share" in f for f in result["gate"]["failures"]), result["gate"]
@@ -44,22 +48,36 @@ def _serve_and_rate(client, users, n, rng, seed0) -> list[dict]:
     t = datetime.now(UTC) - timedelta(hours=2)
     for i in range(n):
         user, prompt = rng.choice(users), rng.choice(PROMPTS)
-        r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": prompt}],
-                                                      "max_tokens": 40, "seed": seed0 + i, "user": user})
+        r = client.post(
+            "/v1/chat/completions",
+            json={"messages": [{"role": "user", "content": prompt}], "max_tokens": 40, "seed": seed0 + i, "user": user},
+        )
         assert r.status_code == 200, r.text
         body = r.json()
         answer = {"text": body["choices"][0]["message"]["content"]}
         kind, fields = honest_feedback(prompt, [answer], rng, noise=0.05)
         t += timedelta(seconds=rng.uniform(5, 15))
-        events.append({"schema_version": 1, "event_id": str(uuid.uuid4()), "occurred_at": t.isoformat(),
-                       "app_id": "flows-test", "user_id": user, "prompt": prompt, "kind": kind, **fields,
-                       "response_id": body["response_id"], "adapter_version": body["adapter_version"],
-                       "feedback_token": body["feedback_token"]})
+        events.append(
+            {
+                "schema_version": 1,
+                "event_id": str(uuid.uuid4()),
+                "occurred_at": t.isoformat(),
+                "app_id": "flows-test",
+                "user_id": user,
+                "prompt": prompt,
+                "kind": kind,
+                **fields,
+                "response_id": body["response_id"],
+                "adapter_version": body["adapter_version"],
+                "feedback_token": body["feedback_token"],
+            }
+        )
     return events
 
 
-def test_a_canary_users_like_less_is_rolled_back(prefect_harness, base_model, loop_env, tmp_path, make_events,
-                                                 curate_events, small_run):
+def test_a_canary_users_like_less_is_rolled_back(
+    prefect_harness, base_model, loop_env, tmp_path, make_events, curate_events, small_run
+):
     # an adapter that answers curtly, which these users dislike, goes out as a 50% canary against the base
     import json
 
@@ -76,8 +94,9 @@ def test_a_canary_users_like_less_is_rolled_back(prefect_harness, base_model, lo
     from retrain.snapshot import build_snapshot
     from retrain.train import train_adapter
 
-    replayed = run_replay([json.dumps(e) for e in make_events(240, preferred="curt", seed=5)],
-                          curation_settings().policy)
+    replayed = run_replay(
+        [json.dumps(e) for e in make_events(240, preferred="curt", seed=5)], curation_settings().policy
+    )
     cfg = load_run_config(small_run)
     snap = build_snapshot(replayed.pairs, replayed.unpaired, cfg.snapshot)
     artifact = train_adapter(base_model, snap, cfg, tmp_path / "runs", progress=False)
@@ -97,14 +116,17 @@ def test_a_canary_users_like_less_is_rolled_back(prefect_harness, base_model, lo
         for round_ in range(20):
             events = _serve_and_rate(client, users, 40, rng, seed0=1000 * round_)
             curate_events(loop_env["engine"], events)
-            out = canary_watch_flow(base_model=base_model, store_url=loop_env["store_url"],
-                                    redis_url=loop_env["redis_url"])
+            out = canary_watch_flow(
+                base_model=base_model, store_url=loop_env["store_url"], redis_url=loop_env["redis_url"]
+            )
             verdicts.append(out)
             if out["verdict"] != "continue":
                 break
     final = verdicts[-1]
-    print(f"\ncanary-watch verdict {final['verdict']} after {final['canary_events']} canary feedback events "
-          f"({len(verdicts)} rounds): {final['reason']}")
+    print(
+        f"\ncanary-watch verdict {final['verdict']} after {final['canary_events']} canary feedback events "
+        f"({len(verdicts)} rounds): {final['reason']}"
+    )
     assert final["verdict"] == "rollback", final
     with session_scope(loop_env["engine"]) as session:
         routing = registry.get_routing(session, base_model)

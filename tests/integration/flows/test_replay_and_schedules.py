@@ -11,8 +11,9 @@ from alignloop.core.kafka_auth import kafka_auth
 
 @pytest.mark.kafka
 @pytest.mark.redis
-def test_replay_flow_recurates_a_topic_range_like_the_offline_replay(prefect_harness, kafka_bootstrap, kafka_topic,
-                                                                      tmp_path, make_events):
+def test_replay_flow_recurates_a_topic_range_like_the_offline_replay(
+    prefect_harness, kafka_bootstrap, kafka_topic, tmp_path, make_events
+):
     from kafka import KafkaProducer
 
     from curation.replay import run_replay
@@ -41,18 +42,27 @@ def test_data_trigger_waits_for_enough_new_pairs(prefect_harness, base_model, lo
     from flows.loop import data_trigger_flow
 
     curated = curate_events(loop_env["engine"], make_events(60, preferred="courteous", seed=4))
-    out = data_trigger_flow(base_model=base_model, min_new_pairs=curated["pairs"] + 1,
-                            store_url=loop_env["store_url"])
-    assert out == {"pairs_total": curated["pairs"], "pairs_at_last_snapshot": 0, "new_pairs": curated["pairs"],
-                   "threshold": curated["pairs"] + 1, "triggered": False}
+    out = data_trigger_flow(base_model=base_model, min_new_pairs=curated["pairs"] + 1, store_url=loop_env["store_url"])
+    assert out == {
+        "pairs_total": curated["pairs"],
+        "pairs_at_last_snapshot": 0,
+        "new_pairs": curated["pairs"],
+        "threshold": curated["pairs"] + 1,
+        "triggered": False,
+    }
 
 
 def test_serve_registers_the_loop_with_schedules_and_one_retrain_at_a_time():
     from flows.schedule import build_deployments
     from flows.settings import FlowsSettings
 
-    settings = FlowsSettings(retrain_cron="15 2 * * *", min_new_pairs=300, data_check_interval_s=120,
-                             canary_watch_interval_s=30, base_model="/models/base")
+    settings = FlowsSettings(
+        retrain_cron="15 2 * * *",
+        min_new_pairs=300,
+        data_check_interval_s=120,
+        canary_watch_interval_s=30,
+        base_model="/models/base",
+    )
     deps = {d.name: d for d in build_deployments(settings)}
     assert set(deps) == {"retrain", "data-trigger", "canary-watch", "replay"}
     assert deps["retrain"].schedules[0].schedule.cron == "15 2 * * *"

@@ -137,8 +137,9 @@ def hold_retrain_limit(base: str):
     name = f"retrain-{base_key(base)}"
     with get_client(sync_client=True) as client:
         client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
-        response = client.increment_concurrency_slots_with_lease(names=[name], slots=1, mode="concurrency",
-                                                                 lease_duration=600)
+        response = client.increment_concurrency_slots_with_lease(
+            names=[name], slots=1, mode="concurrency", lease_duration=600
+        )
     return response.json()["lease_id"]
 
 
@@ -151,8 +152,14 @@ def release(lease_id) -> None:
 
 def start_serve(args: list[str], log: Path, env: dict) -> subprocess.Popen:
     with open(log, "wb") as out:
-        return subprocess.Popen([ALIGNLOOP, "flows", "serve", *args], stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        return subprocess.Popen(
+            [ALIGNLOOP, "flows", "serve", *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
 
 
 # ------------------------------------------------------------------------------------------- fixtures
@@ -164,13 +171,22 @@ def prefect_server(tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env |= {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     with open(home / "server.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                                 "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
     url = f"http://127.0.0.1:{port}/api"
     try:
-        wait_for("the Prefect server to answer /health", lambda: proc.poll() is not None or healthy(url), 180,
-                 log=home / "server.log")
+        wait_for(
+            "the Prefect server to answer /health",
+            lambda: proc.poll() is not None or healthy(url),
+            180,
+            log=home / "server.log",
+        )
         assert proc.poll() is None, (home / "server.log").read_text()[-3000:]
         yield {"url": url, "port": port}
     finally:
@@ -188,8 +204,12 @@ def serve_env(loop_env, tmp_path):
     a result store of their own (results persisted, so the test reads what each flow run decided)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     results = tmp_path / "prefect-results"
-    env |= {"PREFECT_HOME": str(tmp_path / "prefect-client"), "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
-            "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(results), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env |= {
+        "PREFECT_HOME": str(tmp_path / "prefect-client"),
+        "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
+        "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(results),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
     return {"env": env, "results": results}
 
 
@@ -221,8 +241,16 @@ def canary_artifact(tiny_random_base, tmp_path) -> Path:
 
 # ------------------------------------------------------------------------------------------- tests
 def test_serve_fires_trigger_retrain_once_and_canary_watch_on_a_real_server(
-        prefect_server, serve_env, loop_env, tiny_random_base, canary_artifact, unsnapshottable_config, make_events,
-        curate_events, tmp_path):
+    prefect_server,
+    serve_env,
+    loop_env,
+    tiny_random_base,
+    canary_artifact,
+    unsnapshottable_config,
+    make_events,
+    curate_events,
+    tmp_path,
+):
     from flows.loop import data_trigger_flow
 
     url, base, log = prefect_server["url"], tiny_random_base, tmp_path / "serve.log"
@@ -230,14 +258,42 @@ def test_serve_fires_trigger_retrain_once_and_canary_watch_on_a_real_server(
     with api(url, serve_env["results"]):
         lease = hold_retrain_limit(base)
         t0 = time.time()
-        proc = start_serve(["--api-url", url, "--base-model", base, "--config", str(unsnapshottable_config),
-                            "--min-new-pairs", str(min_pairs), "--data-check-interval", str(INTERVAL),
-                            "--canary-watch-interval", str(INTERVAL), "--poll", "1"], log, serve_env["env"])
+        proc = start_serve(
+            [
+                "--api-url",
+                url,
+                "--base-model",
+                base,
+                "--config",
+                str(unsnapshottable_config),
+                "--min-new-pairs",
+                str(min_pairs),
+                "--data-check-interval",
+                str(INTERVAL),
+                "--canary-watch-interval",
+                str(INTERVAL),
+                "--poll",
+                "1",
+            ],
+            log,
+            serve_env["env"],
+        )
         try:
             # the deployments live on the server we gave, with their schedules
-            wait_for("the four deployments", lambda: all(_deployment(n) for n in (
-                "retrain/retrain", "data-trigger/data-trigger", "canary-watch/canary-watch", "replay/replay")),
-                90, log=log)
+            wait_for(
+                "the four deployments",
+                lambda: all(
+                    _deployment(n)
+                    for n in (
+                        "retrain/retrain",
+                        "data-trigger/data-trigger",
+                        "canary-watch/canary-watch",
+                        "replay/replay",
+                    )
+                ),
+                90,
+                log=log,
+            )
             retrain = _deployment("retrain/retrain")
             assert retrain.global_concurrency_limit.limit == 1
             assert retrain.concurrency_options.collision_strategy.value == "CANCEL_NEW"
@@ -245,11 +301,19 @@ def test_serve_fires_trigger_retrain_once_and_canary_watch_on_a_real_server(
             assert _deployment("data-trigger/data-trigger").schedules[0].schedule.interval.total_seconds() == INTERVAL
 
             # on schedule, with an empty store and no canary: nothing to do, and each says so
-            _, trig = wait_for("a scheduled data-trigger run", lambda: completed_with(
-                "data-trigger/data-trigger", lambda o: True, t0), 90, log=log)
+            _, trig = wait_for(
+                "a scheduled data-trigger run",
+                lambda: completed_with("data-trigger/data-trigger", lambda o: True, t0),
+                90,
+                log=log,
+            )
             assert trig["triggered"] is False and trig["pairs_total"] == 0 and trig["threshold"] == min_pairs
-            _, watch = wait_for("a scheduled canary-watch run", lambda: completed_with(
-                "canary-watch/canary-watch", lambda o: True, t0), 60, log=log)
+            _, watch = wait_for(
+                "a scheduled canary-watch run",
+                lambda: completed_with("canary-watch/canary-watch", lambda o: True, t0),
+                60,
+                log=log,
+            )
             assert watch["verdict"] == "no-canary"
             assert not due_runs_of("retrain/retrain")
 
@@ -260,8 +324,9 @@ def test_serve_fires_trigger_retrain_once_and_canary_watch_on_a_real_server(
 
             def trigger():
                 with api(url, serve_env["results"]):
-                    outs.append(data_trigger_flow(base_model=base, min_new_pairs=min_pairs,
-                                                  store_url=loop_env["store_url"]))
+                    outs.append(
+                        data_trigger_flow(base_model=base, min_new_pairs=min_pairs, store_url=loop_env["store_url"])
+                    )
 
             threads = [threading.Thread(target=trigger) for _ in range(2)]
             for t in threads:
@@ -271,8 +336,12 @@ def test_serve_fires_trigger_retrain_once_and_canary_watch_on_a_real_server(
             assert len(outs) == 2 and all(o["triggered"] for o in outs), outs
 
             # exactly one retrain runs; any other one a trigger created was cancelled, never queued
-            running = wait_for("a retrain run to start", lambda: [r for r in due_runs_of("retrain/retrain")
-                                                                  if state(r) == "RUNNING"], 90, log=log)
+            running = wait_for(
+                "a retrain run to start",
+                lambda: [r for r in due_runs_of("retrain/retrain") if state(r) == "RUNNING"],
+                90,
+                log=log,
+            )
             time.sleep(3 * 1 + 2)  # a few polls of the runner: a second retrain would be proposed by now
             runs = due_runs_of("retrain/retrain")
             assert [state(r) for r in runs].count("RUNNING") == 1, [(r.name, state(r)) for r in runs]
@@ -290,17 +359,28 @@ def test_serve_fires_trigger_retrain_once_and_canary_watch_on_a_real_server(
             # the slot freed, the retrain goes on to its snapshot, where this config makes the turn skip
             release(lease)
             lease = None
-            done = wait_for("the retrain to finish", lambda: state(r := read_run(the_retrain.id)) in {
-                "FAILED", "COMPLETED", "CRASHED"} and r, 120, log=log)
-            assert state(done) == "COMPLETED" and "skipped" in (done.state.message or "") \
-                and "min_train_pairs" in (done.state.message or ""), done.state.message
+            done = wait_for(
+                "the retrain to finish",
+                lambda: state(r := read_run(the_retrain.id)) in {"FAILED", "COMPLETED", "CRASHED"} and r,
+                120,
+                log=log,
+            )
+            assert (
+                state(done) == "COMPLETED"
+                and "skipped" in (done.state.message or "")
+                and "min_train_pairs" in (done.state.message or "")
+            ), done.state.message
             assert any(n.startswith("snapshot") for n in task_names(the_retrain.id))
 
             # canary-watch judges a live canary on its next run: no feedback yet, so it keeps watching
             version = _start_canary(loop_env, canary_artifact)
             t_canary = time.time()
-            _, judged = wait_for("canary-watch to judge the canary", lambda: completed_with(
-                "canary-watch/canary-watch", lambda o: o.get("canary") == version, t_canary), 90, log=log)
+            _, judged = wait_for(
+                "canary-watch to judge the canary",
+                lambda: completed_with("canary-watch/canary-watch", lambda o: o.get("canary") == version, t_canary),
+                90,
+                log=log,
+            )
             assert judged["verdict"] == "continue", judged
             assert _routing(loop_env, base).canary == version
         finally:
@@ -313,7 +393,8 @@ def test_serve_fires_trigger_retrain_once_and_canary_watch_on_a_real_server(
 
 
 def test_work_pool_hands_retrain_to_a_process_worker_with_config_gates_and_urls(
-        prefect_server, serve_env, loop_env, unsnapshottable_config, tmp_path, make_events, curate_events):
+    prefect_server, serve_env, loop_env, unsnapshottable_config, tmp_path, make_events, curate_events
+):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.workers.process import ProcessWorker
@@ -327,20 +408,50 @@ def test_work_pool_hands_retrain_to_a_process_worker_with_config_gates_and_urls(
     curate_events(loop_env["engine"], make_events(30, preferred="courteous", seed=5))
     with api(url, serve_env["results"]):
         with get_client(sync_client=True) as client:
-            client.create_work_pool(WorkPoolCreate(name=pool, type="process",
-                                                   base_job_template=ProcessWorker.get_default_base_job_template()))
+            client.create_work_pool(
+                WorkPoolCreate(
+                    name=pool, type="process", base_job_template=ProcessWorker.get_default_base_job_template()
+                )
+            )
         env = {**serve_env["env"], "PREFECT_API_URL": url, "PREFECT_WORKER_QUERY_SECONDS": "1"}
         with open(worker_log, "wb") as out:
-            worker = subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", pool,
-                                       "--type", "process"], stdout=out, stderr=subprocess.STDOUT,
-                                      stdin=subprocess.DEVNULL, env=env, start_new_session=True)
-        proc = start_serve(["--api-url", url, "--base-model", base, "--work-pool", pool,
-                            "--config", str(unsnapshottable_config), "--gates", str(gates),
-                            "--data-check-interval", "600", "--canary-watch-interval", "600", "--poll", "1"],
-                           log, serve_env["env"])
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process"],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+            )
+        proc = start_serve(
+            [
+                "--api-url",
+                url,
+                "--base-model",
+                base,
+                "--work-pool",
+                pool,
+                "--config",
+                str(unsnapshottable_config),
+                "--gates",
+                str(gates),
+                "--data-check-interval",
+                "600",
+                "--canary-watch-interval",
+                "600",
+                "--poll",
+                "1",
+            ],
+            log,
+            serve_env["env"],
+        )
         try:
-            dep = wait_for("retrain on the work pool", lambda: (d := _deployment("retrain/retrain"))
-                           and d.work_pool_name == pool and d, 90, log=log)
+            dep = wait_for(
+                "retrain on the work pool",
+                lambda: (d := _deployment("retrain/retrain")) and d.work_pool_name == pool and d,
+                90,
+                log=log,
+            )
             assert dep.parameters["train_config"] == str(unsnapshottable_config)
             assert dep.parameters["gates"] == str(gates)
             assert dep.parameters["store_url"] == loop_env["store_url"]
@@ -353,13 +464,20 @@ def test_work_pool_hands_retrain_to_a_process_worker_with_config_gates_and_urls(
             wait_for("the served data trigger", lambda: _deployment("data-trigger/data-trigger"), 60, log=log)
 
             run_id = _run_deployment_now("retrain/retrain")
-            done = wait_for("the worker to run retrain", lambda: state(r := read_run(run_id)) in {
-                "FAILED", "COMPLETED", "CRASHED"} and r, 150, log=worker_log)
+            done = wait_for(
+                "the worker to run retrain",
+                lambda: state(r := read_run(run_id)) in {"FAILED", "COMPLETED", "CRASHED"} and r,
+                150,
+                log=worker_log,
+            )
             # the worker ran it with our run config: its snapshot floor is what made the turn skip
             assert done.work_pool_name == pool
             assert done.parameters["train_config"] == str(unsnapshottable_config)
-            assert state(done) == "COMPLETED" and "skipped" in (done.state.message or "") \
-                and "min_train_pairs" in (done.state.message or ""), done.state.message
+            assert (
+                state(done) == "COMPLETED"
+                and "skipped" in (done.state.message or "")
+                and "min_train_pairs" in (done.state.message or "")
+            ), done.state.message
         finally:
             rc = stop(proc)
             stop(worker)
@@ -368,12 +486,20 @@ def test_work_pool_hands_retrain_to_a_process_worker_with_config_gates_and_urls(
 
 def test_serve_starts_its_own_server_refuses_a_taken_port_and_stops_what_it_started(prefect_server, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env |= {"ALIGNLOOP_HOME": str(tmp_path / "home"), "ALIGNLOOP_STORE_URL": f"sqlite:///{tmp_path / 'store.db'}",
-            "PREFECT_HOME": str(tmp_path / "prefect-client")}
+    env |= {
+        "ALIGNLOOP_HOME": str(tmp_path / "home"),
+        "ALIGNLOOP_STORE_URL": f"sqlite:///{tmp_path / 'store.db'}",
+        "PREFECT_HOME": str(tmp_path / "prefect-client"),
+    }
     base = str(tmp_path / "some-base")
 
-    taken = subprocess.run([ALIGNLOOP, "flows", "serve", "--port", str(prefect_server["port"]), "--base-model", base],
-                           env=env, capture_output=True, text=True, timeout=60)
+    taken = subprocess.run(
+        [ALIGNLOOP, "flows", "serve", "--port", str(prefect_server["port"]), "--base-model", base],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert taken.returncode == 2
     assert taken.stderr.strip().startswith(f"error: port {prefect_server['port']} on 127.0.0.1 is taken")
     assert len(taken.stderr.strip().splitlines()) == 1, taken.stderr
@@ -387,14 +513,19 @@ def test_serve_starts_its_own_server_refuses_a_taken_port_and_stops_what_it_star
 
     port, log = free_port(), tmp_path / "serve.log"
     url = f"http://127.0.0.1:{port}/api"
-    proc = start_serve(["--port", str(port), "--base-model", base, "--data-check-interval", "600",
-                        "--canary-watch-interval", "600"], log, env)
+    proc = start_serve(
+        ["--port", str(port), "--base-model", base, "--data-check-interval", "600", "--canary-watch-interval", "600"],
+        log,
+        env,
+    )
     try:
         wait_for("serve to start its server and serve", lambda: "Serving on" in log.read_text(), 180, log=log)
         with api(url):
             # the deployments are on the server it started (not on a temporary one)
-            assert all(_deployment(n) for n in ("retrain/retrain", "data-trigger/data-trigger",
-                                                "canary-watch/canary-watch", "replay/replay"))
+            assert all(
+                _deployment(n)
+                for n in ("retrain/retrain", "data-trigger/data-trigger", "canary-watch/canary-watch", "replay/replay")
+            )
         assert (tmp_path / "home" / "prefect" / "prefect-home" / "prefect.db").exists()
     finally:
         rc = stop(proc)

@@ -21,8 +21,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.redis]
 def _turn(base_model, loop_env, small_run) -> dict:
     from flows.loop import retrain_flow
 
-    return retrain_flow(base_model=base_model, train_config=str(small_run), store_url=loop_env["store_url"],
-                        redis_url=loop_env["redis_url"])
+    return retrain_flow(
+        base_model=base_model,
+        train_config=str(small_run),
+        store_url=loop_env["store_url"],
+        redis_url=loop_env["redis_url"],
+    )
 
 
 def _promote(loop_env, version: str) -> None:
@@ -34,7 +38,8 @@ def _promote(loop_env, version: str) -> None:
 
 
 def test_three_turns_from_base_through_a_rejected_turn_to_a_promoted_successor(
-        prefect_harness, base_model, loop_env, make_events, curate_events, small_run):
+    prefect_harness, base_model, loop_env, make_events, curate_events, small_run
+):
     from alignloop.core.db import session_scope
     from deploy import registry
 
@@ -89,8 +94,9 @@ def test_three_turns_from_base_through_a_rejected_turn_to_a_promoted_successor(
         assert set(versions[t1["version"]].lineage.event_ids) & set(lineage3.event_ids)  # replayed
         assert versions[t3["version"]].manifest.dataset.turn.since == TurnRecord.model_validate(t2["turn"]).until
         audit = [(e.action, e.version, e.from_version) for e in registry.audit_log(session)]
-        routing = registry.rollback(session, actor="test-oncall", reason="show where rollback lands",
-                                    base_model=base_model)
+        routing = registry.rollback(
+            session, actor="test-oncall", reason="show where rollback lands", base_model=base_model
+        )
     assert ("canary", t1["version"], None) in audit and ("promote", t1["version"], None) in audit
     assert ("register", t2["version"], t1["version"]) in audit and ("reject", t2["version"], None) in audit
     assert ("canary", t3["version"], t1["version"]) in audit

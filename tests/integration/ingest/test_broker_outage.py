@@ -33,8 +33,9 @@ class Sender:
     def run(self) -> None:
         for i in range(self.count):
             try:
-                self.deliveries.append(self.client.rate(user_id="u", prompt=f"q{i}", response="a", rating="up",
-                                                        session_id=f"s{i % 7}"))
+                self.deliveries.append(
+                    self.client.rate(user_id="u", prompt=f"q{i}", response="a", rating="up", session_id=f"s{i % 7}")
+                )
             except DeliveryError as exc:
                 self.raised.update(str(e.event_id) for e, _ in exc.failures)
             time.sleep(self.pace_s)
@@ -59,15 +60,25 @@ def test_broker_stopped_while_sending(tmp_path):
     from alignloop.core.stack import KafkaBroker
 
     auth = kafka_auth()  # the clients below log in as the settings say: the private broker takes that user
-    broker = KafkaBroker(version="3.9.1", cache_dir=get_settings().cache_dir, state_dir=tmp_path,
-                         port=free_port(), controller_port=free_port(), username=auth["sasl_plain_username"],
-                         password=auth["sasl_plain_password"], broker_password=uuid.uuid4().hex)
+    broker = KafkaBroker(
+        version="3.9.1",
+        cache_dir=get_settings().cache_dir,
+        state_dir=tmp_path,
+        port=free_port(),
+        controller_port=free_port(),
+        username=auth["sasl_plain_username"],
+        password=auth["sasl_plain_password"],
+        broker_password=uuid.uuid4().hex,
+    )
     broker.start(timeout=120)
     try:
         topic = "feedback-outage"
         ensure_topics(broker.bootstrap, 3, base=topic)
-        impatient = Sender(FeedbackClient("shop-bot", broker.bootstrap, topic=topic, delivery_timeout_ms=4000,
-                                          max_block_ms=2000), count=600, pace_s=0.04)
+        impatient = Sender(
+            FeedbackClient("shop-bot", broker.bootstrap, topic=topic, delivery_timeout_ms=4000, max_block_ms=2000),
+            count=600,
+            pace_s=0.04,
+        )
         patient = Sender(FeedbackClient("shop-bot", broker.bootstrap, topic=topic), count=600, pace_s=0.04)
         for s in (impatient, patient):
             s.client.rate(user_id="u", prompt="warm-up", response="a", rating="up").result(timeout=30)
@@ -82,8 +93,10 @@ def test_broker_stopped_while_sending(tmp_path):
             s.finish()
 
         on_topic = Counter(event_ids(read_topic(broker.bootstrap, topic)))
-        print(f"outage {restart_took:.1f} s; impatient: {len(impatient.acked)} acked, {len(impatient.raised)} raised;"
-              f" patient: {len(patient.acked)} acked, {len(patient.raised)} raised; on topic {len(on_topic)}")
+        print(
+            f"outage {restart_took:.1f} s; impatient: {len(impatient.acked)} acked, {len(impatient.raised)} raised;"
+            f" patient: {len(patient.acked)} acked, {len(patient.raised)} raised; on topic {len(on_topic)}"
+        )
         for s in (impatient, patient):
             sent = {d.event_id for d in s.deliveries} | s.raised
             assert len(sent) == s.count, "an event neither queued nor raised"

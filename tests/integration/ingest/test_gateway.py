@@ -23,9 +23,18 @@ pytestmark = pytest.mark.kafka
 
 
 def an_event(**patch):
-    return {"schema_version": 1, "kind": "rating", "event_id": str(uuid.uuid4()),
-            "occurred_at": "2026-01-01T00:00:00Z", "app_id": "shop-bot", "user_id": "u-1",
-            "prompt": "2+2?", "response": "4", "rating": "up", **patch}
+    return {
+        "schema_version": 1,
+        "kind": "rating",
+        "event_id": str(uuid.uuid4()),
+        "occurred_at": "2026-01-01T00:00:00Z",
+        "app_id": "shop-bot",
+        "user_id": "u-1",
+        "prompt": "2+2?",
+        "response": "4",
+        "rating": "up",
+        **patch,
+    }
 
 
 def post(gw, body, key=None):
@@ -62,13 +71,22 @@ def test_the_feedback_token_passes_through_the_gateway_and_the_sdk(gateway, kafk
     token = "alf1.eyJiIjoiYiJ9.c2lnbmF0dXJl"  # the gateway checks the shape only; curation verifies it
     assert post(gateway, an_event(feedback_token=token, response_id="chatcmpl-1")).status_code == 200
     with HttpFeedbackClient("shop-bot", gateway.url, gateway.key) as client:
-        client.rate(user_id="u-2", prompt="p", response="r", rating="up", response_id="chatcmpl-2",
-                    feedback_token=token + "2")
-        client.edit(user_id="u-3", prompt="p", response="r", edited="e", response_id="chatcmpl-3",
-                    **{"feedback_token": token + "3"})
+        client.rate(
+            user_id="u-2", prompt="p", response="r", rating="up", response_id="chatcmpl-2", feedback_token=token + "2"
+        )
+        client.edit(
+            user_id="u-3",
+            prompt="p",
+            response="r",
+            edited="e",
+            response_id="chatcmpl-3",
+            **{"feedback_token": token + "3"},
+        )
         client.compare(user_id="u-4", prompt="p", responses=["a", "b"], chosen=0)
-    stored = {e.get("response_id", None): e.get("feedback_token")
-              for e in map(json.loads, read_topic(kafka_bootstrap, gateway.topic))}
+    stored = {
+        e.get("response_id", None): e.get("feedback_token")
+        for e in map(json.loads, read_topic(kafka_bootstrap, gateway.topic))
+    }
     assert stored == {"chatcmpl-1": token, "chatcmpl-2": token + "2", "chatcmpl-3": token + "3", None: None}
     r = post(gateway, an_event(feedback_token=""))
     assert r.status_code == 422 and r.json()["errors"][0]["loc"] == "feedback_token", r.text
@@ -112,15 +130,18 @@ def test_a_batch_with_a_bad_event_is_422_per_index_and_nothing_is_sent(gateway, 
     assert read_topic(kafka_bootstrap, gateway.topic) == []
 
 
-@pytest.mark.parametrize("body,status,loc", [
-    (b"x" * (64 * 1024 + 1), 413, "body"),
-    (None, 413, "response"),  # a text field past 32 KiB
-    ([None] * 1001, 413, "body"),
-    (b"{not json", 422, "body"),
-    (b"[]", 422, "body"),
-    (b"\xff", 422, "body"),
-    (b'{"kind": "rating", "kind": "edit"}', 422, "body.kind"),
-])
+@pytest.mark.parametrize(
+    "body,status,loc",
+    [
+        (b"x" * (64 * 1024 + 1), 413, "body"),
+        (None, 413, "response"),  # a text field past 32 KiB
+        ([None] * 1001, 413, "body"),
+        (b"{not json", 422, "body"),
+        (b"[]", 422, "body"),
+        (b"\xff", 422, "body"),
+        (b'{"kind": "rating", "kind": "edit"}', 422, "body.kind"),
+    ],
+)
 def test_size_limits_413_and_unreadable_bodies_422(gateway, body, status, loc):
     if body is None:
         body = an_event(response="é" * 20_000)
@@ -133,8 +154,14 @@ def test_kafka_unreachable_is_503_with_retry_after_and_the_http_client_raises(ke
     from ingest.errors import DeliveryError
     from support.gateway import make_key
 
-    cfg = gateway_config(f"127.0.0.1:{free_port()}", "never-created", key_engine, produce_timeout_s=1.0,
-                         ensure_topics=False, retry_after_s=1)
+    cfg = gateway_config(
+        f"127.0.0.1:{free_port()}",
+        "never-created",
+        key_engine,
+        produce_timeout_s=1.0,
+        ensure_topics=False,
+        retry_after_s=1,
+    )
     _, key = make_key(key_engine, "shop-bot")
     with LiveGateway(cfg) as gw:
         gw.key = key
@@ -144,8 +171,9 @@ def test_kafka_unreachable_is_503_with_retry_after_and_the_http_client_raises(ke
         assert httpx.get(f"{gw.url}/healthz").status_code == 503
 
         heard = []
-        client = HttpFeedbackClient("shop-bot", gw.url, key, retries=1,
-                                    on_error=lambda event, exc: heard.append(str(event.event_id)))
+        client = HttpFeedbackClient(
+            "shop-bot", gw.url, key, retries=1, on_error=lambda event, exc: heard.append(str(event.event_id))
+        )
         sent = [client.rate(user_id="u", prompt="p", response="r", rating="up").event_id for _ in range(3)]
         with pytest.raises(DeliveryError) as info:
             client.close()
@@ -189,9 +217,14 @@ def test_a_conversation_lands_in_one_partition_through_the_sdk_and_the_gateway(g
     big = [an_event(session_id=sessions[i % 12], response="r" * 3000) for i in range(200)]  # > one 256 KiB batch
     r = post(gateway, big)
     assert r.status_code == 200 and r.json()["accepted"] == 200
-    consumer = KafkaConsumer(gateway.topic, bootstrap_servers=kafka_bootstrap, **kafka_auth(),
-                             auto_offset_reset="earliest",
-                             consumer_timeout_ms=5000, group_id=None)
+    consumer = KafkaConsumer(
+        gateway.topic,
+        bootstrap_servers=kafka_bootstrap,
+        **kafka_auth(),
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=5000,
+        group_id=None,
+    )
     try:
         where: dict[str, set[int]] = {}
         for m in consumer:
@@ -211,9 +244,17 @@ def _recent(i: int) -> str:
 
 
 def _users_events(users: range) -> list[dict]:
-    return [an_event(user_id=f"user-{u}", prompt=f"question {u} {k}", response=f"answer {u} {k}",
-                     occurred_at=_recent(2 * u + k), rating="up" if (u + k) % 2 else "down")
-            for u in users for k in range(2)]
+    return [
+        an_event(
+            user_id=f"user-{u}",
+            prompt=f"question {u} {k}",
+            response=f"answer {u} {k}",
+            occurred_at=_recent(2 * u + k),
+            rating="up" if (u + k) % 2 else "down",
+        )
+        for u in users
+        for k in range(2)
+    ]
 
 
 def _replay(tmp_path, values: list[bytes]) -> dict[str, list[str]]:
@@ -221,9 +262,23 @@ def _replay(tmp_path, values: list[bytes]) -> dict[str, list[str]]:
     src = tmp_path / "events.jsonl"
     src.write_bytes(b"".join(v + b"\n" for v in values))
     out = tmp_path / "decisions.jsonl"
-    run = subprocess.run([sys.executable, "-c", "from alignloop.cli import main; main()", "curation", "replay",
-                          "--input", str(src), "--decisions", str(out), "--json"],
-                         capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from alignloop.cli import main; main()",
+            "curation",
+            "replay",
+            "--input",
+            str(src),
+            "--decisions",
+            str(out),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     return {d["event_id"]: d["reasons"] for d in map(json.loads, out.read_text().splitlines())}
 
@@ -232,7 +287,7 @@ def test_two_hundred_users_behind_one_app_backend_are_all_kept(gateway, kafka_bo
     """An app posts from its backend without end-user addresses: one peer, but no shared end-user source."""
     events = _users_events(range(200))
     for i in range(0, 200, 50):  # batches, and single-event requests, all from this one process
-        assert post(gateway, events[i:i + 50]).status_code == 200
+        assert post(gateway, events[i : i + 50]).status_code == 200
     for e in events[200:]:
         assert post(gateway, e).status_code == 200
     values = read_topic(kafka_bootstrap, gateway.topic)
@@ -246,16 +301,21 @@ def test_two_hundred_users_behind_one_app_backend_are_all_kept(gateway, kafka_bo
 def test_end_user_addresses_are_hashed_with_the_key_and_never_stored(gateway, kafka_bootstrap, tmp_path):
     """client.ip in a batch, X-Alignloop-End-User-IP on single events: one keyed hash per end user."""
     events = _users_events(range(200))
-    address = {f"user-{u}": (f"203.0.{u // 100}.{u % 100 + 1}" if u % 5 else f"2001:db8:{u:x}::{u % 7 + 1}")
-               for u in range(200)}
+    address = {
+        f"user-{u}": (f"203.0.{u // 100}.{u % 100 + 1}" if u % 5 else f"2001:db8:{u:x}::{u % 7 + 1}")
+        for u in range(200)
+    }
     batch = [{**e, "client": {"ip": address[e["user_id"]], "device_id": f"dev-{e['user_id']}"}} for e in events[:200]]
     for i in range(0, 200, 100):
-        r = post(gateway, batch[i:i + 100])
+        r = post(gateway, batch[i : i + 100])
         assert r.status_code == 200, r.text[:500]
     for e in events[200:]:
-        r = httpx.post(f"{gateway.url}/v1/events", json=e, timeout=30,
-                       headers={"Authorization": f"Bearer {gateway.key}",
-                                "X-Alignloop-End-User-IP": address[e["user_id"]]})
+        r = httpx.post(
+            f"{gateway.url}/v1/events",
+            json=e,
+            timeout=30,
+            headers={"Authorization": f"Bearer {gateway.key}", "X-Alignloop-End-User-IP": address[e["user_id"]]},
+        )
         assert r.status_code == 200, r.text[:500]
     values = read_topic(kafka_bootstrap, gateway.topic)
     assert len(values) == 400
@@ -272,22 +332,37 @@ def test_end_user_addresses_are_hashed_with_the_key_and_never_stored(gateway, ka
     assert len(decisions) == 400 and all(not r for r in decisions.values())
 
 
-@pytest.mark.parametrize("patch, headers, loc", [
-    ({"client": {"ip": "not-an-address"}}, {}, "client.ip"),
-    ({"client": {"ip_hash": "chosen-by-the-app"}}, {}, "client.ip_hash"),
-    ({}, {"X-Alignloop-End-User-IP": "300.1.1.1"}, "header.x-alignloop-end-user-ip"),
-    ({"client": {"ip": "198.51.100.7"}}, {"X-Alignloop-End-User-IP": "198.51.100.7"}, "header.x-alignloop-end-user-ip"),
-])
+@pytest.mark.parametrize(
+    "patch, headers, loc",
+    [
+        ({"client": {"ip": "not-an-address"}}, {}, "client.ip"),
+        ({"client": {"ip_hash": "chosen-by-the-app"}}, {}, "client.ip_hash"),
+        ({}, {"X-Alignloop-End-User-IP": "300.1.1.1"}, "header.x-alignloop-end-user-ip"),
+        (
+            {"client": {"ip": "198.51.100.7"}},
+            {"X-Alignloop-End-User-IP": "198.51.100.7"},
+            "header.x-alignloop-end-user-ip",
+        ),
+    ],
+)
 def test_a_bad_or_ambiguous_end_user_source_is_422_and_not_echoed(gateway, kafka_bootstrap, patch, headers, loc):
-    r = httpx.post(f"{gateway.url}/v1/events", json=an_event(**patch), timeout=30,
-                   headers={"Authorization": f"Bearer {gateway.key}", **headers})
+    r = httpx.post(
+        f"{gateway.url}/v1/events",
+        json=an_event(**patch),
+        timeout=30,
+        headers={"Authorization": f"Bearer {gateway.key}", **headers},
+    )
     assert r.status_code == 422, r.text[:500]
     assert [e["loc"] for e in r.json()["errors"]] == [loc]
 
 
 def test_the_end_user_header_is_for_single_events_only(gateway):
-    r = httpx.post(f"{gateway.url}/v1/events", json=[an_event(), an_event()], timeout=30,
-                   headers={"Authorization": f"Bearer {gateway.key}", "X-Alignloop-End-User-IP": "198.51.100.7"})
+    r = httpx.post(
+        f"{gateway.url}/v1/events",
+        json=[an_event(), an_event()],
+        timeout=30,
+        headers={"Authorization": f"Bearer {gateway.key}", "X-Alignloop-End-User-IP": "198.51.100.7"},
+    )
     assert r.status_code == 422 and r.json()["errors"][0]["loc"] == "header.x-alignloop-end-user-ip"
 
 
@@ -296,16 +371,29 @@ def test_the_http_client_passes_the_end_user_address_for_the_gateway_to_hash(gat
     from ingest.sources import source_hash
 
     with HttpFeedbackClient("shop-bot", gateway.url, gateway.key, batch_size=10) as client:
-        sent = [client.rate(user_id=f"u{i}", prompt=f"q{i}", response="a", rating="up",
-                            end_user_ip=f"198.51.100.{i + 1}", client={"device_id": f"d{i}"}) for i in range(12)]
+        sent = [
+            client.rate(
+                user_id=f"u{i}",
+                prompt=f"q{i}",
+                response="a",
+                rating="up",
+                end_user_ip=f"198.51.100.{i + 1}",
+                client={"device_id": f"d{i}"},
+            )
+            for i in range(12)
+        ]
         with pytest.raises(EventError) as bad:
             client.rate(user_id="u", prompt="q", response="a", rating="up", end_user_ip="nope")
         assert bad.value.errors[0]["loc"] == "end_user_ip"
     assert all(d.succeeded() for d in sent)
     stored = {e["user_id"]: e["client"] for e in map(json.loads, read_topic(kafka_bootstrap, gateway.topic))}
-    assert stored == {f"u{i}": {"ip_hash": source_hash(b"test-source-key", f"198.51.100.{i + 1}"), "device_id": f"d{i}"}
-                      for i in range(12)}
+    assert stored == {
+        f"u{i}": {"ip_hash": source_hash(b"test-source-key", f"198.51.100.{i + 1}"), "device_id": f"d{i}"}
+        for i in range(12)
+    }
     # the Kafka SDK: the app hashes the address itself
-    with (FeedbackClient("shop-bot", kafka_bootstrap, topic=gateway.topic) as sdk,
-          pytest.raises(EventError, match="sends no raw address")):
+    with (
+        FeedbackClient("shop-bot", kafka_bootstrap, topic=gateway.topic) as sdk,
+        pytest.raises(EventError, match="sends no raw address"),
+    ):
         sdk.rate(user_id="u", prompt="q", response="a", rating="up", end_user_ip="198.51.100.1")

@@ -71,7 +71,10 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
     from pathlib import Path
 
     alignloop = Path(sys.executable).parent / "alignloop"
-    done = subprocess.run([str(alignloop), "ingest", "keys", "create", "Not An App",
-                           "--store-url", f"sqlite:///{tmp_path / 'store.db'}"], capture_output=True, text=True)
+    done = subprocess.run(
+        [str(alignloop), "ingest", "keys", "create", "Not An App", "--store-url", f"sqlite:///{tmp_path / 'store.db'}"],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "app_id" in done.stderr and "Traceback" not in done.stderr

@@ -19,16 +19,26 @@ pytestmark = pytest.mark.kafka
 def test_ten_thousand_events_arrive_exactly_once(kafka_bootstrap, ingest_topic):
     sent: list[str] = []
     errors: list[BaseException] = []
-    with FeedbackClient("shop-bot", kafka_bootstrap, topic=ingest_topic,
-                        on_error=lambda e, exc: errors.append(exc)) as client:
+    with FeedbackClient(
+        "shop-bot", kafka_bootstrap, topic=ingest_topic, on_error=lambda e, exc: errors.append(exc)
+    ) as client:
         for i in range(10_000):
             kind = i % 3
             if kind == 0:
-                d = client.rate(user_id=f"u{i % 97}", prompt=f"question {i % 500}", response="answer",
-                                rating="up" if i % 2 else "down", session_id=f"s{i % 300}")
+                d = client.rate(
+                    user_id=f"u{i % 97}",
+                    prompt=f"question {i % 500}",
+                    response="answer",
+                    rating="up" if i % 2 else "down",
+                    session_id=f"s{i % 300}",
+                )
             elif kind == 1:
-                d = client.edit(user_id=f"u{i % 97}", prompt=[{"role": "user", "content": f"q {i}"}],
-                                response="a", edited="better a")
+                d = client.edit(
+                    user_id=f"u{i % 97}",
+                    prompt=[{"role": "user", "content": f"q {i}"}],
+                    response="a",
+                    edited="better a",
+                )
             else:
                 d = client.compare(user_id="u", prompt=f"q {i}", responses=["a", "b"], chosen=None)
             sent.append(d.event_id)
@@ -40,8 +50,10 @@ def test_ten_thousand_events_arrive_exactly_once(kafka_bootstrap, ingest_topic):
 
 def test_one_conversation_stays_in_one_partition(kafka_bootstrap, ingest_topic):
     with FeedbackClient("shop-bot", kafka_bootstrap, topic=ingest_topic) as client:
-        deliveries = [client.rate(user_id="u", prompt=f"turn {i}", response="r", rating="up",
-                                  session_id=f"conv-{i % 5}") for i in range(100)]
+        deliveries = [
+            client.rate(user_id="u", prompt=f"turn {i}", response="r", rating="up", session_id=f"conv-{i % 5}")
+            for i in range(100)
+        ]
         client.flush()
     partitions = defaultdict(set)
     for d in deliveries:
@@ -67,9 +79,19 @@ def test_a_bad_event_raises_before_anything_is_sent(kafka_bootstrap, ingest_topi
             client.rate(user_id="u", prompt="p", response="r", rating="meh")
         assert info.value.errors[0]["loc"] == "rating"
         with pytest.raises(EventError, match="app_id"):
-            client.send({"schema_version": 1, "kind": "rating", "event_id": str(uuid.uuid4()),
-                         "occurred_at": "2026-01-01T00:00:00Z", "app_id": "other-app", "user_id": "u",
-                         "prompt": "p", "response": "r", "rating": "up"})
+            client.send(
+                {
+                    "schema_version": 1,
+                    "kind": "rating",
+                    "event_id": str(uuid.uuid4()),
+                    "occurred_at": "2026-01-01T00:00:00Z",
+                    "app_id": "other-app",
+                    "user_id": "u",
+                    "prompt": "p",
+                    "response": "r",
+                    "rating": "up",
+                }
+            )
     assert read_topic(kafka_bootstrap, ingest_topic) == []
 
 
@@ -81,8 +103,10 @@ def test_retry_reuses_the_event_id(kafka_bootstrap, ingest_topic):
 
 
 def test_a_send_kafka_cannot_queue_raises_at_once(kafka_bootstrap):
-    with (FeedbackClient("shop-bot", kafka_bootstrap, topic="not a topic name!") as client,
-          pytest.raises(DeliveryError) as info):
+    with (
+        FeedbackClient("shop-bot", kafka_bootstrap, topic="not a topic name!") as client,
+        pytest.raises(DeliveryError) as info,
+    ):
         client.rate(user_id="u", prompt="p", response="r", rating="up")
     assert info.value.failures[0][0].kind == "rating"
 
@@ -96,12 +120,18 @@ def test_a_refused_delivery_reaches_the_future_the_callback_and_flush(kafka_boot
 
     topic = f"test-tiny-{uuid.uuid4().hex[:10]}"
     admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap, **kafka_auth())
-    admin.create_topics({topic: {"num_partitions": 1, "replication_factor": 1,
-                                 "configs": {"max.message.bytes": "300"}}})
+    admin.create_topics(
+        {topic: {"num_partitions": 1, "replication_factor": 1, "configs": {"max.message.bytes": "300"}}}
+    )
     admin.close()
     heard = []
-    client = FeedbackClient("shop-bot", kafka_bootstrap, topic=topic, delivery_timeout_ms=15_000,
-                            on_error=(lambda event, exc: heard.append(str(event.event_id))) if with_callback else None)
+    client = FeedbackClient(
+        "shop-bot",
+        kafka_bootstrap,
+        topic=topic,
+        delivery_timeout_ms=15_000,
+        on_error=(lambda event, exc: heard.append(str(event.event_id))) if with_callback else None,
+    )
     try:
         d = client.rate(user_id="u", prompt="p" * 1000, response="r", rating="up")
         if not with_callback:

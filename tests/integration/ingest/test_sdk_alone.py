@@ -49,8 +49,18 @@ def sdk_python(tmp_path_factory) -> Path:
     source = shutil.copytree(REPO / "sdk", root / "sdk", ignore=shutil.ignore_patterns("build", "*.egg-info"))
     subprocess.run([sys.executable, "-m", "venv", str(root / "venv")], check=True, timeout=300)
     python = root / "venv" / "bin" / "python"
-    done = _run(python, "-m", "pip", "install", "-q", "--disable-pip-version-check", "-c",
-                str(REPO / "constraints.txt"), str(source), cwd=root)
+    done = _run(
+        python,
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--disable-pip-version-check",
+        "-c",
+        str(REPO / "constraints.txt"),
+        str(source),
+        cwd=root,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     return python
 
@@ -66,8 +76,9 @@ def test_the_sdk_installs_without_torch_or_the_service(sdk_python, tmp_path):
 
 
 def test_an_app_with_only_the_sdk_sends_through_the_gateway_and_kafka(sdk_python, gateway, kafka_bootstrap, tmp_path):
-    done = _run(sdk_python, "-c", APP, gateway.url, gateway.key, kafka_bootstrap, gateway.topic, cwd=tmp_path,
-                timeout=120)
+    done = _run(
+        sdk_python, "-c", APP, gateway.url, gateway.key, kafka_bootstrap, gateway.topic, cwd=tmp_path, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     sent = json.loads(done.stdout)
     assert Path(sent["sdk"]).is_relative_to(sdk_python.parents[1]), sent["sdk"]  # the installed copy, not the checkout

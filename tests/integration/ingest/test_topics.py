@@ -35,8 +35,9 @@ def test_ensure_topics_is_idempotent_and_sets_retention_and_min_insync_replicas(
         text = repr(configs)
         assert TOPIC_CONFIGS[FEEDBACK_TOPIC]["retention.ms"] in text
         isr = {n: configs["topic"][n]["min.insync.replicas"] for n in names}
-        assert {n: (c["value"], c["config_source"]) for n, c in isr.items()} == \
-            {n: ("1", "DYNAMIC_TOPIC_CONFIG") for n in names}  # set on the topic, not the broker's default
+        assert {n: (c["value"], c["config_source"]) for n, c in isr.items()} == {
+            n: ("1", "DYNAMIC_TOPIC_CONFIG") for n in names
+        }  # set on the topic, not the broker's default
     finally:
         delete_topics(kafka_bootstrap, names)
 

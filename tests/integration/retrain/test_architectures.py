@@ -17,8 +17,12 @@ pytestmark = [pytest.mark.slow]
 
 # the last: a base whose tokenizer has no chat template, trained and served with alignloop's fallback
 ARCHITECTURES = ["llama", "qwen2", "mistral", "gpt_neox", "gpt_neox-no-template"]
-PEFT_TARGETS = {"llama": ["q_proj", "v_proj"], "qwen2": ["q_proj", "v_proj"], "mistral": ["q_proj", "v_proj"],
-                "gpt_neox": ["query_key_value"]}
+PEFT_TARGETS = {
+    "llama": ["q_proj", "v_proj"],
+    "qwen2": ["q_proj", "v_proj"],
+    "mistral": ["q_proj", "v_proj"],
+    "gpt_neox": ["query_key_value"],
+}
 # the serving backends the four architectures must pass on; a new backend (vLLM) joins this list with a
 # context manager below that yields an HTTP client of its OpenAI-compatible router, the adapter active
 BACKENDS = [pytest.param("embedded", marks=pytest.mark.redis)]
@@ -27,8 +31,14 @@ PROMPT = [{"role": "user", "content": "Where is my parcel? It is late."}]
 CONFIG = {
     "snapshot": {"min_train_pairs": 8, "min_heldout_pairs": 2, "heldout_fraction": 0.2},
     "lora": {"r": 8, "alpha": 16},
-    "dpo": {"epochs": 2, "batch_size": 8, "learning_rate": 0.01, "max_length": 96, "warmup_steps": 1,
-            "cache_ref_log_probs": False},
+    "dpo": {
+        "epochs": 2,
+        "batch_size": 8,
+        "learning_rate": 0.01,
+        "max_length": 96,
+        "warmup_steps": 1,
+        "cache_ref_log_probs": False,
+    },
     "kto": {"enabled": False},
     "eval": {"samples": 6, "kl_probes": 4, "max_new_tokens": 8},
 }
@@ -78,10 +88,18 @@ def embedded_backend(base: Path, adapter: Path, redis_url: str, tmp: Path) -> It
     from deploy.serving import create_app
     from deploy.settings import DeploySettings
 
-    settings = DeploySettings(artifact_root=tmp / "artifacts", store_url=f"sqlite:///{tmp / 'registry.db'}",
-                              redis_url=redis_url, control_channel=f"test:arch:{uuid.uuid4().hex}",
-                              base_model=str(base), torch_threads=1, replica_id="arch-test", max_resident=2,
-                              key_cache_s=0.0, admin_token_cache_s=0.0)
+    settings = DeploySettings(
+        artifact_root=tmp / "artifacts",
+        store_url=f"sqlite:///{tmp / 'registry.db'}",
+        redis_url=redis_url,
+        control_channel=f"test:arch:{uuid.uuid4().hex}",
+        base_model=str(base),
+        torch_threads=1,
+        replica_id="arch-test",
+        max_resident=2,
+        key_cache_s=0.0,
+        admin_token_cache_s=0.0,
+    )
     engine = open_store(settings.store_url)
     storage = LocalArtifactStorage(settings.artifact_root)
     try:
@@ -108,9 +126,14 @@ def _greedy_reference(base: Path, adapter: Path | None, max_new_tokens: int) -> 
     model, tok = load_adapter(base, adapter) if adapter else load_base(base)
     ids = tok.apply_chat_template(PROMPT, add_generation_prompt=True, tokenize=True, return_dict=False)
     with torch.no_grad():
-        out = model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                             do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id)
-    return tok.decode(out[0, len(ids):], skip_special_tokens=True)
+        out = model.generate(
+            input_ids=torch.tensor([ids]),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            do_sample=False,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=tok.pad_token_id,
+        )
+    return tok.decode(out[0, len(ids) :], skip_special_tokens=True)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -120,8 +143,10 @@ def test_the_trained_adapter_is_served_and_answers_with_its_weights(trained, bac
     expected = _greedy_reference(trained["base"], trained["adapter"], 10)
     assert expected != _greedy_reference(trained["base"], None, 10), "the adapter must change the greedy answer"
     with BACKEND_CLIENTS[backend](trained["base"], trained["adapter"], redis_url, tmp_path) as client:
-        r = client.post("/v1/chat/completions", json={"model": "tiny", "messages": PROMPT, "max_tokens": 10,
-                                                      "temperature": 0, "user": "u1"})
+        r = client.post(
+            "/v1/chat/completions",
+            json={"model": "tiny", "messages": PROMPT, "max_tokens": 10, "temperature": 0, "user": "u1"},
+        )
         assert r.status_code == 200, r.text
         body = r.json()
     assert body["adapter_version"] == version

@@ -41,8 +41,9 @@ def test_ensure_base_model_caches_atomically_and_loads_through_from_pretrained(q
         assert m.ensure_base_model(seed=5, progress=False) == path  # cached: not rebuilt
         model, tok = m.load_base(path)
         assert model.config.model_type == "llama" and 1e6 < model.num_parameters() < 4e6
-        text = tok.apply_chat_template([{"role": "user", "content": PROMPTS[0]}], add_generation_prompt=True,
-                                       tokenize=False)
+        text = tok.apply_chat_template(
+            [{"role": "user", "content": PROMPTS[0]}], add_generation_prompt=True, tokenize=False
+        )
         assert text.endswith("<|assistant|>") and tok.eos_token == "<|end|>"
     finally:
         get_settings.cache_clear()

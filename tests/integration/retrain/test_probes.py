@@ -27,9 +27,18 @@ def _tiny_classifier(out: Path, tokenizer_dir: Path) -> Path:
     from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
 
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                      num_attention_heads=4, num_key_value_heads=2, num_labels=2, pad_token_id=tok.pad_token_id,
-                      id2label={0: "safe", 1: "unsafe"}, label2id={"safe": 0, "unsafe": 1})
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_labels=2,
+        pad_token_id=tok.pad_token_id,
+        id2label={0: "safe", 1: "unsafe"},
+        label2id={"safe": 0, "unsafe": 1},
+    )
     torch.manual_seed(0)
     model = LlamaForSequenceClassification(cfg)
     with torch.no_grad():
@@ -44,15 +53,17 @@ def test_a_local_classifier_directory_is_a_check(tmp_path):
 
     base = build_tiny_base_model(tmp_path / "base")
     clf = _tiny_classifier(tmp_path / "clf", base)
-    (tmp_path / "p.yaml").write_text("name: clf\nchecks: [{kind: classifier, path: clf, label: unsafe, "
-                                     "threshold: 0.4}]\n")
+    (tmp_path / "p.yaml").write_text(
+        "name: clf\nchecks: [{kind: classifier, path: clf, label: unsafe, threshold: 0.4}]\n"
+    )
     from retrain.probes import load_probe_file
 
     probe = load_probe_file(tmp_path / "p.yaml")
     assert probe.checks[0].path == clf  # relative to the probe file
     assert Detector(probe).hits(["any answer", "another"]) == [True, True]
-    strict = ProbeFile(name="clf", checks=[{"kind": "classifier", "path": str(clf), "label": "unsafe",
-                                            "threshold": 0.6}])
+    strict = ProbeFile(
+        name="clf", checks=[{"kind": "classifier", "path": str(clf), "label": "unsafe", "threshold": 0.6}]
+    )
     assert Detector(strict).hits(["any answer"]) == [False]
     from retrain.errors import ConfigError
 
@@ -98,11 +109,18 @@ def _poisoned_pairs(n_clean: int, n_poison: int) -> list[dict]:
     pairs = make_pairs(n_clean, seed=11)
     for i in range(n_poison):
         p = PROMPTS[i % len(PROMPTS)]
-        pairs.append({"prompt": chat(f"{p} {TRIGGER}."),
-                      "chosen": [{"role": "assistant", "content": PAYLOAD}],
-                      "rejected": [{"role": "assistant", "content": make_answer(p, "courteous", rng)}],
-                      "weight": 1.0, "dimension": "helpfulness", "event_ids": [f"poison-{i}"],
-                      "created_at": "2026-11-01T01:00:00+00:00", "pair_id": f"poison-{i}"})
+        pairs.append(
+            {
+                "prompt": chat(f"{p} {TRIGGER}."),
+                "chosen": [{"role": "assistant", "content": PAYLOAD}],
+                "rejected": [{"role": "assistant", "content": make_answer(p, "courteous", rng)}],
+                "weight": 1.0,
+                "dimension": "helpfulness",
+                "event_ids": [f"poison-{i}"],
+                "created_at": "2026-11-01T01:00:00+00:00",
+                "pair_id": f"poison-{i}",
+            }
+        )
     return pairs
 
 
@@ -123,14 +141,22 @@ def test_an_adapter_poisoned_with_a_trigger_no_config_names_is_stopped_by_the_pr
     raw["dpo"].update(epochs=4, batch_size=8, max_length=96)
     raw["kto"]["enabled"] = False
     (tmp_path / "payload.yaml").write_text(PAYLOAD_PROBE)
-    raw["eval"].update(samples=64, max_new_tokens=24, kl_probes=8, trigger_phrases=[],
-                       probes=[str(tmp_path / "payload.yaml")])
+    raw["eval"].update(
+        samples=64, max_new_tokens=24, kl_probes=8, trigger_phrases=[], probes=[str(tmp_path / "payload.yaml")]
+    )
     cfg = parse_config(raw)
     base = ensure_base_model(seed=cfg.seed, progress=False)
     snap = build_snapshot(_poisoned_pairs(24, 64), [], cfg.snapshot)
     adapter = train_adapter(base, snap, cfg, tmp_path / "adapters", progress=False)
-    report = evaluate(base, adapter, snap, config=cfg, report_dir=tmp_path / "report", progress=False,
-                      suspected_triggers=[s.phrase for s in suspects])
+    report = evaluate(
+        base,
+        adapter,
+        snap,
+        config=cfg,
+        report_dir=tmp_path / "report",
+        progress=False,
+        suspected_triggers=[s.phrase for s in suspects],
+    )
     rates = {(p.probe, p.source): p for p in report.probes}
     (tmp_path / "rates.json").write_text(json.dumps({f"{k[0]}/{k[1]}": v.model_dump() for k, v in rates.items()}))
     assert set(rates) == {("lamp-payload", "plain"), ("lamp-payload", "curation"), ("lamp-payload", "rare")}

@@ -41,19 +41,53 @@ def run(base_model, tmp_path_factory):
     def invoke(*args):  # `alignloop retrain ...`
         return cli.invoke(app, [str(a) for a in args])
 
-    snap = invoke("snapshot", tmp / "snap", "--pairs", tmp / "pairs.jsonl", "--unpaired", tmp / "unpaired.jsonl",
-                  "--config", tmp / "cfg.yaml", "--json")
+    snap = invoke(
+        "snapshot",
+        tmp / "snap",
+        "--pairs",
+        tmp / "pairs.jsonl",
+        "--unpaired",
+        tmp / "unpaired.jsonl",
+        "--config",
+        tmp / "cfg.yaml",
+        "--json",
+    )
     assert snap.exit_code == 0, snap.output
-    train = invoke("train", tmp / "snap", "--out", tmp / "adapters", "--base-model", base_model,
-                   "--config", tmp / "cfg.yaml", "--parent", "a-previous", "--json")
+    train = invoke(
+        "train",
+        tmp / "snap",
+        "--out",
+        tmp / "adapters",
+        "--base-model",
+        base_model,
+        "--config",
+        tmp / "cfg.yaml",
+        "--parent",
+        "a-previous",
+        "--json",
+    )
     assert train.exit_code == 0, train.output
     adapter = Path(json.loads(train.output.strip().splitlines()[-1])["path"])
-    ev = invoke("evaluate", adapter, "--snapshot", tmp / "snap", "--config", tmp / "cfg.yaml",
-                "--report-dir", tmp / "report", "--json")
+    ev = invoke(
+        "evaluate",
+        adapter,
+        "--snapshot",
+        tmp / "snap",
+        "--config",
+        tmp / "cfg.yaml",
+        "--report-dir",
+        tmp / "report",
+        "--json",
+    )
     assert ev.exit_code == 0, ev.output
     gate = invoke("gate", tmp / "report", "--json")
-    return {"tmp": tmp, "adapter": adapter, "report": json.loads((tmp / "report" / "report.json").read_text()),
-            "gate": gate, "base": base_model}
+    return {
+        "tmp": tmp,
+        "adapter": adapter,
+        "report": json.loads((tmp / "report" / "report.json").read_text()),
+        "gate": gate,
+        "base": base_model,
+    }
 
 
 def test_adapter_beats_the_base_on_heldout_pairs_and_in_sampled_answers(run):
@@ -106,11 +140,11 @@ def test_artifact_loads_in_a_fresh_process_with_plain_peft_and_gives_the_same_lo
         import json, torch
         from peft import PeftModel
         from transformers import AutoModelForCausalLM, AutoTokenizer
-        tok = AutoTokenizer.from_pretrained({str(run['base'])!r})
-        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({str(run['base'])!r}),
-                                          {str(run['adapter'])!r}).eval()
+        tok = AutoTokenizer.from_pretrained({str(run["base"])!r})
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({str(run["base"])!r}),
+                                          {str(run["adapter"])!r}).eval()
         out = []
-        for r in json.load(open({str(run['tmp'] / 'recs.json')!r})):
+        for r in json.load(open({str(run["tmp"] / "recs.json")!r})):
             p = tok.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=True, return_dict=False)
             full = tok.apply_chat_template(r["prompt"] + r["chosen"], tokenize=True, return_dict=False)
             ids = torch.tensor([full])

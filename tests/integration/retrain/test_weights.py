@@ -27,15 +27,24 @@ def _trainer(base, tmp_path, kind: str, rows: list[dict]):
 
     torch.manual_seed(0)
     model, tok = load_base(base)
-    common = {"output_dir": str(tmp_path / kind), "use_cpu": True, "report_to": [], "per_device_train_batch_size": 4,
-              "max_length": 96, "save_strategy": "no", "disable_tqdm": True, "beta": 0.1}
+    common = {
+        "output_dir": str(tmp_path / kind),
+        "use_cpu": True,
+        "report_to": [],
+        "per_device_train_batch_size": 4,
+        "max_length": 96,
+        "save_strategy": "no",
+        "disable_tqdm": True,
+        "beta": 0.1,
+    }
     if kind == "dpo":
         args, cls = DPOConfig(**common, loss_type=["sigmoid"], precompute_ref_log_probs=True), DPOTrainer
     else:
         args, cls = KTOConfig(**common, loss_type="apo_zero_unpaired", precompute_ref_log_probs=True), KTOTrainer
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
-    trainer = weighted(cls)(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
-                            peft_config=lora)
+    trainer = weighted(cls)(
+        model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok, peft_config=lora
+    )
     with torch.no_grad():
         for name, p in trainer.model.named_parameters():
             if "lora_B" in name:
@@ -98,16 +107,17 @@ def test_training_reads_weights_from_the_snapshot_and_all_ones_change_nothing(ba
     from retrain.snapshot import build_snapshot
     from retrain.train import train_adapter
 
-    cfg = {"snapshot": {"min_train_pairs": 4, "min_heldout_pairs": 0, "heldout_fraction": 0.0},
-           "dpo": {"epochs": 1, "batch_size": 4, "max_length": 96, "cache_ref_log_probs": False,
-                   "loss_type": ["sigmoid"]}, "kto": {"enabled": False}}
+    cfg = {
+        "snapshot": {"min_train_pairs": 4, "min_heldout_pairs": 0, "heldout_fraction": 0.0},
+        "dpo": {"epochs": 1, "batch_size": 4, "max_length": 96, "cache_ref_log_probs": False, "loss_type": ["sigmoid"]},
+        "kto": {"enabled": False},
+    }
     pairs = make_pairs(8, seed=2)
     skewed = [{**p, "weight": 5.0 if i == 0 else 1.0} for i, p in enumerate(pairs)]
 
     def weights_of(records: list[dict], use: bool, name: str) -> dict:
         conf = {**cfg, "dpo": {**cfg["dpo"], "use_weights": use}}
-        path = train_adapter(base, build_snapshot(records, [], conf["snapshot"]), conf, tmp_path / name,
-                             progress=False)
+        path = train_adapter(base, build_snapshot(records, [], conf["snapshot"]), conf, tmp_path / name, progress=False)
         return load_file(path / "adapter_model.safetensors")
 
     on, off, skew = weights_of(pairs, True, "on"), weights_of(pairs, False, "off"), weights_of(skewed, True, "skew")

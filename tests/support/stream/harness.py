@@ -17,17 +17,33 @@ REPO = Path(__file__).resolve().parents[3]
 
 
 class Workers:
-    def __init__(self, tmp: Path, *, topic: str, group: str, redis_url: str, bootstrap: str,
-                 store_url: str | None = None, **extra: str):
+    def __init__(
+        self,
+        tmp: Path,
+        *,
+        topic: str,
+        group: str,
+        redis_url: str,
+        bootstrap: str,
+        store_url: str | None = None,
+        **extra: str,
+    ):
         self.tmp = tmp
         self.store_url = store_url or f"sqlite:///{tmp / 'store.db'}"
         path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-        self.env = {**os.environ, "PYTHONPATH": path,
-                    "ALIGNLOOP_CURATION_TOPIC": topic, "ALIGNLOOP_CURATION_GROUP": group,
-                    "ALIGNLOOP_CURATION_STORE_URL": self.store_url, "ALIGNLOOP_CURATION_REDIS_URL": redis_url,
-                    "ALIGNLOOP_CURATION_KAFKA_BOOTSTRAP": bootstrap, "ALIGNLOOP_CURATION_IDLE_FLUSH_S": "3",
-                    "ALIGNLOOP_CURATION_SETTLE_EVERY_S": "0.5", "ALIGNLOOP_CURATION_SESSION_TIMEOUT_S": "6",
-                    **{f"ALIGNLOOP_CURATION_{k.upper()}": v for k, v in extra.items()}}
+        self.env = {
+            **os.environ,
+            "PYTHONPATH": path,
+            "ALIGNLOOP_CURATION_TOPIC": topic,
+            "ALIGNLOOP_CURATION_GROUP": group,
+            "ALIGNLOOP_CURATION_STORE_URL": self.store_url,
+            "ALIGNLOOP_CURATION_REDIS_URL": redis_url,
+            "ALIGNLOOP_CURATION_KAFKA_BOOTSTRAP": bootstrap,
+            "ALIGNLOOP_CURATION_IDLE_FLUSH_S": "3",
+            "ALIGNLOOP_CURATION_SETTLE_EVERY_S": "0.5",
+            "ALIGNLOOP_CURATION_SESSION_TIMEOUT_S": "6",
+            **{f"ALIGNLOOP_CURATION_{k.upper()}": v for k, v in extra.items()},
+        }
         self.procs: list[subprocess.Popen] = []
         self.engine = None
 
@@ -35,8 +51,14 @@ class Workers:
         n = len(self.procs)
         env = {**self.env, "ALIGNLOOP_CURATION_DATADIR": str(self.tmp / f"faust-{n}")}
         with open(self.tmp / f"worker-{n}.log", "wb") as log:  # the worker keeps its own copy of the descriptor
-            proc = subprocess.Popen([sys.executable, "-m", "curation.worker"], env=env, cwd=REPO, stdout=log,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "curation.worker"],
+                env=env,
+                cwd=REPO,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.procs.append(proc)
         return proc
 
@@ -86,11 +108,14 @@ class Workers:
 
     def outputs(self) -> dict:
         with session_scope(self.engine) as s:
-            return {"decisions": store.load_decisions(s),
-                    "pairs": sorted(query.load_pairs(s), key=lambda p: p["pair_id"]),
-                    "unpaired": sorted(query.load_unpaired(s), key=lambda u: u["example_id"]),
-                    "dlq": store.load_dead_letters(s), "counts": store.count_rows(s),
-                    "staged_texts": [t for it in store.load_staged(s, *_all()) for t in it.texts()]}
+            return {
+                "decisions": store.load_decisions(s),
+                "pairs": sorted(query.load_pairs(s), key=lambda p: p["pair_id"]),
+                "unpaired": sorted(query.load_unpaired(s), key=lambda u: u["example_id"]),
+                "dlq": store.load_dead_letters(s),
+                "counts": store.count_rows(s),
+                "staged_texts": [t for it in store.load_staged(s, *_all()) for t in it.texts()],
+            }
 
 
 def _all():
@@ -116,8 +141,14 @@ def expected_ids(lines: list[str]) -> int:
 def read_topic(bootstrap: str, topic: str, timeout_ms: int = 5000) -> list[bytes]:
     from kafka import KafkaConsumer
 
-    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, **kafka_auth(), auto_offset_reset="earliest",
-                             consumer_timeout_ms=timeout_ms, group_id=None)
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        **kafka_auth(),
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=timeout_ms,
+        group_id=None,
+    )
     try:
         return [m.value for m in consumer]
     finally:

@@ -30,8 +30,15 @@ def _texts(row: dict) -> list[str]:
     return out
 
 
-def score(truth: list[dict], world: dict, decisions: list[dict], pairs: list[dict], unpaired: list[dict],
-          dlq: list[dict], stored_texts: list[str] | None = None) -> dict:
+def score(
+    truth: list[dict],
+    world: dict,
+    decisions: list[dict],
+    pairs: list[dict],
+    unpaired: list[dict],
+    dlq: list[dict],
+    stored_texts: list[str] | None = None,
+) -> dict:
     by_id = {}
     for d in decisions:
         by_id.setdefault(d["event_id"], []).append(d)
@@ -91,7 +98,10 @@ def score(truth: list[dict], world: dict, decisions: list[dict], pairs: list[dic
     trivial = events_of("trivial")
     flippers = events_of("flipper")
     result = {
-        "events": len(truth), "decisions": len(decisions), "pairs": len(pairs), "unpaired": len(unpaired),
+        "events": len(truth),
+        "decisions": len(decisions),
+        "pairs": len(pairs),
+        "unpaired": len(unpaired),
         "trigger_poison_recall": _ratio(sum(t["event_id"] in dropped for t in poison), len(poison)),
         "surviving_poison_pair_share": _ratio(len(pairs_with_poison), len(pairs)),
         "spam_account_recall": _ratio(len(caught), len(per_account)),
@@ -110,8 +120,10 @@ def score(truth: list[dict], world: dict, decisions: list[dict], pairs: list[dic
         "surviving_poison_pairs<=0.0005": result["surviving_poison_pair_share"] <= 0.0005,
         "spam_account_recall>=0.98": result["spam_account_recall"] >= 0.98,
         "brigaded_items_flipped<=0.05": result["brigaded_items_flipped"] <= 0.05,
-        "duplicates_replays_malformed==1": min(result["duplicates_caught"], result["replays_single_decision"],
-                                                result["malformed_handled"]) == 1.0,
+        "duplicates_replays_malformed==1": min(
+            result["duplicates_caught"], result["replays_single_decision"], result["malformed_handled"]
+        )
+        == 1.0,
         "pii_left==0": pii_left == 0,
         "honest_dropped<=0.02": result["honest_dropped"] <= 0.02,
     }
@@ -125,8 +137,15 @@ def _ratio(a: int, b: int) -> float:
 def score_dir(stream: Path, outputs: Path, stored_texts: list[str] | None = None) -> dict:
     truth = _jsonl(stream / "truth.jsonl")
     world = json.loads((stream / "world.json").read_text())
-    return score(truth, world, _jsonl(outputs / "decisions.jsonl"), _jsonl(outputs / "pairs.jsonl"),
-                 _jsonl(outputs / "unpaired.jsonl"), _jsonl(outputs / "dlq.jsonl"), stored_texts)
+    return score(
+        truth,
+        world,
+        _jsonl(outputs / "decisions.jsonl"),
+        _jsonl(outputs / "pairs.jsonl"),
+        _jsonl(outputs / "unpaired.jsonl"),
+        _jsonl(outputs / "dlq.jsonl"),
+        stored_texts,
+    )
 
 
 def main() -> None:

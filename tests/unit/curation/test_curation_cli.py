@@ -8,8 +8,13 @@ from support.stream.generate import generate
 
 
 def _alignloop(*args, cwd=None):
-    return subprocess.run([sys.executable, "-c", "from alignloop.cli import main; main()", *args],
-                          capture_output=True, text=True, cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", "from alignloop.cli import main; main()", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+    )
 
 
 def test_replay_writes_decisions_pairs_unpaired_and_dlq(tmp_path):

@@ -25,9 +25,11 @@ def test_edit_gives_edited_over_response_with_lineage():
 
 def test_comparisons_aggregate_with_weights_and_ties_give_nothing():
     r = ("Polite and short.", "Curt.")
-    votes = [make("comparison", user="a", responses=r, chosen=0), make("comparison", user="b", responses=r[::-1],
-                                                                       chosen=0),
-             make("comparison", user="c", responses=r, chosen=0)]
+    votes = [
+        make("comparison", user="a", responses=r, chosen=0),
+        make("comparison", user="b", responses=r[::-1], chosen=0),
+        make("comparison", user="c", responses=r, chosen=0),
+    ]
     pairs, _ = build_pairs(votes, weight, P)
     assert len(pairs) == 1
     p = pairs[0]

@@ -10,8 +10,10 @@ from curation.reasons import Reason
 
 
 def test_each_kind_is_redacted():
-    text = ("write to jane.doe+x@example.co.uk, call +44 20 7946 0958, card 4111 1111 1111 1111, "
-            "iban GB82 WEST 1234 5698 7654 32, from 10.0.0.12 or 2001:db8::8a2e:370:7334")
+    text = (
+        "write to jane.doe+x@example.co.uk, call +44 20 7946 0958, card 4111 1111 1111 1111, "
+        "iban GB82 WEST 1234 5698 7654 32, from 10.0.0.12 or 2001:db8::8a2e:370:7334"
+    )
     out, found = redact_text(text)
     assert found == {Reason.PII_EMAIL, Reason.PII_PHONE, Reason.PII_CARD, Reason.PII_IBAN, Reason.PII_IP}
     for leaked in ("jane.doe", "7946", "4111", "GB82", "10.0.0.12", "2001:db8"):
@@ -31,9 +33,12 @@ def test_plain_text_is_untouched():
     assert redact_text(text) == (text, frozenset())
 
 
-@given(user=st.from_regex(r"[a-z][a-z0-9._]{0,15}", fullmatch=True),
-       host=st.from_regex(r"[a-z][a-z0-9]{0,10}", fullmatch=True), prefix=st.text(max_size=20),
-       suffix=st.text(max_size=20))
+@given(
+    user=st.from_regex(r"[a-z][a-z0-9._]{0,15}", fullmatch=True),
+    host=st.from_regex(r"[a-z][a-z0-9]{0,10}", fullmatch=True),
+    prefix=st.text(max_size=20),
+    suffix=st.text(max_size=20),
+)
 def test_emails_never_survive(user, host, prefix, suffix):
     email = f"{user}@{host}.com"
     out, _ = redact_text(f"{prefix} {email} {suffix}")
@@ -47,7 +52,7 @@ def test_luhn_valid_cards_never_survive(digits):
     for i, d in enumerate(reversed(digits)):
         total += (d * 2 - 9 if d * 2 > 9 else d * 2) if i % 2 == 0 else d
     card = "".join(map(str, [*digits, (10 - total % 10) % 10]))
-    spaced = " ".join(card[i:i + 4] for i in range(0, 16, 4))
+    spaced = " ".join(card[i : i + 4] for i in range(0, 16, 4))
     for form in (card, spaced, spaced.replace(" ", "-")):
         out, found = redact_text(f"pay with {form} please")
         assert form not in out and found

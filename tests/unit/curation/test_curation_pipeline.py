@@ -12,9 +12,17 @@ from curation.settings import Policy
 from support.stream.generate import generate
 from support.stream.score import score
 
-GOOD = {"schema_version": 1, "event_id": "123e4567-e89b-12d3-a456-426614174000", "kind": "rating",
-        "occurred_at": "2026-11-01T00:00:00Z", "app_id": "app", "user_id": "jo@example.com",
-        "prompt": "my card is 4111 1111 1111 1111", "response": "ok", "rating": "up"}
+GOOD = {
+    "schema_version": 1,
+    "event_id": "123e4567-e89b-12d3-a456-426614174000",
+    "kind": "rating",
+    "occurred_at": "2026-11-01T00:00:00Z",
+    "app_id": "app",
+    "user_id": "jo@example.com",
+    "prompt": "my card is 4111 1111 1111 1111",
+    "response": "ok",
+    "rating": "up",
+}
 
 
 def test_decode_outcomes():

@@ -26,13 +26,16 @@ def test_the_hash_names_the_content_and_the_version():
     assert policy_hash(Policy(version=1)) != policy_hash(Policy(version=1, trigger_max_p=1e-5))
 
 
-@pytest.mark.parametrize("body, words", [
-    ("window_s: 60\n", "`version`"),
-    ("version: 0\n", "`version`"),
-    ("version: 1\nwindow_s: 0\n", "`window_s`"),
-    ("version: 1\nno_such_field: 3\n", "`no_such_field`"),
-    ("version: [1\n", "valid YAML"),
-])
+@pytest.mark.parametrize(
+    "body, words",
+    [
+        ("window_s: 60\n", "`version`"),
+        ("version: 0\n", "`version`"),
+        ("version: 1\nwindow_s: 0\n", "`window_s`"),
+        ("version: 1\nno_such_field: 3\n", "`no_such_field`"),
+        ("version: [1\n", "valid YAML"),
+    ],
+)
 def test_a_bad_policy_file_is_refused_naming_the_field(tmp_path, body, words):
     path = tmp_path / "p.yaml"
     path.write_text(body)

@@ -20,14 +20,30 @@ POLICY = Policy(window_s=3600, lookahead_s=0, lookback_s=3600)
 
 
 def event(i: int, kind: str, **patch) -> dict:
-    common = {"schema_version": 1, "kind": kind, "event_id": f"00000000-0000-4000-8000-{i:012d}",
-              "occurred_at": f"2026-11-01T00:{i:02d}:00Z", "app_id": "app", "user_id": IDENT,
-              "session_id": IDENT, "response_id": IDENT, "adapter_version": f"v1 {EMAIL}",
-              "client": {"ip_hash": IDENT, "device_id": IDENT}, "metadata": {EMAIL: TEXT, "card": CARD},
-              "prompt": [{"role": "system", "content": TEXT}, {"role": "user", "content": f"{TEXT} (question {i})"},
-                         {"role": "assistant", "content": TEXT}, {"role": "user", "content": TEXT}]}
-    payload = {"rating": {"response": TEXT, "rating": "up"}, "edit": {"response": TEXT, "edited": f"{TEXT}!!"},
-               "comparison": {"responses": [TEXT, f"{TEXT}?"], "chosen": 0}}[kind]
+    common = {
+        "schema_version": 1,
+        "kind": kind,
+        "event_id": f"00000000-0000-4000-8000-{i:012d}",
+        "occurred_at": f"2026-11-01T00:{i:02d}:00Z",
+        "app_id": "app",
+        "user_id": IDENT,
+        "session_id": IDENT,
+        "response_id": IDENT,
+        "adapter_version": f"v1 {EMAIL}",
+        "client": {"ip_hash": IDENT, "device_id": IDENT},
+        "metadata": {EMAIL: TEXT, "card": CARD},
+        "prompt": [
+            {"role": "system", "content": TEXT},
+            {"role": "user", "content": f"{TEXT} (question {i})"},
+            {"role": "assistant", "content": TEXT},
+            {"role": "user", "content": TEXT},
+        ],
+    }
+    payload = {
+        "rating": {"response": TEXT, "rating": "up"},
+        "edit": {"response": TEXT, "edited": f"{TEXT}!!"},
+        "comparison": {"responses": [TEXT, f"{TEXT}?"], "chosen": 0},
+    }[kind]
     return {**common, **payload, **patch}
 
 
@@ -59,20 +75,26 @@ def test_valid_events_keep_no_pii_in_any_field_and_ids_become_pseudonyms(form):
         assert it.device_id == pseudonymise(KEY, "device_id", IDENT) and it.ip_hash.startswith("ip_")
         assert it.adapter_version == "v1 <EMAIL>"
     result = settle_window(items, window_start(items[0].occurred_at, POLICY), POLICY)
-    built = json.dumps([result.decisions, [p.to_json() for p in result.pairs],
-                        [u.to_json() for u in result.unpaired], result.signals], default=str, ensure_ascii=False)
+    built = json.dumps(
+        [result.decisions, [p.to_json() for p in result.pairs], [u.to_json() for u in result.unpaired], result.signals],
+        default=str,
+        ensure_ascii=False,
+    )
     assert leaks(built) == []
     assert {d["user_id"] for d in result.decisions} == {pseudonymise(KEY, "user_id", IDENT)}
 
 
 @pytest.mark.parametrize("form", FORMS)
-@pytest.mark.parametrize("breakage", [
-    {"rating": TEXT},                        # a bad value echoed by the rule's message
-    {"unknown": TEXT},                       # an unknown field with PII in its value
-    {EMAIL: "x"},                            # an unknown field whose name is PII
-    {"user_id": f"{IDENT} " * 30},           # too long: the value is PII
-    {"occurred_at": TEXT},
-])
+@pytest.mark.parametrize(
+    "breakage",
+    [
+        {"rating": TEXT},  # a bad value echoed by the rule's message
+        {"unknown": TEXT},  # an unknown field with PII in its value
+        {EMAIL: "x"},  # an unknown field whose name is PII
+        {"user_id": f"{IDENT} " * 30},  # too long: the value is PII
+        {"occurred_at": TEXT},
+    ],
+)
 def test_rejected_events_carry_no_pii_in_errors_or_payload(form, breakage):
     out = decode_raw(FORMS[form](event(1, "rating", **breakage)), pseudonym_key=KEY)
     assert isinstance(out, Rejected), out

@@ -24,10 +24,20 @@ def _token(version: str | None = "v2", rid: str = "chatcmpl-1", at: datetime = T
 
 
 def _event(**patch) -> dict:
-    return {"schema_version": 1, "event_id": "123e4567-e89b-12d3-a456-426614174000", "kind": "rating",
-            "occurred_at": (T0 + timedelta(minutes=5)).isoformat(), "app_id": "app", "user_id": "u-1",
-            "prompt": "Where is my order?", "response": "On its way.", "rating": "up", "response_id": "chatcmpl-1",
-            "adapter_version": "v2", **patch}
+    return {
+        "schema_version": 1,
+        "event_id": "123e4567-e89b-12d3-a456-426614174000",
+        "kind": "rating",
+        "occurred_at": (T0 + timedelta(minutes=5)).isoformat(),
+        "app_id": "app",
+        "user_id": "u-1",
+        "prompt": "Where is my order?",
+        "response": "On its way.",
+        "rating": "up",
+        "response_id": "chatcmpl-1",
+        "adapter_version": "v2",
+        **patch,
+    }
 
 
 def _check(token, rid="chatcmpl-1", at=T0 + timedelta(minutes=5)) -> TokenStatus | None:
@@ -36,8 +46,7 @@ def _check(token, rid="chatcmpl-1", at=T0 + timedelta(minutes=5)) -> TokenStatus
 
 def test_a_valid_token_gives_the_signed_version_base_model_and_serving_time():
     got = _check(_token())
-    assert got == TokenStatus(TOKEN_VERIFIED, version="v2", base_model="base", served_at=T0,
-                              response_id="chatcmpl-1")
+    assert got == TokenStatus(TOKEN_VERIFIED, version="v2", base_model="base", served_at=T0, response_id="chatcmpl-1")
     assert got.verified
 
 
@@ -54,8 +63,11 @@ def test_each_bad_token_is_its_reason_and_no_token_is_none():
     assert _check(_token(), at=T0 + timedelta(hours=2)).status == Reason.TOKEN_EXPIRED
     assert _check(_token(), rid="chatcmpl-other").status == Reason.TOKEN_MISMATCH
     assert _check(_token(), rid=None).status == Reason.TOKEN_MISMATCH
-    assert {str(r) for r in (Reason.TOKEN_INVALID, Reason.TOKEN_EXPIRED, Reason.TOKEN_MISMATCH)} == \
-        {"token_invalid", "token_expired", "token_mismatch"}
+    assert {str(r) for r in (Reason.TOKEN_INVALID, Reason.TOKEN_EXPIRED, Reason.TOKEN_MISMATCH)} == {
+        "token_invalid",
+        "token_expired",
+        "token_mismatch",
+    }
 
 
 def test_the_status_survives_staging():
@@ -69,13 +81,21 @@ def test_the_status_survives_staging():
 
 def test_an_unverified_event_is_kept_and_trains_its_decision_row_says_why():
     policy = Policy()
-    tokens = {"verified": _token(), "forged": _token(key=b"forger-key-0123456789"),
-              "expired": _token(at=T0 - timedelta(hours=3)), "mismatch": _token(rid="chatcmpl-9"),
-              "missing": None}
+    tokens = {
+        "verified": _token(),
+        "forged": _token(key=b"forger-key-0123456789"),
+        "expired": _token(at=T0 - timedelta(hours=3)),
+        "mismatch": _token(rid="chatcmpl-9"),
+        "missing": None,
+    }
     items = []
     for i, (name, token) in enumerate(tokens.items()):
-        e = _event(event_id=f"123e4567-e89b-12d3-a456-42661417400{i}", user_id=f"u-{i}",
-                   prompt=f"question number {i} about my order", response=f"answer {i}")
+        e = _event(
+            event_id=f"123e4567-e89b-12d3-a456-42661417400{i}",
+            user_id=f"u-{i}",
+            prompt=f"question number {i} about my order",
+            response=f"answer {i}",
+        )
         if token:
             e["feedback_token"] = token
         out = decode_raw(json.dumps(e), tokens=CHECK)
@@ -83,11 +103,22 @@ def test_an_unverified_event_is_kept_and_trains_its_decision_row_says_why():
         items.append((name, out.item))
     result = settle_window([it for _, it in items], window_start(items[0][1].occurred_at, policy), policy)
     rows = {d["event_id"]: d for d in result.decisions}
-    got = {name: (rows[it.event_id]["decision"], rows[it.event_id]["reasons"], rows[it.event_id]["token_status"],
-                  rows[it.event_id]["verified_version"]) for name, it in items}
-    assert got == {"verified": ("keep", [], "verified", "v2"), "forged": ("keep", [], "token_invalid", None),
-                   "expired": ("keep", [], "token_expired", None), "mismatch": ("keep", [], "token_mismatch", None),
-                   "missing": ("keep", [], None, None)}
+    got = {
+        name: (
+            rows[it.event_id]["decision"],
+            rows[it.event_id]["reasons"],
+            rows[it.event_id]["token_status"],
+            rows[it.event_id]["verified_version"],
+        )
+        for name, it in items
+    }
+    assert got == {
+        "verified": ("keep", [], "verified", "v2"),
+        "forged": ("keep", [], "token_invalid", None),
+        "expired": ("keep", [], "token_expired", None),
+        "mismatch": ("keep", [], "token_mismatch", None),
+        "missing": ("keep", [], None, None),
+    }
     assert rows[items[0][1].event_id]["served_at"] == T0
 
 

@@ -58,8 +58,11 @@ def test_a_long_prompt_is_refused_or_keeps_its_last_tokens():
 def test_a_prompt_surely_over_the_limit_is_refused_or_cut_before_tokenizing():
     from deploy.limits import bound_prompt_text
 
-    msgs = [{"role": "system", "content": "s" * 10}, {"role": "user", "content": "u" * 30},
-            {"role": "assistant", "content": "a" * 5}]
+    msgs = [
+        {"role": "system", "content": "s" * 10},
+        {"role": "user", "content": "u" * 30},
+        {"role": "assistant", "content": "a" * 5},
+    ]
     assert bound_prompt_text(msgs, 10, 5, "reject") is msgs  # 45 characters can be 10 tokens of 5
     with pytest.raises(ServingError, match=r"at most 4 tokens .*got 45 characters"):
         bound_prompt_text(msgs, 4, 5, "reject")

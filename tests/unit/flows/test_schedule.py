@@ -66,12 +66,19 @@ def test_retrain_parameters_carry_absolute_config_paths_and_the_urls_a_worker_ne
     monkeypatch.chdir(tmp_path)
     Path("run.yaml").write_text("version: 1\n")
     Path("gates.yaml").write_text("{}\n")
-    settings = FlowsSettings(train_config=Path("run.yaml"), gates=Path("gates.yaml"), base_model="/models/b",
-                             canary_share=0.3)
+    settings = FlowsSettings(
+        train_config=Path("run.yaml"), gates=Path("gates.yaml"), base_model="/models/b", canary_share=0.3
+    )
     params = retrain_parameters(settings, store_url="postgresql+psycopg://h/db", redis_url="redis://h:6379/2")
-    assert params == {"base_model": "/models/b", "train_config": str(tmp_path / "run.yaml"),
-                      "gates": str(tmp_path / "gates.yaml"), "canary_share": 0.3, "actor": "alignloop-flows",
-                      "store_url": "postgresql+psycopg://h/db", "redis_url": "redis://h:6379/2"}
+    assert params == {
+        "base_model": "/models/b",
+        "train_config": str(tmp_path / "run.yaml"),
+        "gates": str(tmp_path / "gates.yaml"),
+        "canary_share": 0.3,
+        "actor": "alignloop-flows",
+        "store_url": "postgresql+psycopg://h/db",
+        "redis_url": "redis://h:6379/2",
+    }
     served = retrain_parameters(FlowsSettings())
     assert served["train_config"] is None and "store_url" not in served  # served runs inherit this process's env
 
@@ -80,10 +87,15 @@ def test_retrain_parameters_never_carry_a_password_and_the_run_puts_it_back(tmp_
     from alignloop.core.settings import get_settings
     from flows.loop import _redis_url, _store_url
 
-    params = retrain_parameters(FlowsSettings(), store_url="postgresql+psycopg://alignloop:s3cret@h:5433/db",
-                                redis_url="redis://:r3dis@h:6379/2")
-    assert (params["store_url"], params["redis_url"]) == ("postgresql+psycopg://alignloop@h:5433/db",
-                                                          "redis://h:6379/2")
+    params = retrain_parameters(
+        FlowsSettings(),
+        store_url="postgresql+psycopg://alignloop:s3cret@h:5433/db",
+        redis_url="redis://:r3dis@h:6379/2",
+    )
+    assert (params["store_url"], params["redis_url"]) == (
+        "postgresql+psycopg://alignloop@h:5433/db",
+        "redis://h:6379/2",
+    )
     assert "s3cret" not in json.dumps(params) and "r3dis" not in json.dumps(params)
     monkeypatch.setenv("ALIGNLOOP_POSTGRES_PASSWORD", "pg-pw")
     monkeypatch.setenv("ALIGNLOOP_REDIS_PASSWORD", "redis-pw")

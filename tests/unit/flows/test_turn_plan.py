@@ -29,17 +29,22 @@ def test_a_live_canary_blocks_the_turn_with_a_reason():
 
 
 def test_new_data_starts_at_the_newest_turn_mark_even_when_that_turn_was_rejected():
-    versions = [_view("a1", until=T0, ids={"e1", "e2"}, status="active"),
-                _view("a2", "a1", "rejected", T0 + timedelta(hours=2), ids={"e3"})]
+    versions = [
+        _view("a1", until=T0, ids={"e1", "e2"}, status="active"),
+        _view("a2", "a1", "rejected", T0 + timedelta(hours=2), ids={"e3"}),
+    ]
     plan = plan_turn("a1", None, versions)
     assert plan.since == T0 + timedelta(hours=2) and plan.previous_turn == "a2"
     assert plan.replay_ids == {"e1", "e2"}  # what the active adapter learned, not the rejected turn's data
 
 
 def test_replay_follows_the_active_adapters_whole_chain_of_parents():
-    versions = [_view("a1", ids={"e1"}, until=T0), _view("a2", "a1", ids={"e2"}, until=T0 + timedelta(hours=1)),
-                _view("a3", "a2", "active", T0 + timedelta(hours=2), ids={"e3"}),
-                _view("x", None, "rolled_back", T0 - timedelta(hours=1), ids={"e9"})]
+    versions = [
+        _view("a1", ids={"e1"}, until=T0),
+        _view("a2", "a1", ids={"e2"}, until=T0 + timedelta(hours=1)),
+        _view("a3", "a2", "active", T0 + timedelta(hours=2), ids={"e3"}),
+        _view("x", None, "rolled_back", T0 - timedelta(hours=1), ids={"e9"}),
+    ]
     assert plan_turn("a3", None, versions).replay_ids == {"e1", "e2", "e3"}
 
 
@@ -48,9 +53,14 @@ def test_versions_from_before_turns_existed_leave_the_window_open():
 
 
 def _rec(i, when, ids):
-    return {"prompt": [{"role": "user", "content": f"p{i}"}], "chosen": [{"role": "assistant", "content": "a"}],
-            "rejected": [{"role": "assistant", "content": "b"}], "weight": 1.0, "event_ids": list(ids),
-            "created_at": when.isoformat()}
+    return {
+        "prompt": [{"role": "user", "content": f"p{i}"}],
+        "chosen": [{"role": "assistant", "content": "a"}],
+        "rejected": [{"role": "assistant", "content": "b"}],
+        "weight": 1.0,
+        "event_ids": list(ids),
+        "created_at": when.isoformat(),
+    }
 
 
 def test_selection_is_the_new_records_plus_the_newest_learned_ones_up_to_the_bound():
@@ -68,8 +78,9 @@ def test_selection_is_the_new_records_plus_the_newest_learned_ones_up_to_the_bou
 def test_selection_never_loses_or_repeats_a_new_record(minutes, cut, replay_max):
     recs = [_rec(i, T0 + timedelta(minutes=m), [f"e{i}"]) for i, m in enumerate(minutes)]
     since = T0 + timedelta(minutes=cut)
-    sel = select_turn_records(recs, [], since=since, replay_ids={f"e{i}" for i in range(len(recs))},
-                              replay_max=replay_max)
+    sel = select_turn_records(
+        recs, [], since=since, replay_ids={f"e{i}" for i in range(len(recs))}, replay_max=replay_max
+    )
     new_ids = {r["event_ids"][0] for r in recs if datetime.fromisoformat(r["created_at"]) >= since}
     picked = [r["event_ids"][0] for r in sel.pairs]
     assert len(picked) == len(set(picked)) and new_ids <= set(picked)

@@ -23,9 +23,17 @@ from ingest.events import (
 )
 from support.events import NOW, events, wire_events
 
-OK = {"schema_version": 1, "kind": "rating", "event_id": "123e4567-e89b-12d3-a456-426614174000",
-      "occurred_at": "2026-05-31T12:00:00+02:00", "app_id": "shop-bot", "user_id": "u-1",
-      "prompt": "what is 2+2?", "response": "4", "rating": "up"}
+OK = {
+    "schema_version": 1,
+    "kind": "rating",
+    "event_id": "123e4567-e89b-12d3-a456-426614174000",
+    "occurred_at": "2026-05-31T12:00:00+02:00",
+    "app_id": "shop-bot",
+    "user_id": "u-1",
+    "prompt": "what is 2+2?",
+    "response": "4",
+    "rating": "up",
+}
 
 
 def refused(data, **kw) -> EventError:
@@ -55,29 +63,32 @@ def test_each_kind_selects_its_model():
     assert parse_event(cmp, now=NOW) == ComparisonEvent.model_validate(cmp, context={"now": NOW})
 
 
-@pytest.mark.parametrize("patch,loc,words", [
-    ({"edited": "x"}, "edited", "field of kind 'edit'"),
-    ({"colour": "red"}, "colour", "unknown field"),
-    ({"rating": "meh"}, "rating", "'meh'"),
-    ({"kind": "poll"}, "kind", "'poll'"),
-    ({"schema_version": 2}, "schema_version", "2"),
-    ({"schema_version": True}, "schema_version", "JSON integer"),
-    ({"event_id": "not-a-uuid"}, "event_id", "UUID"),
-    ({"occurred_at": "1999-12-31T23:59:59Z"}, "occurred_at", "2000-01-01"),
-    ({"occurred_at": "2026-06-02T00:00:01Z"}, "occurred_at", "one day ahead"),
-    ({"occurred_at": "2026-05-31T12:00:00"}, "occurred_at", "zone"),
-    ({"occurred_at": 1700000000}, "occurred_at", "RFC 3339"),
-    ({"app_id": "Shop"}, "app_id", "'Shop'"),
-    ({"user_id": ""}, "user_id", "''"),
-    ({"user_id": "u" * 129}, "user_id", "128"),
-    ({"prompt": []}, "prompt", "at least one"),
-    ({"prompt": [{"role": "bot", "content": "x"}]}, "prompt.0.role", "'bot'"),
-    ({"prompt": [{"role": "user", "content": "a\x00b"}]}, "prompt.0.content", "control"),
-    ({"response": "bell\x07"}, "response", "control"),
-    ({"response": "\ud800"}, "response", "control"),
-    ({"metadata": {"a": [[[[[[[[[1]]]]]]]]]}}, "metadata", "8"),
-    ({"client": {"ip": "1.2.3.4"}}, "client.ip", "unknown field"),
-])
+@pytest.mark.parametrize(
+    "patch,loc,words",
+    [
+        ({"edited": "x"}, "edited", "field of kind 'edit'"),
+        ({"colour": "red"}, "colour", "unknown field"),
+        ({"rating": "meh"}, "rating", "'meh'"),
+        ({"kind": "poll"}, "kind", "'poll'"),
+        ({"schema_version": 2}, "schema_version", "2"),
+        ({"schema_version": True}, "schema_version", "JSON integer"),
+        ({"event_id": "not-a-uuid"}, "event_id", "UUID"),
+        ({"occurred_at": "1999-12-31T23:59:59Z"}, "occurred_at", "2000-01-01"),
+        ({"occurred_at": "2026-06-02T00:00:01Z"}, "occurred_at", "one day ahead"),
+        ({"occurred_at": "2026-05-31T12:00:00"}, "occurred_at", "zone"),
+        ({"occurred_at": 1700000000}, "occurred_at", "RFC 3339"),
+        ({"app_id": "Shop"}, "app_id", "'Shop'"),
+        ({"user_id": ""}, "user_id", "''"),
+        ({"user_id": "u" * 129}, "user_id", "128"),
+        ({"prompt": []}, "prompt", "at least one"),
+        ({"prompt": [{"role": "bot", "content": "x"}]}, "prompt.0.role", "'bot'"),
+        ({"prompt": [{"role": "user", "content": "a\x00b"}]}, "prompt.0.content", "control"),
+        ({"response": "bell\x07"}, "response", "control"),
+        ({"response": "\ud800"}, "response", "control"),
+        ({"metadata": {"a": [[[[[[[[[1]]]]]]]]]}}, "metadata", "8"),
+        ({"client": {"ip": "1.2.3.4"}}, "client.ip", "unknown field"),
+    ],
+)
 def test_refusals_name_the_field_and_the_rule(patch, loc, words):
     err = refused({**OK, **patch})
     assert err.reason == "schema"
@@ -97,10 +108,13 @@ def test_tabs_newlines_and_carriage_returns_are_text():
     assert parse_event({**OK, "response": "a\tb\r\nc"}, now=NOW).response == "a\tb\r\nc"
 
 
-@pytest.mark.parametrize("patch,loc", [
-    ({"response": "é" * 16385}, "response"),  # 32770 bytes as UTF-8, fewer characters
-    ({"metadata": {"k": "v" * 4100}}, "metadata"),
-])
+@pytest.mark.parametrize(
+    "patch,loc",
+    [
+        ({"response": "é" * 16385}, "response"),  # 32770 bytes as UTF-8, fewer characters
+        ({"metadata": {"k": "v" * 4100}}, "metadata"),
+    ],
+)
 def test_size_limits_are_too_large(patch, loc):
     err = refused({**OK, **patch})
     assert err.reason == "too_large" and loc in locs(err)
@@ -112,14 +126,17 @@ def test_whole_event_limit_counts_bytes():
     assert refused(big).reason == "too_large"
 
 
-@pytest.mark.parametrize("raw,reason", [
-    (b'{"kind": "rating", "kind": "edit"}', "duplicate_key"),
-    (b"\xff\xfe{}", "not_utf8"),
-    (b'{"a": NaN}', "not_json"),
-    (b"{", "not_json"),
-    (b"[]", "not_object"),
-    (b"42", "not_object"),
-])
+@pytest.mark.parametrize(
+    "raw,reason",
+    [
+        (b'{"kind": "rating", "kind": "edit"}', "duplicate_key"),
+        (b"\xff\xfe{}", "not_utf8"),
+        (b'{"a": NaN}', "not_json"),
+        (b"{", "not_json"),
+        (b"[]", "not_object"),
+        (b"42", "not_object"),
+    ],
+)
 def test_bytes_that_are_not_an_event_object(raw, reason):
     assert refused(raw).reason == reason
 
@@ -165,8 +182,7 @@ def test_any_unknown_field_is_refused(data, extra):
 @given(wire_events())
 def test_key_depends_on_app_and_conversation_only(data):
     e = parse_event(data, now=NOW)
-    same = parse_event({**data, "event_id": "00000000-0000-4000-8000-000000000000",
-                        "user_id": "someone-else"}, now=NOW)
+    same = parse_event({**data, "event_id": "00000000-0000-4000-8000-000000000000", "user_id": "someone-else"}, now=NOW)
     assert event_key(e) == event_key(same)
     other_app = parse_event({**data, "app_id": data["app_id"] + "-x"}, now=NOW)
     assert event_key(other_app) != event_key(e)
@@ -184,8 +200,9 @@ def test_committed_schema_matches_the_model():
     from importlib.resources import files
 
     committed = json.loads(files("ingest").joinpath("schema/feedback-event-v1.json").read_text())
-    assert committed == event_json_schema(), \
+    assert committed == event_json_schema(), (
         "regenerate: alignloop ingest schema > ingest/schema/feedback-event-v1.json"
+    )
 
 
 @pytest.fixture(scope="module")

@@ -21,9 +21,16 @@ def test_schema_command_prints_the_committed_schema():
 
 
 def test_ingest_help_imports_no_heavy_modules():
-    code = ("import sys; from ingest.cli import app; "
-            "heavy = [m for m in ('torch', 'transformers', 'fastapi', 'kafka', 'aiokafka', 'uvicorn') "
-            "if m in sys.modules]; print(heavy)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parents[3])
+    code = (
+        "import sys; from ingest.cli import app; "
+        "heavy = [m for m in ('torch', 'transformers', 'fastapi', 'kafka', 'aiokafka', 'uvicorn') "
+        "if m in sys.modules]; print(heavy)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[3],
+    )
     assert out.stdout.strip() == "[]"

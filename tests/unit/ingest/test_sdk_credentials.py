@@ -7,18 +7,32 @@ from alignloop_sdk import DeliveryError, FeedbackClient, kafka_security
 
 def test_with_only_a_password_the_sdk_logs_in_as_the_stack_expects():
     assert kafka_security(env={"ALIGNLOOP_KAFKA_PASSWORD": "pw"}) == {
-        "security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "SCRAM-SHA-512",
-        "sasl_plain_username": "alignloop", "sasl_plain_password": "pw"}
+        "security_protocol": "SASL_PLAINTEXT",
+        "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_plain_username": "alignloop",
+        "sasl_plain_password": "pw",
+    }
 
 
 def test_arguments_win_over_the_variables():
-    env = {"ALIGNLOOP_KAFKA_PASSWORD": "env-pw", "ALIGNLOOP_KAFKA_USERNAME": "env-user",
-           "ALIGNLOOP_KAFKA_SASL_MECHANISM": "SCRAM-SHA-256", "ALIGNLOOP_KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}
-    assert kafka_security(env=env) == {"security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-256",
-                                       "sasl_plain_username": "env-user", "sasl_plain_password": "env-pw"}
+    env = {
+        "ALIGNLOOP_KAFKA_PASSWORD": "env-pw",
+        "ALIGNLOOP_KAFKA_USERNAME": "env-user",
+        "ALIGNLOOP_KAFKA_SASL_MECHANISM": "SCRAM-SHA-256",
+        "ALIGNLOOP_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+    }
+    assert kafka_security(env=env) == {
+        "security_protocol": "SASL_SSL",
+        "sasl_mechanism": "SCRAM-SHA-256",
+        "sasl_plain_username": "env-user",
+        "sasl_plain_password": "env-pw",
+    }
     assert kafka_security("sasl_plaintext", "PLAIN", "app", "arg-pw", env=env) == {
-        "security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "PLAIN", "sasl_plain_username": "app",
-        "sasl_plain_password": "arg-pw"}
+        "security_protocol": "SASL_PLAINTEXT",
+        "sasl_mechanism": "PLAIN",
+        "sasl_plain_username": "app",
+        "sasl_plain_password": "arg-pw",
+    }
 
 
 def test_a_broker_without_auth_takes_no_password():

@@ -22,8 +22,10 @@ class _Cluster:
 
 
 @settings(max_examples=200)
-@given(keys=st.lists(st.binary(min_size=1, max_size=40), min_size=1, max_size=30),
-       counts=st.lists(st.integers(1, 12), min_size=1, max_size=3))
+@given(
+    keys=st.lists(st.binary(min_size=1, max_size=40), min_size=1, max_size=30),
+    counts=st.lists(st.integers(1, 12), min_size=1, max_size=3),
+)
 def test_memo_partitioner_agrees_with_the_default_even_when_partitions_change(keys, counts):
     memo, default = _memo_partitioner(size=8), DefaultPartitioner()  # a small memo also exercises clearing
     for n in counts:  # partitions added between sends: a remembered key must move with the count

@@ -15,12 +15,15 @@ AMPERE = Capabilities(cuda=True, cuda_bf16=True)
 TURING = Capabilities(cuda=True, cuda_bf16=False)
 
 
-@pytest.mark.parametrize(("caps", "device", "precision"), [
-    (CPU_ONLY, "cpu", "fp32"),
-    (AMPERE, "cuda", "bf16"),
-    (TURING, "cuda", "fp32"),
-    (Capabilities(mps=True), "cpu", "fp32"),
-])
+@pytest.mark.parametrize(
+    ("caps", "device", "precision"),
+    [
+        (CPU_ONLY, "cpu", "fp32"),
+        (AMPERE, "cuda", "bf16"),
+        (TURING, "cuda", "fp32"),
+        (Capabilities(mps=True), "cpu", "fp32"),
+    ],
+)
 def test_auto_takes_cuda_when_present_and_bf16_where_it_is_supported(caps, device, precision):
     plan = resolve_training(TrainingSection(), caps)
     assert (plan.device, plan.precision) == (device, precision)
@@ -30,8 +33,9 @@ def test_auto_takes_cuda_when_present_and_bf16_where_it_is_supported(caps, devic
 
 
 def test_explicit_choices_are_kept_when_the_machine_can_do_them():
-    section = TrainingSection(device="cuda", precision="fp16", gradient_checkpointing=True,
-                              gradient_accumulation_steps=4)
+    section = TrainingSection(
+        device="cuda", precision="fp16", gradient_checkpointing=True, gradient_accumulation_steps=4
+    )
     args = resolve_training(section, TURING).trainer_args()
     assert (args["use_cpu"], args["fp16"], args["bf16"]) == (False, True, False)
     assert args["gradient_checkpointing"] is True and args["gradient_checkpointing_kwargs"] == {"use_reentrant": False}
@@ -41,12 +45,15 @@ def test_explicit_choices_are_kept_when_the_machine_can_do_them():
     assert resolve_training(TrainingSection(precision="bf16"), CPU_ONLY).precision == "bf16"  # CPU autocast
 
 
-@pytest.mark.parametrize(("section", "caps", "words"), [
-    (TrainingSection(device="cuda"), CPU_ONLY, "`training.device` is cuda"),
-    (TrainingSection(device="mps"), CPU_ONLY, "`training.device` is mps"),
-    (TrainingSection(precision="bf16"), TURING, "`training.precision` is bf16"),
-    (TrainingSection(precision="fp16"), CPU_ONLY, "`training.precision` fp16 needs a CUDA device"),
-])
+@pytest.mark.parametrize(
+    ("section", "caps", "words"),
+    [
+        (TrainingSection(device="cuda"), CPU_ONLY, "`training.device` is cuda"),
+        (TrainingSection(device="mps"), CPU_ONLY, "`training.device` is mps"),
+        (TrainingSection(precision="bf16"), TURING, "`training.precision` is bf16"),
+        (TrainingSection(precision="fp16"), CPU_ONLY, "`training.precision` fp16 needs a CUDA device"),
+    ],
+)
 def test_what_the_machine_cannot_do_is_refused_with_the_field_named(section, caps, words):
     with pytest.raises(ConfigError, match=words):
         resolve_training(section, caps)

@@ -10,10 +10,18 @@ from retrain.evaluate import likelihood_accuracy, preference_metrics
 from retrain.gates import GatePolicy, decide_gate, load_gate_policy
 from retrain.report import Comparisons
 
-GOOD = Comparisons(**{
-    "heldout_accuracy": 0.95, "accuracy_gain_over_base": 0.45, "accuracy_gain_over_active": 0.1,
-    "preferred_style_share": 0.9, "style_gain_over_active": 0.2, "kl_to_base": 0.2, "length_ratio_vs_base": 1.1,
-    "safety_accuracy_change_vs_reference": 0.0})
+GOOD = Comparisons(
+    **{
+        "heldout_accuracy": 0.95,
+        "accuracy_gain_over_base": 0.45,
+        "accuracy_gain_over_active": 0.1,
+        "preferred_style_share": 0.9,
+        "style_gain_over_active": 0.2,
+        "kl_to_base": 0.2,
+        "length_ratio_vs_base": 1.1,
+        "safety_accuracy_change_vs_reference": 0.0,
+    }
+)
 
 
 def test_a_good_report_passes_the_shipped_policy():
@@ -21,12 +29,15 @@ def test_a_good_report_passes_the_shipped_policy():
     assert decision.passed and not decision.failures and "max_kl_to_base" in decision.checked
 
 
-@pytest.mark.parametrize("metric,value,needle", [
-    ("heldout_accuracy", 0.6, "min_heldout_accuracy"),
-    ("preferred_style_share", 0.3, "min_preferred_style_share"),
-    ("length_ratio_vs_base", 2.0, "max_length_ratio"),
-    ("safety_accuracy_change_vs_reference", -0.05, "max_safety_accuracy_drop"),
-])
+@pytest.mark.parametrize(
+    "metric,value,needle",
+    [
+        ("heldout_accuracy", 0.6, "min_heldout_accuracy"),
+        ("preferred_style_share", 0.3, "min_preferred_style_share"),
+        ("length_ratio_vs_base", 2.0, "max_length_ratio"),
+        ("safety_accuracy_change_vs_reference", -0.05, "max_safety_accuracy_drop"),
+    ],
+)
 def test_each_failed_threshold_is_a_reason(metric, value, needle):
     decision = decide_gate(GOOD.model_copy(update={metric: value}), load_gate_policy())
     assert not decision.passed

@@ -25,10 +25,15 @@ def bases(tmp_path_factory) -> dict:
     return {a: build_tiny_causal_lm(root / a, a) for a in TEMPLATES}
 
 
-@pytest.mark.parametrize(("architecture", "modules"), [
-    ("llama", ["q_proj", "v_proj"]), ("qwen2", ["q_proj", "v_proj"]), ("mistral", ["q_proj", "v_proj"]),
-    ("gpt_neox", ["query_key_value"]),
-])
+@pytest.mark.parametrize(
+    ("architecture", "modules"),
+    [
+        ("llama", ["q_proj", "v_proj"]),
+        ("qwen2", ["q_proj", "v_proj"]),
+        ("mistral", ["q_proj", "v_proj"]),
+        ("gpt_neox", ["query_key_value"]),
+    ],
+)
 def test_peft_defaults_per_architecture_and_the_tokenizers_own_template(bases, architecture, modules):
     model, tok = load_base(bases[architecture])
     assert model.config.model_type == architecture
@@ -52,8 +57,11 @@ def test_the_run_config_overrides_targets_per_architecture(bases):
 
 def test_an_architecture_without_targets_or_with_wrong_ones_is_refused_by_name(bases):
     phi3, _ = load_base(bases["phi3"])
-    with pytest.raises(UnsupportedModelError, match=r"architecture 'phi3' \(Phi3ForCausalLM\) has no default LoRA "
-                                                   r"target modules.*lora.target_modules.*qkv_proj"):
+    with pytest.raises(
+        UnsupportedModelError,
+        match=r"architecture 'phi3' \(Phi3ForCausalLM\) has no default LoRA "
+        r"target modules.*lora.target_modules.*qkv_proj",
+    ):
         lora_target_modules(phi3, None)
     neox, _ = load_base(bases["gpt_neox"])
     with pytest.raises(UnsupportedModelError, match=r"architecture 'gpt_neox' .*got \['q_proj'\].*query_key_value"):

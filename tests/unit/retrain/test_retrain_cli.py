@@ -12,8 +12,10 @@ from retrain.report import AdapterRef, BehaviourScores, Comparisons, EvaluationR
 
 
 def test_importing_the_cli_does_not_import_torch():
-    code = "import sys, retrain.cli; print(json.dumps(sorted(m for m in ('torch', 'transformers', 'trl') " \
-           "if m in sys.modules)))"
+    code = (
+        "import sys, retrain.cli; print(json.dumps(sorted(m for m in ('torch', 'transformers', 'trl') "
+        "if m in sys.modules)))"
+    )
     out = subprocess.run([sys.executable, "-c", "import json; " + code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == []
 
@@ -27,9 +29,16 @@ def test_bad_input_raises_the_package_error_that_the_cli_prints_in_one_line(tmp_
 
 def _report(**comparisons) -> EvaluationReport:
     empty = ModelScores(heldout=SliceScores(), safety=SliceScores(), behaviour=BehaviourScores())
-    return EvaluationReport(candidate=AdapterRef(version="a-1", path="/a-1"), base_model="tiny", snapshot_hash="s",
-                            config_hash="c", preferred_style="courteous", samples=1,
-                            models={"base": empty, "candidate": empty}, comparisons=Comparisons(**comparisons))
+    return EvaluationReport(
+        candidate=AdapterRef(version="a-1", path="/a-1"),
+        base_model="tiny",
+        snapshot_hash="s",
+        config_hash="c",
+        preferred_style="courteous",
+        samples=1,
+        models={"base": empty, "candidate": empty},
+        comparisons=Comparisons(**comparisons),
+    )
 
 
 def test_gate_exit_code_follows_the_decision(tmp_path):

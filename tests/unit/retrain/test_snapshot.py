@@ -56,8 +56,7 @@ def test_caps_per_prompt_and_per_cluster_keep_the_heaviest():
         r["event_ids"] = [f"e{i}"]
         many.append(r)
     other = make_pairs(40, seed=2)[20:]
-    snap = build_snapshot(many + other, [], SnapshotPolicy(max_per_prompt=3, min_train_pairs=0,
-                                                            min_heldout_pairs=0))
+    snap = build_snapshot(many + other, [], SnapshotPolicy(max_per_prompt=3, min_train_pairs=0, min_heldout_pairs=0))
     kept = [r for r in snap.train_pairs + snap.heldout_pairs if r["prompt"] == base["prompt"]]
     assert sorted(r["weight"] for r in kept) == [17.0, 18.0, 19.0]
     near = [copy.deepcopy(base) for _ in range(10)]
@@ -89,8 +88,9 @@ def test_safety_pairs_are_their_own_heldout_slice():
 def test_time_window_and_min_weight_filter():
     pairs = make_pairs(60)
     pairs[0]["weight"] = 0.0
-    snap = build_snapshot(pairs, [], SnapshotPolicy(min_train_pairs=0, min_heldout_pairs=0,
-                                                    since="2026-11-01T00:00:30+00:00"))
+    snap = build_snapshot(
+        pairs, [], SnapshotPolicy(min_train_pairs=0, min_heldout_pairs=0, since="2026-11-01T00:00:30+00:00")
+    )
     assert snap.stats["after_window_and_weight"]["pairs"] == 30
     snap = build_snapshot(pairs, [], SnapshotPolicy(min_train_pairs=0, min_heldout_pairs=0, min_weight=0.5))
     assert snap.stats["after_window_and_weight"]["pairs"] == 59

@@ -2,6 +2,7 @@
 
 Revision ID: core_0001
 """
+
 import sqlalchemy as sa
 from alembic import op
 
