@@ -90,90 +90,111 @@ def build_pairs(
     ratings: dict[str, list[Item]] = defaultdict(list)
     for it in sorted(items, key=lambda i: i.sort_key):
         if it.kind == "edit" and it.response is not None and it.edited is not None:
-            pairs.append(
-                Pair(
-                    _id("edit", it.app_id, [it.event_id], it.edited, it.response),
-                    it.prompt,
-                    it.edited,
-                    it.response,
-                    round(weight_of(it.user_id), 6),
-                    dimension_of([it.edited, it.response], policy),
-                    (it.event_id,),
-                    it.occurred_at,
-                )
-            )
+            pairs.append(_edit_pair(it, weight_of, policy))
         elif it.kind == "comparison" and it.chosen is not None and it.responses:
             comparisons[(it.prompt_key, tuple(sorted(it.responses)))].append(it)
         elif it.kind == "rating" and it.response is not None:
             ratings[it.prompt_key].append(it)
     for key in sorted(comparisons):
-        group = comparisons[key]
-        score: dict[str, float] = defaultdict(float)
-        for it in group:
-            assert it.responses is not None and it.chosen is not None  # grouped above only when both are set
-            score[it.responses[it.chosen]] += weight_of(it.user_id)
-        a, b = key[1]
-        if score[a] == score[b]:
-            continue
-        win, lose = (a, b) if score[a] > score[b] else (b, a)
-        ids = tuple(sorted(it.event_id for it in group))
-        weight = round(min(1.0, (score[win] - score[lose]) / len(group)), 6)
-        pairs.append(
-            Pair(
-                _id("comparison", group[0].app_id, ids, win, lose),
+        pairs.extend(_comparison_pair(comparisons[key], key[1], weight_of, policy))
+    for pkey in sorted(ratings):
+        got_pairs, got_unpaired = _rating_examples(ratings[pkey], weight_of, policy)
+        pairs.extend(got_pairs)
+        unpaired.extend(got_unpaired)
+    return pairs, unpaired
+
+
+def _edit_pair(it: Item, weight_of: Callable[[str], float], policy: Policy) -> Pair:
+    """An edit: what the user wrote over what the model answered."""
+    assert it.edited is not None and it.response is not None  # build_pairs passes only complete edits
+    return Pair(
+        _id("edit", it.app_id, [it.event_id], it.edited, it.response),
+        it.prompt,
+        it.edited,
+        it.response,
+        round(weight_of(it.user_id), 6),
+        dimension_of([it.edited, it.response], policy),
+        (it.event_id,),
+        it.occurred_at,
+    )
+
+
+def _comparison_pair(
+    group: list[Item], answers: tuple[str, str], weight_of: Callable[[str], float], policy: Policy
+) -> list[Pair]:
+    """Side-by-side choices between the same two answers: the weighted winner over the other; a tie, nothing."""
+    score: dict[str, float] = defaultdict(float)
+    for it in group:
+        assert it.responses is not None and it.chosen is not None  # grouped only when both are set
+        score[it.responses[it.chosen]] += weight_of(it.user_id)
+    a, b = answers
+    if score[a] == score[b]:
+        return []
+    win, lose = (a, b) if score[a] > score[b] else (b, a)
+    ids = tuple(sorted(it.event_id for it in group))
+    weight = round(min(1.0, (score[win] - score[lose]) / len(group)), 6)
+    return [
+        Pair(
+            _id("comparison", group[0].app_id, ids, win, lose),
+            group[0].prompt,
+            win,
+            lose,
+            weight,
+            dimension_of([win, lose], policy),
+            ids,
+            max(it.occurred_at for it in group),
+        )
+    ]
+
+
+def _rating_examples(
+    group: list[Item], weight_of: Callable[[str], float], policy: Policy
+) -> tuple[list[Pair], list[Unpaired]]:
+    """Ratings of one prompt's answers: every net-up answer over every net-down one; without both, unpaired."""
+    by_resp: dict[str, list[Item]] = defaultdict(list)
+    for it in group:
+        assert it.response is not None  # grouped only with a response
+        by_resp[it.response].append(it)
+    net = {
+        r: sum(weight_of(it.user_id) * (1 if it.rating == "up" else -1) for it in its) / len(its)
+        for r, its in by_resp.items()
+    }
+    ups = sorted(r for r, s in net.items() if s > 0)
+    downs = sorted(r for r, s in net.items() if s < 0)
+    if ups and downs:
+        pairs = []
+        for u in ups:
+            for d in downs:
+                ids = tuple(sorted(it.event_id for it in by_resp[u] + by_resp[d]))
+                pairs.append(
+                    Pair(
+                        _id("ratings", group[0].app_id, ids, u, d),
+                        group[0].prompt,
+                        u,
+                        d,
+                        round(min(1.0, min(net[u], -net[d])), 6),
+                        dimension_of([u, d], policy),
+                        ids,
+                        max(it.occurred_at for it in by_resp[u] + by_resp[d]),
+                    )
+                )
+        return pairs, []
+    unpaired = []
+    for r in sorted(by_resp):
+        if net[r] == 0:
+            continue  # conflicting votes that cancel teach nothing
+        its = by_resp[r]
+        ids = tuple(sorted(it.event_id for it in its))
+        unpaired.append(
+            Unpaired(
+                _id("rating", group[0].app_id, ids, r),
                 group[0].prompt,
-                win,
-                lose,
-                weight,
-                dimension_of([win, lose], policy),
+                r,
+                net[r] > 0,
+                round(min(1.0, abs(net[r])), 6),
+                dimension_of([r], policy),
                 ids,
-                max(it.occurred_at for it in group),
+                max(it.occurred_at for it in its),
             )
         )
-    for pkey in sorted(ratings):
-        group = ratings[pkey]
-        by_resp: dict[str, list[Item]] = defaultdict(list)
-        for it in group:
-            assert it.response is not None  # grouped above only with a response
-            by_resp[it.response].append(it)
-        net = {
-            r: sum(weight_of(it.user_id) * (1 if it.rating == "up" else -1) for it in its) / len(its)
-            for r, its in by_resp.items()
-        }
-        ups = sorted(r for r, s in net.items() if s > 0)
-        downs = sorted(r for r, s in net.items() if s < 0)
-        if ups and downs:
-            for u in ups:
-                for d in downs:
-                    ids = tuple(sorted(it.event_id for it in by_resp[u] + by_resp[d]))
-                    pairs.append(
-                        Pair(
-                            _id("ratings", group[0].app_id, ids, u, d),
-                            group[0].prompt,
-                            u,
-                            d,
-                            round(min(1.0, min(net[u], -net[d])), 6),
-                            dimension_of([u, d], policy),
-                            ids,
-                            max(it.occurred_at for it in by_resp[u] + by_resp[d]),
-                        )
-                    )
-            continue
-        for r in sorted(by_resp):
-            if net[r] == 0:
-                continue  # conflicting votes that cancel teach nothing
-            its = by_resp[r]
-            ids = tuple(sorted(it.event_id for it in its))
-            unpaired.append(
-                Unpaired(
-                    _id("rating", group[0].app_id, ids, r),
-                    group[0].prompt,
-                    r,
-                    net[r] > 0,
-                    round(min(1.0, abs(net[r])), 6),
-                    dimension_of([r], policy),
-                    ids,
-                    max(it.occurred_at for it in its),
-                )
-            )
-    return pairs, unpaired
+    return [], unpaired

@@ -192,29 +192,14 @@ def _faust_app(settings, bootstrap: str, core):
 
 def build_app(settings=None, core=None):
     """The faust app and its curation edge (returned for tests and the CLI)."""
-    import redis
-
-    from alignloop.core.db import open_store
     from alignloop.core.settings import get_settings as core_settings
-    from curation.migrations import FOLDER
-    from curation.service import CurationEdge
-    from curation.settings import active_policy, get_settings, load_pseudonym_key
+    from curation.settings import get_settings
 
     settings = settings or get_settings()
     core = core or core_settings()
     bootstrap = settings.kafka_bootstrap or core.kafka_bootstrap
-    engine = open_store(settings.store_url or core.resolved_store_url, branches=[FOLDER])
-    rclient = redis.Redis.from_url(settings.redis_url or core.redis_url, decode_responses=True)
     progress = GroupProgress(bootstrap, settings.topic, settings.group)
-    edge = CurationEdge(
-        engine,
-        rclient,
-        active_policy(settings),
-        topic=settings.topic,
-        group=settings.group,
-        partitions=progress.partitions(),
-        pseudonym_key=load_pseudonym_key(settings, core.home),
-    )
+    edge = _curation_edge(settings, core, progress)
     app = _faust_app(settings, bootstrap, core)
     feedback = app.topic(settings.topic, value_serializer="raw", key_serializer="raw")
     rejected = app.topic(f"{settings.topic}.rejected", value_serializer="raw", key_serializer="raw")
@@ -255,6 +240,28 @@ def build_app(settings=None, core=None):
 
         start_http_server(settings.metrics_port, addr="127.0.0.1")
     return app, edge
+
+
+def _curation_edge(settings, core, progress: GroupProgress):
+    """The worker's edge to its store and Redis, under the active policy, over the group's partitions."""
+    import redis
+
+    from alignloop.core.db import open_store
+    from curation.migrations import FOLDER
+    from curation.service import CurationEdge
+    from curation.settings import active_policy, load_pseudonym_key
+
+    engine = open_store(settings.store_url or core.resolved_store_url, branches=[FOLDER])
+    rclient = redis.Redis.from_url(settings.redis_url or core.redis_url, decode_responses=True)
+    return CurationEdge(
+        engine,
+        rclient,
+        active_policy(settings),
+        topic=settings.topic,
+        group=settings.group,
+        partitions=progress.partitions(),
+        pseudonym_key=load_pseudonym_key(settings, core.home),
+    )
 
 
 def _record(event):
