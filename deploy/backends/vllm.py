@@ -53,11 +53,14 @@ class VllmBackend:
     def __init__(self, settings: DeploySettings) -> None:
         from transformers import AutoTokenizer
 
+        from deploy.runtime import ensure_chat_template
+
         assert settings.base_model is not None  # the router checked
         self.settings = settings
         config = json.loads((Path(settings.base_model) / "config.json").read_text())
         self.context: int | None = settings.vllm_max_model_len or config.get("max_position_embeddings")
         self.tokenizer = AutoTokenizer.from_pretrained(settings.base_model)
+        ensure_chat_template(self.tokenizer, settings.base_model)
         self.max_token_chars = max((len(t) for t in self.tokenizer.get_vocab()), default=1)
         self.servers = self._open_servers()
         self._names: dict[str, str] = {}  # version -> LoRA name, for what this router loaded
