@@ -19,8 +19,9 @@ pytestmark = [pytest.mark.slow]
 ARCHITECTURES = ["llama", "qwen2", "mistral", "gpt_neox", "gpt_neox-no-template"]
 PEFT_TARGETS = {"llama": ["q_proj", "v_proj"], "qwen2": ["q_proj", "v_proj"], "mistral": ["q_proj", "v_proj"],
                 "gpt_neox": ["query_key_value"]}
-# the serving backends the four architectures must pass on; a new backend (vLLM) joins this list with a
-# context manager below that yields an HTTP client of its OpenAI-compatible router, the adapter active
+# the serving backends the four architectures must pass on, each with a context manager below (BACKEND_CLIENTS)
+# that yields an HTTP client of its OpenAI-compatible router, the adapter active; the vLLM one fails (never skips)
+# when the vLLM environment is missing
 BACKENDS = [pytest.param("embedded", marks=pytest.mark.redis), pytest.param("vllm", marks=pytest.mark.redis)]
 PROMPT = [{"role": "user", "content": "Where is my parcel? It is late."}]
 # small and quick: the point is that every architecture goes through, not how well a random model learns
