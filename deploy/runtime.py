@@ -39,6 +39,16 @@ FALLBACK_CHAT_TEMPLATE = (
     "{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}{{ eos_token }}{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
+
+
+def ensure_chat_template(tokenizer: Any, base_model: str) -> None:
+    """Give a tokenizer without a chat template the fallback (every backend encodes prompts as retrain did)."""
+    if not tokenizer.chat_template:
+        if tokenizer.eos_token is None:
+            raise ServingError(f"base model {base_model!r}: tokenizer has neither a chat_template nor an EOS token")
+        tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE  # the one retrain trained it with
+
+
 # a sampled token can decode to a control character; what serving returns is text a client can store
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
@@ -81,10 +91,7 @@ class ModelHost:
             self.base = AutoModelForCausalLM.from_pretrained(base_model).to(device).eval()  # type: ignore[arg-type]
         except (OSError, ValueError) as exc:
             raise ServingError(f"base model {base_model!r} could not be loaded: {exc}") from exc
-        if not self.tokenizer.chat_template:
-            if self.tokenizer.eos_token is None:
-                raise ServingError(f"base model {base_model!r}: tokenizer has neither a chat_template nor an EOS token")
-            self.tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE  # the one retrain trained it with
+        ensure_chat_template(self.tokenizer, base_model)
         self.device = device
         # the most characters one token can stand for (a token's text is never shorter than what it covers)
         self.max_token_chars = max((len(t) for t in self.tokenizer.get_vocab()), default=1)

@@ -72,7 +72,9 @@ def _registry(work: Path, base: Path, redis_url: str):
         max_resident=3,
         reconcile_interval_s=1.0,
     )
-    engine = open_store(settings.resolved_store_url())
+    from deploy.migrations import FOLDER
+
+    engine = open_store(settings.resolved_store_url(), branches=[FOLDER])  # deploy's tables, as a replica makes them
     storage = LocalArtifactStorage(settings.artifact_root)
     factory = AdapterFactory(base)
     with session_scope(engine) as s:
@@ -119,7 +121,10 @@ def main() -> None:
     per = {1: 4 if args.quick else 16, 32: 32 if args.quick else 96}
     work = Path(tempfile.mkdtemp(prefix="alignloop-bench-engines-"))
     base = build_tiny_base_model(work / "base", hidden=128, layers=2)
-    settings, engine, storage, key = _registry(work, base, args.redis_url)
+    from alignloop.core.settings import get_settings as core
+
+    # the stack runs with a Redis password: the service's own settings put it into the URL
+    settings, engine, storage, key = _registry(work, base, core().with_redis_password(args.redis_url))
     python = DeploySettings().resolved_vllm_python()
     server = start_vllm(
         VllmLaunch(python=python, base_model=str(base), max_model_len=512, max_loras=4), free_port(), work / "logs"

@@ -9,6 +9,7 @@ Requests go to the least busy server that holds the version; one that fails in t
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import logging
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 
 from deploy.api_schemas import Completion, Sampling
@@ -53,17 +55,20 @@ class VllmBackend:
     def __init__(self, settings: DeploySettings) -> None:
         from transformers import AutoTokenizer
 
+        from deploy.runtime import ensure_chat_template
+
         assert settings.base_model is not None  # the router checked
         self.settings = settings
         config = json.loads((Path(settings.base_model) / "config.json").read_text())
         self.context: int | None = settings.vllm_max_model_len or config.get("max_position_embeddings")
         self.tokenizer = AutoTokenizer.from_pretrained(settings.base_model)
+        ensure_chat_template(self.tokenizer, settings.base_model)
         self.max_token_chars = max((len(t) for t in self.tokenizer.get_vocab()), default=1)
         self.servers = self._open_servers()
         self._names: dict[str, str] = {}  # version -> LoRA name, for what this router loaded
         self._lock = threading.Lock()  # server state, between reconcile (a thread) and requests (the loop)
         self._control = httpx.Client(timeout=httpx.Timeout(30.0, connect=2.0))
-        self._clients: dict[int, httpx.AsyncClient] = {}
+        self._sessions: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
         self._turn = itertools.count()
 
     def _open_servers(self) -> list[EngineServer]:
@@ -177,14 +182,15 @@ class VllmBackend:
             server.in_flight += 1
             return server, BASE_NAME if version is None else server.loaded[version]
 
-    def _client(self) -> httpx.AsyncClient:
-        import asyncio
-
-        loop = id(asyncio.get_running_loop())
-        if loop not in self._clients:  # one pooled client per event loop (tests run several apps)
-            limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
-            self._clients[loop] = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=2.0), limits=limits)
-        return self._clients[loop]
+    def _session(self) -> aiohttp.ClientSession:
+        """One pooled aiohttp session per event loop (tests run several apps). aiohttp, not httpx, on the request
+        path: at 32 concurrent requests httpx's pool spends about 2 ms of CPU per request (it scans and polls every
+        pooled connection on each), aiohttp about 0.1 ms; here the router shares the cores with the engine."""
+        loop = asyncio.get_running_loop()
+        if loop not in self._sessions:
+            timeout = aiohttp.ClientTimeout(total=None, sock_connect=2.0)
+            self._sessions[loop] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256), timeout=timeout)
+        return self._sessions[loop]
 
     def _body(self, model: str, ids: list[int], sampling: Sampling, stream: bool) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -213,17 +219,19 @@ class VllmBackend:
         while True:
             server, model = self._pick(version, tried)
             try:
-                r = await self._client().post(
+                async with self._session().post(
                     f"{server.url}/v1/completions", json=self._body(model, ids, sampling, stream=False)
-                )
-                _raise_for_engine(server, r.status_code, r.text)
-            except (httpx.TransportError, _EngineDown) as exc:  # nothing returned yet: asking again is safe
+                ) as r:
+                    status, raw = r.status, await r.read()
+                if status != 200:
+                    _raise_for_engine(server, status, raw.decode(errors="replace"))
+            except (aiohttp.ClientError, _EngineDown) as exc:  # nothing returned yet: asking again is safe
                 self._failed(server, exc)
                 tried.add(server.url)
                 continue
             finally:
                 server.in_flight -= 1
-            out = r.json()
+            out = json.loads(raw)
             choice, used = out["choices"][0], out["usage"]
             return Completion(
                 text=_CONTROL.sub("", choice["text"]),
@@ -242,7 +250,7 @@ class VllmBackend:
                     started = True
                     yield piece
                 return
-            except (httpx.TransportError, _EngineDown) as exc:
+            except (aiohttp.ClientError, _EngineDown) as exc:
                 self._failed(server, exc)
                 if started:  # text already went to the client: it cannot be taken back
                     raise EngineError(502, f"vLLM at {server.url} failed mid-answer: {exc}") from exc
@@ -256,10 +264,11 @@ class VllmBackend:
         parts: list[str] = []
         finish, used = "stop", {"prompt_tokens": len(ids), "completion_tokens": 0}
         body = self._body(model, ids, sampling, stream=True)
-        async with self._client().stream("POST", f"{server.url}/v1/completions", json=body) as r:
-            if r.status_code != 200:
-                _raise_for_engine(server, r.status_code, (await r.aread()).decode(errors="replace"))
-            async for line in r.aiter_lines():
+        async with self._session().post(f"{server.url}/v1/completions", json=body) as r:
+            if r.status != 200:
+                _raise_for_engine(server, r.status, (await r.read()).decode(errors="replace"))
+            async for raw in r.content:  # server-sent events, a line at a time
+                line = raw.decode().rstrip("\r\n")
                 if not line.startswith("data: ") or line == "data: [DONE]":
                     continue
                 event = json.loads(line[6:])
@@ -293,7 +302,15 @@ class VllmBackend:
         return {"engine": self.name, "servers": servers}
 
     def close(self) -> None:
+        """Called off the event loop (the router's shutdown runs it in a thread): sessions close on their loop."""
         self._control.close()
+        try:
+            here = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
+        for loop, session in self._sessions.items():
+            if loop.is_running() and loop is not here and not session.closed:  # on its own loop: would deadlock
+                asyncio.run_coroutine_threadsafe(session.close(), loop).result(timeout=5)
         for s in self.servers:
             if s.process is not None:
                 s.process.stop()

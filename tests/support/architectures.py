@@ -49,7 +49,8 @@ TEMPLATES: dict[str, tuple[str, str, list[str]]] = {
         ["<|end|>", "<|user|>", "<|assistant|>", "<|system|>"],
     ),
 }
-HIDDEN = 32
+# two heads of 32: the smallest head size vLLM's CPU attention takes, so both serving backends run every one
+HIDDEN, HEADS, KV_HEADS = 64, 2, 1
 
 
 def _config(architecture: str, vocab: int, tok) -> Any:
@@ -61,20 +62,20 @@ def _config(architecture: str, vocab: int, tok) -> Any:
         "hidden_size": HIDDEN,
         "intermediate_size": 2 * HIDDEN,
         "num_hidden_layers": 2,
-        "num_attention_heads": 4,
+        "num_attention_heads": HEADS,
         "max_position_embeddings": 256,
         **ids,
     }
     if architecture == "llama":
-        return tf.LlamaConfig(**common, num_key_value_heads=2, tie_word_embeddings=True)
+        return tf.LlamaConfig(**common, num_key_value_heads=KV_HEADS, tie_word_embeddings=True)
     if architecture == "qwen2":
-        return tf.Qwen2Config(**common, num_key_value_heads=2, tie_word_embeddings=True)
+        return tf.Qwen2Config(**common, num_key_value_heads=KV_HEADS, tie_word_embeddings=True)
     if architecture == "mistral":
-        return tf.MistralConfig(**common, num_key_value_heads=2, sliding_window=None)
+        return tf.MistralConfig(**common, num_key_value_heads=KV_HEADS, sliding_window=None)
     if architecture == "gpt_neox":
         return tf.GPTNeoXConfig(**common, rotary_pct=0.5, use_parallel_residual=True)
     if architecture == "phi3":
-        return tf.Phi3Config(**common, num_key_value_heads=2)
+        return tf.Phi3Config(**common, num_key_value_heads=KV_HEADS)
     raise ValueError(f"no tiny builder for architecture {architecture!r}; known: {sorted(TEMPLATES)}")
 
 

@@ -23,9 +23,10 @@ PEFT_TARGETS = {
     "mistral": ["q_proj", "v_proj"],
     "gpt_neox": ["query_key_value"],
 }
-# the serving backends the four architectures must pass on; a new backend (vLLM) joins this list with a
-# context manager below that yields an HTTP client of its OpenAI-compatible router, the adapter active
-BACKENDS = [pytest.param("embedded", marks=pytest.mark.redis)]
+# the serving backends the four architectures must pass on, each with a context manager below (BACKEND_CLIENTS)
+# that yields an HTTP client of its OpenAI-compatible router, the adapter active; the vLLM one fails (never skips)
+# when the vLLM environment is missing
+BACKENDS = [pytest.param("embedded", marks=pytest.mark.redis), pytest.param("vllm", marks=pytest.mark.redis)]
 PROMPT = [{"role": "user", "content": "Where is my parcel? It is late."}]
 # small and quick: the point is that every architecture goes through, not how well a random model learns
 CONFIG = {
@@ -76,19 +77,10 @@ def test_trains_with_the_architectures_lora_targets_and_evaluates(trained):
     assert (trained["tmp"] / "report" / "report.json").is_file()
 
 
-@contextmanager
-def embedded_backend(base: Path, adapter: Path, redis_url: str, tmp: Path) -> Iterator:
-    """alignloop's own serving (one replica in process), with `adapter` registered and promoted."""
-    from fastapi.testclient import TestClient
-
-    from alignloop.core.db import open_store, session_scope
-    from deploy import registry
-    from deploy.artifacts import LocalArtifactStorage
-    from deploy.keys import create_serving_key
-    from deploy.serving import create_app
+def _deploy_settings(base: Path, redis_url: str, tmp: Path, **backend: object):
     from deploy.settings import DeploySettings
 
-    settings = DeploySettings(
+    return DeploySettings(
         artifact_root=tmp / "artifacts",
         store_url=f"sqlite:///{tmp / 'registry.db'}",
         redis_url=redis_url,
@@ -99,7 +91,18 @@ def embedded_backend(base: Path, adapter: Path, redis_url: str, tmp: Path) -> It
         max_resident=2,
         key_cache_s=0.0,
         admin_token_cache_s=0.0,
+        **backend,
     )
+
+
+@contextmanager
+def _promoted(settings, adapter: Path) -> Iterator[str]:
+    """A registry (SQLite) with `adapter` registered and promoted; yields a serving key for it."""
+    from alignloop.core.db import open_store, session_scope
+    from deploy import registry
+    from deploy.artifacts import LocalArtifactStorage
+    from deploy.keys import create_serving_key
+
     engine = open_store(settings.store_url)
     storage = LocalArtifactStorage(settings.artifact_root)
     try:
@@ -107,13 +110,79 @@ def embedded_backend(base: Path, adapter: Path, redis_url: str, tmp: Path) -> It
             version = registry.register_adapter(s, adapter, actor="tester", reason="test", storage=storage).version
             registry.promote(s, version, actor="tester", reason="test", storage=storage)
             key = create_serving_key(s, "arch", created_by="tester")[1]
-        with TestClient(create_app(settings), headers={"Authorization": f"Bearer {key}"}) as client:
-            yield client
+        yield key
     finally:
         engine.dispose()
 
 
-BACKEND_CLIENTS = {"embedded": embedded_backend}
+@contextmanager
+def embedded_backend(base: Path, adapter: Path, redis_url: str, tmp: Path) -> Iterator:
+    """alignloop's own serving (one replica in process), with `adapter` registered and promoted."""
+    from fastapi.testclient import TestClient
+
+    from deploy.serving import create_app
+
+    settings = _deploy_settings(base, redis_url, tmp)
+    with (
+        _promoted(settings, adapter) as key,
+        TestClient(create_app(settings), headers={"Authorization": f"Bearer {key}"}) as client,
+    ):
+        yield client
+
+
+@contextmanager
+def vllm_backend(base: Path, adapter: Path, redis_url: str, tmp: Path) -> Iterator:
+    """alignloop's router on the vLLM backend, which starts one vLLM server on `base` itself (as `alignloop deploy
+    serve --backend vllm` does) and loads the promoted `adapter` on it; an HTTP client of the router."""
+    import httpx
+
+    from deploy.serving import create_app
+    from deploy.vllm_env import vllm_env_ready
+    from support.ports import free_port
+
+    settings = _deploy_settings(
+        base,
+        redis_url,
+        tmp,
+        backend="vllm",
+        vllm_port=free_port(),
+        vllm_replicas=1,
+        vllm_lora_root=tmp / "vllm-loras",
+        vllm_start_timeout_s=900.0,
+    )
+    python = settings.resolved_vllm_python()
+    if not vllm_env_ready(python):
+        pytest.fail(
+            f"the vLLM environment is missing at {python.parent.parent}: run `alignloop deploy vllm-setup` "
+            "(`./dev test` does) or point ALIGNLOOP_DEPLOY_VLLM_PYTHON at one",
+            pytrace=False,
+        )
+    with (
+        _promoted(settings, adapter) as key,
+        _router(create_app(settings), tmp / "vllm-logs") as url,
+        httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=120) as client,
+    ):
+        yield client
+
+
+@contextmanager
+def _router(app, vllm_logs: Path) -> Iterator[str]:
+    """The router served over HTTP; when it cannot start (vLLM refused the base), the failure quotes vLLM's log."""
+    from support.servers import serve_in_thread
+
+    try:
+        cm = serve_in_thread(app, start_timeout=900)
+        url = cm.__enter__()
+    except AssertionError as exc:
+        tails = [f"{p.name}: ...{p.read_text(errors='replace')[-2000:]}" for p in sorted(vllm_logs.glob("*.log"))]
+        pytest.fail(f"the router on vLLM did not start: {exc}\n" + "\n".join(tails), pytrace=False)
+    try:
+        yield url
+    finally:
+        cm.__exit__(None, None, None)
+
+
+BACKEND_CLIENTS = {"embedded": embedded_backend, "vllm": vllm_backend}
 
 
 def _greedy_reference(base: Path, adapter: Path | None, max_new_tokens: int) -> str:
