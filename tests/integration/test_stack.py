@@ -316,7 +316,9 @@ def test_private_stack_up_twice_survives_sigkill_and_goes_down(tmp_path, core_se
         assert second.returncode == 0, second.stderr
         status = _cli(env, "stack", "status", "--json")
         assert status.returncode == 0, status.stderr
-        rows = {r["name"]: r for r in json.loads(status.stdout)}
+        listed = json.loads(status.stdout)
+        assert [r["name"] for r in listed][-1] == "engine"  # the serving engine is reported after the services
+        rows = {r["name"]: r for r in listed[:-1]}
         assert set(rows) == {"kafka", "redis", "postgres"}
         assert all(r["healthy"] and r["ours"] for r in rows.values())
         pids = {name: r["pid"] for name, r in rows.items()}

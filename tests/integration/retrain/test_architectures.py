@@ -63,17 +63,19 @@ def trained(request, tmp_path_factory) -> dict:
 
 
 def test_trains_with_the_architectures_lora_targets_and_evaluates(trained):
-    from retrain.train import verify_artifact
+    from retrain.train import load_verified_manifest
 
-    manifest = verify_artifact(trained["adapter"])
+    manifest = load_verified_manifest(trained["adapter"])
     adapter_cfg = json.loads((trained["adapter"] / "adapter_config.json").read_text())
     assert sorted(adapter_cfg["target_modules"]) == PEFT_TARGETS[trained["arch"]]
-    assert manifest["base_model"] == str(trained["base"]) and manifest["metrics"]["device"] == "cpu"
-    models, comp = trained["report"]["models"], trained["report"]["comparisons"]
+    assert manifest.base_model == str(trained["base"]) and manifest.metrics["device"] == "cpu"
+    models, comp = trained["report"].models, trained["report"].comparisons
     # what training did shows on held-out pairs: the SFT term lifts the chosen answers' likelihood, and the
     # DPO term moves the implicit reward towards them
-    assert models["candidate"]["heldout"]["chosen_logp_mean"] > models["base"]["heldout"]["chosen_logp_mean"]
-    assert comp["heldout_margin"] > 0 and comp["kl_to_base"] > 0
+    candidate_logp, base_logp = models["candidate"].heldout.chosen_logp_mean, models["base"].heldout.chosen_logp_mean
+    assert candidate_logp is not None and base_logp is not None and candidate_logp > base_logp
+    assert comp.heldout_margin is not None and comp.heldout_margin > 0
+    assert comp.kl_to_base is not None and comp.kl_to_base > 0
     assert (trained["tmp"] / "report" / "report.json").is_file()
 
 
