@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -32,3 +33,19 @@ def serve_in_thread(app: Any, *, start_timeout: float = 180.0) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+def replica_env(settings: Any, **extra: str) -> dict[str, str]:
+    """The environment of a `deploy serve` child process on `settings`' registry, store and control channel."""
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "ALIGNLOOP_DEPLOY_ARTIFACT_ROOT": str(settings.artifact_root),
+        "ALIGNLOOP_DEPLOY_STORE_URL": settings.store_url,
+        "ALIGNLOOP_DEPLOY_REDIS_URL": settings.redis_url,
+        "ALIGNLOOP_DEPLOY_CONTROL_CHANNEL": settings.control_channel,
+        "ALIGNLOOP_DEPLOY_BASE_MODEL": settings.base_model,
+        "ALIGNLOOP_DEPLOY_TORCH_THREADS": "1",
+        **extra,
+    }

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -32,6 +31,7 @@ import pytest
 
 from support.models import PROMPT, synthetic_sentences, wait_for
 from support.ports import free_port
+from support.servers import replica_env
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -54,18 +54,7 @@ def _limit_address_space() -> None:
 
 
 def start_server(settings, port: int, log_path, overrides: dict[str, str]) -> subprocess.Popen:
-    env = {
-        **os.environ,
-        **overrides,
-        "OMP_NUM_THREADS": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "ALIGNLOOP_DEPLOY_ARTIFACT_ROOT": str(settings.artifact_root),
-        "ALIGNLOOP_DEPLOY_STORE_URL": settings.store_url,
-        "ALIGNLOOP_DEPLOY_REDIS_URL": settings.redis_url,
-        "ALIGNLOOP_DEPLOY_CONTROL_CHANNEL": settings.control_channel,
-        "ALIGNLOOP_DEPLOY_BASE_MODEL": settings.base_model,
-        "ALIGNLOOP_DEPLOY_TORCH_THREADS": "1",
-    }
+    env = replica_env(settings, **overrides)
     return subprocess.Popen(
         [sys.executable, "-c", "from deploy.cli import app; app()", "serve", "--port", str(port)],
         env=env,

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -19,6 +18,7 @@ import pytest
 from deploy import registry
 from support.models import PROMPT, wait_for
 from support.ports import free_port
+from support.servers import replica_env
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 CLIENTS = 20
@@ -30,20 +30,12 @@ class ReplicaProcess:
     def __init__(self, settings, name: str, log_dir: Path) -> None:
         self.name, self.port = name, free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {
-            **os.environ,
-            "OMP_NUM_THREADS": "1",
-            "TOKENIZERS_PARALLELISM": "false",
-            "ALIGNLOOP_DEPLOY_ARTIFACT_ROOT": str(settings.artifact_root),
-            "ALIGNLOOP_DEPLOY_STORE_URL": settings.store_url,
-            "ALIGNLOOP_DEPLOY_REDIS_URL": settings.redis_url,
-            "ALIGNLOOP_DEPLOY_CONTROL_CHANNEL": settings.control_channel,
-            "ALIGNLOOP_DEPLOY_BASE_MODEL": settings.base_model,
-            "ALIGNLOOP_DEPLOY_REPLICA_ID": name,
-            "ALIGNLOOP_DEPLOY_RECONCILE_INTERVAL_S": "1.0",
-            "ALIGNLOOP_DEPLOY_TORCH_THREADS": "1",
-            "ALIGNLOOP_DEPLOY_MAX_RESIDENT": "3",
-        }
+        env = replica_env(
+            settings,
+            ALIGNLOOP_DEPLOY_REPLICA_ID=name,
+            ALIGNLOOP_DEPLOY_RECONCILE_INTERVAL_S="1.0",
+            ALIGNLOOP_DEPLOY_MAX_RESIDENT="3",
+        )
         self.log = log_dir / f"{name}-{self.port}.log"
         self.proc = subprocess.Popen(
             [sys.executable, "-c", "from deploy.cli import app; app()", "serve", "--port", str(self.port)],
