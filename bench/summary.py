@@ -153,6 +153,17 @@ def rows() -> list[tuple[str, str, str, str]]:
                 cmd,
             )
         )
+        for backend, m in d.get("moves_under_load", {}).items():
+            out.append(
+                (
+                    f"deploy: {m['moves']} moves under {m['clients']} clients, {m['setup']}",
+                    f"served everywhere p99 {m['move_to_served_everywhere_s_p99']:.2f} s, median "
+                    f"{m['move_to_served_everywhere_s_median']:.2f} s (target 1 s: "
+                    f"{'met' if m['target_met'] else 'not met'}), {m['requests_failed']} failed requests",
+                    "promote on an idle vLLM router above" if backend == "vllm" else "-",
+                    cmd,
+                )
+            )
     return out
 
 

@@ -117,7 +117,9 @@ class Replica:
             desired, versions = found
             self.desired = desired
             phases["registry_s"] = time.perf_counter() - t0
+            t1 = time.perf_counter()
             self.backend.refresh()  # a restarted engine replica holds nothing: what is missing loads again
+            phases["refresh_s"] = time.perf_counter() - t1
             current = self.routing
             if (
                 current is not None

@@ -5,6 +5,7 @@ a directory of that server's own, on every server, before the router flips; reti
 reloaded in place (vLLM serves stale prefix-cache entries for a name reloaded in place). `refresh` re-reads what
 each server holds, so a restarted server (which holds nothing) gets its adapters back on the next reconcile.
 Requests go to the least busy server that holds the version; one that fails in transport is retried on another.
+Control calls (list, load, unload) go to all servers at once, so a move costs the slowest server, not their sum.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Callable, Collection
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,6 +70,7 @@ class VllmBackend:
         self._names: dict[str, str] = {}  # version -> LoRA name, for what this router loaded
         self._lock = threading.Lock()  # server state, between reconcile (a thread) and requests (the loop)
         self._control = httpx.Client(timeout=httpx.Timeout(30.0, connect=2.0))
+        self._fan = ThreadPoolExecutor(max_workers=len(self.servers), thread_name_prefix="vllm-control")
         self._sessions: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
         self._turn = itertools.count()
 
@@ -104,22 +107,29 @@ class VllmBackend:
             up = [s.loaded.keys() for s in self.servers if s.up]
         return set.intersection(*map(set, up)) if up else set()
 
+    def _each(self, fn: Callable[[EngineServer], None], servers: list[EngineServer]) -> None:
+        """`fn` on every server at once; the first error (in server order) is raised once all have finished."""
+        for _ in self._fan.map(fn, servers):
+            pass
+
     def refresh(self) -> None:
-        for server in self.servers:
-            try:
-                listed = self._control.get(f"{server.url}/v1/models", timeout=2.0).json()["data"]
-            except (httpx.HTTPError, KeyError, ValueError):
-                with self._lock:
-                    server.up, server.loaded = False, {}
-                continue
-            names = {m["id"] for m in listed if m["id"] != BASE_NAME}
-            by_name = {n: v for v, n in self._names.items()}
+        self._each(self._refresh_one, self.servers)
+
+    def _refresh_one(self, server: EngineServer) -> None:
+        try:
+            listed = self._control.get(f"{server.url}/v1/models", timeout=2.0).json()["data"]
+        except (httpx.HTTPError, KeyError, ValueError):
             with self._lock:
-                server.up = True
-                server.loaded = {by_name[n]: n for n in names if n in by_name}
-            for stale in names - by_name.keys():
-                if _OURS.fullmatch(stale):  # an earlier router's: not verified by this one; others' are left alone
-                    self._post(server, "unload_lora_adapter", {"lora_name": stale})
+                server.up, server.loaded = False, {}
+            return
+        names = {m["id"] for m in listed if m["id"] != BASE_NAME}
+        by_name = {n: v for v, n in self._names.items()}
+        with self._lock:
+            server.up = True
+            server.loaded = {by_name[n]: n for n in names if n in by_name}
+        for stale in names - by_name.keys():
+            if _OURS.fullmatch(stale):  # an earlier router's: not verified by this one; others' are left alone
+                self._post(server, "unload_lora_adapter", {"lora_name": stale})
 
     def install(self, version: str, artifact: LoadedArtifact, reuse: str | None) -> tuple[float, str]:
         """Write the verified bytes to each server's own directory and load them there; all reachable servers or
@@ -128,24 +138,30 @@ class VllmBackend:
         t0 = time.perf_counter()
         if reuse is not None:  # the engine is full: free the spare's LoRA slot first (nothing routes to it)
             self.remove(reuse)
-        targets = [s for s in self.servers if s.up and version not in s.loaded]
-        for server in targets:
+
+        def load(server: EngineServer) -> None:
             path = _write_copy(artifact, server.lora_dir / name)
             self._post(server, "load_lora_adapter", {"lora_name": name, "lora_path": str(path)}, must=True)
             with self._lock:
                 server.loaded[version] = name
+
+        targets = [s for s in self.servers if s.up and version not in s.loaded]
+        self._each(load, targets)
         self._names[version] = name
         return time.perf_counter() - t0, f"vllm load_lora_adapter on {len(targets)} server(s)"
 
     def remove(self, version: str) -> None:
         name = self._names.pop(version, None)
-        for server in self.servers:
+
+        def unload(server: EngineServer) -> None:
             with self._lock:
                 held = server.loaded.pop(version, None)
             if held is not None:
                 self._post(server, "unload_lora_adapter", {"lora_name": held})
             if name is not None:
                 shutil.rmtree(server.lora_dir / name, ignore_errors=True)
+
+        self._each(unload, self.servers)
 
     def _post(self, server: EngineServer, op: str, body: dict[str, str], must: bool = False) -> None:
         try:
@@ -303,6 +319,7 @@ class VllmBackend:
 
     def close(self) -> None:
         """Called off the event loop (the router's shutdown runs it in a thread): sessions close on their loop."""
+        self._fan.shutdown(wait=True)
         self._control.close()
         try:
             here = asyncio.get_running_loop()
