@@ -1,4 +1,5 @@
-"""Prints the README's benchmark table from bench/results/*.json (and with --write, puts it in README.md).
+"""Prints the README's benchmark table from bench/results/*.json (and with --write, puts it in README.md, and each
+package's rows in that package's README between `<!-- bench:summary:PACKAGE -->` markers).
 
 Every number comes from a JSON file that a bench command wrote; the table names that command.
 Run: python bench/summary.py --write
@@ -153,24 +154,34 @@ def rows() -> list[tuple[str, str, str, str]]:
                 cmd,
             )
         )
-        for backend, m in d.get("moves_under_load", {}).items():
+        for passes in d.get("moves_under_load", {}).values():
+            m, base = passes["staged"], passes["not_staged"]
             out.append(
                 (
-                    f"deploy: {m['moves']} moves under {m['clients']} clients, {m['setup']}",
+                    f"deploy: {m['moves']} moves under {m['clients']} clients, {m['setup']}, candidates staged",
                     f"served everywhere p99 {m['move_to_served_everywhere_s_p99']:.2f} s, median "
                     f"{m['move_to_served_everywhere_s_median']:.2f} s (target 1 s: "
-                    f"{'met' if m['target_met'] else 'not met'}), {m['requests_failed']} failed requests",
-                    "promote on an idle vLLM router above" if backend == "vllm" else "-",
+                    f"{'met' if m['target_met'] else 'not met'}); {m['requests_failed']} failed requests",
+                    f"not staged: p99 {base['move_to_served_everywhere_s_p99']:.2f} s, median "
+                    f"{base['move_to_served_everywhere_s_median']:.2f} s",
                     cmd,
                 )
             )
     return out
 
 
-def table() -> str:
+def table(package: str | None = None) -> str:
+    """The whole table, or one package's rows (those whose `what` starts with `package:`)."""
     lines = ["| what | alignloop | baseline, same run | command |", "| --- | --- | --- | --- |"]
-    lines += [f"| {a} | {b} | {c} | `{d}` |" for a, b, c, d in rows()]
+    chosen = [r for r in rows() if package is None or r[0].startswith(f"{package}:")]
+    lines += [f"| {a} | {b} | {c} | `{d}` |" for a, b, c, d in chosen]
     return "\n".join(lines)
+
+
+def _write(readme: Path, start: str, text: str) -> None:
+    body = readme.read_text()
+    new = re.sub(re.escape(start) + ".*?" + re.escape(END), lambda _: f"{start}\n{text}\n{END}", body, flags=re.S)
+    readme.write_text(new)
 
 
 def main() -> None:
@@ -179,10 +190,10 @@ def main() -> None:
     args = ap.parse_args()
     text = table()
     if args.write:
-        readme = ROOT / "README.md"
-        body = readme.read_text()
-        new = re.sub(re.escape(START) + ".*?" + re.escape(END), f"{START}\n{text}\n{END}", body, flags=re.S)
-        readme.write_text(new)
+        _write(ROOT / "README.md", START, text)
+        for readme in sorted(ROOT.glob("*/README.md")):
+            for package in re.findall(r"<!-- bench:summary:(\w+) -->", readme.read_text()):
+                _write(readme, f"<!-- bench:summary:{package} -->", table(package))
     print(text)
 
 

@@ -467,6 +467,39 @@ def _tail(k: int, n: int, p: float) -> float:
     )
 
 
+@dataclass
+class _PhraseCounts:
+    """Who used which prompt n-gram in which channel, and which n-grams edits inserted: find_poison's tallies."""
+
+    shaping_users: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    shaping_prompts: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    shaping_count: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    rating_count: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    payload_uses: dict[str, dict[str, int]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(int)))
+    edits_of: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    n_shaping: int = 0
+
+    @classmethod
+    def of(cls, items: Sequence[Item], policy: Policy) -> _PhraseCounts:
+        c = cls()
+        for it in items:
+            f = features(it, policy)
+            if it.kind in ("edit", "comparison"):
+                c.n_shaping += 1
+                for g in f.prompt_grams:
+                    c.shaping_users[g].add(it.user_id)
+                    c.shaping_prompts[g].add(f.prompt_norm)
+                    c.shaping_count[g] += 1
+            else:
+                for g in f.prompt_grams:
+                    c.rating_count[g] += 1
+            if it.kind == "edit":
+                c.edits_of[it.user_id] += 1
+            for g in f.insert_grams:
+                c.payload_uses[g][it.user_id] += 1
+        return c
+
+
 def find_poison(items: Sequence[Item], policy: Policy) -> tuple[dict[Key, Reason], PoisonReport]:
     """Rare phrases shared across distinct accounts in the channels that shape preferences.
 
@@ -477,53 +510,8 @@ def find_poison(items: Sequence[Item], policy: Policy) -> tuple[dict[Key, Reason
     inserted, in at least two and half of the edits of as many accounts, and absent from the background. Events
     carrying either are dropped.
     """
-    shaping_users: dict[str, set[str]] = defaultdict(set)
-    shaping_prompts: dict[str, set[str]] = defaultdict(set)
-    shaping_count: dict[str, int] = defaultdict(int)
-    rating_count: dict[str, int] = defaultdict(int)
-    payload_uses: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    edits_of: dict[str, int] = defaultdict(int)
-    n_shaping = 0
-    for it in items:
-        f = features(it, policy)
-        if it.kind in ("edit", "comparison"):
-            n_shaping += 1
-            for g in f.prompt_grams:
-                shaping_users[g].add(it.user_id)
-                shaping_prompts[g].add(f.prompt_norm)
-                shaping_count[g] += 1
-        else:
-            for g in f.prompt_grams:
-                rating_count[g] += 1
-        if it.kind == "edit":
-            edits_of[it.user_id] += 1
-        for g in f.insert_grams:
-            payload_uses[g][it.user_id] += 1
-    report = PoisonReport()
-    share = n_shaping / max(len(items), 1)
-    for g in sorted(shaping_users):
-        n_sh, n_bg = shaping_count[g], rating_count[g]
-        if (
-            len(shaping_users[g]) < policy.phrase_min_accounts
-            or len(shaping_prompts[g]) < policy.phrase_min_accounts
-            or n_bg > policy.phrase_max_background
-            or n_sh / (n_sh + n_bg) < policy.phrase_min_shaping_share
-        ):
-            continue
-        if _tail(n_sh, n_sh + n_bg, share) <= policy.phrase_max_p and _background_at_most(
-            g, items, policy.phrase_max_background, policy
-        ):
-            report.triggers.append(g)
-    for g in sorted(payload_uses):
-        # a payload dominates its senders' edits; a phrase an honest user happened to add to one edit does not
-        devoted = [u for u, k in payload_uses[g].items() if k >= 2 and k >= 0.5 * edits_of[u]]
-        # a phrase most editors add ("thanks") is a norm, not a payload: attackers are a minority of editors
-        if (
-            len(devoted) >= policy.phrase_min_accounts
-            and len(payload_uses[g]) <= 0.5 * len(edits_of)
-            and _background_at_most(g, items, policy.phrase_max_background, policy)
-        ):
-            report.payloads.append(g)
+    counts = _PhraseCounts.of(items, policy)
+    report = PoisonReport(triggers=_triggers(counts, items, policy), payloads=_payloads(counts, items, policy))
     triggers, payloads = set(report.triggers), set(report.payloads)
     out: dict[Key, Reason] = {}
     for it in items:
@@ -533,6 +521,42 @@ def find_poison(items: Sequence[Item], policy: Policy) -> tuple[dict[Key, Reason
         elif payloads and f.pref_text and (f.insert_grams & payloads or any(f" {g} " in f.pref_text for g in payloads)):
             out[it.key] = Reason.POISON_PAYLOAD
     return out, report
+
+
+def _triggers(c: _PhraseCounts, items: Sequence[Item], policy: Policy) -> list[str]:
+    """Prompt n-grams used by enough accounts on enough prompts in edits and comparisons, rare elsewhere."""
+    share = c.n_shaping / max(len(items), 1)
+    found = []
+    for g in sorted(c.shaping_users):
+        n_sh, n_bg = c.shaping_count[g], c.rating_count[g]
+        if (
+            len(c.shaping_users[g]) < policy.phrase_min_accounts
+            or len(c.shaping_prompts[g]) < policy.phrase_min_accounts
+            or n_bg > policy.phrase_max_background
+            or n_sh / (n_sh + n_bg) < policy.phrase_min_shaping_share
+        ):
+            continue
+        if _tail(n_sh, n_sh + n_bg, share) <= policy.phrase_max_p and _background_at_most(
+            g, items, policy.phrase_max_background, policy
+        ):
+            found.append(g)
+    return found
+
+
+def _payloads(c: _PhraseCounts, items: Sequence[Item], policy: Policy) -> list[str]:
+    """N-grams that dominate the edits of enough accounts, used by a minority of editors, absent elsewhere."""
+    found = []
+    for g in sorted(c.payload_uses):
+        # a payload dominates its senders' edits; a phrase an honest user happened to add to one edit does not
+        devoted = [u for u, k in c.payload_uses[g].items() if k >= 2 and k >= 0.5 * c.edits_of[u]]
+        # a phrase most editors add ("thanks") is a norm, not a payload: attackers are a minority of editors
+        if (
+            len(devoted) >= policy.phrase_min_accounts
+            and len(c.payload_uses[g]) <= 0.5 * len(c.edits_of)
+            and _background_at_most(g, items, policy.phrase_max_background, policy)
+        ):
+            found.append(g)
+    return found
 
 
 def normalized_prompt(item: Item) -> str:

@@ -1,5 +1,6 @@
 """The replica: follows the registry's routing (Redis wake-up plus a periodic re-read), loads adapters on its backend
-off the request path from verified bytes, then flips; pins the version each request runs on."""
+off the request path from verified bytes, then flips; pins the version each request runs on. Between moves it
+stages the newest candidate (verified, loaded, not routed), so the canary or promote that follows only flips."""
 
 from __future__ import annotations
 
@@ -48,7 +49,10 @@ class Replica:
         self.last_reconcile_at: float | None = None
         self.last_swap: dict[str, Any] | None = None  # where the time of the last flip went
         self.degraded: dict[str, Any] | None = None  # versions left out of the routing served, and why
+        self.staged: dict[str, Any] | None = None  # the candidate loaded ahead of its move, or why it was not
+        self._stage_refused: set[str] = set()  # candidates whose artifact failed its check: not tried again
         self._heard_at: float | None = None
+        self._refreshed_at: float | None = None  # when the backend last said what it holds
         self._pins: dict[str | None, int] = defaultdict(int)
         self._last_used: dict[str, float] = {}
         self._pin_lock = threading.Lock()
@@ -111,15 +115,14 @@ class Replica:
             heard, self._heard_at = self._heard_at, None
             self.last_reconcile_at = time.time()
             phases: dict[str, float | str] = {"wake_s": t0 - heard} if heard else {}
+            self._refresh(heard, phases)
+            t1 = time.perf_counter()
             found = self._read_registry()
             if found is None:
                 return False
-            desired, versions = found
+            desired, versions, candidate = found
             self.desired = desired
-            phases["registry_s"] = time.perf_counter() - t0
-            t1 = time.perf_counter()
-            self.backend.refresh()  # a restarted engine replica holds nothing: what is missing loads again
-            phases["refresh_s"] = time.perf_counter() - t1
+            phases["registry_s"] = time.perf_counter() - t1
             current = self.routing
             if (
                 current is not None
@@ -127,6 +130,7 @@ class Replica:
                 and desired.versions() <= set(self.backend.resident)
             ):
                 self._evict(desired)  # adapters pinned by running requests at the last flip may be free now
+                self._stage(candidate, desired)
                 return True
             failed = self._load_missing(versions, current, desired, phases)
             if failed is None:
@@ -134,14 +138,37 @@ class Replica:
             self._flip(current, desired, failed, phases, t0)
             return not failed
 
-    def _read_registry(self) -> tuple[Routing, dict[str, AdapterVersion]] | None:
+    def _refresh(self, heard: float | None, phases: dict[str, float | str]) -> None:
+        """Ask the engine what it holds (a restarted engine holds nothing: what is missing loads again). A turn
+        woken by a move trusts a look younger than `reconcile_interval_s` (a busy vLLM server can take a second
+        to list its models); a periodic turn that hears a move while it looks applies that move itself."""
+        fresh = self._refreshed_at is not None and (
+            time.perf_counter() - self._refreshed_at < self.settings.reconcile_interval_s
+        )
+        if heard is not None and fresh:
+            return
+        t = time.perf_counter()
+        self.backend.refresh()
+        self._refreshed_at = time.perf_counter()
+        phases["refresh_s"] = self._refreshed_at - t
+        if heard is None and self._heard_at is not None:
+            heard_now, self._heard_at = self._heard_at, None
+            phases["wake_s"] = t - heard_now  # negative: heard after this turn began (wake_s + total_s: heard to flip)
+
+    def _read_registry(self) -> tuple[Routing, dict[str, AdapterVersion], AdapterVersion | None] | None:
+        """The routing, its versions, and the newest candidate (to stage), read in one transaction."""
         from alignloop.core.db import session_scope
         from deploy import registry
+        from deploy.models import Status
 
         try:
             with session_scope(self.engine) as session:
                 desired = registry.get_routing(session, self.base_model)
-                return desired, {v: registry.get_version(session, v) for v in desired.versions()}
+                versions = {v: registry.get_version(session, v) for v in desired.versions()}
+                candidates = [
+                    v for v in registry.list_versions(session, self.base_model) if v.status == Status.CANDIDATE
+                ]
+                return desired, versions, (candidates[-1] if candidates else None)
         except Exception as exc:  # noqa: BLE001 - any failure to read means: keep serving, say why
             self.last_error = f"registry unreachable: {exc}"[:500]
             log.warning("%s", self.last_error)
@@ -235,6 +262,45 @@ class Replica:
         self._evict(desired)
         self.metrics.generation.set(desired.generation)
 
+    def _stage(self, candidate: AdapterVersion | None, routing: Routing) -> None:
+        """Load the newest candidate ahead of its move, into a free slot only: never past `max_resident`, never in
+        place of a routed version or the previous active (what a rollback returns to). Verified like any load;
+        one whose artifact fails is not tried again. Runs only when the replica serves the registry's routing."""
+        from deploy import registry
+
+        held_back = self.staged["version"] if self.staged and "install_s" in self.staged else None
+        if held_back is not None and held_back in routing.versions():
+            self.staged = None  # its move came: an ordinary routed version from now on
+        elif held_back is not None and held_back != (candidate.version if candidate else None):
+            with self._pin_lock:  # rejected or superseded before its move: its slot goes back (unless a request runs)
+                free = held_back not in self._pinned()
+            if free:
+                self.backend.remove(held_back)
+                self._last_used.pop(held_back, None)
+                self.staged = None
+        resident = set(self.backend.resident)
+        if (
+            not self.settings.stage_candidates
+            or candidate is None
+            or candidate.version in resident | routing.versions() | self._stage_refused
+            or len(resident) >= self.settings.max_resident
+        ):
+            return
+        v = candidate.version
+        try:
+            artifact = registry.load_version_artifact(candidate, self.storage)  # sha256, like every load
+            held, mode = self.backend.install(v, artifact, None)
+        except Exception as exc:  # noqa: BLE001 - a candidate that fails its check waits for its move to be refused
+            self._stage_refused.add(v)
+            self.staged = {"version": v, "error": f"{type(exc).__name__}: {exc}"[:600]}
+            log.warning("not staging candidate %r: %s", v, exc)
+            return
+        with self._pin_lock:
+            self._last_used[v] = time.perf_counter()
+        self.staged = {"version": v, "install_s": round(held, 4), "mode": mode}
+        log.info("staged candidate %r (%s, %.3f s)", v, mode, held)
+        self.metrics.resident.set(len(self.backend.resident))
+
     def _spare_slot(self, current: Routing | None, desired: Routing) -> str | None:
         """When the backend is full: the least recently used version that nothing routes to or runs on, whose
         slot the next load may overwrite in place (requests route by `self.routing`, so neither the current
@@ -312,6 +378,7 @@ class Replica:
             "last_swap": self.last_swap,
             "control_channel_subscribed": bool(self.listener and self.listener.subscribed.is_set()),
             "degraded": self.degraded,
+            "staged": self.staged,
         }
 
 

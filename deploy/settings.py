@@ -73,6 +73,11 @@ class DeploySettings(BaseSettings):
     replica_id: str = Field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     reconcile_interval_s: float = Field(default=5.0, gt=0, description="a replica re-reads the registry this often")
     max_resident: int = Field(default=4, ge=2, description="adapters kept loaded (LRU); bounds memory and load time")
+    stage_candidates: bool = Field(
+        default=True,
+        description="load the newest candidate ahead of its canary or promote, into a free slot only (never in "
+        "place of a routed or recently active version): the move then only flips",
+    )
     max_tokens_limit: int = Field(default=256, ge=1, description="largest max_tokens a request may ask for")
     torch_threads: int = Field(
         default=0, ge=0, description="torch intra-op threads per replica; 0 keeps torch's default"

@@ -373,11 +373,9 @@ def retrain_flow(
         )
         init = active_dir if plan.parent and run_config.turns.init == "continue" else None
         artifact = train_task(base, snap, run_config, out_dir, plan.parent, init, turn, progress)
-        report = evaluate_task(
-            base, artifact, snap, active_dir, run_config, suspected_triggers_task(store_url), progress
-        )
-        decision = gate_task(report, gates)
         over = plan.parent or "the base"
+        # registered as a candidate before it is evaluated: replicas stage (verify and load) it meanwhile, so
+        # the canary below only flips; one stopped at the gate is marked rejected and its slot given back
         version = register_task(
             store_url,
             artifact,
@@ -386,6 +384,14 @@ def retrain_flow(
             f"({selection.new_pairs} new pairs, {selection.replay_pairs} replayed) over {over}",
             artifact_root,
         )
+        try:
+            report = evaluate_task(
+                base, artifact, snap, active_dir, run_config, suspected_triggers_task(store_url), progress
+            )
+            decision = gate_task(report, gates)
+        except Exception as exc:  # no candidate is left waiting for a verdict that will not come
+            record_gate_failure_task(store_url, version, actor, [f"evaluation failed: {type(exc).__name__}: {exc}"])
+            raise
         result = {
             "version": version,
             "snapshot": snap.hash,

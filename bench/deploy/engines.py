@@ -3,18 +3,20 @@ and the adapter swap time on vLLM, in one run.
 
 Swap time is measured twice: promotes on an idle router (the engine's own cost), and registry moves (promote,
 canary, promote, rollback, repeated) while 20 clients call a router over two vLLM servers, then two embedded
-replicas, from the move to every replica serving it: the "each replica serves the new version within 1 s (p99)"
-target is judged here, not by timed asserts in the tests (tests/integration/deploy/test_vllm_backend.py and
+replicas, from the move to every replica serving it; each fresh candidate is registered STAGE_WAIT_S before its
+move (as the loop registers before evaluating), once with candidates staged (the default) and once without (the
+baseline: the load happens at the move). The "each replica serves the new version within 1 s (p99)" target is
+judged here, not by timed asserts in the tests (tests/integration/deploy/test_vllm_backend.py and
 test_replicas.py check the same moves for correctness: no failed request, every answer from the weights it
 names, a tampered artifact never loaded).
 
     python bench/deploy/engines.py            # writes bench/results/deploy_engines.json
     python bench/deploy/engines.py --quick    # fewer rounds, for a smoke run
 
-Needs Redis (`alignloop stack up`) and the vLLM environment (`alignloop deploy vllm-setup`). Starts one vLLM
-server on a random tiny Llama (hidden 128: head size 32, which vLLM's CPU attention takes), a router attached
-to it and a router on the embedded engine; the ratios within this run are what to compare, absolute numbers
-drift with the machine's load.
+Needs Redis (`alignloop stack up`) and the vLLM environment (`alignloop deploy vllm-setup`). Starts two vLLM
+servers on a random tiny Llama (hidden 128: head size 32, which vLLM's CPU attention takes); the tokens/s
+compare a router attached to one of them, that server direct, and a router on the embedded engine. The ratios
+within this run are what to compare; absolute numbers drift with the machine's load.
 """
 
 from __future__ import annotations
@@ -35,8 +37,10 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results" / "deploy_engines.json"
-MOVE_ROUNDS = 6  # per backend: 1 + 3 x 3 + 2 x 3 = 16 moves under load
-ADAPTERS = 6 + 2 * (1 + MOVE_ROUNDS)  # a1-a6 for the idle promotes, fresh candidates for the moves under load
+MOVE_ROUNDS = 6  # per pass: 1 + 3 x 3 + 2 x 3 = 16 moves under load
+PASSES = 4  # vLLM and embedded, each with and without staging
+ADAPTERS = 6 + PASSES * (1 + MOVE_ROUNDS)  # a1-a6 for the idle promotes, fresh candidates for the moves
+STAGE_WAIT_S = 3.0  # from registering a candidate to its move (in the loop: its evaluation, minutes)
 sys.path.insert(0, str(ROOT / "tests"))  # the tiny model and adapter builders the tests use
 
 
@@ -81,6 +85,7 @@ def _registry(work: Path, base: Path, redis_url: str):
         max_queue_per_key=128,
         max_resident=3,
         reconcile_interval_s=1.0,
+        stage_candidates=False,  # the idle promotes measure the load itself; the moves under load set it per pass
     )
     from deploy.migrations import FOLDER
 
@@ -89,10 +94,10 @@ def _registry(work: Path, base: Path, redis_url: str):
     factory = AdapterFactory(base)
     with session_scope(engine) as s:
         key = create_serving_key(s, "bench", created_by="bench", rate_per_s=100000, burst=100000)[1]
-        for i in range(1, ADAPTERS + 1):
-            src = factory.build(work / "src" / f"a{i}", f"a{i}", seed=i)
-            registry.register_adapter(s, src, actor="bench", reason="bench", storage=storage)
-    return settings, engine, storage, key
+        sources = {f"a{i}": factory.build(work / "src" / f"a{i}", f"a{i}", seed=i) for i in range(1, ADAPTERS + 1)}
+        for i in range(1, 7):  # the rest are registered just before their moves
+            registry.register_adapter(s, sources[f"a{i}"], actor="bench", reason="bench", storage=storage)
+    return settings, engine, storage, key, sources
 
 
 def _promote(engine, storage, settings, version: str) -> None:
@@ -134,9 +139,9 @@ def main() -> None:
     from alignloop.core.settings import get_settings as core
 
     # the stack runs with a Redis password: the service's own settings put it into the URL
-    settings, engine, storage, key = _registry(work, base, core().with_redis_password(args.redis_url))
+    settings, engine, storage, key, sources = _registry(work, base, core().with_redis_password(args.redis_url))
     python = DeploySettings().resolved_vllm_python()
-    launch = VllmLaunch(python=python, base_model=str(base), max_model_len=512, max_loras=4)
+    launch = VllmLaunch(python=python, base_model=str(base), max_model_len=512, max_loras=5)  # max_resident 4 + 1
     servers = [start_vllm(launch, free_port(), work / "logs") for _ in range(2)]
     t_start = time.perf_counter()
     try:
@@ -146,7 +151,7 @@ def main() -> None:
             args, settings, engine, storage, key, servers[0].url, base, new_tokens, rounds, per, work, PROMPT
         )
         result["moves_under_load"] = _moves_under_load(
-            args, settings, engine, storage, key, [s.url for s in servers], work, PROMPT
+            args, settings, engine, storage, key, sources, [s.url for s in servers], work, PROMPT
         )
     finally:
         for server in servers:
@@ -277,62 +282,86 @@ def _p99(xs: list[float]) -> float:
     return sorted(xs)[math.ceil(0.99 * len(xs)) - 1]
 
 
-class _Load:
-    """`clients` callers spread over the routers, looping in a thread until the block ends; counts answers."""
+async def _callers(urls: list[str], key: str, prompt: list, clients: int, stop, counts) -> None:
+    """`clients` callers spread over the routers until `stop` is set; counts[0] answers, counts[1] failures."""
 
-    def __init__(self, urls: list[str], key: str, prompt: list, clients: int) -> None:
-        import threading
-
-        self.urls, self.key, self.prompt, self.clients = urls, key, prompt, clients
-        self.ok, self.failed, self.stop = 0, 0, threading.Event()
-        self.thread = threading.Thread(target=asyncio.run, args=(self._run(),), daemon=True)
-
-    async def _client(self, i: int, http: httpx.AsyncClient) -> None:
-        body = {"model": "tiny", "messages": self.prompt, "max_tokens": 8, "temperature": 0, "user": f"u{i}"}
-        while not self.stop.is_set():
+    async def caller(i: int, http: httpx.AsyncClient) -> None:
+        body = {"model": "tiny", "messages": prompt, "max_tokens": 8, "temperature": 0, "user": f"u{i}"}
+        while not stop.is_set():
             try:
-                r = await http.post(f"{self.urls[i % len(self.urls)]}/v1/chat/completions", json=body)
+                r = await http.post(f"{urls[i % len(urls)]}/v1/chat/completions", json=body)
                 ok = r.status_code == 200
             except httpx.HTTPError:
                 ok = False
-            self.ok, self.failed = self.ok + ok, self.failed + (not ok)
+            with counts.get_lock():
+                counts[0 if ok else 1] += 1
 
-    async def _run(self) -> None:
-        async with httpx.AsyncClient(headers={"Authorization": f"Bearer {self.key}"}, timeout=60) as http:
-            await asyncio.gather(*(self._client(i, http) for i in range(self.clients)))
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=60) as http:
+        await asyncio.gather(*(caller(i, http) for i in range(clients)))
+
+
+def _run_callers(*args) -> None:
+    asyncio.run(_callers(*args))
+
+
+class _Load:
+    """The callers in a process of their own (as apps are), so their event loop does not hold this process's
+    GIL while it times the moves."""
+
+    def __init__(self, urls: list[str], key: str, prompt: list, clients: int) -> None:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        self.stop, self.counts = ctx.Event(), ctx.Array("l", 2)
+        self.proc = ctx.Process(target=_run_callers, args=(urls, key, prompt, clients, self.stop, self.counts))
+
+    @property
+    def ok(self) -> int:
+        return int(self.counts[0])
+
+    @property
+    def failed(self) -> int:
+        return int(self.counts[1])
 
     def __enter__(self) -> _Load:
-        self.thread.start()
+        self.proc.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop.set()
-        self.thread.join(timeout=120)
+        self.proc.join(timeout=120)
 
 
-def _moves_under_load(args, settings, engine, storage, key, vllm_urls: list[str], work: Path, prompt) -> dict:
+def _moves_under_load(args, settings, engine, storage, key, sources, vllm_urls, work: Path, prompt) -> dict:
     """Registry moves while 20 clients call the routers: one router over both vLLM servers, then two embedded
-    replicas (`alignloop deploy serve` processes, the clients spread over both)."""
+    replicas (`alignloop deploy serve` processes, the clients spread over both); each with candidates staged
+    (the default) and without (the load happens at the move: the baseline)."""
     from support.ports import free_port
 
     rounds = 2 if args.quick else MOVE_ROUNDS
-    out = {}
+    out: dict[str, dict] = {}
     for backend, n_routers, update in [
-        ("vllm", 1, {"backend": "vllm", "vllm_urls": vllm_urls, "vllm_lora_root": work / "l2"}),
+        ("vllm", 1, {"backend": "vllm", "vllm_urls": vllm_urls}),
         ("embedded", 2, {}),
     ]:
-        ports = [free_port() for _ in range(n_routers)]
-        procs = [_router_process(settings, p, work / f"moves-{backend}-{p}.log", **update) for p in ports]
-        urls = [f"http://127.0.0.1:{p}" for p in ports]
-        try:
-            for url, proc in zip(urls, procs):
-                _wait_up(url, proc)
-            out[backend] = _moves(settings, engine, storage, key, urls, prompt, _move_plan(rounds))
-        finally:
-            for proc in procs:
-                proc.terminate()
-                proc.wait(timeout=30)
-        out[backend]["setup"] = "one router over two vLLM servers" if backend == "vllm" else "two embedded replicas"
+        for staged in (True, False):
+            ports = [free_port() for _ in range(n_routers)]
+            # the product's default max_resident (4): the active, a rollback target, a canary and a staged one
+            pass_update = {**update, "stage_candidates": staged, "max_resident": 4}
+            if backend == "vllm":
+                pass_update["vllm_lora_root"] = work / f"loras-moves-{staged}"
+            procs = [_router_process(settings, p, work / f"moves-{backend}-{p}.log", **pass_update) for p in ports]
+            urls = [f"http://127.0.0.1:{p}" for p in ports]
+            try:
+                for url, proc in zip(urls, procs):
+                    _wait_up(url, proc)
+                result = _moves(settings, engine, storage, key, sources, urls, prompt, _move_plan(rounds))
+            finally:
+                for proc in procs:
+                    proc.terminate()
+                    proc.wait(timeout=30)
+            result["setup"] = "one router over two vLLM servers" if backend == "vllm" else "two embedded replicas"
+            out.setdefault(backend, {})["staged" if staged else "not_staged"] = result
     return out
 
 
@@ -355,22 +384,35 @@ def _move_plan(rounds: int) -> list:
     return plan
 
 
-def _moves(settings, engine, storage, key, urls: list[str], prompt, plan: list) -> dict:
+def _moves(settings, engine, storage, key, sources, urls: list[str], prompt, plan: list) -> dict:
     """Per move, from the commit to the last router serving the new generation (a vLLM router flips only once
     every server holds the routed versions), polled on /healthz, and the routers' own account (`served_s`:
     from hearing the Redis message to the flip)."""
     from alignloop.core.db import session_scope
+    from deploy import registry
     from deploy.control import publish_routing_change
 
     flipped, observed, served, phases = [], [], [], []
     with _Load(urls, key, prompt, clients=20) as load:
         time.sleep(2)
-        for _, move, move_args in plan:
+        for kind, move, move_args in plan:
+            if kind.endswith("fresh"):  # registered now, moved STAGE_WAIT_S later, as after an evaluation
+                with session_scope(engine) as s:
+                    src = sources[move_args[0]]
+                    registry.register_adapter(s, src, actor="bench", reason="bench", storage=storage)
+                time.sleep(STAGE_WAIT_S)
             wall0, t0 = time.time(), time.perf_counter()
             with session_scope(engine) as s:
                 routing = move(s, *move_args, actor="bench", reason="bench", storage=storage)
+            published = time.time()
             publish_routing_change(settings.resolved_redis_url(), routing.base_model, channel=settings.control_channel)
             healths = [_wait_generation(url, routing.generation) for url in urls]
+            for h in healths:  # the router's clock: when it heard the message, from its flip and the swap's phases
+                heard = h["applied_at"] - h["last_swap"].get("wake_s", 0.0) - h["last_swap"]["total_s"]
+                h["last_swap"] |= {
+                    "commit_s": round(published - wall0, 4),
+                    "heard_after_publish_s": round(heard - published, 4),
+                }
             observed.append(time.perf_counter() - t0)
             flipped.append(max(h["applied_at"] for h in healths) - wall0)  # the routers' own clocks, same machine
             served.append(max(h["last_swap"].get("wake_s", 0.0) + h["last_swap"]["total_s"] for h in healths))

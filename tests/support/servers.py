@@ -47,5 +47,6 @@ def replica_env(settings: Any, **extra: str) -> dict[str, str]:
         "ALIGNLOOP_DEPLOY_CONTROL_CHANNEL": settings.control_channel,
         "ALIGNLOOP_DEPLOY_BASE_MODEL": settings.base_model,
         "ALIGNLOOP_DEPLOY_TORCH_THREADS": "1",
+        "ALIGNLOOP_DEPLOY_STAGE_CANDIDATES": str(getattr(settings, "stage_candidates", True)).lower(),
         **extra,
     }

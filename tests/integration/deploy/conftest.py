@@ -145,6 +145,9 @@ def deploy_env(tmp_path, redis_url, tiny_base, adapter_sources):
         max_resident=3,
         torch_threads=1,
         replica_id="in-process",
+        # these tests decide which versions load when (LRU, refusals of tampered bytes); staging a candidate
+        # ahead of its move has its own tests, which turn it on
+        stage_candidates=False,
     )
     engine = open_store(store_url)
     env = DeployEnv(

@@ -130,6 +130,46 @@ def test_a_tampered_adapter_is_refused_and_serving_stays_on_its_version(client, 
     assert client.get("/healthz").json()["last_error"] is None
 
 
+def test_the_newest_candidate_is_staged_so_its_move_only_flips(deploy_env, reference_texts):
+    """A registered candidate is verified and loaded while it waits (not routed); its canary then only flips. A
+    newer candidate takes a free slot only, a rejected one gives its slot back, tampered bytes never load."""
+    from alignloop.core.db import session_scope
+
+    key = deploy_env.serving_key("tests", rate_per_s=1000, burst=1000)
+    settings = deploy_env.settings.model_copy(update={"stage_candidates": True, "reconcile_interval_s": 0.2})
+    deploy_env.register("v1")
+    deploy_env.move(registry.promote, "v1")
+    with TestClient(create_app(settings), headers={"Authorization": f"Bearer {key}"}) as client:
+        health = lambda: client.get("/healthz").json()  # noqa: E731
+        wait_for(lambda: serving(client)["active"] == "v1")
+        deploy_env.register("v2")
+        h = wait_for(lambda: (h := health())["staged"] and h)
+        assert h["staged"]["version"] == "v2" and h["resident"] == ["v1", "v2"], h
+        assert (h["serving"]["active"], h["serving"]["canary"]) == ("v1", None)
+        assert chat(client, user="u")["adapter_version"] == "v1"  # staged is not routed
+        routing = deploy_env.move(registry.start_canary, "v2", 0.5)
+        wait_for(lambda: serving(client)["canary"] == "v2")
+        swap = health()["last_swap"]
+        assert swap["generation"] == routing.generation and not any(k.startswith("install_v2") for k in swap), swap
+        user = next(f"user-{i}" for i in range(100) if choose_version(routing, f"user-{i}") == "v2")
+        assert chat(client, user=user)["choices"][0]["message"]["content"] == reference_texts["v2"]
+
+        deploy_env.register("v3")  # the one free slot of three
+        wait_for(lambda: health()["resident"] == ["v1", "v2", "v3"])
+        with session_scope(deploy_env.engine) as s:
+            registry.reject_candidate(s, "v3", actor="tester", reason="gate failed")
+        wait_for(lambda: health()["resident"] == ["v1", "v2"])
+
+        with session_scope(deploy_env.engine) as s:  # tampered before any replica can see it
+            registry.register_adapter(
+                s, deploy_env.sources["v4"], actor="tester", reason="t", storage=deploy_env.storage
+            )
+            deploy_env.tamper("v4")
+        h = wait_for(lambda: (h := health())["staged"] and h["staged"]["version"] == "v4" and h)
+        assert "sha256 mismatch" in h["staged"]["error"] and h["resident"] == ["v1", "v2"], h
+        assert chat(client, user=user)["adapter_version"] == "v2"
+
+
 def test_old_adapters_are_unloaded_least_recently_used_first(client, deploy_env, reference_texts):
     deploy_env.register("v1", "v2", "v3", "v4", "v5")
     for v in ("v1", "v2", "v3", "v4", "v5"):

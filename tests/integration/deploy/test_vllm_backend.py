@@ -121,7 +121,7 @@ def _closest(text: str, reference: dict[str | None, str]) -> str | None:
 @pytest.fixture
 def vllm_router(deploy_env, vllm_servers, request):
     """(URL, serving key, settings) of a router over the session's vLLM servers. It re-reads the registry every
-    30 s unless a test passes another interval (indirect parameter): moves reach it by the Redis message."""
+    30 s (moves reach it by the Redis message) unless a test passes other settings (indirect parameter, a dict)."""
     from deploy.serving import create_app
     from support.servers import serve_in_thread
 
@@ -131,7 +131,8 @@ def vllm_router(deploy_env, vllm_servers, request):
             "model_name": "tiny",
             "max_queue": 64,
             "max_queue_per_key": 64,
-            "reconcile_interval_s": getattr(request, "param", 30.0),
+            "reconcile_interval_s": 30.0,
+            **getattr(request, "param", {}),
         }
     )
     key = deploy_env.serving_key("load", rate_per_s=10000, burst=10000)
@@ -204,7 +205,36 @@ def test_versions_past_max_resident_are_unloaded_from_every_server(deploy_env, v
     assert copies == {"v3", "v4", "v5"}, copies
 
 
-@pytest.mark.parametrize("vllm_router", [1.0], indirect=True)  # it finds the restarted server by itself
+@pytest.mark.parametrize("vllm_router", [{"reconcile_interval_s": 0.5, "stage_candidates": True}], indirect=True)
+def test_a_candidate_is_staged_on_every_server_so_its_canary_only_flips(
+    deploy_env, vllm_router, vllm_servers, tiny_base
+):
+    url, key, _ = vllm_router
+    deploy_env.register("v1")
+    _swap_time(deploy_env, url, registry.promote, "v1")
+    deploy_env.register("v2")  # a candidate: verified, copied and loaded on both servers, not routed
+    h = wait_for(lambda: (h := _health(url))["staged"] and h, timeout=30, interval=0.1)
+    assert h["staged"]["version"] == "v2" and h["serving"]["active"] == "v1", h
+    assert all(s["loaded"] == ["v1", "v2"] for s in h["backend"]["servers"]), h["backend"]
+    routing, _ = _swap_time(deploy_env, url, registry.start_canary, "v2", 0.5)
+    swap = _health(url)["last_swap"]
+    assert not any(k.startswith("install_v2") for k in swap), swap  # the canary only flipped
+    from deploy.routing import choose_version
+
+    reference = _reference(vllm_servers, tiny_base, deploy_env.sources, ["v2"])
+    user = next(f"user-{i}" for i in range(100) if choose_version(routing, f"user-{i}") == "v2")
+    r = httpx.post(
+        f"{url}/v1/chat/completions",
+        headers={"Authorization": f"Bearer {key}"},
+        json={"model": "tiny", "messages": PROMPT, "max_tokens": NEW_TOKENS, "temperature": 0, "user": user},
+        timeout=60,
+    )
+    body = r.json()
+    assert body["adapter_version"] == "v2", body
+    assert _closest(body["choices"][0]["message"]["content"], reference) == "v2", (body, reference)
+
+
+@pytest.mark.parametrize("vllm_router", [{"reconcile_interval_s": 1.0}], indirect=True)  # finds the restart itself
 def test_a_restarted_vllm_server_gets_its_adapters_back_and_no_request_fails(
     deploy_env, vllm_router, vllm_servers, tiny_base, tmp_path
 ):

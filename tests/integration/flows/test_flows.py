@@ -39,6 +39,35 @@ def test_opposite_style_stops_at_the_gate(prefect_harness, base_model, loop_env,
     assert any("gate failed" in e.reason and "preferred_style_share" in e.reason for e in entries), entries
 
 
+def test_a_failed_evaluation_leaves_no_candidate_waiting(
+    prefect_harness, base_model, loop_env, make_events, curate_events, small_run, tmp_path
+):
+    """The candidate is registered before its evaluation (so replicas can stage it); when the evaluation or the
+    gate fails, it is marked rejected with the reason, not left a candidate."""
+    from alignloop.core.db import session_scope
+    from deploy import registry
+    from flows.loop import retrain_flow
+
+    curate_events(loop_env["engine"], make_events(120, preferred="courteous", seed=5))
+    gates = tmp_path / "gates.yaml"
+    gates.write_text("gates: [this is not a gate policy\n")  # broken YAML: the gate step raises
+    state = retrain_flow(
+        base_model=base_model,
+        train_config=str(small_run),
+        gates=str(gates),
+        store_url=loop_env["store_url"],
+        redis_url=loop_env["redis_url"],
+        return_state=True,
+    )
+    assert state.is_failed(), state
+    with session_scope(loop_env["engine"]) as session:
+        versions = registry.list_versions(session, base_model)
+        assert [v.status for v in versions] == ["rejected"], versions
+        entries = [e for e in registry.audit_log(session) if e.version == versions[0].version]
+        assert registry.get_routing(session, base_model).canary is None
+    assert any("evaluation failed" in e.reason for e in entries), entries
+
+
 def _serve_and_rate(client, users, n, rng, seed0) -> list[dict]:
     """Simulated honest users (preferring courteous answers) ask serving and judge what they get."""
     from flows.simulate import honest_feedback
