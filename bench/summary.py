@@ -67,6 +67,15 @@ def rows() -> list[tuple[str, str, str, str]]:
                 cmd,
             )
         )
+        if "two_workers_events_per_s" in t:
+            out.append(
+                (
+                    "curation: two workers, same stream",
+                    f"{t['two_workers_events_per_s']:.0f} ev/s ({t['ratio_two_workers_over_one']:.2f}x one worker)",
+                    f"one worker {t['worker_events_per_s']:.0f} ev/s",
+                    cmd,
+                )
+            )
         out.append(
             (
                 "curation: event -> stored at 1,000 ev/s",

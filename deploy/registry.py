@@ -28,6 +28,7 @@ __all__ = [
     "list_versions",
     "load_version_artifact",
     "local_artifact_dir",
+    "newest_candidate",
     "promote",
     "publish_routing_change",
     "register_adapter",
@@ -401,6 +402,11 @@ def list_routings(session: Session) -> list[Routing]:
 
 def list_versions(session: Session, base_model: str | None = None) -> list[AdapterVersion]:
     return [store.to_version(r) for r in store.select_versions(session, base_model)]
+
+
+def newest_candidate(session: Session, base_model: str) -> AdapterVersion | None:
+    row = store.newest_candidate(session, base_model)
+    return None if row is None else store.to_version(row)
 
 
 def get_version(session: Session, version: str) -> AdapterVersion:

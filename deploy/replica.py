@@ -51,6 +51,7 @@ class Replica:
         self.degraded: dict[str, Any] | None = None  # versions left out of the routing served, and why
         self.staged: dict[str, Any] | None = None  # the candidate loaded ahead of its move, or why it was not
         self._stage_refused: set[str] = set()  # candidates whose artifact failed its check: not tried again
+        self._held_back: str | None = None  # the staged candidate this replica loaded and nothing routes to yet
         self._heard_at: float | None = None
         self._refreshed_at: float | None = None  # when the backend last said what it holds
         self._pins: dict[str | None, int] = defaultdict(int)
@@ -159,16 +160,13 @@ class Replica:
         """The routing, its versions, and the newest candidate (to stage), read in one transaction."""
         from alignloop.core.db import session_scope
         from deploy import registry
-        from deploy.models import Status
 
         try:
             with session_scope(self.engine) as session:
                 desired = registry.get_routing(session, self.base_model)
                 versions = {v: registry.get_version(session, v) for v in desired.versions()}
-                candidates = [
-                    v for v in registry.list_versions(session, self.base_model) if v.status == Status.CANDIDATE
-                ]
-                return desired, versions, (candidates[-1] if candidates else None)
+                staging = self.settings.stage_candidates
+                return desired, versions, (registry.newest_candidate(session, self.base_model) if staging else None)
         except Exception as exc:  # noqa: BLE001 - any failure to read means: keep serving, say why
             self.last_error = f"registry unreachable: {exc}"[:500]
             log.warning("%s", self.last_error)
@@ -268,16 +266,16 @@ class Replica:
         one whose artifact fails is not tried again. Runs only when the replica serves the registry's routing."""
         from deploy import registry
 
-        held_back = self.staged["version"] if self.staged and "install_s" in self.staged else None
+        held_back = self._held_back
         if held_back is not None and held_back in routing.versions():
-            self.staged = None  # its move came: an ordinary routed version from now on
+            self._held_back = self.staged = None  # its move came: an ordinary routed version from now on
         elif held_back is not None and held_back != (candidate.version if candidate else None):
             with self._pin_lock:  # rejected or superseded before its move: its slot goes back (unless a request runs)
                 free = held_back not in self._pinned()
             if free:
                 self.backend.remove(held_back)
                 self._last_used.pop(held_back, None)
-                self.staged = None
+                self._held_back = self.staged = None
         resident = set(self.backend.resident)
         if (
             not self.settings.stage_candidates
@@ -297,7 +295,7 @@ class Replica:
             return
         with self._pin_lock:
             self._last_used[v] = time.perf_counter()
-        self.staged = {"version": v, "install_s": round(held, 4), "mode": mode}
+        self._held_back, self.staged = v, {"version": v, "install_s": round(held, 4), "mode": mode}
         log.info("staged candidate %r (%s, %.3f s)", v, mode, held)
         self.metrics.resident.set(len(self.backend.resident))
 

@@ -163,6 +163,16 @@ def select_versions(session: Session, base_model: str | None = None) -> list[Ver
     return list(session.scalars(q))
 
 
+def newest_candidate(session: Session, base_model: str) -> VersionRow | None:
+    """The last registered version still waiting for its move (what a replica stages)."""
+    q = (
+        select(VersionRow)
+        .where(VersionRow.base_model == base_model, VersionRow.status == "candidate")
+        .order_by(VersionRow.registered_at.desc(), VersionRow.version.desc())
+    )
+    return session.scalars(q.limit(1)).first()
+
+
 def newest_retired(session: Session, base_model: str, exclude: str | None) -> VersionRow | None:
     q = (
         select(VersionRow)

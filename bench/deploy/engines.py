@@ -110,14 +110,19 @@ def _promote(engine, storage, settings, version: str) -> None:
     publish_routing_change(settings.resolved_redis_url(), routing.base_model, channel=settings.control_channel)
 
 
-def _wait_serving(url: str, version: str | None, timeout: float = 30) -> dict:
+def _wait_health(url: str, done, what: str, timeout: float = 30) -> dict:
+    """Poll the router's /healthz every 10 ms until `done(serving)` holds; its whole health then."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         h = httpx.get(f"{url}/healthz", timeout=5).json()
-        if h.get("serving") and h["serving"]["active"] == version:
+        if h.get("serving") and done(h["serving"]):
             return h
         time.sleep(0.01)
-    raise RuntimeError(f"router at {url} did not serve {version} within {timeout}s")
+    raise RuntimeError(f"router at {url} did not serve {what} within {timeout}s")
+
+
+def _wait_serving(url: str, version: str | None) -> dict:
+    return _wait_health(url, lambda serving: serving["active"] == version, str(version))
 
 
 def main() -> None:
@@ -438,14 +443,8 @@ def _moves(settings, engine, storage, key, sources, urls: list[str], prompt, pla
     }
 
 
-def _wait_generation(url: str, generation: int, timeout: float = 30) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        h = httpx.get(f"{url}/healthz", timeout=5).json()
-        if h.get("serving") and h["serving"]["generation"] == generation:
-            return h
-        time.sleep(0.01)
-    raise RuntimeError(f"router at {url} did not serve generation {generation} within {timeout}s")
+def _wait_generation(url: str, generation: int) -> dict:
+    return _wait_health(url, lambda serving: serving["generation"] == generation, f"generation {generation}")
 
 
 def _raw_swap(vllm_url: str, src: Path, n: int) -> float:
