@@ -34,6 +34,7 @@ __all__ = [
     "register_adapter",
     "reject_candidate",
     "rollback",
+    "rollback_target",
     "start_canary",
 ]
 
@@ -407,6 +408,12 @@ def list_versions(session: Session, base_model: str | None = None) -> list[Adapt
 def newest_candidate(session: Session, base_model: str) -> AdapterVersion | None:
     row = store.newest_candidate(session, base_model)
     return None if row is None else store.to_version(row)
+
+
+def rollback_target(session: Session, base_model: str, active: str | None) -> str | None:
+    """The version a plain `rollback` of `active` returns to (None: the base model)."""
+    row = store.newest_retired(session, base_model, exclude=active)
+    return None if row is None else row.version
 
 
 def get_version(session: Session, version: str) -> AdapterVersion:

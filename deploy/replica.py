@@ -9,6 +9,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any
 
 from deploy.backends import Backend, open_backend
@@ -19,6 +20,15 @@ from deploy.routing import choose_evictions, choose_version
 from deploy.settings import DeploySettings
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """What staging needs beside the routing: the newest candidate, and the version a rollback returns to
+    (which staging never evicts)."""
+
+    candidate: AdapterVersion | None = None
+    rollback_target: str | None = None
 
 
 class Replica:
@@ -121,7 +131,7 @@ class Replica:
             found = self._read_registry()
             if found is None:
                 return False
-            desired, versions, candidate = found
+            desired, versions, waiting = found
             self.desired = desired
             phases["registry_s"] = time.perf_counter() - t1
             current = self.routing
@@ -131,7 +141,7 @@ class Replica:
                 and desired.versions() <= set(self.backend.resident)
             ):
                 self._evict(desired)  # adapters pinned by running requests at the last flip may be free now
-                self._stage(candidate, desired)
+                self._stage(waiting, desired)
                 return True
             failed = self._load_missing(versions, current, desired, phases)
             if failed is None:
@@ -156,8 +166,9 @@ class Replica:
             heard_now, self._heard_at = self._heard_at, None
             phases["wake_s"] = t - heard_now  # negative: heard after this turn began (wake_s + total_s: heard to flip)
 
-    def _read_registry(self) -> tuple[Routing, dict[str, AdapterVersion], AdapterVersion | None] | None:
-        """The routing, its versions, and the newest candidate (to stage), read in one transaction."""
+    def _read_registry(self) -> tuple[Routing, dict[str, AdapterVersion], Waiting] | None:
+        """The routing, its versions, and (when staging) the newest candidate and the rollback target, read in one
+        transaction."""
         from alignloop.core.db import session_scope
         from deploy import registry
 
@@ -165,8 +176,13 @@ class Replica:
             with session_scope(self.engine) as session:
                 desired = registry.get_routing(session, self.base_model)
                 versions = {v: registry.get_version(session, v) for v in desired.versions()}
-                staging = self.settings.stage_candidates
-                return desired, versions, (registry.newest_candidate(session, self.base_model) if staging else None)
+                waiting = Waiting()
+                if self.settings.stage_candidates:
+                    waiting = Waiting(
+                        registry.newest_candidate(session, self.base_model),
+                        registry.rollback_target(session, self.base_model, desired.active),
+                    )
+                return desired, versions, waiting
         except Exception as exc:  # noqa: BLE001 - any failure to read means: keep serving, say why
             self.last_error = f"registry unreachable: {exc}"[:500]
             log.warning("%s", self.last_error)
@@ -260,34 +276,32 @@ class Replica:
         self._evict(desired)
         self.metrics.generation.set(desired.generation)
 
-    def _stage(self, candidate: AdapterVersion | None, routing: Routing) -> None:
-        """Load the newest candidate ahead of its move, into a free slot only: never past `max_resident`, never in
-        place of a routed version or the previous active (what a rollback returns to). Verified like any load;
-        one whose artifact fails is not tried again. Runs only when the replica serves the registry's routing."""
+    def _stage(self, waiting: Waiting, routing: Routing) -> None:
+        """Load the newest candidate ahead of its move: into a free slot, or else in place of the least recently
+        used version nothing routes to, runs on, or rolls back to; never past `max_resident`. Verified like any
+        load; one whose artifact fails is not tried again. Runs only when the replica serves the registry's
+        routing."""
         from deploy import registry
 
-        held_back = self._held_back
-        if held_back is not None and held_back in routing.versions():
-            self._held_back = self.staged = None  # its move came: an ordinary routed version from now on
-        elif held_back is not None and held_back != (candidate.version if candidate else None):
-            with self._pin_lock:  # rejected or superseded before its move: its slot goes back (unless a request runs)
-                free = held_back not in self._pinned()
-            if free:
-                self.backend.remove(held_back)
-                self._last_used.pop(held_back, None)
-                self._held_back = self.staged = None
+        candidate = waiting.candidate
+        self._give_back_staged(routing, candidate)
         resident = set(self.backend.resident)
         if (
             not self.settings.stage_candidates
             or candidate is None
             or candidate.version in resident | routing.versions() | self._stage_refused
-            or len(resident) >= self.settings.max_resident
         ):
             return
+        reuse = None
+        if len(resident) >= self.settings.max_resident:
+            back = {waiting.rollback_target} if waiting.rollback_target else set()
+            reuse = self._free_slot(routing.versions() | back)
+            if reuse is None:
+                return  # every slot routed, running or the rollback target: the load waits for the move
         v = candidate.version
         try:
             artifact = registry.load_version_artifact(candidate, self.storage)  # sha256, like every load
-            held, mode = self.backend.install(v, artifact, None)
+            held, mode = self.backend.install(v, artifact, reuse)
         except Exception as exc:  # noqa: BLE001 - a candidate that fails its check waits for its move to be refused
             self._stage_refused.add(v)
             self.staged = {"version": v, "error": f"{type(exc).__name__}: {exc}"[:600]}
@@ -299,12 +313,29 @@ class Replica:
         log.info("staged candidate %r (%s, %.3f s)", v, mode, held)
         self.metrics.resident.set(len(self.backend.resident))
 
+    def _give_back_staged(self, routing: Routing, candidate: AdapterVersion | None) -> None:
+        """The staged version's move came (it is an ordinary routed version from now on), or it was rejected or
+        superseded before its move: its slot goes back (unless a request runs on it)."""
+        held_back = self._held_back
+        if held_back is not None and held_back in routing.versions():
+            self._held_back = self.staged = None
+        elif held_back is not None and held_back != (candidate.version if candidate else None):
+            with self._pin_lock:
+                free = held_back not in self._pinned()
+            if free:
+                self.backend.remove(held_back)
+                self._last_used.pop(held_back, None)
+                self._held_back = self.staged = None
+
     def _spare_slot(self, current: Routing | None, desired: Routing) -> str | None:
         """When the backend is full: the least recently used version that nothing routes to or runs on, whose
         slot the next load may overwrite in place (requests route by `self.routing`, so neither the current
         nor the desired versions can be taken)."""
+        return self._free_slot(desired.versions() | (current.versions() if current is not None else set()))
+
+    def _free_slot(self, keep: set[str]) -> str | None:
+        """When the backend is full: the least recently used version not in `keep` and not running."""
         with self._pin_lock:
-            keep = desired.versions() | (current.versions() if current is not None else set())
             spare = choose_evictions(
                 self.backend.resident,
                 self._last_used,

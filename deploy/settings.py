@@ -75,8 +75,8 @@ class DeploySettings(BaseSettings):
     max_resident: int = Field(default=4, ge=2, description="adapters kept loaded (LRU); bounds memory and load time")
     stage_candidates: bool = Field(
         default=True,
-        description="load the newest candidate ahead of its canary or promote, into a free slot only (never in "
-        "place of a routed or recently active version): the move then only flips",
+        description="load the newest candidate ahead of its canary or promote, in a slot nothing routes to, runs on "
+        "or rolls back to (never past max_resident): the move then only flips",
     )
     max_tokens_limit: int = Field(default=256, ge=1, description="largest max_tokens a request may ask for")
     torch_threads: int = Field(

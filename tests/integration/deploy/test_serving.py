@@ -170,6 +170,33 @@ def test_the_newest_candidate_is_staged_so_its_move_only_flips(deploy_env, refer
         assert chat(client, user=user)["adapter_version"] == "v2"
 
 
+def test_a_full_replica_stages_in_place_of_what_no_move_or_rollback_needs(deploy_env, reference_texts):
+    """With every slot taken, the candidate is staged in place of the least recently used version that nothing
+    routes to and a plain rollback does not return to; its promote then only flips, and the rollback too."""
+    key = deploy_env.serving_key("tests", rate_per_s=1000, burst=1000)
+    settings = deploy_env.settings.model_copy(update={"stage_candidates": True, "reconcile_interval_s": 0.2})
+    with TestClient(create_app(settings), headers={"Authorization": f"Bearer {key}"}) as client:
+        health = lambda: client.get("/healthz").json()  # noqa: E731
+        for v in ("v1", "v2", "v3"):
+            deploy_env.register(v)
+            deploy_env.move(registry.promote, v)
+            wait_for(lambda v=v: serving(client)["active"] == v)
+        wait_for(lambda: health()["resident"] == ["v1", "v2", "v3"])  # max_resident=3: full
+        deploy_env.register("v4")
+        h = wait_for(lambda: (h := health())["staged"] and h["staged"]["version"] == "v4" and h)
+        assert h["resident"] == ["v2", "v3", "v4"], h  # v1 gave its slot; v2 is what a rollback returns to
+        assert h["staged"]["mode"] == "hotswap into v1's slot" and h["serving"]["active"] == "v3", h
+        routing = deploy_env.move(registry.promote, "v4")
+        wait_for(lambda: serving(client)["active"] == "v4")
+        swap = health()["last_swap"]
+        assert swap["generation"] == routing.generation and not any(k.startswith("install_") for k in swap), swap
+        assert chat(client)["choices"][0]["message"]["content"] == reference_texts["v4"]
+        deploy_env.move(registry.rollback)
+        wait_for(lambda: serving(client)["active"] == "v3")
+        assert not any(k.startswith("install_") for k in health()["last_swap"])
+        assert chat(client)["choices"][0]["message"]["content"] == reference_texts["v3"]
+
+
 def test_old_adapters_are_unloaded_least_recently_used_first(client, deploy_env, reference_texts):
     deploy_env.register("v1", "v2", "v3", "v4", "v5")
     for v in ("v1", "v2", "v3", "v4", "v5"):
