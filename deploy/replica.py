@@ -1,6 +1,7 @@
 """The replica: follows the registry's routing (Redis wake-up plus a periodic re-read), loads adapters on its backend
-off the request path from verified bytes, then flips; pins the version each request runs on. Between moves it
-stages the newest candidate (verified, loaded, not routed), so the canary or promote that follows only flips."""
+off the request path from verified bytes, then flips; pins the version each request runs on. A thread of its own
+asks the engine what it holds. Between moves it stages the newest candidate (verified, loaded, not routed), so the
+canary or promote that follows only flips."""
 
 from __future__ import annotations
 
@@ -63,7 +64,7 @@ class Replica:
         self._stage_refused: set[str] = set()  # candidates whose artifact failed its check: not tried again
         self._held_back: str | None = None  # the staged candidate this replica loaded and nothing routes to yet
         self._heard_at: float | None = None
-        self._refreshed_at: float | None = None  # when the backend last said what it holds
+        self.last_look_s: float | None = None  # how long the engine took to say what it holds, last time
         self._pins: dict[str | None, int] = defaultdict(int)
         self._last_used: dict[str, float] = {}
         self._pin_lock = threading.Lock()
@@ -71,6 +72,7 @@ class Replica:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._loop = threading.Thread(target=self._reconcile_loop, name="deploy-reconcile", daemon=True)
+        self._looker = threading.Thread(target=self._look_loop, name="deploy-look", daemon=True)
         self.listener: Any = None
 
     # ------------------------------------------------------------ lifecycle
@@ -82,20 +84,23 @@ class Replica:
         )
         self.listener.start()  # subscribe first, so a change during the first reconcile is not missed
         self.listener.subscribed.wait(timeout=3)
+        self._look()
         self.reconcile()
         # the model and libraries are long-lived: keep them out of the collector's full passes, which
         # otherwise land on a later swap (measured: up to a second on the first promote under load)
         gc.collect()
         gc.freeze()
         self._loop.start()
+        self._looker.start()
 
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
         if self.listener is not None:
             self.listener.stop()
-        if self._loop.is_alive():
-            self._loop.join(timeout=5)
+        for thread in (self._loop, self._looker):
+            if thread.is_alive():
+                thread.join(timeout=5)
         self.backend.close()
         self.engine.dispose()
 
@@ -106,6 +111,25 @@ class Replica:
         if base_model in ("", self.base_model):
             self._heard_at = time.perf_counter()
             self._wake.set()
+
+    def _look_loop(self) -> None:
+        """Every `reconcile_interval_s`, ask the engine what it holds (a restarted vLLM server holds nothing), on a
+        thread of its own: a busy server can take a second to list its models, and a move never waits for that.
+        A look that finds a routed version missing wakes the reconcile, which loads it again."""
+        while not self._stop.wait(self.settings.reconcile_interval_s):
+            try:
+                self._look()
+            except Exception:  # a failed look must not end the loop; the next one looks again
+                log.exception("engine look failed")
+                continue
+            routing = self.routing
+            if routing is not None and not routing.versions() <= set(self.backend.resident):
+                self._wake.set()
+
+    def _look(self) -> None:
+        t = time.perf_counter()
+        self.backend.refresh()
+        self.last_look_s = time.perf_counter() - t
 
     def _reconcile_loop(self) -> None:
         while not self._stop.is_set():
@@ -123,10 +147,9 @@ class Replica:
         """Bring this replica to the registry's routing. Returns True when it serves the desired routing."""
         with self._reconcile_lock:
             t0 = time.perf_counter()
-            heard, self._heard_at = self._heard_at, None
+            heard, self._heard_at = self._heard_at, None  # what the engine holds is the look thread's last word
             self.last_reconcile_at = time.time()
             phases: dict[str, float | str] = {"wake_s": t0 - heard} if heard else {}
-            self._refresh(heard, phases)
             t1 = time.perf_counter()
             found = self._read_registry()
             if found is None:
@@ -148,23 +171,6 @@ class Replica:
                 return False
             self._flip(current, desired, failed, phases, t0)
             return not failed
-
-    def _refresh(self, heard: float | None, phases: dict[str, float | str]) -> None:
-        """Ask the engine what it holds (a restarted engine holds nothing: what is missing loads again). A turn
-        woken by a move trusts a look younger than `reconcile_interval_s` (a busy vLLM server can take a second
-        to list its models); a periodic turn that hears a move while it looks applies that move itself."""
-        fresh = self._refreshed_at is not None and (
-            time.perf_counter() - self._refreshed_at < self.settings.reconcile_interval_s
-        )
-        if heard is not None and fresh:
-            return
-        t = time.perf_counter()
-        self.backend.refresh()
-        self._refreshed_at = time.perf_counter()
-        phases["refresh_s"] = self._refreshed_at - t
-        if heard is None and self._heard_at is not None:
-            heard_now, self._heard_at = self._heard_at, None
-            phases["wake_s"] = t - heard_now  # negative: heard after this turn began (wake_s + total_s: heard to flip)
 
     def _read_registry(self) -> tuple[Routing, dict[str, AdapterVersion], Waiting] | None:
         """The routing, its versions, and (when staging) the newest candidate and the rollback target, read in one
@@ -403,6 +409,7 @@ class Replica:
             "resident": sorted(self.backend.resident),
             "applied_at": self.applied_at,
             "last_reconcile_at": self.last_reconcile_at,
+            "last_look_s": self.last_look_s,
             "last_error": self.last_error,
             "last_swap": self.last_swap,
             "control_channel_subscribed": bool(self.listener and self.listener.subscribed.is_set()),

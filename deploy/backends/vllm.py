@@ -49,6 +49,7 @@ class EngineServer:
     loaded: dict[str, str] = field(default_factory=dict)  # version -> LoRA name
     in_flight: int = 0
     process: Any = None  # a VllmProcess when alignloop started it
+    changes: int = 0  # bumped by each load, unload or failure: a listing begun before one is out of date
 
 
 class VllmBackend:
@@ -113,23 +114,36 @@ class VllmBackend:
             pass
 
     def refresh(self) -> None:
+        """List what each server holds; safe beside install and remove (a list that a load or unload on the same
+        server overtook is dropped: what that load or unload did is newer)."""
         self._each(self._refresh_one, self.servers)
 
     def _refresh_one(self, server: EngineServer) -> None:
+        with self._lock:
+            seen = server.changes
         try:
             listed = self._control.get(f"{server.url}/v1/models", timeout=2.0).json()["data"]
         except (httpx.HTTPError, KeyError, ValueError):
             with self._lock:
-                server.up, server.loaded = False, {}
+                if server.changes == seen:
+                    self._down(server)
             return
         names = {m["id"] for m in listed if m["id"] != BASE_NAME}
-        by_name = {n: v for v, n in self._names.items()}
         with self._lock:
+            if server.changes != seen:
+                return
+            by_name = {n: v for v, n in self._names.items()}
             server.up = True
             server.loaded = {by_name[n]: n for n in names if n in by_name}
         for stale in names - by_name.keys():
             if _OURS.fullmatch(stale):  # an earlier router's: not verified by this one; others' are left alone
                 self._post(server, "unload_lora_adapter", {"lora_name": stale})
+
+    @staticmethod
+    def _down(server: EngineServer) -> None:
+        """Under `_lock`: the server is unreachable; what it held is loaded again once it answers."""
+        server.up, server.loaded = False, {}
+        server.changes += 1
 
     def install(self, version: str, artifact: LoadedArtifact, reuse: str | None) -> tuple[float, str]:
         """Write the verified bytes to each server's own directory and load them there; all reachable servers or
@@ -138,24 +152,30 @@ class VllmBackend:
         t0 = time.perf_counter()
         if reuse is not None:  # the engine is full: free the spare's LoRA slot first (nothing routes to it)
             self.remove(reuse)
+        with self._lock:
+            self._names[version] = name  # before the load: a listing that sees the name knows it is ours
+            targets = [s for s in self.servers if s.up and version not in s.loaded]
+            for server in targets:
+                server.changes += 1
 
         def load(server: EngineServer) -> None:
             path = _write_copy(artifact, server.lora_dir / name)
             self._post(server, "load_lora_adapter", {"lora_name": name, "lora_path": str(path)}, must=True)
             with self._lock:
                 server.loaded[version] = name
+                server.changes += 1
 
-        targets = [s for s in self.servers if s.up and version not in s.loaded]
         self._each(load, targets)
-        self._names[version] = name
         return time.perf_counter() - t0, f"vllm load_lora_adapter on {len(targets)} server(s)"
 
     def remove(self, version: str) -> None:
-        name = self._names.pop(version, None)
+        with self._lock:
+            name = self._names.pop(version, None)
 
         def unload(server: EngineServer) -> None:
             with self._lock:
                 held = server.loaded.pop(version, None)
+                server.changes += 1
             if held is not None:
                 self._post(server, "unload_lora_adapter", {"lora_name": held})
             if name is not None:
@@ -168,7 +188,7 @@ class VllmBackend:
             r = self._control.post(f"{server.url}/v1/{op}", json=body)
         except httpx.HTTPError as exc:
             with self._lock:
-                server.up, server.loaded = False, {}
+                self._down(server)
             log.warning("vLLM at %s unreachable on %s (%s); it is reloaded when it is back", server.url, op, exc)
             return
         if r.status_code >= 400 and must:
@@ -227,7 +247,7 @@ class VllmBackend:
 
     def _failed(self, server: EngineServer, exc: Exception) -> None:
         with self._lock:
-            server.up, server.loaded = False, {}
+            self._down(server)
         log.warning("vLLM at %s failed a request (%s); retrying elsewhere, reloaded when it is back", server.url, exc)
 
     async def generate(self, version: str | None, ids: list[int], sampling: Sampling) -> Completion:
