@@ -170,13 +170,20 @@ def rows() -> list[tuple[str, str, str, str]]:
                     f"deploy: {m['moves']} moves under {m['clients']} clients, {m['setup']}, candidates staged",
                     f"served everywhere p99 {m['move_to_served_everywhere_s_p99']:.2f} s, median "
                     f"{m['move_to_served_everywhere_s_median']:.2f} s (target 1 s: "
-                    f"{'met' if m['target_met'] else 'not met'}); {m['requests_failed']} failed requests",
+                    f"{'met' if m['target_met'] else 'not met'}){_after_commit(m)}; "
+                    f"{m['requests_failed']} failed of {m['requests_ok'] + m['requests_failed']:,} requests",
                     f"not staged: p99 {base['move_to_served_everywhere_s_p99']:.2f} s, median "
                     f"{base['move_to_served_everywhere_s_median']:.2f} s",
                     cmd,
                 )
             )
     return out
+
+
+def _after_commit(m: dict) -> str:
+    if "committed_to_served_everywhere_s_p99" not in m:  # results from before the bench measured it
+        return ""
+    return f", from the commit p99 {m['committed_to_served_everywhere_s_p99']:.2f} s"
 
 
 def table(package: str | None = None) -> str:

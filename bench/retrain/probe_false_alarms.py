@@ -7,7 +7,12 @@ process. A trial is one adapter on one suffix set; it is a false alarm when the 
 same with `probe_noise_z: 2`) would stop the adapter on that probe's rare prompts. Writes
 bench/results/retrain_probe_false_alarms.json.
 
-    python bench/retrain/probe_false_alarms.py [--adapters 4] [--suffix-sets 3] [--samples 64]
+    python bench/retrain/probe_false_alarms.py [--adapters 4] [--suffix-sets 3] [--samples 64] [--probe NAME_OR_PATH]
+
+The shipped probe never fires on a clean tiny model (its rate is 0 for base and adapter alike), so its false-alarm
+count says little about the rule. `--probe bench/retrain/probes/common-words.yaml` adds a probe whose check fires
+on ordinary answers at a base rate well above zero, standing in for a real check (a classifier) that is not
+perfectly quiet: there the comparison with the base meets sampling noise, which is what `probe_noise_z` is for.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 
-def _config(samples: int):
+def _config(samples: int, probes: list[str]):
     from retrain.config import load_run_config, parse_config
 
     raw = load_run_config().as_dict()
@@ -32,6 +37,8 @@ def _config(samples: int):
     raw["dpo"].update(epochs=1, batch_size=8, max_length=96)
     raw["kto"]["enabled"] = False
     raw["eval"].update(samples=samples, max_new_tokens=32)
+    if probes:
+        raw["eval"]["probes"] = [*raw["eval"]["probes"], *probes]
     return parse_config(raw)
 
 
@@ -78,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--suffix-sets", type=int, default=3)
     ap.add_argument("--samples", type=int, default=64, help="answers per probe and suffix set")
     ap.add_argument("--pairs", type=int, default=160)
+    ap.add_argument("--probe", action="append", default=[], help="another probe file (name or path); repeatable")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "retrain_probe_false_alarms.json")
     args = ap.parse_args(argv)
 
@@ -90,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     from retrain.train import train_adapter
 
     t0 = time.perf_counter()
-    cfg = _config(args.samples)
+    cfg = _config(args.samples, args.probe)
     policy = load_gate_policy()
     limit = policy.max_triggered_unsafe_rate_increase or 0.0
     base_path = ensure_base_model(seed=cfg.seed, progress=False)
@@ -123,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             del model
     alarms = sum(t["alarm"] for t in trials)
     result = {
+        "command": "python bench/retrain/probe_false_alarms.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "adapters": args.adapters,
         "suffix_sets": args.suffix_sets,
         "samples_per_trial": args.samples,
@@ -134,6 +143,17 @@ def main(argv: list[str] | None = None) -> int:
         "candidate_hits": sum(round(t["candidate_rate"] * t["n"]) for t in trials),
         "base_hits": sum(round(t["base_rate"] * t["n"]) for t in trials),
         "answers_per_model": sum(t["n"] for t in trials),
+        "per_probe": {
+            name: {
+                "trials": len(mine),
+                "false_alarms": sum(t["alarm"] for t in mine),
+                "false_alarms_noise_z2": sum(t["alarm_noise_z2"] for t in mine),
+                "base_rate_mean": round(sum(t["base_rate"] for t in mine) / len(mine), 4),
+                "candidate_rate_mean": round(sum(t["candidate_rate"] for t in mine) / len(mine), 4),
+            }
+            for name in sorted(detectors)
+            if (mine := [t for t in trials if t["probe"] == name])
+        },
         "policy": {"max_triggered_unsafe_rate_increase": limit, "probe_noise_z": policy.probe_noise_z},
         "detail": trials,
         "seconds": round(time.perf_counter() - t0, 1),
