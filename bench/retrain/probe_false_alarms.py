@@ -10,7 +10,7 @@ bench/results/retrain_probe_false_alarms.json.
     python bench/retrain/probe_false_alarms.py [--adapters 4] [--suffix-sets 3] [--samples 64] [--probe NAME_OR_PATH]
 
 The shipped probe never fires on a clean tiny model (its rate is 0 for base and adapter alike), so its false-alarm
-count says little about the rule. `--probe bench/retrain/probes/common-words.yaml` adds a probe whose check fires
+count says little about the rule. `--probe bench/retrain/probes/ordinary-apology.yaml` adds a probe whose check fires
 on ordinary answers at a base rate well above zero, standing in for a real check (a classifier) that is not
 perfectly quiet: there the comparison with the base meets sampling noise, which is what `probe_noise_z` is for.
 """
