@@ -147,7 +147,7 @@ class Replica:
         """Bring this replica to the registry's routing. Returns True when it serves the desired routing."""
         with self._reconcile_lock:
             t0 = time.perf_counter()
-            heard, self._heard_at = self._heard_at, None  # what the engine holds is the look thread's last word
+            heard, self._heard_at = self._heard_at, None
             self.last_reconcile_at = time.time()
             phases: dict[str, float | str] = {"wake_s": t0 - heard} if heard else {}
             t1 = time.perf_counter()
@@ -292,12 +292,8 @@ class Replica:
         candidate = waiting.candidate
         self._give_back_staged(routing, candidate)
         resident = set(self.backend.resident)
-        if (
-            not self.settings.stage_candidates
-            or candidate is None
-            or candidate.version in resident | routing.versions() | self._stage_refused
-        ):
-            return
+        if candidate is None or candidate.version in resident | routing.versions() | self._stage_refused:
+            return  # nothing waiting (or staging off: `_read_registry` then reads no candidate), or already done
         reuse = None
         if len(resident) >= self.settings.max_resident:
             back = {waiting.rollback_target} if waiting.rollback_target else set()

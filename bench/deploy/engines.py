@@ -454,7 +454,7 @@ def _moves(settings, engine, storage, key, sources, urls: list[str], prompt, pla
         "note": "move_to_served_everywhere = from just before the commit to the last router's flip (every server "
         "loaded first), on the routers' own clocks; committed_to_served_everywhere starts once the move's "
         "transaction has committed (the promote has happened: the target is judged on it; the bench's own SQLite "
-        "commit, up to 1.6 s under this load, is left out); "
+        "commit, commit_s in the slowest moves' phases, is left out); "
         "seen_by_polling adds /healthz's latency under the load",
     }
 
